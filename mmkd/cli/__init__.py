@@ -1,0 +1,44 @@
+"""The ``mmkd`` command line: a thin click group.
+
+Each sub-command parses its options, loads config and calls ONE library function.
+Nothing heavy (torch, ray, zarr) is imported here, so ``mmkd --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from mmkd import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mmkd")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """mmkd: multi-teacher knowledge distillation of biomedical CLIP models.
+
+    extract (teachers -> feature store) | store (inspect, validate, import) |
+    distill (store -> student) | eval (student and teachers -> one table).
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    # Sub-command modules import only click at module level (heavy imports live
+    # inside the command bodies), so registering them costs milliseconds.
+    import importlib
+
+    for name in ("store", "extract", "distill", "eval", "demo"):
+        try:
+            mod = importlib.import_module(f"mmkd.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"mmkd.cli.{name}":
+                continue  # that stage's CLI is not built yet
+            raise
+        mod.register(main)
+
+
+_register()
