@@ -1,0 +1,169 @@
+"""Decoding image bytes into PIL images, and the bad-sample classes.
+
+A sample whose image or caption cannot be used raises :class:`BadSample` with a
+short machine-readable ``reason`` (one of :data:`REASONS`); the extract runners
+record that reason in the store's failures table and carry on.
+
+Mode conversion rules (to ``mode="RGB"`` or ``"L"``):
+
+* ``1``/``L``/``RGB``/``YCbCr``/``CMYK``: Pillow's own conversion (CMYK uses
+  Pillow's formula; embedded ICC profiles are not applied).
+* Anything with transparency (``RGBA``, ``LA``, ``PA``, ``P``/``L``/``RGB`` with a
+  ``transparency`` entry): alpha-composited on white, then converted.
+* 16-bit integer (``I;16*``, and ``I`` holding values in 0..65535): scaled by the
+  smallest bit depth (8..16) that holds the image's maximum, so a 12-bit scan
+  (max <= 4095) fills 0..255 like a full 16-bit one does; never clipped.
+* ``I`` with values outside 0..65535 and ``F``: min-max scaled to 0..255 (``F``
+  already within 0..1 is multiplied by 255).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+REASONS = ("missing", "corrupt", "truncated", "decompression_bomb", "unsupported_mode", "empty_caption")
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS (about 9459 x 9459)
+_TARGET_MODES = ("RGB", "L")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+class BadSample(Exception):
+    """One sample cannot be used; ``reason`` says why in one word from :data:`REASONS`.
+
+    Attributes:
+        reason: machine-readable class (``missing``, ``corrupt``, ``truncated``,
+            ``decompression_bomb``, ``unsupported_mode``, ``empty_caption``).
+        detail: a human-readable explanation.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown bad-sample reason {reason!r}; valid reasons: {list(REASONS)}")
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+    def __reduce__(self):  # keep (reason, detail) through pickling (Ray, multiprocessing)
+        return (type(self), (self.reason, self.detail))
+
+
+def check_caption(text: object) -> str:
+    """Return the caption stripped of surrounding whitespace.
+
+    Raises:
+        BadSample: ``empty_caption`` when the caption is missing, not a string or blank.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise BadSample("empty_caption", f"caption is {text!r}")
+    return text.strip()
+
+
+def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB") -> Image.Image:
+    """Decode image bytes fully and convert them to ``mode``.
+
+    Args:
+        data: the encoded image (JPEG, PNG, ...); ``None`` means the image is absent.
+        max_pixels: images with more pixels (width x height, read from the header
+            before decoding) are refused as decompression bombs. Pillow's own limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``, twice of which is a hard error) still
+            applies above this one.
+        mode: ``"RGB"`` or ``"L"``.
+
+    Returns:
+        A loaded image in ``mode``.
+
+    Raises:
+        BadSample: ``missing``, ``corrupt``, ``truncated``, ``decompression_bomb`` or
+            ``unsupported_mode``.
+        ValueError: ``mode`` is not one this function produces.
+    """
+    if mode not in _TARGET_MODES:
+        raise ValueError(f"decode_image mode {mode!r} not supported; use one of {list(_TARGET_MODES)}")
+    if data is None:
+        raise BadSample("missing", "no image data")
+    if len(data) == 0:
+        raise BadSample("corrupt", "image data is empty (0 bytes)")
+    img = _open_checked(data, max_pixels)
+    try:
+        img.load()
+    except Image.DecompressionBombError as e:
+        raise BadSample("decompression_bomb", str(e)) from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = "truncated" if "truncat" in str(e).lower() else "corrupt"
+        raise BadSample(reason, f"{type(e).__name__}: {e}") from e
+    return _convert(img, mode)
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) and refuse images over ``max_pixels``."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise BadSample("decompression_bomb", str(e)) from e
+    except UnidentifiedImageError as e:
+        raise BadSample("corrupt", f"not a recognised image ({len(data)} bytes)") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = "truncated" if "truncat" in str(e).lower() else "corrupt"
+        raise BadSample(reason, f"{type(e).__name__}: {e}") from e
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise BadSample("corrupt", f"image has size {width}x{height}")
+    if width * height > max_pixels:
+        raise BadSample(
+            "decompression_bomb", f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}"
+        )
+    return img
+
+
+def _convert(img: Image.Image, mode: str) -> Image.Image:
+    """Convert a loaded image to ``mode`` following the module rules."""
+    try:
+        if img.mode in _HIGH_DEPTH_MODES:
+            img = _to_8bit(img)
+        elif img.mode in _ALPHA_MODES or "transparency" in img.info:
+            img = _flatten_alpha(img)
+        if img.mode == mode:
+            return img
+        if img.mode not in ("RGB", "L", "1", "P", "CMYK", "YCbCr", "RGBX"):
+            raise BadSample("unsupported_mode", f"image mode {img.mode!r} cannot be converted to {mode}")
+        if mode == "L" and img.mode not in ("RGB", "1", "P"):
+            img = img.convert("RGB")
+        return img.convert(mode)
+    except BadSample:
+        raise
+    except (ValueError, OSError) as e:
+        raise BadSample("unsupported_mode", f"image mode {img.mode!r} -> {mode}: {e}") from e
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    """Composite an image with transparency on a white background (RGB or L result)."""
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    flat = Image.alpha_composite(white, rgba).convert("RGB")
+    return flat.convert("L") if img.mode in ("LA", "La", "L") else flat
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Scale a 16-bit, 32-bit integer or float grayscale image to 8-bit ``L`` (see module doc)."""
+    arr = np.asarray(img)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    arr = arr.astype(np.float64)
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        raise BadSample("corrupt", f"{img.mode} image has no finite pixel values")
+    lo, hi = float(finite.min()), float(finite.max())
+    if img.mode != "F" and lo >= 0 and hi <= 65535:
+        bits = max(8, math.ceil(math.log2(hi + 1)))
+        scaled = arr * (255.0 / (2**bits - 1))
+    elif img.mode == "F" and lo >= 0 and hi <= 1:
+        scaled = arr * 255.0
+    else:
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")

@@ -1,0 +1,238 @@
+"""The reader interface shared by every dataset format.
+
+A :class:`Dataset` yields :class:`~mmkd.store.Sample` records whose ``image`` field
+is a *reference* the same dataset can resolve again later
+(:meth:`Dataset.read_image_bytes`): a path relative to the dataset root, or
+``<shard.tar>::<member>``, or ``<file.parquet>::<row>``.
+
+Fingerprint: a SHA-256 over the format name and, for every sample in order, its
+id, caption, image reference, image byte size and labels. Sizes (not mtimes) are
+used so that a dataset copied to another machine keeps its fingerprint; content
+hashes are not used because computing them means reading every image. Adding,
+removing, reordering or editing a sample's id, caption, labels or image (where the
+edit changes the image's size) changes the fingerprint; an in-place same-size
+image edit does not.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmkd.extract.images import BadSample
+
+try:
+    from mmkd.store import Sample
+except ImportError:  # the store package has not landed yet: same dataclass, defined here
+
+    @dataclass
+    class Sample:  # type: ignore[no-redef]
+        """One dataset record (fallback twin of ``mmkd.store.Sample``)."""
+
+        sample_id: str
+        caption: str
+        image: str
+        image_sha256: str | None = None
+        source: str = ""
+        labels: dict | None = None
+
+
+REF_SEP = "::"
+FINGERPRINT_VERSION = "mmkd-dataset-fp/1"
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be opened or read (bad path, layout, column, duplicate id...)."""
+
+
+@dataclass
+class Entry:
+    """A sample plus what the fingerprint needs (``size`` = image bytes, -1 when absent)."""
+
+    sample: Sample
+    size: int
+    location: str
+
+
+# BIOMEDICA metadata fields kept as labels (the official metadata JSONs and webdataset JSONs).
+BIOMEDICA_LABEL_KEYS = (
+    "image_primary_label", "image_secondary_label", "image_panel_type", "image_panel_subtype",
+    "primary_label", "secondary_label", "panel_type", "panel_subtype", "label", "labels",
+)
+
+
+def pick_labels(meta: dict, keys: Iterable[str] | None = None) -> dict | None:
+    """The label fields of a metadata mapping (``None`` when it has none)."""
+    wanted = BIOMEDICA_LABEL_KEYS if keys is None else tuple(keys)
+    labels = {k: meta[k] for k in wanted if k in meta and meta[k] is not None}
+    return labels or None
+
+
+def path_id(ref: str) -> str:
+    """Stable sample id derived from an image reference (first 20 hex of its SHA-256)."""
+    return hashlib.sha256(ref.encode("utf-8")).hexdigest()[:20]
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def json_labels(labels: dict | None) -> str:
+    """Canonical JSON of a labels mapping (``""`` for none), used in fingerprints."""
+    return "" if not labels else json.dumps(labels, sort_keys=True, ensure_ascii=False, default=str)
+
+
+class Dataset(abc.ABC):
+    """A readable image-caption dataset.
+
+    Subclasses set ``format`` and implement :meth:`_entries`,
+    :meth:`read_image_bytes` and, where it is cheap, :meth:`_count`.
+
+    Attributes:
+        uri: absolute path the dataset was opened from (file, folder or pattern).
+        root: folder that image references are relative to.
+        format: the format name (``mmkd-clip``, ``jsonl``, ``csv``, ``parquet``, ``webdataset``).
+        name: the configured dataset name (defaults to the format).
+        options: the reader options it was opened with (see :meth:`spec`).
+    """
+
+    format: str = ""
+
+    def __init__(self, uri: str, root: Path, *, name: str | None = None, options: dict[str, Any] | None = None) -> None:
+        self.uri = uri
+        self.root = root
+        self.name = name or self.format
+        self.options = dict(options or {})
+
+    @property
+    def source(self) -> str:
+        """Value for ``Sample.source``: the dataset name, else the format."""
+        return self.name
+
+    def spec(self) -> dict[str, Any]:
+        """Plain dict that ``open_dataset(**spec)`` turns back into this dataset (ship this to workers)."""
+        return {"path": self.uri, "format": self.format, "name": self.name, **self.options}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(uri={self.uri!r}, name={self.name!r})"
+
+    @abc.abstractmethod
+    def _entries(self, *, hashes: bool = True) -> Iterator[Entry]:
+        """Yield every sample with its image size and a human-readable location.
+
+        ``hashes=False`` (used by :meth:`fingerprint`) lets a reader skip reading
+        image bytes just to fill ``image_sha256``.
+        """
+
+    def _count(self) -> int | None:
+        """Number of samples when cheap to know, else ``None``."""
+        return None
+
+    def __len__(self) -> int:
+        n = self._count()
+        if n is None:
+            raise TypeError(f"{self.format} dataset {self.uri!r} has no cheap length; count samples() instead")
+        return n
+
+    def samples(self) -> Iterator[Sample]:
+        """Yield the samples in a stable order.
+
+        Raises:
+            DatasetError: two samples share an id (the message names both locations).
+        """
+        for entry in self._checked_entries():
+            yield entry.sample
+
+    def _checked_entries(self, *, hashes: bool = True) -> Iterator[Entry]:
+        seen: dict[str, str] = {}
+        for entry in self._entries(hashes=hashes):
+            sid = entry.sample.sample_id
+            if sid in seen:
+                first = seen[sid]
+                raise DatasetError(
+                    f"duplicate sample id {sid!r} in {self.format} dataset {self.uri!r}: "
+                    f"first at {first}, again at {entry.location}; make ids unique (or drop the id column "
+                    f"to derive ids from image paths)"
+                )
+            seen[sid] = entry.location
+            yield entry
+
+    def fingerprint(self) -> str:
+        """Stable hash of the dataset's identity (see the module docstring for what it covers)."""
+        h = hashlib.sha256(f"{FINGERPRINT_VERSION}\n{self.format}\n".encode())
+        for e in self._checked_entries(hashes=False):
+            s = e.sample
+            record = [s.sample_id, s.caption, s.image, str(e.size), json_labels(s.labels)]
+            h.update(json.dumps(record, ensure_ascii=False).encode("utf-8"))
+            h.update(b"\n")
+        return h.hexdigest()
+
+    @abc.abstractmethod
+    def read_image_bytes(self, ref: str) -> bytes:
+        """Bytes of the image a ``Sample.image`` reference points to.
+
+        Raises:
+            BadSample: ``missing`` when the reference resolves to nothing.
+            DatasetError: the reference is malformed for this format.
+        """
+
+    def read_many(self, refs: Iterable[str], *, on_error: str = "raise") -> list[bytes | BadSample]:
+        """Bytes for many references, in order (subclasses open each shard/file once).
+
+        Args:
+            refs: image references.
+            on_error: ``"raise"`` re-raises the first :class:`BadSample`; ``"return"``
+                puts the exception object in that position and continues.
+        """
+        _check_on_error(on_error)
+        out: list[bytes | BadSample] = []
+        for ref in refs:
+            try:
+                out.append(self.read_image_bytes(ref))
+            except BadSample as e:
+                if on_error == "raise":
+                    raise
+                out.append(e)
+        return out
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "return"):
+        raise ValueError(f"on_error={on_error!r}; use 'raise' or 'return'")
+
+
+def split_ref(ref: str, what: str) -> tuple[str, str]:
+    """Split ``<container>::<inner>``; DatasetError when the separator is absent."""
+    container, sep, inner = ref.rpartition(REF_SEP)
+    if not sep or not container or not inner:
+        raise DatasetError(f"image reference {ref!r} is not of the form '<{what}>{REF_SEP}<item>'")
+    return container, inner
+
+
+def relative_ref(root: Path, path: Path) -> str:
+    """POSIX path of ``path`` relative to ``root`` (absolute when outside it)."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def resolve_ref(root: Path, ref: str) -> Path:
+    """Absolute path for a relative (or absolute) reference."""
+    p = Path(ref)
+    return p if p.is_absolute() else root / p
+
+
+def file_size(path: Path) -> int:
+    """Size in bytes, -1 when the file is absent."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
