@@ -1,0 +1,114 @@
+"""``mmkd store``: inspect, validate, import and synthesise feature stores."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.group("store")
+def store_group() -> None:
+    """Inspect, validate and import feature stores."""
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _open(path: str):
+    from mmkd.store import FeatureStore, StoreError
+
+    try:
+        return FeatureStore.open(path, mode="r")
+    except StoreError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@store_group.command("info")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info_cmd(path: str, as_json: bool) -> None:
+    """What the store at PATH holds: samples, teachers, dims, progress, size."""
+    info = _open(path).info()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    ds = info["dataset"]
+    click.echo(f"store      {info['path']}  (format v{info['format_version']}, created {info['created_at']})")
+    click.echo(f"samples    {info['num_samples']}  in {info['num_blocks']} blocks of {info['block_size']}")
+    click.echo(f"dataset    {ds.get('uri') or '-'}  fingerprint {(ds.get('fingerprint') or '-')[:16]}")
+    click.echo(f"size       {_human(info['size_bytes'])}")
+    if not info["teachers"]:
+        click.echo("teachers   none yet")
+        return
+    click.echo(f"{'teacher':<24}{'dim':>6} {'dtype':>8} {'blocks':>13} {'valid rows':>12} {'failures':>9}")
+    for t, d in info["teachers"].items():
+        blocks = f"{d['blocks_done']}/{d['blocks_total']}"
+        click.echo(f"{t:<24}{d['dim']:>6} {d['dtype']:>8} {blocks:>13} {d['valid_rows']:>12} {d['failures']:>9}")
+
+
+@store_group.command("validate")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+def validate_cmd(path: str) -> None:
+    """Exit 0 only if the store at PATH is whole and sound; else list every problem."""
+    problems = _open(path).validate()
+    if not problems:
+        click.echo(f"{path}: OK")
+        return
+    for p in problems:
+        click.echo(f"PROBLEM: {p}", err=True)
+    click.echo(f"{path}: {len(problems)} problem(s)", err=True)
+    sys.exit(1)
+
+
+@store_group.command("import-mmkd")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("dst", type=click.Path())
+@click.option("--with-projected", is_flag=True, help="Also import clips_project_output.pt as <teacher>_proj512.")
+@click.option("--block-size", type=int, default=2048, show_default=True, help="Rows per block (chunk).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at DST.")
+def import_cmd(src: str, dst: str, with_projected: bool, block_size: int, overwrite: bool) -> None:
+    """Convert the official MMKD-CLIP layout at SRC (meta.jsonl + .pt files) into a store at DST."""
+    from mmkd.store import StoreError, import_mmkd
+
+    try:
+        store = import_mmkd(src, dst, with_projected=with_projected, block_size=block_size, overwrite=overwrite)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"imported {store.n} samples, teachers {', '.join(store.teachers)} -> {dst}")
+
+
+@store_group.command("synth")
+@click.argument("path", type=click.Path())
+@click.option("--rows", type=int, default=10_000, show_default=True, help="Number of synthetic samples.")
+@click.option("--teacher", "teachers", multiple=True, default=("teacher_a:512", "teacher_b:768"), show_default=True,
+              help="NAME:DIM, repeatable.")
+@click.option("--block-size", type=int, default=2048, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+def synth_cmd(path: str, rows: int, teachers: tuple[str, ...], block_size: int, seed: int, overwrite: bool) -> None:
+    """Create a store at PATH with random unit-norm features (for trials and benchmarks)."""
+    from mmkd.store import StoreError
+    from mmkd.store.synthetic import make_synthetic_store
+
+    spec = {}
+    for t in teachers:
+        name, _, dim = t.partition(":")
+        if not dim.isdigit():
+            raise click.BadParameter(f"{t!r}: expected NAME:DIM, e.g. biomedclip:512", param_hint="--teacher")
+        spec[name] = int(dim)
+    try:
+        make_synthetic_store(path, rows, spec, block_size=block_size, seed=seed, overwrite=overwrite)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"created synthetic store {path}: {rows} rows, teachers {spec}")
+
+
+def register(main: click.Group) -> None:
+    main.add_command(store_group)

@@ -1,0 +1,91 @@
+"""Chunk-aware shuffled row order for training from a store.
+
+Reading rows in a fully random order touches a different chunk for nearly every
+row; reading them in order is not shuffled. The middle way (as in litdata or
+webdataset shuffle buffers): shuffle the order of blocks, then shuffle rows within a
+window of ``buffer_blocks`` blocks. A reader with a block cache of that size then
+reads each block about once per epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+
+def num_batches(n: int, batch_size: int, world_size: int = 1, drop_last: bool = True) -> int:
+    """Batches per rank per epoch for :func:`chunk_shuffled_batches`."""
+    global_bs = batch_size * world_size
+    return n // global_bs if drop_last else -(-n // global_bs)
+
+
+def _global_order(n: int, block_size: int, rng: np.random.Generator, buffer_blocks: int) -> Iterator[np.ndarray]:
+    """Shuffled rows, one window of ``buffer_blocks`` shuffled blocks at a time."""
+    nb = -(-n // block_size)
+    blocks = rng.permutation(nb)
+    for i in range(0, nb, buffer_blocks):
+        rows = np.concatenate([
+            np.arange(b * block_size, min((b + 1) * block_size, n), dtype=np.int64) for b in blocks[i:i + buffer_blocks]
+        ])
+        yield rows[rng.permutation(rows.size)]
+
+
+def chunk_shuffled_batches(
+    n: int,
+    block_size: int,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    worker_id: int = 0,
+    num_workers: int = 1,
+    buffer_blocks: int = 8,
+    start_batch: int = 0,
+    drop_last: bool = True,
+) -> Iterator[np.ndarray]:
+    """Yield this rank's (and DataLoader worker's) batches of row indices for one epoch.
+
+    The order is a function of ``(seed, epoch)`` only. Each global batch of
+    ``batch_size * world_size`` rows is split into equal per-rank slices, so every
+    rank gets the same number of batches (no DDP hangs). Batch ``j`` of a rank goes
+    to worker ``j % num_workers``, the order in which a torch DataLoader
+    interleaves its workers, so the rank sees the same sequence whatever the
+    worker count.
+
+    Args:
+        n: rows in the store.
+        block_size: the store's block (chunk) size in rows.
+        batch_size: rows per batch per rank.
+        seed: base seed.
+        epoch: epoch number (a new order each epoch).
+        rank: this DDP rank.
+        world_size: number of DDP ranks.
+        worker_id: this DataLoader worker.
+        num_workers: DataLoader workers per rank (1 when loading in the main process).
+        buffer_blocks: blocks shuffled together; bounds the reader's cache.
+        start_batch: skip this rank's first ``start_batch`` batches (resume mid-epoch).
+        drop_last: drop the final short global batch.
+    """
+    if not (0 <= rank < world_size and 0 <= worker_id < num_workers):
+        raise ValueError(f"bad shard: rank {rank} of {world_size}, worker {worker_id} of {num_workers}")
+    if batch_size <= 0 or block_size <= 0 or buffer_blocks <= 0:
+        raise ValueError(f"batch_size, block_size and buffer_blocks must be positive: {batch_size}, {block_size}, {buffer_blocks}")
+    rng = np.random.default_rng([seed, epoch])
+    global_bs = batch_size * world_size
+    carry = np.empty(0, dtype=np.int64)
+    j = 0
+    for window in _global_order(n, block_size, rng, buffer_blocks):
+        rows = np.concatenate([carry, window])
+        full = rows.size // global_bs * global_bs
+        for gb in rows[:full].reshape(-1, global_bs):
+            if j >= start_batch and (j - start_batch) % num_workers == worker_id:
+                yield gb[rank * batch_size:(rank + 1) * batch_size]
+            j += 1
+        carry = rows[full:]
+    if carry.size and not drop_last:
+        part = np.array_split(carry, world_size)[rank]
+        if j >= start_batch and (j - start_batch) % num_workers == worker_id and part.size:
+            yield part
