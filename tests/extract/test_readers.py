@@ -246,3 +246,30 @@ def test_pipelines_datasets_section(mmkd_demo_dir: Path, tmp_path: Path) -> None
         get_dataset("nope", cfg)
     local = {"_path": str(tmp_path / "p.yaml"), "datasets": {"x": {"path": "d", "format": "jsonl"}}}
     assert datasets_from_config(local)["x"]["path"] == str(tmp_path / "d")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_readers_pickle_and_read_from_threads(fmt: str, tmp_path: Path, reference: list[Ref]) -> None:
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = _open(fmt, build(fmt, tmp_path / fmt, reference))
+    assert bool(ds)
+    refs = [s.image for s in ds.samples()]
+    clone = pickle.loads(pickle.dumps(ds))
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda k: clone.read_many(refs[k:] + refs[:k]), range(len(refs))))
+    for k, out in enumerate(got):
+        assert out == [r.data for r in reference[k:] + reference[:k]]
+
+
+def test_store_created_from_a_reader(tmp_path: Path, mmkd_demo_dir: Path) -> None:
+    from mmkd.store import FeatureStore, Sample
+
+    ds = open_dataset(mmkd_demo_dir)
+    assert all(isinstance(s, Sample) for s in ds.samples())
+    store = FeatureStore.create(tmp_path / "s", ds.samples(), block_size=3, dataset_uri=ds.uri,
+                                dataset_fingerprint=ds.fingerprint())
+    assert store.sample_ids == [s.sample_id for s in ds.samples()]
+    image_refs = store.index.column("image").to_pylist()
+    assert ds.read_many(image_refs) == [ds.read_image_bytes(r) for r in image_refs]

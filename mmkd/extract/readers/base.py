@@ -26,22 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.extract.images import BadSample
-
-try:
-    from mmkd.store import Sample
-except ImportError:  # the store package has not landed yet: same dataclass, defined here
-
-    @dataclass
-    class Sample:  # type: ignore[no-redef]
-        """One dataset record (fallback twin of ``mmkd.store.Sample``)."""
-
-        sample_id: str
-        caption: str
-        image: str
-        image_sha256: str | None = None
-        source: str = ""
-        labels: dict | None = None
-
+from mmkd.store import Sample
 
 REF_SEP = "::"
 FINGERPRINT_VERSION = "mmkd-dataset-fp/1"
@@ -134,6 +119,9 @@ class Dataset(abc.ABC):
     def _count(self) -> int | None:
         """Number of samples when cheap to know, else ``None``."""
         return None
+
+    def __bool__(self) -> bool:  # truthiness must not depend on a (possibly unknown) length
+        return True
 
     def __len__(self) -> int:
         n = self._count()

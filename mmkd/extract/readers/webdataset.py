@@ -17,6 +17,7 @@ import itertools
 import json
 import re
 import tarfile
+import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -116,6 +117,16 @@ class WebDataset(Dataset):
         self.label_fields = list(label_fields) if label_fields else None
         self.hash_images = hash_images
         self._index_cache: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
+        self._lock = threading.Lock()  # read_many may be called from several decode threads
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_lock"], state["_index_cache"] = None, OrderedDict()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _entries(self, *, hashes: bool = True) -> Iterator[Entry]:
         for rel in self.shards:
@@ -152,9 +163,10 @@ class WebDataset(Dataset):
 
     def _shard_index(self, rel: str) -> dict[str, tuple[int, int]]:
         """member name -> (data offset, size) for one shard (a few shards kept cached)."""
-        if rel in self._index_cache:
-            self._index_cache.move_to_end(rel)
-            return self._index_cache[rel]
+        with self._lock:
+            if rel in self._index_cache:
+                self._index_cache.move_to_end(rel)
+                return self._index_cache[rel]
         path = resolve_ref(self.root, rel)
         try:
             with tarfile.open(path, "r:") as tf:
@@ -163,9 +175,10 @@ class WebDataset(Dataset):
             raise BadSample("missing", f"shard {str(path)!r} not found") from e
         except tarfile.TarError as e:
             raise DatasetError(f"shard {str(path)!r} is unreadable: {e}") from e
-        self._index_cache[rel] = index
-        if len(self._index_cache) > _SHARD_CACHE:
-            self._index_cache.popitem(last=False)
+        with self._lock:
+            self._index_cache[rel] = index
+            if len(self._index_cache) > _SHARD_CACHE:
+                self._index_cache.popitem(last=False)
         return index
 
     def read_image_bytes(self, ref: str) -> bytes:
