@@ -1,0 +1,211 @@
+"""The loaded teacher: its own image transform and tokenizer, and L2-normalised encoders."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mmkd.extract.teachers.spec import TeacherSpec
+
+log = logging.getLogger(__name__)
+
+_HIGH_DEPTH = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A teacher's image transform, resolved from its spec and its model.
+
+    Attributes:
+        image_size: output side in pixels (square).
+        mean, std: per-channel normalisation (1 value for grayscale models).
+        interpolation: ``bicubic``, ``bilinear`` or ``nearest``.
+        resize_mode: ``shortest`` (resize short side, centre crop), ``longest``
+            (resize long side, pad to square with black) or ``squash``.
+        grayscale: the model takes 1-channel ``L`` input.
+    """
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    grayscale: bool = False
+
+    @property
+    def mode(self) -> str:
+        """The PIL mode images are converted to before the transform."""
+        return "L" if self.grayscale else "RGB"
+
+    def build(self) -> Callable[[Image.Image], torch.Tensor]:
+        """A torchvision transform: PIL image (already in :attr:`mode`) -> (C, H, W) float32."""
+        from torchvision import transforms as T
+
+        interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
+                  "nearest": T.InterpolationMode.NEAREST}[self.interpolation]
+        s = self.image_size
+        if self.resize_mode == "squash":
+            resize = [T.Resize((s, s), interpolation=interp)]
+        elif self.resize_mode == "longest":
+            resize = [_ResizeLongest(s, interp), T.CenterCrop(s)]  # CenterCrop pads with 0
+        else:
+            resize = [T.Resize(s, interpolation=interp), T.CenterCrop(s)]
+        channels = 1 if self.grayscale else 3
+        mean = self.mean * channels if len(self.mean) == 1 else self.mean
+        std = self.std * channels if len(self.std) == 1 else self.std
+        return T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
+
+
+class _ResizeLongest:
+    def __init__(self, size: int, interpolation: Any) -> None:
+        self.size, self.interpolation = size, interpolation
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        from torchvision.transforms import functional as TF
+
+        w, h = img.size
+        scale = self.size / max(w, h)
+        return TF.resize(img, [max(1, round(h * scale)), max(1, round(w * scale))], interpolation=self.interpolation)
+
+
+def to_mode(img: Image.Image, mode: str) -> Image.Image:
+    """Convert any PIL image to ``RGB`` or ``L`` the way a teacher expects.
+
+    Transparency is composited on white; 16-bit / 32-bit / float images are scaled
+    to 8 bits (integers by the smallest bit depth from 8 to 16 that holds the
+    maximum, so a 12-bit scan is not left dark; others min-max); CMYK, YCbCr, P and
+    1-bit go through Pillow's conversion; RGB -> L uses Pillow's ITU-R 601 luma.
+    """
+    if img.mode == mode:
+        return img
+    if img.mode in _HIGH_DEPTH:
+        img = _to_8bit(img)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in _ALPHA or (img.mode in ("L", "RGB") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert(mode)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    arr = np.asarray(img, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if img.mode != "F" and lo >= 0 and hi <= 65535:
+        bits = next(b for b in range(8, 17) if hi <= 2**b - 1)
+        arr = arr / (2**bits - 1) * 255.0
+    elif hi > lo:
+        arr = (arr - lo) / (hi - lo) * 255.0
+    else:
+        arr = np.zeros_like(arr)
+    return Image.fromarray(np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8), mode="L")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | str | None):
+    """``torch.autocast`` for ``dtype`` (``fp16``/``bf16``/torch dtype) on ``device``, or a no-op."""
+    if dtype is None or dtype in ("fp32", "float32", torch.float32):
+        return contextlib.nullcontext()
+    names = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if isinstance(dtype, str):
+        if dtype not in names:
+            raise ValueError(f"autocast dtype {dtype!r} not in {sorted(names) + ['fp32']}")
+        dtype = names[dtype]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Teacher:
+    """A loaded teacher. Build with :func:`mmkd.extract.teachers.load_teacher`.
+
+    Attributes:
+        name: the spec's name.
+        spec: the spec it was built from.
+        dim: embedding dimension.
+        logit_scale: the model's (exponentiated) logit scale.
+        preprocessing: the resolved image transform settings.
+        context_length: tokenizer max length.
+        device: where the model runs.
+    """
+
+    def __init__(self, spec: TeacherSpec, *, dim: int, logit_scale: float, preprocessing: Preprocessing,
+                 context_length: int, tokenizer_id: str, image_fn: Callable[[torch.Tensor], torch.Tensor],
+                 tokenize_fn: Callable[[list[str]], dict[str, torch.Tensor]],
+                 text_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], device: torch.device,
+                 revision: str | None = None, weights_file: str | None = None, model: Any = None) -> None:
+        self.spec, self.name, self.dim = spec, spec.name, dim
+        self.logit_scale = float(logit_scale)
+        self.preprocessing, self.context_length, self.tokenizer_id = preprocessing, context_length, tokenizer_id
+        self.device, self.model = device, model
+        self._image_fn, self._tokenize_fn, self._text_fn = image_fn, tokenize_fn, text_fn
+        self._transform = preprocessing.build()
+        self._revision, self._weights_file, self._sha256 = revision, weights_file, None
+
+    @property
+    def image_mode(self) -> str:
+        """``RGB`` or ``L``: the mode images should be decoded to for this teacher."""
+        return self.preprocessing.mode
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """The teacher's own transform: PIL image in any mode -> (C, H, W) float32."""
+        return self._transform(to_mode(image, self.image_mode))
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Token tensors for ``captions`` (over-long ones truncated to :attr:`context_length`)."""
+        if isinstance(captions, str):
+            raise TypeError("captions must be a list of strings, got one string")
+        return self._tokenize_fn([str(c) for c in captions])
+
+    def encode_images(self, pixels: torch.Tensor, autocast: torch.dtype | str | None = None) -> torch.Tensor:
+        """Image embeddings: (B, C, H, W) -> (B, dim) L2-normalised float32 on CPU."""
+        if pixels.ndim != 4:
+            raise ValueError(f"teacher {self.name!r}: pixels must be (B, C, H, W), got shape {tuple(pixels.shape)}")
+        with torch.inference_mode(), autocast_context(self.device, autocast):
+            feats = self._image_fn(pixels.to(self.device, non_blocking=True))
+        return self._finish(feats)
+
+    def encode_texts(self, captions: list[str], autocast: torch.dtype | str | None = None) -> torch.Tensor:
+        """Text embeddings: B captions -> (B, dim) L2-normalised float32 on CPU."""
+        tokens = self.tokenize(captions)
+        with torch.inference_mode(), autocast_context(self.device, autocast):
+            feats = self._text_fn({k: v.to(self.device, non_blocking=True) for k, v in tokens.items()})
+        return self._finish(feats)
+
+    def _finish(self, feats: torch.Tensor) -> torch.Tensor:
+        if feats.shape[-1] != self.dim:
+            raise RuntimeError(f"teacher {self.name!r} returned dim {feats.shape[-1]}, expected {self.dim}")
+        return F.normalize(feats.float(), dim=-1).cpu()
+
+    def store_attrs(self) -> dict[str, Any]:
+        """JSON-able description of this teacher for the feature store."""
+        if self._weights_file and self._sha256 is None:
+            self._sha256 = sha256_file(self._weights_file)
+        return {
+            "teacher": self.name, "loader": self.spec.loader, "weights": self.spec.weights,
+            "arch": self.spec.arch, "revision": self._revision, "weights_sha256": self._sha256,
+            "preprocessing": asdict(self.preprocessing), "tokenizer": self.tokenizer_id,
+            "context_length": self.context_length, "dim": self.dim, "normalised": True,
+            "logit_scale": self.logit_scale, "license": self.spec.license, "source": self.spec.source,
+        }
+
+    def __repr__(self) -> str:
+        return f"Teacher({self.name!r}, loader={self.spec.loader!r}, dim={self.dim}, device={self.device})"

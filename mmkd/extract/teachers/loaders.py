@@ -1,0 +1,224 @@
+"""``load_teacher``: one loader per kind (open_clip, transformers, custom), same Teacher out."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmkd.extract.teachers.base import Preprocessing, Teacher
+from mmkd.extract.teachers.spec import TeacherError, TeacherSpec
+from mmkd.extract.teachers.weights import (
+    cache_revision, cached_file, hub_offline, missing_weights_error, weights_status,
+)
+
+log = logging.getLogger(__name__)
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+CUSTOM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "unimed_clip": dict(mean=OPENAI_MEAN, std=OPENAI_STD, context_length=256),
+    "pmc_clip": dict(mean=OPENAI_MEAN, std=OPENAI_STD, context_length=77),
+    "medclip": dict(mean=(0.5862785803043838,), std=(0.27950088968644304,), context_length=77, resize_mode="longest"),
+}
+
+
+def load_teacher(spec: TeacherSpec, device: str | torch.device = "cpu") -> Teacher:
+    """Build a teacher from its spec: model on ``device`` in eval mode, own transform and tokenizer.
+
+    Args:
+        spec: the teacher spec (see :func:`mmkd.extract.teachers.get_teacher_spec`).
+        device: torch device for the model.
+
+    Raises:
+        WeightsNotFoundError: the weights are not here and cannot be fetched; the
+            message names the teacher, the id and where to put the files.
+        TeacherError: the model cannot be built (message names teacher and cause).
+    """
+    device = torch.device(device)
+    loader = {"open_clip": _load_open_clip, "transformers": _load_transformers, "custom": _load_custom}[spec.loader]
+    teacher = loader(spec, device)
+    log.info("loaded %r on %s (dim %d)", teacher, device, teacher.dim)
+    return teacher
+
+
+def _precheck(spec: TeacherSpec) -> None:
+    """Fail before any hub call when files are absent and nothing could fetch them."""
+    status = weights_status(spec)
+    if not status.available and (hub_offline() or spec.weights_kind not in ("hf-hub", "hub-id")):
+        raise missing_weights_error(spec)
+
+
+def _reraise(spec: TeacherSpec, e: Exception) -> TeacherError:
+    if not weights_status(spec).available:
+        return missing_weights_error(spec, e)
+    return TeacherError(f"teacher {spec.name!r}: building the {spec.loader} model from {spec.weights!r} failed: "
+                        f"{type(e).__name__}: {e}")
+
+
+def _preprocessing(spec: TeacherSpec, size: Any, mean: Any, std: Any, interpolation: Any = None,
+                   resize_mode: Any = None) -> Preprocessing:
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return Preprocessing(
+        image_size=int(spec.image_size or size), mean=tuple(spec.mean or mean), std=tuple(spec.std or std),
+        interpolation=spec.interpolation or interpolation or "bicubic",
+        resize_mode=spec.resize_mode or resize_mode or "shortest", grayscale=spec.grayscale)
+
+
+def _infer_dim(spec: TeacherSpec, model_fn: Any, pp: Preprocessing, device: torch.device) -> int:
+    channels = 1 if pp.grayscale else 3
+    with torch.inference_mode():
+        out = model_fn(torch.zeros(1, channels, pp.image_size, pp.image_size, device=device))
+    dim = int(out.shape[-1])
+    if spec.dim is not None and spec.dim != dim:
+        raise TeacherError(f"teacher {spec.name!r}: pipelines file says dim {spec.dim} but the model "
+                           f"{spec.weights!r} outputs {dim}; fix 'dim' or the weights")
+    return dim
+
+
+def _load_open_clip(spec: TeacherSpec, device: torch.device) -> Teacher:
+    import open_clip
+
+    _precheck(spec)
+    kind = spec.weights_kind
+    name, pretrained = (spec.arch, spec.weights) if kind == "file" else (spec.weights, None)
+    try:
+        model = open_clip.create_model_from_pretrained(
+            name, pretrained=pretrained, device=device, return_transform=False, **spec.model_config)
+        tokenizer = open_clip.get_tokenizer(spec.tokenizer or name, context_length=spec.context_length)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise _reraise(spec, e) from e
+    model.eval()
+    pp_cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    pp = _preprocessing(spec, pp_cfg.get("size", 224), pp_cfg.get("mean", OPENAI_MEAN), pp_cfg.get("std", OPENAI_STD),
+                        pp_cfg.get("interpolation"), pp_cfg.get("resize_mode"))
+    image_fn = model.encode_image
+    revision = None
+    if kind == "hf-hub":
+        revision = cache_revision(cached_file(spec.weights[len("hf-hub:"):], "open_clip_config.json"))
+    return Teacher(
+        spec, dim=_infer_dim(spec, image_fn, pp, device), logit_scale=model.logit_scale.exp().item(),
+        preprocessing=pp, context_length=int(tokenizer.context_length), tokenizer_id=spec.tokenizer or name,
+        image_fn=image_fn, tokenize_fn=lambda caps: {"input_ids": tokenizer(caps)},
+        text_fn=lambda t: model.encode_text(t["input_ids"]), device=device, revision=revision,
+        weights_file=_open_clip_weights_file(spec), model=model)
+
+
+def _open_clip_weights_file(spec: TeacherSpec) -> str | None:
+    if spec.weights_kind == "file":
+        return spec.weights
+    if spec.weights_kind == "local-dir":
+        from open_clip.factory import _find_checkpoint_in_dir
+
+        return _find_checkpoint_in_dir(Path(spec.weights[len("local-dir:"):]))
+    return None  # hub weights are pinned by their commit (revision) instead
+
+
+def _features(out: Any) -> torch.Tensor:
+    """transformers 5 returns a ModelOutput from get_*_features; older versions a tensor."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _hf_preprocessing(spec: TeacherSpec, src: str, kw: dict, config: Any) -> Preprocessing:
+    from transformers import AutoImageProcessor
+
+    try:
+        proc = AutoImageProcessor.from_pretrained(src, **kw)
+    except (OSError, ValueError) as e:
+        vision = getattr(config, "vision_config", config)
+        log.warning("teacher %r: no image processor in %s (%s); using image_size from the config and CLIP "
+                    "mean/std unless the spec gives them", spec.name, src, e)
+        return _preprocessing(spec, getattr(vision, "image_size", 224), OPENAI_MEAN, OPENAI_STD)
+    size, crop = dict(getattr(proc, "size", None) or {}), dict(getattr(proc, "crop_size", None) or {})
+    center = bool(getattr(proc, "do_center_crop", True)) and crop
+    side = crop.get("height") if center else size.get("shortest_edge", size.get("height"))
+    resample = getattr(proc, "resample", 3)
+    resample = getattr(resample, "value", resample)
+    interp = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(resample, resample if isinstance(resample, str) else None)
+    mode = "shortest" if center or "shortest_edge" in size else "squash"
+    return _preprocessing(spec, side or 224, proc.image_mean, proc.image_std, interp, mode)
+
+
+def _load_transformers(spec: TeacherSpec, device: torch.device) -> Teacher:
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel
+
+    _precheck(spec)
+    src = spec.weights
+    kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if spec.revision:
+        kw["revision"] = spec.revision
+    if spec.weights_kind == "hub-id" and hub_offline():
+        kw["local_files_only"] = True
+    try:
+        config = AutoConfig.from_pretrained(src, **kw)
+        model = (CLIPModel if config.model_type == "clip" else AutoModel).from_pretrained(src, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or src, **kw)
+        pp = _hf_preprocessing(spec, src, kw, config)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise _reraise(spec, e) from e
+    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+        raise TeacherError(f"teacher {spec.name!r}: {type(model).__name__} from {src!r} has no "
+                           "get_image_features/get_text_features; use loader 'custom' or 'open_clip'")
+    model.to(device).eval()
+    text_cfg = getattr(config, "text_config", config)
+    ctx = int(spec.context_length or getattr(text_cfg, "max_position_embeddings", 0) or tokenizer.model_max_length)
+
+    def image_fn(pixels: torch.Tensor) -> torch.Tensor:
+        return _features(model.get_image_features(pixel_values=pixels))
+
+    def text_fn(t: dict[str, torch.Tensor]) -> torch.Tensor:
+        return _features(model.get_text_features(input_ids=t["input_ids"], attention_mask=t["attention_mask"]))
+
+    revision = spec.revision
+    if spec.weights_kind == "hub-id":
+        revision = cache_revision(cached_file(src, "config.json", spec.revision)) or spec.revision
+    scale = model.logit_scale.exp().item() if hasattr(model, "logit_scale") else 100.0
+    return Teacher(spec, dim=_infer_dim(spec, image_fn, pp, device), logit_scale=scale, preprocessing=pp,
+                   context_length=ctx, tokenizer_id=spec.tokenizer or src, image_fn=image_fn,
+                   tokenize_fn=_hf_tokenize(tokenizer, ctx), text_fn=text_fn, device=device, revision=revision,
+                   weights_file=_hf_weights_file(src) if spec.weights_kind == "dir" else None, model=model)
+
+
+def _hf_weights_file(folder: str) -> str | None:
+    return next((str(p) for n in ("model.safetensors", "pytorch_model.bin") if (p := Path(folder) / n).is_file()), None)
+
+
+def _hf_tokenize(tokenizer: Any, ctx: int):
+    def tokenize(captions: list[str]) -> dict[str, torch.Tensor]:
+        # Padding to a fixed length keeps each caption's features independent of its batch.
+        enc = tokenizer(captions, padding="max_length", truncation=True, max_length=ctx, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    return tokenize
+
+
+def _load_custom(spec: TeacherSpec, device: torch.device) -> Teacher:
+    from transformers import AutoTokenizer
+
+    from mmkd.extract.custom_models import CUSTOM_ARCHS, build_custom_model, load_custom_checkpoint
+
+    if spec.arch not in CUSTOM_ARCHS:
+        raise TeacherError(f"teacher {spec.name!r}: unknown custom arch {spec.arch!r}; valid: {sorted(CUSTOM_ARCHS)}")
+    if not spec.tokenizer:
+        raise TeacherError(f"teacher {spec.name!r}: loader 'custom' needs 'tokenizer' (a hub id or a local folder)")
+    _precheck(spec)
+    try:
+        model = build_custom_model(spec.arch, spec.model_config)
+        tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer, local_files_only=hub_offline())
+    except (KeyError, ValueError, TypeError) as e:
+        raise TeacherError(f"teacher {spec.name!r}: bad model_config for {spec.arch!r}: {e}") from e
+    except OSError as e:
+        raise _reraise(spec, e) from e
+    load_custom_checkpoint(model, spec.arch, spec.weights, spec.model_config)
+    model.to(device).eval()
+    d = CUSTOM_DEFAULTS[spec.arch]
+    vision = spec.model_config.get("vision", {})
+    size = vision.get("image_size", vision.get("swin", {}).get("image_size", 224))
+    pp = _preprocessing(spec, size, d["mean"], d["std"], None, d.get("resize_mode"))
+    ctx = int(spec.context_length or d["context_length"])
+    return Teacher(spec, dim=_infer_dim(spec, model.encode_image, pp, device), logit_scale=model.logit_scale.exp().item(),
+                   preprocessing=pp, context_length=ctx, tokenizer_id=spec.tokenizer, image_fn=model.encode_image,
+                   tokenize_fn=_hf_tokenize(tokenizer, ctx),
+                   text_fn=lambda t: model.encode_text(t["input_ids"], t["attention_mask"]), device=device,
+                   weights_file=spec.weights, model=model)
