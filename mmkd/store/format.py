@@ -11,7 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -57,9 +57,10 @@ class Sample:
     labels: dict[str, Any] | None = field(default=None)
 
     def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        row["labels"] = None if self.labels is None else json.dumps(self.labels, sort_keys=True)
-        return row
+        # (dataclasses.asdict deep-copies: 50x slower on millions of samples)
+        return {"sample_id": self.sample_id, "caption": self.caption, "image": self.image,
+                "image_sha256": self.image_sha256, "source": self.source,
+                "labels": None if self.labels is None else json.dumps(self.labels, sort_keys=True)}
 
 
 def block_name(block: int) -> str:
