@@ -1,0 +1,90 @@
+"""``mmkd distill``: train a student from a feature store (stage 1 CLIP, stage 2 KD).
+
+Every flag overrides the named ``distill:`` entry of pipelines.yaml. Several GPUs
+or nodes: ``torchrun --nproc-per-node 8 -m mmkd.distill --store ... ``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+OVERRIDES = (
+    "store", "stage", "student", "out", "kd", "steps", "epochs", "batch_size", "grad_accum", "lr",
+    "weight_decay", "warmup_steps", "grad_clip", "precision", "init", "stop_at_step", "checkpoint_every",
+    "log_every", "seed", "num_workers", "buffer_blocks", "projections", "head", "fd_weight", "icl_weight",
+    "clip_weight", "icl_scale", "device", "dataset",
+)
+
+
+@click.command("distill")
+@click.option("--store", type=click.Path(exists=True, file_okay=False), help="Feature store path.")
+@click.option("--stage", type=click.IntRange(1, 2), help="1: CLIP pretraining; 2: distillation from teacher features.")
+@click.option("--student", help="students entry, open_clip JSON config path or open_clip architecture name.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder (checkpoints, metrics, export).")
+@click.option("--kd", type=click.Choice(["mmkd-clip", "multi"]), help="Stage-2 recipe (default mmkd-clip).")
+@click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps to run.")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs to run (instead of --steps).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Rows per GPU per micro-batch.")
+@click.option("--grad-accum", type=click.IntRange(min=1), help="Micro-batches per optimizer step.")
+@click.option("--lr", type=float, help="Peak learning rate (default 5e-5 stage 1, 1e-6 stage 2).")
+@click.option("--weight-decay", type=float, help="AdamW weight decay (default 0.2).")
+@click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warmup steps (default 2000).")
+@click.option("--grad-clip", type=float, help="Max gradient norm (0: off; default 1.0).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), help="auto: bf16 autocast on CUDA.")
+@click.option("--init", type=click.Path(exists=True), help="Start the student from a run, export or checkpoint.")
+@click.option("--resume", is_flag=True, default=None, help="Continue from <out>/checkpoints/last.pt exactly.")
+@click.option("--stop-at-step", type=click.IntRange(min=1), help="End this invocation after this step.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), help="Steps between checkpoints.")
+@click.option("--log-every", type=click.IntRange(min=1), help="Steps between metric records.")
+@click.option("--seed", type=int, help="Seed of data order, augmentation and teacher draws.")
+@click.option("--num-workers", type=click.IntRange(min=0), help="DataLoader workers per GPU.")
+@click.option("--buffer-blocks", type=click.IntRange(min=1), help="Store blocks shuffled together.")
+@click.option("--teachers", help="Comma-separated teachers to use (default: all in the store).")
+@click.option("--projections", type=click.Path(exists=True, dir_okay=False),
+              help="mmkd-clip: per-teacher projection weights file.")
+@click.option("--head", type=click.Choice(["linear", "mlp"]), help="multi: head kind.")
+@click.option("--standardize/--no-standardize", default=None, help="multi: standardise targets by store stats.")
+@click.option("--fd-weight", type=float, help="Feature-distillation weight (default 50).")
+@click.option("--icl-weight", type=float, help="ICL weight (default 1).")
+@click.option("--clip-weight", type=float, help="CLIP term weight (default 1).")
+@click.option("--icl-scale", type=float, help="ICL logit multiplier (default ln(1/0.07)).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device (default auto).")
+@click.option("--dataset", help="Where the store's images are, if moved from the URI it records.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--run", "run_name", help="Name of the distill: entry in the pipelines file.")
+@click.option("--pipeline", type=click.Path(exists=True, dir_okay=False), help="Pipelines file (default: pipelines.yaml).")
+def distill_cmd(run_name: str | None, pipeline: str | None, teachers: str | None, resume: bool | None,
+                standardize: bool | None, no_progress: bool, **flags) -> None:
+    """Train a student from a feature store; no teacher is ever loaded.
+
+    \b
+    mmkd distill --store STORE --stage 1 --student NAME --out runs/s1 --steps 10000
+    mmkd distill --store STORE --stage 2 --student NAME --init runs/s1 --out runs/s2 --steps 10000
+    """
+    from mmkd.config import ConfigError, default_pipelines_path, load_pipelines
+    from mmkd.distill.config import load_distill_config
+    from mmkd.distill.recipe import distill
+
+    overrides = {k: flags.get(k) for k in OVERRIDES}
+    overrides.update(resume=resume, standardize=standardize,
+                     teachers=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
+                     progress=False if no_progress else None)
+    try:
+        # without --pipeline the default file still provides the students: entries
+        explicit = pipeline or run_name
+        pipelines = load_pipelines(pipeline) if explicit or default_pipelines_path().is_file() else None
+        cfg = load_distill_config(pipelines, run_name, overrides)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
+    try:
+        summary = distill(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(json.dumps(summary))
+
+
+def register(main: click.Group) -> None:
+    """Add ``mmkd distill`` to the top-level group."""
+    main.add_command(distill_cmd)

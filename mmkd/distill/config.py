@@ -1,0 +1,190 @@
+"""Typed config of a distill run: pipelines.yaml ``distill:`` entry + command-line overrides.
+
+Resolution order (later wins): dataclass defaults, stage defaults (lr), the named
+``distill:`` entry, explicit overrides. The resolved config is saved next to the
+run as ``<out>/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmkd.config import ConfigError, resolve_path, section
+
+KD_MODES = ("mmkd-clip", "multi")
+STAGE_LR = {1: 5e-5, 2: 1e-6}
+
+
+@dataclass
+class DistillConfig:
+    """Everything a distill run needs.
+
+    Attributes:
+        store: feature store path.
+        stage: 1 (CLIP pretraining on the store's image-caption pairs) or 2 (KD).
+        student: students entry, open_clip JSON config path or open_clip architecture.
+        out: run folder (checkpoints, metrics, export, config).
+        kd: stage-2 recipe, ``mmkd-clip`` (official) or ``multi`` (all teachers, heads).
+        steps: optimizer steps to run (exclusive with ``epochs``).
+        epochs: epochs to run, may be fractional (exclusive with ``steps``).
+        batch_size: rows per rank per micro-batch.
+        grad_accum: micro-batches per optimizer step.
+        lr, weight_decay, beta1, beta2, eps, warmup_steps, min_lr: AdamW + cosine.
+        grad_clip: max grad norm (``None``/0: off).
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or ``fp32``.
+        init: checkpoint / export folder / weights file to start the student from.
+        resume: continue from ``<out>/checkpoints/last.pt``.
+        stop_at_step: end this invocation after this step (checkpointed), e.g. to fit
+            a preemptible time slot; ``--resume`` continues.
+        checkpoint_every: steps between checkpoints (also one at the end).
+        keep_checkpoints: also keep a ``step-XXXXXXXX.pt`` copy of each checkpoint.
+        log_every: steps between metric records.
+        seed: seed of data order, augmentation, teacher draws and init.
+        num_workers: DataLoader workers per rank.
+        buffer_blocks: store blocks shuffled together (bounds reader memory).
+        augment: open_clip train-time augmentation (else eval preprocessing).
+        teachers: teachers to use (default: every teacher in the store).
+        teacher_weights: ``multi``: teacher -> weight.
+        standardize: ``multi``: standardise targets with the store's mean/std attrs.
+        head: ``multi``: head kind, ``linear`` or ``mlp``.
+        projections: ``mmkd-clip``: file with ``<teacher>.weight`` maps (else fixed random semi-orthogonal).
+        train_projections: ``mmkd-clip``: learn the maps jointly instead of freezing them.
+        clip_weight, fd_weight, icl_weight, icl_scale: loss weights and the ICL multiplier.
+        max_logit_scale: clamp of the learnable logit scale's exp.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        dataset: override of the image dataset the store points at (path / URI).
+        progress: show a tqdm bar (rank 0).
+    """
+
+    store: str = ""
+    stage: int = 1
+    student: str = ""
+    out: str = ""
+    kd: str = "mmkd-clip"
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float | None = None
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 2000
+    min_lr: float = 0.0
+    grad_clip: float | None = 1.0
+    precision: str = "auto"
+    init: str | None = None
+    resume: bool = False
+    stop_at_step: int | None = None
+    checkpoint_every: int = 1000
+    keep_checkpoints: bool = False
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 2
+    buffer_blocks: int = 8
+    augment: bool = True
+    teachers: list[str] | None = None
+    teacher_weights: dict[str, float] | None = None
+    standardize: bool = False
+    head: str = "linear"
+    projections: str | None = None
+    train_projections: bool = False
+    clip_weight: float = 1.0
+    fd_weight: float = 50.0
+    icl_weight: float = 1.0
+    icl_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = 100.0
+    device: str = "auto"
+    dataset: str | None = None
+    progress: bool = True
+    students_section: dict[str, Any] = field(default_factory=dict, repr=False)
+    students_base_dir: str | None = field(default=None, repr=False)
+
+    def validate(self) -> "DistillConfig":
+        """Check values; fill the stage's default lr.
+
+        Raises:
+            ConfigError: a value is missing or out of range (the message names it).
+        """
+        for name in ("store", "student", "out"):
+            if not getattr(self, name):
+                raise ConfigError(f"distill: '{name}' is required (pass --{name} or set it in the distill entry)")
+        if self.stage not in (1, 2):
+            raise ConfigError(f"distill: stage must be 1 or 2, got {self.stage!r}")
+        if self.kd not in KD_MODES:
+            raise ConfigError(f"distill: kd {self.kd!r} is unknown; valid: {list(KD_MODES)}")
+        if (self.steps is None) == (self.epochs is None):
+            raise ConfigError("distill: give exactly one of steps or epochs "
+                              f"(got steps={self.steps}, epochs={self.epochs})")
+        if (self.steps is not None and self.steps <= 0) or (self.epochs is not None and self.epochs <= 0):
+            raise ConfigError(f"distill: steps/epochs must be positive, got {self.steps}/{self.epochs}")
+        for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every", "buffer_blocks"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"distill: {name} must be positive, got {getattr(self, name)}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"distill: precision {self.precision!r} is unknown; use auto, bf16 or fp32")
+        if self.head not in ("linear", "mlp"):
+            raise ConfigError(f"distill: head {self.head!r} is unknown; use linear or mlp")
+        if self.lr is None:
+            self.lr = STAGE_LR[self.stage]
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (for ``config.yaml`` and checkpoints)."""
+        d = dataclasses.asdict(self)
+        d.pop("students_section")
+        d.pop("students_base_dir")
+        return d
+
+
+FIELDS = {f.name for f in dataclasses.fields(DistillConfig)} - {"students_section", "students_base_dir"}
+PATH_FIELDS = ("store", "out", "init", "projections", "dataset")
+
+
+def load_distill_config(pipelines: dict[str, Any] | None, run: str | None,
+                        overrides: dict[str, Any]) -> DistillConfig:
+    """Resolve a run's config from a parsed pipelines file, a ``distill:`` entry name and overrides.
+
+    Args:
+        pipelines: the mapping from :func:`mmkd.config.load_pipelines` (or ``None``).
+        run: name of the ``distill:`` entry, or ``None`` for overrides only.
+        overrides: field -> value; ``None`` values are ignored (flag not given).
+
+    Raises:
+        ConfigError: unknown entry or key, or invalid values.
+    """
+    pipelines = pipelines or {}
+    entries = section(pipelines, "distill")
+    values: dict[str, Any] = {}
+    if run is not None:
+        if run not in entries:
+            raise ConfigError(f"distill entry {run!r} not in pipelines file; entries: {sorted(entries)}")
+        values.update(entries[run] or {})
+        unknown = sorted(set(values) - FIELDS)
+        if unknown:
+            raise ConfigError(f"distill entry {run!r} has unknown keys {unknown}; valid keys: {sorted(FIELDS)}")
+        for key in PATH_FIELDS:
+            if values.get(key):
+                values[key] = str(resolve_path(pipelines, values[key]))
+        student = values.get("student")
+        if student and student not in section(pipelines, "students") and str(student).endswith(".json"):
+            values["student"] = str(resolve_path(pipelines, student))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(values) - FIELDS)
+    if unknown:
+        raise ConfigError(f"distill: unknown option(s) {unknown}; valid: {sorted(FIELDS)}")
+    # a --steps flag replaces an entry's epochs bound, and --epochs its steps
+    if overrides.get("steps") is not None:
+        values["epochs"] = None
+    if overrides.get("epochs") is not None:
+        values["steps"] = None
+    cfg = DistillConfig(**values)
+    cfg.students_section = section(pipelines, "students")
+    if pipelines.get("_path"):
+        cfg.students_base_dir = str(Path(pipelines["_path"]).parent)
+    return cfg.validate()

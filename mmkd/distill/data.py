@@ -1,0 +1,310 @@
+"""Streaming training data from a feature store: images + captions (+ teacher features).
+
+Row order comes from :func:`mmkd.store.chunk_shuffled_batches`: deterministic from
+(seed, epoch), global batches split into equal rank slices, batches dealt to
+DataLoader workers round robin, resumable from a batch index. Nothing is loaded
+whole: captions and image references are read from ``index.parquet`` one row group
+at a time, validity and features one store block at a time, each through a small
+LRU cache sized by ``buffer_blocks``.
+
+Per-row randomness (augmentation, the random teacher of ``mmkd-clip``) is a hash of
+(seed, epoch, row), so a row gets the same view however the run is sharded,
+however many workers there are, and whether or not it was resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+logger = logging.getLogger(__name__)
+
+_M = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def mix64(x: np.ndarray | int) -> np.ndarray:
+    """SplitMix64 finaliser, vectorised over uint64 (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def row_hash(seed: int, epoch: int, rows: np.ndarray, salt: int) -> np.ndarray:
+    """A uint64 per row from (seed, epoch, row, salt), independent of batching."""
+    base = mix64(mix64(np.uint64(seed) * np.uint64(1_000_003) + np.uint64(salt)) + np.uint64(epoch))
+    with np.errstate(over="ignore"):
+        return mix64(base + np.asarray(rows, dtype=np.uint64))
+
+
+def uniform(seed: int, epoch: int, rows: np.ndarray, salt: int) -> np.ndarray:
+    """Floats in [0, 1) per row (53-bit)."""
+    return (row_hash(seed, epoch, rows, salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def draw_teacher(valid: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Per row, the index of one valid teacher drawn by ``u`` in [0,1) (-1 when none is valid).
+
+    Args:
+        valid: (B, T) bool.
+        u: (B,) uniforms.
+    """
+    k = valid.sum(axis=1)
+    pick = np.minimum((u * k).astype(np.int64), np.maximum(k - 1, 0))
+    cum = np.cumsum(valid, axis=1) - 1
+    choice = np.argmax((cum == pick[:, None]) & valid, axis=1)
+    return np.where(k > 0, choice, -1)
+
+
+class IndexReader:
+    """Captions and image references by row from ``index.parquet``, one row group at a time."""
+
+    def __init__(self, path: str | Path, columns: tuple[str, ...] = ("caption", "image"), max_groups: int = 16):
+        import pyarrow.parquet as pq
+
+        self.file = pq.ParquetFile(str(path))
+        self.columns = list(columns)
+        sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.max_groups = max_groups
+        self._cache: OrderedDict[int, dict[str, list]] = OrderedDict()
+
+    def _group(self, g: int) -> dict[str, list]:
+        hit = self._cache.get(g)
+        if hit is None:
+            hit = self.file.read_row_group(g, columns=self.columns).to_pydict()
+            self._cache[g] = hit
+            while len(self._cache) > self.max_groups:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(g)
+        return hit
+
+    def get(self, rows: np.ndarray) -> dict[str, list]:
+        """Column -> values for ``rows`` (in the given order)."""
+        out: dict[str, list] = {c: [None] * len(rows) for c in self.columns}
+        groups = np.searchsorted(self.starts, rows, side="right") - 1
+        for g in np.unique(groups):
+            data = self._group(int(g))
+            for i in np.nonzero(groups == g)[0]:
+                local = int(rows[i] - self.starts[g])
+                for c in self.columns:
+                    out[c][i] = data[c][local]
+        return out
+
+
+class SyntheticImages:
+    """Images for ``synthetic://`` stores: deterministic noise per reference (benchmarks, tests)."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+
+    def read_many(self, refs: list[str], on_error: str = "return") -> list[bytes]:
+        from PIL import Image
+
+        out = []
+        for ref in refs:
+            seed = int.from_bytes(hashlib.sha256(ref.encode()).digest()[:8], "little")
+            arr = np.random.default_rng(seed).integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="PNG")
+            out.append(buf.getvalue())
+        return out
+
+
+def open_images(uri: str):
+    """The image dataset a store was built from (any format :mod:`mmkd.extract.readers` opens)."""
+    if uri.startswith("synthetic://"):
+        return SyntheticImages()
+    if not uri:
+        raise ValueError("the store records no dataset URI; pass --dataset PATH to say where its images are")
+    from mmkd.extract.readers import open_dataset
+
+    return open_dataset(uri)
+
+
+def store_dataset_uri(manifest: dict[str, Any]) -> str:
+    """The dataset URI recorded in a store manifest."""
+    ds = manifest.get("dataset")
+    if isinstance(ds, dict) and ds.get("uri"):
+        return str(ds["uri"])
+    return str(manifest.get("dataset_uri") or "")
+
+
+@dataclass
+class DataSpec:
+    """What a :class:`StoreBatches` reads (plain values: safe to send to workers)."""
+
+    store: str
+    batch_size: int
+    seed: int = 0
+    teachers: list[str] = field(default_factory=list)
+    rank: int = 0
+    world_size: int = 1
+    buffer_blocks: int = 8
+    dataset: str | None = None
+    with_features: bool = False
+
+
+class StoreBatches(IterableDataset):
+    """One epoch of this rank's batches, starting at ``start_batch`` (see :meth:`set_epoch`).
+
+    Each item is a dict: ``rows`` (B,) int64, ``image`` (B,3,H,W) float, ``text``
+    (B,ctx) long, ``ok`` (B,) bool (False: image unreadable, row to be ignored); with
+    features also ``feats`` {teacher: {"image","text": (B,D_t) float32}},
+    ``valid`` (B,T) bool and ``choice`` (B,) long (random valid teacher, -1 none).
+    """
+
+    def __init__(self, spec: DataSpec, transform: Callable, tokenizer: Callable):
+        super().__init__()
+        from mmkd.store import FeatureStore, num_batches
+
+        self.spec = spec
+        self.transform = transform
+        self.tokenizer = tokenizer
+        store = FeatureStore.open(spec.store)
+        self.n, self.block_size = store.n, store.block_size
+        self.dims = {t: store.dim(t) for t in spec.teachers}
+        self.uri = spec.dataset or store_dataset_uri(store.manifest)
+        self.batches_per_epoch = num_batches(self.n, spec.batch_size, spec.world_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"store {spec.store!r} has {self.n} rows, fewer than one global batch of "
+                             f"{spec.batch_size} x {spec.world_size} ranks; lower --batch-size")
+        self.epoch, self.start_batch = 0, 0
+        self._state: dict[str, Any] | None = None
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch and the first batch (of this rank) to yield."""
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def _open(self) -> dict[str, Any]:
+        # opened lazily, in the process (worker) that reads
+        if self._state is None:
+            from mmkd.store import FeatureStore
+
+            cache = max(self.spec.buffer_blocks, 2) * self.block_size * 2 * sum(self.dims.values()) * 2 + (1 << 20)
+            store = FeatureStore.open(self.spec.store, cache_bytes=cache)
+            self._state = {
+                "store": store,
+                "index": IndexReader(Path(self.spec.store) / "index.parquet",
+                                     max_groups=max(self.spec.buffer_blocks, 2) + 1),
+                "images": open_images(self.uri),
+                "valid": ValidReader(store, self.spec.teachers, max(self.spec.buffer_blocks, 2) + 1),
+            }
+        return self._state
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from mmkd.store import chunk_shuffled_batches
+
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        s = self.spec
+        batches = chunk_shuffled_batches(
+            self.n, self.block_size, s.batch_size, seed=s.seed, epoch=self.epoch, rank=s.rank,
+            world_size=s.world_size, worker_id=wid, num_workers=nw, buffer_blocks=s.buffer_blocks,
+            start_batch=self.start_batch)
+        for rows in batches:
+            yield self.load(np.asarray(rows, dtype=np.int64))
+
+    def load(self, rows: np.ndarray) -> dict[str, Any]:
+        """Build the batch for ``rows`` (see the class docstring)."""
+        st = self._open()
+        meta = st["index"].get(rows)
+        images, ok = self._images(st["images"], meta["image"], rows)
+        batch: dict[str, Any] = {
+            "rows": torch.from_numpy(rows.copy()),
+            "image": images,
+            "text": self.tokenizer([c or "" for c in meta["caption"]]),
+            "ok": torch.from_numpy(ok),
+        }
+        if self.spec.with_features:
+            batch.update(self._features(st, rows))
+        return batch
+
+    def _images(self, source, refs: list[str], rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        from mmkd.extract.images import BadSample, decode_image
+
+        raw = source.read_many(list(refs), on_error="return")
+        seeds = row_hash(self.spec.seed, self.epoch, rows, salt=1) >> np.uint64(1)
+        out, ok = [], np.ones(len(rows), dtype=bool)
+        for i, data in enumerate(raw):
+            try:
+                if isinstance(data, BaseException):
+                    raise data
+                img = decode_image(data)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(seeds[i]))
+                    out.append(self.transform(img))
+            except BadSample as e:
+                logger.warning("row %d (image %r) unreadable, skipped in this batch: %s", rows[i], refs[i], e)
+                ok[i] = False
+                out.append(None)
+        shape = next((x.shape for x in out if x is not None), None)
+        if shape is None:
+            raise RuntimeError(f"no image of batch rows {rows[:8].tolist()}... could be read; check the dataset "
+                               f"at {self.uri!r}")
+        return torch.stack([x if x is not None else torch.zeros(shape) for x in out]), ok
+
+    def _features(self, st: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+        store = st["store"]
+        valid = np.stack([st["valid"].get(t, rows) for t in self.spec.teachers], axis=1)
+        feats = {}
+        for j, t in enumerate(self.spec.teachers):
+            img = store.read(t, rows, "image").astype(np.float32)
+            txt = store.read(t, rows, "text").astype(np.float32)
+            img[~valid[:, j]] = 0.0
+            txt[~valid[:, j]] = 0.0
+            feats[t] = {"image": torch.from_numpy(img), "text": torch.from_numpy(txt)}
+        choice = draw_teacher(valid, uniform(self.spec.seed, self.epoch, rows, salt=2))
+        return {"feats": feats, "valid": torch.from_numpy(valid), "choice": torch.from_numpy(choice)}
+
+
+class ValidReader:
+    """Per-teacher validity by row, one store block at a time (blocks not done read as invalid)."""
+
+    def __init__(self, store, teachers: list[str], max_blocks: int = 16):
+        import zarr
+
+        self.store = store
+        self.arrays = {t: zarr.open_array(str(Path(store.path) / "features.zarr" / t / "valid"), mode="r")
+                       for t in teachers}
+        self.done = {t: store.done_blocks(t) for t in teachers}
+        self.max_blocks = max_blocks
+        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def _block(self, t: str, b: int) -> np.ndarray:
+        key = (t, b)
+        hit = self._cache.get(key)
+        if hit is None:
+            s, e = self.store.block_range(b)
+            hit = np.asarray(self.arrays[t][s:e], dtype=bool) if b in self.done[t] else np.zeros(e - s, bool)
+            self._cache[key] = hit
+            while len(self._cache) > self.max_blocks * max(len(self.arrays), 1):
+                self._cache.popitem(last=False)
+        return hit
+
+    def get(self, t: str, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) bool validity of teacher ``t``."""
+        bs = self.store.block_size
+        out = np.zeros(len(rows), dtype=bool)
+        blocks = rows // bs
+        for b in np.unique(blocks):
+            sel = np.nonzero(blocks == b)[0]
+            out[sel] = self._block(t, int(b))[rows[sel] - b * bs]
+        return out
+
+
+def make_loader(dataset: StoreBatches, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over pre-batched items (``batch_size=None``)."""
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      prefetch_factor=2 if num_workers > 0 else None)

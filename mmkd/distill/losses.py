@@ -1,0 +1,164 @@
+"""Distillation losses. Each returns a dict of named terms; ``total`` is their weighted sum.
+
+All functions are pure functions of a whole (already gathered) batch, so DDP only
+has to gather inputs; the terms are then the same as one process on the global
+batch. Student features given here are L2-normalised.
+
+- :func:`clip_loss`: symmetric InfoNCE (stage 1, and the CLIP term of stage 2).
+- :func:`mmkd_clip_loss`: the official MMKD-CLIP stage 2 (one random valid teacher
+  per row; ``CLIP + 50 (MSE_img + MSE_txt) + ICL``).
+- :func:`multi_kd_loss`: all valid teachers per row through learned per-teacher
+  heads, FD + ICL per teacher, averaged over the teachers present.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Terms = dict[str, torch.Tensor]
+
+
+@dataclass
+class LossWeights:
+    """Loss weights and constants (defaults: the official MMKD-CLIP values).
+
+    Attributes:
+        clip: weight of the student's own CLIP (InfoNCE) term.
+        fd: weight of feature distillation, applied to ``MSE_img + MSE_txt``.
+        icl: weight of interactive contrastive learning.
+        icl_scale: the fixed multiplier ``c`` of ICL logits (``ln(1/0.07)``, not trained).
+    """
+
+    clip: float = 1.0
+    fd: float = 50.0
+    icl: float = 1.0
+    icl_scale: float = math.log(1 / 0.07)
+
+
+def _contrastive(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric cross entropy of ``scale * a @ b.T`` with matching rows as positives."""
+    logits = scale * a @ b.t()
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> Terms:
+    """Symmetric InfoNCE.
+
+    Args:
+        img: (B, D) normalised image features.
+        txt: (B, D) normalised text features.
+        logit_scale: the learnable log-temperature (the multiplier is its exp).
+    """
+    clip = _contrastive(img, txt, logit_scale.exp())
+    return {"clip": clip, "total": clip}
+
+
+def _icl(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: torch.Tensor,
+         scale: float) -> torch.Tensor:
+    """``½[CE(c·s_img·t_txtᵀ) + CE(c·s_txt·t_imgᵀ)]`` with row i matching row i."""
+    labels = torch.arange(s_img.shape[0], device=s_img.device)
+    return 0.5 * (F.cross_entropy(scale * s_img @ t_txt.t(), labels)
+                  + F.cross_entropy(scale * s_txt @ t_img.t(), labels))
+
+
+def _f(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (bf16/fp16 autocast outputs are upcast; float64 is kept)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _row_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row mean squared error over the feature dim, (B,)."""
+    return (_f(a) - _f(b)).pow(2).mean(dim=1)
+
+
+def mmkd_clip_loss(s_img: torch.Tensor, s_txt: torch.Tensor, logit_scale: torch.Tensor,
+                   t_img: torch.Tensor, t_txt: torch.Tensor, has_target: torch.Tensor,
+                   weights: LossWeights | None = None) -> Terms:
+    """The official stage-2 loss: ``clip·CLIP + fd·(MSE_img + MSE_txt) + icl·ICL``.
+
+    Args:
+        s_img, s_txt: (B, D) normalised student features.
+        logit_scale: the student's log-temperature (for the CLIP term).
+        t_img, t_txt: (B, D) the chosen teacher's features, already mapped to the
+            student dim and normalised; rows without a target may hold anything.
+        has_target: (B,) bool, rows that have a valid teacher. Rows without one
+            contribute only to the CLIP term.
+        weights: weights and the ICL multiplier.
+    """
+    w = weights or LossWeights()
+    terms = clip_loss(s_img, s_txt, logit_scale)
+    m = has_target.bool()
+    if m.any():
+        fd_img = _row_mse(s_img[m], t_img[m]).mean()
+        fd_txt = _row_mse(s_txt[m], t_txt[m]).mean()
+        icl = _icl(s_img[m], s_txt[m], t_img[m], t_txt[m], w.icl_scale)
+    else:
+        fd_img = fd_txt = icl = s_img.sum() * 0.0
+    terms.update(fd_img=fd_img, fd_txt=fd_txt, icl=icl)
+    terms["total"] = w.clip * terms["clip"] + w.fd * (fd_img + fd_txt) + w.icl * icl
+    return terms
+
+
+def multi_kd_loss(s_img: torch.Tensor, s_txt: torch.Tensor, logit_scale: torch.Tensor,
+                  head_img: dict[str, torch.Tensor], head_txt: dict[str, torch.Tensor],
+                  t_img: dict[str, torch.Tensor], t_txt: dict[str, torch.Tensor],
+                  valid: dict[str, torch.Tensor], weights: LossWeights | None = None,
+                  teacher_weights: dict[str, float] | None = None,
+                  standardized: bool = False) -> Terms:
+    """All valid teachers per row: FD + ICL per teacher through learned heads.
+
+    For teacher ``t`` over its valid rows ``V_t``:
+    ``FD_t = MSE(h_t(s), t)`` per modality (``h_t`` normalised unless targets are
+    standardised), ``ICL_t`` as in CLIP-KD on the normalised head outputs and the
+    normalised teacher features. ``KD = Σ_t w_t (fd·FD_t + icl·ICL_t) / Σ_t w_t``
+    over teachers with at least one valid row. ``total = clip·CLIP + KD``.
+
+    Args:
+        s_img, s_txt, logit_scale: the student's normalised features and log-temperature.
+        head_img, head_txt: teacher -> (B, D_t) raw head outputs on the student features.
+        t_img, t_txt: teacher -> (B, D_t) targets (standardised when ``standardized``).
+        valid: teacher -> (B,) bool validity.
+        weights: loss weights.
+        teacher_weights: optional teacher -> weight (default 1 each).
+        standardized: targets are per-dim standardised; FD then compares raw head outputs.
+    """
+    w = weights or LossWeights()
+    terms = clip_loss(s_img, s_txt, logit_scale)
+    kd = s_img.sum() * 0.0
+    norm = 0.0
+    fd_img_all, fd_txt_all, icl_all = [], [], []
+    for t in head_img:
+        m = valid[t].bool()
+        if not m.any():
+            # keep every head in the graph so DDP sees a gradient for each parameter
+            kd = kd + 0.0 * (head_img[t].sum() + head_txt[t].sum())
+            continue
+        hi, ht = _f(head_img[t][m]), _f(head_txt[t][m])
+        ni, nt = F.normalize(hi, dim=-1), F.normalize(ht, dim=-1)
+        ti, tt = _f(t_img[t][m]).to(hi.dtype), _f(t_txt[t][m]).to(ht.dtype)
+        fd_i = _row_mse(hi if standardized else ni, ti).mean()
+        fd_t = _row_mse(ht if standardized else nt, tt).mean()
+        if standardized:
+            ti, tt = F.normalize(ti, dim=-1), F.normalize(tt, dim=-1)
+        icl = _icl(ni, nt, ti, tt, w.icl_scale)
+        wt = float((teacher_weights or {}).get(t, 1.0))
+        kd = kd + wt * (w.fd * (fd_i + fd_t) + w.icl * icl)
+        norm += wt
+        terms[f"fd_img/{t}"], terms[f"fd_txt/{t}"], terms[f"icl/{t}"] = fd_i, fd_t, icl
+        fd_img_all.append(fd_i)
+        fd_txt_all.append(fd_t)
+        icl_all.append(icl)
+    if norm > 0:
+        kd = kd / norm
+    zero = s_img.sum() * 0.0
+    terms["fd_img"] = torch.stack(fd_img_all).mean() if fd_img_all else zero
+    terms["fd_txt"] = torch.stack(fd_txt_all).mean() if fd_txt_all else zero
+    terms["icl"] = torch.stack(icl_all).mean() if icl_all else zero
+    terms["kd"] = kd
+    terms["total"] = w.clip * terms["clip"] + kd
+    return terms

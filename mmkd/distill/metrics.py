@@ -1,0 +1,86 @@
+"""Run metrics: JSON lines (always), TensorBoard (when installed), a loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+METRICS = "metrics.jsonl"
+CURVE = "loss_curve.png"
+
+
+class MetricsLog:
+    """Append-only ``<out>/metrics.jsonl``; mirrors scalars to TensorBoard if available."""
+
+    def __init__(self, out: str | Path, tensorboard: bool = True):
+        self.path = Path(out) / METRICS
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(out) / "tb"))
+            except ImportError:
+                logger.debug("tensorboard not installed; metrics go to %s only", self.path)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (a resumed run rewrites them)."""
+        if not self.path.is_file():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Write one record (must hold ``step``)."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+    """Records of ``<out>/metrics.jsonl``."""
+    path = Path(out) / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(out: str | Path) -> Path | None:
+    """Write ``<out>/loss_curve.png``: every ``loss/*`` term against step (log scale)."""
+    records = read_metrics(out)
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in records for k in r if k.startswith("loss/") and "/" not in k[5:]})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in records if k in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k[5:])
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if all(p > 0 for r in records for k, p in r.items() if k in keys):
+        ax.set_yscale("log")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(out) / CURVE
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,72 @@
+"""Optimizer and schedule: AdamW with the paper's param groups, cosine with warmup."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + cosine settings (defaults: MMKD-CLIP / open_clip stage 1).
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay of the decayed group.
+        beta1, beta2, eps: AdamW constants.
+        warmup_steps: linear warmup length, in optimizer steps.
+        min_lr: floor of the cosine decay.
+    """
+
+    lr: float = 5e-5
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 2000
+    min_lr: float = 0.0
+
+
+def no_decay(name: str, param: torch.Tensor) -> bool:
+    """open_clip's rule: biases, norms, gains, embeddings of rank < 2 and the logit scale skip decay."""
+    return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+
+def param_groups(modules: dict[str, nn.Module], weight_decay: float) -> list[dict]:
+    """Two AdamW groups over the trainable parameters of several modules.
+
+    Args:
+        modules: prefix -> module (e.g. ``{"student": model, "heads": heads}``).
+        weight_decay: decay of the decayed group.
+    """
+    decay, keep = [], []
+    for prefix, module in modules.items():
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                (keep if no_decay(f"{prefix}.{name}", p) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def build_optimizer(modules: dict[str, nn.Module], cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`."""
+    return torch.optim.AdamW(param_groups(modules, cfg.weight_decay), lr=cfg.lr,
+                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def cosine_lambda(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier at ``step``: linear warmup to 1, then cosine decay to ``min_ratio``."""
+    warmup = min(warmup_steps, max(total_steps - 1, 0))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step cosine schedule with warmup (its state is saved in checkpoints)."""
+    ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: cosine_lambda(s, total_steps, cfg.warmup_steps, ratio))

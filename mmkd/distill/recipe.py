@@ -1,0 +1,300 @@
+"""The distill training recipe, torchtune-shaped: ``setup`` / ``train`` / ``cleanup``.
+
+Use :func:`distill` (what ``mmkd distill`` calls); :class:`DistillRecipe` exposes
+the steps for tests and notebooks. Launch with ``torchrun`` for several GPUs or
+nodes (``python -m mmkd.distill ...``); one process runs on one device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmkd.distill import checkpoint as ckpt
+from mmkd.distill.config import DistillConfig
+from mmkd.distill.data import DataSpec, StoreBatches, make_loader
+from mmkd.distill.dist import DistEnv, cleanup_distributed, init_distributed
+from mmkd.distill.guard import no_teachers
+from mmkd.distill.heads import TeacherHeads, TeacherProjections
+from mmkd.distill.losses import LossWeights
+from mmkd.distill.metrics import MetricsLog, plot_losses
+from mmkd.distill.objective import DistillModule, compute_terms
+from mmkd.distill.optim import OptimConfig, build_optimizer, build_scheduler
+from mmkd.distill.student import build_student, export_student, load_student_weights, resolve_student
+
+logger = logging.getLogger(__name__)
+
+
+class DistillRecipe:
+    """One distill run. Call :meth:`setup`, :meth:`train`, then :meth:`cleanup`."""
+
+    def __init__(self, cfg: DistillConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.kd = cfg.kd if cfg.stage == 2 else None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Environment, store, model, optimizer, data, and the resume state."""
+        self._setup_env()
+        self._setup_store()
+        self._setup_model()
+        self._setup_optimizer()
+        self._setup_data()
+        self._maybe_resume()
+        self._setup_logging()
+
+    def _setup_env(self) -> None:
+        c = self.cfg
+        dev = c.device if c.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.env: DistEnv = init_distributed(dev)
+        self.device = torch.device(f"cuda:{self.env.local_rank}" if dev == "cuda" else dev)
+        self.autocast = c.precision == "bf16" or (c.precision == "auto" and dev == "cuda")
+        torch.manual_seed(c.seed)
+        np.random.seed(c.seed % (1 << 32))
+
+    def _setup_store(self) -> None:
+        from mmkd.store import FeatureStore
+
+        store = FeatureStore.open(self.cfg.store)
+        self.n = store.n
+        self.teachers: list[str] = []
+        self.dims: dict[str, int] = {}
+        self.stats: dict[str, dict[str, Any]] = {}
+        if self.kd is None:
+            return
+        have = store.teachers
+        self.teachers = list(self.cfg.teachers or have)
+        unknown = [t for t in self.teachers if t not in have]
+        if not self.teachers or unknown:
+            raise ValueError(f"store {self.cfg.store!r} holds teachers {have}; stage 2 asked for "
+                             f"{self.teachers} (unknown: {unknown}). Extract them first with `mmkd extract`")
+        for t in self.teachers:
+            self.dims[t] = store.dim(t)
+            self.stats[t] = store.attrs(t)
+            if store.missing_blocks(t):
+                logger.warning("teacher %s is incomplete in the store: %d blocks missing, their rows count as "
+                               "invalid", t, len(store.missing_blocks(t)))
+
+    def _setup_model(self) -> None:
+        c = self.cfg
+        base = Path(c.students_base_dir) if c.students_base_dir else None
+        self.student = build_student(resolve_student(c.student, c.students_section, base))
+        if c.init:
+            load_student_weights(self.student.model, c.init)
+        embed_dim = int(self.student.spec.model_cfg["embed_dim"])
+        kd_mod: torch.nn.Module | None = None
+        if self.kd == "mmkd-clip":
+            kd_mod = TeacherProjections(self.dims, embed_dim, seed=c.seed, trainable=c.train_projections)
+            if c.projections:
+                kd_mod.load_file(c.projections)
+        elif self.kd == "multi":
+            kd_mod = TeacherHeads(self.dims, embed_dim, kind=c.head)
+            if c.standardize:
+                self._set_stats(kd_mod)
+        self.module = DistillModule(self.student.model, kd_mod, standardize=c.standardize).to(self.device)
+        self.model: torch.nn.Module = self.module
+        if self.env.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+
+    def _set_stats(self, heads: TeacherHeads) -> None:
+        for t in self.teachers:
+            for kind in ("image", "text"):
+                mean, std = self.stats[t].get(f"{kind}_mean"), self.stats[t].get(f"{kind}_std")
+                if mean is None or std is None:
+                    raise ValueError(f"teacher {t!r} in store {self.cfg.store!r} has no {kind}_mean/{kind}_std "
+                                     f"attrs; compute them (FeatureStore.compute_stats) or drop --standardize")
+                heads.set_stats(t, kind, torch.tensor(mean), torch.tensor(std))
+
+    def _setup_optimizer(self) -> None:
+        c = self.cfg
+        self.optim_cfg = OptimConfig(lr=c.lr, weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2,
+                                     eps=c.eps, warmup_steps=c.warmup_steps, min_lr=c.min_lr)
+        self.optimizer = build_optimizer({"student": self.module.student, "kd": self.module.kd or torch.nn.Module()},
+                                         self.optim_cfg)
+
+    def _setup_data(self) -> None:
+        c = self.cfg
+        spec = DataSpec(store=c.store, batch_size=c.batch_size, seed=c.seed, teachers=self.teachers,
+                        rank=self.env.rank, world_size=self.env.world_size, buffer_blocks=c.buffer_blocks,
+                        dataset=c.dataset, with_features=self.kd is not None)
+        transform = self.student.train_transform if c.augment else self.student.eval_transform
+        self.data = StoreBatches(spec, transform, self.student.tokenizer)
+        per_epoch = self.data.batches_per_epoch
+        self.total_steps = c.steps if c.steps is not None else max(1, math.ceil(c.epochs * per_epoch / c.grad_accum))
+        self.scheduler = build_scheduler(self.optimizer, self.optim_cfg, self.total_steps)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+
+    def _maybe_resume(self) -> None:
+        if not self.cfg.resume:
+            return
+        state = ckpt.load_checkpoint(self.out)
+        self.module.student.load_state_dict(state["student"])
+        if self.module.kd is not None:
+            self.module.kd.load_state_dict(state["kd"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        ckpt.set_rng_state(state["rng"])
+        logger.info("resumed from step %d (epoch %d, batch %d)", self.step, self.epoch, self.batch_in_epoch)
+
+    def _setup_logging(self) -> None:
+        import yaml
+
+        self.metrics = MetricsLog(self.out) if self.env.is_main else None
+        if self.metrics is not None:
+            self.metrics.truncate_after(self.step)
+            resolved = {"distill": self.cfg.to_dict(), "student": {"name": self.student.spec.name,
+                        "model_cfg": self.student.spec.model_cfg, "preprocess_cfg": self.student.preprocess_cfg},
+                        "store": {"rows": self.n, "teachers": self.dims}, "total_steps": self.total_steps,
+                        "world_size": self.env.world_size}
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    # ------------------------------------------------------------------ train
+    def _batches(self):
+        """Endless stream of batches, moving through epochs; updates the data position."""
+        while True:
+            self.data.set_epoch(self.epoch, self.batch_in_epoch)
+            loader = make_loader(self.data, self.cfg.num_workers, pin_memory=self.device.type == "cuda")
+            for batch in loader:
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        def mv(x):
+            if isinstance(x, torch.Tensor):
+                return x.to(self.device, non_blocking=True)
+            return {k: mv(v) for k, v in x.items()} if isinstance(x, dict) else x
+        return {k: mv(v) for k, v in batch.items()}
+
+    def _micro_step(self, batch: dict[str, Any], sync: bool) -> dict[str, float]:
+        c = self.cfg
+        b = self._to_device(batch)
+        no_sync = self.model.no_sync if (self.env.distributed and not sync) else contextlib.nullcontext
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        with no_sync():
+            with amp:
+                out = self.model(b["image"], b["text"], b.get("feats"), b.get("choice"))
+            terms = compute_terms(out, b, self.env, self.kd, LossWeights(c.clip_weight, c.fd_weight, c.icl_weight,
+                                  c.icl_scale), self.teachers, c.teacher_weights, c.standardize)
+            (terms["total"] / c.grad_accum).backward()
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def _optimizer_step(self) -> float:
+        c = self.cfg
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.module.student.logit_scale.clamp_(0, math.log(c.max_logit_scale))
+        return float(norm)
+
+    def train(self) -> dict[str, Any]:
+        """Run until ``total_steps`` (or ``stop_at_step``); returns a summary."""
+        c = self.cfg
+        end = min(self.total_steps, c.stop_at_step) if c.stop_at_step else self.total_steps
+        stream = self._batches()
+        bar = self._progress(end)
+        t0, seen, acc = time.perf_counter(), 0, {}
+        with no_teachers():
+            while self.step < end:
+                for micro in range(c.grad_accum):
+                    terms = self._micro_step(next(stream), sync=micro == c.grad_accum - 1)
+                    for k, v in terms.items():
+                        acc[k] = acc.get(k, 0.0) + v / c.grad_accum
+                grad_norm = self._optimizer_step()
+                self.step += 1
+                seen += c.batch_size * self.env.world_size * c.grad_accum
+                if self.step % c.log_every == 0 or self.step == end:
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    self._log(acc, grad_norm, rate, bar)
+                    t0, seen = time.perf_counter(), 0
+                acc = {}
+                if bar is not None:
+                    bar.update(1)
+                if self.step % c.checkpoint_every == 0 or self.step == end:
+                    self._save()
+        if bar is not None:
+            bar.close()
+        finished = self.step >= self.total_steps
+        if finished and self.env.is_main:
+            self._finish()
+        return {"step": self.step, "total_steps": self.total_steps, "finished": finished, "out": str(self.out)}
+
+    def _progress(self, end: int):
+        if not (self.cfg.progress and self.env.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=end, initial=self.step, desc=f"distill stage {self.cfg.stage}", unit="step")
+
+    def _log(self, acc: dict[str, float], grad_norm: float, rate: float, bar) -> None:
+        if self.metrics is None:
+            return
+        rec = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+               "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "samples_per_s": rate,
+               "logit_scale": float(self.module.student.logit_scale.detach().exp())}
+        rec.update({f"loss/{k}": v for k, v in acc.items()})
+        self.metrics.log(rec)
+        if bar is not None:
+            short = {k: f"{v:.4g}" for k, v in acc.items() if "/" not in k}
+            bar.set_postfix(**short, sps=f"{rate:.1f}")
+
+    def _state(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "student": self.module.student.state_dict(),
+                "kd": self.module.kd.state_dict() if self.module.kd is not None else None,
+                "kd_mode": self.kd, "teachers": self.dims,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": ckpt.rng_state(), "config": self.cfg.to_dict(),
+                "student_spec": {"name": self.student.spec.name, "model_cfg": self.student.spec.model_cfg}}
+
+    def _save(self) -> None:
+        if self.env.is_main:
+            ckpt.save_checkpoint(self.out, self._state(), keep_step_copy=self.cfg.keep_checkpoints)
+        if self.env.distributed:
+            torch.distributed.barrier()
+
+    def _finish(self) -> None:
+        export_student(self.student, self.out / "export")
+        if self.module.kd is not None:
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().cpu().contiguous() for k, v in self.module.kd.state_dict().items()}
+            save_file(state, str(self.out / "kd_adaptors.safetensors"),
+                      metadata={"kd": str(self.kd), "teachers": ",".join(self.teachers)})
+        plot_losses(self.out)
+
+    # ------------------------------------------------------------------ cleanup
+    def cleanup(self) -> None:
+        """Close logs and leave the process group."""
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
+        cleanup_distributed()
+
+
+def distill(cfg: DistillConfig) -> dict[str, Any]:
+    """Run a distill job end to end (setup, train, cleanup); see :class:`DistillRecipe`.
+
+    Returns:
+        ``{"step", "total_steps", "finished", "out"}``.
+    """
+    recipe = DistillRecipe(cfg)
+    try:
+        with no_teachers():
+            recipe.setup()
+        return recipe.train()
+    finally:
+        recipe.cleanup()

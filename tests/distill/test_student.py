@@ -1,0 +1,72 @@
+"""Student specs, building, init and export (tiny open_clip models, no network)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mmkd.distill.student import (
+    StudentError,
+    build_student,
+    export_student,
+    load_student_weights,
+    resolve_student,
+)
+from tests.distill.conftest import TINY_STUDENT
+
+
+def test_resolve_json_entry_arch_and_unknown(student_json, tmp_path):
+    spec = resolve_student(str(student_json))
+    assert spec.model_cfg["embed_dim"] == 32
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"model_cfg": TINY_STUDENT, "preprocess_cfg": {"mean": [0.5] * 3}}))
+    assert resolve_student(str(wrapped)).preprocess_cfg == {"mean": [0.5] * 3}
+    entry = resolve_student("tiny", {"tiny": {"config": TINY_STUDENT, "preprocess_cfg": {"std": [0.2] * 3}}})
+    assert entry.name == "tiny" and entry.preprocess_cfg["std"] == [0.2] * 3
+    arch = resolve_student("ViT-B-16-quickgelu")
+    assert arch.model_cfg["quick_gelu"] is True and arch.model_cfg["vision_cfg"]["patch_size"] == 16
+    with pytest.raises(StudentError, match="unknown student 'nope'"):
+        resolve_student("nope", {"tiny": {}})
+    with pytest.raises(StudentError, match="not found"):
+        resolve_student(str(tmp_path / "absent.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"embed_dim": 8}))
+    with pytest.raises(StudentError, match="lacks"):
+        resolve_student(str(bad))
+
+
+def test_build_export_loads_in_open_clip(student_json, tmp_path):
+    import open_clip
+    from PIL import Image
+
+    student = build_student(resolve_student(str(student_json)))
+    assert student.preprocess_cfg["size"] == (32, 32) or student.preprocess_cfg["size"] == [32, 32]
+    export_student(student, tmp_path / "export")
+    model, preprocess = open_clip.create_model_from_pretrained(f"local-dir:{tmp_path / 'export'}")
+    tok = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'export'}")
+    model.eval()
+    student.model.eval()
+    img = preprocess(Image.new("RGB", (50, 40), (200, 10, 10))).unsqueeze(0)
+    with torch.no_grad():
+        a = model.encode_image(img)
+        b = student.model.encode_image(img)
+        t = model.encode_text(tok(["a ct scan"]))
+    assert a.shape == (1, 32) and t.shape == (1, 32)
+    assert torch.allclose(a, b)
+
+
+def test_init_from_export_and_mismatch(student_json, tmp_path):
+    s1 = build_student(resolve_student(str(student_json)))
+    export_student(s1, tmp_path / "run" / "export")
+    s2 = build_student(resolve_student(str(student_json)))
+    load_student_weights(s2.model, tmp_path / "run")  # a run folder resolves to its export
+    for (k, v), (_, w) in zip(s1.model.state_dict().items(), s2.model.state_dict().items()):
+        assert torch.equal(v, w), k
+    other = dict(TINY_STUDENT, embed_dim=16)
+    s3 = build_student(resolve_student(other))
+    with pytest.raises(StudentError, match="does not fit"):
+        load_student_weights(s3.model, tmp_path / "run")
+    with pytest.raises(StudentError, match="not found"):
+        load_student_weights(s3.model, tmp_path / "nothing.pt")
