@@ -1,0 +1,209 @@
+"""Run every (model, eval set, task) and write the report: the one library call behind ``mmkd eval``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mmkd.config import ConfigError, resolve_path, section
+from mmkd.eval.encoders import Encoder, StoreEncoder, StudentEncoder, TeacherEncoder
+from mmkd.eval.features import FeatureCache, SetFeatures, set_features
+from mmkd.eval.linear_probe import ProbeConfig, evaluate_linear_probe
+from mmkd.eval.retrieval import evaluate_knn, evaluate_retrieval
+from mmkd.eval.sets import EvalSet, load_eval_set
+from mmkd.eval.splits import TaskNotApplicable
+from mmkd.eval.zeroshot import evaluate_zeroshot
+
+log = logging.getLogger(__name__)
+
+TASKS = ("zeroshot", "linear", "retrieval", "knn")
+Results = dict[str, dict[str, dict[str, dict[str, Any]]]]
+
+
+class EvalError(RuntimeError):
+    """Nothing could be evaluated, or the request is contradictory."""
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one eval run (also readable from a pipelines ``eval:`` job entry).
+
+    Attributes:
+        tasks: which of :data:`TASKS` to run (each only where the set allows it).
+        resamples: bootstrap resamples for the CIs (0: no CIs).
+        seed: bootstrap and split seed.
+        knn_k: neighbours for kNN classification.
+        probe: linear-probe settings.
+        batch_size: images / texts per forward pass.
+        device: torch device (default: cuda when available).
+        cache_dir: feature cache folder (default ``<out>/cache``).
+        stores: eval-set name -> feature store built over it (teachers are read from it).
+        progress: show progress bars.
+    """
+
+    tasks: tuple[str, ...] = TASKS
+    resamples: int = 1000
+    seed: int = 0
+    knn_k: int = 20
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    batch_size: int = 32
+    device: str | None = None
+    cache_dir: str | None = None
+    stores: dict[str, str] = field(default_factory=dict)
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            raise ConfigError(f"unknown eval tasks {bad or list(self.tasks)}; valid: {list(TASKS)} or 'all'")
+
+
+def parse_tasks(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """``all`` / ``None`` -> every task; ``zeroshot,knn`` or a list -> those."""
+    if value is None or value == "all" or value == ["all"] or value == ("all",):
+        return TASKS
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    out = tuple(t.strip() for t in items if t.strip())
+    return TASKS if "all" in out else out
+
+
+def job_config(cfg: dict[str, Any], job: str) -> dict[str, Any]:
+    """One ``eval:`` job entry of pipelines.yaml (models, datasets, tasks, out, and EvalConfig fields).
+
+    Raises:
+        ConfigError: unknown job (lists the declared ones) or unknown keys.
+    """
+    jobs = section(cfg, "eval")
+    if job not in jobs:
+        raise ConfigError(f"unknown eval job {job!r}; jobs under `eval:` in {cfg.get('_path')}: {sorted(jobs)}")
+    entry = dict(jobs[job] or {})
+    allowed = {"models", "datasets", "tasks", "out", "resamples", "seed", "knn_k", "batch_size", "device",
+               "cache_dir", "stores", "probe"}
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise ConfigError(f"eval job {job!r}: unknown keys {unknown}; valid keys: {sorted(allowed)}")
+    if "probe" in entry:
+        entry["probe"] = ProbeConfig(**{k: tuple(v) if k == "l2_grid" else v for k, v in entry["probe"].items()})
+    for key in ("out", "cache_dir"):
+        if entry.get(key):
+            entry[key] = str(resolve_path(cfg, entry[key]))
+    if entry.get("stores"):
+        entry["stores"] = {k: str(resolve_path(cfg, v)) for k, v in entry["stores"].items()}
+    return entry
+
+
+class _Models:
+    """Builds each model once per run; picks the store encoder where a set's store holds the teacher."""
+
+    def __init__(self, cfg: dict[str, Any], device: str | None) -> None:
+        self.cfg, self.device = cfg, device
+        self._built: dict[str, Encoder] = {}
+
+    def base(self, model: str) -> Encoder:
+        if model not in self._built:
+            path = Path(model)
+            if (path / "open_clip_config.json").is_file():
+                self._built[model] = StudentEncoder(path, self.device)
+            elif path.exists():
+                raise EvalError(f"model {model!r} is a path but not a student export (no open_clip_config.json)")
+            else:
+                from mmkd.extract.teachers import TeacherError
+
+                try:
+                    self._built[model] = TeacherEncoder(model, self.cfg, self.device)
+                except TeacherError as e:
+                    raise EvalError(f"model {model!r} is neither a student export folder (with "
+                                    f"open_clip_config.json) nor a usable teacher: {e}") from e
+        return self._built[model]
+
+    def for_set(self, model: str, evalset: EvalSet, store: str | None) -> Encoder:
+        enc = self.base(model)
+        if store and isinstance(enc, TeacherEncoder):
+            from mmkd.store import FeatureStore
+
+            fs = FeatureStore.open(store)
+            if enc.name in fs.teachers:
+                log.info("%s on %s: features from store %s", enc.name, evalset.name, store)
+                return StoreEncoder(fs, enc.name, prompt_encoder=enc)
+        return enc
+
+
+def _labels_report(results: dict, name: str, fn, *args, **kwargs) -> None:
+    try:
+        results[name] = fn(*args, **kwargs)
+    except TaskNotApplicable as e:
+        log.warning("skipping %s: %s", name, e)
+
+
+def run_tasks(feats: SetFeatures, evalset: EvalSet, ecfg: EvalConfig) -> dict[str, dict[str, Any]]:
+    """Every requested task this set supports, on precomputed features."""
+    out: dict[str, dict[str, Any]] = {}
+    boot = {"resamples": ecfg.resamples, "seed": ecfg.seed}
+    if evalset.labelled:
+        y, k = evalset.labels, len(evalset.class_names)
+        if "zeroshot" in ecfg.tasks:
+            out["zeroshot"] = evaluate_zeroshot(feats.image, y, feats.classes, logit_scale=feats.logit_scale, **boot)
+        if "linear" in ecfg.tasks:
+            probe = replace(ecfg.probe, seed=ecfg.seed)
+            _labels_report(out, "linear", evaluate_linear_probe, feats.image, y, k, splits=evalset.splits,
+                           cfg=probe, **boot)
+        if "knn" in ecfg.tasks:
+            _labels_report(out, "knn", evaluate_knn, feats.image, y, k, splits=evalset.splits, k=ecfg.knn_k, **boot)
+    if evalset.captioned and "retrieval" in ecfg.tasks:
+        keys = [it.image for it in evalset.items]
+        _labels_report(out, "retrieval", evaluate_retrieval, feats.image, feats.text, keys)
+    return out
+
+
+def evaluate(models: list[str], datasets: list[str], out: str | Path, *, cfg: dict[str, Any] | None = None,
+             ecfg: EvalConfig | None = None) -> Results:
+    """Evaluate models on eval sets and write ``results.json``, ``results.md`` and ``results.png`` to ``out``.
+
+    Args:
+        models: student export folders and/or teacher names.
+        datasets: eval-set names or spec paths (see :mod:`mmkd.eval.sets`).
+        out: output folder.
+        cfg: the loaded pipelines mapping.
+        ecfg: run settings.
+
+    Returns:
+        ``{model: {dataset: {task: {metric: value}}}}``.
+
+    Raises:
+        EvalError: no models / sets, or no task applied to any set.
+    """
+    from mmkd.eval.report import write_report
+
+    cfg, ecfg = cfg or {}, ecfg or EvalConfig()
+    if not models or not datasets:
+        raise EvalError(f"need at least one --model and one --dataset; got models={models} datasets={datasets}")
+    out = Path(out)
+    cache = FeatureCache(ecfg.cache_dir or out / "cache")
+    sets = [load_eval_set(d, cfg) for d in datasets]
+    builder = _Models(cfg, ecfg.device)
+    names = [builder.base(m).name for m in models]
+    names = [n if names.count(n) == 1 else m for n, m in zip(names, models)]  # two exports named alike
+    results: Results = {}
+    for model, name in zip(models, names):
+        for evalset in sets:
+            store = ecfg.stores.get(evalset.name) or (str(evalset.store) if evalset.store else None)
+            enc = builder.for_set(model, evalset, store)
+            need_classes = evalset.labelled and "zeroshot" in ecfg.tasks
+            need_text = evalset.captioned and "retrieval" in ecfg.tasks
+            if not (evalset.labelled or need_text):
+                log.warning("eval set %s supports none of the tasks %s", evalset.name, list(ecfg.tasks))
+                continue
+            feats = set_features(enc, evalset, need_text=need_text, need_classes=need_classes, cache=cache,
+                                 batch_size=ecfg.batch_size, progress=ecfg.progress)
+            tasks = run_tasks(feats, evalset, ecfg)
+            if tasks:
+                results.setdefault(name, {})[evalset.name] = tasks
+    if not results:
+        raise EvalError(f"no task in {list(ecfg.tasks)} applies to the eval sets {datasets}: retrieval needs "
+                        "captions, zero-shot / linear / knn need labels (probes >= 2 samples per class)")
+    run_info = {"models": models, "datasets": datasets, "config": asdict(ecfg),
+                "sets": {s.name: {"source": s.source, "fingerprint": s.fingerprint(), "n": len(s.items)} for s in sets}}
+    write_report(results, out, run_info)
+    return results

@@ -1,0 +1,288 @@
+"""Eval sets: labelled image sets (zero-shot, linear probe, kNN) and image-caption sets (retrieval).
+
+An eval set is a mapping, written under ``eval_sets:`` in pipelines.yaml or in a
+standalone ``.yaml``/``.json`` file (``mmkd/eval/sets/*.yaml`` ship with mmkd)::
+
+    samples: modality9.jsonl          # one JSON object per sample (or ...)
+    dataset: my_dataset               # ... any extract reader: a `datasets:` name or URI
+    root: fixtures:modality-examples  # folder that `samples` image paths are relative to
+    fields: {id: id, image: image, caption: caption, label: label, split: split}
+    label_key: modality               # with `dataset:`: key in each sample's labels
+    classes: [ct, mri, ...]           # label order; default: sorted distinct labels
+    class_prompts: {ct: a CT scan}    # text put into the templates; default: class name
+    templates: ["a {} image."]        # zero-shot prompts, several per class, averaged
+    store: path/to/store              # optional: a feature store built over this set
+
+Paths are relative to the file that declares them; ``fixtures:<rel>`` resolves
+against ``$MMKD_FIXTURES`` (default ``<repo>/../shared/fixtures``). Labels may be
+class names or integer indices into ``classes``; ``split`` (train/val/test) is optional.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmkd.config import ConfigError, resolve_path, section
+from mmkd.eval.zeroshot import DEFAULT_TEMPLATES
+
+log = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "sets"
+DEFAULT_FIELDS = {"id": "id", "image": "image", "caption": "caption", "label": "label", "split": "split"}
+SPEC_KEYS = {"description", "samples", "dataset", "root", "fields", "label_key", "classes", "class_prompts",
+             "templates", "store", "spec"}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One sample of an eval set: ``image`` is a reference its set knows how to read."""
+
+    sample_id: str
+    image: str
+    caption: str | None = None
+    label: int | None = None
+    split: str | None = None
+
+
+@dataclass
+class EvalSet:
+    """A loaded eval set. Build with :func:`load_eval_set`."""
+
+    name: str
+    items: list[EvalItem]
+    class_names: list[str] = field(default_factory=list)
+    prompt_names: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    root: Path | None = None
+    store: Path | None = None
+    source: str = ""
+    reader: Any = None  # an mmkd.extract.readers Dataset for `dataset:` sets
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.class_names) and all(it.label is not None for it in self.items)
+
+    @property
+    def captioned(self) -> bool:
+        return all(it.caption for it in self.items)
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return [it.sample_id for it in self.items]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([it.label for it in self.items], dtype=np.int64)
+
+    @property
+    def splits(self) -> np.ndarray | None:
+        s = [it.split for it in self.items]
+        return np.array(s) if all(s) else None
+
+    def store_samples(self) -> list:
+        """The items as :class:`mmkd.store.Sample` rows, to build a feature store over this set."""
+        from mmkd.store import Sample
+
+        return [Sample(it.sample_id, it.caption or "", it.image, source=f"eval:{self.name}",
+                       labels=None if it.label is None else {"label": self.class_names[it.label]})
+                for it in self.items]
+
+    def read_image_bytes(self, item: EvalItem) -> bytes:
+        """The encoded image of ``item``.
+
+        Raises:
+            FileNotFoundError: the image file is absent (names the path and the set).
+        """
+        if self.reader is not None:
+            return self.reader.read_image_bytes(item.image)
+        path = (self.root or Path.cwd()) / item.image
+        if not path.is_file():
+            raise FileNotFoundError(f"eval set {self.name!r}: image {str(path)!r} of sample {item.sample_id!r} not "
+                                    f"found; check `root:` (fixtures: set MMKD_FIXTURES)")
+        return path.read_bytes()
+
+    def load_image(self, item: EvalItem):
+        """``item``'s image as a PIL RGB image."""
+        from mmkd.extract.images import decode_image
+
+        return decode_image(self.read_image_bytes(item))
+
+    def fingerprint(self) -> str:
+        """Content key for feature caches: items, classes, prompts and the image files' sizes and mtimes."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.class_names, self.prompt_names, self.templates], sort_keys=True).encode())
+        for it in self.items:
+            h.update(json.dumps([it.sample_id, it.image, it.caption, it.label]).encode())
+            if self.reader is None and self.root is not None:
+                p = self.root / it.image
+                st = p.stat() if p.is_file() else None
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode() if st else b"absent")
+        if self.reader is not None and hasattr(self.reader, "fingerprint"):
+            h.update(str(self.reader.fingerprint()).encode())
+        return h.hexdigest()[:16]
+
+
+def fixtures_root() -> Path:
+    """``$MMKD_FIXTURES``, else ``<repo>/../shared/fixtures``."""
+    env = os.environ.get("MMKD_FIXTURES")
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+
+
+def _resolve(value: str, base: Path) -> Path:
+    if value.startswith("fixtures:"):
+        return fixtures_root() / value[len("fixtures:"):]
+    p = Path(os.path.expandvars(os.path.expanduser(value)))
+    return p if p.is_absolute() else base / p
+
+
+def builtin_sets() -> dict[str, Path]:
+    """Eval sets shipped in ``mmkd/eval/sets`` (name -> spec file)."""
+    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
+
+
+def load_eval_set(name_or_path: str, cfg: dict[str, Any] | None = None) -> EvalSet:
+    """Load an eval set by name (pipelines ``eval_sets:``, then the shipped sets) or spec-file path.
+
+    Args:
+        name_or_path: a set name, or a ``.yaml``/``.json`` spec file, or a ``.jsonl`` of samples.
+        cfg: the loaded pipelines mapping (for ``eval_sets:`` and ``datasets:``).
+
+    Raises:
+        ConfigError: unknown name (lists the known ones), or a malformed spec.
+    """
+    cfg = cfg or {}
+    declared = section(cfg, "eval_sets")
+    if name_or_path in declared:
+        spec = dict(declared[name_or_path] or {})
+        base = Path(cfg["_path"]).parent if "_path" in cfg else Path.cwd()
+        if "spec" in spec:
+            spec_path = resolve_path(cfg, spec.pop("spec"))
+            return _from_spec_file(spec_path, cfg, name=name_or_path, overrides=spec)
+        return build_eval_set(name_or_path, spec, base, cfg)
+    if name_or_path in builtin_sets():
+        return _from_spec_file(builtin_sets()[name_or_path], cfg, name=name_or_path)
+    path = Path(name_or_path)
+    if path.is_file() and path.suffix == ".jsonl":
+        return build_eval_set(path.stem, {"samples": str(path.resolve())}, path.parent, cfg)
+    if path.is_file():
+        return _from_spec_file(path, cfg, name=path.stem)
+    known = sorted(set(declared) | set(builtin_sets()))
+    raise ConfigError(f"eval set {name_or_path!r} is neither a declared eval set ({known}) nor an existing "
+                      f"spec file (.yaml/.json/.jsonl); declare it under `eval_sets:` in pipelines.yaml")
+
+
+def _from_spec_file(path: Path, cfg: dict, *, name: str, overrides: dict | None = None) -> EvalSet:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"eval set spec {str(path)!r} not found")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"eval set spec {str(path)!r} is not valid YAML/JSON: {e}") from e
+    if not isinstance(spec, dict):
+        raise ConfigError(f"eval set spec {str(path)!r} must hold a mapping")
+    spec.update(overrides or {})
+    return build_eval_set(name, spec, path.parent, cfg, source=str(path))
+
+
+def build_eval_set(name: str, spec: dict[str, Any], base: Path, cfg: dict | None = None, *,
+                   source: str = "") -> EvalSet:
+    """Build an :class:`EvalSet` from a spec mapping; relative paths resolve against ``base``."""
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"eval set {name!r}: unknown keys {unknown}; valid keys: {sorted(SPEC_KEYS)}")
+    if ("samples" in spec) == ("dataset" in spec):
+        raise ConfigError(f"eval set {name!r} needs exactly one of `samples:` (a jsonl) or `dataset:` (a reader)")
+    root = _resolve(str(spec["root"]), base) if spec.get("root") else None
+    reader = None
+    if "samples" in spec:
+        samples_path = _resolve(str(spec["samples"]), base)
+        raw = _read_jsonl(samples_path, name, {**DEFAULT_FIELDS, **(spec.get("fields") or {})})
+        root = root or samples_path.parent
+        source = source or str(samples_path)
+    else:
+        reader, raw = _read_dataset(spec, cfg or {}, name, base)
+        source = source or str(spec["dataset"])
+    classes = [str(c) for c in spec.get("classes") or sorted({str(r["label"]) for r in raw if r["label"] is not None})]
+    prompts = spec.get("class_prompts") or {}
+    if not isinstance(prompts, dict) or set(prompts) - set(classes):
+        raise ConfigError(f"eval set {name!r}: `class_prompts` must map class names {classes} to text")
+    items = [_item(r, classes, name) for r in raw]
+    if not items:
+        raise ConfigError(f"eval set {name!r} has no samples ({source})")
+    templates = [str(t) for t in spec.get("templates") or DEFAULT_TEMPLATES]
+    return EvalSet(name=name, items=items, class_names=classes, prompt_names=[str(prompts.get(c, c)) for c in classes],
+                   templates=templates, root=root, reader=reader, source=source,
+                   store=_resolve(str(spec["store"]), base) if spec.get("store") else None)
+
+
+def _read_jsonl(path: Path, name: str, fields: dict[str, str]) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise ConfigError(f"eval set {name!r}: samples file {str(path)!r} not found "
+                          f"(fixtures: paths use $MMKD_FIXTURES, now {str(fixtures_root())!r})")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{i}: not valid JSON ({e})") from e
+        if fields["image"] not in rec:
+            raise ConfigError(f"{path}:{i}: no image field {fields['image']!r}; map it with `fields: {{image: ...}}`")
+        rows.append({k: rec.get(f) for k, f in fields.items()})
+        rows[-1]["id"] = str(rows[-1]["id"] if rows[-1]["id"] is not None else rec[fields["image"]])
+    return rows
+
+
+def _read_dataset(spec: dict, cfg: dict, name: str, base: Path) -> tuple[Any, list[dict[str, Any]]]:
+    from mmkd.extract.readers import DatasetError, get_dataset, open_dataset
+
+    ds = spec["dataset"]
+    try:
+        if isinstance(ds, str) and ds in section(cfg, "datasets"):
+            dataset = get_dataset(ds, cfg)
+        elif isinstance(ds, dict):
+            dataset = open_dataset({**ds, "path": str(_resolve(str(ds.get("path", "")), base))})
+        else:
+            dataset = open_dataset(_resolve(str(ds), base))
+    except DatasetError as e:
+        raise ConfigError(f"eval set {name!r}: cannot open dataset {ds!r}: {e}") from e
+    key = spec.get("label_key")
+    rows = []
+    for s in dataset.samples():
+        labels = s.labels or {}
+        if key and key not in labels:
+            raise ConfigError(f"eval set {name!r}: sample {s.sample_id!r} has no label {key!r} "
+                              f"(its labels: {sorted(labels)})")
+        rows.append({"id": s.sample_id, "image": s.image, "caption": s.caption,
+                     "label": labels.get(key) if key else None, "split": labels.get("split")})
+    return dataset, rows
+
+
+def _item(r: dict[str, Any], classes: list[str], name: str) -> EvalItem:
+    label = r.get("label")
+    if label is not None:
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(classes):
+            label_idx = label
+        elif str(label) in classes:
+            label_idx = classes.index(str(label))
+        else:
+            raise ConfigError(f"eval set {name!r}: sample {r['id']!r} has label {label!r}, not one of {classes}")
+    else:
+        label_idx = None
+    split = r.get("split")
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"eval set {name!r}: sample {r['id']!r} has split {split!r}; valid: {list(SPLITS)}")
+    caption = r.get("caption")
+    return EvalItem(str(r["id"]), str(r["image"]), str(caption) if caption else None, label_idx, split)

@@ -1,0 +1,155 @@
+"""End to end: a tiny exported student through the CLI, and a tiny teacher from a store vs loaded directly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mmkd.cli import main
+from mmkd.eval import encoders
+from mmkd.eval.runner import EvalConfig, evaluate
+from mmkd.eval.sets import load_eval_set
+
+CLASSIFICATION = {"accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "accuracy_ci95",
+                  "balanced_accuracy_ci95", "macro_auc_ci95", "macro_f1_ci95"}
+RETRIEVAL = {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+TINY_CLIP = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory) -> Path:
+    """A tiny random open_clip model saved as an exported student (local-dir layout)."""
+    import torch
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = CLIP(**TINY_CLIP)
+    d = tmp_path_factory.mktemp("student") / "tiny-student"
+    d.mkdir()
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
+    return d
+
+
+def test_student_export_end_to_end_via_cli(student_dir, modality_dir, mmkd_demo_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(student_dir), "--dataset", "modality9", "--dataset", "mmkd_demo",
+            "--out", str(out), "--resamples", "200"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "results.json").read_text())
+    assert set(data) == {"tiny-student"}
+    assert set(data["tiny-student"]) == {"modality9", "mmkd_demo"}
+    assert set(data["tiny-student"]["modality9"]) == {"zeroshot"}  # one image per class: no probes
+    assert set(data["tiny-student"]["modality9"]["zeroshot"]) == CLASSIFICATION
+    assert set(data["tiny-student"]["mmkd_demo"]) == {"retrieval"}
+    assert set(data["tiny-student"]["mmkd_demo"]["retrieval"]) == RETRIEVAL
+    assert data["tiny-student"]["mmkd_demo"]["retrieval"]["image_to_text_R@10"] == 1.0  # 8 captions < 10
+    assert "**" in (out / "results.md").read_text() and (out / "results.png").is_file()
+    assert "tiny-student" in res.output and "modality9 zeroshot acc" in res.output
+    assert len(list((out / "cache").glob("*.npz"))) == 2
+
+    # A second run reads every feature from the cache: encoding anything would fail.
+    def boom(*a, **k):
+        raise AssertionError("encoded although the features were cached")
+
+    monkeypatch.setattr(encoders.StudentEncoder, "encode_images", boom)
+    monkeypatch.setattr(encoders.StudentEncoder, "encode_texts", boom)
+    res2 = CliRunner().invoke(main, args)
+    assert res2.exit_code == 0, res2.output
+    assert json.loads((out / "results.json").read_text()) == data
+
+
+def test_cli_errors_name_the_problem(tmp_path, student_dir):
+    res = CliRunner().invoke(main, ["eval", "--model", "no_such_teacher", "--dataset", "modality9",
+                                    "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "no_such_teacher" in res.output
+    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--dataset", "nope", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "nope" in res.output and "modality9" in res.output
+    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--dataset", "modality9"])
+    assert res.exit_code != 0 and "--out" in res.output
+    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--dataset", "modality9",
+                                    "--task", "retrieval", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "retrieval needs captions" in res.output
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher_setup(tmp_path_factory, modality_dir):
+    """Pipelines with a tiny open_clip teacher and a labelled, captioned set over the modality images."""
+    from mmkd.config import load_pipelines
+    from mmkd.extract.tiny import make_tiny_teachers, write_pipelines
+
+    root = tmp_path_factory.mktemp("teacher")
+    specs = make_tiny_teachers(root / "teachers", kinds=("open_clip",))
+    rows = [{"id": f"{p.stem}-{k}", "image": p.name, "label": p.stem, "caption": f"a {p.stem} scan, view {k}"}
+            for p in sorted(modality_dir.iterdir()) for k in range(2)]
+    (root / "mod.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    extra = {"eval_sets": {"mod": {"samples": "mod.jsonl", "root": str(modality_dir),
+                                   "templates": ["a {} image.", "an image of {}."]}}}
+    cfg = load_pipelines(write_pipelines(root / "pipelines.yaml", specs, extra))
+    return root, cfg
+
+
+def _build_store(root: Path, cfg: dict, teacher: str) -> Path:
+    """A store over the eval set holding the teacher's features (what `mmkd extract` writes)."""
+    from mmkd.store import FeatureStore
+
+    evalset = load_eval_set("mod", cfg)
+    enc = encoders.TeacherEncoder(teacher, cfg, device="cpu")
+    img = enc.encode_images([evalset.load_image(it) for it in evalset.items])
+    txt = enc.encode_texts([it.caption for it in evalset.items])
+    store = FeatureStore.create(root / "store", evalset.store_samples(), block_size=8)
+    store.add_teacher(teacher, img.shape[1], enc.teacher.store_attrs())
+    for b in range(store.num_blocks):
+        s, e = store.block_range(b)
+        store.write_block(teacher, b, img[s:e], txt[s:e], np.ones(e - s, dtype=bool))
+    return root / "store"
+
+
+def test_teacher_from_store_equals_teacher_loaded_directly(tiny_teacher_setup, monkeypatch):
+    root, cfg = tiny_teacher_setup
+    store = _build_store(root, cfg, "tiny_open_clip")
+    ecfg = dict(resamples=200, knn_k=3)
+    direct = evaluate(["tiny_open_clip"], ["mod"], root / "direct", cfg=cfg, ecfg=EvalConfig(**ecfg))
+
+    def no_images(*a, **k):
+        raise AssertionError("the store run must not encode images")
+
+    monkeypatch.setattr(encoders.TeacherEncoder, "encode_images", no_images)
+    stored = evaluate(["tiny_open_clip"], ["mod"], root / "stored", cfg=cfg,
+                      ecfg=EvalConfig(**ecfg, stores={"mod": str(store)}))
+    assert set(direct["tiny_open_clip"]["mod"]) == {"zeroshot", "linear", "knn", "retrieval"}
+    assert _close(stored, direct)
+    assert [p.name.split("-")[1] for p in (root / "stored" / "cache").glob("*.npz")] == ["store"]
+
+    # Prompts are cached with the store features: a rerun needs no teacher at all.
+    monkeypatch.setattr(encoders.TeacherEncoder, "encode_texts", no_images)
+    again = evaluate(["tiny_open_clip"], ["mod"], root / "stored", cfg=cfg,
+                     ecfg=EvalConfig(**ecfg, stores={"mod": str(store)}))
+    assert again == stored
+
+
+def _close(a: dict, b: dict) -> bool:
+    """Same nested keys; numbers equal up to float16 storage of the features."""
+    flat_a, flat_b = _flatten(a), _flatten(b)
+    assert flat_a.keys() == flat_b.keys()
+    for k in flat_a:
+        assert flat_a[k] == pytest.approx(flat_b[k], abs=1e-6), k
+    return True
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
