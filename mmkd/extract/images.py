@@ -96,7 +96,7 @@ def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, mo
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         reason = "truncated" if "truncat" in str(e).lower() else "corrupt"
         raise BadSample(reason, f"{type(e).__name__}: {e}") from e
-    return _convert(img, mode)
+    return convert_mode(img, mode)
 
 
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
@@ -120,8 +120,12 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _convert(img: Image.Image, mode: str) -> Image.Image:
-    """Convert a loaded image to ``mode`` following the module rules."""
+def convert_mode(img: Image.Image, mode: str) -> Image.Image:
+    """Convert a loaded image to ``mode`` (``RGB`` or ``L``) following the module rules.
+
+    Raises:
+        BadSample: ``unsupported_mode`` when the mode cannot be converted.
+    """
     try:
         if img.mode in _HIGH_DEPTH_MODES:
             img = _to_8bit(img)

@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -18,8 +17,6 @@ from mmkd.extract.teachers.spec import TeacherSpec
 
 log = logging.getLogger(__name__)
 
-_HIGH_DEPTH = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
-_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @dataclass(frozen=True)
@@ -81,36 +78,13 @@ class _ResizeLongest:
 def to_mode(img: Image.Image, mode: str) -> Image.Image:
     """Convert any PIL image to ``RGB`` or ``L`` the way a teacher expects.
 
-    Transparency is composited on white; 16-bit / 32-bit / float images are scaled
-    to 8 bits (integers by the smallest bit depth from 8 to 16 that holds the
-    maximum, so a 12-bit scan is not left dark; others min-max); CMYK, YCbCr, P and
-    1-bit go through Pillow's conversion; RGB -> L uses Pillow's ITU-R 601 luma.
+    One rule set for the whole project (:func:`mmkd.extract.images.convert_mode`):
+    transparency composited on white, 16/32-bit and float scaled to 8 bits without
+    clipping, CMYK/P/1-bit through Pillow.
     """
-    if img.mode == mode:
-        return img
-    if img.mode in _HIGH_DEPTH:
-        img = _to_8bit(img)
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in _ALPHA or (img.mode in ("L", "RGB") and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img.convert(mode)
+    from mmkd.extract.images import convert_mode
 
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    arr = np.asarray(img, dtype=np.float64)
-    finite = arr[np.isfinite(arr)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    if img.mode != "F" and lo >= 0 and hi <= 65535:
-        bits = next(b for b in range(8, 17) if hi <= 2**b - 1)
-        arr = arr / (2**bits - 1) * 255.0
-    elif hi > lo:
-        arr = (arr - lo) / (hi - lo) * 255.0
-    else:
-        arr = np.zeros_like(arr)
-    return Image.fromarray(np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8), mode="L")
+    return convert_mode(img, mode)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
