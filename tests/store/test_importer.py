@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmkd.store import FeatureStore, StoreError, import_mmkd
+from mmkd.store import StoreError, import_mmkd
 from mmkd.store.importer import TEACHER_KEYS
 
 
