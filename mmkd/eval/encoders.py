@@ -64,6 +64,13 @@ def _file_digest(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def _weights_stamp(weights: str) -> list:
+    """Sizes and mtimes of local weight files, so replaced weights at the same path miss the cache."""
+    path = Path(weights.removeprefix("local-dir:"))
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
 def _device(device: str | None):
     import torch
 
@@ -77,7 +84,8 @@ class StudentEncoder:
         export_dir: folder with ``open_clip_config.json`` and ``open_clip_model.safetensors``
             (or ``open_clip_pytorch_model.bin``).
         device: torch device (default: cuda when available).
-        name: label in the results (default: the folder name).
+        name: label in the results (default: the folder name; for a distill run's
+            ``<run>/export`` folder, the run's name).
     """
 
     def __init__(self, export_dir: str | Path, device: str | None = None, name: str | None = None) -> None:
@@ -92,7 +100,7 @@ class StudentEncoder:
         weights = sorted(p for p in self.path.iterdir() if p.suffix in (".safetensors", ".bin", ".pth"))
         if not weights:
             raise EncoderError(f"student export {str(self.path)!r} holds no weights (*.safetensors, *.bin, *.pth)")
-        self.name = name or self.path.name
+        self.name = name or (self.path.parent.name if self.path.name == "export" else self.path.name)
         self.model_id = "student-" + _digest(config.read_text(), [_file_digest(w) for w in weights])
         self.device = _device(device)
         try:
@@ -129,7 +137,7 @@ class TeacherEncoder:
 
         self.spec = get_teacher_spec(name, cfg)
         self.name = name
-        self.model_id = f"teacher-{_digest(self.spec.to_dict())}"
+        self.model_id = f"teacher-{_digest(self.spec.to_dict(), _weights_stamp(self.spec.weights))}"
         self._device = device
         self._teacher = None
         self._logit_scale: float | None = None
@@ -183,7 +191,8 @@ class StoreEncoder:
         attrs = self.store.attrs(teacher)
         manifest = self.store.manifest
         self.model_id = "store-" + _digest(str(Path(self.store.path).resolve()), manifest.get("index_fingerprint"),
-                                           teacher, attrs.get("weights_sha256"), sorted(self.store.done_blocks(teacher)))
+                                           teacher, attrs.get("weights_sha256"),
+                                           sorted(self.store.done_blocks(teacher)))
         self.logit_scale = float(attrs.get("logit_scale") or 100.0)
         self.prompt_encoder = prompt_encoder
 
@@ -196,7 +205,8 @@ class StoreEncoder:
         if bad.any():
             missing = [sample_ids[i] for i in np.flatnonzero(bad)[:5]]
             raise EncoderError(f"store {self.store.path} has no valid {self.teacher!r} features for {int(bad.sum())} "
-                               f"samples of the eval set (e.g. {missing}); extract them or evaluate the teacher directly")
+                               f"samples of the eval set (e.g. {missing}); extract them or evaluate the teacher "
+                               "directly")
         return l2_normalize(self.store.read(self.teacher, rows, kind=kind).astype(np.float32))
 
     def lookup_images(self, sample_ids: list[str]) -> np.ndarray:

@@ -220,6 +220,10 @@ def build_eval_set(name: str, spec: dict[str, Any], base: Path, cfg: dict | None
     items = [_item(r, classes, name) for r in raw]
     if not items:
         raise ConfigError(f"eval set {name!r} has no samples ({source})")
+    with_split = sum(it.split is not None for it in items)
+    if 0 < with_split < len(items):
+        raise ConfigError(f"eval set {name!r}: {with_split} of {len(items)} samples have a `split`; give every "
+                          "sample one (train / val / test) or none (the probes then cross-fit)")
     templates = [str(t) for t in spec.get("templates") or DEFAULT_TEMPLATES]
     return EvalSet(name=name, items=items, class_names=classes, prompt_names=[str(prompts.get(c, c)) for c in classes],
                    templates=templates, root=root, reader=reader, source=source,

@@ -33,7 +33,8 @@ def fill_prompts(class_names: list[str], templates: list[str]) -> list[str]:
         raise ValueError(f"zero-shot needs class names and templates; got {len(class_names)} and {len(templates)}")
     bad = [t for t in templates if "{}" not in t]
     if bad:
-        raise ValueError(f"prompt templates {bad} have no '{{}}' slot for the class name; write e.g. 'an image of {{}}.'")
+        raise ValueError(f"prompt templates {bad} have no '{{}}' slot for the class name; "
+                         "write e.g. 'an image of {}.'")
     return [t.format(c) for c in class_names for t in templates]
 
 

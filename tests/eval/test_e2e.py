@@ -153,3 +153,21 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def test_real_teacher_features_from_imported_store(mmkd_demo_dir, tmp_path):
+    """The official demo's stored BiomedCLIP / QuiltNet features retrieve every caption's own figure."""
+    from mmkd.config import load_pipelines
+    from mmkd.store import import_mmkd
+
+    import_mmkd(mmkd_demo_dir, tmp_path / "store")
+    cfg = load_pipelines(Path(__file__).resolve().parents[2] / "pipelines.yaml")
+    res = evaluate(["biomedclip", "quiltnet"], ["mmkd_demo"], tmp_path / "out", cfg=cfg,
+                   ecfg=EvalConfig(tasks=("retrieval",), stores={"mmkd_demo": str(tmp_path / "store")}))
+    for teacher in ("biomedclip", "quiltnet"):
+        r = res[teacher]["mmkd_demo"]["retrieval"]
+        assert r["image_to_text_R@1"] == 1.0 and r["text_to_image_R@1"] == 1.0, (teacher, r)
+    # pmc_clip has features for one demo sample only: refusing beats a silent subset.
+    with pytest.raises(encoders.EncoderError, match="no valid 'pmc_clip' features for 7 samples"):
+        evaluate(["pmc_clip"], ["mmkd_demo"], tmp_path / "out2", cfg=cfg,
+                 ecfg=EvalConfig(tasks=("retrieval",), stores={"mmkd_demo": str(tmp_path / "store")}))

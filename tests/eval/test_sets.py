@@ -86,3 +86,10 @@ def test_reader_backed_set_uses_labels(mmkd_demo_dir):
     s = build_eval_set("demo", {"dataset": str(mmkd_demo_dir), "label_key": "image_panel_type"}, Path.cwd())
     assert s.labelled and s.captioned and len(s.items) == 8 and s.reader is not None
     assert s.load_image(s.items[0]).size[0] > 0
+
+
+def test_partial_splits_are_refused(tmp_path):
+    (tmp_path / "s.jsonl").write_text('{"image": "x.png", "label": "a", "split": "train"}\n'
+                                      '{"image": "y.png", "label": "b"}\n')
+    with pytest.raises(ConfigError, match="1 of 2 samples have a `split`"):
+        build_eval_set("bad", {"samples": "s.jsonl"}, tmp_path)

@@ -68,7 +68,8 @@ def test_class_embeddings_average_templates():
 
     def enc(texts):
         calls.append(texts)
-        return np.array([[1.0, 0.0] if "cat" in t else [0.0, 1.0] for t in texts]) * (1 + np.arange(len(texts)))[:, None]
+        scale = (1 + np.arange(len(texts)))[:, None]  # unnormalised on purpose
+        return np.array([[1.0, 0.0] if "cat" in t else [0.0, 1.0] for t in texts]) * scale
 
     emb = class_embeddings(enc, ["cat", "dog"], ["a {}", "the {}", "{}!"])
     assert calls == [fill_prompts(["cat", "dog"], ["a {}", "the {}", "{}!"])]
