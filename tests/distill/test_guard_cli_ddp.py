@@ -1,0 +1,104 @@
+"""The distiller never loads a teacher; the CLI; two-process gloo DDP matches one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmkd.distill.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+
+GUARD_SCRIPT = r"""
+import json, sys
+from click.testing import CliRunner
+from mmkd.cli import main
+from mmkd.distill.guard import TeacherImportError, no_teachers
+res = CliRunner().invoke(main, sys.argv[1:], catch_exceptions=False)
+assert res.exit_code == 0, res.output
+loaded = "mmkd.extract.teachers" in sys.modules
+try:
+    with no_teachers():
+        import mmkd.extract.teachers  # noqa: F401
+    blocked = False
+except TeacherImportError as e:
+    blocked = "must never load a teacher" in str(e)
+print(json.dumps({"loaded": loaded, "blocked": blocked, "summary": res.output.strip().splitlines()[-1]}))
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _flags(store, student_json, out, **kw) -> list[str]:
+    flags = {"store": store, "student": student_json, "out": out, "batch-size": 8, "warmup-steps": 1,
+             "lr": 1e-3, "num-workers": 0, "log-every": 1, "device": "cpu", **kw}
+    return [x for k, v in flags.items() for x in (f"--{k}", str(v))] + ["--no-progress"]
+
+
+def test_cli_stage2_never_imports_a_teacher(tiny_store, student_json, tmp_path):
+    args = ["distill", *_flags(tiny_store, student_json, tmp_path / "run", stage=2, kd="multi", steps=2)]
+    proc = subprocess.run([sys.executable, "-c", GUARD_SCRIPT, *args], capture_output=True, text=True,
+                          env=_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["loaded"] is False
+    assert result["blocked"] is True
+    assert json.loads(result["summary"])["finished"] is True
+    assert (tmp_path / "run" / "export" / "open_clip_model.safetensors").is_file()
+
+
+def test_cli_reports_bad_config(tiny_store, student_json, tmp_path):
+    from click.testing import CliRunner
+
+    from mmkd.cli import main
+
+    res = CliRunner().invoke(main, ["distill", "--store", str(tiny_store), "--student", str(student_json),
+                                    "--out", str(tmp_path / "o"), "--stage", "1"])
+    assert res.exit_code != 0 and "exactly one of steps or epochs" in res.output
+
+
+def test_pipelines_distill_entries_load():
+    from mmkd.config import load_pipelines
+    from mmkd.distill.config import load_distill_config
+    from mmkd.distill.student import resolve_student
+
+    cfg = load_pipelines(REPO / "pipelines.yaml")
+    assert cfg["distill"], "pipelines.yaml has no distill entries"
+    for name in cfg["distill"]:
+        run = load_distill_config(cfg, name, {"store": "/somewhere"})
+        spec = resolve_student(run.student, run.students_section)
+        assert spec.model_cfg["embed_dim"] > 0
+    paper = resolve_student("mmkd_clip_student", cfg["students"]).model_cfg
+    assert paper["embed_dim"] == 512 and paper["quick_gelu"] is True
+    assert paper["text_cfg"]["context_length"] == 256 and paper["text_cfg"]["hf_proj_type"] == "mlp"
+    text = (REPO / "pipelines.yaml").read_text().split("\ndistill:")[1]
+    for name in cfg["distill"]:  # each block starts with a comment giving its command
+        before = text.split(f"\n  {name}:")[0].rstrip().splitlines()[-1]
+        assert before.strip().startswith("#") and "mmkd" in before, name
+
+
+def test_two_process_gloo_ddp_matches_single_process(tiny_store, student_json, tmp_path):
+    common = dict(stage=2, kd="multi", steps=3, seed=5)
+    single = _flags(tiny_store, student_json, tmp_path / "one", **common)
+    subprocess.run([sys.executable, "-m", "mmkd.distill", *single], check=True, env=_env(), cwd=tmp_path,
+                   capture_output=True, timeout=300)
+    ddp = _flags(tiny_store, student_json, tmp_path / "two", **common)
+    ddp[ddp.index("--batch-size") + 1] = "4"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--standalone", "-m", "mmkd.distill", *ddp],
+                          env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
+    for a, b in zip(one, two):
+        for key in ("loss/clip", "loss/fd_img", "loss/fd_txt", "loss/icl", "loss/total"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
