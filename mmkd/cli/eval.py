@@ -30,7 +30,8 @@ def _stores(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Output folder for results.json, results.md, results.png.")
 @click.option("--store", "stores", multiple=True, metavar="DATASET=PATH",
-              help="Read teachers' features for DATASET from a store built over it (repeatable).")
+              help="Read teachers' features for eval set DATASET (its name; a spec path's file stem) from a "
+                   "store built over it (repeatable).")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
               help="Feature cache folder (default: <out>/cache).")
 @click.option("--device", default=None, help="torch device (default: cuda when available).")

@@ -182,6 +182,10 @@ def evaluate(models: list[str], datasets: list[str], out: str | Path, *, cfg: di
     out = Path(out)
     cache = FeatureCache(ecfg.cache_dir or out / "cache")
     sets = [load_eval_set(d, cfg) for d in datasets]
+    stray = sorted(set(ecfg.stores) - {s.name for s in sets})
+    if stray:
+        raise EvalError(f"stores given for {stray}, which are not among the eval sets {[s.name for s in sets]}; "
+                        "write --store <set name>=<store path>")
     builder = _Models(cfg, ecfg.device)
     names = [builder.base(m).name for m in models]
     names = [n if names.count(n) == 1 else m for n, m in zip(names, models)]  # two exports named alike

@@ -171,3 +171,12 @@ def test_real_teacher_features_from_imported_store(mmkd_demo_dir, tmp_path):
     with pytest.raises(encoders.EncoderError, match="no valid 'pmc_clip' features for 7 samples"):
         evaluate(["pmc_clip"], ["mmkd_demo"], tmp_path / "out2", cfg=cfg,
                  ecfg=EvalConfig(tasks=("retrieval",), stores={"mmkd_demo": str(tmp_path / "store")}))
+
+
+def test_store_for_unknown_set_is_refused(student_dir, tmp_path):
+    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--dataset", "modality9",
+                                    "--store", "modality=/x", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "'modality'" in res.output
+    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--dataset", "modality9",
+                                    "--store", "modality9", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "DATASET=STORE_PATH" in res.output
