@@ -70,3 +70,31 @@ def test_init_from_export_and_mismatch(student_json, tmp_path):
         load_student_weights(s3.model, tmp_path / "run")
     with pytest.raises(StudentError, match="not found"):
         load_student_weights(s3.model, tmp_path / "nothing.pt")
+
+
+def test_hf_text_tower_student_exports_self_contained(tmp_path, monkeypatch):
+    """The paper's student shape (HF text tower, MLP proj) at toy size; the export loads offline."""
+    import shutil
+
+    import open_clip
+    from transformers import BertConfig
+
+    tiny = pytest.importorskip("mmkd.extract.tiny")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bert = tmp_path / "bert"
+    tiny.save_tiny_tokenizer(bert, 16)
+    BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+               max_position_embeddings=64).save_pretrained(bert)
+    cfg = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": TINY_STUDENT["vision_cfg"],
+           "text_cfg": {"hf_model_name": str(bert), "hf_tokenizer_name": str(bert), "hf_proj_type": "mlp",
+                        "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 16}}
+    student = build_student(resolve_student(cfg))
+    export_student(student, tmp_path / "export")
+    shutil.rmtree(bert)  # the export must not need the original HF folder
+    model, _ = open_clip.create_model_from_pretrained(f"local-dir:{tmp_path / 'export'}")
+    tok = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'export'}")
+    model.eval()
+    student.model.eval()
+    ids = tok(["ct lung lesion"])
+    with torch.no_grad():
+        assert torch.allclose(model.encode_text(ids), student.model.encode_text(ids))
