@@ -1,4 +1,4 @@
-"""``mmkd teachers`` (and, later, ``mmkd extract``): the extract stage's commands.
+"""``mmkd teachers`` and ``mmkd extract``: the extract stage's commands.
 
 Only click is imported at module level; library imports live in the command bodies.
 """
@@ -44,6 +44,58 @@ def teachers_cmd(pipeline: str | None, as_json: bool) -> None:
             click.echo(f"  {r['name']}: needs {r['missing']}")
 
 
+@click.command("extract")
+@click.option("--run", "run", default=None, metavar="NAME",
+              help="a named job from the 'extract:' section of the pipelines file; flags override its values.")
+@click.option("--teacher", "teachers", multiple=True, metavar="NAME", help="teacher to run (repeatable).")
+@click.option("--all-teachers", is_flag=True, default=None, help="run every teacher declared in the pipelines file.")
+@click.option("--data", "dataset", default=None, metavar="PATH_OR_NAME",
+              help="dataset: a name from 'datasets:', or a path (meta.jsonl folder, jsonl/csv, parquet, tar shards).")
+@click.option("--store", default=None, type=click.Path(file_okay=False), help="feature store folder (created if absent).")
+@click.option("--runner", type=click.Choice(["ray", "local"]), default=None, help="executor (default: ray).")
+@click.option("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="images per forward pass (default 256).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="autocast precision on GPU (default fp16; CPU always runs fp32).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="decode threads per worker (default 4).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="only the first N samples (a trial run).")
+@click.option("--overwrite", is_flag=True, default=None, help="redo blocks that are already done.")
+@click.option("--block-size", type=click.IntRange(min=1), default=None,
+              help="rows per store block, the unit of work (new stores only; default 2048).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="where models run.")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="Ray actors (default: one per GPU, else one per CPU).")
+@PIPELINE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON.")
+@click.option("--no-progress", is_flag=True, help="no progress bar.")
+def extract_cmd(run: str | None, teachers: tuple[str, ...], all_teachers: bool | None, pipeline: str | None,
+                as_json: bool, no_progress: bool, **flags: object) -> None:
+    """Run teachers over a dataset and write their features into a feature store.
+
+    \b
+    mmkd extract --teacher biomedclip --data mmkd-clip-demo --store stores/demo
+    mmkd extract --all-teachers --data /data/roco/train.jsonl --store stores/roco --runner local
+    mmkd extract --run mmkd-clip-demo-all --limit 4 --store /tmp/trial
+    """
+    from mmkd.config import ConfigError
+    from mmkd.extract import ExtractError, job_from_config, run_extract
+    from mmkd.extract.readers import DatasetError
+    from mmkd.extract.teachers import TeacherError
+    from mmkd.store import StoreError
+
+    if teachers and all_teachers:
+        raise click.UsageError("give --teacher NAME (repeatable) or --all-teachers, not both")
+    overrides = dict(flags, pipeline=pipeline,
+                     teachers=["all"] if all_teachers else list(teachers) or None)
+    try:
+        job = job_from_config(None, run, **overrides)
+        summary = run_extract(job, progress=not (no_progress or as_json))
+    except (ConfigError, ExtractError, DatasetError, TeacherError, StoreError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.format())
+
+
 def register(main: click.Group) -> None:
     """Add the extract stage's commands to the ``mmkd`` group."""
     main.add_command(teachers_cmd)
+    main.add_command(extract_cmd)

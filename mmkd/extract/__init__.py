@@ -1,1 +1,15 @@
-"""mmkd.extract"""
+"""mmkd.extract: teachers (registry + loaders), dataset readers, and the extract runners.
+
+    from mmkd.extract import ExtractJob, run_extract
+    summary = run_extract(ExtractJob(dataset="mmkd-clip-demo", teachers=["biomedclip"],
+                                     store="stores/demo", runner="local"))
+
+Sub-packages: :mod:`mmkd.extract.teachers`, :mod:`mmkd.extract.readers`,
+:mod:`mmkd.extract.runners`. Importing this package imports neither torch nor ray.
+"""
+
+from mmkd.extract.runners import (
+    ExtractError, ExtractJob, ExtractSummary, TeacherSummary, job_from_config, run_extract,
+)
+
+__all__ = ["ExtractError", "ExtractJob", "ExtractSummary", "TeacherSummary", "job_from_config", "run_extract"]

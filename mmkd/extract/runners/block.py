@@ -1,0 +1,214 @@
+"""The unit of work: one teacher over one store block. Both runners run this code.
+
+A :class:`BlockWorker` is built from *specs* (teacher spec, dataset spec, store
+path), loads the teacher itself once, and then for each block: reads the block's
+rows from the store index, reads + decodes + preprocesses images on a thread pool
+(the next batch is prepared while the current one runs), encodes images and
+captions, writes the block, and returns a small manifest dict. Features never
+leave the worker except into the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mmkd.extract.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, decode_image
+from mmkd.extract.runners.job import ExtractError
+
+log = logging.getLogger(__name__)
+
+PREFETCH_BATCHES = 2
+# Attributes that change the features; a resumed run must not mix blocks made with different ones.
+_FEATURE_ATTRS = ("weights_sha256", "revision", "preprocessing", "context_length", "tokenizer", "dim")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Picklable settings of a block worker (shipped to Ray actors).
+
+    Attributes:
+        dataset: reader spec (:meth:`mmkd.extract.readers.Dataset.spec`).
+        store: store folder.
+        batch_size: images per forward pass.
+        precision: ``fp32``/``fp16``/``bf16`` autocast, used on CUDA only.
+        workers: decode threads.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overwrite: the job redoes done blocks (allows replacing a teacher's attrs).
+        max_pixels: larger images are refused as decompression bombs.
+    """
+
+    dataset: dict[str, Any]
+    store: str
+    batch_size: int = 256
+    precision: str = "fp16"
+    workers: int = 4
+    device: str = "auto"
+    overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExtractError("device 'cuda' asked for but torch sees no GPU here; use --device cpu or auto")
+    return device
+
+
+class BlockWorker:
+    """Runs one teacher over store blocks (see the module docstring).
+
+    Args:
+        spec: the teacher spec (a :class:`~mmkd.extract.teachers.TeacherSpec` or its dict).
+        config: the worker settings.
+    """
+
+    def __init__(self, spec: Any, config: WorkerConfig) -> None:
+        from mmkd.extract.readers import open_dataset
+        from mmkd.extract.teachers import TeacherSpec, load_teacher
+        from mmkd.store import FeatureStore
+
+        self.spec = TeacherSpec.from_dict(spec) if isinstance(spec, dict) else spec
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.autocast = config.precision if self.device.startswith("cuda") and config.precision != "fp32" else None
+        self.teacher = load_teacher(self.spec, self.device)
+        self.dataset = open_dataset(config.dataset)
+        self.store = FeatureStore.open(config.store, mode="a")
+        self.attrs = self.teacher.store_attrs()
+        self._add_teacher()
+        self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=f"mmkd-decode-{self.spec.name}")
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def _add_teacher(self) -> None:
+        store, name = self.store, self.spec.name
+        if name in store.teachers and store.done_blocks(name):
+            old, now = store.attrs(name), json.loads(json.dumps(self.attrs))  # tuples -> lists, as stored
+            diff = [k for k in _FEATURE_ATTRS if None not in (old.get(k), now.get(k)) and old.get(k) != now.get(k)]
+            if diff and not self.config.overwrite:
+                raise ExtractError(
+                    f"teacher {name!r} in store {store.path} was extracted with other {diff} "
+                    f"(store: {[old.get(k) for k in diff]}, now: {[now.get(k) for k in diff]}); resuming "
+                    "would mix features of two models: pass --overwrite to redo every block, or use a new store")
+        store.add_teacher(name, self.teacher.dim, self.attrs)
+
+    def close(self) -> None:
+        """Stop the decode threads."""
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ one block
+    def run_block(self, block: int) -> dict[str, Any]:
+        """Extract and write ``block``; return its manifest (counts, failures by reason, timings)."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        start, stop = self.store.block_range(block)
+        ids, captions, refs = self._block_rows(start, stop)
+        n, dim = stop - start, self.teacher.dim
+        image = np.zeros((n, dim), np.float32)
+        text = np.zeros((n, dim), np.float32)
+        valid = np.zeros(n, bool)
+        failures: list[dict[str, Any]] = []
+        timings = Counter()
+        bs = self.config.batch_size
+        batches = [range(i, min(i + bs, n)) for i in range(0, n, bs)]
+        pending: deque[list[Future]] = deque()
+        for k in range(len(batches)):
+            while len(pending) < PREFETCH_BATCHES and k + len(pending) < len(batches):
+                pending.append(self._submit(batches[k + len(pending)], captions, refs))
+            t = time.perf_counter()
+            chunks = [fut.result() for fut in pending.popleft()]
+            timings["wait_s"] += time.perf_counter() - t
+            timings["read_decode_s"] += sum(seconds for _, seconds in chunks)
+            prepared = [item for items, _ in chunks for item in items]
+            self._forward(prepared, image, text, valid, failures, timings, ids, start)
+        t = time.perf_counter()
+        self.store.write_block(self.name, block, image, text, valid, failures)
+        timings["write_s"] += time.perf_counter() - t
+        return {
+            "teacher": self.name, "block": block, "rows": n, "valid": int(valid.sum()),
+            "failures": dict(Counter(f["reason"] for f in failures)),
+            "read_decode_s": timings["read_decode_s"], "wait_s": timings["wait_s"],
+            "forward_s": timings["forward_s"], "write_s": timings["write_s"],
+            "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+            "device": self.device, "pid": os.getpid(), "host": socket.gethostname(),
+        }
+
+    def _block_rows(self, start: int, stop: int) -> tuple[list[str], list[str], list[str]]:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from mmkd.store.format import INDEX
+
+        # Row groups are block-aligned, so the filter reads about one row group.
+        table = pq.read_table(self.store.path / INDEX, columns=["row", "sample_id", "caption", "image"],
+                              filters=[("row", ">=", start), ("row", "<", stop)])
+        table = table.take(pc.sort_indices(table, [("row", "ascending")]))
+        if table.num_rows != stop - start:
+            raise ExtractError(f"store {self.store.path}: index holds {table.num_rows} rows in [{start}, {stop}); "
+                               "the index is damaged (run `mmkd store validate`)")
+        return (table.column("sample_id").to_pylist(), table.column("caption").to_pylist(),
+                table.column("image").to_pylist())
+
+    def _submit(self, rows: range, captions: list[str], refs: list[str]) -> list[Future]:
+        """Split a batch into one chunk per thread (a reader opens each shard once per chunk)."""
+        rows = list(rows)
+        step = -(-len(rows) // self.config.workers)
+        return [self._pool.submit(self._prepare, rows[i:i + step], captions, refs) for i in range(0, len(rows), step)]
+
+    def _prepare(self, rows: list[int], captions: list[str], refs: list[str]) -> tuple[list[tuple], float]:
+        """Read, decode and preprocess ``rows``.
+
+        Returns:
+            ``[(row, tensor, caption) or (row, BadSample, None)]`` and the seconds it took.
+        """
+        t = time.perf_counter()
+        datas = self.dataset.read_many([refs[r] for r in rows], on_error="return")
+        out = []
+        for r, data in zip(rows, datas):
+            try:
+                if isinstance(data, BadSample):
+                    raise data
+                pil = decode_image(data, max_pixels=self.config.max_pixels, mode=self.teacher.image_mode)
+                caption = check_caption(captions[r])
+                try:
+                    pixels = self.teacher.preprocess(pil)
+                except (ValueError, OSError, RuntimeError) as e:
+                    raise BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}") from e
+                out.append((r, pixels, caption))
+            except BadSample as e:
+                out.append((r, e, None))
+        return out, time.perf_counter() - t
+
+    def _forward(self, prepared: list[tuple], image: np.ndarray, text: np.ndarray, valid: np.ndarray,
+                 failures: list[dict], timings: Counter, ids: list[str], start: int) -> None:
+        import torch
+
+        good = []
+        for r, x, caption in prepared:
+            if isinstance(x, BadSample):
+                failures.append({"sample_id": ids[r], "row": start + r, "reason": x.reason, "detail": x.detail})
+            else:
+                good.append((r, x, caption))
+        if not good:
+            return
+        t = time.perf_counter()
+        rows = np.array([g[0] for g in good])
+        image[rows] = self.teacher.encode_images(torch.stack([g[1] for g in good]), autocast=self.autocast).numpy()
+        text[rows] = self.teacher.encode_texts([g[2] for g in good], autocast=self.autocast).numpy()
+        valid[rows] = True
+        timings["forward_s"] += time.perf_counter() - t

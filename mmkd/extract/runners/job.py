@@ -1,0 +1,182 @@
+"""The extract job: one typed description of what ``mmkd extract`` runs.
+
+A job comes either from CLI flags or from a named entry of the ``extract:`` section
+of ``pipelines.yaml`` (``mmkd extract --run NAME``), with every flag given on the
+command line overriding the entry (:func:`job_from_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUNNERS = ("ray", "local")
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+ALL_TEACHERS = "all"
+
+
+class ExtractError(RuntimeError):
+    """An extract job cannot run as asked (bad job, dataset/store mismatch, worker failure)."""
+
+
+@dataclass
+class ExtractJob:
+    """Everything one ``mmkd extract`` run needs.
+
+    Attributes:
+        dataset: a name from the ``datasets:`` section, a path (file, folder or shard
+            pattern), or a reader spec mapping (``{"path": ..., "format": ...}``).
+        teachers: teacher names from the ``teachers:`` section; ``["all"]`` means all of them.
+        store: the feature store folder (created by the first extract into it).
+        runner: ``ray`` (actor pool; local Ray or ``address``) or ``local`` (in-process).
+        address: Ray cluster to join (default ``$RAY_ADDRESS``, else a local instance).
+        batch_size: images per forward pass.
+        precision: ``fp32``, ``fp16`` or ``bf16`` autocast; applied on CUDA only.
+        workers: decode/preprocess threads per worker.
+        limit: use only the first ``limit`` samples of the dataset (a trial run); the
+            store records it, so later runs must use the same limit.
+        overwrite: redo blocks that are already done.
+        block_size: rows per store block (the unit of work); only used when the
+            store is created, an existing store keeps its own.
+        pipeline: the pipelines file (default: ``$MMKD_PIPELINES`` or ``./pipelines.yaml``).
+        device: ``auto`` (CUDA when visible), ``cpu`` or ``cuda``.
+        actors: Ray actors per teacher (default: one per GPU, else one per CPU).
+        max_restarts: times Ray restarts a dead actor (its block is then retried).
+    """
+
+    dataset: str | dict[str, Any]
+    teachers: list[str]
+    store: str
+    runner: str = "ray"
+    address: str | None = None
+    batch_size: int = 256
+    precision: str = "fp16"
+    workers: int = 4
+    limit: int | None = None
+    overwrite: bool = False
+    block_size: int | None = None
+    pipeline: str | None = None
+    device: str = "auto"
+    actors: int | None = None
+    max_restarts: int = 3
+    name: str | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teachers, str):
+            self.teachers = [self.teachers]
+        self.teachers = list(self.teachers or [])
+        self.store = "" if self.store is None else str(self.store)
+        _check_job(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able copy (saved into the store with every run)."""
+        return dataclasses.asdict(self)
+
+
+def _check_job(job: ExtractJob) -> None:
+    where = f"extract job {job.name!r}" if job.name else "extract job"
+    if not job.teachers:
+        raise ExtractError(f"{where}: no teachers given; pass --teacher NAME (repeatable) or --all-teachers")
+    if not job.store:
+        raise ExtractError(f"{where}: no store path given; pass --store PATH")
+    if not job.dataset:
+        raise ExtractError(f"{where}: no dataset given; pass --data PATH_OR_NAME")
+    if job.runner not in RUNNERS:
+        raise ExtractError(f"{where}: runner {job.runner!r} not in {list(RUNNERS)}")
+    if job.precision not in PRECISIONS:
+        raise ExtractError(f"{where}: precision {job.precision!r} not in {list(PRECISIONS)}")
+    if job.device not in DEVICES:
+        raise ExtractError(f"{where}: device {job.device!r} not in {list(DEVICES)}")
+    for key in ("batch_size", "workers", "limit", "block_size", "actors"):
+        v = getattr(job, key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise ExtractError(f"{where}: {key} must be a positive integer, got {v!r}")
+    if not isinstance(job.max_restarts, int) or job.max_restarts < 0:
+        raise ExtractError(f"{where}: max_restarts must be an integer >= 0, got {job.max_restarts!r}")
+
+
+JOB_KEYS = tuple(f.name for f in dataclasses.fields(ExtractJob) if f.name not in ("pipeline", "name"))
+
+
+def job_from_config(cfg: dict[str, Any] | None = None, run: str | None = None, **overrides: Any) -> ExtractJob:
+    """Build a job from a named ``extract:`` entry and/or explicit values.
+
+    Args:
+        cfg: a loaded pipelines file (:func:`mmkd.config.load_pipelines`); ``None``
+            loads the one named by ``overrides["pipeline"]`` (or the default).
+        run: name of an entry in the ``extract:`` section, or ``None``.
+        **overrides: :class:`ExtractJob` fields; ``None`` values are ignored, so CLI
+            flags left unset keep the entry's value.
+
+    Raises:
+        ExtractError: unknown run name (the message lists the valid ones), unknown
+            keys in the entry, or an invalid resulting job.
+    """
+    from mmkd.config import load_pipelines, resolve_path, section
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if cfg is None:
+        cfg = load_pipelines(overrides.get("pipeline"))
+    entry: dict[str, Any] = {}
+    if run is not None:
+        runs = section(cfg, "extract")
+        if run not in runs:
+            raise ExtractError(f"unknown extract run {run!r}; runs declared in {cfg.get('_path')}: {sorted(runs)}")
+        entry = dict(runs[run] or {})
+        unknown = sorted(set(entry) - set(JOB_KEYS))
+        if unknown:
+            raise ExtractError(f"extract run {run!r}: unknown keys {unknown}; valid keys: {list(JOB_KEYS)}")
+        if entry.get("store") is not None:
+            entry["store"] = str(resolve_path(cfg, entry["store"]))
+        if isinstance(entry.get("dataset"), str) and entry["dataset"] not in section(cfg, "datasets"):
+            entry["dataset"] = str(resolve_path(cfg, entry["dataset"]))
+    values = {**entry, **overrides}
+    values.setdefault("pipeline", cfg.get("_path"))
+    values.setdefault("name", run)
+    for key in ("dataset", "teachers", "store"):
+        values.setdefault(key, None)
+    try:
+        return ExtractJob(**values)
+    except TypeError as e:
+        raise ExtractError(f"bad extract job values {sorted(values)}: {e}") from e
+
+
+def resolve_teachers(job: ExtractJob, cfg: dict[str, Any]) -> list[Any]:
+    """The job's teacher specs, in the order given (``all`` = every declared teacher).
+
+    Raises:
+        UnknownTeacherError: a name is not declared (the message lists the valid names).
+    """
+    from mmkd.extract.teachers import get_teacher_spec, teachers_from_config
+
+    if ALL_TEACHERS in job.teachers:
+        specs = list(teachers_from_config(cfg).values())
+        if not specs:
+            raise ExtractError(f"--all-teachers: no teachers declared in {cfg.get('_path')}")
+        return specs
+    return [get_teacher_spec(name, cfg) for name in dict.fromkeys(job.teachers)]
+
+
+def resolve_dataset(job: ExtractJob, cfg: dict[str, Any]):
+    """Open the job's dataset: a ``datasets:`` name, a spec mapping, or a path.
+
+    Raises:
+        DatasetError: the dataset cannot be opened (the message says why).
+    """
+    from mmkd.config import section
+    from mmkd.extract.readers import get_dataset, open_dataset
+
+    if isinstance(job.dataset, dict):
+        return open_dataset(job.dataset)
+    if job.dataset in section(cfg, "datasets"):
+        return get_dataset(job.dataset, cfg)
+    path = Path(os.path.expanduser(job.dataset))
+    if not path.exists() and not any(ch in job.dataset for ch in "{*?["):
+        names = sorted(section(cfg, "datasets"))
+        raise ExtractError(f"dataset {job.dataset!r} is neither a path that exists nor a dataset declared in "
+                           f"{cfg.get('_path')} (declared: {names})")
+    return open_dataset(path if path.exists() else job.dataset)

@@ -1,0 +1,132 @@
+"""Creating the store on the first extract, checking the dataset on later ones, job records.
+
+The store records ``dataset.fingerprint``: the reader's fingerprint of the dataset,
+prefixed ``first-N:`` when the store holds only the first N samples (``--limit``).
+A later extract computes the same string and refuses to go on when it differs,
+because rows would no longer line up with the samples they were extracted from.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+from mmkd.extract.runners.job import ExtractError, ExtractJob
+
+log = logging.getLogger(__name__)
+
+JOBS_DIR = "_jobs"
+_LIMITED = re.compile(r"^first-(\d+):(.*)$")
+
+
+def dataset_fingerprint(ds: Any, limit: int | None) -> str:
+    """The fingerprint string a store records for ``ds`` (``first-N:...`` with a limit).
+
+    With a limit only the first N samples are hashed, so a trial run on a huge
+    dataset does not scan all of it; the hash follows the reader's own scheme.
+    """
+    if limit is None:
+        return ds.fingerprint()
+    from mmkd.extract.readers.base import FINGERPRINT_VERSION, json_labels
+
+    h = hashlib.sha256(f"{FINGERPRINT_VERSION}\n{ds.format}\n".encode())
+    # _checked_entries(hashes=False) is what Dataset.fingerprint itself hashes.
+    for e in itertools.islice(ds._checked_entries(hashes=False), limit):
+        s = e.sample
+        record = [s.sample_id, s.caption, s.image, str(e.size), json_labels(s.labels)]
+        h.update(json.dumps(record, ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return f"first-{limit}:{h.hexdigest()}"
+
+
+def _describe(fp: str) -> tuple[int | None, str]:
+    m = _LIMITED.match(fp or "")
+    return (int(m.group(1)), m.group(2)) if m else (None, fp or "")
+
+
+def open_or_create_store(job: ExtractJob, ds: Any):
+    """Open the job's store, or create it from the dataset's samples.
+
+    Returns:
+        ``(store, created)``.
+
+    Raises:
+        ExtractError: the store exists but was made from another dataset (or
+            another ``--limit``); the message says what differs and what to do.
+    """
+    from mmkd.store import FeatureStore
+
+    path = Path(job.store)
+    fp = dataset_fingerprint(ds, job.limit)
+    if not path.exists():
+        samples = ds.samples() if job.limit is None else itertools.islice(ds.samples(), job.limit)
+        kwargs = {} if job.block_size is None else {"block_size": job.block_size}
+        store = FeatureStore.create(path, samples, dataset_uri=ds.uri, dataset_fingerprint=fp, **kwargs)
+        log.info("created store %s from %s (%d samples)", path, ds.uri, store.n)
+        return store, True
+    store = FeatureStore.open(path, mode="a")
+    _check_same_dataset(store, ds, fp, job)
+    if job.block_size is not None and job.block_size != store.block_size:
+        log.warning("store %s already exists with block_size %d; --block-size %d is ignored",
+                    path, store.block_size, job.block_size)
+    return store, False
+
+
+def _check_same_dataset(store: Any, ds: Any, fp: str, job: ExtractJob) -> None:
+    recorded = store.manifest.get("dataset", {})
+    old_fp, old_uri = recorded.get("fingerprint", ""), recorded.get("uri", "")
+    if old_fp == fp:
+        if old_uri != ds.uri:
+            log.info("dataset moved: store %s was made from %s, now reading the same samples at %s",
+                     store.path, old_uri, ds.uri)
+        return
+    if not (store.path / JOBS_DIR).exists() and _same_index(store, ds, job.limit):
+        log.warning("store %s was not made by `mmkd extract` (dataset fingerprint %s...); its index matches "
+                    "every sample of %s (ids, captions, image references), so extracting into it", store.path,
+                    old_fp[:12], ds.uri)
+        return
+    old_limit, _ = _describe(old_fp)
+    new_limit = job.limit
+    fix = f"extract into a new --store, or delete {store.path} to rebuild it"
+    if old_limit != new_limit:
+        def said(n: int | None) -> str:
+            return "all samples" if n is None else f"the first {n} samples (--limit {n})"
+        raise ExtractError(
+            f"store {store.path} holds {said(old_limit)} of {old_uri}, but this run asks for {said(new_limit)}; "
+            f"rerun with {'no --limit' if old_limit is None else f'--limit {old_limit}'}, or {fix}")
+    where = f"dataset {ds.uri}" if old_uri == ds.uri else f"dataset {ds.uri} (the store was made from {old_uri})"
+    raise ExtractError(
+        f"{where} does not match store {store.path}: dataset fingerprint {fp[-16:]} != recorded {old_fp[-16:]} "
+        f"(samples were added, removed, reordered or edited since the store was created); rows would no longer "
+        f"line up with their samples: {fix}")
+
+
+def _same_index(store: Any, ds: Any, limit: int | None) -> bool:
+    """Every row's sample id, caption and image reference equal the dataset's, in order."""
+    samples = ds.samples() if limit is None else itertools.islice(ds.samples(), limit)
+    theirs = [(s.sample_id, s.caption, s.image) for s in samples]
+    idx = store.index
+    ours = list(zip(*(idx.column(c).to_pylist() for c in ("sample_id", "caption", "image"))))
+    return theirs == ours
+
+
+def write_job_record(store_path: str | Path, teacher: str, record: dict[str, Any], stamp: str) -> Path:
+    """Save the resolved job (and later its summary) as ``<store>/_jobs/<stamp>-<teacher>.json``."""
+    from mmkd.store.format import atomic_write_json
+
+    path = Path(store_path) / JOBS_DIR / f"{stamp}-{teacher}.json"
+    atomic_write_json(path, {"host": socket.gethostname(), "pid": os.getpid(), **record})
+    return path
+
+
+def utc_stamp() -> str:
+    """A sortable UTC timestamp for job record names."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")

@@ -1,0 +1,136 @@
+"""What an extract run did: per-teacher counts, failures by reason, stage timings, rates."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+STAGES = ("read_decode_s", "wait_s", "forward_s", "write_s")
+
+
+@dataclass
+class TeacherSummary:
+    """One teacher's part of a run.
+
+    Attributes:
+        teacher: teacher name.
+        blocks_total: blocks in the store.
+        blocks_skipped: blocks already done before this run (and not overwritten).
+        blocks_run: blocks extracted by this run.
+        rows: rows extracted by this run.
+        valid: rows of them with features (the rest are bad samples).
+        failures: bad samples of this run by reason.
+        wall_s: wall-clock seconds of this teacher's run (including worker start-up).
+        cpu_s: CPU seconds the workers spent on blocks (all threads).
+        stages: summed seconds per stage over blocks: ``read_decode_s`` (thread
+            time reading+decoding+preprocessing), ``wait_s`` (forward loop waiting for
+            decoded batches), ``forward_s`` (model), ``write_s`` (store write).
+        devices: devices the blocks ran on.
+        workers: distinct worker processes (pids) that ran blocks; more than the
+            number of actors means some were restarted.
+    """
+
+    teacher: str
+    blocks_total: int = 0
+    blocks_skipped: int = 0
+    blocks_run: int = 0
+    rows: int = 0
+    valid: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    devices: list[str] = field(default_factory=list)
+    workers: int = 0
+    _pids: set = field(default_factory=set, repr=False)
+
+    def add(self, manifest: dict[str, Any]) -> None:
+        """Fold one block manifest in."""
+        self.blocks_run += 1
+        self.rows += manifest["rows"]
+        self.valid += manifest["valid"]
+        self.failures = dict(Counter(self.failures) + Counter(manifest["failures"]))
+        self.cpu_s += manifest["cpu_s"]
+        for s in STAGES:
+            self.stages[s] += manifest[s]
+        if manifest["device"] not in self.devices:
+            self.devices.append(manifest["device"])
+        self._pids.add((manifest["host"], manifest["pid"]))
+        self.workers = len(self._pids)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.wall_s if self.wall_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
+        d["rows_per_s"] = self.rows_per_s
+        return d
+
+
+@dataclass
+class ExtractSummary:
+    """The result of :func:`mmkd.extract.run_extract`.
+
+    Attributes:
+        store: store path.
+        dataset: dataset URI.
+        runner: ``ray`` or ``local``.
+        created_store: this run created the store.
+        num_samples: rows in the store.
+        teachers: per-teacher summaries, in run order.
+        wall_s: wall-clock seconds of the whole run.
+    """
+
+    store: str
+    dataset: str
+    runner: str
+    created_store: bool = False
+    num_samples: int = 0
+    teachers: list[TeacherSummary] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def noop(self) -> bool:
+        """Nothing was left to do: every block of every teacher was already done."""
+        return all(t.blocks_run == 0 for t in self.teachers)
+
+    @property
+    def rows(self) -> int:
+        return sum(t.rows for t in self.teachers)
+
+    @property
+    def failures(self) -> dict[str, int]:
+        return dict(sum((Counter(t.failures) for t in self.teachers), Counter()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": self.store, "dataset": self.dataset, "runner": self.runner,
+                "created_store": self.created_store, "num_samples": self.num_samples, "noop": self.noop,
+                "rows": self.rows, "failures": self.failures, "wall_s": self.wall_s,
+                "teachers": [t.to_dict() for t in self.teachers]}
+
+    def format(self) -> str:
+        """A human-readable report (what the CLI prints)."""
+        if self.noop:
+            names = ", ".join(t.teacher for t in self.teachers)
+            return (f"nothing to do: every block of {names} is already in {self.store} "
+                    f"({self.num_samples} samples); pass --overwrite to redo them")
+        lines = [f"store {self.store}: {self.num_samples} samples from {self.dataset}"
+                 + (" (store created)" if self.created_store else "")]
+        for t in self.teachers:
+            if t.blocks_run == 0:
+                lines.append(f"  {t.teacher}: already complete ({t.blocks_total} blocks), skipped")
+                continue
+            st = t.stages
+            fails = ", ".join(f"{k} {v}" for k, v in sorted(t.failures.items())) or "none"
+            lines += [
+                f"  {t.teacher}: {t.rows} rows in {t.blocks_run} blocks ({t.blocks_skipped} already done), "
+                f"{t.valid} valid, {t.rows_per_s:.1f} rows/s on {'/'.join(t.devices)} ({t.workers} workers)",
+                f"    failures: {fails}",
+                f"    wall {t.wall_s:.2f}s, worker CPU {t.cpu_s:.2f}s; stages: read+decode {st['read_decode_s']:.2f}s "
+                f"(thread time), waiting for decode {st['wait_s']:.2f}s, forward {st['forward_s']:.2f}s, "
+                f"write {st['write_s']:.2f}s"]
+        lines.append(f"total: {self.rows} rows, failures {self.failures or 'none'}, wall {self.wall_s:.2f}s")
+        return "\n".join(lines)
