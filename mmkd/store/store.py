@@ -262,7 +262,7 @@ class FeatureStore:
         g.attrs.update({**attrs, "dim": dim, "dtype": fmt.FEATURE_DTYPE,
                         "normalized": bool(attrs.get("normalized", True))})
 
-    def update_attrs(self, teacher: str, **attrs: Any) -> None:
+    def update_attrs(self, teacher: str, /, **attrs: Any) -> None:
         """Merge ``attrs`` into the teacher's attributes (JSON-serialisable values)."""
         self._writable()
         with fmt.file_lock(self.path / fmt.LOCK):
