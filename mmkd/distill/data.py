@@ -243,7 +243,8 @@ class StoreBatches(IterableDataset):
                     raise data
                 img = decode_image(data)
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(seeds[i]))
+                    # the CPU generator only: torch.manual_seed would also seed (lazily) every accelerator
+                    torch.random.default_generator.manual_seed(int(seeds[i]))
                     out.append(self.transform(img))
             except BadSample as e:
                 logger.warning("row %d (image %r) unreadable, skipped in this batch: %s", rows[i], refs[i], e)

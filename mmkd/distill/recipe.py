@@ -207,20 +207,23 @@ class DistillRecipe:
         end = min(self.total_steps, c.stop_at_step) if c.stop_at_step else self.total_steps
         stream = self._batches()
         bar = self._progress(end)
-        t0, seen, acc = time.perf_counter(), 0, {}
+        t0, seen, acc, wait = time.perf_counter(), 0, {}, 0.0
         with no_teachers():
             while self.step < end:
                 for micro in range(c.grad_accum):
-                    terms = self._micro_step(next(stream), sync=micro == c.grad_accum - 1)
+                    tw = time.perf_counter()
+                    batch = next(stream)
+                    wait += time.perf_counter() - tw
+                    terms = self._micro_step(batch, sync=micro == c.grad_accum - 1)
                     for k, v in terms.items():
                         acc[k] = acc.get(k, 0.0) + v / c.grad_accum
                 grad_norm = self._optimizer_step()
                 self.step += 1
                 seen += c.batch_size * self.env.world_size * c.grad_accum
                 if self.step % c.log_every == 0 or self.step == end:
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    self._log(acc, grad_norm, rate, bar)
-                    t0, seen = time.perf_counter(), 0
+                    elapsed = max(time.perf_counter() - t0, 1e-9)
+                    self._log(acc, grad_norm, seen / elapsed, bar, data_share=wait / elapsed)
+                    t0, seen, wait = time.perf_counter(), 0, 0.0
                 acc = {}
                 if bar is not None:
                     bar.update(1)
@@ -240,11 +243,13 @@ class DistillRecipe:
 
         return tqdm(total=end, initial=self.step, desc=f"distill stage {self.cfg.stage}", unit="step")
 
-    def _log(self, acc: dict[str, float], grad_norm: float, rate: float, bar) -> None:
+    def _log(self, acc: dict[str, float], grad_norm: float, rate: float, bar, data_share: float) -> None:
         if self.metrics is None:
             return
+        # data_wait_share: fraction of wall time spent waiting for batches (loader-bound when high)
         rec = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "samples_per_s": rate,
+               "data_wait_share": data_share,
                "logit_scale": float(self.module.student.logit_scale.detach().exp())}
         rec.update({f"loss/{k}": v for k, v in acc.items()})
         self.metrics.log(rec)

@@ -75,7 +75,7 @@ def test_pipelines_distill_entries_load():
 
 
 def test_two_process_gloo_ddp_matches_single_process(tiny_store, student_json, tmp_path):
-    common = dict(stage=2, kd="multi", steps=3, seed=5)
+    common = dict(stage=2, kd="multi", steps=2, seed=5)
     single = _flags(tiny_store, student_json, tmp_path / "one", **common)
     subprocess.run([sys.executable, "-m", "mmkd.distill", *single], check=True, env=_env(), cwd=tmp_path,
                    capture_output=True, timeout=300)
@@ -86,7 +86,7 @@ def test_two_process_gloo_ddp_matches_single_process(tiny_store, student_json, t
                           env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
-    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2]  # step 2 follows an update
     for a, b in zip(one, two):
         for key in ("loss/clip", "loss/fd_img", "loss/fd_txt", "loss/icl", "loss/total"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
