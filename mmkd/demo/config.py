@@ -1,0 +1,98 @@
+"""Settings of one ``mmkd demo`` run: the full preset and the ``--quick`` one."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmkd.demo.corpus import MODALITIES
+from mmkd.demo.experts import DEFAULT_EXPERTS, clip_config
+
+
+def student_config() -> dict[str, Any]:
+    """The demo student: an open_clip ViT a little wider and deeper than each expert."""
+    return clip_config(width=96, layers=3, embed_dim=64, text_width=64, text_layers=1, context_length=24)
+
+
+@dataclass
+class DemoConfig:
+    """Everything a demo run does, seeded.
+
+    Attributes:
+        seed: seed of corpus, experts, distillation and eval.
+        runner: extract runner, ``ray`` or ``local``.
+        image_size: side of the generated images.
+        modalities: modalities of the corpus.
+        corpus_per_class: distillation-corpus samples per class and modality.
+        vague: share of corpus captions that name the modality but not the finding.
+        eval_per_class: held-out eval samples per class and modality.
+        experts: expert name -> the modalities it is trained on.
+        expert_per_class: each expert's private training samples per class and modality.
+        expert_steps: optimizer steps per expert.
+        student: the student's open_clip model config.
+        stage1_steps: stage-1 steps (CLIP on the corpus).
+        stage2_steps: stage-2 steps; the stage-1-only baseline continues stage 1 for as many.
+        batch_size: distillation batch size.
+        lr: peak learning rate of every distill run.
+        warmup_steps: linear warmup of every distill run.
+        fd_weight, icl_weight: stage-2 loss weights.
+        num_workers: DataLoader workers of the distill runs.
+        eval_resamples: bootstrap resamples of the eval CIs.
+        threads: torch CPU threads (``None``: torch's default).
+    """
+
+    seed: int = 0
+    runner: str = "ray"
+    image_size: int = 48
+    modalities: tuple[str, ...] = tuple(MODALITIES)
+    corpus_per_class: int = 200
+    vague: float = 0.5
+    eval_per_class: int = 100
+    experts: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_EXPERTS))
+    expert_per_class: int = 400
+    expert_steps: int = 300
+    student: dict[str, Any] = field(default_factory=student_config)
+    stage1_steps: int = 150
+    stage2_steps: int = 150
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 20
+    fd_weight: float = 50.0
+    icl_weight: float = 1.0
+    num_workers: int = 1
+    eval_resamples: int = 200
+    threads: int | None = None
+
+    @classmethod
+    def preset(cls, quick: bool = False, **overrides: Any) -> "DemoConfig":
+        """The full preset, or the ``--quick`` one (smaller corpus, fewer steps), with ``overrides``."""
+        base: dict[str, Any] = {}
+        if quick:
+            base = dict(corpus_per_class=120, eval_per_class=50, expert_per_class=200, expert_steps=120,
+                        stage1_steps=60, stage2_steps=60, eval_resamples=100)
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown demo settings {unknown}; valid: {[f.name for f in dataclasses.fields(cls)]}")
+        cfg = cls(**{**base, **overrides})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting."""
+        if self.runner not in ("ray", "local"):
+            raise ValueError(f"demo runner {self.runner!r} is unknown; use ray or local")
+        bad = [m for m in self.modalities if m not in MODALITIES]
+        bad += [m for mods in self.experts.values() for m in mods if m not in self.modalities]
+        if bad:
+            raise ValueError(f"demo modalities {sorted(set(bad))} are not in {list(self.modalities)}")
+        if not 0.0 <= self.vague < 1.0:
+            raise ValueError(f"vague must be in [0, 1), got {self.vague}")
+        for name in ("corpus_per_class", "eval_per_class", "expert_per_class", "expert_steps", "stage1_steps",
+                     "stage2_steps", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"demo setting {name} must be positive, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able values (saved as ``<out>/demo_config.json``)."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,178 @@
+"""``run_demo``: the whole method end to end, in miniature, through the library calls the CLI makes.
+
+corpus -> expert teachers -> ``run_extract`` (all experts into one store) ->
+``distill`` stage 1 -> stage 2 (``multi`` and ``mmkd-clip``) and a stage-1-only
+baseline on the same budget -> ``evaluate`` (zero-shot, linear probe, retrieval per
+modality) for every teacher and student -> ``summary.json`` / ``summary.md`` /
+``summary.png``.
+
+Layout of ``out``::
+
+    corpus/train/{data.jsonl,images/}   distillation corpus (all modalities)
+    corpus/eval/<modality>.yaml         held-out eval sets (mmkd eval spec files)
+    experts/<name>/                     open_clip local-dir teachers
+    pipelines.yaml                      declares the experts (loader: open_clip)
+    store/                              one feature store, every expert
+    runs/{stage1,multi,mmkd-clip,stage1-only}/export    students
+    eval/results.{json,md,png}          mmkd eval's own report
+    summary.{json,md,png}               the demo's table
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from mmkd.demo.config import DemoConfig
+
+log = logging.getLogger(__name__)
+
+STUDENT_RUNS = {"stage1-only": None, "multi": "multi", "mmkd-clip": "mmkd-clip"}
+
+
+def build_corpus(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    """Write the distillation corpus and the per-modality eval sets; returns their paths."""
+    from mmkd.demo.corpus import make_batch, write_eval_set, write_jsonl_dataset
+
+    batch = make_batch(cfg.modalities, cfg.corpus_per_class, cfg.seed, cfg.image_size, vague=cfg.vague)
+    table = write_jsonl_dataset(out / "corpus" / "train", batch, prefix="train")
+    evals = {m: write_eval_set(out / "corpus" / "eval", m, cfg.eval_per_class, cfg.seed + 1, cfg.image_size)
+             for m in cfg.modalities}
+    return {"train": str(table.parent), "train_rows": len(batch), "eval_sets": {m: str(p) for m, p in evals.items()}}
+
+
+def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    """Train and save every expert, write ``pipelines.yaml`` declaring them; returns what was made."""
+    from mmkd.demo.corpus import make_batch
+    from mmkd.demo.experts import ExpertSpec, save_expert, teacher_spec, train_expert, zeroshot_accuracy
+    from mmkd.extract.tiny import write_pipelines
+
+    check = make_batch(cfg.modalities, 30, cfg.seed + 2, cfg.image_size)
+    specs, info = {}, {}
+    for i, (name, mods) in enumerate(cfg.experts.items()):
+        spec = ExpertSpec(name, tuple(mods), n_per_class=cfg.expert_per_class, steps=cfg.expert_steps,
+                          seed=cfg.seed * 100 + i)
+        model = train_expert(spec)
+        folder = save_expert(model, out / "experts" / name, spec)
+        specs[name] = teacher_spec(name, folder, spec)
+        info[name] = {"modalities": list(mods), "folder": str(folder),
+                      "quick_zeroshot": {m: zeroshot_accuracy(model, m, check) for m in cfg.modalities}}
+        log.info("expert %s quick zero-shot: %s", name, info[name]["quick_zeroshot"])
+    pipelines = write_pipelines(out / "pipelines.yaml", specs)
+    return {"pipelines": str(pipelines), "experts": info}
+
+
+def extract_teachers(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: str) -> dict[str, Any]:
+    """Every expert over the corpus into ``out/store`` (what ``mmkd extract`` runs)."""
+    from mmkd.extract import ExtractJob, run_extract
+
+    job = ExtractJob(dataset={"path": corpus["train"], "format": "jsonl", "label_columns": ["modality", "label"]},
+                     teachers=list(cfg.experts), store=str(out / "store"), runner=cfg.runner, pipeline=pipelines,
+                     batch_size=256, precision="fp32", workers=2, device="cpu", block_size=1024)
+    summary = run_extract(job)
+    return {"store": str(out / "store"), "wall_s": summary.wall_s, "teachers": list(cfg.experts)}
+
+
+def _distill(store: str, out: Path, student: str, cfg: DemoConfig, stage: int, steps: int,
+             kd: str | None = None, init: str | None = None) -> str:
+    from mmkd.distill.config import load_distill_config
+    from mmkd.distill.recipe import distill
+
+    overrides = dict(store=store, stage=stage, student=student, out=str(out), steps=steps, batch_size=cfg.batch_size,
+                     lr=cfg.lr, warmup_steps=cfg.warmup_steps, seed=cfg.seed, num_workers=cfg.num_workers,
+                     checkpoint_every=10 ** 9, log_every=10, progress=False, device="cpu", init=init,
+                     kd=kd, fd_weight=cfg.fd_weight, icl_weight=cfg.icl_weight)
+    if kd == "multi":
+        overrides["standardize"] = False
+    summary = distill(load_distill_config(None, None, overrides))
+    if not summary["finished"]:
+        raise RuntimeError(f"distill run {out} stopped at step {summary['step']} of {summary['total_steps']}")
+    return str(out / "export")
+
+
+def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, str]:
+    """Stage 1, then from its checkpoint: stage 2 ``multi``, stage 2 ``mmkd-clip``, and more stage 1.
+
+    The three continuations share the stage-1 start, the data order, the step
+    count and the optimizer schedule; they differ only in the loss.
+
+    Returns:
+        run name -> export folder.
+    """
+    student = out / "student.json"
+    student.write_text(json.dumps({"model_cfg": cfg.student, "preprocess_cfg": _preprocess()}, indent=2))
+    runs = out / "runs"
+    stage1 = _distill(store, runs / "stage1", str(student), cfg, 1, cfg.stage1_steps)
+    exports = {"stage1": stage1}
+    for name, kd in STUDENT_RUNS.items():
+        exports[name] = _distill(store, runs / name, str(student), cfg, 2 if kd else 1, cfg.stage2_steps, kd=kd,
+                                 init=str(runs / "stage1"))
+    return exports
+
+
+def _preprocess() -> dict[str, Any]:
+    from mmkd.demo.experts import PREPROCESS_CFG
+
+    return dict(PREPROCESS_CFG)
+
+
+def evaluate_all(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: str,
+                 exports: dict[str, str]) -> dict[str, Any]:
+    """Zero-shot, linear probe and retrieval per modality for every teacher and student (what ``mmkd eval`` runs)."""
+    from mmkd.config import load_pipelines
+    from mmkd.eval.runner import EvalConfig, evaluate
+
+    ecfg = EvalConfig(tasks=("zeroshot", "linear", "retrieval"), resamples=cfg.eval_resamples, seed=cfg.seed,
+                      batch_size=256, device="cpu")
+    models = list(cfg.experts) + [exports[n] for n in ("stage1", *STUDENT_RUNS)]
+    return evaluate(models, list(corpus["eval_sets"].values()), out / "eval", cfg=load_pipelines(pipelines),
+                    ecfg=ecfg)
+
+
+def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = "ray",
+             **overrides: Any) -> dict[str, Any]:
+    """Run the demo into ``out``; returns the summary (also written to ``out/summary.json``).
+
+    Args:
+        out: output folder (created; an existing demo there is overwritten piece by piece).
+        quick: the small preset (about a third of the work).
+        seed: seed of everything.
+        runner: extract runner, ``ray`` or ``local``.
+        **overrides: any :class:`~mmkd.demo.config.DemoConfig` field.
+    """
+    from mmkd.demo.report import summarize, write_summary
+
+    cfg = DemoConfig.preset(quick, seed=seed, runner=runner, **overrides)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    if (out / "store").exists():
+        raise FileExistsError(f"{out}/store exists from an earlier demo; pass a fresh --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    times: dict[str, float] = {}
+
+    def timed(name: str, fn, *args):
+        t0 = time.perf_counter()
+        log.info("demo: %s ...", name)
+        result = fn(*args)
+        times[name] = round(time.perf_counter() - t0, 1)
+        log.info("demo: %s done in %.1fs", name, times[name])
+        return result
+
+    corpus = timed("corpus", build_corpus, out, cfg)
+    experts = timed("experts", build_experts, out, cfg)
+    store = timed("extract", extract_teachers, out, cfg, corpus, experts["pipelines"])
+    exports = timed("distill", train_students, out, cfg, store["store"])
+    results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports)
+    summary = summarize(results, cfg, exports, experts["experts"])
+    summary["artefacts"] = {"corpus": corpus, "pipelines": experts["pipelines"], "store": store["store"],
+                            "students": exports, "eval": str(out / "eval"), "summary": str(out / "summary.json")}
+    summary["wall_s"] = {**times, "total": round(sum(times.values()), 1)}
+    write_summary(summary, out)
+    return summary
