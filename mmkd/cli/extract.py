@@ -51,7 +51,8 @@ def teachers_cmd(pipeline: str | None, as_json: bool) -> None:
 @click.option("--all-teachers", is_flag=True, default=None, help="run every teacher declared in the pipelines file.")
 @click.option("--data", "dataset", default=None, metavar="PATH_OR_NAME",
               help="dataset: a name from 'datasets:', or a path (meta.jsonl folder, jsonl/csv, parquet, tar shards).")
-@click.option("--store", default=None, type=click.Path(file_okay=False), help="feature store folder (created if absent).")
+@click.option("--store", default=None, type=click.Path(file_okay=False),
+              help="feature store folder (created if absent).")
 @click.option("--runner", type=click.Choice(["ray", "local"]), default=None, help="executor (default: ray).")
 @click.option("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="images per forward pass (default 256).")

@@ -9,7 +9,12 @@ Sub-packages: :mod:`mmkd.extract.teachers`, :mod:`mmkd.extract.readers`,
 """
 
 from mmkd.extract.runners import (
-    ExtractError, ExtractJob, ExtractSummary, TeacherSummary, job_from_config, run_extract,
+    ExtractError,
+    ExtractJob,
+    ExtractSummary,
+    TeacherSummary,
+    job_from_config,
+    run_extract,
 )
 
 __all__ = ["ExtractError", "ExtractJob", "ExtractSummary", "TeacherSummary", "job_from_config", "run_extract"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from test_runner_support import BAD, assert_same_store, modality_dataset, tiny_pipelines
 
@@ -77,7 +79,7 @@ def test_killed_actor_is_replaced_and_store_identical(ray_session, setup, local_
 def test_teacher_failing_inside_an_actor_is_reported(ray_session, setup, tmp_path):
     import yaml
 
-    cfg = yaml.safe_load(open(setup["pipelines"]))
+    cfg = yaml.safe_load(Path(setup["pipelines"]).read_text())
     cfg["teachers"]["tiny_open_clip"]["dim"] = 99  # the model outputs 24: loading fails inside the actor
     pipelines = tmp_path / "pipelines.yaml"
     pipelines.write_text(yaml.safe_dump(cfg))

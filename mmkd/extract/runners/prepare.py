@@ -129,4 +129,4 @@ def write_job_record(store_path: str | Path, teacher: str, record: dict[str, Any
 
 def utc_stamp() -> str:
     """A sortable UTC timestamp for job record names."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")

@@ -6,7 +6,8 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from mmkd.extract.runners.block import WorkerConfig
 from mmkd.extract.runners.job import ExtractError, ExtractJob, resolve_dataset, resolve_teachers

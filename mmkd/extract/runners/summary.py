@@ -126,11 +126,11 @@ class ExtractSummary:
             st = t.stages
             fails = ", ".join(f"{k} {v}" for k, v in sorted(t.failures.items())) or "none"
             lines += [
-                f"  {t.teacher}: {t.rows} rows in {t.blocks_run} blocks ({t.blocks_skipped} already done), "
-                f"{t.valid} valid, {t.rows_per_s:.1f} rows/s on {'/'.join(t.devices)} ({t.workers} workers)",
+                (f"  {t.teacher}: {t.rows} rows in {t.blocks_run} blocks ({t.blocks_skipped} already done), "
+                 f"{t.valid} valid, {t.rows_per_s:.1f} rows/s on {'/'.join(t.devices)} ({t.workers} workers)"),
                 f"    failures: {fails}",
-                f"    wall {t.wall_s:.2f}s, worker CPU {t.cpu_s:.2f}s; stages: read+decode {st['read_decode_s']:.2f}s "
-                f"(thread time), waiting for decode {st['wait_s']:.2f}s, forward {st['forward_s']:.2f}s, "
-                f"write {st['write_s']:.2f}s"]
+                (f"    wall {t.wall_s:.2f}s, worker CPU {t.cpu_s:.2f}s; stages: read+decode "
+                 f"{st['read_decode_s']:.2f}s (thread time), waiting for decode {st['wait_s']:.2f}s, "
+                 f"forward {st['forward_s']:.2f}s, write {st['write_s']:.2f}s")]
         lines.append(f"total: {self.rows} rows, failures {self.failures or 'none'}, wall {self.wall_s:.2f}s")
         return "\n".join(lines)
