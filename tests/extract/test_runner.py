@@ -268,3 +268,21 @@ def test_sigkill_whole_extract_then_rerun_gives_identical_store(setup, tmp_path)
     assert_same_store(reference, store)
     assert FeatureStore.open(store).validate() == []
     assert snapshot(store)["tiny_transformers"]["failures"] == snapshot(reference)["tiny_transformers"]["failures"]
+
+
+def test_block_worker_prefetch_hint_out_of_order(setup, demo_store, tmp_path):
+    """A wrong next-block hint is dropped; blocks come out the same in any order."""
+    from mmkd.extract.runners import BlockWorker, WorkerConfig
+
+    path, _ = demo_store
+    copy = tmp_path / "store"
+    shutil.copytree(path, copy)
+    shutil.rmtree(copy / "_progress" / "tiny_open_clip")
+    config = WorkerConfig(dataset=open_dataset(setup["demo"]).spec(), store=str(copy), batch_size=2, workers=2)
+    worker = BlockWorker(setup["specs"]["tiny_open_clip"], config)
+    try:
+        manifests = [worker.run_block(2, next_block=0), worker.run_block(1, next_block=0), worker.run_block(0)]
+    finally:
+        worker.close()
+    assert [m["block"] for m in manifests] == [2, 1, 0] and [m["rows"] for m in manifests] == [2, 3, 3]
+    assert_same_store(path, copy)

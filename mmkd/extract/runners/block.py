@@ -91,6 +91,7 @@ class BlockWorker:
         self.attrs = self.teacher.store_attrs()
         self._add_teacher()
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=f"mmkd-decode-{self.spec.name}")
+        self._next: tuple[int, tuple, deque] | None = None  # (block, its index rows, decode futures)
 
     @property
     def name(self) -> str:
@@ -110,23 +111,30 @@ class BlockWorker:
 
     def close(self) -> None:
         """Stop the decode threads."""
+        self._drop_prefetched()
         self._pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ one block
-    def run_block(self, block: int) -> dict[str, Any]:
-        """Extract and write ``block``; return its manifest (counts, failures by reason, timings)."""
+    def run_block(self, block: int, next_block: int | None = None) -> dict[str, Any]:
+        """Extract and write ``block``; return its manifest (counts, failures by reason, timings).
+
+        Args:
+            block: the block to do.
+            next_block: the block this worker will be given next, if known: its first
+                batches are decoded while this block is written, so the model does not
+                wait for images at block boundaries.
+        """
         t0, c0 = time.perf_counter(), time.process_time()
         start, stop = self.store.block_range(block)
-        ids, captions, refs = self._block_rows(start, stop)
+        rows, pending = self._take_prefetched(block)
+        ids, captions, refs = rows or self._block_rows(start, stop)
         n, dim = stop - start, self.teacher.dim
         image = np.zeros((n, dim), np.float32)
         text = np.zeros((n, dim), np.float32)
         valid = np.zeros(n, bool)
         failures: list[dict[str, Any]] = []
         timings = Counter()
-        bs = self.config.batch_size
-        batches = [range(i, min(i + bs, n)) for i in range(0, n, bs)]
-        pending: deque[list[Future]] = deque()
+        batches = self._batches(n)
         for k in range(len(batches)):
             while len(pending) < PREFETCH_BATCHES and k + len(pending) < len(batches):
                 pending.append(self._submit(batches[k + len(pending)], captions, refs))
@@ -136,6 +144,8 @@ class BlockWorker:
             timings["read_decode_s"] += sum(seconds for _, seconds in chunks)
             prepared = [item for items, _ in chunks for item in items]
             self._forward(prepared, image, text, valid, failures, timings, ids, start)
+        if next_block is not None:
+            self._prefetch(next_block)
         t = time.perf_counter()
         self.store.write_block(self.name, block, image, text, valid, failures)
         timings["write_s"] += time.perf_counter() - t
@@ -147,6 +157,33 @@ class BlockWorker:
             "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
             "device": self.device, "pid": os.getpid(), "host": socket.gethostname(),
         }
+
+    def _batches(self, n: int) -> list[range]:
+        bs = self.config.batch_size
+        return [range(i, min(i + bs, n)) for i in range(0, n, bs)]
+
+    def _prefetch(self, block: int) -> None:
+        """Start decoding the first batches of ``block`` (picked up by the next :meth:`run_block`)."""
+        self._drop_prefetched()
+        start, stop = self.store.block_range(block)
+        rows = self._block_rows(start, stop)
+        batches = self._batches(stop - start)[:PREFETCH_BATCHES]
+        self._next = (block, rows, deque(self._submit(b, rows[1], rows[2]) for b in batches))
+
+    def _take_prefetched(self, block: int) -> tuple[tuple | None, deque]:
+        if self._next is not None and self._next[0] == block:
+            _, rows, pending = self._next
+            self._next = None
+            return rows, pending
+        self._drop_prefetched()
+        return None, deque()
+
+    def _drop_prefetched(self) -> None:
+        if self._next is not None:
+            for futures in self._next[2]:
+                for f in futures:
+                    f.cancel()
+            self._next = None
 
     def _block_rows(self, start: int, stop: int) -> tuple[list[str], list[str], list[str]]:
         import pyarrow.compute as pc

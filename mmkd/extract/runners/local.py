@@ -28,8 +28,8 @@ class LocalRunner:
         """
         worker = BlockWorker(spec, config)
         try:
-            for block in blocks:
-                on_block(worker.run_block(block))
+            for i, block in enumerate(blocks):
+                on_block(worker.run_block(block, blocks[i + 1] if i + 1 < len(blocks) else None))
             return worker.attrs
         finally:
             worker.close()

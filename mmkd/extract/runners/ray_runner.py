@@ -50,9 +50,9 @@ class BlockActor:
             self.worker = BlockWorker(spec, self.config)
         return {"actor": self.name, "pid": os.getpid(), "device": self.worker.device}
 
-    def run_block(self, spec: dict[str, Any], block: int) -> dict[str, Any]:
+    def run_block(self, spec: dict[str, Any], block: int, next_block: int | None = None) -> dict[str, Any]:
         self.load(spec)
-        return {**self.worker.run_block(block), "actor": self.name}
+        return {**self.worker.run_block(block, next_block), "actor": self.name}
 
     def store_attrs(self, spec: dict[str, Any]) -> dict[str, Any]:
         self.load(spec)
@@ -158,11 +158,18 @@ class RayRunner:
         ray, actors, payload = self.ray, self._actors, spec.to_dict()
         queue, idle = deque(blocks), deque(range(len(actors)))
         inflight: dict[Any, tuple[int, int]] = {}
+        reserved: dict[int, int] = {}  # actor -> the block it gets next (told in advance, so it can prefetch)
         lost: dict[int, int] = {}
-        while queue or inflight:
-            while idle and queue:
-                i, b = idle.popleft(), queue.popleft()
-                inflight[actors[i].run_block.remote(payload, b)] = (i, b)
+        while queue or inflight or reserved:
+            for i in list(idle):
+                if i not in reserved and not queue:
+                    continue
+                idle.remove(i)
+                b = reserved.pop(i) if i in reserved else queue.popleft()
+                nb = queue.popleft() if queue else None
+                if nb is not None:
+                    reserved[i] = nb
+                inflight[actors[i].run_block.remote(payload, b, nb)] = (i, b)
             (ref,), _ = ray.wait(list(inflight), num_returns=1)
             i, b = inflight.pop(ref)
             try:
@@ -177,6 +184,8 @@ class RayRunner:
                 log.warning("teacher %s: actor %d died for good (%s); replacing it, block %d re-queued",
                             spec.name, i, type(e).__name__, b)
                 actors[i] = self._start(i)
+                if i in reserved:
+                    queue.appendleft(reserved.pop(i))
                 queue.appendleft(b)
                 idle.append(i)
                 continue
