@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig
 

@@ -17,8 +17,8 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig
 from mmkd.extract.runners.job import ExtractError

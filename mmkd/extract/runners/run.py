@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 from mmkd.extract.runners.block import WorkerConfig
 from mmkd.extract.runners.job import ExtractError, ExtractJob, resolve_dataset, resolve_teachers
