@@ -89,17 +89,32 @@ def _teacher_seconds(work: Path, store: Path, batch: int, reps: int) -> float:
     return sum(times) / len(times)
 
 
+_HWM_PROBE = """
+import atexit, runpy, sys
+def _hwm():
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    print("VMHWM_KB", line.split()[1], file=sys.stderr)
+atexit.register(_hwm)
+sys.argv = ["mmkd.distill", *sys.argv[1:]]
+runpy.run_module("mmkd.distill", run_name="__main__")
+"""
+
+
 def _peak_rss_mb(store: Path, student: Path, out: Path, steps: int, batch: int) -> float:
-    """Peak RSS (MiB) of a fresh stage-2 distill process on ``store``."""
-    cmd = [sys.executable, "-m", "mmkd.distill", "--store", str(store), "--stage", "2", "--student", str(student),
+    """Peak RSS (MiB) of a fresh stage-2 distill process on ``store``.
+
+    Read from the child's own ``VmHWM`` at exit: ``wait4``'s ``ru_maxrss`` would
+    carry over the forking parent's peak (Linux keeps it across exec).
+    """
+    cmd = [sys.executable, "-c", _HWM_PROBE, "--store", str(store), "--stage", "2", "--student", str(student),
            "--out", str(out), "--steps", str(steps), "--batch-size", str(batch), "--num-workers", "0",
            "--device", "cpu", "--no-progress", "--checkpoint-every", "1000000"]
     env = dict(os.environ, MMKD_LOG_LEVEL="WARNING", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"distill on {store} failed: {proc.stderr.read().decode()[-2000:]}")
-    return usage.ru_maxrss / 1024
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    hwm = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("VMHWM_KB")]
+    if proc.returncode != 0 or not hwm:
+        raise RuntimeError(f"distill on {store} failed: {proc.stderr[-2000:]}")
+    return int(hwm[-1]) / 1024
 
 
 def main() -> None:

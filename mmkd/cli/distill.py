@@ -45,6 +45,7 @@ OVERRIDES = (
 @click.option("--projections", type=click.Path(exists=True, dir_okay=False),
               help="mmkd-clip: per-teacher projection weights file.")
 @click.option("--head", type=click.Choice(["linear", "mlp"]), help="multi: head kind.")
+@click.option("--augment/--no-augment", default=None, help="open_clip train augmentation (default on).")
 @click.option("--standardize/--no-standardize", default=None, help="multi: standardise targets by store stats.")
 @click.option("--fd-weight", type=float, help="Feature-distillation weight (default 50).")
 @click.option("--icl-weight", type=float, help="ICL weight (default 1).")
@@ -56,7 +57,7 @@ OVERRIDES = (
 @click.option("--run", "run_name", help="Name of the distill: entry in the pipelines file.")
 @click.option("--pipeline", type=click.Path(exists=True, dir_okay=False), help="Pipelines file (default: pipelines.yaml).")
 def distill_cmd(run_name: str | None, pipeline: str | None, teachers: str | None, resume: bool | None,
-                standardize: bool | None, no_progress: bool, **flags) -> None:
+                standardize: bool | None, augment: bool | None, no_progress: bool, **flags) -> None:
     """Train a student from a feature store; no teacher is ever loaded.
 
     \b
@@ -68,7 +69,7 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: str | None
     from mmkd.distill.recipe import distill
 
     overrides = {k: flags.get(k) for k in OVERRIDES}
-    overrides.update(resume=resume, standardize=standardize,
+    overrides.update(resume=resume, standardize=standardize, augment=augment,
                      teachers=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
                      progress=False if no_progress else None)
     try:

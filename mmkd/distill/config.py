@@ -105,7 +105,7 @@ class DistillConfig:
     students_section: dict[str, Any] = field(default_factory=dict, repr=False)
     students_base_dir: str | None = field(default=None, repr=False)
 
-    def validate(self) -> "DistillConfig":
+    def validate(self) -> DistillConfig:
         """Check values; fill the stage's default lr.
 
         Raises:

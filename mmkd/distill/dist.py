@@ -63,13 +63,3 @@ def gather(x: torch.Tensor, env: DistEnv, with_grad: bool) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(env.world_size)]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out, dim=0)
-
-
-def all_mean(values: dict[str, float], env: DistEnv, device: torch.device) -> dict[str, float]:
-    """Average scalars over ranks (for logging)."""
-    if not env.distributed or not values:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {k: float(v) / env.world_size for k, v in zip(keys, t.tolist())}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.abc
 import logging
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +24,11 @@ class TeacherImportError(ImportError):
 
 
 class _TeacherBlocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):  # noqa: D102 (importlib protocol)
+    def find_spec(self, name, path, target=None):
         if name == BLOCKED or name.startswith(BLOCKED + "."):
             raise TeacherImportError(
                 f"import of {name!r} blocked: mmkd.distill reads teacher features from the store and must "
                 f"never load a teacher; extract features first with `mmkd extract --teacher NAME`")
-        return None
 
 
 def teachers_loaded() -> bool:

@@ -132,13 +132,13 @@ def multi_kd_loss(s_img: torch.Tensor, s_txt: torch.Tensor, logit_scale: torch.T
     kd = s_img.sum() * 0.0
     norm = 0.0
     fd_img_all, fd_txt_all, icl_all = [], [], []
-    for t in head_img:
+    for t, h_img in head_img.items():
         m = valid[t].bool()
         if not m.any():
             # keep every head in the graph so DDP sees a gradient for each parameter
-            kd = kd + 0.0 * (head_img[t].sum() + head_txt[t].sum())
+            kd = kd + 0.0 * (h_img.sum() + head_txt[t].sum())
             continue
-        hi, ht = _f(head_img[t][m]), _f(head_txt[t][m])
+        hi, ht = _f(h_img[m]), _f(head_txt[t][m])
         ni, nt = F.normalize(hi, dim=-1), F.normalize(ht, dim=-1)
         ti, tt = _f(t_img[t][m]).to(hi.dtype), _f(t_txt[t][m]).to(ht.dtype)
         fd_i = _row_mse(hi if standardized else ni, ti).mean()

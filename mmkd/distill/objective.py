@@ -17,7 +17,13 @@ from torch import nn
 
 from mmkd.distill.dist import DistEnv, gather
 from mmkd.distill.heads import TeacherHeads, TeacherProjections
-from mmkd.distill.losses import LossWeights, Terms, clip_loss, mmkd_clip_loss, multi_kd_loss
+from mmkd.distill.losses import (
+    LossWeights,
+    Terms,
+    clip_loss,
+    mmkd_clip_loss,
+    multi_kd_loss,
+)
 
 
 class DistillModule(nn.Module):

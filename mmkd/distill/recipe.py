@@ -27,7 +27,12 @@ from mmkd.distill.losses import LossWeights
 from mmkd.distill.metrics import MetricsLog, plot_losses
 from mmkd.distill.objective import DistillModule, compute_terms
 from mmkd.distill.optim import OptimConfig, build_optimizer, build_scheduler
-from mmkd.distill.student import build_student, export_student, load_student_weights, resolve_student
+from mmkd.distill.student import (
+    build_student,
+    export_student,
+    load_student_weights,
+    resolve_student,
+)
 
 logger = logging.getLogger(__name__)
 

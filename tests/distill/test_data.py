@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from mmkd.distill.data import DataSpec, IndexReader, StoreBatches, draw_teacher, make_loader, uniform
+from mmkd.distill.data import (
+    DataSpec,
+    IndexReader,
+    StoreBatches,
+    draw_teacher,
+    make_loader,
+    uniform,
+)
 from mmkd.distill.student import build_student, resolve_student
 from tests.distill.conftest import TINY_STUDENT
 

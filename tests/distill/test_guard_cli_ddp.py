@@ -81,7 +81,7 @@ def test_two_process_gloo_ddp_matches_single_process(tiny_store, student_json, t
                    capture_output=True, timeout=300)
     ddp = _flags(tiny_store, student_json, tmp_path / "two", **common)
     ddp[ddp.index("--batch-size") + 1] = "4"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+    proc = subprocess.run(check=False, args=[sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--standalone", "-m", "mmkd.distill", *ddp],
                           env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -115,10 +115,10 @@ def test_tiny_teachers_extract_then_distill_both_stages(tmp_path):
         store=str(tmp_path / "store"), stage=1, student=str(student), out=str(s1), steps=10, batch_size=8,
         warmup_steps=1, lr=2e-3, num_workers=0, log_every=1, progress=False)))
     m1 = read_metrics(s1)
-    assert m1[-1]["loss/clip"] < m1[0]["loss/clip"]
+    assert sum(r["loss/clip"] for r in m1[-3:]) < sum(r["loss/clip"] for r in m1[:3])
     args = ["distill", *_flags(tmp_path / "store", student, tmp_path / "s2", stage=2, steps=8, init=s1,
                                **{"fd-weight": 5.0})]
-    proc = subprocess.run([sys.executable, "-c", GUARD_SCRIPT, *args], capture_output=True, text=True,
+    proc = subprocess.run(check=False, args=[sys.executable, "-c", GUARD_SCRIPT, *args], capture_output=True, text=True,
                           env=_env(), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -6,7 +6,12 @@ import math
 
 import pytest
 
-from mmkd.distill.optim import OptimConfig, build_optimizer, build_scheduler, cosine_lambda
+from mmkd.distill.optim import (
+    OptimConfig,
+    build_optimizer,
+    build_scheduler,
+    cosine_lambda,
+)
 from mmkd.distill.student import build_student, resolve_student
 from tests.distill.conftest import TINY_STUDENT
 
