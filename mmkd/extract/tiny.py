@@ -102,7 +102,10 @@ def _open_clip(folder: Path, name: str, kind: str, seed: int, dim: int, size: in
 
 
 def _word_vocab() -> dict[str, int]:
-    return {w: i for i, w in enumerate([*SPECIALS, *dict.fromkeys(WORDS), *"abcdefghijklmnopqrstuvwxyz0123456789"])}
+    # de-duplicate the whole list first: a word that is also a single character
+    # ("a") must not leave a gap, or ids would run past vocab_size = len(vocab)
+    tokens = dict.fromkeys([*SPECIALS, *WORDS, *"abcdefghijklmnopqrstuvwxyz0123456789"])
+    return {w: i for i, w in enumerate(tokens)}
 
 
 def _tokenizer_object(vocab: dict[str, int]) -> Any:

@@ -107,6 +107,17 @@ def test_over_long_caption_is_truncated(loaded):
         assert emb.shape == (1, teacher.dim) and torch.isfinite(emb).all(), name
 
 
+def test_any_caption_tokenizes_inside_the_vocabulary(loaded):
+    # single letters and digits are also words of the tiny vocabulary: ids must stay < vocab size
+    from mmkd.extract.tiny import _word_vocab
+
+    vocab = _word_vocab()
+    assert sorted(vocab.values()) == list(range(len(vocab)))
+    for name, teacher in loaded.items():
+        emb = teacher.encode_texts(["synthetic caption 12", "a 7 b 99 zz 0123 x-ray", "¿qué? 中文"])
+        assert torch.isfinite(emb).all(), name
+
+
 def test_modality_images_preprocess(modality_dir, loaded):
     paths = sorted(modality_dir.iterdir())
     assert len(paths) == 9
