@@ -129,16 +129,16 @@ def _draw_xray(labels: Array, rng: np.random.Generator, size: int) -> Array:
         k = int(nodule.sum())
         count = rng.integers(2, 5, k)
         side = np.where(rng.uniform(size=k) < 0.5, 0.32, 0.68) + sx[nodule]
-        spots = _blobs(yy, xx - _col(side - 0.5), count, (0.05, 0.08), rng, (0.38, 0.62), 4)
+        spots = _blobs(yy, xx - _col(side - 0.5), count, (0.06, 0.09), rng, (0.38, 0.62), 4)
         g[nodule] = g[nodule] * (1 - spots * lungs[nodule]) + 0.85 * spots * lungs[nodule]
     eff = labels == 2
     if eff.any():
         k = int(eff.sum())
-        level = _col(rng.uniform(0.52, 0.64, k) + sy[eff])
+        level = _col(rng.uniform(0.42, 0.55, k) + sy[eff])
         which = np.where(rng.uniform(size=k) < 0.5, 0, 1)
         lung = np.where(_col(which) == 0, lung_l[eff], lung_r[eff])
         fluid = lung * np.clip((yy - level) * 20.0, 0.0, 1.0)
-        g[eff] = g[eff] * (1 - fluid) + 0.6 * fluid
+        g[eff] = g[eff] * (1 - fluid) + 0.7 * fluid
     return np.repeat(g[..., None], 3, axis=-1)
 
 
@@ -226,10 +226,10 @@ def _draw_fundus(labels: Array, rng: np.random.Generator, size: int) -> Array:
     dr = labels == 2
     if dr.any():
         k = int(dr.sum())
-        red = _blobs(yy, xx, rng.integers(5, 10, k), (0.03, 0.045), rng, (0.2, 0.8), 9)
-        yellow = _blobs(yy, xx, rng.integers(4, 8, k), (0.025, 0.04), rng, (0.2, 0.8), 7)
-        img[dr] = _paint(_paint(img[dr], red * retina[dr], (0.45, 0.02, 0.02)), yellow * retina[dr],
-                         (0.98, 0.9, 0.35))
+        red = _blobs(yy, xx, rng.integers(5, 9, k), (0.05, 0.07), rng, (0.22, 0.78), 8)
+        yellow = _blobs(yy, xx, rng.integers(4, 8, k), (0.035, 0.05), rng, (0.22, 0.78), 8)
+        img[dr] = _paint(_paint(img[dr], red * retina[dr], (0.3, 0.0, 0.02)), yellow * retina[dr],
+                         (1.0, 0.95, 0.2))
     return img
 
 
