@@ -193,14 +193,13 @@ class StoreBatches(IterableDataset):
         if self._state is None:
             from mmkd.store import FeatureStore
 
-            cache = max(self.spec.buffer_blocks, 2) * self.block_size * 2 * sum(self.dims.values()) * 2 + (1 << 20)
+            cache = (max(self.spec.buffer_blocks, 2) + 2) * self.block_size * 4 * sum(self.dims.values()) + (1 << 20)
             store = FeatureStore.open(self.spec.store, cache_bytes=cache)
             self._state = {
                 "store": store,
                 "index": IndexReader(Path(self.spec.store) / "index.parquet",
                                      max_groups=max(self.spec.buffer_blocks, 2) + 1),
                 "images": open_images(self.uri),
-                "valid": ValidReader(store, self.spec.teachers, max(self.spec.buffer_blocks, 2) + 1),
             }
         return self._state
 
@@ -259,7 +258,7 @@ class StoreBatches(IterableDataset):
 
     def _features(self, st: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
         store = st["store"]
-        valid = np.stack([st["valid"].get(t, rows) for t in self.spec.teachers], axis=1)
+        valid = np.stack([st["store"].read(t, rows, kind="valid") for t in self.spec.teachers], axis=1)
         feats = {}
         for j, t in enumerate(self.spec.teachers):
             img = store.read(t, rows, "image").astype(np.float32)
@@ -269,41 +268,6 @@ class StoreBatches(IterableDataset):
             feats[t] = {"image": torch.from_numpy(img), "text": torch.from_numpy(txt)}
         choice = draw_teacher(valid, uniform(self.spec.seed, self.epoch, rows, salt=2))
         return {"feats": feats, "valid": torch.from_numpy(valid), "choice": torch.from_numpy(choice)}
-
-
-class ValidReader:
-    """Per-teacher validity by row, one store block at a time (blocks not done read as invalid)."""
-
-    def __init__(self, store, teachers: list[str], max_blocks: int = 16):
-        import zarr
-
-        self.store = store
-        self.arrays = {t: zarr.open_array(str(Path(store.path) / "features.zarr" / t / "valid"), mode="r")
-                       for t in teachers}
-        self.done = {t: store.done_blocks(t) for t in teachers}
-        self.max_blocks = max_blocks
-        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-
-    def _block(self, t: str, b: int) -> np.ndarray:
-        key = (t, b)
-        hit = self._cache.get(key)
-        if hit is None:
-            s, e = self.store.block_range(b)
-            hit = np.asarray(self.arrays[t][s:e], dtype=bool) if b in self.done[t] else np.zeros(e - s, bool)
-            self._cache[key] = hit
-            while len(self._cache) > self.max_blocks * max(len(self.arrays), 1):
-                self._cache.popitem(last=False)
-        return hit
-
-    def get(self, t: str, rows: np.ndarray) -> np.ndarray:
-        """(len(rows),) bool validity of teacher ``t``."""
-        bs = self.store.block_size
-        out = np.zeros(len(rows), dtype=bool)
-        blocks = rows // bs
-        for b in np.unique(blocks):
-            sel = np.nonzero(blocks == b)[0]
-            out[sel] = self._block(t, int(b))[rows[sel] - b * bs]
-        return out
 
 
 def make_loader(dataset: StoreBatches, num_workers: int, pin_memory: bool = False) -> DataLoader:

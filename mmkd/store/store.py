@@ -60,6 +60,7 @@ class FeatureStore:
         self._dims: dict[str, int] = {}
         self._arrays: dict[tuple[str, str], Any] = {}
         self._executor = None
+        self._done_sets: dict[str, set[int]] = {}
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -318,6 +319,7 @@ class FeatureStore:
         self._write_failures(teacher, block, failures or [])
         for key in [k for k in self._cache if k[0] == teacher and k[2] == block]:
             self._cached -= self._cache.pop(key).nbytes
+        self._done_sets.pop(teacher, None)
         fmt.atomic_write_json(marker, {"block": block, "rows": [start, stop], "valid": int(valid.sum()),
                                        "failures": len(failures or []),
                                        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat()})
@@ -404,28 +406,47 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ reading
     def read_block(self, teacher: str, block: int, kind: str = "image") -> np.ndarray:
-        """One whole block of ``kind`` features (cached)."""
-        if kind not in fmt.KINDS:
-            raise StoreError(f"kind must be one of {fmt.KINDS}, got {kind!r}")
+        """One whole block of ``kind`` (``image``, ``text`` or ``valid``), through the LRU cache.
+
+        ``valid`` of a block without a done marker reads as all False. The done set is
+        taken when first needed; reopen the store to see blocks finished since.
+        """
+        if kind not in (*fmt.KINDS, "valid"):
+            raise StoreError(f"kind must be one of {(*fmt.KINDS, 'valid')}, got {kind!r}")
         key = (teacher, kind, block)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
         start, stop = self.block_range(block)
-        arr = self._array(teacher, kind)[start:stop]
+        if kind == "valid" and block not in self._done(teacher):
+            arr = np.zeros(stop - start, bool)
+        else:
+            arr = self._array(teacher, kind)[start:stop]
         self._cache[key] = arr
         self._cached += arr.nbytes
         while self._cached > self._cache_bytes and len(self._cache) > 1:
             self._cached -= self._cache.popitem(last=False)[1].nbytes
         return arr
 
+    def _done(self, teacher: str) -> set[int]:
+        if teacher not in self._done_sets:
+            self._done_sets[teacher] = self.done_blocks(teacher)
+        return self._done_sets[teacher]
+
     def read(self, teacher: str, rows: Sequence[int] | np.ndarray, kind: str = "image") -> np.ndarray:
-        """Features of ``rows`` (any order, repeats allowed) as float16 ``(len(rows), dim)``."""
+        """``kind`` of ``rows`` (any order, repeats allowed).
+
+        Returns:
+            float16 ``(len(rows), dim)`` for ``image``/``text``; bool ``(len(rows),)`` for ``valid``.
+        """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= self.n):
             raise StoreError(f"rows out of range [0, {self.n}) in store {self.path}: min {rows.min()}, max {rows.max()}")
-        out = np.empty((rows.size, self.dim(teacher)), dtype=np.float16)
+        if kind == "valid":
+            out = np.empty(rows.size, dtype=bool)
+        else:
+            out = np.empty((rows.size, self.dim(teacher)), dtype=np.float16)
         blocks = rows // self.block_size
         for b in np.unique(blocks):
             sel = np.nonzero(blocks == b)[0]

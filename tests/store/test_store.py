@@ -142,3 +142,15 @@ def test_failures_recorded(tmp_path):
     f = store.failures("t").to_pylist()
     assert f == [{"sample_id": "s1", "row": 1, "reason": "corrupt", "detail": "bad jpeg"}]
     assert store.read("t", [1]).tolist() == [[0, 0]]
+
+
+def test_read_valid_by_rows_respects_markers(tmp_path):
+    store = FeatureStore.create(tmp_path / "st", _samples(12), block_size=4)
+    ref = _fill(store, "t", 4)
+    rows = np.array([11, 0, 5, 5, 2])
+    np.testing.assert_array_equal(store.read("t", rows, kind="valid"), ref["valid"][rows])
+    (tmp_path / "st" / "_progress" / "t" / "block-000002.done").unlink()
+    again = FeatureStore.open(tmp_path / "st")
+    np.testing.assert_array_equal(again.read("t", rows, kind="valid"), ref["valid"][rows] & (rows < 8))
+    with pytest.raises(StoreError, match="kind must be one of"):
+        again.read("t", rows, kind="nope")
