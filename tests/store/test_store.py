@@ -154,3 +154,20 @@ def test_read_valid_by_rows_respects_markers(tmp_path):
     np.testing.assert_array_equal(again.read("t", rows, kind="valid"), ref["valid"][rows] & (rows < 8))
     with pytest.raises(StoreError, match="kind must be one of"):
         again.read("t", rows, kind="nope")
+
+
+def test_fast_chunk_reads_equal_zarr(tmp_path):
+    import zarr
+
+    store = FeatureStore.create(tmp_path / "st", _samples(21), block_size=8)  # last block partial
+    ref = _fill(store, "t", 6)
+    store.write_block("t", 1, np.ones((8, 6)), np.ones((8, 6)), np.zeros(8, bool))  # an all-invalid block
+    again = FeatureStore.open(tmp_path / "st", cache_bytes=0)
+    g = zarr.open_group(str(tmp_path / "st" / "features.zarr"), mode="r")["t"]
+    for kind in ("image", "text"):
+        got = np.concatenate([again.read_block("t", b, kind) for b in range(again.num_blocks)])
+        np.testing.assert_array_equal(got, g[kind][:])
+        assert not got[8:16].any()
+    assert again._raw_ok == {("t", "image"): True, ("t", "text"): True}
+    np.testing.assert_array_equal(again.read("t", [20, 0], kind="text"),
+                                  ref["text"][[20, 0]].astype(np.float16) * ref["valid"][[20, 0], None])
