@@ -191,6 +191,23 @@ class Dataset(abc.ABC):
         return out
 
 
+class ContainerDataset(Dataset):
+    """A dataset whose images live inside containers (tar shards, parquet files).
+
+    Subclasses implement :meth:`read_many`, which opens each container once; one
+    reference is a batch of one.
+    """
+
+    def read_image_bytes(self, ref: str) -> bytes:
+        out = self.read_many([ref])[0]
+        assert isinstance(out, bytes)  # read_many(on_error="raise") raises instead of returning BadSample
+        return out
+
+    @abc.abstractmethod
+    def read_many(self, refs: Iterable[str], *, on_error: str = "raise") -> list[bytes | BadSample]:
+        ...
+
+
 def _check_on_error(on_error: str) -> None:
     if on_error not in ("raise", "return"):
         raise ValueError(f"on_error={on_error!r}; use 'raise' or 'return'")

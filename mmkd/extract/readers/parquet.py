@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mmkd.extract.images import BadSample
 from mmkd.extract.readers.base import (
-    Dataset,
+    ContainerDataset,
     DatasetError,
     Entry,
     Sample,
@@ -29,7 +29,7 @@ from mmkd.extract.readers.base import (
 )
 
 
-class ParquetDataset(Dataset):
+class ParquetDataset(ContainerDataset):
     """One parquet file, or every ``*.parquet`` under a folder (sorted by relative path)."""
 
     format = "parquet"
@@ -113,11 +113,6 @@ class ParquetDataset(Dataset):
                         image_sha256=sha256_hex(img) if hashes and img is not None else None,
                         source=self.source, labels=labels)
         return Entry(sample, size, f"{rel} row {row}" + (f" (path {img_path!r})" if img_path else ""))
-
-    def read_image_bytes(self, ref: str) -> bytes:
-        out = self.read_many([ref])[0]
-        assert isinstance(out, bytes)
-        return out
 
     def read_many(self, refs: Iterable[str], *, on_error: str = "raise") -> list[bytes | BadSample]:
         """Bytes for many references; each needed row group is read once."""

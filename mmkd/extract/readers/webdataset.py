@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mmkd.extract.images import BadSample
 from mmkd.extract.readers.base import (
-    Dataset,
+    ContainerDataset,
     DatasetError,
     Entry,
     Sample,
@@ -87,7 +87,7 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-class WebDataset(Dataset):
+class WebDataset(ContainerDataset):
     """Samples from tar shards, in shard order then member order."""
 
     format = "webdataset"
@@ -180,11 +180,6 @@ class WebDataset(Dataset):
             if len(self._index_cache) > _SHARD_CACHE:
                 self._index_cache.popitem(last=False)
         return index
-
-    def read_image_bytes(self, ref: str) -> bytes:
-        out = self.read_many([ref])[0]
-        assert isinstance(out, bytes)
-        return out
 
     def read_many(self, refs: Iterable[str], *, on_error: str = "raise") -> list[bytes | BadSample]:
         """Bytes for many references; each shard is indexed and opened once."""
