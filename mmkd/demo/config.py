@@ -11,8 +11,8 @@ from mmkd.demo.experts import DEFAULT_EXPERTS, clip_config
 
 
 def student_config() -> dict[str, Any]:
-    """The demo student: an open_clip ViT a little wider and deeper than each expert."""
-    return clip_config(width=96, layers=3, embed_dim=64, text_width=64, text_layers=1, context_length=24)
+    """The demo student: an open_clip ViT a little wider than each expert."""
+    return clip_config(width=96, layers=2, embed_dim=64, text_width=64, text_layers=1, context_length=24)
 
 
 @dataclass
@@ -53,8 +53,8 @@ class DemoConfig:
     expert_per_class: int = 400
     expert_steps: int = 300
     student: dict[str, Any] = field(default_factory=student_config)
-    stage1_steps: int = 150
-    stage2_steps: int = 150
+    stage1_steps: int = 250
+    stage2_steps: int = 350
     batch_size: int = 128
     lr: float = 2e-3
     warmup_steps: int = 20
@@ -69,8 +69,8 @@ class DemoConfig:
         """The full preset, or the ``--quick`` one (smaller corpus, fewer steps), with ``overrides``."""
         base: dict[str, Any] = {}
         if quick:
-            base = dict(corpus_per_class=120, eval_per_class=50, expert_per_class=200, expert_steps=120,
-                        stage1_steps=60, stage2_steps=60, eval_resamples=100)
+            base = dict(corpus_per_class=120, eval_per_class=50, expert_per_class=200, expert_steps=150,
+                        stage1_steps=60, stage2_steps=80, eval_resamples=100)
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown demo settings {unknown}; valid: {[f.name for f in dataclasses.fields(cls)]}")

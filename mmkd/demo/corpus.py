@@ -149,9 +149,9 @@ def _draw_histology(labels: Array, rng: np.random.Generator, size: int) -> Array
     img = np.broadcast_to(base[:, None, None, :], (n, size, size, 3)).copy()
     fibres = 0.06 * np.sin(xx * size * rng.uniform(0.3, 0.6, (n, 1, 1)) + yy * size * 0.2)
     img = img - fibres[..., None] * np.array([0.2, 1.0, 0.5], np.float32)
-    specs = {0: ((8, 14), (0.028, 0.04), 0.2, (0.50, 0.28, 0.62)),    # benign: few small round nuclei
+    specs = {0: ((6, 10), (0.036, 0.05), 0.2, (0.55, 0.32, 0.66)),    # benign: few small round pale nuclei
              1: ((6, 10), (0.06, 0.09), 0.9, (0.32, 0.10, 0.42)),    # carcinoma: large irregular dark nuclei
-             2: ((30, 45), (0.014, 0.02), 0.0, (0.22, 0.14, 0.52))}  # inflamed: many tiny dark cells
+             2: ((35, 50), (0.014, 0.02), 0.0, (0.18, 0.10, 0.50))}  # inflamed: many tiny dark cells
     for c, (count, radius, aspect, colour) in specs.items():
         sel = labels == c
         if sel.any():
@@ -218,10 +218,10 @@ def _draw_fundus(labels: Array, rng: np.random.Generator, size: int) -> Array:
         across = np.abs(px * _col(-uy) + py * _col(ux) + 0.15 * along ** 2)
         vessel = np.clip((0.018 - across) * 80.0, 0, 1) * (along > 0) * retina
         img = _paint(img, vessel, (0.55, 0.08, 0.05))
-    disc = _ellipse(yy, xx, dy, dx, 0.085, 0.075)
+    disc = _ellipse(yy, xx, dy, dx, 0.12, 0.11)
     img = _paint(img, disc, (0.98, 0.8, 0.45))
-    cup_ratio = np.where(labels == 1, rng.uniform(0.7, 0.9, n), rng.uniform(0.25, 0.4, n))
-    cup = _ellipse(yy, xx, dy, dx, 0.085 * cup_ratio, 0.075 * cup_ratio)
+    cup_ratio = np.where(labels == 1, rng.uniform(0.75, 0.9, n), rng.uniform(0.2, 0.35, n))
+    cup = _ellipse(yy, xx, dy, dx, 0.12 * cup_ratio, 0.11 * cup_ratio)
     img = _paint(img, cup, (1.0, 0.97, 0.88))
     dr = labels == 2
     if dr.any():

@@ -61,7 +61,7 @@ class ExpertSpec:
     n_per_class: int = 400
     steps: int = 400
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 5e-3
     warmup: int = 40
     weight_decay: float = 0.1
     seed: int = 0

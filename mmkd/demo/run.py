@@ -102,6 +102,10 @@ def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, str]:
     Returns:
         run name -> export folder.
     """
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     student = out / "student.json"
     student.write_text(json.dumps({"model_cfg": cfg.student, "preprocess_cfg": _preprocess()}, indent=2))
     runs = out / "runs"
@@ -111,6 +115,49 @@ def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, str]:
         exports[name] = _distill(store, runs / name, str(student), cfg, 2 if kd else 1, cfg.stage2_steps, kd=kd,
                                  init=str(runs / "stage1"))
     return exports
+
+
+def _distill_child(queue: Any, out: Path, cfg: DemoConfig, store: str) -> None:
+    import traceback
+
+    try:
+        from mmkd.distill.guard import teachers_loaded
+
+        exports = train_students(out, cfg, store)
+        queue.put(("ok", exports, teachers_loaded()))
+    except BaseException as e:  # report any failure to the parent, which raises it
+        queue.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", None))
+
+
+def distill_in_fresh_process(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
+    """:func:`train_students` in a new (spawned) process that never imports a teacher, and proof of it.
+
+    This process trained the experts and extracted them; the students are trained
+    where no teacher code was ever imported, as on a real distillation machine.
+
+    Raises:
+        RuntimeError: the child failed (its traceback is in the message) or imported a teacher.
+    """
+    import multiprocessing
+    import queue as queue_mod
+
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    child = ctx.Process(target=_distill_child, args=(results, out, cfg, store), name="mmkd-demo-distill")
+    child.start()
+    while True:
+        try:
+            status, payload, imported = results.get(timeout=5)
+            break
+        except queue_mod.Empty:
+            if not child.is_alive():
+                raise RuntimeError(f"the distill process died (exit code {child.exitcode}) without a result")
+    child.join()
+    if status != "ok":
+        raise RuntimeError(f"distill failed in its process: {payload}")
+    if imported:
+        raise RuntimeError("the distill process imported the teacher registry; the student must never see a teacher")
+    return {"exports": payload, "teachers_imported_by_distill": imported}
 
 
 def _preprocess() -> dict[str, Any]:
@@ -168,11 +215,13 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
     corpus = timed("corpus", build_corpus, out, cfg)
     experts = timed("experts", build_experts, out, cfg)
     store = timed("extract", extract_teachers, out, cfg, corpus, experts["pipelines"])
-    exports = timed("distill", train_students, out, cfg, store["store"])
+    distilled = timed("distill", distill_in_fresh_process, out, cfg, store["store"])
+    exports = distilled["exports"]
     results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports)
     summary = summarize(results, cfg, exports, experts["experts"])
     summary["artefacts"] = {"corpus": corpus, "pipelines": experts["pipelines"], "store": store["store"],
                             "students": exports, "eval": str(out / "eval"), "summary": str(out / "summary.json")}
+    summary["teachers_imported_by_distill"] = distilled["teachers_imported_by_distill"]
     summary["wall_s"] = {**times, "total": round(sum(times.values()), 1)}
     write_summary(summary, out)
     return summary

@@ -95,6 +95,7 @@ def test_tiny_demo_runs_every_stage_and_writes_the_summary(tmp_path) -> None:
     assert (tmp_path / "summary.png").stat().st_size > 0 and "| multi | student | multi |" in \
         (tmp_path / "summary.md").read_text()
     assert set(s["wall_s"]) == {"corpus", "experts", "extract", "distill", "eval", "total"}
+    assert s["teachers_imported_by_distill"] is False
 
 
 @pytest.mark.slow
