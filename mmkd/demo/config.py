@@ -65,12 +65,12 @@ class DemoConfig:
     threads: int | None = None
 
     @classmethod
-    def preset(cls, quick: bool = False, **overrides: Any) -> "DemoConfig":
+    def preset(cls, quick: bool = False, **overrides: Any) -> DemoConfig:
         """The full preset, or the ``--quick`` one (smaller corpus, fewer steps), with ``overrides``."""
         base: dict[str, Any] = {}
         if quick:
-            base = dict(corpus_per_class=120, eval_per_class=50, expert_per_class=200, expert_steps=150,
-                        stage1_steps=60, stage2_steps=80, eval_resamples=100)
+            base = {"corpus_per_class": 120, "eval_per_class": 50, "expert_per_class": 200, "expert_steps": 150,
+                    "stage1_steps": 60, "stage2_steps": 80, "eval_resamples": 100}
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown demo settings {unknown}; valid: {[f.name for f in dataclasses.fields(cls)]}")

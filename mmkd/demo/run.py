@@ -47,7 +47,13 @@ def build_corpus(out: Path, cfg: DemoConfig) -> dict[str, Any]:
 def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     """Train and save every expert, write ``pipelines.yaml`` declaring them; returns what was made."""
     from mmkd.demo.corpus import make_batch
-    from mmkd.demo.experts import ExpertSpec, save_expert, teacher_spec, train_expert, zeroshot_accuracy
+    from mmkd.demo.experts import (
+        ExpertSpec,
+        save_expert,
+        teacher_spec,
+        train_expert,
+        zeroshot_accuracy,
+    )
     from mmkd.extract.tiny import write_pipelines
 
     check = make_batch(cfg.modalities, 30, cfg.seed + 2, cfg.image_size)
@@ -81,10 +87,10 @@ def _distill(store: str, out: Path, student: str, cfg: DemoConfig, stage: int, s
     from mmkd.distill.config import load_distill_config
     from mmkd.distill.recipe import distill
 
-    overrides = dict(store=store, stage=stage, student=student, out=str(out), steps=steps, batch_size=cfg.batch_size,
-                     lr=cfg.lr, warmup_steps=cfg.warmup_steps, seed=cfg.seed, num_workers=cfg.num_workers,
-                     checkpoint_every=10 ** 9, log_every=10, progress=False, device="cpu", init=init,
-                     kd=kd, fd_weight=cfg.fd_weight, icl_weight=cfg.icl_weight)
+    overrides = {"store": store, "stage": stage, "student": student, "out": str(out), "steps": steps,
+                 "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps, "seed": cfg.seed,
+                 "num_workers": cfg.num_workers, "checkpoint_every": 10 ** 9, "log_every": 10, "progress": False,
+                 "device": "cpu", "init": init, "kd": kd, "fd_weight": cfg.fd_weight, "icl_weight": cfg.icl_weight}
     if kd == "multi":
         overrides["standardize"] = False
     summary = distill(load_distill_config(None, None, overrides))
@@ -125,7 +131,7 @@ def _distill_child(queue: Any, out: Path, cfg: DemoConfig, store: str) -> None:
 
         exports = train_students(out, cfg, store)
         queue.put(("ok", exports, teachers_loaded()))
-    except BaseException as e:  # report any failure to the parent, which raises it
+    except BaseException as e:  # noqa: BLE001 - any failure goes to the parent, which raises it
         queue.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", None))
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmkd.demo.corpus import MODALITIES, get_modality, make_batch, write_eval_set, write_jsonl_dataset
+from mmkd.demo.corpus import (
+    MODALITIES,
+    get_modality,
+    make_batch,
+    write_eval_set,
+    write_jsonl_dataset,
+)
 
 
 def test_same_seed_same_corpus_other_seed_other_corpus() -> None:

@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from mmkd.demo.corpus import make_batch
-from mmkd.demo.experts import ExpertSpec, clip_config, save_expert, teacher_spec, to_tensor, train_expert, \
-    zeroshot_accuracy
+from mmkd.demo.experts import (
+    ExpertSpec,
+    clip_config,
+    save_expert,
+    teacher_spec,
+    to_tensor,
+    train_expert,
+    zeroshot_accuracy,
+)
 
 TINY = clip_config(width=32, layers=1, embed_dim=32, text_width=32, text_layers=1, context_length=24)
 
@@ -22,12 +29,12 @@ def _one_thread():
 
 
 def test_saved_expert_loads_through_the_teacher_loader_with_the_same_outputs(tmp_path) -> None:
+    import open_clip
+
     from mmkd.config import load_pipelines
     from mmkd.extract.images import decode_image
     from mmkd.extract.teachers import get_teacher_spec, load_teacher
     from mmkd.extract.tiny import write_pipelines
-
-    import open_clip
 
     spec = ExpertSpec("demo_expert", ("fundus",), model_cfg=TINY, n_per_class=8, steps=3, batch_size=16)
     model = train_expert(spec)
@@ -52,7 +59,7 @@ def test_saved_expert_loads_through_the_teacher_loader_with_the_same_outputs(tmp
     with torch.inference_mode():
         want_img = torch.nn.functional.normalize(model.encode_image(to_tensor(batch.images)), dim=-1).numpy()
         want_txt = torch.nn.functional.normalize(model.encode_text(tok(batch.captions)), dim=-1).numpy()
-    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
     np.testing.assert_allclose(norm(got_img), want_img, atol=1e-4)
     np.testing.assert_allclose(norm(got_txt), want_txt, atol=1e-4)
     assert teacher.dim == 32
