@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmkd.eval.metrics import classification_report
-from mmkd.eval.splits import check_probe_labels, stratified_folds, stratified_holdout
+from mmkd.eval.splits import check_probe_labels, split_masks, stratified_folds, stratified_holdout
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,7 @@ def evaluate_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes:
     """
     labels = np.asarray(labels, dtype=np.int64)
     if splits is not None:
-        splits = np.asarray(splits)
-        train, test = np.isin(splits, ("train", "val")), splits == "test"
-        if not train.any() or not test.any():
-            raise ValueError("linear probe with split labels needs both 'train' and 'test' samples; "
-                             f"got {sorted(set(splits.tolist()))}")
+        train, test = split_masks(splits, "linear probe")
         check_probe_labels(labels[train], "linear probe")
         with _threads_for(features):
             prob = train_and_predict(features[train], labels[train], features[test], num_classes, cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmkd.eval.metrics import classification_report, recall_at_k
-from mmkd.eval.splits import TaskNotApplicable, check_probe_labels
+from mmkd.eval.splits import TaskNotApplicable, check_probe_labels, split_masks
 from mmkd.eval.zeroshot import l2_normalize
 
 RECALL_KS = (1, 5, 10)
@@ -92,11 +92,7 @@ def evaluate_knn(features: np.ndarray, labels: np.ndarray, num_classes: int, *, 
     """kNN classification metrics: train->test with split labels, else leave-one-out."""
     labels = np.asarray(labels, dtype=np.int64)
     if splits is not None:
-        splits = np.asarray(splits)
-        train, test = np.isin(splits, ("train", "val")), splits == "test"
-        if not train.any() or not test.any():
-            raise ValueError("kNN with split labels needs both 'train' and 'test' samples; "
-                             f"got {sorted(set(splits.tolist()))}")
+        train, test = split_masks(splits, "kNN")
         check_probe_labels(labels[train], "kNN", min_per_class=1)
         scores = knn_scores(features[train], labels[train], features[test], num_classes, k)
         return classification_report(labels[test], scores, resamples=resamples, seed=seed)

@@ -50,6 +50,20 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int = 0) -> np
     return held
 
 
+def split_masks(splits: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Train (``train`` + ``val``) and test masks from per-sample split labels.
+
+    Raises:
+        ValueError: either side is empty (names ``task`` and the splits seen).
+    """
+    splits = np.asarray(splits)
+    train, test = np.isin(splits, ("train", "val")), splits == "test"
+    if not train.any() or not test.any():
+        raise ValueError(f"{task} with split labels needs both 'train' and 'test' samples; "
+                         f"got {sorted(set(splits.tolist()))}")
+    return train, test
+
+
 def check_probe_labels(labels: np.ndarray, task: str, min_per_class: int = 2) -> None:
     """Raise :class:`TaskNotApplicable` unless there are >= 2 classes with >= ``min_per_class`` samples each."""
     _, counts = np.unique(labels, return_counts=True)
