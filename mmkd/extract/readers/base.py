@@ -194,8 +194,9 @@ class Dataset(abc.ABC):
 class ContainerDataset(Dataset):
     """A dataset whose images live inside containers (tar shards, parquet files).
 
-    Subclasses implement :meth:`read_many`, which opens each container once; one
-    reference is a batch of one.
+    :meth:`read_many` groups references by container and hands each group to
+    :meth:`_read_container`, so each container is opened once; one reference is a
+    batch of one. Subclasses implement :meth:`_split` and :meth:`_read_container`.
     """
 
     def read_image_bytes(self, ref: str) -> bytes:
@@ -203,9 +204,33 @@ class ContainerDataset(Dataset):
         assert isinstance(out, bytes)  # read_many(on_error="raise") raises instead of returning BadSample
         return out
 
-    @abc.abstractmethod
     def read_many(self, refs: Iterable[str], *, on_error: str = "raise") -> list[bytes | BadSample]:
-        ...
+        """Bytes for many references, in order; each container is read once."""
+        _check_on_error(on_error)
+        refs = list(refs)
+        out: list[bytes | BadSample | None] = [None] * len(refs)
+        by_container: dict[str, list[tuple[int, Any]]] = {}
+        for i, ref in enumerate(refs):
+            rel, key = self._split(ref)
+            by_container.setdefault(rel, []).append((i, key))
+        for rel, wanted in by_container.items():
+            try:
+                self._read_container(rel, wanted, out)
+            except BadSample as e:
+                for i, _ in wanted:
+                    out[i] = e
+        for value in out:
+            if isinstance(value, BadSample) and on_error == "raise":
+                raise value
+        return out  # type: ignore[return-value]
+
+    @abc.abstractmethod
+    def _split(self, ref: str) -> tuple[str, Any]:
+        """``(container, key inside it)`` of a reference; DatasetError when malformed."""
+
+    @abc.abstractmethod
+    def _read_container(self, rel: str, wanted: list[tuple[int, Any]], out: list) -> None:
+        """Fill ``out[i]`` with bytes or a BadSample for each ``(i, key)`` of container ``rel``."""
 
 
 def _check_on_error(on_error: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mmkd.extract.images import BadSample
@@ -20,7 +20,6 @@ from mmkd.extract.readers.base import (
     DatasetError,
     Entry,
     Sample,
-    _check_on_error,
     path_id,
     relative_ref,
     resolve_ref,
@@ -114,29 +113,13 @@ class ParquetDataset(ContainerDataset):
                         source=self.source, labels=labels)
         return Entry(sample, size, f"{rel} row {row}" + (f" (path {img_path!r})" if img_path else ""))
 
-    def read_many(self, refs: Iterable[str], *, on_error: str = "raise") -> list[bytes | BadSample]:
-        """Bytes for many references; each needed row group is read once."""
-        _check_on_error(on_error)
-        refs = list(refs)
-        out: list[bytes | BadSample | None] = [None] * len(refs)
-        by_file: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for i, ref in enumerate(refs):
-            rel, row = split_ref(ref, "file.parquet")
-            if not row.isdigit():
-                raise DatasetError(f"image reference {ref!r}: row {row!r} is not a row number")
-            by_file[rel].append((i, int(row)))
-        for rel, wanted in by_file.items():
-            try:
-                self._read_rows(rel, wanted, out)
-            except BadSample as e:
-                for i, _ in wanted:
-                    out[i] = e
-        for value in out:
-            if isinstance(value, BadSample) and on_error == "raise":
-                raise value
-        return out  # type: ignore[return-value]
+    def _split(self, ref: str) -> tuple[str, int]:
+        rel, row = split_ref(ref, "file.parquet")
+        if not row.isdigit():
+            raise DatasetError(f"image reference {ref!r}: row {row!r} is not a row number")
+        return rel, int(row)
 
-    def _read_rows(self, rel: str, wanted: list[tuple[int, int]], out: list) -> None:
+    def _read_container(self, rel: str, wanted: list[tuple[int, int]], out: list) -> None:
         pf = self._open(rel)
         starts = [0]
         for g in range(pf.metadata.num_row_groups):

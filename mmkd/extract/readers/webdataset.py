@@ -18,8 +18,8 @@ import json
 import re
 import tarfile
 import threading
-from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mmkd.extract.images import BadSample
@@ -28,7 +28,6 @@ from mmkd.extract.readers.base import (
     DatasetError,
     Entry,
     Sample,
-    _check_on_error,
     pick_labels,
     relative_ref,
     resolve_ref,
@@ -181,27 +180,10 @@ class WebDataset(ContainerDataset):
                 self._index_cache.popitem(last=False)
         return index
 
-    def read_many(self, refs: Iterable[str], *, on_error: str = "raise") -> list[bytes | BadSample]:
-        """Bytes for many references; each shard is indexed and opened once."""
-        _check_on_error(on_error)
-        refs = list(refs)
-        out: list[bytes | BadSample | None] = [None] * len(refs)
-        by_shard: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for i, ref in enumerate(refs):
-            rel, member = split_ref(ref, "shard.tar")
-            by_shard[rel].append((i, member))
-        for rel, wanted in by_shard.items():
-            try:
-                self._read_members(rel, wanted, out)
-            except BadSample as e:
-                for i, _ in wanted:
-                    out[i] = e
-        for value in out:
-            if isinstance(value, BadSample) and on_error == "raise":
-                raise value
-        return out  # type: ignore[return-value]
+    def _split(self, ref: str) -> tuple[str, str]:
+        return split_ref(ref, "shard.tar")
 
-    def _read_members(self, rel: str, wanted: list[tuple[int, str]], out: list) -> None:
+    def _read_container(self, rel: str, wanted: list[tuple[int, str]], out: list) -> None:
         index = self._shard_index(rel)
         with open(resolve_ref(self.root, rel), "rb") as f:
             for i, member in sorted(wanted, key=lambda w: index.get(w[1], (-1, 0))[0]):
