@@ -44,17 +44,10 @@ def load_pipelines(path: str | os.PathLike | None = None) -> dict[str, Any]:
     Raises:
         ConfigError: the file is absent, not YAML, or has unknown top-level keys.
     """
-    import yaml
-
     p = Path(path) if path is not None else default_pipelines_path()
     if not p.is_file():
         raise ConfigError(f"pipelines file {str(p)!r} not found; pass --pipeline FILE or create {DEFAULT_NAME}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"pipelines file {str(p)!r} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"pipelines file {str(p)!r} must hold a mapping at top level, got {type(data).__name__}")
+    data = read_yaml_mapping(p, "pipelines file")
     unknown = sorted(set(data) - set(KNOWN_SECTIONS))
     if unknown:
         raise ConfigError(
@@ -64,6 +57,23 @@ def load_pipelines(path: str | os.PathLike | None = None) -> dict[str, Any]:
         if key != "version" and value is not None and not isinstance(value, dict):
             raise ConfigError(f"section {key!r} in {str(p)!r} must be a mapping of name -> entry")
     data["_path"] = str(p.resolve())
+    return data
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """Parse a YAML (or JSON) file that must hold a mapping; an empty file is ``{}``.
+
+    Raises:
+        ConfigError: not valid YAML, or not a mapping at top level (names ``what`` and the path).
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(path)!r} must hold a mapping at top level, got {type(data).__name__}")
     return data
 
 

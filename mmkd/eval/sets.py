@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from mmkd.config import ConfigError, resolve_path, section
+from mmkd.config import ConfigError, read_yaml_mapping, resolve_path, section
 from mmkd.eval.zeroshot import DEFAULT_TEMPLATES
 
 log = logging.getLogger(__name__)
@@ -181,16 +181,9 @@ def load_eval_set(name_or_path: str, cfg: dict[str, Any] | None = None) -> EvalS
 
 
 def _from_spec_file(path: Path, cfg: dict, *, name: str, overrides: dict | None = None) -> EvalSet:
-    import yaml
-
     if not path.is_file():
         raise ConfigError(f"eval set spec {str(path)!r} not found")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"eval set spec {str(path)!r} is not valid YAML/JSON: {e}") from e
-    if not isinstance(spec, dict):
-        raise ConfigError(f"eval set spec {str(path)!r} must hold a mapping")
+    spec = read_yaml_mapping(path, "eval set spec")
     spec.update(overrides or {})
     return build_eval_set(name, spec, path.parent, cfg, source=str(path))
 
