@@ -93,13 +93,6 @@ def _augment(x, gen):
     return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
 
 
-def _lr_at(step: int, spec: ExpertSpec) -> float:
-    if step < spec.warmup:
-        return spec.lr * (step + 1) / spec.warmup
-    t = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
-    return spec.lr * 0.5 * (1 + math.cos(math.pi * t))
-
-
 def train_expert(spec: ExpertSpec, data: Batch | None = None):
     """Train one expert contrastively on its modalities; returns the open_clip model (eval mode).
 
@@ -112,28 +105,29 @@ def train_expert(spec: ExpertSpec, data: Batch | None = None):
     import torch
     from open_clip.loss import ClipLoss
 
+    from mmkd.distill.optim import OptimConfig, build_optimizer, build_scheduler
+
     data = data or make_batch(spec.modalities, spec.n_per_class, seed=spec.seed + 10_000)
     torch.manual_seed(spec.seed)
     model = open_clip.model.CLIP(**copy.deepcopy(spec.model_cfg))
     tok = open_clip.tokenizer.SimpleTokenizer(context_length=spec.model_cfg["text_cfg"]["context_length"])
     images, texts = to_tensor(data.images), tok(data.captions)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "logit_scale" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
-                             {"params": other, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
+    # the distiller's optimizer and schedule: AdamW with open_clip's no-decay groups, cosine with warmup
+    optim_cfg = OptimConfig(lr=spec.lr, weight_decay=spec.weight_decay, warmup_steps=spec.warmup)
+    opt = build_optimizer({"model": model}, optim_cfg)
+    sched = build_scheduler(opt, optim_cfg, spec.steps)
     loss_fn, gen = ClipLoss(), torch.Generator().manual_seed(spec.seed)
     model.train()
     t0 = time.perf_counter()
     for step in range(spec.steps):
         idx = torch.randint(0, len(data), (spec.batch_size,), generator=gen)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, spec)
         img_f, txt_f, scale = model(_augment(images[idx], gen), texts[idx])
         loss = loss_fn(img_f, txt_f, scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sched.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % 100 == 0 or step == spec.steps - 1:
