@@ -62,7 +62,7 @@ def _teacher_seconds(work: Path, store: Path, batch: int, reps: int) -> float:
     import torch
 
     from mmkd.distill.data import IndexReader, SyntheticImages
-    from mmkd.extract.images import decode_image
+    from mmkd.data.images import decode_image
     from mmkd.extract.teachers import load_teacher
     from mmkd.extract.tiny import make_tiny_teachers
 

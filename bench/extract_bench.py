@@ -85,7 +85,7 @@ def forward_pass(spec, ds, batch_size: int, device: str, precision: str):
     """A function timing encode_images + encode_texts over pre-decoded batches (returns seconds, rows)."""
     import torch
 
-    from mmkd.extract.images import decode_image
+    from mmkd.data.images import decode_image
     from mmkd.extract.runners.block import resolve_device
     from mmkd.extract.teachers import load_teacher
 
@@ -125,7 +125,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from mmkd.extract import ExtractJob, run_extract
-    from mmkd.extract.readers import open_dataset
+    from mmkd.data import open_dataset
     from mmkd.extract.tiny import write_pipelines
 
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="mmkd-extract-bench-"))

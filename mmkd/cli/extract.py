@@ -80,7 +80,7 @@ def extract_cmd(run: str | None, teachers: tuple[str, ...], all_teachers: bool |
     """
     from mmkd.config import ConfigError
     from mmkd.extract import ExtractError, job_from_config, run_extract
-    from mmkd.extract.readers import DatasetError
+    from mmkd.data import DatasetError
     from mmkd.extract.teachers import TeacherError
     from mmkd.store import StoreError
 

@@ -124,12 +124,12 @@ class SyntheticImages:
 
 
 def open_images(uri: str):
-    """The image dataset a store was built from (any format :mod:`mmkd.extract.readers` opens)."""
+    """The image dataset a store was built from (any format :mod:`mmkd.data` opens)."""
     if uri.startswith("synthetic://"):
         return SyntheticImages()
     if not uri:
         raise ValueError("the store records no dataset URI; pass --dataset PATH to say where its images are")
-    from mmkd.extract.readers import open_dataset
+    from mmkd.data import open_dataset
 
     return open_dataset(uri)
 
@@ -232,7 +232,7 @@ class StoreBatches(IterableDataset):
         return batch
 
     def _images(self, source, refs: list[str], rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        from mmkd.extract.images import BadSample, decode_image
+        from mmkd.data.images import BadSample, decode_image
 
         raw = source.read_many(list(refs), on_error="return")
         seeds = row_hash(self.spec.seed, self.epoch, rows, salt=1) >> np.uint64(1)

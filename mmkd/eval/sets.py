@@ -65,7 +65,7 @@ class EvalSet:
     root: Path | None = None
     store: Path | None = None
     source: str = ""
-    reader: Any = None  # an mmkd.extract.readers Dataset for `dataset:` sets
+    reader: Any = None  # an mmkd.data Dataset for `dataset:` sets
 
     @property
     def labelled(self) -> bool:
@@ -112,7 +112,7 @@ class EvalSet:
 
     def load_image(self, item: EvalItem):
         """``item``'s image as a PIL RGB image."""
-        from mmkd.extract.images import decode_image
+        from mmkd.data.images import decode_image
 
         return decode_image(self.read_image_bytes(item))
 
@@ -243,7 +243,7 @@ def _read_jsonl(path: Path, name: str, fields: dict[str, str]) -> list[dict[str,
 
 
 def _read_dataset(spec: dict, cfg: dict, name: str, base: Path) -> tuple[Any, list[dict[str, Any]]]:
-    from mmkd.extract.readers import DatasetError, get_dataset, open_dataset
+    from mmkd.data import DatasetError, get_dataset, open_dataset
 
     ds = spec["dataset"]
     try:

@@ -1,10 +1,10 @@
-"""mmkd.extract: teachers (registry + loaders), dataset readers, and the extract runners.
+"""mmkd.extract: teachers (registry + loaders) and the extract runners (datasets: mmkd.data).
 
     from mmkd.extract import ExtractJob, run_extract
     summary = run_extract(ExtractJob(dataset="mmkd-clip-demo", teachers=["biomedclip"],
                                      store="stores/demo", runner="local"))
 
-Sub-packages: :mod:`mmkd.extract.teachers`, :mod:`mmkd.extract.readers`,
+Sub-packages: :mod:`mmkd.extract.teachers`,
 :mod:`mmkd.extract.runners`. Importing this package imports neither torch nor ray.
 """
 

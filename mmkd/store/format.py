@@ -11,9 +11,10 @@ import fcntl
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from mmkd.data.sample import Sample  # re-exported: the row type of the store's index
 
 FORMAT_NAME = "mmkd-feature-store"
 FORMAT_VERSION = 1
@@ -33,34 +34,6 @@ DEFAULT_BLOCK_SIZE = 2048
 
 class StoreError(RuntimeError):
     """A store is missing, malformed, or asked to do something unsound."""
-
-
-@dataclass
-class Sample:
-    """One image-caption pair as the store's index records it.
-
-    Attributes:
-        sample_id: unique, stable id of the sample in its dataset.
-        caption: the caption text.
-        image: a reference the dataset's reader can resolve again: a path relative
-            to the dataset root, ``<shard.tar>::<member>`` or ``<file.parquet>::<row>``.
-        image_sha256: sha256 of the image bytes, when known.
-        source: dataset name or format the sample came from.
-        labels: optional labels (JSON-serialisable mapping).
-    """
-
-    sample_id: str
-    caption: str
-    image: str
-    image_sha256: str | None = None
-    source: str = ""
-    labels: dict[str, Any] | None = field(default=None)
-
-    def to_row(self) -> dict[str, Any]:
-        # (dataclasses.asdict deep-copies: 50x slower on millions of samples)
-        return {"sample_id": self.sample_id, "caption": self.caption, "image": self.image,
-                "image_sha256": self.image_sha256, "source": self.source,
-                "labels": None if self.labels is None else json.dumps(self.labels, sort_keys=True)}
 
 
 def block_name(block: int) -> str:

@@ -73,12 +73,17 @@ class FeatureStore:
         block_size: int = fmt.DEFAULT_BLOCK_SIZE,
         dataset_uri: str = "",
         dataset_fingerprint: str = "",
+        dataset_spec: dict[str, Any] | None = None,
         overwrite: bool = False,
     ) -> "FeatureStore":
         """Create a store for ``samples`` (their order fixes the rows).
 
         The store is built in a temporary sibling folder and renamed into place, so
         a crash never leaves a half-created store at ``path``.
+
+        Args:
+            dataset_spec: the whole dataset spec (``mmkd.data.DatasetSpec.to_dict()``),
+                so later stages reopen the dataset from the store alone.
 
         Raises:
             StoreError: ``path`` exists (and not ``overwrite``), no samples, a
@@ -112,7 +117,8 @@ class FeatureStore:
             "block_size": block_size,
             "num_blocks": -(-n // block_size),
             "feature_dtype": fmt.FEATURE_DTYPE,
-            "dataset": {"uri": dataset_uri, "fingerprint": dataset_fingerprint},
+            "dataset": {"uri": dataset_uri, "fingerprint": dataset_fingerprint,
+                        **({"spec": dataset_spec} if dataset_spec else {})},
             "index_fingerprint": fmt.index_fingerprint(
                 zip(rows["sample_id"], rows["caption"], rows["image"], rows["image_sha256"])
             ),

@@ -72,8 +72,8 @@ def test_unknown_modality_lists_valid_ones() -> None:
 
 
 def test_written_corpus_opens_with_the_jsonl_reader(tmp_path) -> None:
-    from mmkd.extract.images import decode_image
-    from mmkd.extract.readers import open_dataset
+    from mmkd.data.images import decode_image
+    from mmkd.data import open_dataset
 
     batch = make_batch(("histology", "xray"), 4, seed=0)
     write_jsonl_dataset(tmp_path / "train", batch, prefix="t")

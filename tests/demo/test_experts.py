@@ -32,7 +32,7 @@ def test_saved_expert_loads_through_the_teacher_loader_with_the_same_outputs(tmp
     import open_clip
 
     from mmkd.config import load_pipelines
-    from mmkd.extract.images import decode_image
+    from mmkd.data.images import decode_image
     from mmkd.extract.teachers import get_teacher_spec, load_teacher
     from mmkd.extract.tiny import write_pipelines
 

@@ -43,7 +43,7 @@ def make_image_folder(root: Path, n: int, seed: int = 0) -> Path:
 
 def make_store(root: Path, n: int = 48, block_size: int = 16, invalid: float = 0.25, seed: int = 0) -> Path:
     """A store over a synthetic image folder with random features for teachers ta (32-d), tb (48-d)."""
-    from mmkd.extract.readers import open_dataset
+    from mmkd.data import open_dataset
     from mmkd.store import FeatureStore
 
     table = make_image_folder(root / "data", n, seed)

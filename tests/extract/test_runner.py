@@ -19,7 +19,7 @@ from test_runner_support import BAD, assert_same_store, direct_features, modalit
 
 from mmkd.config import load_pipelines
 from mmkd.extract import ExtractError, ExtractJob, job_from_config, run_extract
-from mmkd.extract.readers import open_dataset
+from mmkd.data import open_dataset
 from mmkd.extract.teachers import load_teacher
 from mmkd.store import FeatureStore
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mmkd.extract.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, decode_image
+from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, decode_image
 from mmkd.extract.runners.job import ExtractError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class WorkerConfig:
     """Picklable settings of a block worker (shipped to Ray actors).
 
     Attributes:
-        dataset: reader spec (:meth:`mmkd.extract.readers.Dataset.spec`).
+        dataset: reader spec (:meth:`mmkd.data.Dataset.spec`).
         store: store folder.
         batch_size: images per forward pass.
         precision: ``fp32``/``fp16``/``bf16`` autocast, used on CUDA only.
@@ -77,7 +77,7 @@ class BlockWorker:
     """
 
     def __init__(self, spec: Any, config: WorkerConfig) -> None:
-        from mmkd.extract.readers import open_dataset
+        from mmkd.data import open_dataset
         from mmkd.extract.teachers import TeacherSpec, load_teacher
         from mmkd.store import FeatureStore
 

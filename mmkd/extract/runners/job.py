@@ -168,7 +168,7 @@ def resolve_dataset(job: ExtractJob, cfg: dict[str, Any]):
         DatasetError: the dataset cannot be opened (the message says why).
     """
     from mmkd.config import section
-    from mmkd.extract.readers import get_dataset, open_dataset
+    from mmkd.data import get_dataset, open_dataset
 
     if isinstance(job.dataset, dict):
         return open_dataset(job.dataset)

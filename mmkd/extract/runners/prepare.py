@@ -35,7 +35,7 @@ def dataset_fingerprint(ds: Any, limit: int | None) -> str:
     """
     if limit is None:
         return ds.fingerprint()
-    from mmkd.extract.readers.base import FINGERPRINT_VERSION, json_labels
+    from mmkd.data.base import FINGERPRINT_VERSION, json_labels
 
     h = hashlib.sha256(f"{FINGERPRINT_VERSION}\n{ds.format}\n".encode())
     # _checked_entries(hashes=False) is what Dataset.fingerprint itself hashes.

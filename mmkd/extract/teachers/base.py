@@ -78,11 +78,11 @@ class _ResizeLongest:
 def to_mode(img: Image.Image, mode: str) -> Image.Image:
     """Convert any PIL image to ``RGB`` or ``L`` the way a teacher expects.
 
-    One rule set for the whole project (:func:`mmkd.extract.images.convert_mode`):
+    One rule set for the whole project (:func:`mmkd.data.images.convert_mode`):
     transparency composited on white, 16/32-bit and float scaled to 8 bits without
     clipping, CMYK/P/1-bit through Pillow.
     """
-    from mmkd.extract.images import convert_mode
+    from mmkd.data.images import convert_mode
 
     return convert_mode(img, mode)
 

@@ -21,16 +21,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmkd.extract.readers.base import REF_SEP, Dataset, DatasetError, Sample
-from mmkd.extract.readers.parquet import ParquetDataset
-from mmkd.extract.readers.tables import (
+from mmkd.data.base import REF_SEP, Dataset, DatasetError, Sample
+from mmkd.data.parquet import ParquetDataset
+from mmkd.data.tables import (
     CsvDataset,
     JsonlDataset,
     MmkdClipDataset,
     TableDataset,
     is_mmkd_clip_table,
 )
-from mmkd.extract.readers.webdataset import WebDataset
+from mmkd.data.webdataset import WebDataset
 
 FORMATS: dict[str, type[Dataset]] = {
     "mmkd-clip": MmkdClipDataset,

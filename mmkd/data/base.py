@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmkd.extract.images import BadSample
-from mmkd.store import Sample
+from mmkd.data.images import BadSample
+from mmkd.data.sample import Sample
 
 REF_SEP = "::"
 FINGERPRINT_VERSION = "mmkd-dataset-fp/1"

@@ -14,8 +14,8 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from mmkd.extract.images import BadSample
-from mmkd.extract.readers.base import (
+from mmkd.data.images import BadSample
+from mmkd.data.base import (
     ContainerDataset,
     DatasetError,
     Entry,

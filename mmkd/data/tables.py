@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmkd.extract.images import BadSample
-from mmkd.extract.readers.base import (
+from mmkd.data.images import BadSample
+from mmkd.data.base import (
     Dataset,
     DatasetError,
     Entry,

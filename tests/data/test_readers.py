@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmkd.config import load_pipelines
-from mmkd.extract.images import BadSample
-from mmkd.extract.readers import (
+from mmkd.data.images import BadSample
+from mmkd.data import (
     DatasetError,
     datasets_from_config,
     detect_format,

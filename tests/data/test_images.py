@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmkd.extract.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, decode_image
+from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, decode_image
 
 
 def _png(img: Image.Image) -> bytes:
