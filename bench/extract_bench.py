@@ -137,7 +137,7 @@ def main() -> None:
         print(f"setup: {args.rows} JPEGs of {args.image_px}px, teacher {args.model} ({time.perf_counter() - t:.1f}s)")
 
         forward = forward_pass(spec, open_dataset(jsonl), args.batch_size, args.device, args.precision)
-        job = ExtractJob(dataset=str(jsonl), teachers=[spec.name], store=str(scratch / "store"), runner=args.runner,
+        job = ExtractJob(data=str(jsonl), teachers=[spec.name], store=str(scratch / "store"), runner=args.runner,
                          pipeline=str(pipelines), batch_size=args.batch_size, block_size=args.block_size,
                          workers=args.workers, device=args.device, precision=args.precision)
         best = {"fwd": float("inf"), "ext": float("inf"), "run": float("inf")}

@@ -1,52 +1,95 @@
-"""Loading ``pipelines.yaml``: the one config file for teachers, datasets and jobs.
+"""``pipelines.yaml``: the one config file for teachers, datasets, students, jobs and eval sets.
 
-The file has top-level sections, each owned and validated by one stage:
-``teachers`` and ``datasets`` and ``extract`` (mmkd.extract), ``distill``
-(mmkd.distill), ``eval`` (mmkd.eval). This module only finds, reads and checks the
-top level; the stages turn their section into typed dataclasses.
+mmkd ships a pipelines file (``mmkd/pipelines.yaml``: the nine teachers, the
+students, the eval sets and example jobs). A user's file **extends** its
+registries (:data:`INHERITED`): its entries are added to the shipped ones, and an
+entry of the same name replaces the shipped one; jobs (``extract``, ``distill``,
+``eval``) come from the user's file alone. The user's file is ``--pipeline FILE``, else
+``$MMKD_PIPELINES``, else ``./pipelines.yaml``.
+
+Each section is owned and validated by one stage: ``teachers`` (mmkd.extract),
+``datasets`` (mmkd.data), ``extract``, ``students`` and ``distill``
+(mmkd.distill), ``eval_sets`` and ``eval`` (mmkd.eval). This module finds, reads
+and merges the files, resolves paths (:func:`resolve_path`) and merges a named
+entry with command-line flags (:func:`merge_entry`), the same way for every stage.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 KNOWN_SECTIONS = ("version", "teachers", "datasets", "extract", "students", "distill", "eval_sets", "eval")
+# what a user's file inherits from the shipped one: the registries, not the example jobs
+INHERITED = ("teachers", "datasets", "students", "eval_sets")
 DEFAULT_NAME = "pipelines.yaml"
+SHIPPED = Path(__file__).resolve().parent / DEFAULT_NAME
+FIXTURES_PREFIX = "fixtures:"
+_ENV_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
 
 
 class ConfigError(ValueError):
-    """A pipelines file is missing, unreadable or malformed."""
+    """A pipelines file is missing, unreadable or malformed, or a value in it is invalid."""
 
 
-def default_pipelines_path() -> Path:
-    """``$MMKD_PIPELINES``, else ``./pipelines.yaml``, else the one shipped at the repo root."""
+def default_pipelines_path() -> Path | None:
+    """The user's pipelines file: ``$MMKD_PIPELINES``, else ``./pipelines.yaml``, else ``None`` (shipped only)."""
     env = os.environ.get("MMKD_PIPELINES")
     if env:
         return Path(env)
     cwd = Path.cwd() / DEFAULT_NAME
-    if cwd.is_file():
-        return cwd
-    return Path(__file__).resolve().parents[1] / DEFAULT_NAME
+    return cwd if cwd.is_file() else None
 
 
 def load_pipelines(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Read a pipelines file and check its top level.
+    """Read the shipped pipelines file and the user's, the user's extending the shipped one.
 
     Args:
-        path: the file; ``None`` picks :func:`default_pipelines_path`.
+        path: the user's file; ``None`` picks :func:`default_pipelines_path`.
 
     Returns:
-        The parsed mapping, with ``_path`` set to the resolved file path (relative
-        paths inside the file are resolved against its folder by the stages).
+        The merged mapping. ``_path`` is the user's file (the shipped one when there
+        is none); ``_bases`` maps ``(section, entry)`` to the folder that entry's
+        relative paths resolve against (its file's folder; the working directory for
+        shipped entries, whose relative paths are outputs such as ``stores/...``);
+        ``_own`` maps each section to the entry names the user's file declares.
 
     Raises:
         ConfigError: the file is absent, not YAML, or has unknown top-level keys.
     """
-    p = Path(path) if path is not None else default_pipelines_path()
-    if not p.is_file():
-        raise ConfigError(f"pipelines file {str(p)!r} not found; pass --pipeline FILE or create {DEFAULT_NAME}")
+    user = Path(path) if path is not None else default_pipelines_path()
+    if user is not None and not user.is_file():
+        raise ConfigError(f"pipelines file {str(user)!r} not found; pass --pipeline FILE or create {DEFAULT_NAME}")
+    merged: dict[str, Any] = {"_bases": {}, "_own": {}}
+    files = [SHIPPED] if SHIPPED.is_file() else []
+    if user is not None and (not files or user.resolve() != SHIPPED):
+        files.append(user)
+    if not files:
+        raise ConfigError(f"no pipelines file: the shipped {SHIPPED} is missing and none was given (--pipeline FILE)")
+    for p in files:
+        data = _read_pipelines(p)
+        shipped_only = p == SHIPPED and len(files) > 1
+        base = Path.cwd() if p == SHIPPED else p.resolve().parent
+        for key, value in data.items():
+            if key == "version":
+                merged.setdefault(key, value)
+                continue
+            if shipped_only and key not in INHERITED:
+                continue
+            if p == files[-1]:
+                merged["_own"][key] = [str(n) for n in (value or {})]
+            into = merged.setdefault(key, {})
+            for name, entry in (value or {}).items():
+                into[name] = entry
+                merged["_bases"][(key, str(name))] = base
+    merged["_path"] = str(files[-1].resolve())
+    return merged
+
+
+def _read_pipelines(p: Path) -> dict[str, Any]:
     data = read_yaml_mapping(p, "pipelines file")
     unknown = sorted(set(data) - set(KNOWN_SECTIONS))
     if unknown:
@@ -56,7 +99,6 @@ def load_pipelines(path: str | os.PathLike | None = None) -> dict[str, Any]:
     for key, value in data.items():
         if key != "version" and value is not None and not isinstance(value, dict):
             raise ConfigError(f"section {key!r} in {str(p)!r} must be a mapping of name -> entry")
-    data["_path"] = str(p.resolve())
     return data
 
 
@@ -82,9 +124,104 @@ def section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     return dict(cfg.get(name) or {})
 
 
-def resolve_path(cfg: dict[str, Any], value: str | os.PathLike) -> Path:
-    """Resolve a path written in the pipelines file against that file's folder (``~`` and env vars expanded)."""
-    p = Path(os.path.expandvars(os.path.expanduser(str(value))))
-    if p.is_absolute() or "_path" not in cfg:
+def expand(value: str) -> str:
+    """Expand ``${VAR:-default}``, ``$VAR`` / ``${VAR}`` and ``~`` in a string."""
+    value = _ENV_DEFAULT.sub(lambda m: os.environ.get(m.group(1)) or m.group(2), str(value))
+    return os.path.expanduser(os.path.expandvars(value))
+
+
+def fixtures_root() -> Path:
+    """Where ``fixtures:`` paths point: ``$MMKD_FIXTURES`` (``--fixtures DIR`` sets it), else ``../shared/fixtures``
+    beside a source checkout of mmkd."""
+    env = os.environ.get("MMKD_FIXTURES")
+    return Path(expand(env)) if env else SHIPPED.parents[2] / "shared" / "fixtures"
+
+
+def resolve_path(cfg: dict[str, Any] | None, value: str | os.PathLike, *, section: str | None = None,
+                 entry: str | None = None, base: Path | None = None) -> Path:
+    """Resolve a path written in a pipelines file (or a spec file), the one way every stage does it.
+
+    ``${VAR:-default}``, ``$VAR`` and ``~`` are expanded; ``fixtures:REL`` is
+    ``REL`` under :func:`fixtures_root`; a relative path is relative to ``base``,
+    else to the folder of the file that declared ``section.entry``, else to the
+    user's pipelines file's folder, else to the working directory.
+    """
+    text = expand(str(value))
+    if text.startswith(FIXTURES_PREFIX):
+        return fixtures_root() / text[len(FIXTURES_PREFIX):]
+    p = Path(text)
+    if p.is_absolute():
         return p
-    return Path(cfg["_path"]).parent / p
+    if base is None and cfg is not None:
+        bases = cfg.get("_bases") or {}
+        if section is not None and entry is not None and (section, entry) in bases:
+            base = bases[(section, entry)]
+        elif "_path" in cfg:
+            base = Path(cfg["_path"]).parent
+    return (base or Path.cwd()) / p
+
+
+def named_entry(cfg: dict[str, Any], section_name: str, name: str, *, what: str | None = None) -> dict[str, Any]:
+    """The entry ``name`` of a section, as a new dict.
+
+    Raises:
+        ConfigError: no such entry (the message lists the declared ones and where).
+    """
+    entries = section(cfg, section_name)
+    if name not in entries:
+        raise ConfigError(f"unknown {what or section_name} {name!r}; entries under `{section_name}:` "
+                          f"in {cfg.get('_path')}: {sorted(entries)}")
+    entry = entries[name]
+    if entry is not None and not isinstance(entry, dict):
+        raise ConfigError(f"`{section_name}: {name}` must be a mapping, got {entry!r}")
+    return dict(entry or {})
+
+
+def merge_entry(cfg: dict[str, Any] | None, section_name: str, name: str | None, flags: Mapping[str, Any], *,
+                allowed: Iterable[str], path_keys: Iterable[str] = (), what: str | None = None) -> dict[str, Any]:
+    """A named entry merged with command-line flags: the one merge every stage uses.
+
+    Later wins: the entry's values, then each flag that was given (not ``None``).
+    Paths in the entry (``path_keys``) resolve against the file that declared it;
+    paths given as flags resolve against the working directory.
+
+    Raises:
+        ConfigError: unknown entry, or unknown keys in it or among the flags.
+    """
+    allowed = set(allowed)
+    values: dict[str, Any] = {}
+    label = what or section_name
+    if name is not None:
+        values = named_entry(cfg or {}, section_name, name, what=what)
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ConfigError(f"{label} {name!r}: unknown keys {unknown}; valid keys: {sorted(allowed)}")
+        for key in path_keys:
+            if isinstance(values.get(key), str) and values[key]:
+                values[key] = str(resolve_path(cfg, values[key], section=section_name, entry=name))
+    given = {k: v for k, v in flags.items() if v is not None}
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ConfigError(f"{label}: unknown option(s) {unknown}; valid: {sorted(allowed)}")
+    values.update(given)
+    return values
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto``/``None`` -> ``cuda`` when available else ``cpu``; ``cuda``/``cuda:N``/``cpu`` checked.
+
+    Raises:
+        ConfigError: an unknown device, or ``cuda`` asked for on a machine without one.
+    """
+    value = (device or "auto").strip().lower()
+    if value not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", value):
+        raise ConfigError(f"device {device!r} is unknown; use auto, cpu, cuda or cuda:N")
+    if value == "cpu":
+        return value
+    import torch
+
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device here; use --device cpu or auto")
+    return value

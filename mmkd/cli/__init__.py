@@ -16,7 +16,9 @@ from mmkd import __version__
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mmkd")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option("--fixtures", type=click.Path(file_okay=False), default=None, envvar="MMKD_FIXTURES",
+              help="Folder that `fixtures:` paths (shipped datasets and eval sets) point into; sets $MMKD_FIXTURES.")
+def main(verbose: int, fixtures: str | None) -> None:
     """mmkd: multi-teacher knowledge distillation of biomedical CLIP models.
 
     extract (teachers -> feature store) | store (inspect, validate, import) |
@@ -24,6 +26,15 @@ def main(verbose: int) -> None:
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_fixtures(fixtures)
+
+
+def set_fixtures(folder: str | None) -> None:
+    """Point ``fixtures:`` paths at ``folder`` (via ``$MMKD_FIXTURES``, so Ray workers and child processes see it)."""
+    import os
+
+    if folder:
+        os.environ["MMKD_FIXTURES"] = os.path.abspath(os.path.expanduser(folder))
 
 
 def _register() -> None:

@@ -14,7 +14,7 @@ OVERRIDES = (
     "store", "stage", "student", "out", "kd", "steps", "epochs", "batch_size", "grad_accum", "lr",
     "weight_decay", "warmup_steps", "grad_clip", "precision", "init", "stop_at_step", "checkpoint_every",
     "log_every", "seed", "num_workers", "buffer_blocks", "projections", "head", "fd_weight", "icl_weight",
-    "clip_weight", "icl_scale", "device", "dataset",
+    "clip_weight", "icl_scale", "device", "data",
 )
 
 
@@ -41,7 +41,8 @@ OVERRIDES = (
 @click.option("--seed", type=int, help="Seed of data order, augmentation and teacher draws.")
 @click.option("--num-workers", type=click.IntRange(min=0), help="DataLoader workers per GPU.")
 @click.option("--buffer-blocks", type=click.IntRange(min=1), help="Store blocks shuffled together.")
-@click.option("--teachers", help="Comma-separated teachers to use (default: all in the store).")
+@click.option("--teacher", "teachers", multiple=True, metavar="NAME",
+              help="Teacher to distil from (repeatable; default: every teacher in the store).")
 @click.option("--projections", type=click.Path(exists=True, dir_okay=False),
               help="mmkd-clip: per-teacher projection weights file.")
 @click.option("--head", type=click.Choice(["linear", "mlp"]), help="multi: head kind.")
@@ -51,12 +52,13 @@ OVERRIDES = (
 @click.option("--icl-weight", type=float, help="ICL weight (default 1).")
 @click.option("--clip-weight", type=float, help="CLIP term weight (default 1).")
 @click.option("--icl-scale", type=float, help="ICL logit multiplier (default ln(1/0.07)).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device (default auto).")
-@click.option("--dataset", help="Where the store's images are, if moved from the URI it records.")
+@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--data", metavar="PATH", help="Where the store's dataset is now, if it moved (its spec is kept and its "
+              "fingerprint checked).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--run", "run_name", help="Name of the distill: entry in the pipelines file.")
 @click.option("--pipeline", type=click.Path(exists=True, dir_okay=False), help="Pipelines file (default: pipelines.yaml).")
-def distill_cmd(run_name: str | None, pipeline: str | None, teachers: str | None, resume: bool | None,
+def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str, ...], resume: bool | None,
                 standardize: bool | None, augment: bool | None, no_progress: bool, **flags) -> None:
     """Train a student from a feature store; no teacher is ever loaded.
 
@@ -64,24 +66,22 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: str | None
     mmkd distill --store STORE --stage 1 --student NAME --out runs/s1 --steps 10000
     mmkd distill --store STORE --stage 2 --student NAME --init runs/s1 --out runs/s2 --steps 10000
     """
-    from mmkd.config import ConfigError, default_pipelines_path, load_pipelines
+    from mmkd.config import ConfigError, load_pipelines
     from mmkd.distill.config import load_distill_config
     from mmkd.distill.recipe import distill
+    from mmkd.store import StoreError
 
     overrides = {k: flags.get(k) for k in OVERRIDES}
     overrides.update(resume=resume, standardize=standardize, augment=augment,
-                     teachers=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
+                     teachers=list(teachers) or None,
                      progress=False if no_progress else None)
     try:
-        # without --pipeline the default file still provides the students: entries
-        explicit = pipeline or run_name
-        pipelines = load_pipelines(pipeline) if explicit or default_pipelines_path().is_file() else None
-        cfg = load_distill_config(pipelines, run_name, overrides)
+        cfg = load_distill_config(load_pipelines(pipeline), run_name, overrides)
     except ConfigError as e:
         raise click.ClickException(str(e)) from e
     try:
         summary = distill(cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, StoreError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(json.dumps(summary))
 

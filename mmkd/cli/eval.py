@@ -1,10 +1,18 @@
-"""``mmkd eval``: students and teachers on eval sets, one table."""
+"""``mmkd eval``: students and teachers on eval sets and on image-caption data, one table."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 TASK_CHOICES = ("zeroshot", "linear", "retrieval", "knn", "all")
+
+
+def _shipped_sets() -> str:
+    # a glob, not an import of mmkd.eval (keeps `mmkd --help` fast)
+    folder = Path(__file__).resolve().parents[1] / "eval" / "sets"
+    return ", ".join(p.stem for p in sorted(folder.glob("*.yaml"))) or "none"
 
 
 def _stores(values: tuple[str, ...]) -> dict[str, str]:
@@ -12,62 +20,70 @@ def _stores(values: tuple[str, ...]) -> dict[str, str]:
     for v in values:
         name, sep, path = v.partition("=")
         if not sep or not name or not path:
-            raise click.BadParameter(f"{v!r}: write DATASET=STORE_PATH", param_hint="--store")
+            raise click.BadParameter(f"{v!r}: write SET=STORE_PATH", param_hint="--store")
         out[name] = path
     return out
 
 
-@click.command("eval")
+@click.command("eval", epilog=f"Shipped eval sets: {_shipped_sets()} (their images are read from the fixtures "
+                              "folder: $MMKD_FIXTURES or --fixtures DIR).")
 @click.option("--pipeline", "pipeline", type=click.Path(dir_okay=False), default=None,
-              help="pipelines.yaml (default: $MMKD_PIPELINES, ./pipelines.yaml, the repo's).")
-@click.option("--job", default=None, help="An entry of the `eval:` section giving defaults for the options below.")
+              help="Your pipelines file (default: $MMKD_PIPELINES, else ./pipelines.yaml; extends the shipped one).")
+@click.option("--run", "run", default=None, metavar="NAME",
+              help="An entry of the `eval:` section giving defaults for the options below.")
 @click.option("--model", "models", multiple=True,
               help="Student export folder or teacher name (repeatable).")
-@click.option("--dataset", "datasets", multiple=True,
-              help="Eval set: a name under `eval_sets:` / shipped in mmkd/eval/sets, or a spec path (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="NAME_OR_SPEC",
+              help="Labelled eval set with prompts: a name under `eval_sets:` / shipped, or a spec file (repeatable).")
+@click.option("--data", "data", multiple=True, metavar="PATH_OR_NAME",
+              help="Image-caption data, anything `mmkd extract --data` takes (repeatable): retrieval, and "
+                   "zero-shot / linear / kNN when --label names a label field.")
+@click.option("--label", default=None, metavar="KEY",
+              help="With --data: the label field (a mapped label column / JSON key) to classify.")
 @click.option("--task", "tasks", multiple=True, type=click.Choice(TASK_CHOICES),
               help="Task(s) to run (repeatable; default all, each where the set allows it).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Output folder for results.json, results.md, results.png.")
-@click.option("--store", "stores", multiple=True, metavar="DATASET=PATH",
-              help="Read teachers' features for eval set DATASET (its name; a spec path's file stem) from a "
+@click.option("--store", "stores", multiple=True, metavar="SET=PATH",
+              help="Read teachers' features for set SET (its name; a spec path's or --data's file stem) from a "
                    "store built over it (repeatable).")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
               help="Feature cache folder (default: <out>/cache).")
-@click.option("--device", default=None, help="torch device (default: cuda when available).")
+@click.option("--device", default=None, help="auto (default: cuda when available), cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=None, help="Images/texts per forward pass (default 32).")
 @click.option("--resamples", type=int, default=None, help="Bootstrap resamples for the CIs (default 1000).")
 @click.option("--seed", type=int, default=None, help="Bootstrap and split seed (default 0).")
 @click.option("--knn-k", type=int, default=None, help="Neighbours for kNN classification (default 20).")
-def eval_cmd(pipeline, job, models, datasets, tasks, out, stores, cache_dir, device, batch_size, resamples, seed,
-             knn_k) -> None:
+@click.option("--fixtures", type=click.Path(file_okay=False), default=None,
+              help="Folder that `fixtures:` paths of the shipped sets point into (sets $MMKD_FIXTURES).")
+def eval_cmd(pipeline, run, models, sets, data, label, tasks, out, stores, cache_dir, device, batch_size, resamples,
+             seed, knn_k, fixtures) -> None:
     """Zero-shot, linear probe, retrieval and kNN for students and teachers, as one table.
 
-    Example: mmkd eval --model runs/student/export --model biomedclip --dataset modality9 --out runs/eval
+    \b
+    mmkd eval --model runs/s2/export --model biomedclip --set modality9 --out runs/eval
+    mmkd eval --model runs/s2/export --data /data/roco/test.jsonl --out runs/eval-roco
     """
-    from mmkd.config import ConfigError, load_pipelines
+    from mmkd.cli import set_fixtures
+    from mmkd.config import ConfigError, load_pipelines, resolve_device
     from mmkd.eval.encoders import EncoderError
     from mmkd.eval.report import summary_text
-    from mmkd.eval.runner import EvalConfig, EvalError, evaluate, job_config, parse_tasks
+    from mmkd.eval.runner import EvalError, evaluate, plan_eval
 
+    set_fixtures(fixtures)
+    flags = {"models": list(models), "sets": list(sets), "data": list(data), "label": label, "tasks": list(tasks),
+             "out": out, "stores": _stores(stores), "cache_dir": cache_dir, "device": device,
+             "batch_size": batch_size, "resamples": resamples, "seed": seed, "knn_k": knn_k}
     try:
         cfg = load_pipelines(pipeline)
-        entry = job_config(cfg, job) if job else {}
-        given = {"resamples": resamples, "seed": seed, "knn_k": knn_k, "batch_size": batch_size, "device": device,
-                 "cache_dir": cache_dir}
-        settings = {k: v for k, v in entry.items() if k not in ("models", "datasets", "tasks", "out")}
-        settings.update({k: v for k, v in given.items() if v is not None})
-        settings["stores"] = {**settings.get("stores", {}), **_stores(stores)}
-        ecfg = EvalConfig(tasks=parse_tasks(list(tasks) or entry.get("tasks")), progress=True, **settings)
-        out = out or entry.get("out")
-        if not out:
-            raise click.UsageError("give --out DIR (or a --job with `out:`)")
-        results = evaluate(list(models) or list(entry.get("models") or []),
-                           list(datasets) or list(entry.get("datasets") or []), out, cfg=cfg, ecfg=ecfg)
+        plan = plan_eval(cfg, run, flags)
+        plan.config.device = resolve_device(plan.config.device)
+        plan.config.progress = True
+        results = evaluate(plan.models, plan.sets, plan.out, cfg=cfg, ecfg=plan.config)
     except (ConfigError, EvalError, EncoderError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(summary_text(results))
-    click.echo(f"results: {out}/results.json  table: {out}/results.md  chart: {out}/results.png")
+    click.echo(f"results: {plan.out}/results.json  table: {plan.out}/results.md  chart: {plan.out}/results.png")
 
 
 def register(main: click.Group) -> None:

@@ -49,8 +49,9 @@ def teachers_cmd(pipeline: str | None, as_json: bool) -> None:
               help="a named job from the 'extract:' section of the pipelines file; flags override its values.")
 @click.option("--teacher", "teachers", multiple=True, metavar="NAME", help="teacher to run (repeatable).")
 @click.option("--all-teachers", is_flag=True, default=None, help="run every teacher declared in the pipelines file.")
-@click.option("--data", "dataset", default=None, metavar="PATH_OR_NAME",
-              help="dataset: a name from 'datasets:', or a path (meta.jsonl folder, jsonl/csv, parquet, tar shards).")
+@click.option("--data", "data", default=None, metavar="PATH_OR_NAME",
+              help="image-caption data: a name from 'datasets:', or a path (meta.jsonl folder, jsonl/csv, parquet, "
+                   "tar shards).")
 @click.option("--store", default=None, type=click.Path(file_okay=False),
               help="feature store folder (created if absent).")
 @click.option("--runner", type=click.Choice(["ray", "local"]), default=None, help="executor (default: ray).")

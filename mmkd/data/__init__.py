@@ -28,11 +28,13 @@ from mmkd.data.readers import (
     detect_format,
     get_dataset,
     open_dataset,
+    resolve_data,
 )
+from mmkd.data.spec import DatasetSpec
 from mmkd.data.sample import Sample
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "FORMATS", "REASONS", "REF_SEP", "BadSample", "CsvDataset", "Dataset", "DatasetError",
+    "DEFAULT_MAX_PIXELS", "FORMATS", "REASONS", "REF_SEP", "BadSample", "CsvDataset", "Dataset", "DatasetError", "DatasetSpec",
     "JsonlDataset", "MmkdClipDataset", "ParquetDataset", "Sample", "WebDataset", "check_caption",
-    "datasets_from_config", "decode_image", "detect_format", "get_dataset", "open_dataset",
+    "datasets_from_config", "decode_image", "detect_format", "get_dataset", "open_dataset", "resolve_data",
 ]

@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmkd.data.images import BadSample
 from mmkd.data.sample import Sample
+
+if TYPE_CHECKING:
+    from mmkd.data.spec import DatasetSpec
 
 REF_SEP = "::"
 FINGERPRINT_VERSION = "mmkd-dataset-fp/1"
@@ -101,9 +105,15 @@ class Dataset(abc.ABC):
         """Value for ``Sample.source``: the dataset name, else the format."""
         return self.name
 
-    def spec(self) -> dict[str, Any]:
-        """Plain dict that ``open_dataset(**spec)`` turns back into this dataset (ship this to workers)."""
-        return {"path": self.uri, "format": self.format, "name": self.name, **self.options}
+    def spec(self) -> DatasetSpec:
+        """The :class:`~mmkd.data.spec.DatasetSpec` that ``open_dataset`` turns back into this dataset.
+
+        Ship ``spec().to_dict()`` to workers; the store records it whole.
+        """
+        from mmkd.data.spec import DatasetSpec
+
+        return DatasetSpec.parse({"path": self.uri, "format": self.format, "name": self.name, **self.options},
+                                 where=f"{self.format} dataset {self.uri!r}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(uri={self.uri!r}, name={self.name!r})"
@@ -152,15 +162,21 @@ class Dataset(abc.ABC):
             seen[sid] = entry.location
             yield entry
 
-    def fingerprint(self) -> str:
-        """Stable hash of the dataset's identity (see the module docstring for what it covers)."""
+    def fingerprint(self, limit: int | None = None) -> str:
+        """Stable hash of the dataset's identity (see the module docstring for what it covers).
+
+        Args:
+            limit: hash only the first ``limit`` samples (a trial store made with
+                ``--limit``); the result is then prefixed ``first-N:``.
+        """
         h = hashlib.sha256(f"{FINGERPRINT_VERSION}\n{self.format}\n".encode())
-        for e in self._checked_entries(hashes=False):
+        entries = self._checked_entries(hashes=False)
+        for e in (entries if limit is None else itertools.islice(entries, limit)):
             s = e.sample
             record = [s.sample_id, s.caption, s.image, str(e.size), json_labels(s.labels)]
             h.update(json.dumps(record, ensure_ascii=False).encode("utf-8"))
             h.update(b"\n")
-        return h.hexdigest()
+        return h.hexdigest() if limit is None else f"first-{limit}:{h.hexdigest()}"
 
     @abc.abstractmethod
     def read_image_bytes(self, ref: str) -> bytes:

@@ -18,10 +18,12 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mmkd.data.base import REF_SEP, Dataset, DatasetError, Sample
+from mmkd.data.spec import DatasetSpec
 from mmkd.data.parquet import ParquetDataset
 from mmkd.data.tables import (
     CsvDataset,
@@ -43,8 +45,8 @@ _TABLE_NAMES = ("meta.jsonl", "metadata.jsonl", "metadata.csv", "data.jsonl", "d
 
 __all__ = [
     "FORMATS", "REF_SEP", "CsvDataset", "Dataset", "DatasetError", "JsonlDataset", "MmkdClipDataset",
-    "ParquetDataset", "Sample", "WebDataset", "datasets_from_config", "detect_format", "get_dataset",
-    "open_dataset",
+    "DatasetSpec", "ParquetDataset", "Sample", "WebDataset", "datasets_from_config", "detect_format", "get_dataset",
+    "open_dataset", "resolve_data",
 ]
 
 
@@ -96,43 +98,45 @@ def _table_file(folder: Path) -> Path | None:
     return tables[0] if tables else None
 
 
-def open_dataset(path: str | os.PathLike | dict[str, Any], format: str | None = None, **options: Any) -> Dataset:
+def open_dataset(path: str | os.PathLike | Mapping[str, Any] | DatasetSpec, format: str | None = None,
+                 **options: Any) -> Dataset:
     """Open a dataset.
 
     Args:
-        path: a file, folder or shard pattern; or a spec mapping (as from
-            :meth:`Dataset.spec` or a ``datasets:`` entry) holding ``path`` and options.
+        path: a file, folder or shard pattern; a :class:`DatasetSpec`; or a spec
+            mapping (as from :meth:`Dataset.spec` or a ``datasets:`` entry).
         format: one of :data:`FORMATS`; detected from the path when ``None``.
-        **options: reader options, e.g. ``caption_column``, ``id_column``,
-            ``label_columns``, ``image_column``, ``root`` (folder formats),
-            ``caption_field``/``id_field``/``label_fields`` (webdataset),
-            ``hash_images``, ``name``.
+        **options: spec keys or reader keywords, e.g. ``root``, ``fields``,
+            ``caption_column``, ``label_columns``, ``caption_field``, ``hash_images``, ``name``.
 
     Raises:
-        DatasetError: unknown format, missing path, bad layout or options.
+        DatasetError: unknown format, missing path, bad layout, unknown key or option.
     """
-    if isinstance(path, dict):
-        spec = dict(path)
-        if "path" not in spec:
-            raise DatasetError(f"dataset spec {spec} has no 'path'")
-        path = spec.pop("path")
-        format = format or spec.pop("format", None)
-        spec.pop("format", None)
-        options = {**spec, **options}
-    options = {k: v for k, v in options.items() if v is not None}
-    fmt = format or detect_format(path)
+    if isinstance(path, DatasetSpec) and not format and not options:
+        spec = path
+    else:
+        base = path.to_dict() if isinstance(path, DatasetSpec) else (
+            dict(path) if isinstance(path, Mapping) else {"path": str(path)})
+        extra = {k: v for k, v in options.items() if v is not None}
+        if format:
+            extra["format"] = format
+        spec = DatasetSpec.parse({**base, **extra})
+    fmt = spec.format or detect_format(spec.path)
     if fmt not in FORMATS:
         raise DatasetError(f"unknown dataset format {fmt!r}; valid formats: {sorted(FORMATS)}")
     cls = FORMATS[fmt]
+    kwargs = spec.reader_kwargs(fmt)
     try:
         if issubclass(cls, TableDataset):
-            return _open_table(cls, Path(path), options)
-        return cls(path, **options)
+            return _open_table(cls, Path(spec.path), kwargs)
+        return cls(spec.path, **kwargs)
     except TypeError as e:
-        raise DatasetError(f"bad options {sorted(options)} for {fmt} dataset {str(path)!r}: {e}") from e
+        raise DatasetError(f"bad options {sorted(kwargs)} for {fmt} dataset {spec.path!r}: {e}") from e
 
 
 def _open_table(cls: type[Dataset], path: Path, options: dict[str, Any]) -> Dataset:
+    if not path.exists():
+        raise DatasetError(f"dataset path {str(path)!r} not found")
     uri = str(path.resolve())
     if path.is_dir():
         table = (path / "meta.jsonl") if cls is MmkdClipDataset else _table_file(path)
@@ -142,27 +146,62 @@ def _open_table(cls: type[Dataset], path: Path, options: dict[str, Any]) -> Data
     return cls(path, uri=uri, **options)
 
 
-def datasets_from_config(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The ``datasets:`` section as ``name -> spec`` with paths resolved against the pipelines file.
+def datasets_from_config(cfg: dict[str, Any]) -> dict[str, DatasetSpec]:
+    """The ``datasets:`` section as ``name -> spec``, paths resolved against the file that declared each.
 
     Raises:
-        DatasetError: an entry is not a mapping or has no ``path``.
+        DatasetError: an entry is not a mapping, has no ``path`` or has an unknown key.
     """
     from mmkd.config import resolve_path, section
 
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, DatasetSpec] = {}
     for name, entry in section(cfg, "datasets").items():
-        if not isinstance(entry, dict) or "path" not in entry:
+        if not isinstance(entry, dict):
             raise DatasetError(f"datasets entry {name!r} must be a mapping with a 'path' (got {entry!r})")
-        spec = dict(entry)
-        raw = str(spec["path"])
-        resolved = resolve_path(cfg, raw)
-        spec["path"] = str(resolved) if "{" not in raw else os.path.normpath(str(resolved))
-        if spec.get("root") is not None:
-            spec["root"] = str(resolve_path(cfg, spec["root"]))
-        spec.setdefault("name", name)
-        out[name] = spec
+        spec = DatasetSpec.parse({"name": name, **entry}, where=f"datasets entry {name!r}")
+        out[name] = _resolved(spec, lambda v, n=name: resolve_path(cfg, v, section="datasets", entry=n))
     return out
+
+
+def _resolved(spec: DatasetSpec, resolve: Any) -> DatasetSpec:
+    raw = spec.path
+    path = str(resolve(raw))
+    if "{" in raw or "*" in raw:
+        path = os.path.normpath(path)
+    root = None if spec.root is None else str(resolve(spec.root))
+    return DatasetSpec(path=path, format=spec.format, name=spec.name, root=root, fields=dict(spec.fields),
+                       options=dict(spec.options))
+
+
+def resolve_data(value: str | os.PathLike | Mapping[str, Any] | DatasetSpec, cfg: dict[str, Any] | None = None, *,
+                 base: Path | None = None) -> DatasetSpec:
+    """What ``--data VALUE`` names, as a spec: a ``datasets:`` name, a path or pattern, or a spec mapping.
+
+    Relative paths in a mapping resolve against ``base`` (the file that declared
+    it), else the working directory.
+
+    Raises:
+        DatasetError: not a declared name and not an existing path (the message
+            lists the declared names), or a malformed mapping.
+    """
+    from mmkd.config import expand, resolve_path, section
+
+    cfg = cfg or {}
+    if isinstance(value, DatasetSpec):
+        return value
+    if isinstance(value, Mapping):
+        return _resolved(DatasetSpec.parse(value), lambda v: resolve_path(None, v, base=base or Path.cwd()))
+    text = str(value)
+    declared = section(cfg, "datasets")
+    if text in declared:
+        return datasets_from_config(cfg)[text]
+    resolved = resolve_path(None, text, base=base or Path.cwd())
+    if not resolved.exists() and not any(ch in text for ch in "{*?["):
+        raise DatasetError(f"--data {text!r}: no such file or folder ({resolved}), and no dataset of that name is "
+                           f"declared under `datasets:` (declared: {sorted(declared)}); give an existing path or a "
+                           f"declared name")
+    path = str(resolved.resolve()) if resolved.exists() else os.path.normpath(expand(str(resolved)))
+    return DatasetSpec(path=path)
 
 
 def get_dataset(name: str, cfg: dict[str, Any], **overrides: Any) -> Dataset:
@@ -174,4 +213,4 @@ def get_dataset(name: str, cfg: dict[str, Any], **overrides: Any) -> Dataset:
     specs = datasets_from_config(cfg)
     if name not in specs:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {sorted(specs)} (see the datasets: section)")
-    return open_dataset({**specs[name], **overrides})
+    return open_dataset(specs[name], **overrides)

@@ -68,7 +68,7 @@ class TableDataset(Dataset):
         if missing:
             raise DatasetError(
                 f"{self.format} table {str(self.table)!r} lacks column(s) {missing}; it has {list(columns)}. "
-                f"Set image_column / caption_column / label_columns to the right names"
+                f"map the right names in the dataset spec: fields: {{image: ..., caption: ..., labels: [...]}}"
             )
 
     def _entries(self, *, hashes: bool = True) -> Iterator[Entry]:
@@ -187,6 +187,8 @@ class MmkdClipDataset(JsonlDataset):
         self.options["meta_labels"] = meta_labels
 
     def _extra_labels(self, row: dict[str, Any], labels: dict | None) -> dict | None:
+        if row.get("available_clips") is not None:  # the teachers the official data marks available
+            labels = {**(labels or {}), "available_clips": row["available_clips"]}
         metapath = row.get("metapath")
         if not self.meta_labels or not metapath:
             return labels

@@ -75,7 +75,7 @@ def extract_teachers(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelin
     """Every expert over the corpus into ``out/store`` (what ``mmkd extract`` runs)."""
     from mmkd.extract import ExtractJob, run_extract
 
-    job = ExtractJob(dataset={"path": corpus["train"], "format": "jsonl", "label_columns": ["modality", "label"]},
+    job = ExtractJob(data={"path": corpus["train"], "format": "jsonl", "fields": {"labels": ["modality", "label"]}},
                      teachers=list(cfg.experts), store=str(out / "store"), runner=cfg.runner, pipeline=pipelines,
                      batch_size=256, precision="fp32", workers=2, device="cpu", block_size=1024)
     summary = run_extract(job)

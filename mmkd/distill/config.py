@@ -1,8 +1,11 @@
 """Typed config of a distill run: pipelines.yaml ``distill:`` entry + command-line overrides.
 
 Resolution order (later wins): dataclass defaults, stage defaults (lr), the named
-``distill:`` entry, explicit overrides. The resolved config is saved next to the
-run as ``<out>/config.yaml``.
+``distill:`` entry, explicit overrides (merged by :func:`mmkd.config.merge_entry`,
+as every stage does). Optimizer and loss settings nest (``optim:``, ``loss:``);
+their flat names (``lr``, ``warmup_steps``, ``fd_weight``...) are accepted too, as
+the command-line flags are. The resolved config is saved next to the run as
+``<out>/config.yaml``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmkd.config import ConfigError, resolve_path, section
+from mmkd.config import ConfigError, merge_entry, resolve_path, section
+from mmkd.distill.losses import LossWeights
+from mmkd.distill.optim import OptimConfig
 
 KD_MODES = ("mmkd-clip", "multi")
 STAGE_LR = {1: 5e-5, 2: 1e-6}
@@ -33,7 +38,8 @@ class DistillConfig:
         epochs: epochs to run, may be fractional (exclusive with ``steps``).
         batch_size: rows per rank per micro-batch.
         grad_accum: micro-batches per optimizer step.
-        lr, weight_decay, beta1, beta2, eps, warmup_steps, min_lr: AdamW + cosine.
+        optim: AdamW + cosine settings (``lr`` ``None``: the stage's default).
+        loss: loss weights and the ICL multiplier.
         grad_clip: max grad norm (``None``/0: off).
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or ``fp32``.
         init: checkpoint / export folder / weights file to start the student from.
@@ -53,10 +59,10 @@ class DistillConfig:
         head: ``multi``: head kind, ``linear`` or ``mlp``.
         projections: ``mmkd-clip``: file with ``<teacher>.weight`` maps (else fixed random semi-orthogonal).
         train_projections: ``mmkd-clip``: learn the maps jointly instead of freezing them.
-        clip_weight, fd_weight, icl_weight, icl_scale: loss weights and the ICL multiplier.
         max_logit_scale: clamp of the learnable logit scale's exp.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        dataset: override of the image dataset the store points at (path / URI).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        data: where the store's dataset is now, when it moved from where the store
+            records it (format, root and field map are kept; the fingerprint is checked).
         progress: show a tqdm bar (rank 0).
     """
 
@@ -69,13 +75,8 @@ class DistillConfig:
     epochs: float | None = None
     batch_size: int = 64
     grad_accum: int = 1
-    lr: float | None = None
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    warmup_steps: int = 2000
-    min_lr: float = 0.0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=None))  # type: ignore[arg-type]
+    loss: LossWeights = field(default_factory=LossWeights)
     grad_clip: float | None = 1.0
     precision: str = "auto"
     init: str | None = None
@@ -94,13 +95,9 @@ class DistillConfig:
     head: str = "linear"
     projections: str | None = None
     train_projections: bool = False
-    clip_weight: float = 1.0
-    fd_weight: float = 50.0
-    icl_weight: float = 1.0
-    icl_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = 100.0
     device: str = "auto"
-    dataset: str | None = None
+    data: str | None = None
     progress: bool = True
     students_section: dict[str, Any] = field(default_factory=dict, repr=False)
     students_base_dir: str | None = field(default=None, repr=False)
@@ -130,20 +127,44 @@ class DistillConfig:
             raise ConfigError(f"distill: precision {self.precision!r} is unknown; use auto, bf16 or fp32")
         if self.head not in ("linear", "mlp"):
             raise ConfigError(f"distill: head {self.head!r} is unknown; use linear or mlp")
-        if self.lr is None:
-            self.lr = STAGE_LR[self.stage]
+        if self.optim.lr is None:
+            self.optim.lr = STAGE_LR[self.stage]
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (for ``config.yaml`` and checkpoints)."""
+        """Plain values, nested as the fields are (for ``config.yaml`` and checkpoints)."""
         d = dataclasses.asdict(self)
         d.pop("students_section")
         d.pop("students_base_dir")
         return d
 
 
-FIELDS = {f.name for f in dataclasses.fields(DistillConfig)} - {"students_section", "students_base_dir"}
-PATH_FIELDS = ("store", "out", "init", "projections", "dataset")
+# flat names (command-line flags, and accepted in entries) of the nested settings
+OPTIM_KEYS = {f.name: f.name for f in dataclasses.fields(OptimConfig)}
+LOSS_KEYS = {"clip_weight": "clip", "fd_weight": "fd", "icl_weight": "icl", "icl_scale": "icl_scale"}
+FIELDS = ({f.name for f in dataclasses.fields(DistillConfig)} - {"students_section", "students_base_dir"}
+          | set(OPTIM_KEYS) | set(LOSS_KEYS))
+PATH_FIELDS = ("store", "out", "init", "projections", "data")
+
+
+def _nest(values: dict[str, Any]) -> dict[str, Any]:
+    """Fold flat optimizer / loss keys into ``optim`` / ``loss`` objects (flat keys win over nested ones)."""
+    optim = dict(values.pop("optim", None) or {})
+    loss = dict(values.pop("loss", None) or {})
+    for flat, name in OPTIM_KEYS.items():
+        if flat in values:
+            optim[name] = values.pop(flat)
+    for flat, name in LOSS_KEYS.items():
+        if flat in values:
+            loss[name] = values.pop(flat)
+    for what, cls, given in (("optim", OptimConfig, optim), ("loss", LossWeights, loss)):
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(given) - valid)
+        if unknown:
+            raise ConfigError(f"distill: unknown {what} key(s) {unknown}; valid: {sorted(valid)}")
+    values["optim"] = OptimConfig(**{"lr": None, **optim})
+    values["loss"] = LossWeights(**loss)
+    return values
 
 
 def load_distill_config(pipelines: dict[str, Any] | None, run: str | None,
@@ -153,37 +174,24 @@ def load_distill_config(pipelines: dict[str, Any] | None, run: str | None,
     Args:
         pipelines: the mapping from :func:`mmkd.config.load_pipelines` (or ``None``).
         run: name of the ``distill:`` entry, or ``None`` for overrides only.
-        overrides: field -> value; ``None`` values are ignored (flag not given).
+        overrides: field -> value (flat or nested names); ``None`` values are ignored (flag not given).
 
     Raises:
         ConfigError: unknown entry or key, or invalid values.
     """
     pipelines = pipelines or {}
-    entries = section(pipelines, "distill")
-    values: dict[str, Any] = {}
-    if run is not None:
-        if run not in entries:
-            raise ConfigError(f"distill entry {run!r} not in pipelines file; entries: {sorted(entries)}")
-        values.update(entries[run] or {})
-        unknown = sorted(set(values) - FIELDS)
-        if unknown:
-            raise ConfigError(f"distill entry {run!r} has unknown keys {unknown}; valid keys: {sorted(FIELDS)}")
-        for key in PATH_FIELDS:
-            if values.get(key):
-                values[key] = str(resolve_path(pipelines, values[key]))
-        student = values.get("student")
-        if student and student not in section(pipelines, "students") and str(student).endswith(".json"):
-            values["student"] = str(resolve_path(pipelines, student))
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(values) - FIELDS)
-    if unknown:
-        raise ConfigError(f"distill: unknown option(s) {unknown}; valid: {sorted(FIELDS)}")
+    values = merge_entry(pipelines, "distill", run, overrides, allowed=FIELDS | {"optim", "loss"},
+                         path_keys=PATH_FIELDS, what="distill")
+    student = values.get("student")
+    if run is not None and student and student not in section(pipelines, "students") and str(student).endswith(
+            ".json") and "student" not in {k for k, v in overrides.items() if v is not None}:
+        values["student"] = str(resolve_path(pipelines, student, section="distill", entry=run))
     # a --steps flag replaces an entry's epochs bound, and --epochs its steps
     if overrides.get("steps") is not None:
         values["epochs"] = None
     if overrides.get("epochs") is not None:
         values["steps"] = None
-    cfg = DistillConfig(**values)
+    cfg = DistillConfig(**_nest(values))
     cfg.students_section = section(pipelines, "students")
     if pipelines.get("_path"):
         cfg.students_base_dir = str(Path(pipelines["_path"]).parent)

@@ -123,23 +123,24 @@ class SyntheticImages:
         return out
 
 
-def open_images(uri: str):
-    """The image dataset a store was built from (any format :mod:`mmkd.data` opens)."""
-    if uri.startswith("synthetic://"):
+def images_source(store: Any, data: str | None = None) -> dict[str, Any] | str:
+    """What a worker opens to read ``store``'s images: the recorded dataset spec (relocated to ``data`` and
+    fingerprint-checked when given), or ``synthetic://`` for synthetic stores."""
+    from mmkd.store.dataset import open_store_dataset
+
+    uri = str((store.manifest.get("dataset") or {}).get("uri") or "")
+    if uri.startswith("synthetic://") and data is None:
+        return uri
+    return open_store_dataset(store, data).spec().to_dict()
+
+
+def open_images(source: dict[str, Any] | str):
+    """A reader from :func:`images_source`'s value (opened in the process that reads)."""
+    if isinstance(source, str) and source.startswith("synthetic://"):
         return SyntheticImages()
-    if not uri:
-        raise ValueError("the store records no dataset URI; pass --dataset PATH to say where its images are")
     from mmkd.data import open_dataset
 
-    return open_dataset(uri)
-
-
-def store_dataset_uri(manifest: dict[str, Any]) -> str:
-    """The dataset URI recorded in a store manifest."""
-    ds = manifest.get("dataset")
-    if isinstance(ds, dict) and ds.get("uri"):
-        return str(ds["uri"])
-    return str(manifest.get("dataset_uri") or "")
+    return open_dataset(source)
 
 
 @dataclass
@@ -153,7 +154,7 @@ class DataSpec:
     rank: int = 0
     world_size: int = 1
     buffer_blocks: int = 8
-    dataset: str | None = None
+    data: str | None = None
     with_features: bool = False
 
 
@@ -176,7 +177,8 @@ class StoreBatches(IterableDataset):
         store = FeatureStore.open(spec.store)
         self.n, self.block_size = store.n, store.block_size
         self.dims = {t: store.dim(t) for t in spec.teachers}
-        self.uri = spec.dataset or store_dataset_uri(store.manifest)
+        self.images = images_source(store, spec.data)
+        self.uri = self.images if isinstance(self.images, str) else self.images["path"]
         self.batches_per_epoch = num_batches(self.n, spec.batch_size, spec.world_size)
         if self.batches_per_epoch == 0:
             raise ValueError(f"store {spec.store!r} has {self.n} rows, fewer than one global batch of "
@@ -199,7 +201,7 @@ class StoreBatches(IterableDataset):
                 "store": store,
                 "index": IndexReader(Path(self.spec.store) / "index.parquet",
                                      max_groups=max(self.spec.buffer_blocks, 2) + 1),
-                "images": open_images(self.uri),
+                "images": open_images(self.images),
             }
         return self._state
 

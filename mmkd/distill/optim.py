@@ -21,7 +21,7 @@ class OptimConfig:
         min_lr: floor of the cosine decay.
     """
 
-    lr: float = 5e-5
+    lr: float | None = 5e-5
     weight_decay: float = 0.2
     beta1: float = 0.9
     beta2: float = 0.98

@@ -17,16 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmkd.config import resolve_device
 from mmkd.distill import checkpoint as ckpt
 from mmkd.distill.config import DistillConfig
 from mmkd.distill.data import DataSpec, StoreBatches, make_loader
 from mmkd.distill.dist import DistEnv, cleanup_distributed, init_distributed
 from mmkd.distill.guard import no_teachers
 from mmkd.distill.heads import TeacherHeads, TeacherProjections
-from mmkd.distill.losses import LossWeights
 from mmkd.distill.metrics import MetricsLog, plot_losses
 from mmkd.distill.objective import DistillModule, compute_terms
-from mmkd.distill.optim import OptimConfig, build_optimizer, build_scheduler
+from mmkd.distill.optim import build_optimizer, build_scheduler
 from mmkd.distill.student import (
     build_student,
     export_student,
@@ -58,10 +58,10 @@ class DistillRecipe:
 
     def _setup_env(self) -> None:
         c = self.cfg
-        dev = c.device if c.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.env: DistEnv = init_distributed(dev)
+        dev = resolve_device(c.device)
+        self.env: DistEnv = init_distributed(dev.split(":")[0])
         self.device = torch.device(f"cuda:{self.env.local_rank}" if dev == "cuda" else dev)
-        self.autocast = c.precision == "bf16" or (c.precision == "auto" and dev == "cuda")
+        self.autocast = c.precision == "bf16" or (c.precision == "auto" and dev.startswith("cuda"))
         torch.manual_seed(c.seed)
         np.random.seed(c.seed % (1 << 32))
 
@@ -121,8 +121,7 @@ class DistillRecipe:
 
     def _setup_optimizer(self) -> None:
         c = self.cfg
-        self.optim_cfg = OptimConfig(lr=c.lr, weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2,
-                                     eps=c.eps, warmup_steps=c.warmup_steps, min_lr=c.min_lr)
+        self.optim_cfg = c.optim
         self.optimizer = build_optimizer({"student": self.module.student, "kd": self.module.kd or torch.nn.Module()},
                                          self.optim_cfg)
 
@@ -130,7 +129,7 @@ class DistillRecipe:
         c = self.cfg
         spec = DataSpec(store=c.store, batch_size=c.batch_size, seed=c.seed, teachers=self.teachers,
                         rank=self.env.rank, world_size=self.env.world_size, buffer_blocks=c.buffer_blocks,
-                        dataset=c.dataset, with_features=self.kd is not None)
+                        data=c.data, with_features=self.kd is not None)
         transform = self.student.train_transform if c.augment else self.student.eval_transform
         self.data = StoreBatches(spec, transform, self.student.tokenizer)
         per_epoch = self.data.batches_per_epoch
@@ -190,8 +189,8 @@ class DistillRecipe:
         with no_sync():
             with amp:
                 out = self.model(b["image"], b["text"], b.get("feats"), b.get("choice"))
-            terms = compute_terms(out, b, self.env, self.kd, LossWeights(c.clip_weight, c.fd_weight, c.icl_weight,
-                                  c.icl_scale), self.teachers, c.teacher_weights, c.standardize)
+            terms = compute_terms(out, b, self.env, self.kd, c.loss, self.teachers, c.teacher_weights,
+                                  c.standardize)
             (terms["total"] / c.grad_accum).backward()
         return {k: float(v.detach()) for k, v in terms.items()}
 

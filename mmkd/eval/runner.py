@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mmkd.config import ConfigError, resolve_path, section
+from mmkd.config import ConfigError, merge_entry, resolve_path, section
 from mmkd.eval.encoders import Encoder, StoreEncoder, StudentEncoder, TeacherEncoder
 from mmkd.eval.features import FeatureCache, SetFeatures, set_features
 from mmkd.eval.linear_probe import ProbeConfig, evaluate_linear_probe
@@ -69,29 +69,53 @@ def parse_tasks(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, .
     return TASKS if "all" in out else out
 
 
-def job_config(cfg: dict[str, Any], job: str) -> dict[str, Any]:
-    """One ``eval:`` job entry of pipelines.yaml (models, datasets, tasks, out, and EvalConfig fields).
+JOB_KEYS = ("models", "sets", "data", "label", "tasks", "out", "resamples", "seed", "knn_k", "batch_size", "device",
+            "cache_dir", "stores", "probe")
+_RUN_ONLY = ("models", "sets", "data", "label", "tasks", "out")
+
+
+@dataclass
+class EvalPlan:
+    """One resolved ``mmkd eval`` run: what to evaluate on what, where, with which settings."""
+
+    models: list[str]
+    sets: list[str | EvalSet]
+    out: str
+    config: EvalConfig
+
+
+def plan_eval(cfg: dict[str, Any], run: str | None, flags: dict[str, Any]) -> EvalPlan:
+    """Merge a named ``eval:`` entry with command-line flags (:func:`mmkd.config.merge_entry`) into a plan.
+
+    ``flags`` uses the entry's keys; list values (``models``, ``sets``, ``data``)
+    given on the command line replace the entry's, ``stores`` add to them. Each
+    ``data`` item (anything ``mmkd extract --data`` takes) becomes an eval set over
+    that data (:func:`mmkd.eval.sets.eval_set_from_data`), labelled by ``label``.
 
     Raises:
-        ConfigError: unknown job (lists the declared ones) or unknown keys.
+        ConfigError: unknown run or key, no ``out``, or data that cannot be opened.
     """
-    jobs = section(cfg, "eval")
-    if job not in jobs:
-        raise ConfigError(f"unknown eval job {job!r}; jobs under `eval:` in {cfg.get('_path')}: {sorted(jobs)}")
-    entry = dict(jobs[job] or {})
-    allowed = {"models", "datasets", "tasks", "out", "resamples", "seed", "knn_k", "batch_size", "device",
-               "cache_dir", "stores", "probe"}
-    unknown = sorted(set(entry) - allowed)
-    if unknown:
-        raise ConfigError(f"eval job {job!r}: unknown keys {unknown}; valid keys: {sorted(allowed)}")
-    if "probe" in entry:
+    from mmkd.eval.sets import eval_set_from_data
+
+    given = {k: (v or None) if isinstance(v, (list, tuple, dict)) else v for k, v in flags.items()}
+    cli_stores = given.pop("stores", None) or {}
+    entry = merge_entry(cfg, "eval", run, given, allowed=JOB_KEYS, path_keys=("out", "cache_dir"), what="eval run")
+    if run is not None and entry.get("stores"):
+        entry["stores"] = {k: str(resolve_path(cfg, v, section="eval", entry=run)) for k, v in entry["stores"].items()}
+    entry["stores"] = {**(entry.get("stores") or {}), **cli_stores}
+    if "probe" in entry and isinstance(entry["probe"], dict):
         entry["probe"] = ProbeConfig(**{k: tuple(v) if k == "l2_grid" else v for k, v in entry["probe"].items()})
-    for key in ("out", "cache_dir"):
-        if entry.get(key):
-            entry[key] = str(resolve_path(cfg, entry[key]))
-    if entry.get("stores"):
-        entry["stores"] = {k: str(resolve_path(cfg, v)) for k, v in entry["stores"].items()}
-    return entry
+    if not entry.get("out"):
+        raise ConfigError("eval: give --out DIR (or a --run whose entry has `out:`)")
+    data_sets = []
+    for value in entry.get("data") or []:
+        if run is not None and "data" not in given and isinstance(value, str) and value not in section(cfg, "datasets"):
+            value = str(resolve_path(cfg, value, section="eval", entry=run))
+        data_sets.append(eval_set_from_data(value, cfg, label_key=entry.get("label")))
+    settings = {k: v for k, v in entry.items() if k not in _RUN_ONLY}
+    ecfg = EvalConfig(tasks=parse_tasks(entry.get("tasks")), **settings)
+    return EvalPlan(models=list(entry.get("models") or []), sets=list(entry.get("sets") or []) + data_sets,
+                    out=str(entry["out"]), config=ecfg)
 
 
 class _Models:
@@ -157,13 +181,14 @@ def run_tasks(feats: SetFeatures, evalset: EvalSet, ecfg: EvalConfig) -> dict[st
     return out
 
 
-def evaluate(models: list[str], datasets: list[str], out: str | Path, *, cfg: dict[str, Any] | None = None,
+def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, *, cfg: dict[str, Any] | None = None,
              ecfg: EvalConfig | None = None) -> Results:
     """Evaluate models on eval sets and write ``results.json``, ``results.md`` and ``results.png`` to ``out``.
 
     Args:
         models: student export folders and/or teacher names.
-        datasets: eval-set names or spec paths (see :mod:`mmkd.eval.sets`).
+        datasets: eval-set names or spec paths (see :mod:`mmkd.eval.sets`), or built
+            :class:`EvalSet` objects (``mmkd eval --data``: :func:`mmkd.eval.sets.eval_set_from_data`).
         out: output folder.
         cfg: the loaded pipelines mapping.
         ecfg: run settings.
@@ -178,10 +203,11 @@ def evaluate(models: list[str], datasets: list[str], out: str | Path, *, cfg: di
 
     cfg, ecfg = cfg or {}, ecfg or EvalConfig()
     if not models or not datasets:
-        raise EvalError(f"need at least one --model and one --dataset; got models={models} datasets={datasets}")
+        raise EvalError(f"need at least one --model and one --set or --data; got models={models} sets={datasets}")
     out = Path(out)
     cache = FeatureCache(ecfg.cache_dir or out / "cache")
-    sets = [load_eval_set(d, cfg) for d in datasets]
+    sets = [d if isinstance(d, EvalSet) else load_eval_set(d, cfg) for d in datasets]
+    datasets = [s.name if isinstance(d, EvalSet) else d for d, s in zip(datasets, sets)]
     stray = sorted(set(ecfg.stores) - {s.name for s in sets})
     if stray:
         raise EvalError(f"stores given for {stray}, which are not among the eval sets {[s.name for s in sets]}; "

@@ -4,18 +4,22 @@ An eval set is a mapping, written under ``eval_sets:`` in pipelines.yaml or in a
 standalone ``.yaml``/``.json`` file (``mmkd/eval/sets/*.yaml`` ship with mmkd)::
 
     samples: modality9.jsonl          # one JSON object per sample (or ...)
-    dataset: my_dataset               # ... any extract reader: a `datasets:` name or URI
+    data: my_dataset                  # ... any image-caption data `mmkd extract --data` takes:
+                                      #     a `datasets:` name, a path, or a dataset spec mapping
     root: fixtures:modality-examples  # folder that `samples` image paths are relative to
     fields: {id: id, image: image, caption: caption, label: label, split: split}
-    label_key: modality               # with `dataset:`: key in each sample's labels
+    label_key: modality               # with `data:`: key in each sample's labels
     classes: [ct, mri, ...]           # label order; default: sorted distinct labels
     class_prompts: {ct: a CT scan}    # text put into the templates; default: class name
     templates: ["a {} image."]        # zero-shot prompts, several per class, averaged
     store: path/to/store              # optional: a feature store built over this set
 
 Paths are relative to the file that declares them; ``fixtures:<rel>`` resolves
-against ``$MMKD_FIXTURES`` (default ``<repo>/../shared/fixtures``). Labels may be
-class names or integer indices into ``classes``; ``split`` (train/val/test) is optional.
+against ``$MMKD_FIXTURES`` (``mmkd --fixtures DIR``; default ``../shared/fixtures``
+beside a source checkout). A set whose files are absent is refused up front with the
+missing files named. Labels may be class names or integer indices into ``classes``;
+``split`` (train/val/test) is optional. ``mmkd eval --data`` builds a set from any
+image-caption data (:func:`eval_set_from_data`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "sets"
 DEFAULT_FIELDS = {"id": "id", "image": "image", "caption": "caption", "label": "label", "split": "split"}
-SPEC_KEYS = {"description", "samples", "dataset", "root", "fields", "label_key", "classes", "class_prompts",
+SPEC_KEYS = {"description", "samples", "data", "root", "fields", "label_key", "classes", "class_prompts",
              "templates", "store", "spec"}
 SPLITS = ("train", "val", "test")
 
@@ -65,7 +69,7 @@ class EvalSet:
     root: Path | None = None
     store: Path | None = None
     source: str = ""
-    reader: Any = None  # an mmkd.data Dataset for `dataset:` sets
+    reader: Any = None  # an mmkd.data Dataset for `data:` sets
 
     @property
     def labelled(self) -> bool:
@@ -131,17 +135,10 @@ class EvalSet:
         return h.hexdigest()[:16]
 
 
-def fixtures_root() -> Path:
-    """``$MMKD_FIXTURES``, else ``<repo>/../shared/fixtures``."""
-    env = os.environ.get("MMKD_FIXTURES")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "fixtures"
-
-
 def _resolve(value: str, base: Path) -> Path:
-    if value.startswith("fixtures:"):
-        return fixtures_root() / value[len("fixtures:"):]
-    p = Path(os.path.expandvars(os.path.expanduser(value)))
-    return p if p.is_absolute() else base / p
+    from mmkd.config import resolve_path
+
+    return resolve_path(None, value, base=base)
 
 
 def builtin_sets() -> dict[str, Path]:
@@ -163,9 +160,11 @@ def load_eval_set(name_or_path: str, cfg: dict[str, Any] | None = None) -> EvalS
     declared = section(cfg, "eval_sets")
     if name_or_path in declared:
         spec = dict(declared[name_or_path] or {})
-        base = Path(cfg["_path"]).parent if "_path" in cfg else Path.cwd()
+        base = resolve_path(cfg, ".", section="eval_sets", entry=name_or_path)
         if "spec" in spec:
-            spec_path = resolve_path(cfg, spec.pop("spec"))
+            ref = str(spec.pop("spec"))
+            spec_path = builtin_sets()[ref] if ref in builtin_sets() else resolve_path(
+                cfg, ref, section="eval_sets", entry=name_or_path)
             return _from_spec_file(spec_path, cfg, name=name_or_path, overrides=spec)
         return build_eval_set(name_or_path, spec, base, cfg)
     if name_or_path in builtin_sets():
@@ -194,8 +193,9 @@ def build_eval_set(name: str, spec: dict[str, Any], base: Path, cfg: dict | None
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
         raise ConfigError(f"eval set {name!r}: unknown keys {unknown}; valid keys: {sorted(SPEC_KEYS)}")
-    if ("samples" in spec) == ("dataset" in spec):
-        raise ConfigError(f"eval set {name!r} needs exactly one of `samples:` (a jsonl) or `dataset:` (a reader)")
+    if ("samples" in spec) == ("data" in spec):
+        raise ConfigError(f"eval set {name!r} needs exactly one of `samples:` (a jsonl) or `data:` (image-caption "
+                          f"data, as `mmkd extract --data` takes)")
     root = _resolve(str(spec["root"]), base) if spec.get("root") else None
     reader = None
     if "samples" in spec:
@@ -205,7 +205,7 @@ def build_eval_set(name: str, spec: dict[str, Any], base: Path, cfg: dict | None
         source = source or str(samples_path)
     else:
         reader, raw = _read_dataset(spec, cfg or {}, name, base)
-        source = source or str(spec["dataset"])
+        source = source or str(spec["data"])
     classes = [str(c) for c in spec.get("classes") or sorted({str(r["label"]) for r in raw if r["label"] is not None})]
     prompts = spec.get("class_prompts") or {}
     if not isinstance(prompts, dict) or set(prompts) - set(classes):
@@ -218,15 +218,34 @@ def build_eval_set(name: str, spec: dict[str, Any], base: Path, cfg: dict | None
         raise ConfigError(f"eval set {name!r}: {with_split} of {len(items)} samples have a `split`; give every "
                           "sample one (train / val / test) or none (the probes then cross-fit)")
     templates = [str(t) for t in spec.get("templates") or DEFAULT_TEMPLATES]
+    if reader is None:
+        _check_images(name, root, raw, source)
     return EvalSet(name=name, items=items, class_names=classes, prompt_names=[str(prompts.get(c, c)) for c in classes],
                    templates=templates, root=root, reader=reader, source=source,
                    store=_resolve(str(spec["store"]), base) if spec.get("store") else None)
 
 
+def _missing_hint() -> str:
+    from mmkd.config import fixtures_root
+
+    return (f"fixtures: paths point into {str(fixtures_root())!r}; set MMKD_FIXTURES=DIR or pass "
+            f"`mmkd --fixtures DIR eval ...` (or `mmkd eval --fixtures DIR`) to the folder holding them")
+
+
+def _check_images(name: str, root: Path, raw: list[dict[str, Any]], source: str) -> None:
+    """Refuse a set whose image files are absent, naming them (a wrong root or fixtures folder)."""
+    missing = [str(root / r["image"]) for r in raw if not (root / str(r["image"])).is_file()]
+    if missing and len(missing) == len(raw):
+        raise ConfigError(f"eval set {name!r} ({source}): none of its {len(raw)} image files exist under "
+                          f"{str(root)!r} (e.g. {missing[0]!r}); {_missing_hint()}")
+    if missing:
+        log.warning("eval set %r: %d of %d image files absent (e.g. %s); they are skipped as unreadable",
+                    name, len(missing), len(raw), missing[0])
+
+
 def _read_jsonl(path: Path, name: str, fields: dict[str, str]) -> list[dict[str, Any]]:
     if not path.is_file():
-        raise ConfigError(f"eval set {name!r}: samples file {str(path)!r} not found "
-                          f"(fixtures: paths use $MMKD_FIXTURES, now {str(fixtures_root())!r})")
+        raise ConfigError(f"eval set {name!r}: samples file {str(path)!r} not found; {_missing_hint()}")
     rows = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -243,18 +262,13 @@ def _read_jsonl(path: Path, name: str, fields: dict[str, str]) -> list[dict[str,
 
 
 def _read_dataset(spec: dict, cfg: dict, name: str, base: Path) -> tuple[Any, list[dict[str, Any]]]:
-    from mmkd.data import DatasetError, get_dataset, open_dataset
+    from mmkd.data import DatasetError, open_dataset, resolve_data
 
-    ds = spec["dataset"]
+    ds = spec["data"]
     try:
-        if isinstance(ds, str) and ds in section(cfg, "datasets"):
-            dataset = get_dataset(ds, cfg)
-        elif isinstance(ds, dict):
-            dataset = open_dataset({**ds, "path": str(_resolve(str(ds.get("path", "")), base))})
-        else:
-            dataset = open_dataset(_resolve(str(ds), base))
+        dataset = open_dataset(resolve_data(ds, cfg, base=base))
     except DatasetError as e:
-        raise ConfigError(f"eval set {name!r}: cannot open dataset {ds!r}: {e}") from e
+        raise ConfigError(f"eval set {name!r}: cannot open data {ds!r}: {e}") from e
     key = spec.get("label_key")
     rows = []
     for s in dataset.samples():
@@ -283,3 +297,23 @@ def _item(r: dict[str, Any], classes: list[str], name: str) -> EvalItem:
         raise ConfigError(f"eval set {name!r}: sample {r['id']!r} has split {split!r}; valid: {list(SPLITS)}")
     caption = r.get("caption")
     return EvalItem(str(r["id"]), str(r["image"]), str(caption) if caption else None, label_idx, split)
+
+
+def eval_set_from_data(data: Any, cfg: dict[str, Any] | None = None, *, label_key: str | None = None,
+                       name: str | None = None) -> EvalSet:
+    """An eval set over any image-caption data ``mmkd extract --data`` takes (``mmkd eval --data``).
+
+    Retrieval runs on its captions; zero-shot, linear probe and kNN too when
+    ``label_key`` names a label every sample has (classes: the distinct values).
+
+    Raises:
+        ConfigError: the data cannot be opened, or a sample lacks ``label_key``.
+    """
+    if name is None:
+        text = str(data.get("name") or data.get("path")) if isinstance(data, dict) else str(data)
+        p = Path(text.rstrip("/"))
+        name = p.parent.name if p.name in ("meta.jsonl", "metadata.jsonl", "data.jsonl") else (p.stem or p.name)
+    spec: dict[str, Any] = {"data": data}
+    if label_key:
+        spec["label_key"] = label_key
+    return build_eval_set(name, spec, Path.cwd(), cfg or {}, source=str(data))

@@ -1,7 +1,7 @@
 """mmkd.extract: teachers (registry + loaders) and the extract runners (datasets: mmkd.data).
 
     from mmkd.extract import ExtractJob, run_extract
-    summary = run_extract(ExtractJob(dataset="mmkd-clip-demo", teachers=["biomedclip"],
+    summary = run_extract(ExtractJob(data="mmkd-clip-demo", teachers=["biomedclip"],
                                      store="stores/demo", runner="local"))
 
 Sub-packages: :mod:`mmkd.extract.teachers`,

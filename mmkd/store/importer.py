@@ -12,8 +12,6 @@ fewer). ``.pt`` files are only ever read with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
@@ -48,24 +46,24 @@ def teacher_name(key: str) -> str:
     return TEACHER_KEYS.get(key) or re.sub(r"[^a-z0-9_]+", "_", key.lower())
 
 
-def read_meta(src: Path) -> list[dict[str, Any]]:
-    """Parse ``meta.jsonl``; an unreadable line is an error naming its line number."""
-    meta = src / "meta.jsonl"
-    if not meta.is_file():
-        raise StoreError(f"{str(src)!r} is not an MMKD-CLIP layout: {meta} not found")
-    records = []
-    for i, line in enumerate(meta.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            missing = [k for k in ("id", "imgpath", "txt") if k not in rec]
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{meta}:{i}: not valid JSON ({e})") from e
-        if missing:
-            raise StoreError(f"{meta}:{i}: record lacks {missing}; each line needs id, imgpath, txt")
-        records.append(rec)
-    return records
+def open_layout(src: Path):
+    """The official layout's ``meta.jsonl`` through the one reader mmkd has for it (:class:`mmkd.data.MmkdClipDataset`).
+
+    Labels: ``available_clips`` and the BIOMEDICA metadata labels; the image
+    SHA-256 is filled. The same reader (so the same sample ids, captions, labels
+    and fingerprint) is what ``mmkd extract --data <src>`` uses.
+
+    Raises:
+        StoreError: ``src`` is not an MMKD-CLIP layout, or its meta.jsonl is malformed.
+    """
+    from mmkd.data import DatasetError, open_dataset
+
+    if not (src / "meta.jsonl").is_file():
+        raise StoreError(f"{str(src)!r} is not an MMKD-CLIP layout: {src / 'meta.jsonl'} not found")
+    try:
+        return open_dataset({"path": str(src), "format": "mmkd-clip", "options": {"hash_images": True}})
+    except DatasetError as e:
+        raise StoreError(f"cannot import {str(src)!r}: {e}") from e
 
 
 def load_feature_file(path: Path) -> dict[str, np.ndarray]:
@@ -94,19 +92,6 @@ def load_feature_file(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _sample(src: Path, rec: dict[str, Any]) -> Sample:
-    img = src / rec["imgpath"]
-    sha = hashlib.sha256(img.read_bytes()).hexdigest() if img.is_file() else None
-    labels: dict[str, Any] = {"available_clips": rec.get("available_clips", [])}
-    meta = src / rec["metapath"] if rec.get("metapath") else None
-    if meta is not None and meta.is_file():
-        m = json.loads(meta.read_text())
-        for key in ("image_primary_label", "image_secondary_label", "image_panel_type"):
-            if key in m:
-                labels[key] = m[key]
-    return Sample(str(rec["id"]), str(rec["txt"]), str(rec["imgpath"]), sha, "mmkd-clip", labels)
-
-
 def import_mmkd(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -128,14 +113,20 @@ def import_mmkd(
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:
         raise StoreError(f"destination {str(dst)!r} exists; choose a new path or pass overwrite=True")
-    records = read_meta(src)
-    samples = [_sample(src, r) for r in records]
+    from mmkd.data import DatasetError
+
+    ds = open_layout(src)
+    try:
+        samples = list(ds.samples())
+        fingerprint = ds.fingerprint()
+    except DatasetError as e:
+        raise StoreError(f"cannot import {str(src)!r}: {e}") from e
     tmp = dst.with_name(f".{dst.name}.importing-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        store = FeatureStore.create(tmp, samples, block_size=block_size, dataset_uri=str(src.resolve()),
-                                    dataset_fingerprint=_meta_fingerprint(src))
-        _import_blocks(store, src, records, with_projected)
+        store = FeatureStore.create(tmp, samples, block_size=block_size, dataset_uri=ds.uri,
+                                    dataset_fingerprint=fingerprint, dataset_spec=ds.spec().to_dict())
+        _import_blocks(store, ds.root, samples, with_projected)
         for t in store.teachers:
             store.compute_stats(t)
     except BaseException:
@@ -144,27 +135,24 @@ def import_mmkd(
     if dst.exists():
         shutil.rmtree(dst)
     os.replace(tmp, dst)
-    log.info("imported %d samples from %s into %s", len(records), src, dst)
+    log.info("imported %d samples from %s into %s", len(samples), src, dst)
     return FeatureStore.open(dst, mode="a")
 
 
-def _meta_fingerprint(src: Path) -> str:
-    return hashlib.sha256((src / "meta.jsonl").read_bytes()).hexdigest()
-
-
-def _import_blocks(store: FeatureStore, src: Path, records: list[dict], with_projected: bool) -> None:
+def _import_blocks(store: FeatureStore, root: Path, samples: list[Sample], with_projected: bool) -> None:
     files = [(RAW_FILE, "")] + ([(PROJ_FILE, "_proj512")] if with_projected else [])
     for block in range(store.num_blocks):
         start, stop = store.block_range(block)
         feats: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         failures = []
         for row in range(start, stop):
-            rec = records[row]
-            folder = src / "features" / str(rec.get("folderid", "")) / str(rec["id"])
+            sample = samples[row]
+            # features/<folderid>/<id>/: the .pt files lie beside the sample's image
+            folder = (root / sample.image).parent
             for fname, suffix in files:
                 path = folder / fname
                 if not path.is_file():
-                    failures.append({"sample_id": rec["id"], "row": row, "reason": "missing_features",
+                    failures.append({"sample_id": sample.sample_id, "row": row, "reason": "missing_features",
                                      "detail": f"{path} not found"})
                     continue
                 for t, (img, txt) in _pairs(load_feature_file(path), path).items():

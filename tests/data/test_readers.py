@@ -240,12 +240,12 @@ def test_pipelines_datasets_section(mmkd_demo_dir: Path, tmp_path: Path) -> None
     assert ds.name == "mmkd-clip-demo" and len(list(ds.samples())) == 8
     assert {s.source for s in ds.samples()} == {"mmkd-clip-demo"}
     for name, spec in specs.items():  # every configured dataset present here opens
-        if Path(spec["path"]).exists():
-            assert get_dataset(name, cfg).format == spec.get("format", detect_format(spec["path"]))
+        if Path(spec.path).exists():
+            assert get_dataset(name, cfg).format == (spec.format or detect_format(spec.path))
     with pytest.raises(DatasetError, match="valid names: .*mmkd-clip-demo"):
         get_dataset("nope", cfg)
     local = {"_path": str(tmp_path / "p.yaml"), "datasets": {"x": {"path": "d", "format": "jsonl"}}}
-    assert datasets_from_config(local)["x"]["path"] == str(tmp_path / "d")
+    assert datasets_from_config(local)["x"].path == str(tmp_path / "d")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -48,7 +48,8 @@ def make_store(root: Path, n: int = 48, block_size: int = 16, invalid: float = 0
 
     table = make_image_folder(root / "data", n, seed)
     ds = open_dataset(str(table))
-    store = FeatureStore.create(root / "store", ds.samples(), block_size=block_size, dataset_uri=str(table))
+    store = FeatureStore.create(root / "store", ds.samples(), block_size=block_size, dataset_uri=ds.uri,
+                                dataset_fingerprint=ds.fingerprint(), dataset_spec=ds.spec().to_dict())
     rng = np.random.default_rng(seed)
     for t, d in TEACHER_DIMS.items():
         store.add_teacher(t, d, {"loader": "synthetic"})

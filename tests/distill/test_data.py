@@ -113,10 +113,26 @@ def test_unreadable_image_is_masked(tiny_store, student, tmp_path):
     store = FeatureStore.open(tiny_store)
     data = tmp_path / "data"
     shutil.copytree(tiny_store.parent / "data", data)
-    (data / "img" / "0003.png").write_bytes(b"not a png")
-    ds = _ds(tiny_store, student, dataset=str(data / "captions.jsonl"))
+    bad = data / "img" / "0003.png"
+    bad.write_bytes(b"x" * bad.stat().st_size)  # same size: the dataset's fingerprint still matches the store's
+    ds = _ds(tiny_store, student, data=str(data / "captions.jsonl"))
     ds.set_epoch(0)
     row = int(store.rows(["s0003"])[0])
     batch = next(b for b in make_loader(ds, 0) if row in b["rows"].tolist())
     i = batch["rows"].tolist().index(row)
     assert not batch["ok"][i] and batch["ok"].sum() == 7
+
+
+def test_relocated_data_keeps_spec_and_checks_fingerprint(tiny_store, student, tmp_path):
+    """--data only relocates: the recorded spec is reused, and other samples are refused by fingerprint."""
+    import shutil
+
+    from mmkd.store import StoreError
+
+    data = tmp_path / "moved"
+    shutil.copytree(tiny_store.parent / "data", data)
+    ds = _ds(tiny_store, student, data=str(data / "captions.jsonl"))
+    assert ds.images["path"] == str(data / "captions.jsonl")
+    (data / "img" / "0003.png").write_bytes(b"not a png")  # another size: another dataset
+    with pytest.raises(StoreError, match=r"fingerprint [0-9a-f]{16} != recorded [0-9a-f]{16}"):
+        _ds(tiny_store, student, data=str(data / "captions.jsonl"))

@@ -94,8 +94,8 @@ def test_two_process_gloo_ddp_matches_single_process(tiny_store, student_json, t
 
 def test_tiny_teachers_extract_then_distill_both_stages(tmp_path):
     """The issue's end-to-end: 2 tiny teachers -> store -> stage 1 -> stage 2 (in a teacher-free process)."""
-    tiny = pytest.importorskip("mmkd.extract.tiny")
-    runners = pytest.importorskip("mmkd.extract.runners.run")
+    from mmkd.extract import tiny
+    from mmkd.extract.runners import run as runners
     from mmkd.distill.config import load_distill_config
     from mmkd.distill.recipe import distill
     from mmkd.extract.runners.job import ExtractJob
@@ -105,7 +105,7 @@ def test_tiny_teachers_extract_then_distill_both_stages(tmp_path):
     table = make_image_folder(tmp_path / "data", 32)
     specs = tiny.make_tiny_teachers(tmp_path / "teachers", kinds=("open_clip", "transformers"), dim=32)
     pipelines = tiny.write_pipelines(tmp_path / "pipelines.yaml", specs)
-    runners.run_extract(ExtractJob(dataset=str(table), teachers=list(specs), store=str(tmp_path / "store"),
+    runners.run_extract(ExtractJob(data=str(table), teachers=list(specs), store=str(tmp_path / "store"),
                                    runner="local", pipeline=str(pipelines), device="cpu", precision="fp32",
                                    batch_size=8, workers=1, block_size=16))
     student = tmp_path / "student.json"

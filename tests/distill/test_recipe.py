@@ -96,7 +96,7 @@ def test_stage2_unknown_teacher_is_an_error(tiny_store, student_json, tmp_path):
 
 
 def test_stage2_on_imported_fixture_store(mmkd_demo_dir, student_json, tmp_path):
-    mmkd_store = pytest.importorskip("mmkd.store")
+    import mmkd.store as mmkd_store
     if not hasattr(mmkd_store, "import_mmkd"):
         pytest.skip("mmkd.store.import_mmkd not available yet")
     store = mmkd_store.import_mmkd(mmkd_demo_dir, tmp_path / "store", with_projected=False)

@@ -40,7 +40,7 @@ def student_dir(tmp_path_factory) -> Path:
 
 def test_student_export_end_to_end_via_cli(student_dir, modality_dir, mmkd_demo_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    args = ["eval", "--model", str(student_dir), "--dataset", "modality9", "--dataset", "mmkd_demo",
+    args = ["eval", "--model", str(student_dir), "--set", "modality9", "--set", "mmkd_demo",
             "--out", str(out), "--resamples", "200"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
@@ -68,14 +68,14 @@ def test_student_export_end_to_end_via_cli(student_dir, modality_dir, mmkd_demo_
 
 
 def test_cli_errors_name_the_problem(tmp_path, student_dir):
-    res = CliRunner().invoke(main, ["eval", "--model", "no_such_teacher", "--dataset", "modality9",
+    res = CliRunner().invoke(main, ["eval", "--model", "no_such_teacher", "--set", "modality9",
                                     "--out", str(tmp_path)])
     assert res.exit_code != 0 and "no_such_teacher" in res.output
-    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--dataset", "nope", "--out", str(tmp_path)])
+    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--set", "nope", "--out", str(tmp_path)])
     assert res.exit_code != 0 and "nope" in res.output and "modality9" in res.output
-    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--dataset", "modality9"])
+    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--set", "modality9"])
     assert res.exit_code != 0 and "--out" in res.output
-    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--dataset", "modality9",
+    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--set", "modality9",
                                     "--task", "retrieval", "--out", str(tmp_path)])
     assert res.exit_code != 0 and "retrieval needs captions" in res.output
 
@@ -174,9 +174,9 @@ def test_real_teacher_features_from_imported_store(mmkd_demo_dir, tmp_path):
 
 
 def test_store_for_unknown_set_is_refused(student_dir, tmp_path):
-    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--dataset", "modality9",
+    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--set", "modality9",
                                     "--store", "modality=/x", "--out", str(tmp_path)])
     assert res.exit_code != 0 and "'modality'" in res.output
-    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--dataset", "modality9",
+    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--set", "modality9",
                                     "--store", "modality9", "--out", str(tmp_path)])
-    assert res.exit_code != 0 and "DATASET=STORE_PATH" in res.output
+    assert res.exit_code != 0 and "SET=STORE_PATH" in res.output

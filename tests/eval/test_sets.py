@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmkd.config import ConfigError, load_pipelines
-from mmkd.eval.runner import job_config
+from mmkd.eval.runner import plan_eval
 from mmkd.eval.sets import builtin_sets, build_eval_set, load_eval_set
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,9 +36,9 @@ def test_every_pipelines_eval_block_loads(fixtures_dir):
     for name in cfg.get("eval_sets") or {}:
         assert load_eval_set(name, cfg).items
     for job in cfg.get("eval") or {}:
-        entry = job_config(cfg, job)
-        assert entry["models"] and entry["datasets"]
-        for ds in entry["datasets"]:
+        plan = plan_eval(cfg, job, {})
+        assert plan.models and plan.sets and plan.out
+        for ds in plan.sets:
             load_eval_set(ds, cfg)
 
 
@@ -54,6 +54,8 @@ def test_jsonl_path_with_int_labels_and_splits(tmp_path):
 
 def test_spec_file_with_class_prompts_and_fingerprint_change(tmp_path):
     (tmp_path / "s.jsonl").write_text('{"image": "x.png", "label": "cat"}\n{"image": "y.png", "label": "dog"}\n')
+    for name in ("x.png", "y.png"):
+        (tmp_path / name).write_bytes(b"")  # present (never decoded here)
     spec = {"samples": "s.jsonl", "classes": ["dog", "cat"], "class_prompts": {"cat": "a feline"},
             "templates": ["{}."]}
     (tmp_path / "pets.yaml").write_text(json.dumps(spec))
@@ -83,7 +85,7 @@ def test_unknown_name_lists_known_sets():
 
 
 def test_reader_backed_set_uses_labels(mmkd_demo_dir):
-    s = build_eval_set("demo", {"dataset": str(mmkd_demo_dir), "label_key": "image_panel_type"}, Path.cwd())
+    s = build_eval_set("demo", {"data": str(mmkd_demo_dir), "label_key": "image_panel_type"}, Path.cwd())
     assert s.labelled and s.captioned and len(s.items) == 8 and s.reader is not None
     assert s.load_image(s.items[0]).size[0] > 0
 

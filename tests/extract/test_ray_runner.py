@@ -28,7 +28,7 @@ def setup(tmp_path_factory, modality_dir):
 
 
 def _job(setup, store, **kw) -> ExtractJob:
-    values = dict(dataset="modality", teachers=TEACHERS, store=str(store), pipeline=setup["pipelines"],
+    values = dict(data="modality", teachers=TEACHERS, store=str(store), pipeline=setup["pipelines"],
                   block_size=2, batch_size=2, workers=2)
     return ExtractJob(**{**values, **kw})
 

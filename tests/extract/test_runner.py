@@ -45,7 +45,7 @@ def teachers(setup):
 
 
 def _job(setup, store, **kw) -> ExtractJob:
-    values = dict(dataset="demo", teachers=["all"], store=str(store), runner="local", pipeline=setup["pipelines"],
+    values = dict(data="demo", teachers=["all"], store=str(store), runner="local", pipeline=setup["pipelines"],
                   block_size=3, batch_size=2, workers=2)
     return ExtractJob(**{**values, **kw})
 
@@ -96,7 +96,7 @@ def test_demo_features_equal_teachers_run_directly(setup, teachers, demo_store):
 def test_modality_images_and_bad_samples(setup, teachers):
     path = setup["root"] / "modality-store"
     pick = {k: teachers[k] for k in ("tiny_open_clip", "tiny_medclip", "tiny_transformers")}
-    summary = run_extract(_job(setup, path, dataset="modality", teachers=list(pick), block_size=4))
+    summary = run_extract(_job(setup, path, data="modality", teachers=list(pick), block_size=4))
     store = FeatureStore.open(path)
     assert store.n == 16
     for t in summary.teachers:
@@ -158,16 +158,16 @@ def test_other_weights_refused_on_resume(setup, demo_store, tmp_path):
 def test_fingerprint_and_limit_mismatch_refused(setup, tmp_path, modality_dir):
     jsonl = modality_dataset(modality_dir, tmp_path / "data", bad=False)
     store = tmp_path / "store"
-    first = run_extract(_job(setup, store, dataset=str(jsonl), teachers=["tiny_open_clip"], limit=5))
+    first = run_extract(_job(setup, store, data=str(jsonl), teachers=["tiny_open_clip"], limit=5))
     assert first.num_samples == 5 and FeatureStore.open(store).n == 5
-    assert run_extract(_job(setup, store, dataset=str(jsonl), teachers=["tiny_open_clip"], limit=5)).noop
+    assert run_extract(_job(setup, store, data=str(jsonl), teachers=["tiny_open_clip"], limit=5)).noop
     with pytest.raises(ExtractError, match=r"first 5 samples \(--limit 5\).*asks for all samples.*--limit 5"):
-        run_extract(_job(setup, store, dataset=str(jsonl), teachers=["tiny_open_clip"]))
+        run_extract(_job(setup, store, data=str(jsonl), teachers=["tiny_open_clip"]))
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     rows[2]["caption"] = "an edited caption"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ExtractError, match="does not match store.*new --store"):
-        run_extract(_job(setup, store, dataset=str(jsonl), teachers=["tiny_transformers"], limit=5))
+        run_extract(_job(setup, store, data=str(jsonl), teachers=["tiny_transformers"], limit=5))
 
 
 def test_extract_into_imported_store(setup, teachers, tmp_path):
@@ -185,20 +185,20 @@ def test_extract_into_imported_store(setup, teachers, tmp_path):
 
 
 def test_job_from_config_runs_and_overrides(setup, tmp_path):
-    extract = {"demo-run": {"dataset": "demo", "teachers": ["tiny_open_clip"], "store": "stores/demo",
+    extract = {"demo-run": {"data": "demo", "teachers": ["tiny_open_clip"], "store": "stores/demo",
                             "runner": "local", "batch_size": 4, "precision": "fp32", "workers": 1},
-               "path-run": {"dataset": "modality/data.jsonl", "teachers": "all", "store": "/abs/store"}}
+               "path-run": {"data": "modality/data.jsonl", "teachers": "all", "store": "/abs/store"}}
     pipelines, _ = tiny_pipelines(tmp_path, setup["demo"], extract=extract, kinds=("open_clip",))
     cfg = load_pipelines(pipelines)
     job = job_from_config(cfg, "demo-run", batch_size=8, store=None)
     assert job.batch_size == 8 and job.workers == 1 and job.precision == "fp32" and job.name == "demo-run"
     assert job.store == str(tmp_path / "stores" / "demo") and job.pipeline == str(pipelines.resolve())
     path_job = job_from_config(cfg, "path-run", runner="local")
-    assert path_job.dataset == str(tmp_path / "modality" / "data.jsonl") and path_job.teachers == ["all"]
+    assert path_job.data == str(tmp_path / "modality" / "data.jsonl") and path_job.teachers == ["all"]
     assert path_job.runner == "local" and path_job.store == "/abs/store"
     with pytest.raises(ExtractError, match=r"unknown extract run 'nope'.*\['demo-run', 'path-run'\]"):
         job_from_config(cfg, "nope")
-    bad = tiny_pipelines(tmp_path / "bad", extract={"x": {"dataset": "d", "teachers": ["t"], "store": "s",
+    bad = tiny_pipelines(tmp_path / "bad", extract={"x": {"data": "d", "teachers": ["t"], "store": "s",
                                                          "batchsize": 3}}, kinds=("open_clip",))[0]
     with pytest.raises(ExtractError, match=r"unknown keys \['batchsize'\]"):
         job_from_config(load_pipelines(bad), "x")
@@ -216,14 +216,14 @@ def test_repo_pipelines_extract_entries_resolve():
     text = (REPO / "pipelines.yaml").read_text()
     for name in runs:
         job = job_from_config(cfg, name)
-        assert job.dataset in cfg["datasets"], (name, job.dataset)
+        assert job.data in cfg["datasets"], (name, job.data)
         assert resolve_teachers(job, cfg)
         assert f"# mmkd extract --run {name}\n" in text, f"run {name!r} lacks its command comment"
 
 
 def test_cli_extract_run_and_rerun(setup, tmp_path):
     store = tmp_path / "cli-store"
-    extract = {"tiny": {"dataset": "demo", "teachers": ["tiny_open_clip", "tiny_unimed_clip"],
+    extract = {"tiny": {"data": "demo", "teachers": ["tiny_open_clip", "tiny_unimed_clip"],
                         "store": str(store), "runner": "ray", "block_size": 4}}
     pipelines, _ = tiny_pipelines(tmp_path, setup["demo"], extract=extract, kinds=("open_clip", "unimed_clip"))
     from mmkd.cli import main
@@ -244,7 +244,7 @@ def test_cli_extract_run_and_rerun(setup, tmp_path):
 
 def test_sigkill_whole_extract_then_rerun_gives_identical_store(setup, tmp_path):
     reference = tmp_path / "reference"
-    job = dict(dataset="modality", teachers=["tiny_open_clip", "tiny_transformers"], block_size=1, batch_size=1)
+    job = dict(data="modality", teachers=["tiny_open_clip", "tiny_transformers"], block_size=1, batch_size=1)
     run_extract(_job(setup, reference, **job))
     store = tmp_path / "killed"
     cmd = [sys.executable, "-c", "from mmkd.cli import main; main()", "extract", "--pipeline", setup["pipelines"],
@@ -278,7 +278,7 @@ def test_block_worker_prefetch_hint_out_of_order(setup, demo_store, tmp_path):
     copy = tmp_path / "store"
     shutil.copytree(path, copy)
     shutil.rmtree(copy / "_progress" / "tiny_open_clip")
-    config = WorkerConfig(dataset=open_dataset(setup["demo"]).spec(), store=str(copy), batch_size=2, workers=2)
+    config = WorkerConfig(dataset=open_dataset(setup["demo"]).spec().to_dict(), store=str(copy), batch_size=2, workers=2)
     worker = BlockWorker(setup["specs"]["tiny_open_clip"], config)
     try:
         manifests = [worker.run_block(2, next_block=0), worker.run_block(1, next_block=0), worker.run_block(0)]

@@ -183,7 +183,8 @@ def test_minimal_entry_reads_everything_from_model(tmp_path, tiny):
 
 def test_write_pipelines_roundtrip_and_relative_paths(tmp_path, tiny, monkeypatch):
     path = write_pipelines(tmp_path / "pipelines.yaml", tiny)
-    assert teachers_from_config(load_pipelines(path)) == tiny
+    loaded = teachers_from_config(load_pipelines(path))
+    assert {n: loaded[n] for n in tiny} == tiny and "biomedclip" in loaded  # extends the shipped registry
     (tmp_path / "rel.yaml").write_text("teachers:\n  r: {loader: custom, arch: medclip, weights: w/m.pt, "
                                        "tokenizer: ./tok}\n  e: {loader: custom, arch: pmc_clip, "
                                        "weights: '${MMKD_TEST_W:-/nowhere}/c.pt', tokenizer: t/t}\n")

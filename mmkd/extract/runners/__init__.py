@@ -9,9 +9,8 @@
 
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig
 from mmkd.extract.runners.job import ExtractError, ExtractJob, job_from_config
-from mmkd.extract.runners.prepare import dataset_fingerprint
 from mmkd.extract.runners.run import run_extract
 from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
 
 __all__ = ["BlockWorker", "ExtractError", "ExtractJob", "ExtractSummary", "TeacherSummary", "WorkerConfig",
-           "dataset_fingerprint", "job_from_config", "run_extract"]
+           "job_from_config", "run_extract"]

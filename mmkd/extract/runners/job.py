@@ -28,8 +28,8 @@ class ExtractJob:
     """Everything one ``mmkd extract`` run needs.
 
     Attributes:
-        dataset: a name from the ``datasets:`` section, a path (file, folder or shard
-            pattern), or a reader spec mapping (``{"path": ..., "format": ...}``).
+        data: a name from the ``datasets:`` section, a path (file, folder or shard
+            pattern), or a dataset spec (mapping or :class:`mmkd.data.DatasetSpec`).
         teachers: teacher names from the ``teachers:`` section; ``["all"]`` means all of them.
         store: the feature store folder (created by the first extract into it).
         runner: ``ray`` (actor pool; local Ray or ``address``) or ``local`` (in-process).
@@ -48,7 +48,7 @@ class ExtractJob:
         max_restarts: times Ray restarts a dead actor (its block is then retried).
     """
 
-    dataset: str | dict[str, Any]
+    data: str | dict[str, Any] | Any
     teachers: list[str]
     store: str
     runner: str = "ray"
@@ -74,7 +74,10 @@ class ExtractJob:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able copy (saved into the store with every run)."""
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if hasattr(self.data, "to_dict"):
+            out["data"] = self.data.to_dict()
+        return out
 
 
 def _check_job(job: ExtractJob) -> None:
@@ -83,7 +86,7 @@ def _check_job(job: ExtractJob) -> None:
         raise ExtractError(f"{where}: no teachers given; pass --teacher NAME (repeatable) or --all-teachers")
     if not job.store:
         raise ExtractError(f"{where}: no store path given; pass --store PATH")
-    if not job.dataset:
+    if not job.data:
         raise ExtractError(f"{where}: no dataset given; pass --data PATH_OR_NAME")
     if job.runner not in RUNNERS:
         raise ExtractError(f"{where}: runner {job.runner!r} not in {list(RUNNERS)}")
@@ -116,33 +119,35 @@ def job_from_config(cfg: dict[str, Any] | None = None, run: str | None = None, *
         ExtractError: unknown run name (the message lists the valid ones), unknown
             keys in the entry, or an invalid resulting job.
     """
-    from mmkd.config import load_pipelines, resolve_path, section
+    from mmkd.config import ConfigError, load_pipelines, merge_entry
 
-    overrides = {k: v for k, v in overrides.items() if v is not None}
     if cfg is None:
         cfg = load_pipelines(overrides.get("pipeline"))
-    entry: dict[str, Any] = {}
-    if run is not None:
-        runs = section(cfg, "extract")
-        if run not in runs:
-            raise ExtractError(f"unknown extract run {run!r}; runs declared in {cfg.get('_path')}: {sorted(runs)}")
-        entry = dict(runs[run] or {})
-        unknown = sorted(set(entry) - set(JOB_KEYS))
-        if unknown:
-            raise ExtractError(f"extract run {run!r}: unknown keys {unknown}; valid keys: {list(JOB_KEYS)}")
-        if entry.get("store") is not None:
-            entry["store"] = str(resolve_path(cfg, entry["store"]))
-        if isinstance(entry.get("dataset"), str) and entry["dataset"] not in section(cfg, "datasets"):
-            entry["dataset"] = str(resolve_path(cfg, entry["dataset"]))
-    values = {**entry, **overrides}
+    try:
+        values = merge_entry(cfg, "extract", run, overrides, allowed=JOB_KEYS + ("pipeline",),
+                             path_keys=("store",), what="extract run")
+    except ConfigError as e:
+        raise ExtractError(str(e)) from e
+    if run is not None and isinstance(values.get("data"), (str, dict)) and "data" not in overrides:
+        values["data"] = _entry_data(cfg, run, values["data"])
     values.setdefault("pipeline", cfg.get("_path"))
     values.setdefault("name", run)
-    for key in ("dataset", "teachers", "store"):
+    for key in ("data", "teachers", "store"):
         values.setdefault(key, None)
     try:
         return ExtractJob(**values)
     except TypeError as e:
         raise ExtractError(f"bad extract job values {sorted(values)}: {e}") from e
+
+
+def _entry_data(cfg: dict[str, Any], run: str, value: Any) -> Any:
+    """An entry's ``data:``: a declared name stays a name; paths resolve against the declaring file."""
+    from mmkd.config import resolve_path, section
+    from mmkd.data import resolve_data
+
+    if isinstance(value, str):
+        return value if value in section(cfg, "datasets") else str(resolve_path(cfg, value, section="extract", entry=run))
+    return resolve_data(value, cfg, base=resolve_path(cfg, ".", section="extract", entry=run))
 
 
 def resolve_teachers(job: ExtractJob, cfg: dict[str, Any]) -> list[Any]:
@@ -154,7 +159,9 @@ def resolve_teachers(job: ExtractJob, cfg: dict[str, Any]) -> list[Any]:
     from mmkd.extract.teachers import get_teacher_spec, teachers_from_config
 
     if ALL_TEACHERS in job.teachers:
-        specs = list(teachers_from_config(cfg).values())
+        # "all": the teachers the user's own file declares, else every shipped one
+        own = (cfg.get("_own") or {}).get("teachers")
+        specs = [s for s in teachers_from_config(cfg).values() if not own or s.name in own]
         if not specs:
             raise ExtractError(f"--all-teachers: no teachers declared in {cfg.get('_path')}")
         return specs
@@ -162,21 +169,11 @@ def resolve_teachers(job: ExtractJob, cfg: dict[str, Any]) -> list[Any]:
 
 
 def resolve_dataset(job: ExtractJob, cfg: dict[str, Any]):
-    """Open the job's dataset: a ``datasets:`` name, a spec mapping, or a path.
+    """Open the job's dataset: a ``datasets:`` name, a path, or a spec.
 
     Raises:
-        DatasetError: the dataset cannot be opened (the message says why).
+        DatasetError: the dataset cannot be opened, or ``data`` names nothing (the message says why).
     """
-    from mmkd.config import section
-    from mmkd.data import get_dataset, open_dataset
+    from mmkd.data import open_dataset, resolve_data
 
-    if isinstance(job.dataset, dict):
-        return open_dataset(job.dataset)
-    if job.dataset in section(cfg, "datasets"):
-        return get_dataset(job.dataset, cfg)
-    path = Path(os.path.expanduser(job.dataset))
-    if not path.exists() and not any(ch in job.dataset for ch in "{*?["):
-        names = sorted(section(cfg, "datasets"))
-        raise ExtractError(f"dataset {job.dataset!r} is neither a path that exists nor a dataset declared in "
-                           f"{cfg.get('_path')} (declared: {names})")
-    return open_dataset(path if path.exists() else job.dataset)
+    return open_dataset(resolve_data(job.data, cfg))

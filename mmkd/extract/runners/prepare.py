@@ -9,9 +9,7 @@ because rows would no longer line up with the samples they were extracted from.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import itertools
-import json
 import logging
 import os
 import re
@@ -25,26 +23,6 @@ log = logging.getLogger(__name__)
 
 JOBS_DIR = "_jobs"
 _LIMITED = re.compile(r"^first-(\d+):(.*)$")
-
-
-def dataset_fingerprint(ds: Any, limit: int | None) -> str:
-    """The fingerprint string a store records for ``ds`` (``first-N:...`` with a limit).
-
-    With a limit only the first N samples are hashed, so a trial run on a huge
-    dataset does not scan all of it; the hash follows the reader's own scheme.
-    """
-    if limit is None:
-        return ds.fingerprint()
-    from mmkd.data.base import FINGERPRINT_VERSION, json_labels
-
-    h = hashlib.sha256(f"{FINGERPRINT_VERSION}\n{ds.format}\n".encode())
-    # _checked_entries(hashes=False) is what Dataset.fingerprint itself hashes.
-    for e in itertools.islice(ds._checked_entries(hashes=False), limit):
-        s = e.sample
-        record = [s.sample_id, s.caption, s.image, str(e.size), json_labels(s.labels)]
-        h.update(json.dumps(record, ensure_ascii=False).encode("utf-8"))
-        h.update(b"\n")
-    return f"first-{limit}:{h.hexdigest()}"
 
 
 def _describe(fp: str) -> tuple[int | None, str]:
@@ -65,11 +43,12 @@ def open_or_create_store(job: ExtractJob, ds: Any):
     from mmkd.store import FeatureStore
 
     path = Path(job.store)
-    fp = dataset_fingerprint(ds, job.limit)
+    fp = ds.fingerprint(job.limit)
     if not path.exists():
         samples = ds.samples() if job.limit is None else itertools.islice(ds.samples(), job.limit)
         kwargs = {} if job.block_size is None else {"block_size": job.block_size}
-        store = FeatureStore.create(path, samples, dataset_uri=ds.uri, dataset_fingerprint=fp, **kwargs)
+        store = FeatureStore.create(path, samples, dataset_uri=ds.uri, dataset_fingerprint=fp,
+                                    dataset_spec=ds.spec().to_dict(), **kwargs)
         log.info("created store %s from %s (%d samples)", path, ds.uri, store.n)
         return store, True
     store = FeatureStore.open(path, mode="a")
@@ -81,17 +60,14 @@ def open_or_create_store(job: ExtractJob, ds: Any):
 
 
 def _check_same_dataset(store: Any, ds: Any, fp: str, job: ExtractJob) -> None:
+    from mmkd.store.dataset import short_fingerprint
+
     recorded = store.manifest.get("dataset", {})
     old_fp, old_uri = recorded.get("fingerprint", ""), recorded.get("uri", "")
     if old_fp == fp:
         if old_uri != ds.uri:
             log.info("dataset moved: store %s was made from %s, now reading the same samples at %s",
                      store.path, old_uri, ds.uri)
-        return
-    if not (store.path / JOBS_DIR).exists() and _same_index(store, ds, job.limit):
-        log.warning("store %s was not made by `mmkd extract` (dataset fingerprint %s...); its index matches "
-                    "every sample of %s (ids, captions, image references), so extracting into it", store.path,
-                    old_fp[:12], ds.uri)
         return
     old_limit, _ = _describe(old_fp)
     new_limit = job.limit
@@ -104,18 +80,9 @@ def _check_same_dataset(store: Any, ds: Any, fp: str, job: ExtractJob) -> None:
             f"rerun with {'no --limit' if old_limit is None else f'--limit {old_limit}'}, or {fix}")
     where = f"dataset {ds.uri}" if old_uri == ds.uri else f"dataset {ds.uri} (the store was made from {old_uri})"
     raise ExtractError(
-        f"{where} does not match store {store.path}: dataset fingerprint {fp[-16:]} != recorded {old_fp[-16:]} "
+        f"{where} does not match store {store.path}: dataset fingerprint {short_fingerprint(fp)} != recorded {short_fingerprint(old_fp)} "
         f"(samples were added, removed, reordered or edited since the store was created); rows would no longer "
         f"line up with their samples: {fix}")
-
-
-def _same_index(store: Any, ds: Any, limit: int | None) -> bool:
-    """Every row's sample id, caption and image reference equal the dataset's, in order."""
-    samples = ds.samples() if limit is None else itertools.islice(ds.samples(), limit)
-    theirs = [(s.sample_id, s.caption, s.image) for s in samples]
-    idx = store.index
-    ours = list(zip(*(idx.column(c).to_pylist() for c in ("sample_id", "caption", "image"))))
-    return theirs == ours
 
 
 def write_job_record(store_path: str | Path, teacher: str, record: dict[str, Any], stamp: str) -> Path:

@@ -54,10 +54,10 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     summary = ExtractSummary(store=str(store.path), dataset=ds.uri, runner=job.runner, created_store=created,
                              num_samples=store.n)
     if created:
-        write_job_record(store.path, "_create", {"job": job.to_dict(), "dataset": ds.spec()}, stamp)
+        write_job_record(store.path, "_create", {"job": job.to_dict(), "dataset": ds.spec().to_dict()}, stamp)
     else:
         _precheck_weights(job, [s for s in specs if todo[s.name]])
-    config = WorkerConfig(dataset=ds.spec(), store=str(Path(store.path).resolve()), batch_size=job.batch_size,
+    config = WorkerConfig(dataset=ds.spec().to_dict(), store=str(Path(store.path).resolve()), batch_size=job.batch_size,
                           precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite)
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None
     runner = _make_runner(job, stamp) if any(todo.values()) else None

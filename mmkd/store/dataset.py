@@ -1,0 +1,89 @@
+"""The dataset a store was built from, reopened from the store alone.
+
+``store.json`` records ``dataset: {uri, fingerprint, spec}``; :func:`open_store_dataset`
+turns it back into a reader (``distill`` streams its images, ``eval`` reads it).
+``data=NEW_PATH`` relocates it (moved to another mount) and the fingerprint is then
+checked, so a path that points at other images is refused instead of training on
+mismatched rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+from mmkd.data import Dataset, DatasetError, DatasetSpec, open_dataset
+from mmkd.store.format import StoreError
+
+log = logging.getLogger(__name__)
+
+_LIMITED = re.compile(r"^first-(\d+):(.*)$")
+
+
+def short_fingerprint(fp: str) -> str:
+    """A fingerprint as mmkd prints it everywhere: the first 16 hex digits (after any ``first-N:``)."""
+    m = _LIMITED.match(fp or "")
+    return f"first-{m.group(1)}:{m.group(2)[:16]}" if m else (fp or "")[:16]
+
+
+def recorded_spec(manifest: dict[str, Any]) -> DatasetSpec | None:
+    """The dataset spec a store manifest records (stores from before specs: the bare URI), ``None`` when none."""
+    rec = manifest.get("dataset") or {}
+    if isinstance(rec, dict) and rec.get("spec"):
+        return DatasetSpec.parse(rec["spec"], where="the store's dataset spec")
+    uri = rec.get("uri") if isinstance(rec, dict) else None
+    uri = uri or manifest.get("dataset_uri")
+    return DatasetSpec(path=str(uri)) if uri else None
+
+
+def open_store_dataset(store: Any, data: str | os.PathLike | None = None, *, verify: bool | None = None) -> Dataset:
+    """Open the dataset ``store`` was built from.
+
+    Args:
+        store: a :class:`~mmkd.store.FeatureStore`.
+        data: where the dataset is now, when it moved (``--data PATH``); the rest
+            of the recorded spec (format, root, field map, options) is kept.
+        verify: check the dataset's fingerprint against the store's; default: only
+            when relocated (a full check reads every sample's size once).
+
+    Raises:
+        StoreError: the store records no dataset and none is given, the recorded
+            one cannot be opened, or the fingerprint differs (both are named).
+    """
+    spec = recorded_spec(store.manifest)
+    if spec is None and data is None:
+        raise StoreError(f"store {store.path} records no dataset; pass --data PATH to say where its images are")
+    if data is not None:
+        spec = spec.relocated(data) if spec is not None else DatasetSpec(path=str(data))
+    try:
+        ds = open_dataset(spec)
+    except DatasetError as e:
+        hint = ("check --data" if data is not None else
+                "if the data moved, pass --data NEW_PATH (format, root and field map are kept from the store)")
+        raise StoreError(f"store {store.path} reads its images from dataset {spec.path!r}, which cannot be opened: "
+                         f"{e}; {hint}") from e
+    if verify if verify is not None else data is not None:
+        check_fingerprint(store, ds)
+    return ds
+
+
+def check_fingerprint(store: Any, ds: Dataset) -> None:
+    """Refuse a dataset whose samples are not the ones the store's rows were extracted from.
+
+    Raises:
+        StoreError: the fingerprints differ; the message names both.
+    """
+    recorded = str((store.manifest.get("dataset") or {}).get("fingerprint") or "")
+    if not recorded:
+        log.warning("store %s records no dataset fingerprint; cannot check that %s holds its samples",
+                    store.path, ds.uri)
+        return
+    m = _LIMITED.match(recorded)
+    now = ds.fingerprint(int(m.group(1)) if m else None)
+    if now != recorded:
+        raise StoreError(
+            f"dataset {ds.uri} is not the one store {store.path} was built from: its fingerprint "
+            f"{short_fingerprint(now)} != recorded {short_fingerprint(recorded)} (samples added, removed, reordered "
+            f"or edited, or another dataset); point --data at the dataset the store was extracted from")
