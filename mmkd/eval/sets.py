@@ -270,8 +270,12 @@ def _read_dataset(spec: dict, cfg: dict, name: str, base: Path) -> tuple[Any, li
     except DatasetError as e:
         raise ConfigError(f"eval set {name!r}: cannot open data {ds!r}: {e}") from e
     key = spec.get("label_key")
+    try:
+        samples = list(dataset.samples())
+    except DatasetError as e:
+        raise ConfigError(f"eval set {name!r}: cannot read data {ds!r}: {e}") from e
     rows = []
-    for s in dataset.samples():
+    for s in samples:
         labels = s.labels or {}
         if key and key not in labels:
             raise ConfigError(f"eval set {name!r}: sample {s.sample_id!r} has no label {key!r} "
