@@ -75,3 +75,46 @@ def write_user_pipelines(path: Path, teachers_root: Path, data: dict[str, Path])
     }
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def write_shards(folder: Path, n: int = 16, seed: int = 2) -> Path:
+    """BIOMEDICA-style webdataset shards: ``{key}.jpg`` + ``{key}.json`` with the user's own caption key."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for shard in range(2):
+        with tarfile.open(folder / f"shard-{shard:06d}.tar", "w") as tar:
+            for i in range(shard * n // 2, (shard + 1) * n // 2):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(buf, format="JPEG")
+                meta = json.dumps({"figure_caption": f"{ORGANS[i % 3]} figure {i}", "pmcid": f"PMC{i:05d}"}).encode()
+                for name, payload in ((f"{i:05d}.jpg", buf.getvalue()), (f"{i:05d}.json", meta)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return folder
+
+
+def write_parquet(folder: Path, n: int = 16, seed: int = 3) -> Path:
+    """An HF-datasets-style Parquet file: image ``{bytes, path}`` structs and the user's own column names."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    images = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(buf, format="PNG")
+        images.append({"bytes": buf.getvalue(), "path": f"{i}.png"})
+    table = pa.table({"img": images, "text": [f"{ORGANS[i % 3]} slide {i}" for i in range(n)],
+                      "key": [f"k{i:03d}" for i in range(n)]})
+    pq.write_table(table, folder / "train-00000.parquet", row_group_size=4)
+    return folder / "train-00000.parquet"

@@ -93,3 +93,63 @@ def test_relocated_data_is_checked(journey, tmp_path):
                    str(tmp_path / "never"), *DISTILL, ok=False)
     assert out.returncode != 0 and "fingerprint" in out.stderr and "!= recorded" in out.stderr
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("kind", ["webdataset", "parquet"])
+def test_short_journey_other_formats(kind, journey, tmp_path):
+    """The same journey, shortened, for webdataset shards and a Parquet file declared with field maps."""
+    import yaml
+
+    from tests.journey.conftest import write_parquet, write_shards
+
+    home = tmp_path
+    if kind == "webdataset":
+        write_shards(home / "shards")
+        spec = {"path": "shards/shard-{000000..000001}.tar", "format": "webdataset",
+                "fields": {"caption": "figure_caption", "id": "pmcid"}}
+    else:
+        write_parquet(home / "pq")
+        spec = {"path": "pq/train-00000.parquet", "format": "parquet",
+                "fields": {"image": "img", "caption": "text", "id": "key"}}
+    user = yaml.safe_load((journey["home"] / "pipelines.yaml").read_text())
+    user["datasets"] = {"mine": spec}
+    user.pop("eval_sets")
+    (home / "pipelines.yaml").write_text(yaml.safe_dump(user))
+    run_mmkd(home, "extract", "--teacher", "tiny_open_clip", "--data", "mine", "--store", "st", "--runner", "local",
+             "--device", "cpu", "--precision", "fp32", "--batch-size", "8", "--workers", "1", "--block-size", "8",
+             "--no-progress")
+    info = json.loads(run_mmkd(home, "store", "info", "st", "--json").stdout)
+    assert info["num_samples"] == 16 and info["teachers"]["tiny_open_clip"]["valid_rows"] == 16
+    assert info["dataset"]["spec"]["format"] == kind
+    run_mmkd(home, "distill", "--store", "st", "--stage", "1", "--out", "s1", *DISTILL)
+    assert (home / "s1" / "export" / "open_clip_config.json").is_file()
+    run_mmkd(home, "eval", "--model", "s1/export", "--data", "mine", "--out", "ev", "--resamples", "0",
+             "--task", "retrieval", "--device", "cpu")
+    scores = json.loads((home / "ev" / "results.json").read_text())
+    (per_set,) = scores.values()  # one model, named by its export
+    r = per_set["mine"]["retrieval"]
+    assert set(per_set) == {"mine"} and 0 <= r["image_to_text_R@1"] <= r["image_to_text_R@10"] <= 1
+
+
+def test_bad_input_one_line_errors_nothing_written(journey, tmp_path):
+    """A spec with an unknown field, --data naming a missing path, an eval set whose files are absent."""
+    import yaml
+
+    home = tmp_path
+    user = yaml.safe_load((journey["home"] / "pipelines.yaml").read_text())
+    user["datasets"]["typo"] = {**user["datasets"]["scans"], "fields": {"image": "file", "captoin": "report"}}
+    (home / "pipelines.yaml").write_text(yaml.safe_dump(user))
+    common = ("--teacher", "tiny_open_clip", "--store", "st", "--runner", "local", "--device", "cpu", "--no-progress")
+
+    out = run_mmkd(home, "extract", "--data", "typo", *common, ok=False)
+    assert out.returncode != 0 and "unknown field(s) ['captoin']" in out.stderr and "valid fields" in out.stderr
+    out = run_mmkd(home, "extract", "--data", "no/such/data.jsonl", *common, ok=False)
+    assert out.returncode != 0 and "'no/such/data.jsonl': no such file or folder" in out.stderr
+    assert "Traceback" not in out.stderr and not (home / "st").exists()
+
+    empty = home / "no-fixtures"
+    empty.mkdir()
+    out = run_mmkd(home, "eval", "--fixtures", str(empty), "--model", "tiny_open_clip", "--set", "modality9",
+                   "--out", "ev", ok=False)
+    assert out.returncode != 0 and "MMKD_FIXTURES" in out.stderr and str(empty) in out.stderr
+    assert "Traceback" not in out.stderr and not (home / "ev").exists()
