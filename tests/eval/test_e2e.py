@@ -22,20 +22,24 @@ TINY_CLIP = {"embed_dim": 32,
              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory) -> Path:
-    """A tiny random open_clip model saved as an exported student (local-dir layout)."""
+def export_tiny_student(folder: Path) -> Path:
+    """A tiny random open_clip model saved as an exported student (local-dir layout) in ``folder/tiny-student``."""
     import torch
     from open_clip.model import CLIP
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
     model = CLIP(**TINY_CLIP)
-    d = tmp_path_factory.mktemp("student") / "tiny-student"
-    d.mkdir()
+    d = folder / "tiny-student"
+    d.mkdir(parents=True)
     (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
     return d
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory) -> Path:
+    return export_tiny_student(tmp_path_factory.mktemp("student"))
 
 
 def test_student_export_end_to_end_via_cli(student_dir, modality_dir, mmkd_demo_dir, tmp_path, monkeypatch):
