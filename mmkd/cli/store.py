@@ -42,7 +42,14 @@ def info_cmd(path: str, as_json: bool) -> None:
     ds = info["dataset"]
     click.echo(f"store      {info['path']}  (format v{info['format_version']}, created {info['created_at']})")
     click.echo(f"samples    {info['num_samples']}  in {info['num_blocks']} blocks of {info['block_size']}")
-    click.echo(f"dataset    {ds.get('uri') or '-'}  fingerprint {(ds.get('fingerprint') or '-')[:16]}")
+    from mmkd.store.dataset import short_fingerprint
+
+    click.echo(f"dataset    {ds.get('uri') or '-'}  fingerprint {short_fingerprint(ds.get('fingerprint') or '') or '-'}")
+    spec = ds.get("spec") or {}
+    if spec:
+        parts = [f"{k}={spec[k]}" for k in ("format", "root") if spec.get(k)]
+        parts += [f"{k}={v}" for k, v in (spec.get("fields") or {}).items()]
+        click.echo(f"           {'  '.join(parts) or 'defaults'}  (reopened from here by distill and eval)")
     click.echo(f"size       {_human(info['size_bytes'])}")
     if not info["teachers"]:
         click.echo("teachers   none yet")
