@@ -58,14 +58,14 @@ class WorkerConfig:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
-    import torch
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu`` (:func:`mmkd.config.resolve_device`, as every stage)."""
+    from mmkd.config import ConfigError
+    from mmkd.config import resolve_device as resolve
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ExtractError("device 'cuda' asked for but torch sees no GPU here; use --device cpu or auto")
-    return device
+    try:
+        return resolve(device)
+    except ConfigError as e:
+        raise ExtractError(str(e)) from e
 
 
 class BlockWorker:
