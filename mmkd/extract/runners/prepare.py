@@ -69,7 +69,8 @@ def open_or_create_store(job: ExtractJob, ds: Any):
     if not path.exists():
         samples = ds.samples() if job.limit is None else itertools.islice(ds.samples(), job.limit)
         kwargs = {} if job.block_size is None else {"block_size": job.block_size}
-        store = FeatureStore.create(path, samples, dataset_uri=ds.uri, dataset_fingerprint=fp, **kwargs)
+        store = FeatureStore.create(path, samples, dataset_uri=ds.uri, dataset_fingerprint=fp,
+                                    dataset_failures=lambda: getattr(ds, "bad_rows", []), **kwargs)
         log.info("created store %s from %s (%d samples)", path, ds.uri, store.n)
         return store, True
     store = FeatureStore.open(path, mode="a")
