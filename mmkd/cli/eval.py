@@ -39,8 +39,11 @@ def _stores(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--resamples", type=int, default=None, help="Bootstrap resamples for the CIs (default 1000).")
 @click.option("--seed", type=int, default=None, help="Bootstrap and split seed (default 0).")
 @click.option("--knn-k", type=int, default=None, help="Neighbours for kNN classification (default 20).")
+@click.option("--strict", is_flag=True, default=None,
+              help="An unreadable eval image is an error (exit 1). Default: it is skipped for every model, "
+                   "counted and listed in results.json and under the table of results.md.")
 def eval_cmd(pipeline, job, models, datasets, tasks, out, stores, cache_dir, device, batch_size, resamples, seed,
-             knn_k) -> None:
+             knn_k, strict) -> None:
     """Zero-shot, linear probe, retrieval and kNN for students and teachers, as one table.
 
     Example: mmkd eval --model runs/student/export --model biomedclip --dataset modality9 --out runs/eval
@@ -54,7 +57,7 @@ def eval_cmd(pipeline, job, models, datasets, tasks, out, stores, cache_dir, dev
         cfg = load_pipelines(pipeline)
         entry = job_config(cfg, job) if job else {}
         given = {"resamples": resamples, "seed": seed, "knn_k": knn_k, "batch_size": batch_size, "device": device,
-                 "cache_dir": cache_dir}
+                 "cache_dir": cache_dir, "strict": strict}
         settings = {k: v for k, v in entry.items() if k not in ("models", "datasets", "tasks", "out")}
         settings.update({k: v for k, v in given.items() if v is not None})
         settings["stores"] = {**settings.get("stores", {}), **_stores(stores)}
