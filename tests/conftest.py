@@ -46,3 +46,25 @@ def ray_session():
                  runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def run_mmkd():
+    """Run the ``mmkd`` console script as a user would: ``run_mmkd(*args, timeout=...)`` -> CompletedProcess.
+
+    Uses the script installed next to this Python (falls back to ``python -c`` when
+    absent), with this checkout first on ``PYTHONPATH``.
+    """
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("mmkd")
+    head = [str(script)] if script.is_file() else [sys.executable, "-c", "from mmkd.cli import main; main()"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+           "HF_HUB_OFFLINE": "1"}
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([*head, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout,
+                              check=False)
+
+    return run

@@ -56,8 +56,11 @@ def _stores(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--knn-k", type=int, default=None, help="Neighbours for kNN classification (default 20).")
 @click.option("--fixtures", type=click.Path(file_okay=False), default=None,
               help="Folder that `fixtures:` paths of the shipped sets point into (sets $MMKD_FIXTURES).")
+@click.option("--strict", is_flag=True, default=None,
+              help="An unreadable eval image is an error (exit 1). Default: it is skipped for every model, "
+                   "counted and listed in results.json and under the table of results.md.")
 def eval_cmd(pipeline, run, models, sets, data, label, tasks, out, stores, cache_dir, device, batch_size, resamples,
-             seed, knn_k, fixtures) -> None:
+             seed, knn_k, fixtures, strict) -> None:
     """Zero-shot, linear probe, retrieval and kNN for students and teachers, as one table.
 
     \b
@@ -73,7 +76,7 @@ def eval_cmd(pipeline, run, models, sets, data, label, tasks, out, stores, cache
     set_fixtures(fixtures)
     flags = {"models": list(models), "sets": list(sets), "data": list(data), "label": label, "tasks": list(tasks),
              "out": out, "stores": _stores(stores), "cache_dir": cache_dir, "device": device,
-             "batch_size": batch_size, "resamples": resamples, "seed": seed, "knn_k": knn_k}
+             "batch_size": batch_size, "resamples": resamples, "seed": seed, "knn_k": knn_k, "strict": strict}
     try:
         cfg = load_pipelines(pipeline)
         plan = plan_eval(cfg, run, flags)

@@ -67,6 +67,9 @@ def teachers_cmd(pipeline: str | None, as_json: bool) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="where models run.")
 @click.option("--actors", type=click.IntRange(min=1), default=None,
               help="Ray actors (default: one per GPU, else one per CPU).")
+@click.option("--on-bad-row", "on_bad_row", type=click.Choice(["record", "fail"]), default=None,
+              help="a dataset row that is not UTF-8 or not valid JSON/CSV: 'record' (default) skips it and lists "
+                   "it in <store>/_failures/dataset.parquet and the summary; 'fail' stops with its file:line.")
 @PIPELINE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="no progress bar.")

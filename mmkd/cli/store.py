@@ -26,7 +26,7 @@ def _open(path: str):
 
     try:
         return FeatureStore.open(path, mode="r")
-    except StoreError as e:
+    except StoreError as e:  # ClickException exits 1, as an unsound store does
         raise click.ClickException(str(e)) from e
 
 
@@ -51,6 +51,11 @@ def info_cmd(path: str, as_json: bool) -> None:
         parts += [f"{k}={v}" for k, v in (spec.get("fields") or {}).items()]
         click.echo(f"           {'  '.join(parts) or 'defaults'}  (reopened from here by distill and eval)")
     click.echo(f"size       {_human(info['size_bytes'])}")
+    if info.get("dataset_bad_rows"):
+        click.echo(f"bad rows   {info['dataset_bad_rows']} dataset row(s) unreadable, not in the index "
+                   f"(_failures/dataset.parquet), e.g.:")
+        for r in info["dataset_bad_rows_sample"]:
+            click.echo(f"             {r['file']}:{r['line']} {r['reason']}: {r['detail'][:100]}")
     if not info["teachers"]:
         click.echo("teachers   none yet")
         return
@@ -62,16 +67,40 @@ def info_cmd(path: str, as_json: bool) -> None:
 
 @store_group.command("validate")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
-def validate_cmd(path: str) -> None:
-    """Exit 0 only if the store at PATH is whole and sound; else list every problem."""
-    problems = _open(path).validate()
-    if not problems:
-        click.echo(f"{path}: OK")
-        return
-    for p in problems:
-        click.echo(f"PROBLEM: {p}", err=True)
-    click.echo(f"{path}: {len(problems)} problem(s)", err=True)
-    sys.exit(1)
+@click.option("--deep", is_flag=True,
+              help="Also read and decode every feature chunk and check its values (NaN/Inf, norms); "
+                   "slower: reads the whole store.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (same exit codes).")
+def validate_cmd(path: str, deep: bool, as_json: bool) -> None:
+    """Check that the store at PATH is whole and sound; list every problem found.
+
+    \b
+    Exit codes:
+      0  sound: every check passed and at least one teacher is in the store
+      1  unsound: at least one problem (listed), or PATH is not a readable store
+      3  empty: no problem, but no teacher was ever added (run `mmkd extract`)
+    The default check reads the index, markers and `valid` chunks and checks the
+    size of every feature chunk file; --deep also reads every feature chunk.
+    """
+    from mmkd.store.validate import EXIT_CODES
+
+    report = _open(path).validate_report(deep=deep)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        sys.exit(report.exit_code)
+    for p in report.problems:
+        click.echo(f"PROBLEM [{p.kind}]: {p.message}", err=True)
+    checked = (f"{report.chunks_checked} chunk files sized, {report.chunks_read} chunks read, "
+               f"{report.seconds:.2f}s{', deep' if deep else ''}")
+    if report.status == "unsound":
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items()))
+        click.echo(f"{path}: UNSOUND, {len(report.problems)} problem(s) ({kinds}); {checked}", err=True)
+    elif report.status == "empty":
+        click.echo(f"{path}: EMPTY: the index is sound but no teacher was added (the first extract never ran "
+                   f"or was killed before adding one); run `mmkd extract --store {path}`; {checked}", err=True)
+    else:
+        click.echo(f"{path}: OK ({len(report.teachers)} teacher(s); {checked})")
+    sys.exit(EXIT_CODES[report.status])
 
 
 @store_group.command("import-mmkd")

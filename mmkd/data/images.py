@@ -25,7 +25,7 @@ import math
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-REASONS = ("missing", "corrupt", "truncated", "decompression_bomb", "unsupported_mode", "empty_caption")
+REASONS = ("missing", "corrupt", "truncated", "decompression_bomb", "unsupported_mode", "empty_caption", "bad_row")
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS (about 9459 x 9459)
 _TARGET_MODES = ("RGB", "L")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -37,7 +37,8 @@ class BadSample(Exception):
 
     Attributes:
         reason: machine-readable class (``missing``, ``corrupt``, ``truncated``,
-            ``decompression_bomb``, ``unsupported_mode``, ``empty_caption``).
+            ``decompression_bomb``, ``unsupported_mode``, ``empty_caption``, ``bad_row``:
+            a dataset table row that is not UTF-8 or not valid JSON/CSV).
         detail: a human-readable explanation.
     """
 
@@ -94,9 +95,23 @@ def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, mo
     except Image.DecompressionBombError as e:
         raise BadSample("decompression_bomb", str(e)) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        reason = "truncated" if "truncat" in str(e).lower() else "corrupt"
-        raise BadSample(reason, f"{type(e).__name__}: {e}") from e
+        raise BadSample(_damage_reason(data, e), f"{type(e).__name__}: {e}") from e
     return convert_mode(img, mode)
+
+
+def _damage_reason(data: bytes, error: BaseException) -> str:
+    """``truncated`` when the data ends early, else ``corrupt``.
+
+    Pillow says "truncated" for any JPEG whose entropy-coded data runs out, which
+    also happens when bytes in the middle are damaged. Where the format has an end
+    marker (JPEG ``FFD9``, PNG ``IEND``), its presence decides: a file that still
+    ends properly is corrupt, not truncated. Other formats go by Pillow's message.
+    """
+    if data[:3] == b"\xff\xd8\xff":
+        return "corrupt" if data.rstrip(b"\r\n ").endswith(b"\xff\xd9") else "truncated"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "corrupt" if b"IEND" in data[-16:] else "truncated"
+    return "truncated" if "truncat" in str(error).lower() else "corrupt"
 
 
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
@@ -108,8 +123,7 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError as e:
         raise BadSample("corrupt", f"not a recognised image ({len(data)} bytes)") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        reason = "truncated" if "truncat" in str(e).lower() else "corrupt"
-        raise BadSample(reason, f"{type(e).__name__}: {e}") from e
+        raise BadSample(_damage_reason(data, e), f"{type(e).__name__}: {e}") from e
     width, height = img.size
     if width <= 0 or height <= 0:
         raise BadSample("corrupt", f"image has size {width}x{height}")

@@ -5,6 +5,10 @@ struct with null bytes falls back to the file at ``path``, relative to the parqu
 file's folder). ``Sample.image`` is ``<file.parquet>::<row>`` (file relative to the
 dataset root, row counted within that file). ``image_sha256`` is always computed:
 the bytes are in hand while iterating.
+
+A row whose id or caption is binary that is not UTF-8 is a bad row
+(:mod:`mmkd.data.badrows`; ``line`` is the row in its file); Arrow string columns
+are valid UTF-8 by construction, so only binary columns can hold such rows.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mmkd.data.badrows import BadRowsMixin
 from mmkd.data.images import BadSample
 from mmkd.data.base import (
     ContainerDataset,
@@ -28,7 +33,7 @@ from mmkd.data.base import (
 )
 
 
-class ParquetDataset(ContainerDataset):
+class ParquetDataset(BadRowsMixin, ContainerDataset):
     """One parquet file, or every ``*.parquet`` under a folder (sorted by relative path)."""
 
     format = "parquet"
@@ -43,6 +48,7 @@ class ParquetDataset(ContainerDataset):
         label_columns: Sequence[str] | None = None,
         batch_rows: int = 1024,
         name: str | None = None,
+        on_bad_row: str = "record",
     ) -> None:
         path = Path(path).resolve()
         if path.is_dir():
@@ -60,6 +66,7 @@ class ParquetDataset(ContainerDataset):
         self.image_column, self.caption_column, self.id_column = image_column, caption_column, id_column
         self.label_columns = list(label_columns) if label_columns else []
         self.batch_rows = batch_rows
+        self._init_bad_rows(on_bad_row)
 
     def _open(self, rel: str):
         import pyarrow.parquet as pq
@@ -89,6 +96,7 @@ class ParquetDataset(ContainerDataset):
         return sum(self._open(rel).metadata.num_rows for rel in self.files)
 
     def _entries(self, *, hashes: bool = True) -> Iterator[Entry]:
+        self._reset_bad_rows()
         for rel in self.files:
             pf = self._open(rel)
             cols = self._columns(pf, rel)
@@ -97,8 +105,21 @@ class ParquetDataset(ContainerDataset):
                 images = _image_values(batch.column(cols.index(self.image_column)))
                 data = batch.to_pydict()
                 for i, (img_bytes, img_path) in enumerate(images):
-                    yield self._entry(rel, row, img_bytes, img_path, {c: data[c][i] for c in cols}, hashes)
+                    values = self._text_values({c: data[c][i] for c in cols}, rel, row)
+                    if values is not None:
+                        yield self._entry(rel, row, img_bytes, img_path, values, hashes)
                     row += 1
+
+    def _text_values(self, values: dict, rel: str, row: int) -> dict | None:
+        """``values`` with binary id/caption decoded; ``None`` (a recorded bad row) when not UTF-8."""
+        for c in (self.caption_column, self.id_column):
+            if c and isinstance(values.get(c), bytes):
+                try:
+                    values[c] = values[c].decode("utf-8")
+                except UnicodeDecodeError as e:
+                    self._bad_row(str(resolve_ref(self.root, rel)), row + 1, f"column {c!r} is not UTF-8 ({e})")
+                    return None
+        return values
 
     def _entry(self, rel: str, row: int, img: bytes | None, img_path: str | None, values: dict,
                hashes: bool) -> Entry:

@@ -107,11 +107,13 @@ def open_dataset(path: str | os.PathLike | Mapping[str, Any] | DatasetSpec, form
             mapping (as from :meth:`Dataset.spec` or a ``datasets:`` entry).
         format: one of :data:`FORMATS`; detected from the path when ``None``.
         **options: spec keys or reader keywords, e.g. ``root``, ``fields``,
-            ``caption_column``, ``label_columns``, ``caption_field``, ``hash_images``, ``name``.
+            ``caption_column``, ``label_columns``, ``caption_field``, ``hash_images``, ``name``;
+            and ``on_bad_row`` (``record``/``fail``), a run policy kept out of the spec.
 
     Raises:
         DatasetError: unknown format, missing path, bad layout, unknown key or option.
     """
+    on_bad_row = options.pop("on_bad_row", None)
     if isinstance(path, DatasetSpec) and not format and not options:
         spec = path
     else:
@@ -126,6 +128,8 @@ def open_dataset(path: str | os.PathLike | Mapping[str, Any] | DatasetSpec, form
         raise DatasetError(f"unknown dataset format {fmt!r}; valid formats: {sorted(FORMATS)}")
     cls = FORMATS[fmt]
     kwargs = spec.reader_kwargs(fmt)
+    if on_bad_row is not None:
+        kwargs["on_bad_row"] = on_bad_row
     try:
         if issubclass(cls, TableDataset):
             return _open_table(cls, Path(spec.path), kwargs)

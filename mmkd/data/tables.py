@@ -3,6 +3,10 @@
 Images are files; ``Sample.image`` is the image path relative to the dataset root
 (the table's folder unless ``root`` is given; absolute when outside it).
 ``image_sha256`` is ``None`` unless ``hash_images=True`` (hashing reads every image).
+
+A line that is not UTF-8, not valid JSON/CSV or not a record is a bad row
+(:mod:`mmkd.data.badrows`): recorded with its file and line and skipped, or, with
+``on_bad_row="fail"``, an error naming ``file:line``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmkd.data.badrows import BadRowsMixin
 from mmkd.data.images import BadSample
 from mmkd.data.base import (
     Dataset,
@@ -28,8 +33,12 @@ from mmkd.data.base import (
 )
 
 
-class TableDataset(Dataset):
-    """Rows of (id, image path, caption, labels) read from a table file next to the images."""
+class TableDataset(BadRowsMixin, Dataset):
+    """Rows of (id, image path, caption, labels) read from a table file next to the images.
+
+    ``on_bad_row`` (``record`` or ``fail``) is how unusable lines are handled; it is
+    a policy of this run, not part of the dataset, so :meth:`spec` leaves it out.
+    """
 
     def __init__(
         self,
@@ -43,6 +52,7 @@ class TableDataset(Dataset):
         hash_images: bool = False,
         name: str | None = None,
         uri: str | None = None,
+        on_bad_row: str = "record",
     ) -> None:
         table = Path(table).resolve()
         if not table.is_file():
@@ -58,10 +68,20 @@ class TableDataset(Dataset):
         self.image_column, self.caption_column, self.id_column = image_column, caption_column, id_column
         self.label_columns = list(label_columns) if label_columns else []
         self.hash_images = hash_images
+        self._init_bad_rows(on_bad_row)
 
     def _rows(self) -> Iterator[tuple[dict[str, Any], str]]:
         """Yield (row mapping, location) pairs."""
         raise NotImplementedError
+
+    def _count_rows(self) -> int:
+        """Usable rows (a full pass; leaves ``bad_rows`` of the last real pass alone)."""
+        saved = self.bad_rows
+        self._reset_bad_rows()
+        try:
+            return sum(1 for _ in self._rows())
+        finally:
+            self.bad_rows = saved
 
     def _check_columns(self, columns: Sequence[str]) -> None:
         missing = [c for c in (self.image_column, self.caption_column, *self.label_columns) if c not in columns]
@@ -72,6 +92,7 @@ class TableDataset(Dataset):
             )
 
     def _entries(self, *, hashes: bool = True) -> Iterator[Entry]:
+        self._reset_bad_rows()
         for row, location in self._rows():
             yield self._entry(row, location, hashes and self.hash_images)
 
@@ -117,24 +138,36 @@ class JsonlDataset(TableDataset):
 
     def _rows(self) -> Iterator[tuple[dict[str, Any], str]]:
         checked = False
-        with open(self.table, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
+        for lineno, row in self._records():
+            if not checked:
+                self._check_columns(list(row))
+                checked = True
+            yield row, f"{self.table.name} line {lineno}"
+
+    def _records(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(line number, JSON object) of every usable line; the others go to :meth:`_bad_row`."""
+        with open(self.table, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    self._bad_row(str(self.table), lineno, f"not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                                           f"{e.start + 1})")
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DatasetError(f"{str(self.table)!r} line {lineno} is not valid JSON: {e}") from e
+                    self._bad_row(str(self.table), lineno, f"not valid JSON ({e})")
+                    continue
                 if not isinstance(row, dict):
-                    raise DatasetError(f"{str(self.table)!r} line {lineno} is not a JSON object")
-                if not checked:
-                    self._check_columns(list(row))
-                    checked = True
-                yield row, f"{self.table.name} line {lineno}"
+                    self._bad_row(str(self.table), lineno, f"a JSON {type(row).__name__}, not an object")
+                    continue
+                yield lineno, row
 
     def _count(self) -> int:
-        with open(self.table, encoding="utf-8") as f:
-            return sum(1 for line in f if line.strip())
+        return self._count_rows()
 
 
 class CsvDataset(TableDataset):
@@ -142,31 +175,50 @@ class CsvDataset(TableDataset):
 
     format = "csv"
 
-    def _read(self):
-        import pyarrow as pa
-        import pyarrow.csv as pacsv
-
-        with open(self.table, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), None)
-        if not header:
-            raise DatasetError(f"CSV table {str(self.table)!r} is empty; it needs a header row")
-        self._check_columns(header)
-        try:
-            return pacsv.read_csv(self.table, convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in header}, strings_can_be_null=False))
-        except pa.ArrowInvalid as e:
-            raise DatasetError(f"CSV table {str(self.table)!r} cannot be parsed: {e}") from e
-
     def _rows(self) -> Iterator[tuple[dict[str, Any], str]]:
-        table = self._read()
-        row_no = 0
-        for batch in table.to_batches(max_chunksize=4096):
-            for row in batch.to_pylist():
+        # surrogateescape keeps going past bytes that are not UTF-8; the rows holding
+        # them are then told apart and recorded as bad rows.
+        with open(self.table, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise DatasetError(f"CSV table {str(self.table)!r} is empty; it needs a header row")
+            if not _is_utf8(header):
+                raise DatasetError(f"CSV table {str(self.table)!r}: the header row is not UTF-8; save the file "
+                                   "as UTF-8")
+            self._check_columns(header)
+            row_no = 0
+            while True:
+                start = reader.line_num + 1
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:
+                    self._bad_row(str(self.table), start, f"not valid CSV ({e})")
+                    continue
+                if not values:
+                    continue
                 row_no += 1
-                yield row, f"{self.table.name} row {row_no}"
+                if not _is_utf8(values):
+                    self._bad_row(str(self.table), start, "not UTF-8")
+                elif len(values) != len(header):
+                    self._bad_row(str(self.table), start,
+                                  f"{len(values)} fields, the header has {len(header)}")
+                else:
+                    yield dict(zip(header, values)), f"{self.table.name} row {row_no} (line {start})"
 
     def _count(self) -> int:
-        return self._read().num_rows
+        return self._count_rows()
+
+
+def _is_utf8(values: list[str]) -> bool:
+    try:
+        for v in values:
+            v.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: an undecodable byte kept by surrogateescape
+        return False
+    return True
 
 
 class MmkdClipDataset(JsonlDataset):

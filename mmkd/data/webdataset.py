@@ -8,6 +8,10 @@ key (or the JSON's ``id_field`` when set). ``Sample.image`` is
 
 ``image_sha256`` is ``None`` unless ``hash_images=True``: without it, iterating only
 reads tar headers and the small text members (image data is skipped by seeking).
+
+A sample whose ``.txt`` is not UTF-8 or whose ``.json`` is not UTF-8 JSON is a bad
+row (:mod:`mmkd.data.badrows`, recorded as ``<shard>::<member>``) and is skipped,
+or with ``on_bad_row="fail"`` stops the job.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mmkd.data.badrows import BadRowsMixin
 from mmkd.data.images import BadSample
 from mmkd.data.base import (
     ContainerDataset,
@@ -86,8 +91,8 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-class WebDataset(ContainerDataset):
-    """Samples from tar shards, in shard order then member order."""
+class WebDataset(BadRowsMixin, ContainerDataset):
+    """Samples from tar shards, in shard order then member order (``on_bad_row``: see the module doc)."""
 
     format = "webdataset"
 
@@ -100,6 +105,7 @@ class WebDataset(ContainerDataset):
         label_fields: Sequence[str] | None = None,
         hash_images: bool = False,
         name: str | None = None,
+        on_bad_row: str = "record",
     ) -> None:
         spec_path = str(path)
         root, shards = find_shards(spec_path)
@@ -117,6 +123,7 @@ class WebDataset(ContainerDataset):
         self.hash_images = hash_images
         self._index_cache: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
         self._lock = threading.Lock()  # read_many may be called from several decode threads
+        self._init_bad_rows(on_bad_row)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -128,17 +135,22 @@ class WebDataset(ContainerDataset):
         self._lock = threading.Lock()
 
     def _entries(self, *, hashes: bool = True) -> Iterator[Entry]:
+        self._reset_bad_rows()
         for rel in self.shards:
             path = resolve_ref(self.root, rel)
             try:
                 with tarfile.open(path, "r:") as tf:
                     members = (m for m in tf if m.isfile())
                     for key, group in itertools.groupby(members, key=lambda m: split_member(m.name)[0]):
-                        yield self._entry(rel, tf, key, list(group), hashes and self.hash_images)
+                        entry = self._entry(rel, tf, key, list(group), hashes and self.hash_images)
+                        if entry is not None:
+                            yield entry
             except (tarfile.TarError, OSError) as e:
                 raise DatasetError(f"shard {str(path)!r} of {self.uri!r} is unreadable: {e}") from e
 
-    def _entry(self, rel: str, tf: tarfile.TarFile, key: str, group: list[tarfile.TarInfo], hashes: bool) -> Entry:
+    def _entry(self, rel: str, tf: tarfile.TarFile, key: str, group: list[tarfile.TarInfo],
+               hashes: bool) -> Entry | None:
+        """The sample of one key; ``None`` (a recorded bad row) when its text members are unusable."""
         by_ext = {split_member(m.name)[1]: m for m in group}
         image = next((by_ext[e] for e in IMAGE_EXTS if e in by_ext), None)
         meta: dict = {}
@@ -146,10 +158,15 @@ class WebDataset(ContainerDataset):
             try:
                 meta = json.loads(tf.extractfile(by_ext["json"]).read().decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise DatasetError(f"{rel}::{by_ext['json'].name} is not valid UTF-8 JSON: {e}") from e
+                self._bad_row(f"{rel}::{by_ext['json'].name}", None, f"not valid UTF-8 JSON ({e})")
+                return None
             meta = meta if isinstance(meta, dict) else {}
         if "txt" in by_ext:
-            caption = tf.extractfile(by_ext["txt"]).read().decode("utf-8", errors="replace")
+            try:
+                caption = tf.extractfile(by_ext["txt"]).read().decode("utf-8")
+            except UnicodeDecodeError as e:
+                self._bad_row(f"{rel}::{by_ext['txt'].name}", None, f"caption is not UTF-8 ({e})")
+                return None
         else:
             caption = meta.get(self.caption_field)
         sid = meta.get(self.id_field) if self.id_field else None

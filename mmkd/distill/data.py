@@ -3,9 +3,14 @@
 Row order comes from :func:`mmkd.store.chunk_shuffled_batches`: deterministic from
 (seed, epoch), global batches split into equal rank slices, batches dealt to
 DataLoader workers round robin, resumable from a batch index. Nothing is loaded
-whole: captions and image references are read from ``index.parquet`` one row group
-at a time, validity and features one store block at a time, each through a small
-LRU cache sized by ``buffer_blocks``.
+whole: captions and image references are read from the store's index one row group
+at a time (:meth:`FeatureStore.index_columns`), validity and features one store
+block at a time, each through a small LRU cache sized by ``buffer_blocks``.
+
+Rows the store marks as unusable (empty caption, image failed at extract, no valid
+teacher: :func:`mmkd.store.masks.untrainable_rows`) never enter a batch, in stage 1
+as in stage 2; they are counted and logged once. A row whose image fails to read
+at train time is masked out of its batch (``ok``) and warned about once per run.
 
 Per-row randomness (augmentation, the random teacher of ``mmkd-clip``) is a hash of
 (seed, epoch, row), so a row gets the same view however the run is sharded,
@@ -17,10 +22,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,43 +68,6 @@ def draw_teacher(valid: np.ndarray, u: np.ndarray) -> np.ndarray:
     cum = np.cumsum(valid, axis=1) - 1
     choice = np.argmax((cum == pick[:, None]) & valid, axis=1)
     return np.where(k > 0, choice, -1)
-
-
-class IndexReader:
-    """Captions and image references by row from ``index.parquet``, one row group at a time."""
-
-    def __init__(self, path: str | Path, columns: tuple[str, ...] = ("caption", "image"), max_groups: int = 16):
-        import pyarrow.parquet as pq
-
-        self.file = pq.ParquetFile(str(path))
-        self.columns = list(columns)
-        sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
-        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.max_groups = max_groups
-        self._cache: OrderedDict[int, dict[str, list]] = OrderedDict()
-
-    def _group(self, g: int) -> dict[str, list]:
-        hit = self._cache.get(g)
-        if hit is None:
-            hit = self.file.read_row_group(g, columns=self.columns).to_pydict()
-            self._cache[g] = hit
-            while len(self._cache) > self.max_groups:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(g)
-        return hit
-
-    def get(self, rows: np.ndarray) -> dict[str, list]:
-        """Column -> values for ``rows`` (in the given order)."""
-        out: dict[str, list] = {c: [None] * len(rows) for c in self.columns}
-        groups = np.searchsorted(self.starts, rows, side="right") - 1
-        for g in np.unique(groups):
-            data = self._group(int(g))
-            for i in np.nonzero(groups == g)[0]:
-                local = int(rows[i] - self.starts[g])
-                for c in self.columns:
-                    out[c][i] = data[c][local]
-        return out
 
 
 class SyntheticImages:
@@ -171,6 +137,8 @@ class StoreBatches(IterableDataset):
         super().__init__()
         from mmkd.store import FeatureStore, num_batches
 
+        from mmkd.store.masks import untrainable_rows
+
         self.spec = spec
         self.transform = transform
         self.tokenizer = tokenizer
@@ -179,10 +147,17 @@ class StoreBatches(IterableDataset):
         self.dims = {t: store.dim(t) for t in spec.teachers}
         self.images = images_source(store, spec.data)
         self.uri = self.images if isinstance(self.images, str) else self.images["path"]
-        self.batches_per_epoch = num_batches(self.n, spec.batch_size, spec.world_size)
+        excluded = untrainable_rows(store)
+        self.exclude = excluded.mask if excluded.total else None
+        if excluded.total:
+            logger.warning("store %s: %s left out of training: the store records them as unusable "
+                           "(`mmkd store info %s` lists failures)", spec.store, excluded.describe(), spec.store)
+        self.unreadable: set[int] = set()  # rows whose image failed at train time (warned once)
+        self.batches_per_epoch = num_batches(self.n, spec.batch_size, spec.world_size, exclude=self.exclude)
         if self.batches_per_epoch == 0:
-            raise ValueError(f"store {spec.store!r} has {self.n} rows, fewer than one global batch of "
-                             f"{spec.batch_size} x {spec.world_size} ranks; lower --batch-size")
+            raise ValueError(f"store {spec.store!r} has {self.n - excluded.total} usable rows ({excluded.describe()} "
+                             f"left out), fewer than one global batch of {spec.batch_size} x {spec.world_size} "
+                             "ranks; lower --batch-size")
         self.epoch, self.start_batch = 0, 0
         self._state: dict[str, Any] | None = None
 
@@ -196,13 +171,9 @@ class StoreBatches(IterableDataset):
             from mmkd.store import FeatureStore
 
             cache = (max(self.spec.buffer_blocks, 2) + 2) * self.block_size * 4 * sum(self.dims.values()) + (1 << 20)
-            store = FeatureStore.open(self.spec.store, cache_bytes=cache)
-            self._state = {
-                "store": store,
-                "index": IndexReader(Path(self.spec.store) / "index.parquet",
-                                     max_groups=max(self.spec.buffer_blocks, 2) + 1),
-                "images": open_images(self.images),
-            }
+            store = FeatureStore.open(self.spec.store, cache_bytes=cache,
+                                      index_cache_groups=max(self.spec.buffer_blocks, 2) + 1)
+            self._state = {"store": store, "images": open_images(self.images)}
         return self._state
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -214,14 +185,14 @@ class StoreBatches(IterableDataset):
         batches = chunk_shuffled_batches(
             self.n, self.block_size, s.batch_size, seed=s.seed, epoch=self.epoch, rank=s.rank,
             world_size=s.world_size, worker_id=wid, num_workers=nw, buffer_blocks=s.buffer_blocks,
-            start_batch=self.start_batch)
+            start_batch=self.start_batch, exclude=self.exclude)
         for rows in batches:
             yield self.load(np.asarray(rows, dtype=np.int64))
 
     def load(self, rows: np.ndarray) -> dict[str, Any]:
         """Build the batch for ``rows`` (see the class docstring)."""
         st = self._open()
-        meta = st["index"].get(rows)
+        meta = st["store"].index_columns(rows, ("caption", "image"))
         images, ok = self._images(st["images"], meta["image"], rows)
         batch: dict[str, Any] = {
             "rows": torch.from_numpy(rows.copy()),
@@ -249,7 +220,10 @@ class StoreBatches(IterableDataset):
                     torch.random.default_generator.manual_seed(int(seeds[i]))
                     out.append(self.transform(img))
             except BadSample as e:
-                logger.warning("row %d (image %r) unreadable, skipped in this batch: %s", rows[i], refs[i], e)
+                if int(rows[i]) not in self.unreadable:
+                    self.unreadable.add(int(rows[i]))
+                    logger.warning("row %d (image %r) unreadable, masked out of its batches (warned once per "
+                                   "run): %s", rows[i], refs[i], e)
                 ok[i] = False
                 out.append(None)
         shape = next((x.shape for x in out if x is not None), None)
@@ -272,7 +246,18 @@ class StoreBatches(IterableDataset):
         return {"feats": feats, "valid": torch.from_numpy(valid), "choice": torch.from_numpy(choice)}
 
 
+class _Loader(DataLoader):
+    """A DataLoader that tells its dataset which rows failed to read, so the next epoch's workers
+    (fresh copies of the dataset) do not warn about them again."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in super().__iter__():
+            if isinstance(self.dataset, StoreBatches) and not bool(batch["ok"].all()):
+                self.dataset.unreadable.update(batch["rows"][~batch["ok"]].tolist())
+            yield batch
+
+
 def make_loader(dataset: StoreBatches, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over pre-batched items (``batch_size=None``)."""
-    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      prefetch_factor=2 if num_workers > 0 else None)
+    return _Loader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                   prefetch_factor=2 if num_workers > 0 else None)

@@ -1,5 +1,10 @@
 """Eval outputs: results.json (every number), results.md (headline table, best per column bold),
-results.png (grouped bar chart) and a plain-text summary for the terminal."""
+results.png (grouped bar chart) and a plain-text summary for the terminal.
+
+Eval images that could not be read are listed under ``results[model][set]["skipped"]``
+(``count``, ``of``, ``samples``) and in a footnote under the tables; the columns of
+such a set are marked with ``†``.
+"""
 
 from __future__ import annotations
 
@@ -55,27 +60,51 @@ def _cell(results: dict, model: str, col: tuple[str, str, str]) -> tuple[str, bo
     return text, v == _best(results, col)
 
 
-def _header(col: tuple[str, str, str]) -> str:
-    return f"{col[0]} {col[1]} {SHORT.get(col[2], col[2])}"
+def skipped_images(results: dict) -> dict[str, dict[str, Any]]:
+    """Eval set -> its ``skipped`` record (unreadable images left out), from any model's results."""
+    out: dict[str, dict[str, Any]] = {}
+    for per_set in results.values():
+        for ds, tasks in per_set.items():
+            if "skipped" in tasks and ds not in out:
+                out[ds] = tasks["skipped"]
+    return out
+
+
+def _header(col: tuple[str, str, str], marked: dict | None = None) -> str:
+    mark = "†" if marked and col[0] in marked else ""
+    return f"{col[0]}{mark} {col[1]} {SHORT.get(col[2], col[2])}"
+
+
+def footnote(results: dict, limit: int = 20) -> str:
+    """``† <set>: N of M images unreadable, left out for every model: id (reason), ...`` lines ('' when none)."""
+    lines = []
+    for ds, rec in skipped_images(results).items():
+        samples = rec.get("samples", [])
+        listed = ", ".join(f"{s['sample_id']} ({s['reason']})" for s in samples[:limit])
+        more = f", and {len(samples) - limit} more (see results.json)" if len(samples) > limit else ""
+        lines.append(f"† {ds}: {rec['count']} of {rec['of']} images unreadable, left out for every model: "
+                     f"{listed}{more}")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def markdown_table(results: dict) -> str:
-    """Rows = models, columns = dataset x task headline metrics; best per column in bold."""
-    cols = columns(results)
-    lines = ["| model | " + " | ".join(_header(c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    """Rows = models, columns = dataset x task headline metrics; best per column in bold; skipped-image footnote."""
+    cols, marked = columns(results), skipped_images(results)
+    lines = ["| model | " + " | ".join(_header(c, marked) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for model in results:
         cells = []
         for c in cols:
             text, best = _cell(results, model, c)
             cells.append(f"**{text}**" if best else text)
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    note = footnote(results)
+    return "\n".join(lines) + "\n" + (f"\n{note}" if note else "")
 
 
 def summary_text(results: dict) -> str:
     """The headline table as aligned plain text; ``*`` marks the best per column."""
-    cols = columns(results)
-    rows = [["model"] + [_header(c) for c in cols]]
+    cols, marked = columns(results), skipped_images(results)
+    rows = [["model"] + [_header(c, marked) for c in cols]]
     for model in results:
         row = [model]
         for c in cols:
@@ -85,7 +114,7 @@ def summary_text(results: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + footnote(results, limit=5)
 
 
 def bar_chart(results: dict, path: Path) -> None:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mmkd.config import ConfigError, merge_entry, resolve_path, section
 from mmkd.eval.encoders import Encoder, StoreEncoder, StudentEncoder, TeacherEncoder
 from mmkd.eval.features import FeatureCache, SetFeatures, set_features
@@ -41,6 +43,9 @@ class EvalConfig:
         cache_dir: feature cache folder (default ``<out>/cache``).
         stores: eval-set name -> feature store built over it (teachers are read from it).
         progress: show progress bars.
+        strict: an unreadable eval image is an error; by default it is skipped, and
+            every model is evaluated on the items all of them could read (the skipped
+            ones are listed in results.json and under the table of results.md).
     """
 
     tasks: tuple[str, ...] = TASKS
@@ -53,6 +58,7 @@ class EvalConfig:
     cache_dir: str | None = None
     stores: dict[str, str] = field(default_factory=dict)
     progress: bool = False
+    strict: bool = False
 
     def __post_init__(self) -> None:
         bad = [t for t in self.tasks if t not in TASKS]
@@ -70,7 +76,7 @@ def parse_tasks(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, .
 
 
 JOB_KEYS = ("models", "sets", "data", "label", "tasks", "out", "resamples", "seed", "knn_k", "batch_size", "device",
-            "cache_dir", "stores", "probe")
+            "cache_dir", "stores", "probe", "strict")
 _RUN_ONLY = ("models", "sets", "data", "label", "tasks", "out")
 
 
@@ -215,7 +221,7 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
     builder = _Models(cfg, ecfg.device)
     names = [builder.base(m).name for m in models]
     names = [n if names.count(n) == 1 else m for n, m in zip(names, models)]  # two exports named alike
-    results: Results = {}
+    computed: dict[str, dict[str, SetFeatures]] = {s.name: {} for s in sets}
     for model, name in zip(models, names):
         for evalset in sets:
             store = ecfg.stores.get(evalset.name) or (str(evalset.store) if evalset.store else None)
@@ -225,15 +231,58 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
             if not (evalset.labelled or need_text):
                 log.warning("eval set %s supports none of the tasks %s", evalset.name, list(ecfg.tasks))
                 continue
-            feats = set_features(enc, evalset, need_text=need_text, need_classes=need_classes, cache=cache,
-                                 batch_size=ecfg.batch_size, progress=ecfg.progress)
-            tasks = run_tasks(feats, evalset, ecfg)
+            computed[evalset.name][name] = set_features(
+                enc, evalset, need_text=need_text, need_classes=need_classes, cache=cache,
+                batch_size=ecfg.batch_size, progress=ecfg.progress, strict=ecfg.strict)
+    results: Results = {}
+    skipped_by_set: dict[str, list[dict[str, Any]]] = {}
+    for evalset in sets:
+        keep, skipped = _common_items(evalset, computed[evalset.name])
+        if skipped:
+            skipped_by_set[evalset.name] = skipped
+        for name, feats in computed[evalset.name].items():
+            sub_feats, sub_set = _restrict(feats, evalset, keep)
+            tasks = run_tasks(sub_feats, sub_set, ecfg)
             if tasks:
+                if skipped:
+                    tasks["skipped"] = {"count": len(skipped), "of": len(evalset.items), "samples": skipped}
                 results.setdefault(name, {})[evalset.name] = tasks
     if not results:
         raise EvalError(f"no task in {list(ecfg.tasks)} applies to the eval sets {datasets}: retrieval needs "
                         "captions, zero-shot / linear / knn need labels (probes >= 2 samples per class)")
     run_info = {"models": models, "datasets": datasets, "config": asdict(ecfg),
-                "sets": {s.name: {"source": s.source, "fingerprint": s.fingerprint(), "n": len(s.items)} for s in sets}}
+                "sets": {s.name: {"source": s.source, "fingerprint": s.fingerprint(), "n": len(s.items),
+                                  "skipped": len(skipped_by_set.get(s.name, []))} for s in sets}}
     write_report(results, out, run_info)
     return results
+
+
+def _common_items(evalset: EvalSet, feats: dict[str, SetFeatures]) -> tuple[np.ndarray | None,
+                                                                             list[dict[str, Any]]]:
+    """Items every model could read (None: all), and the skipped ones, so all models see the same items."""
+    n = len(evalset.items)
+    ok = np.ones(n, bool)
+    skipped: dict[str, dict[str, Any]] = {}
+    for f in feats.values():
+        if f.kept is not None:
+            mask = np.zeros(n, bool)
+            mask[f.kept] = True
+            ok &= mask
+        for s in f.skipped:
+            skipped.setdefault(s["sample_id"], s)
+    if ok.all():
+        return None, []
+    if not ok.any():
+        raise EvalError(f"eval set {evalset.name!r}: no image could be read by every model "
+                        f"({len(skipped)} unreadable); see the warnings above")
+    return np.flatnonzero(ok), [skipped[it.sample_id] for it in evalset.items if it.sample_id in skipped]
+
+
+def _restrict(feats: SetFeatures, evalset: EvalSet, keep: np.ndarray | None) -> tuple[SetFeatures, EvalSet]:
+    """``feats`` and ``evalset`` cut down to the items ``keep`` (unchanged when None)."""
+    if keep is None:
+        return feats, evalset
+    rows = keep if feats.kept is None else np.searchsorted(feats.kept, keep)
+    sub = replace(feats, image=feats.image[rows], text=None if feats.text is None else feats.text[keep],
+                  kept=None, skipped=[])
+    return sub, replace(evalset, items=[evalset.items[i] for i in keep])

@@ -25,6 +25,7 @@ INDEX = "index.parquet"
 FEATURES = "features.zarr"
 PROGRESS = "_progress"
 FAILURES = "_failures"
+DATASET_FAILURES = "dataset.parquet"  # under FAILURES: table rows that never became samples (bad_row)
 LOCK = ".lock"
 
 FEATURE_DTYPE = "float16"
@@ -41,13 +42,23 @@ def block_name(block: int) -> str:
 
 
 def index_fingerprint(rows: Iterable[tuple[str, str, str, str | None]]) -> str:
-    """sha256 over (sample_id, caption, image, image_sha256) of every row, in row order."""
+    """sha256 over (sample_id, caption, image, image_sha256) of every row, in row order.
+
+    Each field is hashed as its UTF-8 length (8 bytes, little-endian) then its bytes;
+    ``None`` hashes as ``""``. Fed to sha256 in large pieces: one update per field
+    costs more than the hash itself on millions of rows.
+    """
     h = hashlib.sha256()
-    for sid, cap, img, sha in rows:
-        for part in (sid, cap, img, sha or ""):
-            b = part.encode("utf-8")
-            h.update(len(b).to_bytes(8, "little"))
-            h.update(b)
+    buf: list[bytes] = []
+    for row in rows:
+        for part in row:
+            b = (part or "").encode("utf-8")  # a null field (a damaged index) hashes as ""
+            buf.append(len(b).to_bytes(8, "little"))
+            buf.append(b)
+        if len(buf) >= 1 << 16:
+            h.update(b"".join(buf))
+            buf.clear()
+    h.update(b"".join(buf))
     return h.hexdigest()
 
 

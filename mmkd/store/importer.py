@@ -61,9 +61,11 @@ def open_layout(src: Path):
     if not (src / "meta.jsonl").is_file():
         raise StoreError(f"{str(src)!r} is not an MMKD-CLIP layout: {src / 'meta.jsonl'} not found")
     try:
-        return open_dataset({"path": str(src), "format": "mmkd-clip", "options": {"hash_images": True}})
+        ds = open_dataset({"path": str(src), "format": "mmkd-clip", "options": {"hash_images": True}})
     except DatasetError as e:
         raise StoreError(f"cannot import {str(src)!r}: {e}") from e
+    ds.on_bad_row = "fail"  # an official layout with a malformed line is not imported partially
+    return ds
 
 
 def load_feature_file(path: Path) -> dict[str, np.ndarray]:

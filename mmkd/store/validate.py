@@ -1,10 +1,24 @@
-"""Checking that a store is whole and sound (``mmkd store validate``)."""
+"""Checking that a store is whole and sound (``mmkd store validate``).
+
+Every check is guarded: a damaged file (truncated chunk, unreadable marker or
+index) becomes a :class:`Problem` in the report, never a traceback. The default
+check is fast: it reads the index, the markers and the small ``valid`` chunks, and
+checks the size of every feature chunk file without reading it. ``deep=True`` also
+reads and decodes every feature chunk and failures table and checks the values
+(NaN/Inf, zero norms, norms off 1 for normalised teachers).
+
+Status and ``mmkd store validate`` exit code: ``sound`` (0), ``unsound`` (1: at
+least one problem), ``empty`` (3: no problem, but no teacher was ever added, e.g.
+a store killed between creation and its first extract).
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,96 +28,273 @@ if TYPE_CHECKING:
     from mmkd.store.store import FeatureStore
 
 NORM_TOLERANCE = 2e-2  # float16 storage keeps unit norms to ~1e-3
+EXIT_CODES = {"sound": 0, "unsound": 1, "empty": 3}
 
 
-def disk_usage(path: Path) -> int:
-    """Bytes used by all files under ``path``."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
+@dataclass
+class Problem:
+    """One thing wrong with a store.
 
-
-def validate_store(store: "FeatureStore") -> list[str]:
-    """Every problem found in ``store``; an empty list means whole and sound.
-
-    Checks the index (length, row numbers, unique ids), and for each teacher: array
-    shapes against the index and the declared dim, blocks without a done marker,
-    NaN/Inf in valid rows, valid rows with zero norm, and (for teachers whose attrs
-    say ``normalized``) valid rows whose norm is not 1.
+    Attributes:
+        kind: a short class (``index``, ``index_fingerprint``, ``manifest``, ``teacher``,
+            ``blocks_not_done``, ``marker``, ``chunk``, ``valid_count``, ``failures``,
+            ``values``).
+        message: what is wrong, where, and what to do.
     """
-    problems = _index_problems(store)
+
+    kind: str
+    message: str
+
+
+@dataclass
+class ValidationReport:
+    """The result of :func:`validate_store`.
+
+    Attributes:
+        path: the store.
+        deep: every feature chunk was read.
+        teachers: teachers in the store.
+        problems: everything found wrong.
+        chunks_checked: feature chunk files whose size was checked.
+        chunks_read: chunks read and decoded (``valid`` always; features when ``deep``).
+        seconds: wall time of the check.
+    """
+
+    path: str
+    deep: bool
+    teachers: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    chunks_checked: int = 0
+    chunks_read: int = 0
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        """``unsound`` (any problem), ``empty`` (no teacher), else ``sound``."""
+        if self.problems:
+            return "unsound"
+        return "empty" if not self.teachers else "sound"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+    @property
+    def messages(self) -> list[str]:
+        return [p.message for p in self.problems]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Problems by kind."""
+        return dict(Counter(p.kind for p in self.problems))
+
+    def add(self, kind: str, message: str) -> None:
+        self.problems.append(Problem(kind, message))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "status": self.status, "exit_code": self.exit_code, "deep": self.deep,
+                "teachers": self.teachers, "problems": [p.__dict__ for p in self.problems],
+                "counts": self.counts, "chunks_checked": self.chunks_checked, "chunks_read": self.chunks_read,
+                "seconds": self.seconds}
+
+
+def validate_store(store: "FeatureStore", deep: bool = False) -> ValidationReport:
+    """Check ``store`` and report every problem found (see the module docstring).
+
+    Checks the manifest geometry; the index (readable, length, row numbers, unique
+    ids, ``index_fingerprint`` of store.json); the dataset failures table; and for
+    each teacher: array shapes against the index and dim, blocks without a done
+    marker, readable markers, the size of every feature chunk file, ``valid``
+    chunks decodable and agreeing with their marker's count; with ``deep``, every
+    feature chunk decoded and its valid rows' values checked.
+    """
+    t0 = time.perf_counter()
+    report = ValidationReport(path=str(store.path), deep=deep, teachers=store.teachers)
+    _manifest_problems(store, report)
+    _index_problems(store, report)
+    _dataset_failure_problems(store, report)
     for teacher in store.teachers:
-        problems += _teacher_problems(store, teacher)
-    return problems
+        _teacher_problems(store, teacher, report)
+    report.seconds = time.perf_counter() - t0
+    return report
 
 
-def _index_problems(store: "FeatureStore") -> list[str]:
-    out = []
-    idx = store.index
-    if idx.num_rows != store.n:
-        out.append(f"index.parquet has {idx.num_rows} rows but store.json says num_samples={store.n}")
-    rows = np.asarray(idx.column("row").to_numpy())
-    if not np.array_equal(rows, np.arange(idx.num_rows)):
-        bad = int(np.nonzero(rows != np.arange(idx.num_rows))[0][0]) if rows.size == idx.num_rows else -1
-        out.append(f"index.parquet column 'row' is not 0..N-1 in order (first mismatch at position {bad})")
-    ids = idx.column("sample_id").to_pylist()
-    if len(set(ids)) != len(ids):
-        seen, dups = set(), []
-        for s in ids:
-            if s in seen:
-                dups.append(s)
-            seen.add(s)
-        out.append(f"index.parquet has {len(dups)} duplicate sample ids, e.g. {dups[:3]}")
-    return out
+def _manifest_problems(store: "FeatureStore", report: ValidationReport) -> None:
+    m = store.manifest
+    try:
+        n, bs, nb = int(m["num_samples"]), int(m["block_size"]), int(m["num_blocks"])
+    except (KeyError, TypeError, ValueError) as e:
+        report.add("manifest", f"store.json lacks a valid num_samples/block_size/num_blocks ({e!r})")
+        return
+    if bs <= 0 or nb != -(-n // bs):
+        report.add("manifest", f"store.json says num_blocks={nb}, but ceil(num_samples {n} / block_size {bs}) "
+                               f"= {-(-n // max(bs, 1))}")
 
 
-def _teacher_problems(store: "FeatureStore", teacher: str) -> list[str]:
-    out = []
+def _index_problems(store: "FeatureStore", report: ValidationReport) -> None:
+    fix = "restore index.parquet from a backup, or rebuild the store with `mmkd extract` into a new --store"
+    seen: set[str] = set()
+    dups: list[str] = []
+    total, first_bad_row = 0, None
+    rows_for_hash: list[Any] = []
+    try:
+        for table in store.iter_index(("sample_id", "row", "caption", "image", "image_sha256")):
+            rows = np.asarray(table.column("row").to_numpy(zero_copy_only=False))
+            expected = np.arange(total, total + table.num_rows)
+            if first_bad_row is None and not np.array_equal(rows, expected):
+                first_bad_row = total + int(np.nonzero(rows != expected)[0][0])
+            for sid in table.column("sample_id").to_pylist():
+                if sid in seen:
+                    dups.append(sid)
+                seen.add(sid)
+            rows_for_hash.append(table.select(["sample_id", "caption", "image", "image_sha256"]))
+            total += table.num_rows
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError/... for a damaged parquet file
+        report.add("index", f"index.parquet cannot be read ({type(e).__name__}: {e}); {fix}")
+        return
+    if total != store.n:
+        report.add("index", f"index.parquet has {total} rows but store.json says num_samples={store.n}; {fix}")
+    if first_bad_row is not None:
+        report.add("index", f"index.parquet column 'row' is not 0..N-1 in order (first mismatch at position "
+                            f"{first_bad_row}); {fix}")
+    if dups:
+        report.add("index", f"index.parquet has {len(dups)} duplicate sample ids, e.g. {dups[:3]}; {fix}")
+    recorded = store.manifest.get("index_fingerprint")
+    if not recorded:
+        report.add("manifest", "store.json records no index_fingerprint, so the index cannot be checked; "
+                               "rebuild the store with `mmkd extract`")
+        return
+    from mmkd.store.index import fingerprint_tables
+
+    actual = fingerprint_tables(rows_for_hash)
+    if actual != recorded:
+        report.add("index_fingerprint",
+                   f"index.parquet was changed after the store was made: its fingerprint {actual[:16]}... != "
+                   f"index_fingerprint {recorded[:16]}... in store.json (a sample id, caption, image reference "
+                   f"or image hash was edited, so features no longer match their rows); {fix}")
+
+
+def _dataset_failure_problems(store: "FeatureStore", report: ValidationReport) -> None:
+    try:
+        store.dataset_failures()
+    except Exception as e:  # a damaged parquet file is a problem to report
+        report.add("failures", f"{fmt.FAILURES}/{fmt.DATASET_FAILURES} is unreadable ({type(e).__name__}: {e}); "
+                               "rerun `mmkd extract` into a new store to record the dataset's bad rows again")
+
+
+def _teacher_problems(store: "FeatureStore", teacher: str, report: ValidationReport) -> None:
     try:
         g = store._group(teacher)
         attrs = dict(g.attrs.asdict())
         dim = int(attrs["dim"])
+        shapes = {kind: tuple(g[kind].shape) for kind in (*fmt.KINDS, "valid")}
     except Exception as e:  # a broken teacher group is a problem to report, not a crash
-        return [f"teacher {teacher!r}: cannot open its arrays or attrs: {e}"]
-    for kind in fmt.KINDS:
-        shape = tuple(g[kind].shape)
-        if shape != (store.n, dim):
-            out.append(f"teacher {teacher!r}: {kind} array has shape {shape}, expected {(store.n, dim)}")
-    if tuple(g["valid"].shape) != (store.n,):
-        out.append(f"teacher {teacher!r}: valid array has shape {tuple(g['valid'].shape)}, expected {(store.n,)}")
-    if out:
-        return out
+        report.add("teacher", f"teacher {teacher!r}: cannot open its arrays or attrs ({type(e).__name__}: {e}); "
+                              f"re-extract it with `mmkd extract --teacher {teacher} --overwrite`")
+        return
+    bad_shape = False
+    for kind, shape in shapes.items():
+        want = (store.n,) if kind == "valid" else (store.n, dim)
+        if shape != want:
+            bad_shape = True
+            report.add("teacher", f"teacher {teacher!r}: {kind} array has shape {shape}, expected {want}")
+    if bad_shape:
+        return
     missing = store.missing_blocks(teacher)
     if missing:
-        out.append(f"teacher {teacher!r}: {len(missing)} of {store.num_blocks} blocks not done: {_ranges(missing)}")
-    done = sorted(store.done_blocks(teacher))
-    counts = {"nonfinite": [], "zero_norm": [], "bad_norm": []}
-    for b in done:
-        start, stop = store.block_range(b)
-        valid = g["valid"][start:stop]
-        for kind in fmt.KINDS:
-            x = store.read_block(teacher, b, kind)[valid].astype(np.float32)
-            if not x.size:
-                continue
-            rows = np.nonzero(valid)[0] + start
-            finite = np.isfinite(x).all(axis=1)
-            counts["nonfinite"] += [(int(r), kind) for r in rows[~finite]]
-            norms = np.linalg.norm(np.where(finite[:, None], x, 0), axis=1)
-            counts["zero_norm"] += [(int(r), kind) for r in rows[finite & (norms == 0)]]
-            if attrs.get("normalized", True):
-                off = finite & (norms > 0) & (np.abs(norms - 1) > NORM_TOLERANCE)
-                counts["bad_norm"] += [(int(r), kind) for r in rows[off]]
+        report.add("blocks_not_done", f"teacher {teacher!r}: {len(missing)} of {store.num_blocks} blocks not done: "
+                                      f"{_ranges(missing)}; rerun `mmkd extract --teacher {teacher}` to finish them")
+    counts: dict[str, list] = {"nonfinite": [], "zero_norm": [], "bad_norm": []}
+    for b in sorted(store.done_blocks(teacher)):
+        if b >= store.num_blocks:
+            report.add("marker", f"teacher {teacher!r}: marker {store.marker_path(teacher, b)} names block {b}, "
+                                 f"but the store has {store.num_blocks} blocks; delete it")
+            continue
+        valid = _check_block(store, teacher, b, report)
+        if report.deep and valid is not None:
+            _check_values(store, teacher, b, valid, bool(attrs.get("normalized", True)), report, counts)
     labels = {"nonfinite": "valid rows with NaN/Inf", "zero_norm": "valid rows with zero norm",
               "bad_norm": f"valid rows with norm off 1 by > {NORM_TOLERANCE} (attrs say normalized)"}
     for key, hits in counts.items():
         if hits:
-            out.append(f"teacher {teacher!r}: {len(hits)} {labels[key]}, e.g. (row, kind) {hits[:5]}")
-    return out
+            report.add("values", f"teacher {teacher!r}: {len(hits)} {labels[key]}, e.g. (row, kind) {hits[:5]}")
+
+
+def _redo(store: "FeatureStore", teacher: str, block: int) -> str:
+    return (f"delete {store.marker_path(teacher, block)} and rerun `mmkd extract --teacher {teacher}` "
+            "to redo the block")
+
+
+def _check_block(store: "FeatureStore", teacher: str, b: int, report: ValidationReport) -> np.ndarray | None:
+    """Marker, chunk sizes and ``valid`` of one done block; its valid mask, or None when unreadable."""
+    try:
+        marker = json.loads(store.marker_path(teacher, b).read_text(encoding="utf-8"))
+        if not isinstance(marker, dict):
+            raise ValueError(f"a {type(marker).__name__}, not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        report.add("marker", f"teacher {teacher!r}: done marker of block {b} is unreadable ({e}); "
+                             f"{_redo(store, teacher, b)}")
+        marker = {}
+    ok = True
+    for kind in fmt.KINDS:
+        size = store.raw_chunk_bytes(teacher, kind)
+        if size is None:
+            continue
+        path = store.chunk_path(teacher, kind, b)
+        report.chunks_checked += 1
+        try:
+            have = path.stat().st_size
+        except FileNotFoundError:
+            have = None
+        if have != size:
+            ok = False
+            what = "is missing" if have is None else f"holds {have} bytes, expected {size} (truncated or damaged)"
+            report.add("chunk", f"teacher {teacher!r}: {kind} chunk of block {b} ({path}) {what}; "
+                                f"{_redo(store, teacher, b)}")
+    try:
+        valid = store.read_block(teacher, b, "valid")
+        report.chunks_read += 1
+    except Exception as e:  # StoreError or a codec error: report, go on
+        report.add("chunk", f"teacher {teacher!r}: valid chunk of block {b} cannot be decoded "
+                            f"({type(e).__name__}: {e}); {_redo(store, teacher, b)}")
+        return None
+    if "valid" in marker and int(marker["valid"]) != int(valid.sum()):
+        report.add("valid_count", f"teacher {teacher!r}: block {b} has {int(valid.sum())} valid rows but its "
+                                  f"marker says {marker['valid']}; {_redo(store, teacher, b)}")
+    return valid if ok else None
+
+
+def _check_values(store: "FeatureStore", teacher: str, b: int, valid: np.ndarray, normalized: bool,
+                  report: ValidationReport, counts: dict[str, list]) -> None:
+    start, _ = store.block_range(b)
+    rows = np.nonzero(valid)[0] + start
+    for kind in fmt.KINDS:
+        try:
+            x = store.read_block(teacher, b, kind)
+            report.chunks_read += 1
+        except Exception as e:  # StoreError or a codec error: report, go on
+            report.add("chunk", f"teacher {teacher!r}: {kind} chunk of block {b} cannot be read "
+                                f"({type(e).__name__}: {e}); {_redo(store, teacher, b)}")
+            continue
+        x = x[valid].astype(np.float32)
+        if not x.size:
+            continue
+        finite = np.isfinite(x).all(axis=1)
+        counts["nonfinite"] += [(int(r), kind) for r in rows[~finite]]
+        norms = np.linalg.norm(np.where(finite[:, None], x, 0), axis=1)
+        counts["zero_norm"] += [(int(r), kind) for r in rows[finite & (norms == 0)]]
+        if normalized:
+            off = finite & (norms > 0) & (np.abs(norms - 1) > NORM_TOLERANCE)
+            counts["bad_norm"] += [(int(r), kind) for r in rows[off]]
+    path = store.path / fmt.FAILURES / teacher / f"{fmt.block_name(b)}.parquet"
+    if path.exists():
+        try:
+            import pyarrow.parquet as pq
+
+            pq.read_table(path)
+        except Exception as e:  # a damaged failures table
+            report.add("failures", f"teacher {teacher!r}: failures table {path} is unreadable "
+                                   f"({type(e).__name__}: {e}); {_redo(store, teacher, b)}")
 
 
 def _ranges(blocks: list[int]) -> str:

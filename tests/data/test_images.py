@@ -164,3 +164,11 @@ def test_bad_sample_pickles_with_reason() -> None:
     e = pickle.loads(pickle.dumps(BadSample("truncated", "12 bytes missing")))
     assert (e.reason, e.detail) == ("truncated", "12 bytes missing")
     assert "truncated" in str(e)
+
+
+def test_corrupt_jpeg_is_corrupt_not_truncated(modality_dir: Path) -> None:
+    data = (modality_dir / "mri.jpg").read_bytes()
+    flipped = data[:600] + bytes(255 - b for b in data[600:1200]) + data[1200:]  # full length, damaged middle
+    assert len(flipped) == len(data) and _reason(flipped) == "corrupt"
+    png = (modality_dir / "xray.png").read_bytes()
+    assert _reason(png[:200] + bytes(255 - b for b in png[200:600]) + png[600:]) == "corrupt"

@@ -66,3 +66,23 @@ def test_bad_arguments():
         _all(n=10, block_size=2, batch_size=2, seed=0, epoch=0, rank=2, world_size=2)
     with pytest.raises(ValueError, match="must be positive"):
         _all(n=10, block_size=2, batch_size=0, seed=0, epoch=0)
+
+
+def test_exclude_mask_drops_rows_keeps_draws_and_equal_rank_batches():
+    n, bs = 103, 10
+    plain = list(chunk_shuffled_batches(n, bs, 4, seed=5, epoch=1))
+    none_excluded = list(chunk_shuffled_batches(n, bs, 4, seed=5, epoch=1, exclude=np.zeros(n, bool)))
+    assert [b.tolist() for b in plain] == [b.tolist() for b in none_excluded]
+    exclude = np.zeros(n, bool)
+    exclude[[0, 7, 50, 99]] = True
+    kept = np.concatenate(list(chunk_shuffled_batches(n, bs, 4, seed=5, epoch=1, exclude=exclude)))
+    assert not exclude[kept].any() and kept.size == num_batches(n, 4, exclude=exclude) * 4 == 96
+    # same relative order as without the mask: excluded rows are filtered out of the same draw
+    order = np.concatenate(plain + [np.array([], np.int64)])
+    assert kept.tolist() == [r for r in order.tolist() if not exclude[r]][:96]
+    ranks = [list(chunk_shuffled_batches(n, bs, 2, seed=5, epoch=1, rank=r, world_size=2, exclude=exclude))
+             for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == num_batches(n, 2, 2, exclude=exclude)
+    assert all(a.size == b.size == 2 for a, b in zip(*ranks))
+    with pytest.raises(ValueError, match="shape"):
+        list(chunk_shuffled_batches(n, bs, 4, seed=5, epoch=1, exclude=np.zeros(3, bool)))

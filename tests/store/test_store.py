@@ -110,7 +110,7 @@ def test_validate_reports_every_problem(tmp_path):
     img[3] *= 3.0
     store.write_block("t", 0, img, ref["text"][0:4], np.ones(4, bool))
     (tmp_path / "st" / "_progress" / "t" / "block-000002.done").unlink()
-    problems = "\n".join(FeatureStore.open(tmp_path / "st").validate())
+    problems = "\n".join(FeatureStore.open(tmp_path / "st").validate(deep=True))
     assert "1 of 3 blocks not done: 2" in problems
     assert "1 valid rows with NaN/Inf" in problems and "(1, 'image')" in problems
     assert "1 valid rows with zero norm" in problems and "(2, 'image')" in problems

@@ -186,18 +186,18 @@ class BlockWorker:
             self._next = None
 
     def _block_rows(self, start: int, stop: int) -> tuple[list[str], list[str], list[str]]:
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
+        from mmkd.store import StoreError
 
-        from mmkd.store.format import INDEX
-
-        # Row groups are block-aligned, so the filter reads about one row group.
-        table = pq.read_table(self.store.path / INDEX, columns=["row", "sample_id", "caption", "image"],
-                              filters=[("row", ">=", start), ("row", "<", stop)])
-        table = table.take(pc.sort_indices(table, [("row", "ascending")]))
-        if table.num_rows != stop - start:
-            raise ExtractError(f"store {self.store.path}: index holds {table.num_rows} rows in [{start}, {stop}); "
-                               "the index is damaged (run `mmkd store validate`)")
+        # Row groups are block-aligned, so this reads about one row group (through the store's index LRU).
+        try:
+            table = self.store.index_rows(start, stop, ("row", "sample_id", "caption", "image"))
+            rows = table.column("row").to_numpy(zero_copy_only=False)
+        except (StoreError, OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise ExtractError(f"store {self.store.path}: cannot read index rows [{start}, {stop}) ({e}); "
+                               "the index is damaged (run `mmkd store validate`)") from e
+        if table.num_rows != stop - start or not np.array_equal(rows, np.arange(start, stop)):
+            raise ExtractError(f"store {self.store.path}: index rows [{start}, {stop}) do not hold row numbers "
+                               f"{start}..{stop - 1} in order; the index is damaged (run `mmkd store validate`)")
         return (table.column("sample_id").to_pylist(), table.column("caption").to_pylist(),
                 table.column("image").to_pylist())
 

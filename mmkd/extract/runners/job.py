@@ -46,6 +46,9 @@ class ExtractJob:
         device: ``auto`` (CUDA when visible), ``cpu`` or ``cuda``.
         actors: Ray actors per teacher (default: one per GPU, else one per CPU).
         max_restarts: times Ray restarts a dead actor (its block is then retried).
+        on_bad_row: ``record`` (default): a dataset table row that is not UTF-8 or
+            not valid JSON/CSV is skipped and recorded in ``<store>/_failures/dataset.parquet``;
+            ``fail``: it stops the job, naming ``file:line``.
     """
 
     data: str | dict[str, Any] | Any
@@ -63,6 +66,7 @@ class ExtractJob:
     device: str = "auto"
     actors: int | None = None
     max_restarts: int = 3
+    on_bad_row: str = "record"
     name: str | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -98,6 +102,8 @@ def _check_job(job: ExtractJob) -> None:
         v = getattr(job, key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
             raise ExtractError(f"{where}: {key} must be a positive integer, got {v!r}")
+    if job.on_bad_row not in ("record", "fail"):
+        raise ExtractError(f"{where}: on_bad_row {job.on_bad_row!r} not in ['record', 'fail']")
     if not isinstance(job.max_restarts, int) or job.max_restarts < 0:
         raise ExtractError(f"{where}: max_restarts must be an integer >= 0, got {job.max_restarts!r}")
 
@@ -169,11 +175,14 @@ def resolve_teachers(job: ExtractJob, cfg: dict[str, Any]) -> list[Any]:
 
 
 def resolve_dataset(job: ExtractJob, cfg: dict[str, Any]):
-    """Open the job's dataset: a ``datasets:`` name, a path, or a spec.
+    """Open the job's dataset (a ``datasets:`` name, a path, or a spec) with the job's ``on_bad_row``.
 
     Raises:
         DatasetError: the dataset cannot be opened, or ``data`` names nothing (the message says why).
     """
     from mmkd.data import open_dataset, resolve_data
 
-    return open_dataset(resolve_data(job.data, cfg))
+    ds = open_dataset(resolve_data(job.data, cfg))
+    if hasattr(ds, "on_bad_row"):  # a run policy, not part of the dataset spec
+        ds.on_bad_row = job.on_bad_row
+    return ds

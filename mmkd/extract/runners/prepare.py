@@ -48,7 +48,8 @@ def open_or_create_store(job: ExtractJob, ds: Any):
         samples = ds.samples() if job.limit is None else itertools.islice(ds.samples(), job.limit)
         kwargs = {} if job.block_size is None else {"block_size": job.block_size}
         store = FeatureStore.create(path, samples, dataset_uri=ds.uri, dataset_fingerprint=fp,
-                                    dataset_spec=ds.spec().to_dict(), **kwargs)
+                                    dataset_spec=ds.spec().to_dict(),
+                                    dataset_failures=lambda: getattr(ds, "bad_rows", []), **kwargs)
         log.info("created store %s from %s (%d samples)", path, ds.uri, store.n)
         return store, True
     store = FeatureStore.open(path, mode="a")

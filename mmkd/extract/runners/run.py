@@ -52,7 +52,7 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     stamp = utc_stamp()
     todo = {s.name: _blocks_to_do(store, s.name, job.overwrite) for s in specs}
     summary = ExtractSummary(store=str(store.path), dataset=ds.uri, runner=job.runner, created_store=created,
-                             num_samples=store.n)
+                             num_samples=store.n, bad_rows=store.dataset_failures().num_rows)
     if created:
         write_job_record(store.path, "_create", {"job": job.to_dict(), "dataset": ds.spec().to_dict()}, stamp)
     else:

@@ -82,6 +82,8 @@ class ExtractSummary:
         num_samples: rows in the store.
         teachers: per-teacher summaries, in run order.
         wall_s: wall-clock seconds of the whole run.
+        bad_rows: dataset rows that never became samples (not UTF-8, not valid
+            JSON/CSV), recorded in ``<store>/_failures/dataset.parquet``.
     """
 
     store: str
@@ -91,6 +93,7 @@ class ExtractSummary:
     num_samples: int = 0
     teachers: list[TeacherSummary] = field(default_factory=list)
     wall_s: float = 0.0
+    bad_rows: int = 0
 
     @property
     def noop(self) -> bool:
@@ -108,7 +111,7 @@ class ExtractSummary:
     def to_dict(self) -> dict[str, Any]:
         return {"store": self.store, "dataset": self.dataset, "runner": self.runner,
                 "created_store": self.created_store, "num_samples": self.num_samples, "noop": self.noop,
-                "rows": self.rows, "failures": self.failures, "wall_s": self.wall_s,
+                "rows": self.rows, "failures": self.failures, "bad_rows": self.bad_rows, "wall_s": self.wall_s,
                 "teachers": [t.to_dict() for t in self.teachers]}
 
     def format(self) -> str:
@@ -116,9 +119,9 @@ class ExtractSummary:
         if self.noop:
             names = ", ".join(t.teacher for t in self.teachers)
             return (f"nothing to do: every block of {names} is already in {self.store} "
-                    f"({self.num_samples} samples); pass --overwrite to redo them")
+                    f"({self.num_samples} samples); pass --overwrite to redo them") + self._bad_rows_line("\n")
         lines = [f"store {self.store}: {self.num_samples} samples from {self.dataset}"
-                 + (" (store created)" if self.created_store else "")]
+                 + (" (store created)" if self.created_store else "") + self._bad_rows_line("\n  ")]
         for t in self.teachers:
             if t.blocks_run == 0:
                 lines.append(f"  {t.teacher}: already complete ({t.blocks_total} blocks), skipped")
@@ -132,5 +135,12 @@ class ExtractSummary:
                 (f"    wall {t.wall_s:.2f}s, worker CPU {t.cpu_s:.2f}s; stages: read+decode "
                  f"{st['read_decode_s']:.2f}s (thread time), waiting for decode {st['wait_s']:.2f}s, "
                  f"forward {st['forward_s']:.2f}s, write {st['write_s']:.2f}s")]
-        lines.append(f"total: {self.rows} rows, failures {self.failures or 'none'}, wall {self.wall_s:.2f}s")
+        lines.append(f"total: {self.rows} rows, failures {self.failures or 'none'}, "
+                     f"bad rows {self.bad_rows}, wall {self.wall_s:.2f}s")
         return "\n".join(lines)
+
+    def _bad_rows_line(self, sep: str) -> str:
+        if not self.bad_rows:
+            return ""
+        return (f"{sep}dataset: {self.bad_rows} bad row(s) (not UTF-8 / not valid JSON or CSV) skipped, not in the "
+                f"store; listed in {self.store}/_failures/dataset.parquet (`mmkd store info {self.store}`)")
