@@ -229,7 +229,11 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
         return self._dims[teacher]
 
     def attrs(self, teacher: str) -> dict[str, Any]:
-        return dict(self._group(teacher).attrs.asdict())
+        """The teacher's attributes (an older store's ``normalised`` is read as ``normalized``)."""
+        out = dict(self._group(teacher).attrs.asdict())
+        if "normalised" in out:
+            out.setdefault("normalized", out.pop("normalised"))
+        return out
 
     def add_teacher(self, teacher: str, dim: int, attrs: dict[str, Any] | None = None) -> None:
         """Pre-size the arrays of ``teacher`` (idempotent for the same ``dim``).
@@ -269,8 +273,10 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
                            fill_value=0.0, compressors=None)
         g.create_array("valid", shape=(self.n,), chunks=(bs,), dtype="bool", fill_value=False,
                        compressors=zarr.codecs.ZstdCodec(level=3))
+        attrs = dict(attrs)
+        legacy = attrs.pop("normalised", None)  # the spelling of stores before 0.2; one spelling is kept
         g.attrs.update({**attrs, "dim": dim, "dtype": fmt.FEATURE_DTYPE,
-                        "normalized": bool(attrs.get("normalized", True))})
+                        "normalized": bool(attrs.get("normalized", True if legacy is None else legacy))})
 
     def update_attrs(self, teacher: str, /, **attrs: Any) -> None:
         """Merge ``attrs`` into the teacher's attributes (JSON-serialisable values)."""

@@ -172,3 +172,44 @@ def test_corrupt_jpeg_is_corrupt_not_truncated(modality_dir: Path) -> None:
     assert len(flipped) == len(data) and _reason(flipped) == "corrupt"
     png = (modality_dir / "xray.png").read_bytes()
     assert _reason(png[:200] + bytes(255 - b for b in png[200:600]) + png[600:]) == "corrupt"
+
+
+# ---- reduced-size JPEG decode (mmkd extract --decode reduced)
+
+@pytest.mark.parametrize("size, side, fit, want", [
+    ((4000, 3000), 224, "shortest", (299, 224)),
+    ((4000, 3000), 224, "longest", (224, 168)),
+    ((4000, 3000), 224, "squash", (224, 224)),
+    ((200, 160), 224, "shortest", (200, 160)),  # never asks for more than the image has
+])
+def test_draft_size_covers_the_side_the_resize_reads(size, side, fit, want):
+    from mmkd.data.images import draft_size
+
+    assert draft_size(size, side, fit) == want
+
+
+@pytest.mark.parametrize("fit", ["shortest", "longest", "squash"])
+def test_reduced_decode_is_smaller_covers_the_input_and_stays_close(fit, modality_dir):
+    """A real fundus JPEG (3504x2336): DCT-scaled decode, still >= 224 where the resize reads, near-equal pixels."""
+    import torch
+    from torchvision import transforms as T
+
+    from mmkd.data.images import decode_image
+
+    data = (modality_dir / "fundus.jpeg").read_bytes()
+    full = decode_image(data)
+    small = decode_image(data, reduce_to=(224, fit))
+    assert small.size[0] < full.size[0] and small.size[1] < full.size[1]
+    ref = {"shortest": min, "longest": max}.get(fit)
+    assert (ref(small.size) >= 224) if ref else min(small.size) >= 224
+    resize = T.Compose([T.Resize((224, 224), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor()])
+    a, b = resize(full).flatten(), resize(small).flatten()
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.995
+
+
+def test_reduced_decode_leaves_other_formats_alone(modality_dir):
+    from mmkd.data.images import decode_image
+
+    png = next(p for p in sorted(modality_dir.iterdir()) if p.suffix.lower() == ".png")
+    data = png.read_bytes()
+    assert decode_image(data, reduce_to=(32, "shortest")).size == decode_image(data).size

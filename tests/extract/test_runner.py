@@ -286,3 +286,16 @@ def test_block_worker_prefetch_hint_out_of_order(setup, demo_store, tmp_path):
         worker.close()
     assert [m["block"] for m in manifests] == [2, 1, 0] and [m["rows"] for m in manifests] == [2, 3, 3]
     assert_same_store(path, copy)
+
+
+def test_decode_mode_is_recorded_and_never_mixed(setup, tmp_path):
+    """--decode reduced lands in the teacher's attrs; resuming that teacher with --decode full is refused."""
+    store = tmp_path / "st"
+    run_extract(_job(setup, store, teachers=["tiny_open_clip"], decode="reduced", limit=6))
+    fs = FeatureStore.open(store)
+    assert fs.attrs("tiny_open_clip")["decode"] == "reduced" and fs.is_complete("tiny_open_clip")
+    (store / "_progress" / "tiny_open_clip" / "block-000001.done").unlink()  # an unfinished block to resume
+    with pytest.raises(ExtractError, match=r"other \['decode'\].*'reduced'.*'full'.*--overwrite"):
+        run_extract(_job(setup, store, teachers=["tiny_open_clip"], decode="full", limit=6))
+    with pytest.raises(ExtractError, match="decode 'gpu' not in"):
+        _job(setup, store, decode="gpu")

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 2
 # Attributes that change the features; a resumed run must not mix blocks made with different ones.
-_FEATURE_ATTRS = ("weights_sha256", "revision", "preprocessing", "context_length", "tokenizer", "dim")
+_FEATURE_ATTRS = ("weights_sha256", "revision", "preprocessing", "context_length", "tokenizer", "dim", "decode")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class WorkerConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         overwrite: the job redoes done blocks (allows replacing a teacher's attrs).
         max_pixels: larger images are refused as decompression bombs.
+        decode: ``full`` or ``reduced`` (JPEG DCT-scaled decode; see :func:`mmkd.data.decode_image`).
     """
 
     dataset: dict[str, Any]
@@ -55,6 +56,7 @@ class WorkerConfig:
     device: str = "auto"
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    decode: str = "full"
 
 
 def resolve_device(device: str) -> str:
@@ -88,7 +90,9 @@ class BlockWorker:
         self.teacher = load_teacher(self.spec, self.device)
         self.dataset = open_dataset(config.dataset)
         self.store = FeatureStore.open(config.store, mode="a")
-        self.attrs = self.teacher.store_attrs()
+        self.attrs = {**self.teacher.store_attrs(), "decode": config.decode}
+        pp = self.teacher.preprocessing
+        self._reduce_to = (pp.image_size, pp.resize_mode) if config.decode == "reduced" else None
         self._add_teacher()
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=f"mmkd-decode-{self.spec.name}")
         self._next: tuple[int, tuple, deque] | None = None  # (block, its index rows, decode futures)
@@ -220,7 +224,8 @@ class BlockWorker:
             try:
                 if isinstance(data, BadSample):
                     raise data
-                pil = decode_image(data, max_pixels=self.config.max_pixels, mode=self.teacher.image_mode)
+                pil = decode_image(data, max_pixels=self.config.max_pixels, mode=self.teacher.image_mode,
+                                   reduce_to=self._reduce_to)
                 caption = check_caption(captions[r])
                 try:
                     pixels = self.teacher.preprocess(pil)

@@ -58,7 +58,8 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     else:
         _precheck_weights(job, [s for s in specs if todo[s.name]])
     config = WorkerConfig(dataset=ds.spec().to_dict(), store=str(Path(store.path).resolve()), batch_size=job.batch_size,
-                          precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite)
+                          precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
+                          decode=job.decode)
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None
     runner = _make_runner(job, stamp) if any(todo.values()) else None
     try:

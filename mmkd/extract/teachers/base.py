@@ -177,7 +177,7 @@ class Teacher:
             "teacher": self.name, "loader": self.spec.loader, "weights": self.spec.weights,
             "arch": self.spec.arch, "revision": self._revision, "weights_sha256": self._sha256,
             "preprocessing": asdict(self.preprocessing), "tokenizer": self.tokenizer_id,
-            "context_length": self.context_length, "dim": self.dim, "normalised": True,
+            "context_length": self.context_length, "dim": self.dim, "normalized": True,
             "logit_scale": self.logit_scale, "license": self.spec.license, "source": self.spec.source,
         }
 
