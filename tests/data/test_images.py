@@ -213,3 +213,37 @@ def test_reduced_decode_leaves_other_formats_alone(modality_dir):
     png = next(p for p in sorted(modality_dir.iterdir()) if p.suffix.lower() == ".png")
     data = png.read_bytes()
     assert decode_image(data, reduce_to=(32, "shortest")).size == decode_image(data).size
+
+
+@pytest.mark.parametrize("kind", ["progressive", "cmyk", "grey", "lying_header"])
+def test_reduced_decode_bad_and_unusual_jpegs(kind):
+    """Progressive, CMYK and greyscale JPEGs decode reduced like full (mode, near-equal pixels); a JPEG whose
+    header claims more data than it holds gets the same bad-sample reason either way."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mmkd.data.images import BadSample, decode_image
+
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(np.kron(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8), np.ones((20, 20, 1),
+                                                                                              dtype=np.uint8)))
+    img = {"cmyk": base.convert("CMYK"), "grey": base.convert("L")}.get(kind, base)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90, progressive=kind == "progressive")
+    data = buf.getvalue()
+    if kind == "lying_header":
+        data = data[: len(data) // 2]  # the header's 1200x800 is not backed by data
+        reasons = set()
+        for reduce_to in (None, (224, "shortest")):
+            with pytest.raises(BadSample) as e:
+                decode_image(data, reduce_to=reduce_to)
+            reasons.add(e.value.reason)
+        assert reasons == {"truncated"}
+        return
+    full, small = decode_image(data), decode_image(data, reduce_to=(224, "shortest"))
+    assert full.mode == small.mode == "RGB" and min(small.size) >= 224 and small.size[0] < full.size[0]
+    a = np.asarray(full.resize(small.size, Image.BICUBIC), dtype=np.float64).ravel()
+    b = np.asarray(small, dtype=np.float64).ravel()
+    assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
