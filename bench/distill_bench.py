@@ -61,7 +61,8 @@ def _teacher_seconds(work: Path, store: Path, batch: int, reps: int) -> float:
     import numpy as np
     import torch
 
-    from mmkd.distill.data import IndexReader, SyntheticImages
+    from mmkd.distill.data import SyntheticImages
+    from mmkd.store import FeatureStore
     from mmkd.data.images import decode_image
     from mmkd.extract.teachers import load_teacher
     from mmkd.extract.tiny import make_tiny_teachers
@@ -70,14 +71,14 @@ def _teacher_seconds(work: Path, store: Path, batch: int, reps: int) -> float:
     specs += list(make_tiny_teachers(work / "t1", kinds=("open_clip", "transformers", "unimed_clip", "pmc_clip"),
                                      seed=1).values())
     teachers = [load_teacher(s, device="cpu") for s in specs[:9]]
-    index, images = IndexReader(store / "index.parquet"), SyntheticImages()
+    index, images = FeatureStore.open(store), SyntheticImages()
     # the tiny teachers' word-level vocabularies only cover a few words (digits overflow
     # some tiny text towers), so time their text side on in-vocabulary captions
     captions = ["ct scan of the left lung shows a mass"] * batch
     times = []
     for r in range(reps + 1):
         rows = np.arange(r * batch, (r + 1) * batch)
-        meta = index.get(rows)
+        meta = index.index_columns(rows, ["image"])
         t0 = time.perf_counter()
         pil = [decode_image(b) for b in images.read_many(meta["image"])]
         with torch.inference_mode():
