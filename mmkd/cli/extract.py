@@ -66,6 +66,9 @@ def teachers_cmd(pipeline: str | None, as_json: bool) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="where models run.")
 @click.option("--actors", type=click.IntRange(min=1), default=None,
               help="Ray actors (default: one per GPU, else one per CPU).")
+@click.option("--liveness-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Ray runner: fail when no block finishes and no worker answers for SECONDS (default 300); "
+                   "finished blocks stay in the store and a rerun resumes.")
 @PIPELINE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="no progress bar.")

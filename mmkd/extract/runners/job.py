@@ -46,6 +46,8 @@ class ExtractJob:
         device: ``auto`` (CUDA when visible), ``cpu`` or ``cuda``.
         actors: Ray actors per teacher (default: one per GPU, else one per CPU).
         max_restarts: times Ray restarts a dead actor (its block is then retried).
+        liveness_timeout: Ray runner: seconds without a finished block and without an
+            answer from any actor before the job fails (finished blocks stay; rerun resumes).
     """
 
     dataset: str | dict[str, Any]
@@ -63,6 +65,7 @@ class ExtractJob:
     device: str = "auto"
     actors: int | None = None
     max_restarts: int = 3
+    liveness_timeout: float = 300.0
     name: str | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -97,6 +100,9 @@ def _check_job(job: ExtractJob) -> None:
             raise ExtractError(f"{where}: {key} must be a positive integer, got {v!r}")
     if not isinstance(job.max_restarts, int) or job.max_restarts < 0:
         raise ExtractError(f"{where}: max_restarts must be an integer >= 0, got {job.max_restarts!r}")
+    if isinstance(job.liveness_timeout, bool) or not isinstance(job.liveness_timeout, int | float) \
+            or not job.liveness_timeout > 0:
+        raise ExtractError(f"{where}: liveness_timeout must be a number of seconds > 0, got {job.liveness_timeout!r}")
 
 
 JOB_KEYS = tuple(f.name for f in dataclasses.fields(ExtractJob) if f.name not in ("pipeline", "name"))

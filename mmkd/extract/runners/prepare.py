@@ -89,9 +89,9 @@ def _check_same_dataset(store: Any, ds: Any, fp: str, job: ExtractJob) -> None:
                      store.path, old_uri, ds.uri)
         return
     if not (store.path / JOBS_DIR).exists() and _same_index(store, ds, job.limit):
-        log.warning("store %s was not made by `mmkd extract` (dataset fingerprint %s...); its index matches "
+        log.warning("store %s was not made by `mmkd extract` (dataset fingerprint %s); its index matches "
                     "every sample of %s (ids, captions, image references), so extracting into it", store.path,
-                    old_fp[:12], ds.uri)
+                    old_fp[:16], ds.uri)
         return
     old_limit, _ = _describe(old_fp)
     new_limit = job.limit
@@ -104,7 +104,7 @@ def _check_same_dataset(store: Any, ds: Any, fp: str, job: ExtractJob) -> None:
             f"rerun with {'no --limit' if old_limit is None else f'--limit {old_limit}'}, or {fix}")
     where = f"dataset {ds.uri}" if old_uri == ds.uri else f"dataset {ds.uri} (the store was made from {old_uri})"
     raise ExtractError(
-        f"{where} does not match store {store.path}: dataset fingerprint {fp[-16:]} != recorded {old_fp[-16:]} "
+        f"{where} does not match store {store.path}: dataset fingerprint {fp[:16]} != recorded {old_fp[:16]} "
         f"(samples were added, removed, reordered or edited since the store was created); rows would no longer "
         f"line up with their samples: {fix}")
 
