@@ -50,3 +50,10 @@ def test_mismatch_error_and_store_info_show_the_same_fingerprint_prefix(modality
     with pytest.raises(ExtractError) as err:
         open_or_create_store(job, edited)
     assert f"dataset fingerprint {edited.fingerprint()[:16]} != recorded {shown} " in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [0, -1.5, "10", True])
+def test_liveness_timeout_must_be_positive_seconds(bad, tmp_path):
+    with pytest.raises(ExtractError, match=rf"liveness_timeout must be a number of seconds > 0, got {bad!r}"):
+        ExtractJob(dataset="d", teachers=["t"], store=str(tmp_path), liveness_timeout=bad)
+    assert ExtractJob(dataset="d", teachers=["t"], store=str(tmp_path), liveness_timeout=12).liveness_timeout == 12
