@@ -292,7 +292,11 @@ class RayRunner(BaseRunner):
                                f"store): {_root_cause(e)}") from e
         log.info("teacher %s: %d actors ready on %s", spec.name, len(info), sorted({i["device"] for i in info}))
         self._schedule(spec, payload, blocks, on_block)
-        return self._gather([self._actors[0].store_attrs.remote(payload)], spec, "reading its attributes")[0]
+        try:
+            return self._gather([self._actors[0].store_attrs.remote(payload)], spec, "reading its attributes")[0]
+        except ray.exceptions.RayError as e:
+            raise ExtractError(f"teacher {spec.name!r}: every block is done, but reading the teacher's attributes "
+                               f"from a Ray worker failed: {_root_cause(e)}; rerun the same command to finish") from e
 
     def _schedule(self, spec: TeacherSpec, payload: dict[str, Any], blocks: list[int],
                   on_block: BlockCallback) -> None:
