@@ -262,8 +262,8 @@ class RayRunner(BaseRunner):
         return (f"teacher {spec.name!r}: no progress for {self.liveness_timeout:g} s while {doing} "
                 f"(--liveness-timeout {self.liveness_timeout:g}): no block finished and no Ray actor answered. "
                 f"Actors: {actors}. Ray nodes: {_describe_nodes()}. Blocks finished by this run "
-                f"({self._done_blocks}) stay marked done in the store: rerun the same command to resume (a new local Ray "
-                "instance is started; with --address, check the cluster with `ray status` first)")
+                f"({self._done_blocks}) stay marked done in the store: rerun the same command to resume (a new "
+                "local Ray instance is started; with --address, check the cluster with `ray status` first)")
 
     def _gather(self, refs: list[ObjectRef], spec: TeacherSpec, doing: str) -> list[Any]:
         pending = list(refs)

@@ -17,6 +17,7 @@ from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
 
 log = logging.getLogger(__name__)
 
+
 def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallback | None = None) -> ExtractSummary:
     """Run an extract job: every requested teacher over every missing block of the store.
 
