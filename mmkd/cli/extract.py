@@ -74,6 +74,9 @@ def teachers_cmd(pipeline: str | None, as_json: bool) -> None:
 @click.option("--on-bad-row", "on_bad_row", type=click.Choice(["record", "fail"]), default=None,
               help="a dataset row that is not UTF-8 or not valid JSON/CSV: 'record' (default) skips it and lists "
                    "it in <store>/_failures/dataset.parquet and the summary; 'fail' stops with its file:line.")
+@click.option("--liveness-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Ray runner: fail when no block finishes and no worker answers for SECONDS (default 300); "
+                   "finished blocks stay in the store and a rerun resumes.")
 @PIPELINE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="no progress bar.")

@@ -54,6 +54,8 @@ class ExtractJob:
             or ``reduced`` (JPEGs decoded at the smallest DCT scale that still covers
             the teacher's input size, then its own resize; several times faster on
             large JPEGs, see bench/decode_bench.py). Recorded in the teacher's attrs.
+        liveness_timeout: Ray runner: seconds without a finished block and without an
+            answer from any actor before the job fails (finished blocks stay; rerun resumes).
     """
 
     data: str | dict[str, Any] | Any
@@ -73,6 +75,7 @@ class ExtractJob:
     max_restarts: int = 3
     on_bad_row: str = "record"
     decode: str = "full"
+    liveness_timeout: float = 300.0
     name: str | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -114,6 +117,9 @@ def _check_job(job: ExtractJob) -> None:
         raise ExtractError(f"{where}: on_bad_row {job.on_bad_row!r} not in ['record', 'fail']")
     if not isinstance(job.max_restarts, int) or job.max_restarts < 0:
         raise ExtractError(f"{where}: max_restarts must be an integer >= 0, got {job.max_restarts!r}")
+    if isinstance(job.liveness_timeout, bool) or not isinstance(job.liveness_timeout, int | float) \
+            or not job.liveness_timeout > 0:
+        raise ExtractError(f"{where}: liveness_timeout must be a number of seconds > 0, got {job.liveness_timeout!r}")
 
 
 JOB_KEYS = tuple(f.name for f in dataclasses.fields(ExtractJob) if f.name not in ("pipeline", "name"))

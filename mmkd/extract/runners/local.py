@@ -3,29 +3,25 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mmkd.extract.runners.base import BaseRunner, BlockCallback
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig
+
+if TYPE_CHECKING:
+    from mmkd.extract.teachers import TeacherSpec
 
 log = logging.getLogger(__name__)
 
 
-class LocalRunner:
+class LocalRunner(BaseRunner):
     """Runs blocks in-process with the same :class:`BlockWorker` the Ray actors use."""
 
     name = "local"
 
-    def run_teacher(self, spec: Any, blocks: list[int], config: WorkerConfig,
-                    on_block: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Extract ``blocks`` of one teacher; return the teacher's store attrs.
-
-        Args:
-            spec: the teacher spec.
-            blocks: block numbers to (re)do.
-            config: worker settings.
-            on_block: called with each block's manifest as it finishes.
-        """
+    def run_blocks(self, spec: TeacherSpec, blocks: list[int], config: WorkerConfig,
+                   on_block: BlockCallback) -> dict[str, Any]:
+        """Extract ``blocks`` in order, each told the next one so its images are decoded early."""
         worker = BlockWorker(spec, config)
         try:
             for i, block in enumerate(blocks):
@@ -33,6 +29,3 @@ class LocalRunner:
             return worker.attrs
         finally:
             worker.close()
-
-    def close(self) -> None:
-        """Nothing to release."""

@@ -1,12 +1,26 @@
-"""The Ray runner: an actor pool over store blocks, one actor per GPU (or per CPU slot).
+"""The Ray runner: block tasks on a pool of Ray actors, one per GPU (or per CPU slot).
 
 Each actor gets the teacher *spec*, the dataset spec and the store path, loads the
 model itself once, and per task runs :meth:`BlockWorker.run_block`, which writes
 the block into the store and returns a small manifest: no features travel through
-the object store. Actors are restarted by Ray when they die (``max_restarts``) and
-the task they were running is retried (``max_task_retries``); block writes are
-idempotent, so a retried block ends up exactly as if it had run once. An actor
-that is gone for good is replaced by the driver and its block re-queued.
+the object store.
+
+Faults are left to Ray where Ray handles them: a dead actor is restarted by Ray
+(``max_restarts``) and the block it was running is retried on it
+(``max_task_retries``); block writes are idempotent, so a retried block ends up
+exactly as if it had run once. What Ray cannot know is handled here:
+
+* an actor gone for good (restarts used up) is replaced and its block re-queued,
+  at most ``max_restarts`` times per block;
+* **liveness**: every actor answers a ``ping`` on its own thread (a concurrency
+  group), also while it runs a block. When no block finishes and no actor answers
+  for ``liveness_timeout`` seconds (the local raylet died, the node is gone, a
+  replacement can never be scheduled), the job fails with an error naming what died,
+  instead of waiting forever. Finished blocks stay marked; a rerun resumes;
+* **shutdown**: a Ray instance this runner started is shut down on close, waiting for
+  its processes to exit, also when the driver gets SIGINT or SIGTERM (the previous
+  signal handlers are restored afterwards). A cluster joined with ``address`` is
+  only disconnected from; a Ray the caller had initialised is left alone.
 
 ``import ray`` happens only in this module.
 """
@@ -15,27 +29,40 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import ray
+
+from mmkd.extract.runners.base import BaseRunner, BlockCallback
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig
 from mmkd.extract.runners.job import ExtractError
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+    from ray.actor import ActorHandle
+
+    from mmkd.extract.teachers import TeacherSpec
 
 log = logging.getLogger(__name__)
 
 # Passed on to actors so they see the same weights caches and offline settings as the driver.
-PROPAGATED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "MMKD_WEIGHTS",
+PROPAGATED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_HOME", "MMKD_WEIGHTS",
                   "OPEN_CLIP_CACHE_DIR", "TORCH_HOME")
+TICK_S = 0.5  # longest the driver blocks in ray.wait, so signals and the liveness clock are seen
+NODE_QUERY_S = 5.0  # longest the error path waits for the GCS to list nodes
 
 
+@ray.remote(concurrency_groups={"health": 1})
 class BlockActor:
     """Ray actor body: holds one :class:`BlockWorker` at a time.
 
     The actor outlives teachers (its process imports torch once); the teacher named
     in a task is loaded on first use, so an actor Ray restarts after a crash
-    reloads the teacher of the task it retries.
+    reloads the teacher of the task it retries. :meth:`ping` runs on its own thread.
     """
 
     def __init__(self, config: WorkerConfig, name: str) -> None:
@@ -58,53 +85,106 @@ class BlockActor:
         self.load(spec)
         return self.worker.attrs
 
+    @ray.method(concurrency_group="health", max_task_retries=0)
+    def ping(self) -> int:
+        return os.getpid()
 
-class RayRunner:
+
+class RayRunner(BaseRunner):
     """Runs blocks on a Ray actor pool (local Ray, or a cluster at ``address``/``$RAY_ADDRESS``).
+
+    Ray is started (or joined) on the first teacher with blocks to do, not here.
 
     Args:
         address: cluster address; ``None`` uses ``$RAY_ADDRESS``, else starts local Ray.
         actors: actors per teacher (default: one per GPU; on CPU-only clusters one
             per CPU, each holding a fraction of a CPU when there are more actors than CPUs).
         device: ``auto``, ``cpu`` or ``cuda``.
-        max_restarts: Ray restarts of a dead actor; also the driver's replacements.
+        max_restarts: Ray restarts of a dead actor; also the driver's replacements per block.
         run_id: distinguishes actor names of concurrent jobs.
+        liveness_timeout: seconds without a finished block and without an answer from
+            any actor before the job fails.
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, actors: int | None = None, device: str = "auto",
-                 max_restarts: int = 3, run_id: str = "") -> None:
-        import ray
-
-        self.ray = ray
-        self.actors, self.device, self.max_restarts = actors, device, max_restarts
+                 max_restarts: int = 3, run_id: str = "", liveness_timeout: float = 300.0) -> None:
+        self.address, self.actors, self.device, self.max_restarts = address, actors, device, max_restarts
+        self.liveness_timeout = float(liveness_timeout)
         self.run_id = run_id or f"{os.getpid()}-{int(time.time())}"
-        self._started = False
-        self._actors: list[Any] = []
+        self._initialised = False  # this runner called ray.init (so it shuts Ray down)
+        self._handlers: dict[int, Any] = {}  # signal -> the handler before this runner's
+        self._actors: list[ActorHandle] = []
+        self._names: list[str] = []
         self._config: WorkerConfig | None = None
         self._opts: dict[str, Any] = {}
         self._generation = 0
-        if not ray.is_initialized():
-            address = address or os.environ.get("RAY_ADDRESS") or None
+        self._pings: dict[ObjectRef, int] = {}  # outstanding ping -> actor slot
+        self._next_ping = 0.0
+        self._last_alive = time.monotonic()
+        self._deaths: dict[str, str] = {}  # actor name -> why it died
+        self._done_blocks = 0
+
+    # ------------------------------------------------------------------ Ray instance
+    def _connect(self) -> None:
+        if ray.is_initialized():
+            if self.address and not self._initialised:
+                log.warning("ray is already initialised in this process; ignoring address %r", self.address)
+            return
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        self._save_handlers()  # before ray.init, which installs its own SIGTERM handler
+        self._initialised = True
+        try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-            self._started = True
-            log.info("ray: %s (%s)", "started a local instance" if address is None else f"joined {address}",
-                     ray.cluster_resources())
-        elif address:
-            log.warning("ray is already initialised in this process; ignoring address %r", address)
+        except BaseException:  # an error or a signal while starting: stop whatever started
+            self.close()
+            raise
+        self._install_handlers()
+        log.info("ray: %s (%s)", "started a local instance" if address is None else f"joined {address}",
+                 ray.cluster_resources())
+
+    def _save_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _install_handlers(self) -> None:
+        for sig in self._handlers:
+            signal.signal(sig, self._on_signal)
+
+    def _restore_handlers(self) -> None:
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._handlers = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        log.warning("%s: stopping the Ray actors and the Ray instance mmkd started; finished blocks stay in the "
+                    "store, rerun the same command to resume", name)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt(name)
+        raise SystemExit(128 + signum)
 
     def close(self) -> None:
-        """Stop the actors, and shut Ray down if this runner started it."""
-        for a in self._actors:
-            self.ray.kill(a, no_restart=True)
-        self._actors = []
-        if self._started and self.ray.is_initialized():
-            self.ray.shutdown()
+        """Stop the actors; shut Ray down (waiting for its processes) if this runner started it."""
+        for sig in self._handlers:  # a second signal must not cut the shutdown short
+            signal.signal(sig, lambda s, f: log.warning("%s: still shutting Ray down", signal.Signals(s).name))
+        try:
+            for actor in self._actors:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception as e:  # noqa: BLE001 - best effort; the instance may be gone already
+                    log.debug("could not kill an actor: %s", e)
+            self._actors, self._names, self._pings = [], [], {}
+            if self._initialised:
+                self._initialised = False
+                ray.shutdown(wait_for_processes=True)
+        finally:
+            self._restore_handlers()
 
     # ------------------------------------------------------------------ actors
     def _actor_options(self, n_blocks: int) -> tuple[int, dict[str, Any]]:
-        res = self.ray.cluster_resources()
+        res = ray.cluster_resources()
         gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 1))
         env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
         opts: dict[str, Any] = {"max_restarts": self.max_restarts, "max_task_retries": self.max_restarts,
@@ -125,39 +205,103 @@ class RayRunner:
             raise ExtractError("RayRunner: one runner serves one dataset/store/settings; make a new runner")
         self._config, self._opts = config, opts
         while len(self._actors) < n:
-            self._actors.append(self._start(len(self._actors)))
+            self._actors.append(None)
+            self._names.append("")
+            self._start(len(self._actors) - 1)
 
-    def _start(self, i: int) -> Any:
+    def _start(self, i: int) -> None:
         self._generation += 1
         name = f"mmkd-extract-{self.run_id}-{i}-g{self._generation}"
-        return self.ray.remote(BlockActor).options(name=name, **self._opts).remote(self._config, name)
+        self._actors[i] = BlockActor.options(name=name, **self._opts).remote(self._config, name)
+        self._names[i] = name
 
-    def _load(self, spec: Any) -> None:
+    def _replace(self, i: int, error: BaseException) -> None:
+        self._deaths[self._names[i]] = _short(error)
         try:
-            info = self.ray.get([a.load.remote(spec.to_dict()) for a in self._actors])
-        except self.ray.exceptions.RayError as e:
-            raise ExtractError(f"teacher {spec.name!r}: a Ray worker failed to load it (teacher, dataset or "
-                               f"store): {_root_cause(e)}") from e
-        log.info("teacher %s: %d actors ready on %s", spec.name, len(info), sorted({i["device"] for i in info}))
+            ray.kill(self._actors[i], no_restart=True)
+        except Exception as e:  # noqa: BLE001 - it is dead already
+            log.debug("could not kill dead actor %s: %s", self._names[i], e)
+        self._pings = {ref: j for ref, j in self._pings.items() if j != i}
+        self._start(i)
+
+    # ------------------------------------------------------------------ liveness
+    def _wait_one(self, refs: list[ObjectRef], spec: TeacherSpec, doing: str) -> ObjectRef:
+        """The first of ``refs`` to finish; meanwhile ping the actors, and fail when nothing moves.
+
+        Raises:
+            ExtractError: no ref finished and no actor answered for ``liveness_timeout`` seconds.
+        """
+        while True:
+            now = time.monotonic()
+            if now >= self._next_ping:
+                busy = set(self._pings.values())
+                for i, actor in enumerate(self._actors):
+                    if i not in busy:
+                        self._pings[actor.ping.remote()] = i
+                self._next_ping = now + min(5.0, self.liveness_timeout / 4)
+            ready, _ = ray.wait([*refs, *self._pings], num_returns=1, timeout=TICK_S)
+            if ready and ready[0] in self._pings:
+                i = self._pings.pop(ready[0])
+                try:
+                    ray.get(ready[0])
+                    self._last_alive = time.monotonic()
+                except ray.exceptions.RayError as e:
+                    self._deaths[self._names[i]] = _short(e)
+                continue
+            if ready:
+                self._last_alive = time.monotonic()
+                return ready[0]
+            if time.monotonic() - self._last_alive > self.liveness_timeout:
+                raise ExtractError(self._stalled_message(spec, doing))
+
+    def _stalled_message(self, spec: TeacherSpec, doing: str) -> str:
+        actors = "; ".join(f"{n}: {self._deaths.get(n, 'not answering')}" for n in self._names)
+        dead_before = {n: why for n, why in self._deaths.items() if n not in self._names}
+        if dead_before:
+            actors += "; replaced earlier: " + "; ".join(f"{n}: {why}" for n, why in dead_before.items())
+        return (f"teacher {spec.name!r}: no progress for {self.liveness_timeout:g} s while {doing} "
+                f"(--liveness-timeout {self.liveness_timeout:g}): no block finished and no Ray actor answered. "
+                f"Actors: {actors}. Ray nodes: {_describe_nodes()}. Blocks finished by this run "
+                f"({self._done_blocks}) stay marked done in the store: rerun the same command to resume (a new "
+                "local Ray instance is started; with --address, check the cluster with `ray status` first)")
+
+    def _gather(self, refs: list[ObjectRef], spec: TeacherSpec, doing: str) -> list[Any]:
+        pending = list(refs)
+        while pending:
+            pending.remove(self._wait_one(pending, spec, doing))
+        return ray.get(refs)
 
     # ------------------------------------------------------------------ scheduling
-    def run_teacher(self, spec: Any, blocks: list[int], config: WorkerConfig,
-                    on_block: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    def run_blocks(self, spec: TeacherSpec, blocks: list[int], config: WorkerConfig,
+                   on_block: BlockCallback) -> dict[str, Any]:
         """Extract ``blocks`` of one teacher on the pool; return the teacher's store attrs.
 
         Raises:
-            ExtractError: an actor failed to load the teacher, a block raised an
-                error, or a block lost its actor more than ``max_restarts`` times.
+            ExtractError: an actor failed to load the teacher, a block raised an error,
+                a block lost its actor more than ``max_restarts`` times, or nothing
+                moved for ``liveness_timeout`` seconds.
         """
+        self._connect()
         self._ensure_actors(len(blocks), config)
-        self._load(spec)
-        self._schedule(spec, blocks, on_block)
-        return self.ray.get(self._actors[0].store_attrs.remote(spec.to_dict()))
+        payload = spec.to_dict()
+        self._last_alive, self._next_ping = time.monotonic(), 0.0
+        try:
+            info = self._gather([a.load.remote(payload) for a in self._actors], spec, "loading the teacher")
+        except ray.exceptions.RayError as e:
+            raise ExtractError(f"teacher {spec.name!r}: a Ray worker failed to load it (teacher, dataset or "
+                               f"store): {_root_cause(e)}") from e
+        log.info("teacher %s: %d actors ready on %s", spec.name, len(info), sorted({i["device"] for i in info}))
+        self._schedule(spec, payload, blocks, on_block)
+        try:
+            return self._gather([self._actors[0].store_attrs.remote(payload)], spec, "reading its attributes")[0]
+        except ray.exceptions.RayError as e:
+            raise ExtractError(f"teacher {spec.name!r}: every block is done, but reading the teacher's attributes "
+                               f"from a Ray worker failed: {_root_cause(e)}; rerun the same command to finish") from e
 
-    def _schedule(self, spec: Any, blocks: list[int], on_block: Callable[[dict[str, Any]], None]) -> None:
-        ray, actors, payload = self.ray, self._actors, spec.to_dict()
-        queue, idle = deque(blocks), deque(range(len(actors)))
-        inflight: dict[Any, tuple[int, int]] = {}
+    def _schedule(self, spec: TeacherSpec, payload: dict[str, Any], blocks: list[int],
+                  on_block: BlockCallback) -> None:
+        queue, idle = deque(blocks), deque(range(len(self._actors)))
+        inflight: dict[ObjectRef, tuple[int, int]] = {}
         reserved: dict[int, int] = {}  # actor -> the block it gets next (told in advance, so it can prefetch)
         lost: dict[int, int] = {}
         while queue or inflight or reserved:
@@ -169,28 +313,53 @@ class RayRunner:
                 nb = queue.popleft() if queue else None
                 if nb is not None:
                     reserved[i] = nb
-                inflight[actors[i].run_block.remote(payload, b, nb)] = (i, b)
-            (ref,), _ = ray.wait(list(inflight), num_returns=1)
+                inflight[self._actors[i].run_block.remote(payload, b, nb)] = (i, b)
+            ref = self._wait_one(list(inflight), spec, f"running {len(queue) + len(inflight) + len(reserved)} blocks")
             i, b = inflight.pop(ref)
             try:
                 manifest = ray.get(ref)
             except ray.exceptions.RayTaskError as e:  # the block itself raised: a real error, not a lost worker
                 raise ExtractError(f"teacher {spec.name!r}, block {b}: {_root_cause(e)}") from e
-            except ray.exceptions.RayActorError as e:  # gone for good (restarts used up): replace it
+            except ray.exceptions.RayError as e:  # the actor is gone for good (Ray's restarts used up)
                 lost[b] = lost.get(b, 0) + 1
                 if lost[b] > self.max_restarts:
-                    raise ExtractError(f"teacher {spec.name!r}, block {b}: lost its Ray worker {lost[b]} times; "
-                                       f"last error: {e}") from e
-                log.warning("teacher %s: actor %d died for good (%s); replacing it, block %d re-queued",
-                            spec.name, i, type(e).__name__, b)
-                actors[i] = self._start(i)
+                    raise ExtractError(f"teacher {spec.name!r}, block {b}: lost its Ray worker {lost[b]} times "
+                                       f"(max_restarts {self.max_restarts}); last: {self._names[i]}: {_short(e)}. "
+                                       "Finished blocks stay in the store: rerun to resume") from e
+                log.warning("teacher %s: actor %s died for good (%s); replacing it, block %d re-queued",
+                            spec.name, self._names[i], type(e).__name__, b)
+                self._replace(i, e)
                 if i in reserved:
                     queue.appendleft(reserved.pop(i))
                 queue.appendleft(b)
                 idle.append(i)
                 continue
             idle.append(i)
+            self._done_blocks += 1
             on_block(manifest)
+
+
+def _describe_nodes() -> str:
+    """The cluster's nodes and whether they are alive, asked of the GCS with a time limit."""
+    out: list[str] = []
+
+    def ask() -> None:
+        for n in ray.nodes():
+            state = "alive" if n.get("Alive") else f"DEAD ({n.get('DeathReasonMessage') or 'no reason given'})"
+            out.append(f"{n.get('NodeManagerAddress', '?')} (node {str(n.get('NodeID', '?'))[:8]}) {state}")
+
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(NODE_QUERY_S)
+    return "; ".join(out) if out else f"unknown (the GCS did not list them within {NODE_QUERY_S:g} s)"
+
+
+def _short(e: BaseException) -> str:
+    """One line of a Ray error: its type and why (Ray's "The actor is dead because ..." when it says so)."""
+    text = " ".join(str(e).split())
+    why = text.find("The actor is dead because")
+    text = text[why:] if why >= 0 else text
+    return f"{type(e).__name__}: {text[:240]}{'...' if len(text) > 240 else ''}"
 
 
 def _root_cause(e: BaseException) -> str:

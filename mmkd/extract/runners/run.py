@@ -5,18 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mmkd.extract.runners.base import BlockCallback, Runner, TeacherRun, blocks_to_do
 from mmkd.extract.runners.block import WorkerConfig
-from mmkd.extract.runners.job import ExtractError, ExtractJob, resolve_dataset, resolve_teachers
+from mmkd.extract.runners.job import ExtractJob, resolve_dataset, resolve_teachers
+from mmkd.extract.runners.local import LocalRunner
 from mmkd.extract.runners.prepare import open_or_create_store, utc_stamp, write_job_record
 from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
 
 log = logging.getLogger(__name__)
-
-BlockCallback = Callable[[dict[str, Any]], None]
 
 
 def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallback | None = None) -> ExtractSummary:
@@ -50,7 +49,7 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
         _precheck_weights(job, specs)  # before creating a store nothing could fill
     store, created = open_or_create_store(job, ds)
     stamp = utc_stamp()
-    todo = {s.name: _blocks_to_do(store, s.name, job.overwrite) for s in specs}
+    todo = {s.name: blocks_to_do(store, s.name, job.overwrite) for s in specs}
     summary = ExtractSummary(store=str(store.path), dataset=ds.uri, runner=job.runner, created_store=created,
                              num_samples=store.n, bad_rows=store.dataset_failures().num_rows)
     if created:
@@ -61,16 +60,17 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
                           precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
                           decode=job.decode)
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None
-    runner = _make_runner(job, stamp) if any(todo.values()) else None
+    # Nothing to schedule: the local runner finishes complete teachers without starting Ray.
+    runner = _make_runner(job, stamp) if any(todo.values()) else LocalRunner()
     try:
         for spec in specs:
             ts = TeacherSummary(spec.name, blocks_total=store.num_blocks,
                                 blocks_skipped=store.num_blocks - len(todo[spec.name]))
             summary.teachers.append(ts)
-            _run_teacher(store, spec, todo[spec.name], runner, config, ts, job, stamp, _fan_out(ts, bar, on_block))
+            run = TeacherRun(store, spec, todo[spec.name], config, ts, job, stamp)
+            runner.extract_teacher(run, _fan_out(ts, bar, on_block))
     finally:
-        if runner is not None:
-            runner.close()
+        runner.close()
         if bar is not None:
             bar.close()
     summary.wall_s = time.perf_counter() - t0
@@ -79,45 +79,10 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     return summary
 
 
-def _blocks_to_do(store: Any, teacher: str, overwrite: bool) -> list[int]:
-    if overwrite or teacher not in store.teachers:
-        return list(range(store.num_blocks))
-    return store.missing_blocks(teacher)
-
-
-def _run_teacher(store: Any, spec: Any, blocks: list[int], runner: Any, config: WorkerConfig,
-                 ts: TeacherSummary, job: ExtractJob, stamp: str, on_block: BlockCallback) -> None:
-    if not blocks:
-        if "image_mean" not in store.attrs(spec.name):  # blocks finished, but the last run died before stats
-            store.compute_stats(spec.name)
-        log.info("teacher %s: all %d blocks already done in %s", spec.name, store.num_blocks, store.path)
-        return
-    record = {"job": job.to_dict(), "teacher": spec.to_dict(), "dataset": config.dataset,
-              "store": {"path": str(store.path), "num_samples": store.n, "block_size": store.block_size},
-              "runner": runner.name, "blocks": blocks, "status": "running"}
-    write_job_record(store.path, spec.name, record, stamp)
-    log.info("teacher %s: %d of %d blocks to do (%s runner)", spec.name, len(blocks), store.num_blocks, runner.name)
-    t0 = time.perf_counter()
-    try:
-        attrs = runner.run_teacher(spec, blocks, config, on_block)
-    except BaseException as e:
-        write_job_record(store.path, spec.name, {**record, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                                                 "summary": ts.to_dict()}, stamp)
-        raise
-    ts.wall_s = time.perf_counter() - t0
-    missing = store.missing_blocks(spec.name)
-    if missing:  # cannot happen unless another process removed markers meanwhile
-        raise ExtractError(f"teacher {spec.name!r}: blocks {missing[:10]} are still not done in {store.path}; rerun")
-    store.update_attrs(spec.name, **attrs)
-    store.compute_stats(spec.name)
-    write_job_record(store.path, spec.name, {**record, "status": "done", "summary": ts.to_dict()}, stamp)
-
-
 def _fan_out(ts: TeacherSummary, bar: Any, on_block: BlockCallback | None) -> BlockCallback:
     start = time.perf_counter()
 
-    def callback(manifest: dict[str, Any]) -> None:
-        ts.add(manifest)
+    def callback(manifest: dict[str, Any]) -> None:  # the runner has folded it into ``ts`` already
         if bar is not None:
             bar.update(1)
             rate = ts.rows / max(time.perf_counter() - start, 1e-9)
@@ -133,15 +98,13 @@ def _progress_bar(total: int) -> Any:
     return tqdm(total=total, unit="block", desc="extract", dynamic_ncols=True)
 
 
-def _make_runner(job: ExtractJob, stamp: str) -> Any:
+def _make_runner(job: ExtractJob, stamp: str) -> Runner:
     if job.runner == "local":
-        from mmkd.extract.runners.local import LocalRunner
-
         return LocalRunner()
-    from mmkd.extract.runners.ray_runner import RayRunner
+    from mmkd.extract.runners.ray_runner import RayRunner  # the only place ray gets imported
 
     return RayRunner(address=job.address, actors=job.actors, device=job.device, max_restarts=job.max_restarts,
-                     run_id=f"{stamp[:15]}-{os.getpid()}")
+                     run_id=f"{stamp[:15]}-{os.getpid()}", liveness_timeout=job.liveness_timeout)
 
 
 def _precheck_weights(job: ExtractJob, specs: list[Any]) -> None:

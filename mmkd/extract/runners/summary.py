@@ -135,9 +135,17 @@ class ExtractSummary:
                 (f"    wall {t.wall_s:.2f}s, worker CPU {t.cpu_s:.2f}s; stages: read+decode "
                  f"{st['read_decode_s']:.2f}s (thread time), waiting for decode {st['wait_s']:.2f}s, "
                  f"forward {st['forward_s']:.2f}s, write {st['write_s']:.2f}s")]
-        lines.append(f"total: {self.rows} rows, failures {self.failures or 'none'}, "
-                     f"bad rows {self.bad_rows}, wall {self.wall_s:.2f}s")
+        lines.append(self._total_line())
         return "\n".join(lines)
+
+    def _total_line(self) -> str:
+        ran = [t for t in self.teachers if t.blocks_run]
+        valid = sum(t.valid for t in ran)
+        fails = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "none"
+        counted = " (counted once per teacher)" if len(ran) > 1 and self.failures else ""
+        return (f"total: {self.rows} rows over {len(ran)} teacher{'s' if len(ran) != 1 else ''}, {valid} valid; "
+                f"failures{counted}: {fails}; {f'bad rows {self.bad_rows}; ' if self.bad_rows else ''}"
+                f"wall {self.wall_s:.2f}s")
 
     def _bad_rows_line(self, sep: str) -> str:
         if not self.bad_rows:
