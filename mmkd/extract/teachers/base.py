@@ -28,7 +28,9 @@ class Preprocessing:
         mean, std: per-channel normalisation (1 value for grayscale models).
         interpolation: ``bicubic``, ``bilinear`` or ``nearest``.
         resize_mode: ``shortest`` (resize short side, centre crop), ``longest``
-            (resize long side, pad to square with black) or ``squash``.
+            (resize long side, pad to square with black), ``squash``, or
+            ``pad_square`` (pad to a black square of side ``max(image_size, w, h)``,
+            then resize: MedCLIP's order, which never upscales a small image).
         grayscale: the model takes 1-channel ``L`` input.
     """
 
@@ -55,6 +57,8 @@ class Preprocessing:
             resize = [T.Resize((s, s), interpolation=interp)]
         elif self.resize_mode == "longest":
             resize = [_ResizeLongest(s, interp), T.CenterCrop(s)]  # CenterCrop pads with 0
+        elif self.resize_mode == "pad_square":
+            resize = [_PadSquare(s), T.Resize((s, s), interpolation=interp), T.CenterCrop(s)]
         else:
             resize = [T.Resize(s, interpolation=interp), T.CenterCrop(s)]
         channels = 1 if self.grayscale else 3
@@ -73,6 +77,24 @@ class _ResizeLongest:
         w, h = img.size
         scale = self.size / max(w, h)
         return TF.resize(img, [max(1, round(h * scale)), max(1, round(w * scale))], interpolation=self.interpolation)
+
+
+class _PadSquare:
+    """Paste onto a black square of side ``max(size, w, h)``, offset as upstream MedCLIP does.
+
+    RyanWangZf/MedCLIP medclip/dataset.py, ``MedCLIPFeatureExtractor.pad_img``: pad first,
+    then resize to the model size, so an image smaller than ``size`` is padded, never upscaled.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        side = max(self.size, w, h)
+        square = Image.new(img.mode, (side, side), 0)
+        square.paste(img, (int((side - w) / 2), int((side - h) / 2)))
+        return square
 
 
 def to_mode(img: Image.Image, mode: str) -> Image.Image:

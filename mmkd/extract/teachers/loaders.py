@@ -11,17 +11,21 @@ import torch
 from mmkd.extract.teachers.base import Preprocessing, Teacher
 from mmkd.extract.teachers.spec import TeacherError, TeacherSpec
 from mmkd.extract.teachers.weights import (
-    cache_revision, cached_file, hub_offline, missing_weights_error, weights_status,
+    cache_revision, cached_file, hub_offline, missing_weights_error, resolve_checkpoint, weights_status,
 )
 
 log = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# What each upstream inference path does when the spec does not say otherwise.
 CUSTOM_DEFAULTS: dict[str, dict[str, Any]] = {
     "unimed_clip": dict(mean=OPENAI_MEAN, std=OPENAI_STD, context_length=256),
     "pmc_clip": dict(mean=OPENAI_MEAN, std=OPENAI_STD, context_length=77),
-    "medclip": dict(mean=(0.5862785803043838,), std=(0.27950088968644304,), context_length=77, resize_mode="longest"),
+    # MedCLIPProcessor (RyanWangZf/MedCLIP medclip/dataset.py) sets model_max_length 77, but the README call
+    # processor(text=..., padding=True) does not truncate: captions run to BERT's position limit (512).
+    "medclip": dict(mean=(0.5862785803043838,), std=(0.27950088968644304,), context_length=512,
+                    resize_mode="pad_square"),
 }
 
 
@@ -185,10 +189,19 @@ def _hf_weights_file(folder: str) -> str | None:
     return next((str(p) for n in ("model.safetensors", "pytorch_model.bin") if (p := Path(folder) / n).is_file()), None)
 
 
-def _hf_tokenize(tokenizer: Any, ctx: int):
+def _hf_tokenize(tokenizer: Any, ctx: int, *, pad_to_context: bool = True, clean: Any = None):
+    """Tokenize to ``ctx`` tokens at most; ``clean`` is applied to each caption first.
+
+    ``pad_to_context`` pads every caption to ``ctx``: for models that attend to padding it
+    keeps each caption's features independent of its batch. Otherwise captions are padded
+    to the longest in the batch (the model must mask the padding).
+    """
+    padding = "max_length" if pad_to_context else "longest"
+
     def tokenize(captions: list[str]) -> dict[str, torch.Tensor]:
-        # Padding to a fixed length keeps each caption's features independent of its batch.
-        enc = tokenizer(captions, padding="max_length", truncation=True, max_length=ctx, return_tensors="pt")
+        if clean is not None:
+            captions = [clean(c) for c in captions]
+        enc = tokenizer(captions, padding=padding, truncation=True, max_length=ctx, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     return tokenize
 
@@ -203,6 +216,7 @@ def _load_custom(spec: TeacherSpec, device: torch.device) -> Teacher:
     if not spec.tokenizer:
         raise TeacherError(f"teacher {spec.name!r}: loader 'custom' needs 'tokenizer' (a hub id or a local folder)")
     _precheck(spec)
+    weights = resolve_checkpoint(spec) or spec.weights
     try:
         model = build_custom_model(spec.arch, spec.model_config)
         tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer, local_files_only=hub_offline())
@@ -210,7 +224,7 @@ def _load_custom(spec: TeacherSpec, device: torch.device) -> Teacher:
         raise TeacherError(f"teacher {spec.name!r}: bad model_config for {spec.arch!r}: {e}") from e
     except OSError as e:
         raise _reraise(spec, e) from e
-    load_custom_checkpoint(model, spec.arch, spec.weights, spec.model_config)
+    load_custom_checkpoint(model, spec.arch, weights, spec.model_config, teacher=spec.name)
     model.to(device).eval()
     d = CUSTOM_DEFAULTS[spec.arch]
     vision = spec.model_config.get("vision", {})
@@ -219,6 +233,7 @@ def _load_custom(spec: TeacherSpec, device: torch.device) -> Teacher:
     ctx = int(spec.context_length or d["context_length"])
     return Teacher(spec, dim=_infer_dim(spec, model.encode_image, pp, device), logit_scale=model.logit_scale.exp().item(),
                    preprocessing=pp, context_length=ctx, tokenizer_id=spec.tokenizer, image_fn=model.encode_image,
-                   tokenize_fn=_hf_tokenize(tokenizer, ctx),
+                   tokenize_fn=_hf_tokenize(tokenizer, ctx, pad_to_context=model.pad_to_context,
+                                            clean=model.clean_text),
                    text_fn=lambda t: model.encode_text(t["input_ids"], t["attention_mask"]), device=device,
-                   weights_file=spec.weights, model=model)
+                   weights_file=weights, model=model)

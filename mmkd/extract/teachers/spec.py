@@ -18,7 +18,7 @@ from typing import Any
 
 LOADERS = ("open_clip", "transformers", "custom")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
-RESIZE_MODES = ("shortest", "longest", "squash")
+RESIZE_MODES = ("shortest", "longest", "squash", "pad_square")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _ENV_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
 
