@@ -17,12 +17,27 @@ PIPELINE_OPTION = click.option(
 @click.command("teachers")
 @PIPELINE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print one JSON list instead of a table.")
-def teachers_cmd(pipeline: str | None, as_json: bool) -> None:
-    """List the declared teachers and whether their weights are on this machine (nothing is downloaded)."""
+@click.option("--parity", "parity_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="compare each teacher in DIR (<teacher>/{checkpoint.*, arch.json, tokenizer, reference.npz}) "
+                   "with its upstream reference embeddings; exit 1 if any cosine < 0.9999.")
+@click.option("--check", "check", is_flag=True,
+              help="build every architecture offline without weights; report missing config, tokenizer, weights.")
+def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, check: bool) -> None:
+    """List the declared teachers and whether their weights are on this machine (nothing is downloaded).
+
+    \b
+    mmkd teachers --check                       # architectures build offline? what is missing?
+    mmkd teachers --parity ../shared/fixtures/teacher-parity
+    """
     from mmkd.config import ConfigError, load_pipelines
     from mmkd.extract.teachers import TeacherError, list_teachers
 
+    if parity_dir and check:
+        raise click.UsageError("give --parity DIR or --check, not both")
     try:
+        if parity_dir or check:
+            _teachers_report(load_pipelines(pipeline), parity_dir, as_json)
+            return
         rows = list_teachers(load_pipelines(pipeline))
     except (ConfigError, TeacherError) as e:
         raise click.ClickException(str(e)) from e
@@ -42,6 +57,26 @@ def teachers_cmd(pipeline: str | None, as_json: bool) -> None:
         click.echo(f"\n{len(missing)} of {len(rows)} teachers lack weights here:")
         for r in missing:
             click.echo(f"  {r['name']}: needs {r['missing']}")
+
+
+def _teachers_report(cfg: dict, parity_dir: str | None, as_json: bool) -> None:
+    """``--parity`` / ``--check``: print the library's report; exit 1 when something fails."""
+    from mmkd.extract.teachers import teachers_from_config
+
+    specs = teachers_from_config(cfg)
+    if parity_dir:
+        from mmkd.extract.teachers.parity import format_parity, run_parity
+
+        results = run_parity(parity_dir, specs)
+        ok, rows, text = all(r.passed for r in results), [r.to_dict() for r in results], format_parity(results)
+    else:
+        from mmkd.extract.teachers.archs import check_teachers, format_check
+
+        results = check_teachers(specs)
+        ok, rows, text = all(r.arch_ok for r in results), [r.to_dict() for r in results], format_check(results)
+    click.echo(json.dumps(rows, indent=2) if as_json else text)
+    if not ok:
+        raise SystemExit(1)
 
 
 @click.command("extract")

@@ -8,10 +8,12 @@ from typing import Any
 
 import torch
 
+from mmkd.extract.teachers.archs import build_declared_open_clip, declared_open_clip, open_clip_create_kwargs
 from mmkd.extract.teachers.base import Preprocessing, Teacher
 from mmkd.extract.teachers.spec import TeacherError, TeacherSpec
 from mmkd.extract.teachers.weights import (
-    cache_revision, cached_file, hub_offline, missing_weights_error, resolve_checkpoint, weights_status,
+    OPEN_CLIP_WEIGHT_FILES, _first_cached, cache_revision, cached_file, hub_offline, missing_weights_error,
+    resolve_checkpoint, weights_status,
 )
 
 log = logging.getLogger(__name__)
@@ -89,25 +91,55 @@ def _load_open_clip(spec: TeacherSpec, device: torch.device) -> Teacher:
     kind = spec.weights_kind
     name, pretrained = (spec.arch, spec.weights) if kind == "file" else (spec.weights, None)
     try:
-        model = open_clip.create_model_from_pretrained(
-            name, pretrained=pretrained, device=device, return_transform=False, **spec.model_config)
-        tokenizer = open_clip.get_tokenizer(spec.tokenizer or name, context_length=spec.context_length)
+        if declared_open_clip(spec):
+            model, tokenizer = _declared_open_clip(spec, device)
+        else:
+            model = open_clip.create_model_from_pretrained(
+                name, pretrained=pretrained, device=device, return_transform=False, **open_clip_create_kwargs(spec))
+            tokenizer = open_clip.get_tokenizer(spec.tokenizer or name, context_length=spec.context_length)
     except (OSError, RuntimeError, ValueError) as e:
+        if isinstance(e, TeacherError):
+            raise
         raise _reraise(spec, e) from e
     model.eval()
-    pp_cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    pp_cfg = getattr(model.visual, "preprocess_cfg", {}) or spec.model_config.get("preprocess_cfg", {})
     pp = _preprocessing(spec, pp_cfg.get("size", 224), pp_cfg.get("mean", OPENAI_MEAN), pp_cfg.get("std", OPENAI_STD),
                         pp_cfg.get("interpolation"), pp_cfg.get("resize_mode"))
     image_fn = model.encode_image
     revision = None
     if kind == "hf-hub":
-        revision = cache_revision(cached_file(spec.weights[len("hf-hub:"):], "open_clip_config.json"))
+        repo = spec.weights[len("hf-hub:"):]
+        revision = cache_revision(cached_file(repo, "open_clip_config.json") or _first_cached(repo, OPEN_CLIP_WEIGHT_FILES))
     return Teacher(
         spec, dim=_infer_dim(spec, image_fn, pp, device), logit_scale=model.logit_scale.exp().item(),
         preprocessing=pp, context_length=int(tokenizer.context_length), tokenizer_id=spec.tokenizer or name,
         image_fn=image_fn, tokenize_fn=lambda caps: {"input_ids": tokenizer(caps)},
         text_fn=lambda t: model.encode_text(t["input_ids"]), device=device, revision=revision,
         weights_file=_open_clip_weights_file(spec), model=model)
+
+
+def _declared_open_clip(spec: TeacherSpec, device: torch.device) -> tuple[Any, Any]:
+    """Model from the architecture pipelines.yaml declares, weights from the spec, HF tokenizer."""
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+
+    model = build_declared_open_clip(spec, "cpu")
+    path = _open_clip_weights_file(spec)
+    if path is None:  # hub weights: the cached file, or a download when the hub is online
+        from open_clip.pretrained import download_pretrained_from_hf
+
+        repo = spec.weights[len("hf-hub:"):]
+        path = _first_cached(repo, OPEN_CLIP_WEIGHT_FILES) or download_pretrained_from_hf(repo)
+    incompatible = open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
+    log.debug("teacher %r: loaded %s (%s)", spec.name, path, incompatible)
+    model.to(device)
+    text = declared_open_clip(spec).get("text_cfg", {})
+    ctx = spec.context_length or text.get("context_length", 77)
+    if spec.tokenizer or not text.get("hf_tokenizer_name"):
+        tokenizer = open_clip.get_tokenizer(spec.tokenizer or spec.arch, context_length=ctx)
+    else:
+        tokenizer = HFTokenizer(text["hf_tokenizer_name"], context_length=ctx)
+    return model, tokenizer
 
 
 def _open_clip_weights_file(spec: TeacherSpec) -> str | None:

@@ -59,6 +59,9 @@ class TeacherSpec:
         revision: hub revision (branch, tag or commit) for ``transformers`` ids.
         license: licence of the weights.
         source: where the weights come from and how to get them.
+        upstream: the code this teacher reproduces: ``{repo, file, function}`` (the
+            authors' repository, the file and the function that computes the embedding),
+            and optionally ``commit``.
     """
 
     name: str
@@ -79,6 +82,7 @@ class TeacherSpec:
     revision: str | None = None
     license: str = ""
     source: str = ""
+    upstream: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -155,8 +159,9 @@ def _from_entry(name: str, entry: Any, base: Path | None) -> TeacherSpec:
     for key in ("mean", "std"):
         if isinstance(kwargs.get(key), (list, tuple)):
             kwargs[key] = tuple(float(v) for v in kwargs[key])
-    if kwargs.get("model_config") is None:
-        kwargs["model_config"] = {}
+    for key in ("model_config", "upstream"):
+        if kwargs.get(key) is None:
+            kwargs[key] = {}
     return TeacherSpec(name=name, **kwargs)
 
 
@@ -189,6 +194,22 @@ def _validate(s: TeacherSpec) -> None:
             raise TeacherError(f"{where}: {key} must be true or false, got {getattr(s, key)!r}")
     if not isinstance(s.model_config, dict):
         raise TeacherError(f"{where}: model_config must be a mapping, got {s.model_config!r}")
+    _validate_upstream(s, where)
+
+
+UPSTREAM_KEYS = ("repo", "file", "function")
+
+
+def _validate_upstream(s: TeacherSpec, where: str) -> None:
+    if not isinstance(s.upstream, dict):
+        raise TeacherError(f"{where}: upstream must be a mapping {{repo, file, function}}, got {s.upstream!r}")
+    if not s.upstream:
+        return
+    unknown = sorted(set(s.upstream) - set(UPSTREAM_KEYS) - {"commit"})
+    absent = [k for k in UPSTREAM_KEYS if not isinstance(s.upstream.get(k), str) or not s.upstream[k]]
+    if unknown or absent:
+        raise TeacherError(f"{where}: upstream needs non-empty strings {list(UPSTREAM_KEYS)} (and optionally "
+                           f"commit); missing {absent}, unknown keys {unknown}")
 
 
 def _validate_norm(s: TeacherSpec, where: str) -> None:

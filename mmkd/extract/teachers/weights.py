@@ -112,10 +112,28 @@ def resolve_checkpoint(spec: TeacherSpec) -> str | None:
     return None
 
 
+def checkpoint_missing(spec: TeacherSpec) -> str:
+    """'' when a checkpoint-file spec's file (or a published alias) is here, else what is missing."""
+    if resolve_checkpoint(spec):
+        return ""
+    names = CHECKPOINT_ALIASES.get(spec.arch or "", ())
+    name = Path(spec.weights).name
+    alias = f" (or {' / '.join(n for n in names if n != name)} beside it)" if name in names else ""
+    return f"checkpoint file {spec.weights}{alias}"
+
+
 def weights_status(spec: TeacherSpec) -> WeightsStatus:
     """Check, without downloading, whether ``spec``'s weights (and tokenizer) are here."""
     kind, w = spec.weights_kind, spec.weights
-    if kind == "hf-hub":
+    declared = spec.model_config.get("model_cfg") if spec.loader == "open_clip" else None
+    if kind == "hf-hub" and declared:  # architecture in pipelines.yaml: weights + tokenizer from the cache
+        repo = w[len("hf-hub:"):]
+        missing = [] if _first_cached(repo, OPEN_CLIP_WEIGHT_FILES) else [f"{w} weights in {repo_cache_path(repo)}"]
+        tok = declared.get("text_cfg", {}).get("hf_tokenizer_name")
+        if tok and not _first_cached(tok, TOKENIZER_FILES):
+            missing.append(f"tokenizer {tok} in {repo_cache_path(tok)}")
+        where = repo_cache_path(repo)
+    elif kind == "hf-hub":
         repo = w[len("hf-hub:"):]
         config = cached_file(repo, "open_clip_config.json")
         missing = [] if config and _first_cached(repo, OPEN_CLIP_WEIGHT_FILES) else [f"{w} in {repo_cache_path(repo)}"]
@@ -134,9 +152,7 @@ def weights_status(spec: TeacherSpec) -> WeightsStatus:
         missing, where = ([] if ok else [f"{need} + weights file in {folder}"]), str(folder)
     else:
         found = resolve_checkpoint(spec)
-        names = CHECKPOINT_ALIASES.get(spec.arch or "", ())
-        alias = f" (or {' / '.join(n for n in names if n != Path(w).name)} beside it)" if Path(w).name in names else ""
-        missing, where = ([] if found else [f"checkpoint file {w}{alias}"]), found or w
+        missing, where = ([] if found else [checkpoint_missing(spec)]), found or w
     if spec.loader == "custom" and (tok := _tokenizer_status(spec.tokenizer)):
         missing.append(tok)
     return WeightsStatus(available=not missing, where=where, missing="; ".join(missing))
