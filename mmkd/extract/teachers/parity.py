@@ -161,7 +161,7 @@ def check_teacher(folder: str | Path, spec: TeacherSpec, threshold: float = THRE
     try:
         teacher = load_teacher(spec, device)
     except TeacherError as e:
-        result.error = str(e)
+        result.error = str(e) + (f" (model_config from {folder / 'arch.json'})" if spec.loader == "custom" else "")
         return result
     ids = [str(i) for i in ref["ids"]]
     rels = [str(p) for p in ref["image_paths"]]
