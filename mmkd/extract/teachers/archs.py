@@ -17,6 +17,7 @@ tokenizer, weights.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -45,7 +46,21 @@ def open_clip_create_kwargs(spec: TeacherSpec) -> dict[str, Any]:
     return {k: v for k, v in spec.model_config.items() if k not in OPEN_CLIP_DECLARED_KEYS}
 
 
-def build_declared_open_clip(spec: TeacherSpec, device: Any = "cpu") -> Any:
+def _stored_config(spec: TeacherSpec) -> tuple[dict[str, Any] | None, str]:
+    """The architecture config stored with the weights on this machine (local folder or hub cache), and where."""
+    kind = spec.weights_kind
+    name = "open_clip_config.json" if spec.loader == "open_clip" else "config.json"
+    if kind in ("local-dir", "dir"):
+        path: str | None = str(Path(spec.weights.removeprefix("local-dir:")) / name)
+    else:
+        path = cached_file(spec.weights.removeprefix("hf-hub:"), name, spec.revision)
+    where = path or f"{name} of {spec.weights} in {repo_cache_path(spec.weights.removeprefix('hf-hub:'))}"
+    if path and Path(path).is_file():
+        return json.loads(Path(path).read_text()), path
+    return None, where
+
+
+def build_declared_open_clip(spec: TeacherSpec, device: Any = "cpu", cfg: dict[str, Any] | None = None) -> Any:
     """Build an open_clip model from the ``model_cfg`` declared in the spec, offline and without weights.
 
     A Hugging Face text tower (``text_cfg.hf_model_name``) is built from
@@ -59,7 +74,7 @@ def build_declared_open_clip(spec: TeacherSpec, device: Any = "cpu") -> Any:
     import torch
     from open_clip.model import CLIP, CustomTextCLIP
 
-    cfg = declared_open_clip(spec)
+    cfg = copy.deepcopy(cfg) if cfg is not None else declared_open_clip(spec)
     if cfg is None:
         raise TeacherError(f"teacher {spec.name!r}: no model_config.model_cfg declared")
     text = cfg.get("text_cfg", {})
@@ -68,7 +83,7 @@ def build_declared_open_clip(spec: TeacherSpec, device: Any = "cpu") -> Any:
         vision["timm_model_pretrained"] = False
     try:
         with tempfile.TemporaryDirectory() as tmp, torch.device(device):
-            if text.get("hf_model_name"):
+            if text.get("hf_model_name") and not Path(text["hf_model_name"]).is_dir():
                 text_config = spec.model_config.get("text_config")
                 if not text_config or "model_type" not in text_config:
                     raise TeacherError(
@@ -79,6 +94,7 @@ def build_declared_open_clip(spec: TeacherSpec, device: Any = "cpu") -> Any:
                 kw = dict(text_config)
                 AutoConfig.for_model(kw.pop("model_type"), **kw).save_pretrained(tmp)
                 text.update(hf_model_name=tmp, hf_model_pretrained=False)
+            if text.get("hf_model_name"):
                 return CustomTextCLIP(**cfg)
             return CLIP(**cfg)
     except (TypeError, ValueError, KeyError) as e:
@@ -108,15 +124,24 @@ def build_architecture(spec: TeacherSpec, device: Any = "meta") -> Any:
 
             with torch.device(device):
                 return open_clip.create_model(spec.arch, device=device, **open_clip_create_kwargs(spec))
-        raise TeacherError(f"teacher {spec.name!r}: architecture not declared (its open_clip config lives in "
-                           f"{spec.weights}); add 'arch' (an open_clip model name) or model_config.model_cfg")
-    if not spec.model_config:
-        raise TeacherError(f"teacher {spec.name!r}: architecture not declared; add model_config (CLIPConfig "
-                           "keyword arguments)")
+        stored, where = _stored_config(spec)
+        if stored is None:
+            raise TeacherError(f"teacher {spec.name!r}: architecture not declared and {where} is not here; add "
+                               "'arch' (an open_clip model name) or model_config.model_cfg to pipelines.yaml")
+        return build_declared_open_clip(spec, device, stored["model_cfg"])
     from transformers import CLIPConfig, CLIPModel
 
+    if spec.model_config:
+        config = CLIPConfig(**spec.model_config)
+    else:
+        stored, where = _stored_config(spec)
+        if stored is None:
+            raise TeacherError(f"teacher {spec.name!r}: architecture not declared and {where} is not here; add "
+                               "model_config (CLIPConfig keyword arguments) to pipelines.yaml")
+        config = CLIPConfig(**{k: v for k, v in stored.items() if k in ("text_config", "vision_config",
+                                                                          "projection_dim", "logit_scale_init_value")})
     with torch.device(device):
-        return CLIPModel(CLIPConfig(**spec.model_config))
+        return CLIPModel(config)
 
 
 @dataclass
@@ -182,14 +207,6 @@ def weights_missing(spec: TeacherSpec) -> str:
     return status.missing
 
 
-def _arch_missing(spec: TeacherSpec, error: str) -> str:
-    if spec.loader == "open_clip" and spec.weights_kind == "hf-hub":
-        repo = spec.weights[len("hf-hub:"):]
-        if not cached_file(repo, "open_clip_config.json"):
-            return f"{error} (open_clip_config.json of {repo} is not in {repo_cache_path(repo)} either)"
-    return error
-
-
 def check_teachers(specs: dict[str, TeacherSpec]) -> list[CheckResult]:
     """Build every declared architecture offline without weights; list what else is missing."""
     rows = []
@@ -200,7 +217,7 @@ def check_teachers(specs: dict[str, TeacherSpec]) -> list[CheckResult]:
             params = sum(p.numel() for p in model.parameters())
             del model
         except TeacherError as e:
-            arch_missing = _arch_missing(spec, str(e))
+            arch_missing = str(e)
         except Exception as e:  # an architecture that does not build is the finding, not a crash
             arch_missing = f"building {spec.loader} architecture failed: {type(e).__name__}: {e}"
         rows.append(CheckResult(teacher=name, loader=spec.loader, arch_ok=not arch_missing, params=params,
