@@ -12,7 +12,7 @@ from mmkd.extract.teachers.archs import build_declared_open_clip, declared_open_
 from mmkd.extract.teachers.base import Preprocessing, Teacher
 from mmkd.extract.teachers.spec import TeacherError, TeacherSpec
 from mmkd.extract.teachers.weights import (
-    OPEN_CLIP_WEIGHT_FILES, _first_cached, cache_revision, cached_file, hub_offline, missing_weights_error,
+    OPEN_CLIP_WEIGHT_FILES, _first_cached, cache_revision, cached_file, hub_cache_dir, hub_offline, missing_weights_error,
     resolve_checkpoint, weights_status,
 )
 
@@ -129,7 +129,7 @@ def _declared_open_clip(spec: TeacherSpec, device: torch.device) -> tuple[Any, A
         from open_clip.pretrained import download_pretrained_from_hf
 
         repo = spec.weights[len("hf-hub:"):]
-        path = _first_cached(repo, OPEN_CLIP_WEIGHT_FILES) or download_pretrained_from_hf(repo)
+        path = _first_cached(repo, OPEN_CLIP_WEIGHT_FILES) or download_pretrained_from_hf(repo, cache_dir=hub_cache_dir())
     incompatible = open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
     log.debug("teacher %r: loaded %s (%s)", spec.name, path, incompatible)
     model.to(device)
@@ -138,7 +138,8 @@ def _declared_open_clip(spec: TeacherSpec, device: torch.device) -> tuple[Any, A
     if spec.tokenizer or not text.get("hf_tokenizer_name"):
         tokenizer = open_clip.get_tokenizer(spec.tokenizer or spec.arch, context_length=ctx)
     else:
-        tokenizer = HFTokenizer(text["hf_tokenizer_name"], context_length=ctx)
+        # the cache the weights were looked up in (HF_HUB_CACHE read now, not at transformers' import)
+        tokenizer = HFTokenizer(text["hf_tokenizer_name"], context_length=ctx, cache_dir=hub_cache_dir())
     return model, tokenizer
 
 
