@@ -35,8 +35,17 @@ def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, ch
     if parity_dir and check:
         raise click.UsageError("give --parity DIR or --check, not both")
     try:
-        if parity_dir or check:
-            _teachers_report(load_pipelines(pipeline), parity_dir, as_json)
+        if parity_dir or check:  # one library report each; exit 1 when a teacher fails it
+            from mmkd.extract.teachers import teachers_from_config
+            from mmkd.extract.teachers.archs import check_teachers, format_check
+            from mmkd.extract.teachers.parity import format_parity, run_parity
+
+            specs = teachers_from_config(load_pipelines(pipeline))
+            results = run_parity(parity_dir, specs) if parity_dir else check_teachers(specs)
+            click.echo(json.dumps([r.to_dict() for r in results], indent=2) if as_json
+                       else format_parity(results) if parity_dir else format_check(results))
+            if not all(r.passed if parity_dir else r.arch_ok for r in results):
+                raise SystemExit(1)
             return
         rows = list_teachers(load_pipelines(pipeline))
     except (ConfigError, TeacherError) as e:
@@ -57,26 +66,6 @@ def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, ch
         click.echo(f"\n{len(missing)} of {len(rows)} teachers lack weights here:")
         for r in missing:
             click.echo(f"  {r['name']}: needs {r['missing']}")
-
-
-def _teachers_report(cfg: dict, parity_dir: str | None, as_json: bool) -> None:
-    """``--parity`` / ``--check``: print the library's report; exit 1 when something fails."""
-    from mmkd.extract.teachers import teachers_from_config
-
-    specs = teachers_from_config(cfg)
-    if parity_dir:
-        from mmkd.extract.teachers.parity import format_parity, run_parity
-
-        results = run_parity(parity_dir, specs)
-        ok, rows, text = all(r.passed for r in results), [r.to_dict() for r in results], format_parity(results)
-    else:
-        from mmkd.extract.teachers.archs import check_teachers, format_check
-
-        results = check_teachers(specs)
-        ok, rows, text = all(r.arch_ok for r in results), [r.to_dict() for r in results], format_check(results)
-    click.echo(json.dumps(rows, indent=2) if as_json else text)
-    if not ok:
-        raise SystemExit(1)
 
 
 @click.command("extract")
