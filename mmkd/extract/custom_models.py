@@ -42,8 +42,10 @@ named ``*position_ids`` ignored; ``ignore_keys`` (list of prefixes) in the confi
 adds more keys to ignore. Checkpoints are read tensors-only (pickled objects refused).
 
 Text-side quirks of each upstream tokenizer call are class attributes read by the
-loader: ``clean_text`` (a caption cleaner or None) and ``pad_to_context`` (pad every caption to the context
-length, for models that attend to padding; otherwise pad to the longest in the batch).
+loader: ``clean_text`` (a caption cleaner or None), ``pad_to_context`` (pad every caption to the context
+length, for models that attend to padding; otherwise pad to the longest in the batch)
+and ``uses_attention_mask`` (False when ``encode_text`` ignores the mask, as PMC-CLIP's
+upstream does); the loader records them in the store as ``text_encoding``.
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ class PMCCLIP(nn.Module):
 
     clean_text: Callable[[str], str] | None = None
     pad_to_context = True  # no attention mask upstream: the padding length changes the result
+    uses_attention_mask = False
 
     def __init__(self, embed_dim: int = 768, vision: dict | None = None, text: dict | None = None) -> None:
         super().__init__()

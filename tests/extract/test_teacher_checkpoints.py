@@ -54,3 +54,13 @@ def test_read_state_dict_unwraps_training_containers(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match=r"teacher 't'.*bad\.safetensors.*truncated or corrupt"):
         read_state_dict(tmp_path / "bad.safetensors", "t")
+
+
+def test_store_attrs_record_upstream_and_text_encoding(tmp_path):
+    spec = make_tiny_teachers(tmp_path, kinds=("pmc_clip",))["tiny_pmc_clip"]
+    upstream = {"repo": "WeixiongLin/PMC-CLIP", "file": "src/pmc_clip/model/pmc_clip.py",
+                "function": "PMC_CLIP.encode_text"}
+    attrs = load_teacher(TeacherSpec.from_dict({**spec.to_dict(), "upstream": upstream})).store_attrs()
+    assert attrs["upstream"] == upstream
+    assert attrs["text_encoding"] == {"max_tokens": 16, "padding": "max_length", "attention_mask": False,
+                                      "clean": None}

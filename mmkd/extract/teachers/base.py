@@ -141,13 +141,16 @@ class Teacher:
         preprocessing: the resolved image transform settings.
         context_length: tokenizer max length.
         device: where the model runs.
+        text_encoding: how captions become tokens for this model (padding, attention
+            mask, cleaning), recorded in the store because it changes text features.
     """
 
     def __init__(self, spec: TeacherSpec, *, dim: int, logit_scale: float, preprocessing: Preprocessing,
                  context_length: int, tokenizer_id: str, image_fn: Callable[[torch.Tensor], torch.Tensor],
                  tokenize_fn: Callable[[list[str]], dict[str, torch.Tensor]],
                  text_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], device: torch.device,
-                 revision: str | None = None, weights_file: str | None = None, model: Any = None) -> None:
+                 revision: str | None = None, weights_file: str | None = None, model: Any = None,
+                 text_encoding: dict[str, Any] | None = None) -> None:
         self.spec, self.name, self.dim = spec, spec.name, dim
         self.logit_scale = float(logit_scale)
         self.preprocessing, self.context_length, self.tokenizer_id = preprocessing, context_length, tokenizer_id
@@ -155,6 +158,7 @@ class Teacher:
         self._image_fn, self._tokenize_fn, self._text_fn = image_fn, tokenize_fn, text_fn
         self._transform = preprocessing.build()
         self._revision, self._weights_file, self._sha256 = revision, weights_file, None
+        self.text_encoding = dict(text_encoding or {})
 
     @property
     def image_mode(self) -> str:
@@ -201,6 +205,7 @@ class Teacher:
             "preprocessing": asdict(self.preprocessing), "tokenizer": self.tokenizer_id,
             "context_length": self.context_length, "dim": self.dim, "normalised": True,
             "logit_scale": self.logit_scale, "license": self.spec.license, "source": self.spec.source,
+            "upstream": dict(self.spec.upstream), "text_encoding": self.text_encoding,
         }
 
     def __repr__(self) -> str:

@@ -269,4 +269,10 @@ def _load_custom(spec: TeacherSpec, device: torch.device) -> Teacher:
                    tokenize_fn=_hf_tokenize(tokenizer, ctx, pad_to_context=model.pad_to_context,
                                             clean=model.clean_text),
                    text_fn=lambda t: model.encode_text(t["input_ids"], t["attention_mask"]), device=device,
-                   weights_file=weights, model=model)
+                   weights_file=weights, model=model, text_encoding=_custom_text_encoding(model, ctx))
+
+
+def _custom_text_encoding(model: Any, ctx: int) -> dict[str, Any]:
+    clean = getattr(model.clean_text, "__name__", None) if model.clean_text else None
+    return {"max_tokens": ctx, "padding": "max_length" if model.pad_to_context else "longest",
+            "attention_mask": getattr(model, "uses_attention_mask", True), "clean": clean}
