@@ -17,13 +17,43 @@ PIPELINE_OPTION = click.option(
 @click.command("teachers")
 @PIPELINE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print one JSON list instead of a table.")
-def teachers_cmd(pipeline: str | None, as_json: bool) -> None:
-    """List the declared teachers and whether their weights are on this machine (nothing is downloaded)."""
-    from mmkd.config import ConfigError, load_pipelines
-    from mmkd.extract.teachers import TeacherError, list_teachers
+@click.option("--parity", "parity_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="compare each teacher in DIR (<teacher>/{checkpoint.*, arch.json, tokenizer, reference.npz}) "
+                   "with its upstream reference embeddings; exit 1 if any cosine < 0.9999.")
+@click.option("--teacher", "names", multiple=True, metavar="NAME",
+              help="only this teacher (repeatable); --check/--parity default: your file's teachers, else all.")
+@click.option("--check", "check", is_flag=True,
+              help="build every architecture offline without weights; report missing config, tokenizer, weights.")
+def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, check: bool,
+                 names: tuple[str, ...]) -> None:
+    """List the declared teachers and whether their weights are on this machine (nothing is downloaded).
 
+    \b
+    mmkd teachers --check                       # architectures build offline? what is missing?
+    mmkd teachers --parity ../shared/fixtures/teacher-parity
+    """
+    from mmkd.config import ConfigError, load_pipelines
+    from mmkd.extract.teachers import TeacherError, get_teacher_spec, list_teachers
+
+    if parity_dir and check:
+        raise click.UsageError("give --parity DIR or --check, not both")
     try:
-        rows = list_teachers(load_pipelines(pipeline))
+        if parity_dir or check:  # one library report each; exit 1 when a teacher fails it
+            from mmkd.extract.teachers.archs import check_teachers, format_check
+            from mmkd.extract.teachers.parity import format_parity, run_parity
+            from mmkd.extract.teachers.spec import teachers_in_scope
+
+            specs = teachers_in_scope(load_pipelines(pipeline), names)
+            results = run_parity(parity_dir, specs) if parity_dir else check_teachers(specs)
+            click.echo(json.dumps([r.to_dict() for r in results], indent=2) if as_json
+                       else format_parity(results) if parity_dir else format_check(results))
+            if not all(r.passed if parity_dir else r.arch_ok for r in results):
+                raise SystemExit(1)
+            return
+        cfg = load_pipelines(pipeline)
+        for n in names:
+            get_teacher_spec(n, cfg)  # an unknown name: the registry's error, listing the valid ones
+        rows = [r for r in list_teachers(cfg) if not names or r["name"] in names]
     except (ConfigError, TeacherError) as e:
         raise click.ClickException(str(e)) from e
     if as_json:

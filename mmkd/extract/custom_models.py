@@ -24,7 +24,8 @@ Config keys (``model_config`` in pipelines.yaml):
   ``text_projection`` (width x embed_dim), ``logit_scale``; training-only keys
   (``fusion_module.*``, ``mlm_projection``, ``img_special_token``,
   ``positional_embedding``, ``ln_final.*``) are ignored. Text = CLS of the last
-  hidden state @ text_projection.
+  hidden state @ text_projection, computed as upstream does it: input padded to the
+  context length (77) and **no attention mask**, so [CLS] attends to the padding.
 * ``medclip`` (MedCLIP-ViT, github.com/RyanWangZf/MedCLIP): ``embed_dim`` (512);
   ``vision`` = ``swin`` (``transformers.SwinConfig`` kwargs; Swin-T by default);
   ``text`` = ``bert`` (Bio_ClinicalBERT). Checkpoint keys: ``vision_model.model.*``
@@ -32,22 +33,34 @@ Config keys (``model_config`` in pipelines.yaml):
   (BertModel with pooler), ``text_model.projection_head.weight``, ``logit_scale``.
   Image: 1-channel input repeated to 3. Text: mean over tokens of hidden layers 1,
   2 and last, averaged, -> projection (masked mean over real tokens, i.e. what the
-  original gives for one unpadded caption).
+  original gives for one unpadded caption). Checkpoints saved under transformers
+  4.x (``attention.self.query``...) load under 5.x through transformers' own key
+  conversion (:func:`mmkd.extract.teachers.checkpoints.convert_hf_keys`).
 
 All: a leading ``module.`` is stripped, a ``state_dict`` wrapper unwrapped, buffers
 named ``*position_ids`` ignored; ``ignore_keys`` (list of prefixes) in the config
-adds more keys to ignore.
+adds more keys to ignore. Checkpoints are read tensors-only (pickled objects refused).
+
+Text-side quirks of each upstream tokenizer call are class attributes read by the
+loader: ``clean_text`` (a caption cleaner or None), ``pad_to_context`` (pad every caption to the context
+length, for models that attend to padding; otherwise pad to the longest in the batch)
+and ``uses_attention_mask`` (False when ``encode_text`` ignores the mask, as PMC-CLIP's
+upstream does); the loader records them in the store as ``text_encoding``.
 """
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
+
+from mmkd.extract.teachers.checkpoints import CheckpointError, convert_hf_keys, match_state_dict, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +68,21 @@ BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_at
                  intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint does not match the architecture it is loaded into."""
+__all__ = ["CUSTOM_ARCHS", "CheckpointError", "MedCLIP", "PMCCLIP", "UniMedCLIP", "build_custom_model",
+           "load_custom_checkpoint", "read_state_dict", "unimed_clean_text"]
+
+
+def unimed_clean_text(text: str) -> str:
+    """UniMed-CLIP's caption cleaning, applied by its ``HFTokenizer`` before tokenizing.
+
+    Verbatim from mbzuai-oryx/UniMed-CLIP ``src/open_clip/tokenizer.py``
+    (``_clean_whitespace`` = ``whitespace_clean(basic_clean(x))``): ftfy ``fix_text``
+    (curly quotes become straight ones...), HTML unescaped twice, whitespace collapsed.
+    """
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def _bert(cfg: dict[str, Any], add_pooling_layer: bool) -> nn.Module:
@@ -89,6 +115,9 @@ class _UniMedText(nn.Module):
 class UniMedCLIP(nn.Module):
     """UniMed-CLIP: open_clip ViT (QuickGELU) image tower + BiomedBERT text tower with MLP projection."""
 
+    clean_text: Callable[[str], str] | None = staticmethod(unimed_clean_text)
+    pad_to_context = True  # HFTokenizer pads to max_length (256); the mask (ids != pad) is passed
+
     def __init__(self, embed_dim: int = 512, vision: dict | None = None, text: dict | None = None,
                  quick_gelu: bool = True) -> None:
         super().__init__()
@@ -110,6 +139,10 @@ class UniMedCLIP(nn.Module):
 class PMCCLIP(nn.Module):
     """PMC-CLIP: ResNet-50 (CLIP ModifiedResNet, attention pool) + PubMedBERT, 768-d."""
 
+    clean_text: Callable[[str], str] | None = None
+    pad_to_context = True  # no attention mask upstream: the padding length changes the result
+    uses_attention_mask = False
+
     def __init__(self, embed_dim: int = 768, vision: dict | None = None, text: dict | None = None) -> None:
         super().__init__()
         from open_clip.modified_resnet import ModifiedResNet
@@ -125,8 +158,14 @@ class PMCCLIP(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.visual(pixels)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # Upstream quirk, reproduced on purpose: WeixiongLin/PMC-CLIP src/pmc_clip/model/pmc_clip.py,
+        # PMC_CLIP.encode_text, tokenizes with padding='max_length' (77) and calls the text encoder
+        # WITHOUT attention_mask, so [CLS] attends to the [PAD] tokens. The released model was trained and
+        # evaluated that way (and the official stored features computed so): attention_mask is ignored here.
+        # Upstream then takes the hidden state where input_ids == cls_id (2, hard-coded): position 0.
+        del attention_mask
+        out = self.text_encoder(input_ids=input_ids)
         return out.last_hidden_state[:, 0] @ self.text_projection
 
 
@@ -139,6 +178,10 @@ class _Projected(nn.Module):
 
 class MedCLIP(nn.Module):
     """MedCLIP-ViT: HF Swin-T image encoder (grayscale input) + Bio_ClinicalBERT, 512-d."""
+
+    clean_text: Callable[[str], str] | None = None
+    # Padding to the longest in the batch is safe: the pooling below masks the padding.
+    pad_to_context = False
 
     def __init__(self, embed_dim: int = 512, vision: dict | None = None, text: dict | None = None) -> None:
         super().__init__()
@@ -159,6 +202,10 @@ class MedCLIP(nn.Module):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.text_model.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         hs = out.hidden_states
+        # RyanWangZf/MedCLIP medclip/modeling_medclip.py, MedCLIPTextModel.forward, averages over ALL positions,
+        # [PAD] included, so in a padded batch a caption's embedding depends on the longest caption beside it.
+        # A stored feature must not depend on its batch: this is upstream's value for the caption encoded alone
+        # (no padding), which the masked mean gives exactly.
         mask = attention_mask.unsqueeze(-1).to(hs[-1].dtype)
         layers = torch.stack([hs[1], hs[2], hs[-1]])  # (3, B, L, D)
         pooled = (layers * mask).sum(2) / mask.sum(1).clamp(min=1)
@@ -189,44 +236,20 @@ def build_custom_model(arch: str, config: dict[str, Any]) -> nn.Module:
     return CUSTOM_ARCHS[arch](**kwargs)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file (``.safetensors`` or a ``torch.save`` file, weights_only)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path), device="cpu")
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model", "model_state_dict"):
-        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
-            sd = sd[wrapper]
-            break
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds {type(sd).__name__}, not a state dict")
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-
-
-def load_custom_checkpoint(model: nn.Module, arch: str, path: str | Path, config: dict[str, Any]) -> None:
+def load_custom_checkpoint(model: nn.Module, arch: str, path: str | Path, config: dict[str, Any],
+                           teacher: str | None = None) -> None:
     """Load ``path`` into ``model`` strictly (ignoring the documented training-only keys).
 
+    Keys of Hugging Face sub-models are first converted with transformers' own table, so
+    a checkpoint saved under transformers 4.x loads under 5.x.
+
     Raises:
-        CheckpointError: keys are missing, unexpected or of the wrong shape; the
-            message lists them and says which architecture and config were expected.
+        CheckpointError: the file is unreadable or holds pickled objects, or keys are
+            missing, unexpected or of the wrong shape; the message names the teacher, the
+            file and the first mismatching key.
     """
-    sd = read_state_dict(path)
+    sd = read_state_dict(path, teacher)
     ignore = tuple(_IGNORED.get(arch, ())) + tuple(config.get("ignore_keys", ()))
-    sd = {k: v for k, v in sd.items() if not k.startswith(ignore) and not k.endswith("position_ids")}
-    own = {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not match custom architecture {arch!r} with this model_config: "
-            f"{len(missing)} missing keys {missing[:8]}, {len(unexpected)} unexpected keys {unexpected[:8]}, "
-            f"{len(shapes)} shape mismatches {shapes[:4]}. Check the teacher's model_config (dims, layers) "
-            "against the checkpoint, or list training-only prefixes under model_config.ignore_keys; "
-            f"the expected key layout is documented in {__name__}.")
-    model.load_state_dict(sd, strict=False)  # strictness checked above (position_ids buffers excepted)
+    sd = {k: v for k, v in sd.items() if not k.startswith(ignore)}
+    sd, _ = convert_hf_keys(model, sd)
+    match_state_dict(model, sd, path=path, arch=arch, teacher=teacher)

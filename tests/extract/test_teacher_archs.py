@@ -1,7 +1,8 @@
 """Hub teachers of pipelines.yaml whose architecture is declared build at the real dims (random weights).
 
 The custom teachers (UniMed-CLIP, PMC-CLIP, MedCLIP) are covered in test_teacher_cli.py.
-BiomedCLIP and GenMedClip take their whole config from the hub and cannot be built offline.
+BiomedCLIP's architecture is declared in pipelines.yaml (model_config.model_cfg + text_config);
+GenMedClip takes its whole config from the hub and cannot be built offline.
 """
 
 from __future__ import annotations
@@ -49,3 +50,20 @@ def test_transformers_teacher_builds_at_table_dim(name):
     txt = txt if isinstance(txt, torch.Tensor) else txt.pooler_output
     assert img.shape == (1, spec.dim) and txt.shape == (1, spec.dim)
     assert model.config.text_config.max_position_embeddings >= spec.context_length
+
+
+@pytest.mark.slow  # 196M parameters initialised on CPU; --check builds it on the meta device in the default run
+def test_biomedclip_builds_offline_at_table_dim(tmp_path, monkeypatch):
+    from mmkd.extract.teachers.archs import build_architecture
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    spec = SPECS["biomedclip"]
+    model = build_architecture(spec, device="cpu").eval()
+    assert type(model.text.transformer).__name__ == "BertModel" and model.text.transformer.pooler is None
+    with torch.inference_mode():
+        img = model.encode_image(torch.zeros(1, 3, spec.image_size, spec.image_size))
+        ids = torch.tensor([[2, 1037, 3] + [0] * (spec.context_length - 3)])
+        txt = model.encode_text(ids)
+    assert img.shape == (1, spec.dim) and txt.shape == (1, spec.dim)
+    assert model.context_length == 512 and spec.context_length == 256  # BERT positions vs tokenizer length

@@ -157,7 +157,7 @@ def test_autocast_bf16_on_cpu(loaded):
 def test_store_attrs_json(loaded, tiny):
     attrs = loaded["tiny_unimed_clip"].store_attrs()
     json.dumps(attrs)
-    assert attrs["normalised"] is True and attrs["dim"] == 24 and attrs["loader"] == "custom"
+    assert attrs["normalized"] is True and attrs["dim"] == 24 and attrs["loader"] == "custom"
     assert len(attrs["weights_sha256"]) == 64 and attrs["context_length"] == 16
     assert attrs["preprocessing"]["image_size"] == 32
     assert loaded["tiny_open_clip"].store_attrs()["weights_sha256"]

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 2
 # Attributes that change the features; a resumed run must not mix blocks made with different ones.
-_FEATURE_ATTRS = ("weights_sha256", "revision", "preprocessing", "context_length", "tokenizer", "dim", "decode")
+_FEATURE_ATTRS = ("weights_sha256", "revision", "preprocessing", "context_length", "tokenizer", "dim", "decode",
+                  "text_encoding")
 
 
 @dataclass(frozen=True)

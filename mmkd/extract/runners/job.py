@@ -176,12 +176,11 @@ def resolve_teachers(job: ExtractJob, cfg: dict[str, Any]) -> list[Any]:
     Raises:
         UnknownTeacherError: a name is not declared (the message lists the valid names).
     """
-    from mmkd.extract.teachers import get_teacher_spec, teachers_from_config
+    from mmkd.extract.teachers import get_teacher_spec
+    from mmkd.extract.teachers.spec import teachers_in_scope
 
     if ALL_TEACHERS in job.teachers:
-        # "all": the teachers the user's own file declares, else every shipped one
-        own = (cfg.get("_own") or {}).get("teachers")
-        specs = [s for s in teachers_from_config(cfg).values() if not own or s.name in own]
+        specs = list(teachers_in_scope(cfg).values())  # the user's own teachers, else every shipped one
         if not specs:
             raise ExtractError(f"--all-teachers: no teachers declared in {cfg.get('_path')}")
         return specs

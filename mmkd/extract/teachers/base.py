@@ -28,7 +28,9 @@ class Preprocessing:
         mean, std: per-channel normalisation (1 value for grayscale models).
         interpolation: ``bicubic``, ``bilinear`` or ``nearest``.
         resize_mode: ``shortest`` (resize short side, centre crop), ``longest``
-            (resize long side, pad to square with black) or ``squash``.
+            (resize long side, pad to square with black), ``squash``, or
+            ``pad_square`` (pad to a black square of side ``max(image_size, w, h)``,
+            then resize: MedCLIP's order, which never upscales a small image).
         grayscale: the model takes 1-channel ``L`` input.
     """
 
@@ -55,6 +57,8 @@ class Preprocessing:
             resize = [T.Resize((s, s), interpolation=interp)]
         elif self.resize_mode == "longest":
             resize = [_ResizeLongest(s, interp), T.CenterCrop(s)]  # CenterCrop pads with 0
+        elif self.resize_mode == "pad_square":
+            resize = [_PadSquare(s), T.Resize((s, s), interpolation=interp), T.CenterCrop(s)]
         else:
             resize = [T.Resize(s, interpolation=interp), T.CenterCrop(s)]
         channels = 1 if self.grayscale else 3
@@ -73,6 +77,24 @@ class _ResizeLongest:
         w, h = img.size
         scale = self.size / max(w, h)
         return TF.resize(img, [max(1, round(h * scale)), max(1, round(w * scale))], interpolation=self.interpolation)
+
+
+class _PadSquare:
+    """Paste onto a black square of side ``max(size, w, h)``, offset as upstream MedCLIP does.
+
+    RyanWangZf/MedCLIP medclip/dataset.py, ``MedCLIPFeatureExtractor.pad_img``: pad first,
+    then resize to the model size, so an image smaller than ``size`` is padded, never upscaled.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        side = max(self.size, w, h)
+        square = Image.new(img.mode, (side, side), 0)
+        square.paste(img, (int((side - w) / 2), int((side - h) / 2)))
+        return square
 
 
 def to_mode(img: Image.Image, mode: str) -> Image.Image:
@@ -119,13 +141,16 @@ class Teacher:
         preprocessing: the resolved image transform settings.
         context_length: tokenizer max length.
         device: where the model runs.
+        text_encoding: how captions become tokens for this model (padding, attention
+            mask, cleaning), recorded in the store because it changes text features.
     """
 
     def __init__(self, spec: TeacherSpec, *, dim: int, logit_scale: float, preprocessing: Preprocessing,
                  context_length: int, tokenizer_id: str, image_fn: Callable[[torch.Tensor], torch.Tensor],
                  tokenize_fn: Callable[[list[str]], dict[str, torch.Tensor]],
                  text_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], device: torch.device,
-                 revision: str | None = None, weights_file: str | None = None, model: Any = None) -> None:
+                 revision: str | None = None, weights_file: str | None = None, model: Any = None,
+                 text_encoding: dict[str, Any] | None = None) -> None:
         self.spec, self.name, self.dim = spec, spec.name, dim
         self.logit_scale = float(logit_scale)
         self.preprocessing, self.context_length, self.tokenizer_id = preprocessing, context_length, tokenizer_id
@@ -133,6 +158,7 @@ class Teacher:
         self._image_fn, self._tokenize_fn, self._text_fn = image_fn, tokenize_fn, text_fn
         self._transform = preprocessing.build()
         self._revision, self._weights_file, self._sha256 = revision, weights_file, None
+        self.text_encoding = dict(text_encoding or {})
 
     @property
     def image_mode(self) -> str:
@@ -179,6 +205,7 @@ class Teacher:
             "preprocessing": asdict(self.preprocessing), "tokenizer": self.tokenizer_id,
             "context_length": self.context_length, "dim": self.dim, "normalized": True,
             "logit_scale": self.logit_scale, "license": self.spec.license, "source": self.spec.source,
+            "upstream": dict(self.spec.upstream), "text_encoding": self.text_encoding,
         }
 
     def __repr__(self) -> str:

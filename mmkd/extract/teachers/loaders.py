@@ -8,20 +8,26 @@ from typing import Any
 
 import torch
 
+from mmkd.extract.teachers.archs import build_declared_open_clip, declared_open_clip, open_clip_create_kwargs
 from mmkd.extract.teachers.base import Preprocessing, Teacher
 from mmkd.extract.teachers.spec import TeacherError, TeacherSpec
 from mmkd.extract.teachers.weights import (
-    cache_revision, cached_file, hub_offline, missing_weights_error, weights_status,
+    OPEN_CLIP_WEIGHT_FILES, _first_cached, cache_revision, cached_file, hub_cache_dir, hub_offline, missing_weights_error,
+    resolve_checkpoint, weights_status,
 )
 
 log = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# What each upstream inference path does when the spec does not say otherwise.
 CUSTOM_DEFAULTS: dict[str, dict[str, Any]] = {
     "unimed_clip": dict(mean=OPENAI_MEAN, std=OPENAI_STD, context_length=256),
     "pmc_clip": dict(mean=OPENAI_MEAN, std=OPENAI_STD, context_length=77),
-    "medclip": dict(mean=(0.5862785803043838,), std=(0.27950088968644304,), context_length=77, resize_mode="longest"),
+    # MedCLIPProcessor (RyanWangZf/MedCLIP medclip/dataset.py) sets model_max_length 77, but the README call
+    # processor(text=..., padding=True) does not truncate: captions run to BERT's position limit (512).
+    "medclip": dict(mean=(0.5862785803043838,), std=(0.27950088968644304,), context_length=512,
+                    resize_mode="pad_square"),
 }
 
 
@@ -85,25 +91,56 @@ def _load_open_clip(spec: TeacherSpec, device: torch.device) -> Teacher:
     kind = spec.weights_kind
     name, pretrained = (spec.arch, spec.weights) if kind == "file" else (spec.weights, None)
     try:
-        model = open_clip.create_model_from_pretrained(
-            name, pretrained=pretrained, device=device, return_transform=False, **spec.model_config)
-        tokenizer = open_clip.get_tokenizer(spec.tokenizer or name, context_length=spec.context_length)
+        if declared_open_clip(spec):
+            model, tokenizer = _declared_open_clip(spec, device)
+        else:
+            model = open_clip.create_model_from_pretrained(
+                name, pretrained=pretrained, device=device, return_transform=False, **open_clip_create_kwargs(spec))
+            tokenizer = open_clip.get_tokenizer(spec.tokenizer or name, context_length=spec.context_length)
     except (OSError, RuntimeError, ValueError) as e:
+        if isinstance(e, TeacherError):
+            raise
         raise _reraise(spec, e) from e
     model.eval()
-    pp_cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    pp_cfg = getattr(model.visual, "preprocess_cfg", {}) or spec.model_config.get("preprocess_cfg", {})
     pp = _preprocessing(spec, pp_cfg.get("size", 224), pp_cfg.get("mean", OPENAI_MEAN), pp_cfg.get("std", OPENAI_STD),
                         pp_cfg.get("interpolation"), pp_cfg.get("resize_mode"))
     image_fn = model.encode_image
     revision = None
     if kind == "hf-hub":
-        revision = cache_revision(cached_file(spec.weights[len("hf-hub:"):], "open_clip_config.json"))
+        repo = spec.weights[len("hf-hub:"):]
+        revision = cache_revision(cached_file(repo, "open_clip_config.json") or _first_cached(repo, OPEN_CLIP_WEIGHT_FILES))
     return Teacher(
         spec, dim=_infer_dim(spec, image_fn, pp, device), logit_scale=model.logit_scale.exp().item(),
         preprocessing=pp, context_length=int(tokenizer.context_length), tokenizer_id=spec.tokenizer or name,
         image_fn=image_fn, tokenize_fn=lambda caps: {"input_ids": tokenizer(caps)},
         text_fn=lambda t: model.encode_text(t["input_ids"]), device=device, revision=revision,
         weights_file=_open_clip_weights_file(spec), model=model)
+
+
+def _declared_open_clip(spec: TeacherSpec, device: torch.device) -> tuple[Any, Any]:
+    """Model from the architecture pipelines.yaml declares, weights from the spec, HF tokenizer."""
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+
+    model = build_declared_open_clip(spec, "cpu")
+    path = _open_clip_weights_file(spec)
+    if path is None:  # hub weights: the cached file, or a download when the hub is online
+        from open_clip.pretrained import download_pretrained_from_hf
+
+        repo = spec.weights[len("hf-hub:"):]
+        path = _first_cached(repo, OPEN_CLIP_WEIGHT_FILES) or download_pretrained_from_hf(repo, cache_dir=hub_cache_dir())
+    incompatible = open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
+    log.debug("teacher %r: loaded %s (%s)", spec.name, path, incompatible)
+    model.to(device)
+    text = declared_open_clip(spec).get("text_cfg", {})
+    ctx = spec.context_length or text.get("context_length", 77)
+    if spec.tokenizer or not text.get("hf_tokenizer_name"):
+        tokenizer = open_clip.get_tokenizer(spec.tokenizer or spec.arch, context_length=ctx)
+    else:
+        # the cache the weights were looked up in (HF_HUB_CACHE read now, not at transformers' import)
+        tokenizer = HFTokenizer(text["hf_tokenizer_name"], context_length=ctx, cache_dir=hub_cache_dir())
+    return model, tokenizer
 
 
 def _open_clip_weights_file(spec: TeacherSpec) -> str | None:
@@ -185,10 +222,19 @@ def _hf_weights_file(folder: str) -> str | None:
     return next((str(p) for n in ("model.safetensors", "pytorch_model.bin") if (p := Path(folder) / n).is_file()), None)
 
 
-def _hf_tokenize(tokenizer: Any, ctx: int):
+def _hf_tokenize(tokenizer: Any, ctx: int, *, pad_to_context: bool = True, clean: Any = None):
+    """Tokenize to ``ctx`` tokens at most; ``clean`` is applied to each caption first.
+
+    ``pad_to_context`` pads every caption to ``ctx``: for models that attend to padding it
+    keeps each caption's features independent of its batch. Otherwise captions are padded
+    to the longest in the batch (the model must mask the padding).
+    """
+    padding = "max_length" if pad_to_context else "longest"
+
     def tokenize(captions: list[str]) -> dict[str, torch.Tensor]:
-        # Padding to a fixed length keeps each caption's features independent of its batch.
-        enc = tokenizer(captions, padding="max_length", truncation=True, max_length=ctx, return_tensors="pt")
+        if clean is not None:
+            captions = [clean(c) for c in captions]
+        enc = tokenizer(captions, padding=padding, truncation=True, max_length=ctx, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     return tokenize
 
@@ -203,6 +249,7 @@ def _load_custom(spec: TeacherSpec, device: torch.device) -> Teacher:
     if not spec.tokenizer:
         raise TeacherError(f"teacher {spec.name!r}: loader 'custom' needs 'tokenizer' (a hub id or a local folder)")
     _precheck(spec)
+    weights = resolve_checkpoint(spec) or spec.weights
     try:
         model = build_custom_model(spec.arch, spec.model_config)
         tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer, local_files_only=hub_offline())
@@ -210,7 +257,7 @@ def _load_custom(spec: TeacherSpec, device: torch.device) -> Teacher:
         raise TeacherError(f"teacher {spec.name!r}: bad model_config for {spec.arch!r}: {e}") from e
     except OSError as e:
         raise _reraise(spec, e) from e
-    load_custom_checkpoint(model, spec.arch, spec.weights, spec.model_config)
+    load_custom_checkpoint(model, spec.arch, weights, spec.model_config, teacher=spec.name)
     model.to(device).eval()
     d = CUSTOM_DEFAULTS[spec.arch]
     vision = spec.model_config.get("vision", {})
@@ -219,6 +266,13 @@ def _load_custom(spec: TeacherSpec, device: torch.device) -> Teacher:
     ctx = int(spec.context_length or d["context_length"])
     return Teacher(spec, dim=_infer_dim(spec, model.encode_image, pp, device), logit_scale=model.logit_scale.exp().item(),
                    preprocessing=pp, context_length=ctx, tokenizer_id=spec.tokenizer, image_fn=model.encode_image,
-                   tokenize_fn=_hf_tokenize(tokenizer, ctx),
+                   tokenize_fn=_hf_tokenize(tokenizer, ctx, pad_to_context=model.pad_to_context,
+                                            clean=model.clean_text),
                    text_fn=lambda t: model.encode_text(t["input_ids"], t["attention_mask"]), device=device,
-                   weights_file=spec.weights, model=model)
+                   weights_file=weights, model=model, text_encoding=_custom_text_encoding(model, ctx))
+
+
+def _custom_text_encoding(model: Any, ctx: int) -> dict[str, Any]:
+    clean = getattr(model.clean_text, "__name__", None) if model.clean_text else None
+    return {"max_tokens": ctx, "padding": "max_length" if model.pad_to_context else "longest",
+            "attention_mask": getattr(model, "uses_attention_mask", True), "clean": clean}

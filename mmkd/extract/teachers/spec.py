@@ -18,9 +18,8 @@ from typing import Any
 
 LOADERS = ("open_clip", "transformers", "custom")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
-RESIZE_MODES = ("shortest", "longest", "squash")
+RESIZE_MODES = ("shortest", "longest", "squash", "pad_square")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-_ENV_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
 
 
 class TeacherError(ValueError):
@@ -59,6 +58,9 @@ class TeacherSpec:
         revision: hub revision (branch, tag or commit) for ``transformers`` ids.
         license: licence of the weights.
         source: where the weights come from and how to get them.
+        upstream: the code this teacher reproduces: ``{repo, file, function}`` (the
+            authors' repository, the file and the function that computes the embedding),
+            and optionally ``commit``.
     """
 
     name: str
@@ -79,6 +81,7 @@ class TeacherSpec:
     revision: str | None = None
     license: str = ""
     source: str = ""
+    upstream: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -119,9 +122,10 @@ def weights_kind(loader: str, weights: str) -> str:
 
 
 def expand(value: str) -> str:
-    """Expand ``${VAR:-default}``, ``$VAR``/``${VAR}`` and ``~`` in a string."""
-    value = _ENV_DEFAULT.sub(lambda m: os.environ.get(m.group(1)) or m.group(2), value)
-    return os.path.expanduser(os.path.expandvars(value))
+    """Expand ``${VAR:-default}``, ``$VAR``/``${VAR}`` and ``~`` (:func:`mmkd.config.expand`, one expander)."""
+    from mmkd.config import expand as _expand
+
+    return _expand(value)
 
 
 def _resolve_weights(loader: str, weights: str, base: Path | None) -> str:
@@ -155,8 +159,9 @@ def _from_entry(name: str, entry: Any, base: Path | None) -> TeacherSpec:
     for key in ("mean", "std"):
         if isinstance(kwargs.get(key), (list, tuple)):
             kwargs[key] = tuple(float(v) for v in kwargs[key])
-    if kwargs.get("model_config") is None:
-        kwargs["model_config"] = {}
+    for key in ("model_config", "upstream"):
+        if kwargs.get(key) is None:
+            kwargs[key] = {}
     return TeacherSpec(name=name, **kwargs)
 
 
@@ -189,6 +194,22 @@ def _validate(s: TeacherSpec) -> None:
             raise TeacherError(f"{where}: {key} must be true or false, got {getattr(s, key)!r}")
     if not isinstance(s.model_config, dict):
         raise TeacherError(f"{where}: model_config must be a mapping, got {s.model_config!r}")
+    _validate_upstream(s, where)
+
+
+UPSTREAM_KEYS = ("repo", "file", "function")
+
+
+def _validate_upstream(s: TeacherSpec, where: str) -> None:
+    if not isinstance(s.upstream, dict):
+        raise TeacherError(f"{where}: upstream must be a mapping {{repo, file, function}}, got {s.upstream!r}")
+    if not s.upstream:
+        return
+    unknown = sorted(set(s.upstream) - set(UPSTREAM_KEYS) - {"commit"})
+    absent = [k for k in UPSTREAM_KEYS if not isinstance(s.upstream.get(k), str) or not s.upstream[k]]
+    if unknown or absent:
+        raise TeacherError(f"{where}: upstream needs non-empty strings {list(UPSTREAM_KEYS)} (and optionally "
+                           f"commit); missing {absent}, unknown keys {unknown}")
 
 
 def _validate_norm(s: TeacherSpec, where: str) -> None:
@@ -218,10 +239,27 @@ def teachers_from_config(cfg: dict[str, Any]) -> dict[str, TeacherSpec]:
     Raises:
         TeacherError: an entry is malformed; the message names the teacher and key.
     """
-    from mmkd.config import section
+    from mmkd.config import resolve_path, section
 
-    base = Path(cfg["_path"]).parent if cfg.get("_path") else None
-    return {str(name): _from_entry(str(name), entry, base) for name, entry in section(cfg, "teachers").items()}
+    # each entry's relative paths resolve against the file that declared it (mmkd.config.resolve_path)
+    return {str(name): _from_entry(str(name), entry, resolve_path(cfg, ".", section="teachers", entry=str(name))
+                                   if cfg.get("_path") else None)
+            for name, entry in section(cfg, "teachers").items()}
+
+
+def teachers_in_scope(cfg: dict[str, Any], names: list[str] | tuple[str, ...] = ()) -> dict[str, TeacherSpec]:
+    """The teachers a command covers: ``names`` when given; else the ones the user's own pipelines
+    file declares; else every declared (shipped) one. What ``--all-teachers`` and ``mmkd teachers --check``
+    cover.
+
+    Raises:
+        UnknownTeacherError: a name is not declared.
+    """
+    specs = teachers_from_config(cfg)
+    if names:
+        return {n: get_teacher_spec(n, cfg) for n in dict.fromkeys(names)}
+    own = (cfg.get("_own") or {}).get("teachers")
+    return {n: s for n, s in specs.items() if not own or n in own}
 
 
 def get_teacher_spec(name: str, cfg: dict[str, Any] | None = None) -> TeacherSpec:

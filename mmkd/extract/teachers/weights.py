@@ -17,6 +17,11 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.
                    "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+# Names one custom checkpoint is published under; a spec naming one also finds the others in the same folder.
+CHECKPOINT_ALIASES: dict[str, tuple[str, ...]] = {
+    # UniMed-CLIP README: unimed_clip_vit_b16.pt; Hugging Face hub / public demo: unimed-clip-vit-b16.pt
+    "unimed_clip": ("unimed_clip_vit_b16.pt", "unimed-clip-vit-b16.pt"),
+}
 
 
 class WeightsNotFoundError(TeacherError, FileNotFoundError):
@@ -92,10 +97,43 @@ def _tokenizer_status(tok: str | None) -> str:
     return f"tokenizer folder {tok}"
 
 
+def resolve_checkpoint(spec: TeacherSpec) -> str | None:
+    """The checkpoint file a ``file`` spec points at, or its published alias beside it; None when absent.
+
+    UniMed-CLIP's checkpoint is published as ``unimed_clip_vit_b16.pt`` (README) and
+    ``unimed-clip-vit-b16.pt`` (hub): either name is found whichever the spec gives.
+    """
+    path = Path(spec.weights)
+    if path.is_file():
+        return str(path)
+    names = CHECKPOINT_ALIASES.get(spec.arch or "", ())
+    if path.name in names:
+        return next((str(p) for n in names if (p := path.with_name(n)).is_file()), None)
+    return None
+
+
+def checkpoint_missing(spec: TeacherSpec) -> str:
+    """'' when a checkpoint-file spec's file (or a published alias) is here, else what is missing."""
+    if resolve_checkpoint(spec):
+        return ""
+    names = CHECKPOINT_ALIASES.get(spec.arch or "", ())
+    name = Path(spec.weights).name
+    alias = f" (or {' / '.join(n for n in names if n != name)} beside it)" if name in names else ""
+    return f"checkpoint file {spec.weights}{alias}"
+
+
 def weights_status(spec: TeacherSpec) -> WeightsStatus:
     """Check, without downloading, whether ``spec``'s weights (and tokenizer) are here."""
     kind, w = spec.weights_kind, spec.weights
-    if kind == "hf-hub":
+    declared = spec.model_config.get("model_cfg") if spec.loader == "open_clip" else None
+    if kind == "hf-hub" and declared:  # architecture in pipelines.yaml: weights + tokenizer from the cache
+        repo = w[len("hf-hub:"):]
+        missing = [] if _first_cached(repo, OPEN_CLIP_WEIGHT_FILES) else [f"{w} weights in {repo_cache_path(repo)}"]
+        tok = declared.get("text_cfg", {}).get("hf_tokenizer_name")
+        if tok and not _first_cached(tok, TOKENIZER_FILES):
+            missing.append(f"tokenizer {tok} in {repo_cache_path(tok)}")
+        where = repo_cache_path(repo)
+    elif kind == "hf-hub":
         repo = w[len("hf-hub:"):]
         config = cached_file(repo, "open_clip_config.json")
         missing = [] if config and _first_cached(repo, OPEN_CLIP_WEIGHT_FILES) else [f"{w} in {repo_cache_path(repo)}"]
@@ -113,8 +151,8 @@ def weights_status(spec: TeacherSpec) -> WeightsStatus:
         ok = (folder / need).is_file() and has_weights
         missing, where = ([] if ok else [f"{need} + weights file in {folder}"]), str(folder)
     else:
-        ok = Path(w).is_file()
-        missing, where = ([] if ok else [f"checkpoint file {w}"]), w
+        found = resolve_checkpoint(spec)
+        missing, where = ([] if found else [checkpoint_missing(spec)]), found or w
     if spec.loader == "custom" and (tok := _tokenizer_status(spec.tokenizer)):
         missing.append(tok)
     return WeightsStatus(available=not missing, where=where, missing="; ".join(missing))
