@@ -8,11 +8,9 @@
 ``webdataset`` tar shards with ``{key}.jpg|png`` + ``{key}.txt|json`` (BIOMEDICA)
 =============  ===============================================================
 
-Example::
-
-    ds = open_dataset("../shared/fixtures/mmkd-clip-demo")
-    for sample in ds.samples():
-        image = decode_image(ds.read_image_bytes(sample.image))
+:func:`open_dataset` opens any of them from a path or a :class:`~mmkd.data.spec.DatasetSpec`;
+:func:`resolve_data` turns what ``--data`` names (a ``datasets:`` entry, a path, a mapping)
+into a spec. Usage: see :mod:`mmkd.data`.
 """
 
 from __future__ import annotations

@@ -184,3 +184,18 @@ def test_store_for_unknown_set_is_refused(student_dir, tmp_path):
     res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--set", "modality9",
                                     "--store", "modality9", "--out", str(tmp_path)])
     assert res.exit_code != 0 and "SET=STORE_PATH" in res.output
+
+
+def test_eval_data_takes_a_meta_jsonl_folder(student_dir, mmkd_demo_dir, tmp_path):
+    """`mmkd eval --data` takes what `mmkd extract --data` takes: here the official meta.jsonl layout."""
+    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--data", str(mmkd_demo_dir),
+                                    "--task", "retrieval", "--resamples", "0", "--out", str(tmp_path / "ev"),
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    scores = json.loads((tmp_path / "ev" / "results.json").read_text())
+    (per_set,) = scores.values()
+    assert set(per_set) == {"mmkd-clip-demo"} and set(per_set["mmkd-clip-demo"]["retrieval"]) >= RETRIEVAL
+    res = CliRunner().invoke(main, ["eval", "--model", str(student_dir), "--data", str(mmkd_demo_dir / "meta.jsonl"),
+                                    "--task", "retrieval", "--resamples", "0", "--out", str(tmp_path / "ev2"),
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
