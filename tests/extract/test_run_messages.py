@@ -57,3 +57,16 @@ def test_liveness_timeout_must_be_positive_seconds(bad, tmp_path):
     with pytest.raises(ExtractError, match=rf"liveness_timeout must be a number of seconds > 0, got {bad!r}"):
         ExtractJob(data="d", teachers=["t"], store=str(tmp_path), liveness_timeout=bad)
     assert ExtractJob(data="d", teachers=["t"], store=str(tmp_path), liveness_timeout=12).liveness_timeout == 12
+
+
+def test_summary_says_which_side_is_the_wall():
+    """Decode images/s per thread beside forward images/s, and which of the two bounds the run."""
+    slow_decode = TeacherSummary("a", blocks_total=1, blocks_run=1, rows=100, valid=100, wall_s=3.0, devices=["cpu"],
+                                 stages={"read_decode_s": 4.0, "wait_s": 2.0, "forward_s": 0.5, "write_s": 0.1})
+    assert slow_decode.decode_per_core_s == 25.0 and slow_decode.forward_per_s == 200.0
+    text = ExtractSummary("s", "d", "local", num_samples=100, wall_s=3.0, teachers=[slow_decode]).format()
+    assert "decode 25.0 img/s per thread vs forward 200.0 img/s: the decode is the wall" in text
+    assert "--decode reduced" in text
+    slow_model = TeacherSummary("b", rows=10, stages={"read_decode_s": 0.1, "wait_s": 0.0, "forward_s": 5.0,
+                                                      "write_s": 0.0})
+    assert slow_model.wall_side == "forward" and slow_model.to_dict()["forward_per_s"] == 2.0

@@ -183,7 +183,7 @@ class RayRunner(BaseRunner):
             self._restore_handlers()
 
     # ------------------------------------------------------------------ actors
-    def _actor_options(self, n_blocks: int) -> tuple[int, dict[str, Any]]:
+    def _actor_options(self, n_blocks: int, workers: int = 1) -> tuple[int, dict[str, Any]]:
         res = ray.cluster_resources()
         gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 1))
         env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
@@ -191,7 +191,9 @@ class RayRunner(BaseRunner):
                                 "runtime_env": {"env_vars": env} if env else None}
         if self.device != "cpu" and gpus >= 1:
             n = min(n_blocks, self.actors or int(gpus))
-            opts.update(num_gpus=1, num_cpus=1 if cpus >= 2 * n else 0)
+            # each GPU actor reserves the cores its decode threads use (at most its share of the node),
+            # so Ray does not pack more decoding onto a node than it has cores
+            opts.update(num_gpus=1, num_cpus=max(0, min(workers, int(cpus // n) - (1 if cpus > n else 0))))
         elif self.device == "cuda":
             raise ExtractError(f"--device cuda: the Ray cluster has no GPUs ({res}); use --device cpu or auto")
         else:
@@ -200,7 +202,7 @@ class RayRunner(BaseRunner):
         return n, {k: v for k, v in opts.items() if v is not None}
 
     def _ensure_actors(self, n_blocks: int, config: WorkerConfig) -> None:
-        n, opts = self._actor_options(n_blocks)
+        n, opts = self._actor_options(n_blocks, config.workers)
         if self._config is not None and self._config != config:
             raise ExtractError("RayRunner: one runner serves one dataset/store/settings; make a new runner")
         self._config, self._opts = config, opts

@@ -64,9 +64,26 @@ class TeacherSummary:
     def rows_per_s(self) -> float:
         return self.rows / self.wall_s if self.wall_s > 0 else 0.0
 
+    @property
+    def decode_per_core_s(self) -> float:
+        """Images read + decoded + preprocessed per second of one decode thread (per core)."""
+        return self.rows / self.stages["read_decode_s"] if self.stages["read_decode_s"] > 0 else 0.0
+
+    @property
+    def forward_per_s(self) -> float:
+        """Images (with their captions) through the teacher per second of forward time."""
+        return self.rows / self.stages["forward_s"] if self.stages["forward_s"] > 0 else 0.0
+
+    @property
+    def wall_side(self) -> str:
+        """Which side bounds the run: ``decode`` when the forward loop waited for decoded batches longer
+        than it computed, else ``forward``."""
+        return "decode" if self.stages["wait_s"] > self.stages["forward_s"] else "forward"
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
-        d["rows_per_s"] = self.rows_per_s
+        d.update(rows_per_s=self.rows_per_s, decode_per_core_s=self.decode_per_core_s,
+                 forward_per_s=self.forward_per_s, wall_side=self.wall_side)
         return d
 
 
@@ -132,6 +149,9 @@ class ExtractSummary:
                 (f"  {t.teacher}: {t.rows} rows in {t.blocks_run} blocks ({t.blocks_skipped} already done), "
                  f"{t.valid} valid, {t.rows_per_s:.1f} rows/s on {'/'.join(t.devices)} ({t.workers} workers)"),
                 f"    failures: {fails}",
+                (f"    decode {t.decode_per_core_s:.1f} img/s per thread vs forward {t.forward_per_s:.1f} img/s: "
+                 f"the {t.wall_side} is the wall" + (" (more --workers, or --decode reduced, would help)"
+                                                     if t.wall_side == "decode" else "")),
                 (f"    wall {t.wall_s:.2f}s, worker CPU {t.cpu_s:.2f}s; stages: read+decode "
                  f"{st['read_decode_s']:.2f}s (thread time), waiting for decode {st['wait_s']:.2f}s, "
                  f"forward {st['forward_s']:.2f}s, write {st['write_s']:.2f}s")]
