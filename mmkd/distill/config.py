@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.config import ConfigError, merge_entry, resolve_path, section
+from mmkd.distill.init import InitConfig, is_reference
 from mmkd.distill.losses import LossWeights
 from mmkd.distill.optim import OptimConfig
 
@@ -42,7 +43,9 @@ class DistillConfig:
         loss: loss weights and the ICL multiplier.
         grad_clip: max grad norm (``None``/0: off).
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or ``fp32``.
-        init: checkpoint / export folder / weights file to start the student from.
+        init: where the towers' weights come from (``InitConfig``: ``source`` for both,
+            ``image`` / ``text`` per tower, ``partial``, ``min_share``); an entry's
+            ``init:`` may be a string (the source of both towers) or that mapping.
         resume: continue from ``<out>/checkpoints/last.pt``.
         stop_at_step: end this invocation after this step (checkpointed), e.g. to fit
             a preemptible time slot; ``--resume`` continues.
@@ -79,7 +82,7 @@ class DistillConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     grad_clip: float | None = 1.0
     precision: str = "auto"
-    init: str | None = None
+    init: InitConfig = field(default_factory=InitConfig)
     resume: bool = False
     stop_at_step: int | None = None
     checkpoint_every: int = 1000
@@ -101,6 +104,10 @@ class DistillConfig:
     progress: bool = True
     students_section: dict[str, Any] = field(default_factory=dict, repr=False)
     students_base_dir: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.init, InitConfig):  # a plain source string (or mapping) given directly
+            self.init = InitConfig(**self.init) if isinstance(self.init, dict) else InitConfig(source=self.init)
 
     def validate(self) -> DistillConfig:
         """Check values; fill the stage's default lr.
@@ -144,7 +151,36 @@ OPTIM_KEYS = {f.name: f.name for f in dataclasses.fields(OptimConfig)}
 LOSS_KEYS = {"clip_weight": "clip", "fd_weight": "fd", "icl_weight": "icl", "icl_scale": "icl_scale"}
 FIELDS = ({f.name for f in dataclasses.fields(DistillConfig)} - {"students_section", "students_base_dir"}
           | set(OPTIM_KEYS) | set(LOSS_KEYS))
-PATH_FIELDS = ("store", "out", "init", "projections", "data")
+INIT_KEYS = {"init_image": "image", "init_text": "text", "init_partial": "partial", "init_min_share": "min_share",
+             "init_cache_dir": "cache_dir"}
+FIELDS |= set(INIT_KEYS)
+PATH_FIELDS = ("store", "out", "projections", "data")
+
+
+def _init_path(pipelines: dict[str, Any], value: Any, run: str | None, from_entry: bool) -> Any:
+    """Resolve an init source written as a path in an entry (references like ``ARCH:TAG`` stay as they are)."""
+    if not isinstance(value, str) or not value or is_reference(value) or not from_entry:
+        return value
+    return str(resolve_path(pipelines, value, section="distill", entry=run))
+
+
+def _nest_init(values: dict[str, Any], pipelines: dict[str, Any], run: str | None, flags: set[str]) -> None:
+    """Fold ``init`` (string or mapping) and the flat ``init_*`` keys into one :class:`InitConfig`."""
+    raw = values.pop("init", None)
+    init = dict(raw) if isinstance(raw, dict) else {"source": raw}
+    init["source"] = _init_path(pipelines, init.get("source"), run, "init" not in flags)
+    for flat, name in INIT_KEYS.items():
+        if flat in values:
+            init[name] = values.pop(flat)
+    for name in ("image", "text"):
+        init[name] = _init_path(pipelines, init.get(name), run, f"init_{name}" not in flags)
+    valid = {f.name for f in dataclasses.fields(InitConfig)}
+    unknown = sorted(set(init) - valid)
+    if unknown:
+        raise ConfigError(f"distill: unknown init key(s) {unknown}; valid: {sorted(valid)}")
+    if not 0.0 <= float(init.get("min_share", 0.9)) <= 1.0:
+        raise ConfigError(f"distill: init min_share must be within [0, 1], got {init['min_share']}")
+    values["init"] = InitConfig(**init)
 
 
 def _nest(values: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +227,7 @@ def load_distill_config(pipelines: dict[str, Any] | None, run: str | None,
         values["epochs"] = None
     if overrides.get("epochs") is not None:
         values["steps"] = None
+    _nest_init(values, pipelines, run, {k for k, v in overrides.items() if v is not None})
     cfg = DistillConfig(**_nest(values))
     cfg.students_section = section(pipelines, "students")
     if pipelines.get("_path"):

@@ -8,6 +8,7 @@ nodes (``python -m mmkd.distill ...``); one process runs on one device.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -24,13 +25,14 @@ from mmkd.distill.data import DataSpec, StoreBatches, make_loader
 from mmkd.distill.dist import DistEnv, cleanup_distributed, init_distributed
 from mmkd.distill.guard import no_teachers
 from mmkd.distill.heads import TeacherHeads, TeacherProjections
+from mmkd.distill.init import REPORT_FILE, initialise
 from mmkd.distill.metrics import MetricsLog, plot_losses
 from mmkd.distill.objective import DistillModule, compute_terms
 from mmkd.distill.optim import build_optimizer, build_scheduler
 from mmkd.distill.student import (
     build_student,
     export_student,
-    load_student_weights,
+    init_config,
     resolve_student,
 )
 
@@ -92,8 +94,10 @@ class DistillRecipe:
         c = self.cfg
         base = Path(c.students_base_dir) if c.students_base_dir else None
         self.student = build_student(resolve_student(c.student, c.students_section, base))
-        if c.init:
-            load_student_weights(self.student.model, c.init)
+        self.init_report: dict[str, Any] | None = None
+        init = init_config(c.init, self.student.spec)
+        if init and not c.resume:  # a resumed run takes every weight from its checkpoint
+            self.init_report = initialise(self.student.model, init)
         embed_dim = int(self.student.spec.model_cfg["embed_dim"])
         kd_mod: torch.nn.Module | None = None
         if self.kd == "mmkd-clip":
@@ -162,6 +166,8 @@ class DistillRecipe:
                         "world_size": self.env.world_size}
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            if self.init_report is not None:
+                (self.out / REPORT_FILE).write_text(json.dumps(self.init_report, indent=2))
 
     # ------------------------------------------------------------------ train
     def _batches(self):
