@@ -15,7 +15,7 @@ OVERRIDES = (
     "store", "stage", "student", "out", "kd", "steps", "epochs", "batch_size", "grad_accum", "lr",
     "weight_decay", "warmup_steps", "grad_clip", "precision", "init", "stop_at_step", "checkpoint_every",
     "log_every", "seed", "num_workers", "buffer_blocks", "projections", "head", "fd_weight", "icl_weight",
-    "clip_weight", "icl_scale", "device", "data", "init_image", "init_text", "init_min_share", "init_cache_dir",
+    "clip_weight", "icl_scale", "device", "data", "targets", "projection", "init_image", "init_text", "init_min_share", "init_cache_dir",
 )
 INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG (ViT-B-16-quickgelu:metaclip_400m) "
              "or hf-hub:ORG/NAME")
@@ -58,6 +58,12 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
               help="Teacher to distil from (repeatable; default: every teacher in the store).")
 @click.option("--projections", type=click.Path(exists=True, dir_okay=False),
               help="mmkd-clip: per-teacher projection weights file.")
+@click.option("--targets", type=click.Choice(["raw", "projected"]), help="mmkd-clip: raw store features mapped by "
+              "--projection (default), or the imported official <teacher>_proj512 copies as they are.")
+@click.option("--projection", type=click.Choice(["random", "pca", "ae"]), help="mmkd-clip, raw targets: random "
+              "semi-orthogonal map (default), or the pca/ae map fitted by `mmkd store project`.")
+@click.option("--normalize-targets/--no-normalize-targets", default=None, help="mmkd-clip: L2-normalise targets "
+              "(default on; the official code does not).")
 @click.option("--head", type=click.Choice(["linear", "mlp"]), help="multi: head kind.")
 @click.option("--augment/--no-augment", default=None, help="open_clip train augmentation (default on).")
 @click.option("--standardize/--no-standardize", default=None, help="multi: standardise targets by store stats.")
@@ -73,7 +79,7 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--pipeline", type=click.Path(exists=True, dir_okay=False), help="Pipelines file (default: pipelines.yaml).")
 def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str, ...], resume: bool | None,
                 standardize: bool | None, augment: bool | None, no_progress: bool, init_partial: bool | None,
-                **flags) -> None:
+                normalize_targets: bool | None, **flags) -> None:
     """Train a student from a feature store; no teacher is ever loaded.
 
     \b
@@ -88,6 +94,7 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
 
     overrides = {k: flags.get(k) for k in OVERRIDES}
     overrides.update(resume=resume, standardize=standardize, augment=augment, init_partial=init_partial,
+                     normalize_targets=normalize_targets,
                      teachers=list(teachers) or None,
                      progress=False if no_progress else None)
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.config import ConfigError, merge_entry, resolve_path, section
+from mmkd.distill.heads import PROJECTIONS, TARGET_SOURCES, TargetConfig
 from mmkd.distill.init import InitConfig, is_reference
 from mmkd.distill.losses import LossWeights
 from mmkd.distill.optim import OptimConfig
@@ -60,7 +61,10 @@ class DistillConfig:
         teacher_weights: ``multi``: teacher -> weight.
         standardize: ``multi``: standardise targets with the store's mean/std attrs.
         head: ``multi``: head kind, ``linear`` or ``mlp``.
-        projections: ``mmkd-clip``: file with ``<teacher>.weight`` maps (else fixed random semi-orthogonal).
+        targets: ``mmkd-clip``: target features (``TargetConfig``: ``source`` raw|projected,
+            ``projection`` random|pca|ae for raw ones, ``normalize``); flat names
+            ``targets``, ``projection``, ``normalize_targets``.
+        projections: ``mmkd-clip``: file with ``<teacher>.weight`` maps (overrides ``targets.projection``).
         train_projections: ``mmkd-clip``: learn the maps jointly instead of freezing them.
         max_logit_scale: clamp of the learnable logit scale's exp.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -96,6 +100,7 @@ class DistillConfig:
     teacher_weights: dict[str, float] | None = None
     standardize: bool = False
     head: str = "linear"
+    targets: TargetConfig = field(default_factory=TargetConfig)
     projections: str | None = None
     train_projections: bool = False
     max_logit_scale: float = 100.0
@@ -134,6 +139,14 @@ class DistillConfig:
             raise ConfigError(f"distill: precision {self.precision!r} is unknown; use auto, bf16 or fp32")
         if self.head not in ("linear", "mlp"):
             raise ConfigError(f"distill: head {self.head!r} is unknown; use linear or mlp")
+        if not isinstance(self.targets, TargetConfig):
+            self.targets = TargetConfig(**self.targets) if isinstance(self.targets, dict) else TargetConfig(
+                source=self.targets)
+        if self.targets.source not in TARGET_SOURCES:
+            raise ConfigError(f"distill: targets {self.targets.source!r} is unknown; use one of {list(TARGET_SOURCES)}")
+        if self.targets.projection not in PROJECTIONS:
+            raise ConfigError(f"distill: projection {self.targets.projection!r} is unknown; use one of "
+                              f"{list(PROJECTIONS)}")
         if self.optim.lr is None:
             self.optim.lr = STAGE_LR[self.stage]
         return self
@@ -153,7 +166,8 @@ FIELDS = ({f.name for f in dataclasses.fields(DistillConfig)} - {"students_secti
           | set(OPTIM_KEYS) | set(LOSS_KEYS))
 INIT_KEYS = {"init_image": "image", "init_text": "text", "init_partial": "partial", "init_min_share": "min_share",
              "init_cache_dir": "cache_dir"}
-FIELDS |= set(INIT_KEYS)
+TARGET_KEYS = {"projection": "projection", "normalize_targets": "normalize"}
+FIELDS |= set(INIT_KEYS) | set(TARGET_KEYS)
 PATH_FIELDS = ("store", "out", "projections", "data")
 
 
@@ -198,6 +212,15 @@ def _nest(values: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(given) - valid)
         if unknown:
             raise ConfigError(f"distill: unknown {what} key(s) {unknown}; valid: {sorted(valid)}")
+    raw = values.pop("targets", None)
+    targets = dict(raw) if isinstance(raw, dict) else ({"source": raw} if raw is not None else {})
+    for flat, name in TARGET_KEYS.items():
+        if flat in values:
+            targets[name] = values.pop(flat)
+    valid = {f.name for f in dataclasses.fields(TargetConfig)}
+    if set(targets) - valid:
+        raise ConfigError(f"distill: unknown targets key(s) {sorted(set(targets) - valid)}; valid: {sorted(valid)}")
+    values["targets"] = TargetConfig(**targets)
     values["optim"] = OptimConfig(**{"lr": None, **optim})
     values["loss"] = LossWeights(**loss)
     return values
