@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("ae", "pca", "random")
 FOLDER = "projections"
+READ_CACHE_BYTES = 32 << 20
 
 
 def projection_path(store: FeatureStore, teacher: str, method: str, dim: int) -> Path:
@@ -168,6 +169,10 @@ def fit_projection(store: FeatureStore, teacher: str, dim: int = 512, method: st
             or the projection exists without ``overwrite``.
     """
     check_request(store, teacher, dim, method, overwrite)
+    from mmkd.store.store import FeatureStore
+
+    # a reader of its own with a small block cache: memory stays flat whatever the store's size
+    store = FeatureStore.open(store.path, cache_bytes=READ_CACHE_BYTES)
     d = store.dim(teacher)
     path = projection_path(store, teacher, method, dim)
     n, mean, scatter = _moments(store, teacher)
