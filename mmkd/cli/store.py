@@ -37,6 +37,10 @@ def info_cmd(path: str, as_json: bool) -> None:
     """What the store at PATH holds: samples, teachers, dims, progress, size."""
     info = _open(path).info()
     if as_json:
+        from mmkd.store.projection import list_projections
+
+        for t, d in info["teachers"].items():
+            d["projections"] = list_projections(_open(path), t)
         click.echo(json.dumps(info, indent=2))
         return
     ds = info["dataset"]

@@ -123,3 +123,55 @@ def test_projected_targets_errors(demo_store, mmkd_demo_dir, tmp_path):
         _recipe(tmp_path, targets="projected")
     with pytest.raises(ValueError, match="no pca-512 projection of teacher .*mmkd store project"):
         _recipe(demo_store, projection="pca")
+
+
+def test_fitted_projection_of_wrong_dims_is_one_error_through_the_cli(tiny_store, student_json, tmp_path):
+    """A pca map fitted to 16-d cannot serve a 32-d student: one clear error, nothing trained or written."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mmkd.store import FeatureStore
+    from mmkd.store.projection import fit_projection
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    for t in ("ta", "tb"):
+        fit_projection(FeatureStore.open(store), t, 16, "pca")
+    out = tmp_path / "o"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+               OMP_NUM_THREADS="1")
+    res = subprocess.run([str(Path(sys.executable).parent / "mmkd"), "distill", "--store", str(store), "--student",
+                          str(student_json), "--out", str(out), "--stage", "2", "--kd", "mmkd-clip", "--projection",
+                          "pca", "--steps", "1", "--batch-size", "8", "--num-workers", "0", "--device", "cpu",
+                          "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode != 0 and "no pca-32 projection of teacher 'ta'" in res.stderr, res.stderr
+    assert "pca-16" in res.stderr and "--dim 32" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_fitted_projection_is_the_run_map(tiny_store, student_json, tmp_path):
+    import shutil
+
+    from mmkd.store import FeatureStore
+    from mmkd.store.projection import fit_projection, load_projection
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    for t in ("ta", "tb"):
+        fit_projection(FeatureStore.open(store), t, 32, "pca")
+    cfg = load_distill_config(None, None, dict(store=str(store), student=str(student_json), out=str(tmp_path / "o"),
+                                               stage=2, kd="mmkd-clip", steps=1, device="cpu", projection="pca",
+                                               normalize_targets=False))
+    recipe = DistillRecipe(cfg)
+    recipe._setup_env()
+    recipe._setup_store()
+    recipe._setup_model()
+    w, b, _ = load_projection(recipe.store_obj, "tb", "pca", 32)
+    lin = recipe.module.kd.proj["tb"]
+    assert torch.equal(lin.weight, torch.from_numpy(w)) and torch.equal(lin.bias, torch.from_numpy(b))
+    assert not lin.weight.requires_grad and not lin.bias.requires_grad
+    x = torch.randn(3, 48)
+    assert torch.allclose(recipe.module.kd("tb", x), x @ lin.weight.T + lin.bias, atol=F32)  # not normalised
