@@ -15,7 +15,8 @@ OVERRIDES = (
     "store", "stage", "student", "out", "kd", "steps", "epochs", "batch_size", "grad_accum", "lr",
     "weight_decay", "warmup_steps", "grad_clip", "precision", "init", "stop_at_step", "checkpoint_every",
     "log_every", "seed", "num_workers", "buffer_blocks", "projections", "head", "fd_weight", "icl_weight",
-    "clip_weight", "icl_scale", "device", "data", "targets", "projection", "init_image", "init_text", "init_min_share", "init_cache_dir",
+    "clip_weight", "icl_scale", "device", "data", "targets", "projection",
+    "init_image", "init_text", "init_min_share", "init_cache_dir",
 )
 INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG (ViT-B-16-quickgelu:metaclip_400m) "
              "or hf-hub:ORG/NAME")

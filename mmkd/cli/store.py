@@ -133,7 +133,8 @@ def synth_cmd(path: str, rows: int, teachers: tuple[str, ...], block_size: int, 
 
 @store_group.command("project")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
-@click.option("--teacher", "teachers", multiple=True, required=True, metavar="NAME", help="Teacher to fit (repeatable).")
+@click.option("--teacher", "teachers", multiple=True, required=True, metavar="NAME",
+              help="Teacher to fit (repeatable).")
 @click.option("--dim", type=click.IntRange(min=1), default=512, show_default=True, help="Output dim (the student's).")
 @click.option("--method", type=click.Choice(["ae", "pca", "random"]), default="pca", show_default=True,
               help="ae: linear autoencoder as the official; pca: its closed form; random: semi-orthogonal.")

@@ -208,7 +208,7 @@ def read_state(path: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     for resize in (resize_pos_embed, resize_text_pos_embed):
         try:
             resize(state, model)
-        except (AssertionError, AttributeError, RuntimeError, ValueError) as e:  # other layouts: the shape check decides
+        except (AssertionError, AttributeError, RuntimeError, ValueError) as e:  # other layouts: shapes decide
             logger.debug("%s skipped: %s", resize.__name__, e)
     return state
 
