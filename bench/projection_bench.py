@@ -22,15 +22,13 @@ CHILD = r"""
 import json, resource, sys, time
 from mmkd.store import FeatureStore
 from mmkd.store.projection import fit_projection
+import torch  # noqa: F401  (the ae fit imports it: counted in every process, baseline included)
 path, method, dim = sys.argv[1], sys.argv[2], int(sys.argv[3])
 store = FeatureStore.open(path)
 t = time.perf_counter()
 meta = {"r2": float("nan"), "fit_rows": 0}
 if method != "baseline":
-    import torch  # noqa: F401  (the fit imports it for ae; count it in the baseline too)
     meta = fit_projection(store, "teacher", dim, method, epochs=1, overwrite=True)
-else:
-    import torch  # noqa: F401
 print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "s": time.perf_counter() - t, "r2": meta["r2"], "rows": meta["fit_rows"]}))
 """

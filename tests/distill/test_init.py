@@ -188,3 +188,26 @@ def test_hf_text_tower_from_save_pretrained_folder(tmp_path, monkeypatch):
     assert init_config(InitConfig(source="runs/s1"), spec).text is None
     with pytest.raises(InitError, match="no pretrained weights for"):
         initialise(build_student(spec).model, InitConfig(text=f"hf:{tmp_path / 'absent'}"))
+
+
+def test_init_in_an_entry_and_flags(tmp_path):
+    """``init:`` as a string or mapping in an entry; paths resolve against the entry's file, references stay."""
+    from mmkd.config import load_pipelines
+    from mmkd.distill.config import load_distill_config
+
+    user = tmp_path / "conf" / "pipelines.yaml"
+    user.parent.mkdir()
+    user.write_text("distill:\n"
+                    "  s1:\n    store: st\n    student: tiny_student\n    out: o\n    steps: 1\n"
+                    "    init: {image: 'ViT-B-16-quickgelu:metaclip_400m', text: ckpt/text.pt, min_share: 0.5}\n"
+                    "  s2:\n    store: st\n    student: tiny_student\n    out: o\n    steps: 1\n    init: runs/s1\n")
+    cfg = load_pipelines(user)
+    s1 = load_distill_config(cfg, "s1", {})
+    assert s1.init.image == "ViT-B-16-quickgelu:metaclip_400m" and s1.init.min_share == 0.5
+    assert s1.init.text == str(user.parent / "ckpt" / "text.pt") and s1.init.source is None
+    s2 = load_distill_config(cfg, "s2", {"init_text": "hf", "init_partial": True})
+    assert s2.init.source == str(user.parent / "runs" / "s1")
+    assert s2.init.sources() == {"image": s2.init.source, "text": "hf"} and s2.init.partial is True
+    flag = load_distill_config(cfg, "s2", {"init": "runs/other"})
+    assert flag.init.source == "runs/other"  # a flag's path is the user's, relative to the working directory
+    assert load_distill_config(cfg, "s2", {}).to_dict()["init"]["source"] == str(user.parent / "runs" / "s1")
