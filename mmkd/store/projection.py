@@ -17,7 +17,9 @@ whatever the store's size. A projection is saved as
 ``<store>/projections/<teacher>/<method>-<dim>.safetensors`` (``weight``
 ``(dim, D)``, ``bias`` ``(dim,)``, ``mean`` ``(D,)``) with metadata: method,
 fit rows, reconstruction R² (overall, image, text). R² is
-``1 - Σ‖x - x̂‖² / Σ‖x - mean‖²`` with ``x̂`` the best linear decode of the code.
+``1 - Σ‖x - x̂‖² / Σ‖x - mean‖²`` with ``x̂`` the best linear decode of the code
+(the same measure for every method: how much of the features the map keeps); an
+``ae`` fit also records ``r2_decoder``, the R² of its own decoder's reconstruction.
 """
 
 from __future__ import annotations
@@ -126,7 +128,20 @@ def _fit_ae(store: FeatureStore, teacher: str, dim: int, mean: np.ndarray, *, ep
                 total += float(loss.detach()) * len(xb)
                 rows += len(xb)
         logger.info("ae %s epoch %d: reconstruction mse %.3g", teacher, epoch, total / max(rows, 1))
-    return enc.weight.detach().numpy().copy(), enc.bias.detach().numpy().copy()
+    return (enc.weight.detach().numpy().copy(), enc.bias.detach().numpy().copy(),
+            dec.weight.detach().numpy().copy(), dec.bias.detach().numpy().copy())
+
+
+def _decoder_r2(store: FeatureStore, teacher: str, enc: tuple[np.ndarray, np.ndarray],
+                dec: tuple[np.ndarray, np.ndarray], mean: np.ndarray) -> float:
+    """R² of the autoencoder's own reconstruction ``dec(enc(x))`` (streamed)."""
+    sse = sst = 0.0
+    for img, txt in _blocks(store, teacher):
+        for x in (img, txt):
+            rec = (x @ enc[0].T + enc[1]) @ dec[0].T + dec[1]
+            sse += float(((x - rec) ** 2).sum())
+            sst += float(((x - mean) ** 2).sum())
+    return 1.0 - sse / sst if sst > 0 else 1.0
 
 
 def check_request(store: FeatureStore, teacher: str, dim: int, method: str, overwrite: bool = False) -> None:
@@ -184,11 +199,13 @@ def fit_projection(store: FeatureStore, teacher: str, dim: int = 512, method: st
         weight = _semi_orthogonal(dim, d, seed)
         bias = np.zeros(dim)
     else:
-        weight, bias = _fit_ae(store, teacher, dim, mean, epochs=epochs, lr=lr, batch_rows=batch_rows, seed=seed)
+        weight, bias, dec_w, dec_b = _fit_ae(store, teacher, dim, mean, epochs=epochs, lr=lr, batch_rows=batch_rows,
+                                             seed=seed)
     meta: dict[str, Any] = {"method": method, "dim": dim, "in_dim": d, "teacher": teacher, "fit_rows": n,
                             **_linear_r2(store, teacher, weight, bias, mean, scatter)}
     if method == "ae":
-        meta.update(epochs=epochs, lr=lr, batch_rows=batch_rows, seed=seed)
+        meta.update(r2_decoder=_decoder_r2(store, teacher, (weight, bias), (dec_w, dec_b), mean), epochs=epochs,
+                    lr=lr, batch_rows=batch_rows, seed=seed)
     _save(path, weight, bias, mean, meta)
     logger.info("projection %s of %s saved to %s (R² %.4f)", method, teacher, path, meta["r2"])
     return {"path": str(path), **meta}

@@ -61,6 +61,8 @@ def test_fitted_projection_reaches_r2_and_matches_numpy(lr_store, method):
     w, b, saved = load_projection(store, "lr", method, DIM)
     assert w.shape == (DIM, IN_DIM) and b.shape == (DIM,) and saved["method"] == method
     assert meta["r2"] == pytest.approx(_numpy_r2(x, w, b), abs=1e-4)
+    if method == "ae":  # the trained decoder itself reconstructs, not only the best decode of the code
+        assert meta["r2_decoder"] >= 0.95
     if method == "pca":  # the closed form: numpy's SVD of the centred data spans the same subspace
         xc = x - x.mean(0)
         _, _, vt = np.linalg.svd(xc, full_matrices=False)
