@@ -7,6 +7,7 @@ or nodes: ``torchrun --nproc-per-node 8 -m mmkd.distill --store ... ``.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -14,8 +15,11 @@ OVERRIDES = (
     "store", "stage", "student", "out", "kd", "steps", "epochs", "batch_size", "grad_accum", "lr",
     "weight_decay", "warmup_steps", "grad_clip", "precision", "init", "stop_at_step", "checkpoint_every",
     "log_every", "seed", "num_workers", "buffer_blocks", "projections", "head", "fd_weight", "icl_weight",
-    "clip_weight", "icl_scale", "device", "data",
+    "clip_weight", "icl_scale", "device", "data", "targets", "projection",
+    "init_image", "init_text", "init_min_share", "init_cache_dir",
 )
+INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG (ViT-B-16-quickgelu:metaclip_400m) "
+             "or hf-hub:ORG/NAME")
 
 
 @click.command("distill")
@@ -33,7 +37,17 @@ OVERRIDES = (
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warmup steps (default 2000).")
 @click.option("--grad-clip", type=float, help="Max gradient norm (0: off; default 1.0).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), help="auto: bf16 autocast on CUDA.")
-@click.option("--init", type=click.Path(exists=True), help="Start the student from a run, export or checkpoint.")
+@click.option("--init", metavar="SOURCE", help=f"Start both towers from {INIT_HELP}; loaded non-strictly, reported in "
+              "<out>/init_report.json.")
+@click.option("--init-image", metavar="SOURCE", help="Image tower's source (overrides --init for it).")
+@click.option("--init-text", metavar="SOURCE", help="Text tower's source (overrides --init); 'hf' or 'hf:NAME|FOLDER': "
+              "the Hugging Face text model's pretrained weights (HF cache; offline with HF_HUB_OFFLINE=1).")
+@click.option("--init-partial", is_flag=True, default=None, help="Accept a tower of which less than the least share "
+              "loads.")
+@click.option("--init-min-share", type=click.FloatRange(0, 1), help="Least share of a tower's parameters that must "
+              "load (default 0.9).")
+@click.option("--init-cache-dir", type=click.Path(file_okay=False), help="Download cache of open_clip pretrained tags "
+              "(default: the Hugging Face cache, or ~/.cache/clip for URL-only tags).")
 @click.option("--resume", is_flag=True, default=None, help="Continue from <out>/checkpoints/last.pt exactly.")
 @click.option("--stop-at-step", type=click.IntRange(min=1), help="End this invocation after this step.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), help="Steps between checkpoints.")
@@ -45,6 +59,12 @@ OVERRIDES = (
               help="Teacher to distil from (repeatable; default: every teacher in the store).")
 @click.option("--projections", type=click.Path(exists=True, dir_okay=False),
               help="mmkd-clip: per-teacher projection weights file.")
+@click.option("--targets", type=click.Choice(["raw", "projected"]), help="mmkd-clip: raw store features mapped by "
+              "--projection (default), or the imported official <teacher>_proj512 copies as they are.")
+@click.option("--projection", type=click.Choice(["random", "pca", "ae"]), help="mmkd-clip, raw targets: random "
+              "semi-orthogonal map (default), or the pca/ae map fitted by `mmkd store project`.")
+@click.option("--normalize-targets/--no-normalize-targets", default=None, help="mmkd-clip: L2-normalise targets "
+              "(default on; the official code does not).")
 @click.option("--head", type=click.Choice(["linear", "mlp"]), help="multi: head kind.")
 @click.option("--augment/--no-augment", default=None, help="open_clip train augmentation (default on).")
 @click.option("--standardize/--no-standardize", default=None, help="multi: standardise targets by store stats.")
@@ -59,7 +79,8 @@ OVERRIDES = (
 @click.option("--run", "run_name", help="Name of the distill: entry in the pipelines file.")
 @click.option("--pipeline", type=click.Path(exists=True, dir_okay=False), help="Pipelines file (default: pipelines.yaml).")
 def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str, ...], resume: bool | None,
-                standardize: bool | None, augment: bool | None, no_progress: bool, **flags) -> None:
+                standardize: bool | None, augment: bool | None, no_progress: bool, init_partial: bool | None,
+                normalize_targets: bool | None, **flags) -> None:
     """Train a student from a feature store; no teacher is ever loaded.
 
     \b
@@ -68,11 +89,13 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
     """
     from mmkd.config import ConfigError, load_pipelines
     from mmkd.distill.config import load_distill_config
+    from mmkd.distill.init import REPORT_FILE, InitError, summary_lines
     from mmkd.distill.recipe import distill
     from mmkd.store import StoreError
 
     overrides = {k: flags.get(k) for k in OVERRIDES}
-    overrides.update(resume=resume, standardize=standardize, augment=augment,
+    overrides.update(resume=resume, standardize=standardize, augment=augment, init_partial=init_partial,
+                     normalize_targets=normalize_targets,
                      teachers=list(teachers) or None,
                      progress=False if no_progress else None)
     try:
@@ -81,8 +104,12 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
         raise click.ClickException(str(e)) from e
     try:
         summary = distill(cfg)
-    except (ValueError, FileNotFoundError, StoreError) as e:
+    except (InitError, ValueError, FileNotFoundError, StoreError) as e:
         raise click.ClickException(str(e)) from e
+    report = Path(summary["out"]) / REPORT_FILE
+    if not cfg.resume and report.is_file():
+        for line in summary_lines(json.loads(report.read_text())):
+            click.echo(line, err=True)
     click.echo(json.dumps(summary))
 
 

@@ -37,6 +37,10 @@ def info_cmd(path: str, as_json: bool) -> None:
     """What the store at PATH holds: samples, teachers, dims, progress, size."""
     info = _open(path).info()
     if as_json:
+        from mmkd.store.projection import list_projections
+
+        for t, d in info["teachers"].items():
+            d["projections"] = list_projections(_open(path), t)
         click.echo(json.dumps(info, indent=2))
         return
     ds = info["dataset"]
@@ -63,6 +67,16 @@ def info_cmd(path: str, as_json: bool) -> None:
     for t, d in info["teachers"].items():
         blocks = f"{d['blocks_done']}/{d['blocks_total']}"
         click.echo(f"{t:<24}{d['dim']:>6} {d['dtype']:>8} {blocks:>13} {d['valid_rows']:>12} {d['failures']:>9}")
+        _echo_projections(info["path"], t)
+
+
+def _echo_projections(path: str, teacher: str) -> None:
+    from mmkd.store.projection import list_projections
+
+    projs = list_projections(_open(path), teacher)
+    if projs:
+        click.echo("  projections  " + ", ".join(f"{p['method']}-{p['dim']} (R² {p['r2']:.4f}, {p['fit_rows']} rows)"
+                                               for p in projs))
 
 
 @store_group.command("validate")
@@ -144,6 +158,38 @@ def synth_cmd(path: str, rows: int, teachers: tuple[str, ...], block_size: int, 
     except StoreError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"created synthetic store {path}: {rows} rows, teachers {spec}")
+
+
+@store_group.command("project")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--teacher", "teachers", multiple=True, required=True, metavar="NAME",
+              help="Teacher to fit (repeatable).")
+@click.option("--dim", type=click.IntRange(min=1), default=512, show_default=True, help="Output dim (the student's).")
+@click.option("--method", type=click.Choice(["ae", "pca", "random"]), default="pca", show_default=True,
+              help="ae: linear autoencoder as the official; pca: its closed form; random: semi-orthogonal.")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="ae: passes over the store.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="ae: Adam learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Fit again over an existing projection.")
+def project_cmd(path: str, teachers: tuple[str, ...], dim: int, method: str, epochs: int, lr: float, seed: int,
+                overwrite: bool) -> None:
+    """Fit per-teacher linear maps to DIM on the store's own features; saved in the store (read block by block)."""
+    from mmkd.store import StoreError
+    from mmkd.store.projection import check_request, fit_projection
+
+    store = _open(path)
+    try:
+        for t in teachers:
+            check_request(store, t, dim, method, overwrite)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from e
+    for t in teachers:
+        try:
+            meta = fit_projection(store, t, dim, method, epochs=epochs, lr=lr, seed=seed, overwrite=overwrite)
+        except StoreError as e:
+            raise click.ClickException(str(e)) from e
+        click.echo(f"{t}: {method}-{dim} from {meta['fit_rows']} rows, R² {meta['r2']:.4f} (image "
+                   f"{meta['r2_image']:.4f}, text {meta['r2_text']:.4f}) -> {meta['path']}")
 
 
 def register(main: click.Group) -> None:

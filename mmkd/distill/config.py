@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.config import ConfigError, merge_entry, resolve_path, section
+from mmkd.distill.heads import PROJECTIONS, TARGET_SOURCES, TargetConfig
+from mmkd.distill.init import InitConfig, is_reference
 from mmkd.distill.losses import LossWeights
 from mmkd.distill.optim import OptimConfig
 
@@ -42,7 +44,9 @@ class DistillConfig:
         loss: loss weights and the ICL multiplier.
         grad_clip: max grad norm (``None``/0: off).
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or ``fp32``.
-        init: checkpoint / export folder / weights file to start the student from.
+        init: where the towers' weights come from (``InitConfig``: ``source`` for both,
+            ``image`` / ``text`` per tower, ``partial``, ``min_share``); an entry's
+            ``init:`` may be a string (the source of both towers) or that mapping.
         resume: continue from ``<out>/checkpoints/last.pt``.
         stop_at_step: end this invocation after this step (checkpointed), e.g. to fit
             a preemptible time slot; ``--resume`` continues.
@@ -57,7 +61,10 @@ class DistillConfig:
         teacher_weights: ``multi``: teacher -> weight.
         standardize: ``multi``: standardise targets with the store's mean/std attrs.
         head: ``multi``: head kind, ``linear`` or ``mlp``.
-        projections: ``mmkd-clip``: file with ``<teacher>.weight`` maps (else fixed random semi-orthogonal).
+        targets: ``mmkd-clip``: target features (``TargetConfig``: ``source`` raw|projected,
+            ``projection`` random|pca|ae for raw ones, ``normalize``); flat names
+            ``targets``, ``projection``, ``normalize_targets``.
+        projections: ``mmkd-clip``: file with ``<teacher>.weight`` maps (overrides ``targets.projection``).
         train_projections: ``mmkd-clip``: learn the maps jointly instead of freezing them.
         max_logit_scale: clamp of the learnable logit scale's exp.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -79,7 +86,7 @@ class DistillConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     grad_clip: float | None = 1.0
     precision: str = "auto"
-    init: str | None = None
+    init: InitConfig = field(default_factory=InitConfig)
     resume: bool = False
     stop_at_step: int | None = None
     checkpoint_every: int = 1000
@@ -93,6 +100,7 @@ class DistillConfig:
     teacher_weights: dict[str, float] | None = None
     standardize: bool = False
     head: str = "linear"
+    targets: TargetConfig = field(default_factory=TargetConfig)
     projections: str | None = None
     train_projections: bool = False
     max_logit_scale: float = 100.0
@@ -101,6 +109,10 @@ class DistillConfig:
     progress: bool = True
     students_section: dict[str, Any] = field(default_factory=dict, repr=False)
     students_base_dir: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.init, InitConfig):  # a plain source string (or mapping) given directly
+            self.init = InitConfig(**self.init) if isinstance(self.init, dict) else InitConfig(source=self.init)
 
     def validate(self) -> DistillConfig:
         """Check values; fill the stage's default lr.
@@ -127,6 +139,14 @@ class DistillConfig:
             raise ConfigError(f"distill: precision {self.precision!r} is unknown; use auto, bf16 or fp32")
         if self.head not in ("linear", "mlp"):
             raise ConfigError(f"distill: head {self.head!r} is unknown; use linear or mlp")
+        if not isinstance(self.targets, TargetConfig):
+            self.targets = TargetConfig(**self.targets) if isinstance(self.targets, dict) else TargetConfig(
+                source=self.targets)
+        if self.targets.source not in TARGET_SOURCES:
+            raise ConfigError(f"distill: targets {self.targets.source!r} is unknown; use one of {list(TARGET_SOURCES)}")
+        if self.targets.projection not in PROJECTIONS:
+            raise ConfigError(f"distill: projection {self.targets.projection!r} is unknown; use one of "
+                              f"{list(PROJECTIONS)}")
         if self.optim.lr is None:
             self.optim.lr = STAGE_LR[self.stage]
         return self
@@ -144,7 +164,37 @@ OPTIM_KEYS = {f.name: f.name for f in dataclasses.fields(OptimConfig)}
 LOSS_KEYS = {"clip_weight": "clip", "fd_weight": "fd", "icl_weight": "icl", "icl_scale": "icl_scale"}
 FIELDS = ({f.name for f in dataclasses.fields(DistillConfig)} - {"students_section", "students_base_dir"}
           | set(OPTIM_KEYS) | set(LOSS_KEYS))
-PATH_FIELDS = ("store", "out", "init", "projections", "data")
+INIT_KEYS = {"init_image": "image", "init_text": "text", "init_partial": "partial", "init_min_share": "min_share",
+             "init_cache_dir": "cache_dir"}
+TARGET_KEYS = {"projection": "projection", "normalize_targets": "normalize"}
+FIELDS |= set(INIT_KEYS) | set(TARGET_KEYS)
+PATH_FIELDS = ("store", "out", "projections", "data")
+
+
+def _init_path(pipelines: dict[str, Any], value: Any, run: str | None, from_entry: bool) -> Any:
+    """Resolve an init source written as a path in an entry (references like ``ARCH:TAG`` stay as they are)."""
+    if not isinstance(value, str) or not value or is_reference(value) or not from_entry:
+        return value
+    return str(resolve_path(pipelines, value, section="distill", entry=run))
+
+
+def _nest_init(values: dict[str, Any], pipelines: dict[str, Any], run: str | None, flags: set[str]) -> None:
+    """Fold ``init`` (string or mapping) and the flat ``init_*`` keys into one :class:`InitConfig`."""
+    raw = values.pop("init", None)
+    init = dict(raw) if isinstance(raw, dict) else {"source": raw}
+    init["source"] = _init_path(pipelines, init.get("source"), run, "init" not in flags)
+    for flat, name in INIT_KEYS.items():
+        if flat in values:
+            init[name] = values.pop(flat)
+    for name in ("image", "text"):
+        init[name] = _init_path(pipelines, init.get(name), run, f"init_{name}" not in flags)
+    valid = {f.name for f in dataclasses.fields(InitConfig)}
+    unknown = sorted(set(init) - valid)
+    if unknown:
+        raise ConfigError(f"distill: unknown init key(s) {unknown}; valid: {sorted(valid)}")
+    if not 0.0 <= float(init.get("min_share", 0.9)) <= 1.0:
+        raise ConfigError(f"distill: init min_share must be within [0, 1], got {init['min_share']}")
+    values["init"] = InitConfig(**init)
 
 
 def _nest(values: dict[str, Any]) -> dict[str, Any]:
@@ -162,6 +212,15 @@ def _nest(values: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(given) - valid)
         if unknown:
             raise ConfigError(f"distill: unknown {what} key(s) {unknown}; valid: {sorted(valid)}")
+    raw = values.pop("targets", None)
+    targets = dict(raw) if isinstance(raw, dict) else ({"source": raw} if raw is not None else {})
+    for flat, name in TARGET_KEYS.items():
+        if flat in values:
+            targets[name] = values.pop(flat)
+    valid = {f.name for f in dataclasses.fields(TargetConfig)}
+    if set(targets) - valid:
+        raise ConfigError(f"distill: unknown targets key(s) {sorted(set(targets) - valid)}; valid: {sorted(valid)}")
+    values["targets"] = TargetConfig(**targets)
     values["optim"] = OptimConfig(**{"lr": None, **optim})
     values["loss"] = LossWeights(**loss)
     return values
@@ -191,6 +250,7 @@ def load_distill_config(pipelines: dict[str, Any] | None, run: str | None,
         values["epochs"] = None
     if overrides.get("epochs") is not None:
         values["steps"] = None
+    _nest_init(values, pipelines, run, {k for k, v in overrides.items() if v is not None})
     cfg = DistillConfig(**_nest(values))
     cfg.students_section = section(pipelines, "students")
     if pipelines.get("_path"):

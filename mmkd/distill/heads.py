@@ -13,12 +13,44 @@
 
 from __future__ import annotations
 
+import re
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+TARGET_SOURCES = ("raw", "projected")
+PROJECTIONS = ("random", "pca", "ae")
+_PROJ_COPY = re.compile(r"^(?P<base>.+)_proj(?P<dim>\d+)$")
+
+
+@dataclass
+class TargetConfig:
+    """``--kd mmkd-clip`` targets: which features, mapped how, normalised or not.
+
+    Attributes:
+        source: ``raw`` (the store's own features, mapped by ``projection``) or
+            ``projected`` (the imported official ``<teacher>_proj512`` copies, used as
+            they are, as the official code reads ``clips_project_output.pt``).
+        projection: ``raw`` targets' map: ``random`` (fixed semi-orthogonal, no fitting
+            step; default), ``pca`` or ``ae`` (fitted by ``mmkd store project``).
+        normalize: L2-normalise targets (default; the loss compares them with unit
+            student features). The official code does not: ``--no-normalize-targets``.
+    """
+
+    source: str = "raw"
+    projection: str = "random"
+    normalize: bool = True
+
+
+def projected_copy(name: str, teachers: list[str]) -> str | None:
+    """The base teacher of an imported projected copy (``biomedclip_proj512`` -> ``biomedclip``), else ``None``."""
+    m = _PROJ_COPY.match(name)
+    return m.group("base") if m and m.group("base") in teachers else None
 
 
 def _semi_orthogonal(out_dim: int, in_dim: int, seed: int) -> torch.Tensor:
@@ -39,9 +71,10 @@ class TeacherProjections(nn.Module):
     """teacher dim -> student dim linear maps, one per teacher."""
 
     def __init__(self, teacher_dims: dict[str, int], student_dim: int, *, seed: int = 0,
-                 trainable: bool = False):
+                 trainable: bool = False, normalize: bool = True):
         super().__init__()
         self.teachers = list(teacher_dims)
+        self.normalize = normalize
         self.proj = nn.ModuleDict()
         for t, d in teacher_dims.items():
             lin = nn.Linear(d, student_dim, bias=False)
@@ -76,9 +109,33 @@ class TeacherProjections(nn.Module):
                 trainable = lin.weight.requires_grad
                 lin.bias = nn.Parameter(state[f"{t}.bias"].float(), requires_grad=trainable)
 
+    def set_map(self, teacher: str, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Use ``weight`` (student_dim, teacher_dim) [and ``bias``] as the teacher's map.
+
+        Raises:
+            ValueError: the shape does not fit.
+        """
+        lin = self.proj[_key(teacher)]
+        w = torch.as_tensor(weight, dtype=torch.float32)
+        if tuple(w.shape) != tuple(lin.weight.shape):
+            raise ValueError(f"projection of teacher {teacher!r} is {tuple(w.shape)}, the run needs "
+                             f"{tuple(lin.weight.shape)} (student_dim, teacher_dim); fit one with --dim "
+                             f"{lin.weight.shape[0]}")
+        trainable = lin.weight.requires_grad
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        if bias is not None:
+            lin.bias = nn.Parameter(torch.as_tensor(bias, dtype=torch.float32).clone(), requires_grad=trainable)
+
+    def set_identity(self, teacher: str) -> None:
+        """Use the features as they are (already in the student dim), e.g. the official projected copies."""
+        lin = self.proj[_key(teacher)]
+        self.set_map(teacher, torch.eye(*lin.weight.shape))
+
     def forward(self, teacher: str, x: torch.Tensor) -> torch.Tensor:
-        """Map one teacher's features to the student dim and L2-normalise."""
-        return F.normalize(self.proj[_key(teacher)](x.float()), dim=-1)
+        """Map one teacher's features to the student dim (and L2-normalise unless ``normalize`` is off)."""
+        y = self.proj[_key(teacher)](x.float())
+        return F.normalize(y, dim=-1) if self.normalize else y
 
     def select(self, feats: dict[str, torch.Tensor], choice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row, the projected features of the teacher at index ``choice`` (-1: none).

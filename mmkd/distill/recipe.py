@@ -8,6 +8,7 @@ nodes (``python -m mmkd.distill ...``); one process runs on one device.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -23,14 +24,15 @@ from mmkd.distill.config import DistillConfig
 from mmkd.distill.data import DataSpec, StoreBatches, make_loader
 from mmkd.distill.dist import DistEnv, cleanup_distributed, init_distributed
 from mmkd.distill.guard import no_teachers
-from mmkd.distill.heads import TeacherHeads, TeacherProjections
+from mmkd.distill.heads import TeacherHeads, TeacherProjections, projected_copy
+from mmkd.distill.init import REPORT_FILE, initialise
 from mmkd.distill.metrics import MetricsLog, plot_losses
 from mmkd.distill.objective import DistillModule, compute_terms
 from mmkd.distill.optim import build_optimizer, build_scheduler
 from mmkd.distill.student import (
     build_student,
     export_student,
-    load_student_weights,
+    init_config,
     resolve_student,
 )
 
@@ -76,11 +78,15 @@ class DistillRecipe:
         if self.kd is None:
             return
         have = store.teachers
-        self.teachers = list(self.cfg.teachers or have)
+        base = [t for t in have if projected_copy(t, have) is None]  # imported _projNNN copies are no teachers
+        self.teachers = list(self.cfg.teachers or base)
         unknown = [t for t in self.teachers if t not in have]
         if not self.teachers or unknown:
-            raise ValueError(f"store {self.cfg.store!r} holds teachers {have}; stage 2 asked for "
+            raise ValueError(f"store {self.cfg.store!r} holds teachers {base}; stage 2 asked for "
                              f"{self.teachers} (unknown: {unknown}). Extract them first with `mmkd extract`")
+        self.store_obj = store
+        if self.kd == "mmkd-clip" and self.cfg.targets.source == "projected":
+            self.teachers = [self._projected_name(t, have) for t in self.teachers]
         for t in self.teachers:
             self.dims[t] = store.dim(t)
             self.stats[t] = store.attrs(t)
@@ -88,18 +94,30 @@ class DistillRecipe:
                 logger.warning("teacher %s is incomplete in the store: %d blocks missing, their rows count as "
                                "invalid", t, len(store.missing_blocks(t)))
 
+    def _projected_name(self, teacher: str, have: list[str]) -> str:
+        if projected_copy(teacher, have) is not None:
+            return teacher
+        copies = sorted(h for h in have if projected_copy(h, have) == teacher)
+        if not copies:
+            raise ValueError(f"--targets projected: store {self.cfg.store!r} holds no projected copy of teacher "
+                             f"{teacher!r} (<teacher>_proj512); import the official features with `mmkd store "
+                             f"import-mmkd SRC DST --with-projected`, or use --targets raw")
+        return copies[0]
+
     def _setup_model(self) -> None:
         c = self.cfg
         base = Path(c.students_base_dir) if c.students_base_dir else None
         self.student = build_student(resolve_student(c.student, c.students_section, base))
-        if c.init:
-            load_student_weights(self.student.model, c.init)
+        self.init_report: dict[str, Any] | None = None
+        init = init_config(c.init, self.student.spec)
+        if init and not c.resume:  # a resumed run takes every weight from its checkpoint
+            self.init_report = initialise(self.student.model, init)
         embed_dim = int(self.student.spec.model_cfg["embed_dim"])
         kd_mod: torch.nn.Module | None = None
         if self.kd == "mmkd-clip":
-            kd_mod = TeacherProjections(self.dims, embed_dim, seed=c.seed, trainable=c.train_projections)
-            if c.projections:
-                kd_mod.load_file(c.projections)
+            kd_mod = TeacherProjections(self.dims, embed_dim, seed=c.seed, trainable=c.train_projections,
+                                        normalize=c.targets.normalize)
+            self._set_projections(kd_mod, embed_dim)
         elif self.kd == "multi":
             kd_mod = TeacherHeads(self.dims, embed_dim, kind=c.head)
             if c.standardize:
@@ -109,6 +127,30 @@ class DistillRecipe:
         if self.env.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+
+    def _set_projections(self, proj: TeacherProjections, embed_dim: int) -> None:
+        """Identity for the official projected copies; else a projection file, a fitted one, or the random map."""
+        c = self.cfg
+        if c.targets.source == "projected":
+            for t, d in self.dims.items():
+                if d != embed_dim:
+                    raise ValueError(f"--targets projected: {t} holds {d}-d features but the student embeds in "
+                                     f"{embed_dim}-d; use a {d}-d student or --targets raw")
+                proj.set_identity(t)
+        elif c.projections:
+            proj.load_file(c.projections)
+        elif c.targets.projection != "random":
+            from mmkd.store import StoreError
+            from mmkd.store.projection import load_projection
+
+            for t in self.teachers:
+                try:
+                    w, b, meta = load_projection(self.store_obj, t, c.targets.projection, embed_dim)
+                except StoreError as e:
+                    raise ValueError(str(e)) from e
+                proj.set_map(t, torch.from_numpy(w), torch.from_numpy(b))
+                logger.info("teacher %s: %s projection (R² %.4f over %d rows)", t, c.targets.projection,
+                            meta["r2"], meta["fit_rows"])
 
     def _set_stats(self, heads: TeacherHeads) -> None:
         for t in self.teachers:
@@ -162,6 +204,8 @@ class DistillRecipe:
                         "world_size": self.env.world_size}
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            if self.init_report is not None:
+                (self.out / REPORT_FILE).write_text(json.dumps(self.init_report, indent=2))
 
     # ------------------------------------------------------------------ train
     def _batches(self):

@@ -4,13 +4,17 @@ A student is any open_clip CLIP architecture, named three ways: an entry of the
 ``students:`` section of pipelines.yaml, a path to a JSON file holding an open_clip
 model config (``embed_dim``, ``vision_cfg``, ``text_cfg``; optionally wrapped as
 ``{"model_cfg": ..., "preprocess_cfg": ...}``), or a built-in open_clip
-architecture name. Students are always built without pretrained weights; an
-``init`` checkpoint (stage 1 output, an export folder) provides weights instead.
+architecture name. Students are always built with random weights; pretrained
+weights come in afterwards, tower by tower and reported, through
+:mod:`mmkd.distill.init` (``--init``). A text config with ``hf_model_pretrained:
+true`` makes the Hugging Face text tower start from its pretrained weights when
+no init source covers that tower.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -19,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mmkd.distill.init import InitConfig
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +134,11 @@ def _is_hf_text(model_cfg: dict[str, Any]) -> bool:
 
 
 def build_model(spec: StudentSpec) -> torch.nn.Module:
-    """Instantiate the open_clip model of a spec with random weights (no download)."""
+    """Instantiate the open_clip model of a spec with random weights (no weights download).
+
+    ``hf_model_pretrained`` is honoured later by :func:`init_config` so that the
+    pretrained text weights are loaded and reported like any other init source.
+    """
     from open_clip.model import CLIP, CustomTextCLIP
 
     cfg = copy.deepcopy(spec.model_cfg)
@@ -140,6 +150,20 @@ def build_model(spec: StudentSpec) -> torch.nn.Module:
         return cls(**cfg)
     except (TypeError, KeyError, ValueError, OSError) as e:
         raise StudentError(f"student {spec.name!r}: open_clip could not build {cls.__name__} from its config: {e}") from e
+
+
+def init_config(init: InitConfig, spec: StudentSpec) -> InitConfig:
+    """The run's init sources, with ``text: hf`` added when the spec asks for a pretrained HF text tower.
+
+    Args:
+        init: the sources the user gave.
+        spec: the student; ``text_cfg.hf_model_pretrained: true`` starts the HF text
+            tower from its pretrained weights when neither ``text`` nor ``source`` covers it.
+    """
+    text_cfg = spec.model_cfg.get("text_cfg") or {}
+    if _is_hf_text(spec.model_cfg) and text_cfg.get("hf_model_pretrained") and not (init.text or init.source):
+        return dataclasses.replace(init, text="hf")
+    return init
 
 
 def build_tokenizer(spec: StudentSpec) -> Callable[..., torch.Tensor]:
