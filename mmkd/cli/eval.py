@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-TASK_CHOICES = ("zeroshot", "linear", "retrieval", "knn", "all")
+TASK_CHOICES = ("zeroshot", "linear", "retrieval", "knn", "diagnosis", "survival", "vqa", "all")
 
 
 def _shipped_sets() -> str:

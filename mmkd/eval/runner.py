@@ -14,11 +14,12 @@ from mmkd.eval.linear_probe import ProbeConfig, evaluate_linear_probe
 from mmkd.eval.retrieval import evaluate_knn, evaluate_retrieval
 from mmkd.eval.sets import EvalSet, load_eval_set
 from mmkd.eval.splits import TaskNotApplicable
+from mmkd.eval.tasksets import check_task_sets, run_task_set
 from mmkd.eval.zeroshot import evaluate_zeroshot
 
 log = logging.getLogger(__name__)
 
-TASKS = ("zeroshot", "linear", "retrieval", "knn")
+TASKS = ("zeroshot", "linear", "retrieval", "knn", "diagnosis", "survival", "vqa")
 Results = dict[str, dict[str, dict[str, dict[str, Any]]]]
 
 
@@ -212,6 +213,7 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
     if stray:
         raise EvalError(f"stores given for {stray}, which are not among the eval sets {[s.name for s in sets]}; "
                         "write --store <set name>=<store path>")
+    check_task_sets(sets, models)
     builder = _Models(cfg, ecfg.device)
     names = [builder.base(m).name for m in models]
     names = [n if names.count(n) == 1 else m for n, m in zip(names, models)]  # two exports named alike
@@ -220,6 +222,10 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
         for evalset in sets:
             store = ecfg.stores.get(evalset.name) or (str(evalset.store) if evalset.store else None)
             enc = builder.for_set(model, evalset, store)
+            if getattr(evalset, "task", None):  # slide / VQA set: its own task (mmkd.eval.tasksets)
+                if tasks := run_task_set(enc, evalset, ecfg, cache):
+                    results.setdefault(name, {})[evalset.name] = tasks
+                continue
             need_classes = evalset.labelled and "zeroshot" in ecfg.tasks
             need_text = evalset.captioned and "retrieval" in ecfg.tasks
             if not (evalset.labelled or need_text):
