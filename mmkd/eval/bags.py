@@ -23,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from mmkd.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
-class BagError(ValueError):
+class BagError(ConfigError):
     """Patch features that cannot serve as bags (missing slides, mixed dims, unassigned patches)."""
 
 
