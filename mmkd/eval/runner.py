@@ -240,6 +240,7 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
         raise EvalError(f"no task in {list(ecfg.tasks)} applies to the eval sets {datasets}: retrieval needs "
                         "captions, zero-shot / linear / knn need labels (probes >= 2 samples per class)")
     run_info = {"models": models, "datasets": datasets, "config": asdict(ecfg),
-                "sets": {s.name: {"source": s.source, "fingerprint": s.fingerprint(), "n": len(s.items)} for s in sets}}
+                "sets": {s.name: {"source": s.source, "fingerprint": s.fingerprint(), "n": len(s.items),
+                             "classes": len(getattr(s, "class_names", None) or [])} for s in sets}}
     write_report(results, out, run_info)
     return results

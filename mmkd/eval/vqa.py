@@ -13,7 +13,8 @@ A VQA set is an eval-set spec with ``task: vqa``::
 Answers are compared lower-cased and stripped. The head classifies over the answers
 seen in training; a test question whose answer never occurs in training cannot be
 answered right: it counts as wrong and ``unseen_answers`` reports how many there were
-(with examples). Results: ``accuracy`` (with a bootstrap CI over questions),
+(with examples). Results: ``accuracy`` (with a bootstrap CI over questions;
+``accuracy_chance``: always giving the most frequent training answer),
 ``accuracy_closed`` and ``accuracy_open``, counts, and per-fold accuracies.
 """
 
@@ -179,6 +180,7 @@ def evaluate_vqa_features(image: np.ndarray, question: np.ndarray, answers: list
     tested = np.zeros(len(answers), dtype=bool)
     unseen: dict[str, int] = {}
     per_fold = []
+    majority = np.zeros(len(answers), dtype=bool)  # always the most frequent training answer: the chance line
     for f in sorted(set(fold.tolist()) - {-1}):
         tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         vocab = sorted({answers[i] for i in tr})
@@ -192,6 +194,8 @@ def evaluate_vqa_features(image: np.ndarray, question: np.ndarray, answers: list
                 unseen[answers[i]] = unseen.get(answers[i], 0) + 1
             correct[i] = vocab[p] == answers[i]
         tested[te] = True
+        top = max(vocab, key=lambda a: sum(answers[i] == a for i in tr))
+        majority[te] = [answers[i] == top for i in te]
         per_fold.append(float(correct[te].mean()))
     c, cl = correct[tested], closed[tested]
     out: dict[str, Any] = {
@@ -201,7 +205,7 @@ def evaluate_vqa_features(image: np.ndarray, question: np.ndarray, answers: list
         "n_questions": int(tested.sum()), "n_closed": int(cl.sum()), "n_open": int((~cl).sum()),
         "unseen_answers": int(sum(unseen.values())),
         "unseen_answer_examples": sorted(unseen, key=lambda a: -unseen[a])[:10],
-        "accuracy_folds": per_fold}
+        "accuracy_folds": per_fold, "accuracy_chance": float(majority[tested].mean())}
     if unseen:
         log.warning("VQA: %d test questions have answers never seen in training (e.g. %s); counted as wrong",
                     out["unseen_answers"], out["unseen_answer_examples"][:3])
