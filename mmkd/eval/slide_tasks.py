@@ -76,8 +76,9 @@ def run_diagnosis(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int =
         rep: dict[str, Any] = classification_report(y, scores, resamples=resamples, seed=seed)
         for m in ("balanced_accuracy", "macro_auc", "macro_f1"):
             rep.update(_fold_stats([pf[m] for pf in per_fold], m))
-        rep.update(n_slides=n, n_patients=len(set(sset.patients)), folds=sset.folds, head=kind,
-                   train_slides_per_s=round(n * (sset.folds - 1) * cfg.epochs / (time.perf_counter() - t0), 2))
+        rep.update(n_slides=n, n_patients=len(set(sset.patients)), folds=sset.folds, head=kind)
+        log.info("diagnosis %s on %s: %.1f training slides/s", kind, sset.name,
+                 n * (sset.folds - 1) * cfg.epochs / (time.perf_counter() - t0))
         out["diagnosis" + _SUFFIX[kind]] = rep
     return out
 
