@@ -20,6 +20,17 @@ beside a source checkout). A set whose files are absent is refused up front with
 missing files named. Labels may be class names or integer indices into ``classes``;
 ``split`` (train/val/test) is optional. ``mmkd eval --data`` builds a set from any
 image-caption data (:func:`eval_set_from_data`).
+
+Other task sets (built by :mod:`mmkd.eval.tasksets`):
+
+* ``task: diagnosis`` / ``task: survival`` -- slide tables over patch features
+  (keys ``slides``, ``patches`` or ``store``, ``slide_key``, ``slide_field``,
+  ``patient_field``, ``label_field``, ``classes``, ``time_field``, ``event_field``,
+  ``folds``, ``mil``, ``memo_mb``): see :mod:`mmkd.eval.slides`.
+* ``task: vqa`` -- question tables (``questions``, ``root``, ``fields``,
+  ``closed_answers``, ``folds``, ``head``): see :mod:`mmkd.eval.vqa`.
+* ``clip_benchmark: <folder>`` (optional ``split``), or the folder itself as the
+  set name -- a LAION clip_benchmark webdataset folder: see :mod:`mmkd.eval.clip_benchmark`.
 """
 
 from __future__ import annotations
