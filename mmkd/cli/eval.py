@@ -61,11 +61,13 @@ def _stores(values: tuple[str, ...]) -> dict[str, str]:
               help="Folder that `fixtures:` paths of the shipped sets point into (sets $MMKD_FIXTURES).")
 def eval_cmd(pipeline, run, models, sets, data, label, tasks, out, stores, cache_dir, device, batch_size, resamples,
              seed, knn_k, formats, fixtures) -> None:
-    """Zero-shot, linear probe, retrieval and kNN for students and teachers, as one table.
+    """Zero-shot, linear probe, retrieval, kNN, slide diagnosis, survival and VQA for students and teachers.
 
     \b
     mmkd eval --model runs/s2/export --model biomedclip --set modality9 --out runs/eval
     mmkd eval --model runs/s2/export --data /data/roco/test.jsonl --out runs/eval-roco
+    mmkd eval --model biomedclip --set diag.yaml --set surv.yaml --set vqa.yaml --out runs/eval-tasks
+    mmkd eval --model runs/s2/export --set /data/wds_pcam --format csv --out runs/eval-cb
     """
     from mmkd.cli import set_fixtures
     from mmkd.config import ConfigError, load_pipelines, resolve_device

@@ -194,6 +194,14 @@ class ImageBags(BagSource):
     def available(self) -> set[str]:
         return {p.name for p in self.root.iterdir() if p.is_dir() and self._files(p)}
 
+    def check(self, slide_ids: Sequence[str]) -> None:
+        """Also refuse patch images lying in the root, outside any slide folder (they have no slide id)."""
+        loose = self._files(self.root)
+        if loose:
+            raise BagError(f"{self.kind}: {len(loose)} patch images lie outside any <slide_id>/ folder, e.g. "
+                           f"{[p.name for p in loose[:5]]}; move each into its slide's folder")
+        super().check(slide_ids)
+
     @staticmethod
     def _files(folder: Path) -> list[Path]:
         return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -132,6 +132,9 @@ def build_slide_set(name: str, spec: dict[str, Any], base: Path) -> SlideSet:
             str(base / text) if "{model}" in text else str(resolve_path(None, text, base=base)))
     else:
         out.store = resolve_path(None, str(spec["store"]), base=base)
+    if out.folds < 2 or len(set(patients)) < out.folds:
+        raise ConfigError(f"{what}: {out.folds}-fold cross-validation by patient needs folds >= 2 and at least "
+                          f"{out.folds} patients; the table has {len(set(patients))}. Lower `folds:`")
     if task == "diagnosis":
         raw = [str(v) for v in column(rows, spec.get("label_field", "label"), what, table)]
         classes = [str(c) for c in spec.get("classes") or sorted(set(raw))]

@@ -126,11 +126,16 @@ def build_vqa_set(name: str, spec: dict[str, Any], base: Path) -> VqaSet:
     with_split = sum(r.split is not None for r in rows)
     if 0 < with_split < len(rows):
         raise ConfigError(f"eval set {name!r}: {with_split} of {len(rows)} questions have a split; give all or none")
+    folds = int(spec.get("folds", 5))
+    if not with_split and (folds < 2 or len({r.image for r in rows}) < folds):
+        raise ConfigError(f"eval set {name!r}: {folds}-fold cross-validation by image needs folds >= 2 and at least "
+                          f"{folds} images; the table has {len({r.image for r in rows})}. Lower `folds:` or give "
+                          "every question a split")
     head = spec.get("head") or {}
     valid = {x.name for x in fields(VqaHeadConfig)}
     if not isinstance(head, dict) or set(head) - valid:
         raise ConfigError(f"eval set {name!r}: `head:` keys must be among {sorted(valid)}; got {head!r}")
-    return VqaSet(name=name, rows=rows, root=root, source=str(table), folds=int(spec.get("folds", 5)),
+    return VqaSet(name=name, rows=rows, root=root, source=str(table), folds=folds,
                   head=VqaHeadConfig(**head))
 
 

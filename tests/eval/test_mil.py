@@ -15,6 +15,7 @@ from mmkd.eval.mil import MILConfig
 from mmkd.eval.slide_tasks import run_diagnosis, run_survival
 from mmkd.eval.slides import SlideSet, build_slide_set
 from mmkd.eval.survival import SurvivalDataError, check_survival, concordance_index, cox_loss
+from tests.eval.slide_data import one_torch_thread  # noqa: F401  (autouse fixture)
 from tests.eval.slide_data import planted_bags, write_clam, write_patch_store, write_slide_table
 
 
@@ -164,7 +165,7 @@ def test_slide_table_errors(tmp_path):
     slides = ["a", "b", "c", "d"]
     table = write_slide_table(tmp_path / "s.csv", slides, time=[1, -2, 3, 4], event=[1, 0, 1, 1],
                               patients=["p1", "p2", "p3", "p4"])
-    spec = {"task": "survival", "slides": "s.csv", "patches": "feats"}
+    spec = {"task": "survival", "slides": "s.csv", "patches": "feats", "folds": 2}
     with pytest.raises(ConfigError, match=r"negative or missing time, e.g. \[\('b', -2.0\)\]"):
         build_slide_set("x", spec, tmp_path)
     write_slide_table(table, slides, time=[1, 2, 3, 4], event=[1, 0, 3, 1], patients=["p1", "p2", "p3", "p4"])
@@ -175,8 +176,10 @@ def test_slide_table_errors(tmp_path):
         build_slide_set("x", spec, tmp_path)
     write_slide_table(table, slides, labels=["t", "n", "t", "x"])
     with pytest.raises(ConfigError, match=r"labels \['x'\] are not among `classes`"):
-        build_slide_set("x", {"task": "diagnosis", "slides": "s.csv", "patches": "f", "classes": ["n", "t"]},
-                        tmp_path)
-    sset = build_slide_set("x", {"task": "diagnosis", "slides": "s.csv", "patches": "f"}, tmp_path)
+        build_slide_set("x", {"task": "diagnosis", "slides": "s.csv", "patches": "f", "classes": ["n", "t"],
+                              "folds": 2}, tmp_path)
+    with pytest.raises(ConfigError, match="5-fold cross-validation by patient needs .* the table has 2"):
+        build_slide_set("x", {"task": "diagnosis", "slides": "s.csv", "patches": "f"}, tmp_path)
+    sset = build_slide_set("x", {"task": "diagnosis", "slides": "s.csv", "patches": "f", "folds": 2}, tmp_path)
     assert sset.patients == ["pat-000", "pat-000", "pat-001", "pat-001"]  # CLAM's case_id column
     assert sset.class_names == ["n", "t", "x"] and sset.labels.tolist() == [1, 0, 1, 2]

@@ -8,6 +8,7 @@ import yaml
 
 from mmkd.config import ConfigError
 from mmkd.eval.runner import EvalConfig, EvalError, evaluate
+from tests.eval.slide_data import one_torch_thread  # noqa: F401  (autouse fixture)
 from tests.eval.slide_data import planted_bags, write_clam, write_patch_store, write_slide_table
 from tests.eval.test_e2e import export_tiny_student
 
@@ -38,6 +39,9 @@ def test_patch_images_are_embedded_per_slide_and_cached(tmp_path):
     assert len(list((tmp_path / "out" / "cache").glob("*__d-s*.npz"))) == 8  # one cache file per slide
     again = evaluate([str(student)], [spec], tmp_path / "out", ecfg=ecfg)
     assert again == first
+    (tmp_path / "patches" / "stray.png").write_bytes((tmp_path / "patches" / "s0" / "0.png").read_bytes())
+    with pytest.raises(ConfigError, match=r"1 patch images lie outside any <slide_id>/ folder, e.g. \['stray.png'\]"):
+        evaluate([str(student)], [spec], tmp_path / "out", ecfg=ecfg)
 
 
 def test_patch_store_gives_the_results_of_the_same_clam_folder(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 from mmkd.config import ConfigError
 from mmkd.eval.cv import group_folds
 from mmkd.eval.vqa import VqaHeadConfig, build_vqa_set, evaluate_vqa_features
+from tests.eval.slide_data import one_torch_thread  # noqa: F401  (autouse fixture)
 
 CLASSES = ("lung", "liver", "brain", "heart")
 
@@ -61,5 +62,7 @@ def test_vqa_spec_errors_name_the_row(tmp_path):
     rows[1]["answer"] = "Lung"
     rows[1]["answer_type"] = "OPEN"
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    vset = build_vqa_set("v", {"task": "vqa", "questions": "q.jsonl"}, tmp_path)
+    with pytest.raises(ConfigError, match="needs folds >= 2 and at least 5 images; the table has 2"):
+        build_vqa_set("v", {"task": "vqa", "questions": "q.jsonl"}, tmp_path)
+    vset = build_vqa_set("v", {"task": "vqa", "questions": "q.jsonl", "folds": 2}, tmp_path)
     assert [(r.answer, r.closed) for r in vset.rows] == [("yes", True), ("lung", False)]
