@@ -13,7 +13,7 @@ import torch
 
 from mmkd.eval.bags import BagSource
 from mmkd.eval.cv import check_group_folds, group_folds
-from mmkd.eval.metrics import classification_metrics, classification_report, softmax
+from mmkd.eval.metrics import CLASSIFICATION_METRICS, bootstrap_counts, classification_metrics, softmax
 from mmkd.eval.mil import MILConfig, build_head, predict, train_head
 from mmkd.eval.slides import SlideSet
 from mmkd.eval.survival import concordance_index, cox_loss
@@ -36,6 +36,34 @@ def _fold_stats(values: list[float], name: str) -> dict[str, Any]:
             f"{name}_std": float(ok.std()) if len(ok) else float("nan")}
 
 
+def patient_bootstrap(y: np.ndarray, scores: np.ndarray, patients: list[str], *, resamples: int = 1000,
+                      seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile CIs of the classification metrics, resampling patients (all their slides together).
+
+    Slides of one patient are correlated, so resampling slides would make the
+    intervals too narrow; each resample draws patients with replacement and
+    weights every slide by its patient's count.
+    """
+    from mmkd.eval.metrics import _metrics_for_weights
+
+    order = {p: i for i, p in enumerate(dict.fromkeys(patients))}  # first-seen order: seeds resample alike
+    inv = np.array([order[p] for p in patients])
+    rng = np.random.default_rng(seed)
+    vals: dict[str, list[np.ndarray]] = {m: [] for m in CLASSIFICATION_METRICS}
+    for start in range(0, resamples, 100):
+        w = bootstrap_counts(int(inv.max()) + 1, min(100, resamples - start), rng)[:, inv]
+        keep = w.sum(axis=1) > 0
+        for k, v in _metrics_for_weights(y, scores, w[keep]).items():
+            vals[k].append(v)
+    alpha = (1 - level) / 2 * 100
+    out = {}
+    for k, chunks in vals.items():
+        v = np.concatenate(chunks)
+        v = v[~np.isnan(v)]
+        out[f"{k}_ci95"] = [float(x) for x in np.percentile(v, [alpha, 100 - alpha])] if len(v) else [float("nan")] * 2
+    return out
+
+
 def run_diagnosis(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int = 0,
                   resamples: int = 1000) -> dict[str, dict[str, Any]]:
     """Out-of-fold slide classification with ABMIL and mean pooling.
@@ -43,7 +71,7 @@ def run_diagnosis(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int =
     Returns:
         ``{"diagnosis": {...}, "diagnosis_meanpool": {...}}``: pooled out-of-fold
         accuracy, balanced accuracy, macro AUC, macro F1 with 95% bootstrap CIs
-        (over slides), per-fold values with mean / std, and counts.
+        (resampling patients), per-fold values with mean / std, and counts.
     """
     src.check(sset.slide_ids)
     y, k, n = sset.labels, len(sset.class_names), len(sset.slide_ids)
@@ -73,7 +101,9 @@ def run_diagnosis(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int =
                        batch_bags=cfg.batch_bags or 1)
             scores[te] = softmax(predict(model, loader, te, cfg.device))
             per_fold.append(classification_metrics(y[te], scores[te]))
-        rep: dict[str, Any] = classification_report(y, scores, resamples=resamples, seed=seed)
+        rep: dict[str, Any] = dict(classification_metrics(y, scores))
+        if resamples > 0:
+            rep.update(patient_bootstrap(y, scores, sset.patients, resamples=resamples, seed=seed))
         for m in ("balanced_accuracy", "macro_auc", "macro_f1"):
             rep.update(_fold_stats([pf[m] for pf in per_fold], m))
         rep.update(n_slides=n, n_patients=len(set(sset.patients)), folds=sset.folds, head=kind)

@@ -100,6 +100,23 @@ def test_check_survival_names_bad_rows():
         check_survival([1, 2, 3], [1, 0, 2], ["a", "b", "c"])
 
 
+def test_patient_bootstrap_equals_slide_bootstrap_with_one_slide_per_patient():
+    from mmkd.eval.metrics import bootstrap_ci
+    from mmkd.eval.slide_tasks import patient_bootstrap
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 80)
+    scores = rng.random((80, 3))
+    ours = patient_bootstrap(y, scores, [f"p{i}" for i in range(80)], resamples=300, seed=4)
+    ref = bootstrap_ci(y, scores, resamples=300, seed=4)
+    assert ours == {f"{k}_ci95": v for k, v in ref.items()}
+    # two identical slides per patient: resampling patients gives wider intervals than treating slides as independent
+    y2, s2 = np.repeat(y, 2), np.repeat(scores, 2, axis=0)
+    wide = patient_bootstrap(y2, s2, [f"p{i // 2}" for i in range(160)], resamples=300, seed=4)
+    narrow = bootstrap_ci(y2, s2, resamples=300, seed=4)
+    assert np.diff(wide["accuracy_ci95"])[0] > np.diff(narrow["accuracy"])[0]
+
+
 def test_abmil_finds_a_planted_patch_that_mean_pooling_misses():
     bags, y = planted_bags(n=60, patches=200, dim=16, planted=2, strength=8.0)  # 1% of a bag decides
     ids = list(bags)
