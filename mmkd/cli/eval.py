@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-TASK_CHOICES = ("zeroshot", "linear", "retrieval", "knn", "all")
+TASK_CHOICES = ("zeroshot", "linear", "retrieval", "knn", "diagnosis", "survival", "vqa", "all")
 
 
 def _shipped_sets() -> str:
@@ -34,7 +34,8 @@ def _stores(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--model", "models", multiple=True,
               help="Student export folder or teacher name (repeatable).")
 @click.option("--set", "sets", multiple=True, metavar="NAME_OR_SPEC",
-              help="Labelled eval set with prompts: a name under `eval_sets:` / shipped, or a spec file (repeatable).")
+              help="Eval set: a name under `eval_sets:` / shipped, a spec file (labelled / captioned images, or "
+                   "`task: diagnosis|survival|vqa`), or a clip_benchmark webdataset folder (repeatable).")
 @click.option("--data", "data", multiple=True, metavar="PATH_OR_NAME",
               help="Image-caption data, anything `mmkd extract --data` takes (repeatable): retrieval, and "
                    "zero-shot / linear / kNN when --label names a label field.")
@@ -54,18 +55,22 @@ def _stores(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--resamples", type=int, default=None, help="Bootstrap resamples for the CIs (default 1000).")
 @click.option("--seed", type=int, default=None, help="Bootstrap and split seed (default 0).")
 @click.option("--knn-k", type=int, default=None, help="Neighbours for kNN classification (default 20).")
+@click.option("--format", "formats", multiple=True, type=click.Choice(("csv",)),
+              help="Also write results.csv with the columns `clip_benchmark build` writes.")
 @click.option("--fixtures", type=click.Path(file_okay=False), default=None,
               help="Folder that `fixtures:` paths of the shipped sets point into (sets $MMKD_FIXTURES).")
 @click.option("--strict", is_flag=True, default=None,
               help="An unreadable eval image is an error (exit 1). Default: it is skipped for every model, "
                    "counted and listed in results.json and under the table of results.md.")
 def eval_cmd(pipeline, run, models, sets, data, label, tasks, out, stores, cache_dir, device, batch_size, resamples,
-             seed, knn_k, fixtures, strict) -> None:
-    """Zero-shot, linear probe, retrieval and kNN for students and teachers, as one table.
+             seed, knn_k, formats, fixtures, strict) -> None:
+    """Zero-shot, linear probe, retrieval, kNN, slide diagnosis, survival and VQA for students and teachers.
 
     \b
     mmkd eval --model runs/s2/export --model biomedclip --set modality9 --out runs/eval
     mmkd eval --model runs/s2/export --data /data/roco/test.jsonl --out runs/eval-roco
+    mmkd eval --model biomedclip --set diag.yaml --set surv.yaml --set vqa.yaml --out runs/eval-tasks
+    mmkd eval --model runs/s2/export --set /data/wds_pcam --format csv --out runs/eval-cb
     """
     from mmkd.cli import set_fixtures
     from mmkd.config import ConfigError, load_pipelines, resolve_device
@@ -85,6 +90,10 @@ def eval_cmd(pipeline, run, models, sets, data, label, tasks, out, stores, cache
         results = evaluate(plan.models, plan.sets, plan.out, cfg=cfg, ecfg=plan.config)
     except (ConfigError, EvalError, EncoderError) as e:
         raise click.ClickException(str(e)) from e
+    if "csv" in formats:
+        from mmkd.eval.clip_benchmark import write_clip_benchmark_csv
+
+        write_clip_benchmark_csv(results, Path(plan.out) / "results.csv")
     click.echo(summary_text(results))
     click.echo(f"results: {plan.out}/results.json  table: {plan.out}/results.md  chart: {plan.out}/results.png")
 

@@ -10,6 +10,7 @@ Layout of ``out``::
 
     corpus/train/{data.jsonl,images/}   distillation corpus (all modalities)
     corpus/eval/<modality>.yaml         held-out eval sets (mmkd eval spec files)
+    corpus/tasks/*.yaml                 slide diagnosis, survival and VQA sets (mmkd.demo.tasks)
     experts/<name>/                     open_clip local-dir teachers
     pipelines.yaml                      declares the experts (loader: open_clip)
     store/                              one feature store, every expert
@@ -41,7 +42,10 @@ def build_corpus(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     table = write_jsonl_dataset(out / "corpus" / "train", batch, prefix="train")
     evals = {m: write_eval_set(out / "corpus" / "eval", m, cfg.eval_per_class, cfg.seed + 1, cfg.image_size)
              for m in cfg.modalities}
-    return {"train": str(table.parent), "train_rows": len(batch), "eval_sets": {m: str(p) for m, p in evals.items()}}
+    from mmkd.demo.tasks import write_task_sets
+
+    return {"train": str(table.parent), "train_rows": len(batch), "eval_sets": {m: str(p) for m, p in evals.items()},
+            "task_sets": write_task_sets(out / "corpus" / "tasks", cfg)}
 
 
 def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
@@ -174,15 +178,15 @@ def _preprocess() -> dict[str, Any]:
 
 def evaluate_all(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: str,
                  exports: dict[str, str]) -> dict[str, Any]:
-    """Zero-shot, linear probe and retrieval per modality for every teacher and student (what ``mmkd eval`` runs)."""
+    """Zero-shot, linear probe, retrieval per modality, slide diagnosis / survival and VQA, for every model."""
     from mmkd.config import load_pipelines
     from mmkd.eval.runner import EvalConfig, evaluate
 
-    ecfg = EvalConfig(tasks=("zeroshot", "linear", "retrieval"), resamples=cfg.eval_resamples, seed=cfg.seed,
-                      batch_size=256, device="cpu")
+    ecfg = EvalConfig(tasks=("zeroshot", "linear", "retrieval", "diagnosis", "survival", "vqa"),
+                      resamples=cfg.eval_resamples, seed=cfg.seed, batch_size=256, device="cpu")
     models = list(cfg.experts) + [exports[n] for n in ("stage1", *STUDENT_RUNS)]
-    return evaluate(models, list(corpus["eval_sets"].values()), out / "eval", cfg=load_pipelines(pipelines),
-                    ecfg=ecfg)
+    sets = list(corpus["eval_sets"].values()) + list(corpus.get("task_sets", {}).values())
+    return evaluate(models, sets, out / "eval", cfg=load_pipelines(pipelines), ecfg=ecfg)
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = "ray",
@@ -225,6 +229,9 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
     exports = distilled["exports"]
     results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports)
     summary = summarize(results, cfg, exports, experts["experts"])
+    from mmkd.demo.tasks import task_summary
+
+    summary["slide_and_vqa_tasks"] = task_summary(results, list(corpus["task_sets"]))
     summary["artefacts"] = {"corpus": corpus, "pipelines": experts["pipelines"], "store": store["store"],
                             "students": exports, "eval": str(out / "eval"), "summary": str(out / "summary.json")}
     summary["teachers_imported_by_distill"] = distilled["teachers_imported_by_distill"]

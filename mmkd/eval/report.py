@@ -1,5 +1,5 @@
 """Eval outputs: results.json (every number), results.md (headline table, best per column bold),
-results.png (grouped bar chart) and a plain-text summary for the terminal.
+results.png (small multiples per task) and a plain-text summary for the terminal.
 
 Eval images that could not be read are listed under ``results[model][set]["skipped"]``
 (``count``, ``of``, ``samples``) and in a footnote under the tables; the columns of
@@ -22,8 +22,15 @@ HEADLINE = {
     "linear": ("accuracy", "macro_auc"),
     "knn": ("accuracy",),
     "retrieval": ("image_to_text_R@1", "text_to_image_R@1"),
+    "diagnosis": ("balanced_accuracy", "macro_auc"),
+    "diagnosis_meanpool": ("macro_auc",),
+    "survival": ("c_index",),
+    "survival_meanpool": ("c_index",),
+    "vqa": ("accuracy", "accuracy_closed", "accuracy_open"),
 }
-SHORT = {"accuracy": "acc", "macro_auc": "AUC", "image_to_text_R@1": "i→t R@1", "text_to_image_R@1": "t→i R@1"}
+SHORT = {"accuracy": "acc", "macro_auc": "AUC", "balanced_accuracy": "bal acc", "c_index": "C-index",
+         "accuracy_closed": "closed acc", "accuracy_open": "open acc", "image_to_text_R@1": "i→t R@1",
+         "text_to_image_R@1": "t→i R@1"}
 
 
 def columns(results: dict) -> list[tuple[str, str, str]]:
@@ -117,29 +124,135 @@ def summary_text(results: dict) -> str:
     return "\n".join(out) + "\n" + footnote(results, limit=5)
 
 
-def bar_chart(results: dict, path: Path) -> None:
-    """Grouped bars: one group per headline column, one bar per model."""
+# Chart panels: (task, metric) in this order; a task not listed gets a panel for its first headline metric.
+CHART = (("zeroshot", "accuracy"), ("linear", "accuracy"), ("knn", "accuracy"), ("retrieval", "image_to_text_R@1"),
+         ("retrieval", "text_to_image_R@1"), ("diagnosis", "macro_auc"), ("diagnosis_meanpool", "macro_auc"),
+         ("survival", "c_index"), ("survival_meanpool", "c_index"), ("vqa", "accuracy"))
+CHART_MAX_PX = 1600  # figure width bound at any number of sets
+_DPI = 100
+_HEATMAP_BARS = 48  # more bars than this in a panel (sets x models): a heatmap instead
+
+
+def _panels(results: dict) -> list[tuple[str, str, list[str]]]:
+    """(task, metric, datasets) for every chart panel with at least one value."""
+    out = []
+    tasks = [t for per_set in results.values() for ts in per_set.values() for t in ts]
+    known = list(CHART) + [(t, m) for t in dict.fromkeys(tasks) if t not in {c[0] for c in CHART}
+                           for m in HEADLINE.get(t, ())[:1]]
+    for task, metric in known:
+        sets = sorted({ds for m in results for ds in results[m] if _value(results, m, (ds, task, metric)) is not None})
+        if sets:
+            out.append((task, metric, sets))
+    return out
+
+
+def _chance(results: dict, ds: str, task: str, metric: str, classes: dict[str, int]) -> float | None:
+    """Chance level of ``metric``: stated by the task (``<metric>_chance``), 0.5 for AUC / C-index, 1/classes."""
+    for per_set in results.values():
+        c = per_set.get(ds, {}).get(task, {}).get(f"{metric}_chance")
+        if c is not None:
+            return float(c)
+    if metric in ("macro_auc", "c_index"):
+        return 0.5
+    if metric in ("accuracy", "balanced_accuracy") and classes.get(ds):
+        return 1.0 / classes[ds]
+    return None
+
+
+def _err(results: dict, model: str, col: tuple[str, str, str], v: float) -> tuple[float, float]:
+    """(below, above) error-bar lengths: the 95% CI, else +- the std over folds, else none."""
+    m = results.get(model, {}).get(col[0], {}).get(col[1], {})
+    ci, sd = m.get(f"{col[2]}_ci95"), m.get(f"{col[2]}_std")
+    if ci and all(c is not None and not math.isnan(c) for c in ci):
+        return max(v - ci[0], 0.0), max(ci[1] - v, 0.0)
+    if isinstance(sd, (int, float)) and not math.isnan(sd):
+        return float(sd), float(sd)
+    return 0.0, 0.0
+
+
+def _bars(ax, results: dict, models: list[str], task: str, metric: str, sets: list[str], classes: dict,
+          colors: list) -> None:
+    import numpy as np
+
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(len(sets))
+    for i, model in enumerate(models):
+        cols = [(ds, task, metric) for ds in sets]
+        vals = [_value(results, model, c) for c in cols]
+        errs = np.array([_err(results, model, c, v) if v is not None else (0, 0) for c, v in zip(cols, vals)]).T
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, [v if v is not None else 0 for v in vals], width,
+               yerr=errs if errs.any() else None, capsize=2, color=colors[i % len(colors)], label=model,
+               error_kw={"elinewidth": 0.8})
+    for j, ds in enumerate(sets):
+        c = _chance(results, ds, task, metric, classes)
+        if c is not None:
+            ax.hlines(c, j - 0.45, j + 0.45, colors="k", linestyles="--", linewidth=1, label="_chance")
+    ax.set_xticks(x, [ds if len(ds) <= 18 else ds[:17] + "…" for ds in sets], fontsize=8,
+                  rotation=30 if len(sets) > 3 else 0, ha="right" if len(sets) > 3 else "center")
+    ax.set_ylim(0, 1.05)
+
+
+def _heatmap(ax, results: dict, models: list[str], task: str, metric: str, sets: list[str]) -> None:
+    import numpy as np
+
+    grid = np.array([[_value(results, m, (ds, task, metric)) or np.nan for ds in sets] for m in models], dtype=float)
+    im = ax.imshow(grid, aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+    if grid.size <= 240:
+        for (r, c), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
+    ax.set_yticks(range(len(models)), models, fontsize=7)
+    step = max(1, len(sets) // 70)
+    ax.set_xticks(range(0, len(sets), step), [sets[i][:14] for i in range(0, len(sets), step)], fontsize=6,
+                  rotation=90)
+    ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
+
+
+def bar_chart(results: dict, path: Path, run_info: dict[str, Any] | None = None) -> None:
+    """Small multiples: one panel per (task, headline metric), datasets grouped, models as bars.
+
+    Error bars are the 95% CIs (else +- std over folds) where results hold them; a
+    dashed line over each group marks chance (0.5 for AUC and C-index, 1/classes
+    for accuracy when ``run_info`` gives the set's classes, or the task's own
+    ``<metric>_chance``). Panels with more than ``_HEATMAP_BARS`` bars become
+    model x set heatmaps; the figure is never wider than ``CHART_MAX_PX``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    cols, models = columns(results), list(results)
-    width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(cols) * max(1, len(models)) ** 0.5 + 2), 4.5))
-    x = np.arange(len(cols))
-    for i, model in enumerate(models):
-        vals = [_value(results, model, c) for c in cols]
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, [v if v is not None else 0 for v in vals], width,
-               label=model)
-    ax.set_xticks(x, ["\n".join(_header(c).split(" ", 1)) for c in cols], fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title("mmkd eval")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    models = list(results)
+    panels = _panels(results) or [("none", "none", [])]
+    classes = {k: int(v.get("classes") or 0) for k, v in ((run_info or {}).get("sets") or {}).items()}
+    heat = [len(sets) * len(models) > _HEATMAP_BARS for _, _, sets in panels]
+    ncols = 1 if any(heat) else min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    widest = max(len(sets) for _, _, sets in panels) or 1
+    if any(heat):  # one column of panels, as wide as the sets need
+        width = min(CHART_MAX_PX / _DPI, max(6.0, 3.0 + 0.2 * widest))
+    else:
+        width = min(CHART_MAX_PX / _DPI, max(5.0, ncols * min(5.5, 1.5 + 0.35 * widest * max(1, len(models)) ** 0.5)))
+    row_h = [max(2.6, 0.3 * len(models) + 1.6) if h else 3.0 for h in heat]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, sum(row_h[::ncols]) + 0.8), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (task, metric, sets), h in zip(axes.flat, panels, heat):
+        if not sets:
+            ax.text(0.5, 0.5, "no results", ha="center")
+        elif h:
+            _heatmap(ax, results, models, task, metric, sets)
+        else:
+            _bars(ax, results, models, task, metric, sets, classes, colors)
+        ax.set_title(f"{task} — {SHORT.get(metric, metric)}", fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if not all(heat):
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i % len(colors)]) for i in range(len(models))]
+        handles.append(plt.Line2D([], [], color="k", linestyle="--", linewidth=1))
+        fig.legend(handles, models + ["chance"], loc="upper center", ncol=min(len(models) + 1, 6), fontsize=8,
+                   frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.94 if not all(heat) else 1))
+    fig.savefig(path, dpi=_DPI)
     plt.close(fig)
 
 
@@ -167,7 +280,7 @@ def write_report(results: dict, out: str | Path, run_info: dict[str, Any] | None
     paths["json"].write_text(results_json(results) + "\n")
     paths["markdown"].write_text("# mmkd eval\n\nHeadline metrics (95% bootstrap CI); best per column in bold. "
                                  "Every number is in results.json.\n\n" + markdown_table(results))
-    bar_chart(results, paths["chart"])
+    bar_chart(results, paths["chart"], run_info)
     if run_info is not None:
         paths["run"] = out / "eval_run.json"
         paths["run"].write_text(json.dumps(run_info, indent=2, default=str) + "\n")

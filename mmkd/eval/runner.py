@@ -16,11 +16,12 @@ from mmkd.eval.linear_probe import ProbeConfig, evaluate_linear_probe
 from mmkd.eval.retrieval import evaluate_knn, evaluate_retrieval
 from mmkd.eval.sets import EvalSet, load_eval_set
 from mmkd.eval.splits import TaskNotApplicable
+from mmkd.eval.tasksets import check_task_sets, run_task_set
 from mmkd.eval.zeroshot import evaluate_zeroshot
 
 log = logging.getLogger(__name__)
 
-TASKS = ("zeroshot", "linear", "retrieval", "knn")
+TASKS = ("zeroshot", "linear", "retrieval", "knn", "diagnosis", "survival", "vqa")
 Results = dict[str, dict[str, dict[str, dict[str, Any]]]]
 
 
@@ -218,14 +219,20 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
     if stray:
         raise EvalError(f"stores given for {stray}, which are not among the eval sets {[s.name for s in sets]}; "
                         "write --store <set name>=<store path>")
+    check_task_sets(sets, models)
     builder = _Models(cfg, ecfg.device)
     names = [builder.base(m).name for m in models]
     names = [n if names.count(n) == 1 else m for n, m in zip(names, models)]  # two exports named alike
     computed: dict[str, dict[str, SetFeatures]] = {s.name: {} for s in sets}
+    results: Results = {}
     for model, name in zip(models, names):
         for evalset in sets:
             store = ecfg.stores.get(evalset.name) or (str(evalset.store) if evalset.store else None)
             enc = builder.for_set(model, evalset, store)
+            if getattr(evalset, "task", None):  # slide / VQA set: its own task (mmkd.eval.tasksets)
+                if tasks := run_task_set(enc, evalset, ecfg, cache):
+                    results.setdefault(name, {})[evalset.name] = tasks
+                continue
             need_classes = evalset.labelled and "zeroshot" in ecfg.tasks
             need_text = evalset.captioned and "retrieval" in ecfg.tasks
             if not (evalset.labelled or need_text):
@@ -234,7 +241,6 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
             computed[evalset.name][name] = set_features(
                 enc, evalset, need_text=need_text, need_classes=need_classes, cache=cache,
                 batch_size=ecfg.batch_size, progress=ecfg.progress, strict=ecfg.strict)
-    results: Results = {}
     skipped_by_set: dict[str, list[dict[str, Any]]] = {}
     for evalset in sets:
         keep, skipped = _common_items(evalset, computed[evalset.name])
@@ -252,7 +258,8 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
                         "captions, zero-shot / linear / knn need labels (probes >= 2 samples per class)")
     run_info = {"models": models, "datasets": datasets, "config": asdict(ecfg),
                 "sets": {s.name: {"source": s.source, "fingerprint": s.fingerprint(), "n": len(s.items),
-                                  "skipped": len(skipped_by_set.get(s.name, []))} for s in sets}}
+                                  "skipped": len(skipped_by_set.get(s.name, [])),
+                                  "classes": len(getattr(s, "class_names", None) or [])} for s in sets}}
     write_report(results, out, run_info)
     return results
 

@@ -20,6 +20,17 @@ beside a source checkout). A set whose files are absent is refused up front with
 missing files named. Labels may be class names or integer indices into ``classes``;
 ``split`` (train/val/test) is optional. ``mmkd eval --data`` builds a set from any
 image-caption data (:func:`eval_set_from_data`).
+
+Other task sets (built by :mod:`mmkd.eval.tasksets`):
+
+* ``task: diagnosis`` / ``task: survival`` -- slide tables over patch features
+  (keys ``slides``, ``patches`` or ``store``, ``slide_key``, ``slide_field``,
+  ``patient_field``, ``label_field``, ``classes``, ``time_field``, ``event_field``,
+  ``folds``, ``mil``, ``memo_mb``): see :mod:`mmkd.eval.slides`.
+* ``task: vqa`` -- question tables (``questions``, ``root``, ``fields``,
+  ``closed_answers``, ``folds``, ``head``): see :mod:`mmkd.eval.vqa`.
+* ``clip_benchmark: <folder>`` (optional ``split``), or the folder itself as the
+  set name -- a LAION clip_benchmark webdataset folder: see :mod:`mmkd.eval.clip_benchmark`.
 """
 
 from __future__ import annotations
@@ -174,6 +185,8 @@ def load_eval_set(name_or_path: str, cfg: dict[str, Any] | None = None) -> EvalS
         return build_eval_set(path.stem, {"samples": str(path.resolve())}, path.parent, cfg)
     if path.is_file():
         return _from_spec_file(path, cfg, name=path.stem)
+    if path.is_dir() and ((path / "classnames.txt").is_file() or (path / "dataset_type.txt").is_file()):
+        return build_eval_set(path.name, {"clip_benchmark": str(path.resolve())}, path.parent, cfg)
     known = sorted(set(declared) | set(builtin_sets()))
     raise ConfigError(f"eval set {name_or_path!r} is neither a declared eval set ({known}) nor an existing "
                       f"spec file (.yaml/.json/.jsonl); declare it under `eval_sets:` in pipelines.yaml")
@@ -189,7 +202,15 @@ def _from_spec_file(path: Path, cfg: dict, *, name: str, overrides: dict | None 
 
 def build_eval_set(name: str, spec: dict[str, Any], base: Path, cfg: dict | None = None, *,
                    source: str = "") -> EvalSet:
-    """Build an :class:`EvalSet` from a spec mapping; relative paths resolve against ``base``."""
+    """Build an :class:`EvalSet` from a spec mapping; relative paths resolve against ``base``.
+
+    A spec with ``task:`` (diagnosis, survival, vqa) or ``clip_benchmark:`` is built
+    by :func:`mmkd.eval.tasksets.build_task_set` instead.
+    """
+    if "task" in spec or "clip_benchmark" in spec:
+        from mmkd.eval.tasksets import build_task_set
+
+        return build_task_set(name, spec, base, source=source)
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
         raise ConfigError(f"eval set {name!r}: unknown keys {unknown}; valid keys: {sorted(SPEC_KEYS)}")
