@@ -90,10 +90,11 @@ def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, ch
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="autocast precision on GPU (default fp16; CPU always runs fp32).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="decode threads per worker (default 4).")
-@click.option("--decode", type=click.Choice(["full", "reduced"]), default=None,
+@click.option("--decode", type=click.Choice(["full", "reduced", "gpu"]), default=None,
               help="full (default): images decoded as the teachers' authors do; reduced: JPEGs decoded at the "
-                   "smallest DCT scale covering the teacher's input size (several times faster on large JPEGs, "
-                   "pixels differ slightly; recorded in the store).")
+                   "smallest DCT scale covering the teacher's input size (several times faster on large JPEGs); "
+                   "gpu: JPEG batches decoded and preprocessed on the teacher's GPU (nvJPEG). Pixels differ "
+                   "slightly from full; the mode is recorded in the store.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="only the first N samples (a trial run).")
 @click.option("--overwrite", is_flag=True, default=None, help="redo blocks that are already done.")
 @click.option("--block-size", type=click.IntRange(min=1), default=None,

@@ -16,6 +16,6 @@ def test_gpu_check_smoke_writes_every_figure(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
-    assert set(report["extract"]["modes"]) == {"full", "reduced"}
+    assert set(report["extract"]["modes"]) == {"full", "reduced", "gpu"}
     assert all(m["pipeline_img_s"] > 0 and m["ratio_to_forward"] > 0 for m in report["extract"]["modes"].values())
     assert report["distill"]["ratio"] > 0 and report["eval"]["img_s"] > 0 and report["eval"]["images"] == 24

@@ -297,5 +297,22 @@ def test_decode_mode_is_recorded_and_never_mixed(setup, tmp_path):
     (store / "_progress" / "tiny_open_clip" / "block-000001.done").unlink()  # an unfinished block to resume
     with pytest.raises(ExtractError, match=r"other \['decode'\].*'reduced'.*'full'.*--overwrite"):
         run_extract(_job(setup, store, teachers=["tiny_open_clip"], decode="full", limit=6))
-    with pytest.raises(ExtractError, match="decode 'gpu' not in"):
-        _job(setup, store, decode="gpu")
+    with pytest.raises(ExtractError, match="decode 'nvdec' not in"):
+        _job(setup, store, decode="nvdec")
+
+
+def test_decode_gpu_path_on_cpu_keeps_bad_sample_reasons_and_features(setup, tmp_path):
+    """--decode gpu (run on the CPU device here): same rows valid, same failure reasons, near-equal features."""
+    full = run_extract(_job(setup, tmp_path / "full", data="modality", teachers=["tiny_open_clip"], block_size=4))
+    dev = run_extract(_job(setup, tmp_path / "dev", data="modality", teachers=["tiny_open_clip"], block_size=4,
+                           decode="gpu"))
+    assert dev.teachers[0].failures == full.teachers[0].failures and dev.teachers[0].failures  # BAD samples
+    a, b = FeatureStore.open(tmp_path / "full"), FeatureStore.open(tmp_path / "dev")
+    assert b.attrs("tiny_open_clip")["decode"] == "gpu"
+    va, vb = a.valid("tiny_open_clip"), b.valid("tiny_open_clip")
+    assert (va == vb).all()
+    rows = np.flatnonzero(va)
+    x = a.read("tiny_open_clip", rows).astype(np.float32)
+    y = b.read("tiny_open_clip", rows).astype(np.float32)
+    cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+    assert cos.min() > 0.98, cos.min()  # a 32-px tiny teacher: a few 8-bit levels move its features a little

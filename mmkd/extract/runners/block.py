@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, decode_image
+from mmkd.extract.device_decode import DeviceJpeg, decode_batch, device_decodable
 from mmkd.extract.runners.job import ExtractError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class WorkerConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         overwrite: the job redoes done blocks (allows replacing a teacher's attrs).
         max_pixels: larger images are refused as decompression bombs.
-        decode: ``full`` or ``reduced`` (JPEG DCT-scaled decode; see :func:`mmkd.data.decode_image`).
+        decode: ``full``, ``reduced`` (JPEG DCT-scaled decode; see :func:`mmkd.data.decode_image`) or
+            ``gpu`` (JPEG batches decoded on the teacher's device: :mod:`mmkd.extract.device_decode`).
     """
 
     dataset: dict[str, Any]
@@ -94,6 +96,10 @@ class BlockWorker:
         self.attrs = {**self.teacher.store_attrs(), "decode": config.decode}
         pp = self.teacher.preprocessing
         self._reduce_to = (pp.image_size, pp.resize_mode) if config.decode == "reduced" else None
+        self._on_device = config.decode == "gpu"
+        if self._on_device and not self.device.startswith("cuda"):
+            log.warning("--decode gpu: teacher %s runs on %s, so JPEGs are decoded there by torchvision's CPU "
+                        "decoder (the same code path as on a GPU)", self.spec.name, self.device)
         self._add_teacher()
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=f"mmkd-decode-{self.spec.name}")
         self._next: tuple[int, tuple, deque] | None = None  # (block, its index rows, decode futures)
@@ -225,22 +231,51 @@ class BlockWorker:
             try:
                 if isinstance(data, BadSample):
                     raise data
-                pil = decode_image(data, max_pixels=self.config.max_pixels, mode=self.teacher.image_mode,
-                                   reduce_to=self._reduce_to)
-                caption = check_caption(captions[r])
-                try:
-                    pixels = self.teacher.preprocess(pil)
-                except (ValueError, OSError, RuntimeError) as e:
-                    raise BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}") from e
-                out.append((r, pixels, caption))
+                if self._on_device and device_decodable(data, self.teacher.preprocessing, self.config.max_pixels):
+                    out.append((r, DeviceJpeg(data), check_caption(captions[r])))  # decoded in _forward's batch
+                    continue
+                pixels = self._cpu_pixels(data)
+                out.append((r, pixels, check_caption(captions[r])))
             except BadSample as e:
                 out.append((r, e, None))
         return out, time.perf_counter() - t
+
+    def _cpu_pixels(self, data: bytes):
+        """Decode + the teacher's transform on the CPU (BadSample with the reason when that fails)."""
+        pil = decode_image(data, max_pixels=self.config.max_pixels, mode=self.teacher.image_mode,
+                           reduce_to=self._reduce_to)
+        try:
+            return self.teacher.preprocess(pil)
+        except (ValueError, OSError, RuntimeError) as e:
+            raise BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}") from e
+
+    def _device_pixels(self, prepared: list[tuple]) -> list[tuple]:
+        """Decode the batch's :class:`DeviceJpeg` items on the teacher's device; what it refuses goes through the
+        CPU path (same bad-sample reasons)."""
+        jobs = [i for i, (_, x, _) in enumerate(prepared) if isinstance(x, DeviceJpeg)]
+        if not jobs:
+            return prepared
+        decoded = decode_batch([prepared[i][1].data for i in jobs], self.teacher.preprocessing, self.teacher.device)
+        out = list(prepared)
+        for i, pixels in zip(jobs, decoded):
+            r, jpeg, caption = prepared[i]
+            if pixels is None:
+                try:
+                    pixels = self._cpu_pixels(jpeg.data)
+                except BadSample as e:
+                    out[i] = (r, e, None)
+                    continue
+            out[i] = (r, pixels, caption)
+        return out
 
     def _forward(self, prepared: list[tuple], image: np.ndarray, text: np.ndarray, valid: np.ndarray,
                  failures: list[dict], timings: Counter, ids: list[str], start: int) -> None:
         import torch
 
+        if self._on_device:  # JPEGs decoded on the device count as forward time
+            t = time.perf_counter()
+            prepared = self._device_pixels(prepared)
+            timings["forward_s"] += time.perf_counter() - t
         good = []
         for r, x, caption in prepared:
             if isinstance(x, BadSample):
@@ -251,7 +286,8 @@ class BlockWorker:
             return
         t = time.perf_counter()
         rows = np.array([g[0] for g in good])
-        image[rows] = self.teacher.encode_images(torch.stack([g[1] for g in good]), autocast=self.autocast).numpy()
+        pixels = torch.stack([g[1].to(self.teacher.device) for g in good])
+        image[rows] = self.teacher.encode_images(pixels, autocast=self.autocast).numpy()
         text[rows] = self.teacher.encode_texts([g[2] for g in good], autocast=self.autocast).numpy()
         valid[rows] = True
         timings["forward_s"] += time.perf_counter() - t

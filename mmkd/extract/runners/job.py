@@ -15,7 +15,7 @@ from typing import Any
 
 RUNNERS = ("ray", "local")
 PRECISIONS = ("fp32", "fp16", "bf16")
-DECODES = ("full", "reduced")
+DECODES = ("full", "reduced", "gpu")
 DEVICES = ("auto", "cpu", "cuda")
 ALL_TEACHERS = "all"
 
@@ -53,7 +53,9 @@ class ExtractJob:
         decode: ``full`` (default: pixels exactly as the teacher's authors decode them)
             or ``reduced`` (JPEGs decoded at the smallest DCT scale that still covers
             the teacher's input size, then its own resize; several times faster on
-            large JPEGs, see bench/decode_bench.py). Recorded in the teacher's attrs.
+            large JPEGs, see bench/decode_bench.py) or ``gpu`` (JPEG batches decoded and
+            preprocessed on the teacher's GPU with nvJPEG; other images on the CPU).
+            Recorded in the teacher's attrs.
         liveness_timeout: Ray runner: seconds without a finished block and without an
             answer from any actor before the job fails (finished blocks stay; rerun resumes).
     """
