@@ -1,6 +1,6 @@
 """Full vs reduced-size JPEG decode (``mmkd extract --decode full|reduced``), measured side by side.
 
-    python bench/decode_bench.py [--fixtures ../shared/fixtures] [--repeats 3] [--model small|vitb16]
+    python bench/decode_bench.py [--fixtures ../shared/fixtures] [--repeats 3] [--model small|vitb16] [--min-mp 1]
 
 Images: every JPEG of the shared fixtures (the PMC figures of mmkd-clip-demo and the
 modality examples), plus a copy of each upscaled to about 1.2 MP (re-encoded at
@@ -89,19 +89,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", choices=["small", "vitb16"], default="small")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--min-mp", type=float, default=0.0, help="only images of at least this many megapixels")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(1)
-    named = load_images(Path(args.fixtures))
-    images = [d for _, d in named]
-    megapixels = []
     from PIL import Image
 
-    for d in images:
+    named = []
+    for name, d in load_images(Path(args.fixtures)):
         w, h = Image.open(io.BytesIO(d)).size
-        megapixels.append(w * h / 1e6)
+        if w * h / 1e6 >= args.min_mp:
+            named.append((name, d, w * h / 1e6))
+    if not named:
+        raise SystemExit(f"no fixture JPEG of at least {args.min_mp} MP")
+    images = [d for _, d, _ in named]
+    megapixels = [mp for _, _, mp in named]
     vit = model(args.model)
     rows = []
     for fit in FITS:
