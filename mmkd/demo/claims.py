@@ -91,7 +91,7 @@ def aggregate_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             if key in per[0]:
                 vals = [bool(p[key]) for p in per]
                 agg[key] = {"share": sum(vals) / len(vals), "all": all(vals)}
-        for key in ("kd_gain_over_no_kd", "gain"):
+        for key in ("kd_gain_over_no_kd", "gain", "gain_over_no_kd"):
             if key in per[0]:
                 vals = [p[key]["value"] for p in per]
                 los = [p[key]["ci95"][0] for p in per]
@@ -114,6 +114,10 @@ def gain_text(claims: dict[str, Any]) -> str:
         g = t["gain"]
         lines.append(f"--kd multi, --teacher-mask trusted vs valid: {g['value']:+.3f} (95% CI {g['ci95'][0]:+.3f} .. "
                      f"{g['ci95'][1]:+.3f}; trust coverage {t['coverage']})")
+        g = t.get("gain_over_no_kd")
+        if g:
+            lines.append(f"--kd multi --teacher-mask trusted: gain over no-KD student {g['value']:+.3f} "
+                         f"(95% CI {g['ci95'][0]:+.3f} .. {g['ci95'][1]:+.3f}; holds: {g['holds']})")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

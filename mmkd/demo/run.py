@@ -198,8 +198,10 @@ def add_gains(summary: dict[str, Any], out: Path, cfg: DemoConfig, corpus: dict[
         if kd in claims:
             claims[kd]["kd_gain_over_no_kd"] = paired_gain(correct[kd], correct["stage1-only"], seed=cfg.seed)
     if "multi-trusted" in correct:
-        claims["trusted_vs_valid"] = {"gain": paired_gain(correct["multi-trusted"], correct["multi"], seed=cfg.seed),
-                                      "coverage": trust}
+        claims["trusted_vs_valid"] = {
+            "gain": paired_gain(correct["multi-trusted"], correct["multi"], seed=cfg.seed),
+            "gain_over_no_kd": paired_gain(correct["multi-trusted"], correct["stage1-only"], seed=cfg.seed),
+            "coverage": trust}
 
 
 def _preprocess() -> dict[str, Any]:
