@@ -16,7 +16,7 @@ OVERRIDES = (
     "weight_decay", "warmup_steps", "grad_clip", "precision", "init", "stop_at_step", "checkpoint_every",
     "log_every", "seed", "num_workers", "buffer_blocks", "projections", "head", "fd_weight", "icl_weight",
     "clip_weight", "icl_scale", "device", "data", "targets", "projection",
-    "init_image", "init_text", "init_min_share", "init_cache_dir",
+    "init_image", "init_text", "init_min_share", "init_cache_dir", "teacher_mask", "teacher_weight", "teacher_drop",
 )
 INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG (ViT-B-16-quickgelu:metaclip_400m) "
              "or hf-hub:ORG/NAME")
@@ -66,6 +66,12 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--normalize-targets/--no-normalize-targets", default=None, help="mmkd-clip: L2-normalise targets "
               "(default on; the official code does not).")
 @click.option("--head", type=click.Choice(["linear", "mlp"]), help="multi: head kind.")
+@click.option("--teacher-mask", type=click.Choice(["valid", "trusted"]), help="Teachers a row is distilled from: "
+              "valid (default: every teacher with features) or trusted (also trusted by `mmkd store trust`).")
+@click.option("--teacher-weight", type=click.Choice(["none", "trust"]), help="trust: multi weighs each row's "
+              "teacher terms by its trust; mmkd-clip draws a row's teacher in proportion to trust (default none).")
+@click.option("--teacher-drop", type=click.FloatRange(0, 1, max_open=True), help="multi: drop each teacher from a "
+              "step with this probability, the highest-loss teacher kept (UNIC; default 0).")
 @click.option("--augment/--no-augment", default=None, help="open_clip train augmentation (default on).")
 @click.option("--standardize/--no-standardize", default=None, help="multi: standardise targets by store stats.")
 @click.option("--fd-weight", type=float, help="Feature-distillation weight (default 50).")

@@ -39,8 +39,11 @@ def info_cmd(path: str, as_json: bool) -> None:
     if as_json:
         from mmkd.store.projection import list_projections
 
+        from mmkd.store.trust import trust_info
+
         for t, d in info["teachers"].items():
             d["projections"] = list_projections(_open(path), t)
+            d["trust"] = trust_info(_open(path), t)
         click.echo(json.dumps(info, indent=2))
         return
     ds = info["dataset"]
@@ -72,11 +75,16 @@ def info_cmd(path: str, as_json: bool) -> None:
 
 def _echo_projections(path: str, teacher: str) -> None:
     from mmkd.store.projection import list_projections
+    from mmkd.store.trust import trust_info
 
     projs = list_projections(_open(path), teacher)
     if projs:
         click.echo("  projections  " + ", ".join(f"{p['method']}-{p['dim']} (R² {p['r2']:.4f}, {p['fit_rows']} rows)"
                                                for p in projs))
+    tr = trust_info(_open(path), teacher)
+    if tr:
+        click.echo(f"  trust        {tr['method']} >= {tr['threshold']:g}: {tr['trusted']} of {tr['scored']} valid "
+                   f"rows trusted ({100 * tr['coverage']:.1f}%, reference {tr['reference']})")
 
 
 @store_group.command("validate")
@@ -190,6 +198,44 @@ def project_cmd(path: str, teachers: tuple[str, ...], dim: int, method: str, epo
             raise click.ClickException(str(e)) from e
         click.echo(f"{t}: {method}-{dim} from {meta['fit_rows']} rows, R² {meta['r2']:.4f} (image "
                    f"{meta['r2_image']:.4f}, text {meta['r2_text']:.4f}) -> {meta['path']}")
+
+
+@store_group.command("trust")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--teacher", "teachers", multiple=True, metavar="NAME",
+              help="Teacher to score (repeatable; default: every teacher in the store).")
+@click.option("--method", type=click.Choice(["pair-rank", "margin"]), default="pair-rank", show_default=True,
+              help="pair-rank: 1 - rank of the paired caption among reference captions / their number; "
+                   "margin: paired cosine minus the best other reference caption's.")
+@click.option("--threshold", type=float, help="Least trust of a trusted row (default 0.9 pair-rank, 0.0 margin).")
+@click.option("--reference", type=click.IntRange(min=2), default=1024, show_default=True,
+              help="Reference captions (drawn once, seeded, from the teacher's valid rows).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def trust_cmd(path: str, teachers: tuple[str, ...], method: str, threshold: float | None, reference: int,
+              seed: int) -> None:
+    """Score how well each teacher knows each sample, in its own embedding space; saved in the store.
+
+    Writes <PATH>/trust/<teacher>.zarr (trust float16, trusted bool); `valid` is
+    untouched. Distill uses it with --teacher-mask trusted / --teacher-weight trust.
+    """
+    from mmkd.store import StoreError
+    from mmkd.store.trust import compute_trust
+
+    store = _open(path)
+    names = list(teachers) or store.teachers
+    unknown = [t for t in names if t not in store.teachers]
+    if unknown:
+        raise click.ClickException(f"store {path} holds no teacher {unknown}; it holds {store.teachers}")
+    for t in names:
+        try:
+            meta = compute_trust(store, t, method, threshold, reference=reference, seed=seed)
+        except StoreError as e:
+            raise click.ClickException(str(e)) from e
+        click.echo(f"{t}: {method} >= {meta['threshold']:g}: {meta['trusted']} of {meta['scored']} valid rows "
+                   f"trusted ({100 * meta['coverage']:.1f}%) -> {meta['path']}")
+        if meta["scored"] and not meta["trusted"]:
+            click.echo(f"WARNING: teacher {t!r}: every row untrusted (share kept 0.0%); lower --threshold or try "
+                       f"another --method", err=True)
 
 
 def register(main: click.Group) -> None:

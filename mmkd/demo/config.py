@@ -43,6 +43,10 @@ class DemoConfig:
             demo 2.2x slower (data wait 78% of each step with 1 worker, vs 5.3 -> 2.4 min).
         eval_resamples: bootstrap resamples of the eval CIs.
         threads: torch CPU threads (``None``: torch's default).
+        trusted_run: also score teacher trust on the store (``mmkd store trust``,
+            pair-rank) and train a ``multi-trusted`` student (``--teacher-mask trusted``),
+            reported against ``multi`` as ``claims.trusted_vs_valid``.
+        trust_threshold: pair-rank threshold of that trust.
     """
 
     seed: int = 0
@@ -66,6 +70,8 @@ class DemoConfig:
     num_workers: int = 0
     eval_resamples: int = 200
     threads: int | None = None
+    trusted_run: bool = True
+    trust_threshold: float = 0.9
 
     @classmethod
     def preset(cls, quick: bool = False, **overrides: Any) -> DemoConfig:

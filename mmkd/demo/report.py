@@ -12,7 +12,8 @@ from mmkd.demo.config import DemoConfig
 
 log = logging.getLogger(__name__)
 
-KD_OF_RUN = {"stage1": None, "stage1-only": None, "multi": "multi", "mmkd-clip": "mmkd-clip"}
+KD_OF_RUN = {"stage1": None, "stage1-only": None, "multi": "multi", "mmkd-clip": "mmkd-clip",
+             "multi-trusted": "multi"}
 
 
 def _metric(results: dict, model: str, dataset: str, task: str, key: str) -> float:
@@ -130,6 +131,8 @@ def write_summary(summary: dict[str, Any], out: Path) -> None:
     """``summary.json``, ``summary.md`` (table + claims) and ``summary.png`` under ``out``."""
     out = Path(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    text = table_markdown(summary) + "\n" + claims_text(summary["claims"])
+    from mmkd.demo.claims import gain_text
+
+    text = table_markdown(summary) + "\n" + claims_text(summary["claims"]) + gain_text(summary["claims"])
     (out / "summary.md").write_text(text)
     bar_chart(summary, out / "summary.png")

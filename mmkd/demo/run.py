@@ -87,7 +87,7 @@ def extract_teachers(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelin
 
 
 def _distill(store: str, out: Path, student: str, cfg: DemoConfig, stage: int, steps: int,
-             kd: str | None = None, init: str | None = None) -> str:
+             kd: str | None = None, init: str | None = None, **extra: Any) -> str:
     from mmkd.distill.config import load_distill_config
     from mmkd.distill.recipe import distill
 
@@ -97,6 +97,7 @@ def _distill(store: str, out: Path, student: str, cfg: DemoConfig, stage: int, s
                  "device": "cpu", "init": init, "kd": kd, "fd_weight": cfg.fd_weight, "icl_weight": cfg.icl_weight}
     if kd == "multi":
         overrides["standardize"] = False
+    overrides.update(extra)
     summary = distill(load_distill_config(None, None, overrides))
     if not summary["finished"]:
         raise RuntimeError(f"distill run {out} stopped at step {summary['step']} of {summary['total_steps']}")
@@ -124,6 +125,9 @@ def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, str]:
     for name, kd in STUDENT_RUNS.items():
         exports[name] = _distill(store, runs / name, str(student), cfg, 2 if kd else 1, cfg.stage2_steps, kd=kd,
                                  init=str(runs / "stage1"))
+    if cfg.trusted_run:
+        exports["multi-trusted"] = _distill(store, runs / "multi-trusted", str(student), cfg, 2, cfg.stage2_steps,
+                                            kd="multi", init=str(runs / "stage1"), teacher_mask="trusted")
     return exports
 
 
@@ -170,6 +174,36 @@ def distill_in_fresh_process(out: Path, cfg: DemoConfig, store: str) -> dict[str
     return {"exports": payload, "teachers_imported_by_distill": imported}
 
 
+def score_trust(store: str, cfg: DemoConfig) -> dict[str, Any]:
+    """``mmkd store trust`` (pair-rank) of every expert over the corpus; coverage per teacher."""
+    from mmkd.store import FeatureStore
+    from mmkd.store.trust import compute_trust
+
+    fs = FeatureStore.open(store)
+    return {t: round(compute_trust(fs, t, "pair-rank", cfg.trust_threshold, seed=cfg.seed)["coverage"], 3)
+            for t in cfg.experts}
+
+
+def add_gains(summary: dict[str, Any], out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: str,
+              exports: dict[str, str], trust: dict[str, Any]) -> None:
+    """Add ``kd_gain_over_no_kd`` per KD mode (and ``trusted_vs_valid``) to ``summary["claims"]``."""
+    from mmkd.config import load_pipelines
+    from mmkd.demo.claims import paired_gain, zeroshot_correct
+
+    pcfg = load_pipelines(pipelines)
+    correct = {n: zeroshot_correct(exports[n], corpus["eval_sets"], pcfg, out / "eval" / "cache")
+               for n in exports if n != "stage1"}
+    claims = summary["claims"]
+    for kd in ("multi", "mmkd-clip"):
+        if kd in claims:
+            claims[kd]["kd_gain_over_no_kd"] = paired_gain(correct[kd], correct["stage1-only"], seed=cfg.seed)
+    if "multi-trusted" in correct:
+        claims["trusted_vs_valid"] = {
+            "gain": paired_gain(correct["multi-trusted"], correct["multi"], seed=cfg.seed),
+            "gain_over_no_kd": paired_gain(correct["multi-trusted"], correct["stage1-only"], seed=cfg.seed),
+            "coverage": trust}
+
+
 def _preprocess() -> dict[str, Any]:
     from mmkd.demo.experts import PREPROCESS_CFG
 
@@ -184,7 +218,7 @@ def evaluate_all(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: 
 
     ecfg = EvalConfig(tasks=("zeroshot", "linear", "retrieval", "diagnosis", "survival", "vqa"),
                       resamples=cfg.eval_resamples, seed=cfg.seed, batch_size=256, device="cpu")
-    models = list(cfg.experts) + [exports[n] for n in ("stage1", *STUDENT_RUNS)]
+    models = list(cfg.experts) + list(exports.values())
     sets = list(corpus["eval_sets"].values()) + list(corpus.get("task_sets", {}).values())
     return evaluate(models, sets, out / "eval", cfg=load_pipelines(pipelines), ecfg=ecfg)
 
@@ -225,10 +259,12 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
     corpus = timed("corpus", build_corpus, out, cfg)
     experts = timed("experts", build_experts, out, cfg)
     store = timed("extract", extract_teachers, out, cfg, corpus, experts["pipelines"])
+    trust = timed("trust", score_trust, store["store"], cfg) if cfg.trusted_run else {}
     distilled = timed("distill", distill_in_fresh_process, out, cfg, store["store"])
     exports = distilled["exports"]
     results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports)
     summary = summarize(results, cfg, exports, experts["experts"])
+    timed("claims", add_gains, summary, out, cfg, corpus, experts["pipelines"], exports, trust)
     from mmkd.demo.tasks import task_summary
 
     summary["slide_and_vqa_tasks"] = task_summary(results, list(corpus["task_sets"]))

@@ -23,6 +23,27 @@ from mmkd.distill.losses import LossWeights
 from mmkd.distill.optim import OptimConfig
 
 KD_MODES = ("mmkd-clip", "multi")
+TEACHER_MASKS = ("valid", "trusted")
+TEACHER_WEIGHTINGS = ("none", "trust")
+
+
+@dataclass
+class TeacherUse:
+    """Which teachers count for which rows in stage 2 (flat names ``teacher_mask``, ``teacher_weight``,
+    ``teacher_drop``).
+
+    Attributes:
+        mask: ``valid`` (every teacher with features) or ``trusted`` (also trusted by
+            ``mmkd store trust``: the official ``available_clips`` derived from the store).
+        weight: ``none`` or ``trust``: ``multi`` weighs each row's teacher terms by its
+            trust; ``mmkd-clip`` draws a row's teacher with probability proportional to trust.
+        drop: ``multi``: UNIC-style teacher dropping, each teacher's terms dropped from a
+            step with this probability, the teacher with the highest loss always kept.
+    """
+
+    mask: str = "valid"
+    weight: str = "none"
+    drop: float = 0.0
 STAGE_LR = {1: 5e-5, 2: 1e-6}
 
 
@@ -103,6 +124,7 @@ class DistillConfig:
     targets: TargetConfig = field(default_factory=TargetConfig)
     projections: str | None = None
     train_projections: bool = False
+    teachers_cfg: TeacherUse = field(default_factory=TeacherUse)
     max_logit_scale: float = 100.0
     device: str = "auto"
     data: str | None = None
@@ -147,6 +169,19 @@ class DistillConfig:
         if self.targets.projection not in PROJECTIONS:
             raise ConfigError(f"distill: projection {self.targets.projection!r} is unknown; use one of "
                               f"{list(PROJECTIONS)}")
+        if not isinstance(self.teachers_cfg, TeacherUse):
+            self.teachers_cfg = TeacherUse(**(self.teachers_cfg or {}))
+        tu = self.teachers_cfg
+        if tu.mask not in TEACHER_MASKS:
+            raise ConfigError(f"distill: teacher_mask {tu.mask!r} is unknown; use one of {list(TEACHER_MASKS)}")
+        if tu.weight not in TEACHER_WEIGHTINGS:
+            raise ConfigError(f"distill: teacher_weight {tu.weight!r} is unknown; use one of "
+                              f"{list(TEACHER_WEIGHTINGS)}")
+        if not 0.0 <= float(tu.drop) < 1.0:
+            raise ConfigError(f"distill: teacher_drop must be within [0, 1), got {tu.drop}")
+        if tu.drop and self.kd != "multi":
+            raise ConfigError(f"distill: teacher_drop {tu.drop} applies to --kd multi only (kd is {self.kd!r}); "
+                              "drop it or use --kd multi")
         if self.optim.lr is None:
             self.optim.lr = STAGE_LR[self.stage]
         return self
@@ -167,7 +202,8 @@ FIELDS = ({f.name for f in dataclasses.fields(DistillConfig)} - {"students_secti
 INIT_KEYS = {"init_image": "image", "init_text": "text", "init_partial": "partial", "init_min_share": "min_share",
              "init_cache_dir": "cache_dir"}
 TARGET_KEYS = {"projection": "projection", "normalize_targets": "normalize"}
-FIELDS |= set(INIT_KEYS) | set(TARGET_KEYS)
+TEACHER_USE_KEYS = {"teacher_mask": "mask", "teacher_weight": "weight", "teacher_drop": "drop"}
+FIELDS |= set(INIT_KEYS) | set(TARGET_KEYS) | set(TEACHER_USE_KEYS)
 PATH_FIELDS = ("store", "out", "projections", "data")
 
 
@@ -221,6 +257,14 @@ def _nest(values: dict[str, Any]) -> dict[str, Any]:
     if set(targets) - valid:
         raise ConfigError(f"distill: unknown targets key(s) {sorted(set(targets) - valid)}; valid: {sorted(valid)}")
     values["targets"] = TargetConfig(**targets)
+    use = dict(values.pop("teachers_cfg", None) or {})
+    for flat, name in TEACHER_USE_KEYS.items():
+        if flat in values:
+            use[name] = values.pop(flat)
+    valid = {f.name for f in dataclasses.fields(TeacherUse)}
+    if set(use) - valid:
+        raise ConfigError(f"distill: unknown teachers_cfg key(s) {sorted(set(use) - valid)}; valid: {sorted(valid)}")
+    values["teachers_cfg"] = TeacherUse(**use)
     values["optim"] = OptimConfig(**{"lr": None, **optim})
     values["loss"] = LossWeights(**loss)
     return values

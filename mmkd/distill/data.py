@@ -70,6 +70,22 @@ def draw_teacher(valid: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.where(k > 0, choice, -1)
 
 
+def draw_weighted_teacher(valid: np.ndarray, weight: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Per row, one valid teacher drawn by ``u`` with probability proportional to ``weight`` (-1 when none is
+    valid; uniform among the valid ones when their weights sum to 0).
+
+    Args:
+        valid: (B, T) bool.
+        weight: (B, T) non-negative floats (NaN counts as 0).
+        u: (B,) uniforms.
+    """
+    w = np.where(valid, np.nan_to_num(np.clip(weight, 0.0, None), nan=0.0), 0.0).astype(np.float64)
+    total = w.sum(axis=1)
+    cum = np.cumsum(w, axis=1) / np.where(total > 0, total, 1.0)[:, None]
+    pick = np.argmax((cum > u[:, None]) & (w > 0), axis=1)
+    return np.where(total > 0, pick, draw_teacher(valid, u))
+
+
 class SyntheticImages:
     """Images for ``synthetic://`` stores: deterministic noise per reference (benchmarks, tests)."""
 
@@ -122,6 +138,8 @@ class DataSpec:
     buffer_blocks: int = 8
     data: str | None = None
     with_features: bool = False
+    teacher_mask: str = "valid"
+    teacher_weight: str = "none"
 
 
 class StoreBatches(IterableDataset):
@@ -152,6 +170,15 @@ class StoreBatches(IterableDataset):
         if excluded.total:
             logger.warning("store %s: %s left out of training: the store records them as unusable "
                            "(`mmkd store info %s` lists failures)", spec.store, excluded.describe(), spec.store)
+        if spec.with_features and (spec.teacher_mask == "trusted" or spec.teacher_weight == "trust"):
+            from mmkd.store.trust import has_trust
+
+            missing = [t for t in spec.teachers if not has_trust(store, t)]
+            if missing:
+                raise ValueError(f"--teacher-mask {spec.teacher_mask} / --teacher-weight {spec.teacher_weight} need "
+                                 f"the trust of every teacher; store {spec.store!r} has none for {missing}: compute "
+                                 f"it with `mmkd store trust {spec.store} " + " ".join(f"--teacher {t}" for t in
+                                                                                        missing) + "`")
         self.unreadable: set[int] = set()  # rows whose image failed at train time (warned once)
         self.batches_per_epoch = num_batches(self.n, spec.batch_size, spec.world_size, exclude=self.exclude)
         if self.batches_per_epoch == 0:
@@ -242,8 +269,24 @@ class StoreBatches(IterableDataset):
             img[~valid[:, j]] = 0.0
             txt[~valid[:, j]] = 0.0
             feats[t] = {"image": torch.from_numpy(img), "text": torch.from_numpy(txt)}
-        choice = draw_teacher(valid, uniform(self.spec.seed, self.epoch, rows, salt=2))
-        return {"feats": feats, "valid": torch.from_numpy(valid), "choice": torch.from_numpy(choice)}
+        out: dict[str, Any] = {}
+        u = uniform(self.spec.seed, self.epoch, rows, salt=2)
+        if self.spec.teacher_mask == "trusted" or self.spec.teacher_weight == "trust":
+            from mmkd.store.trust import read_trust
+
+            pairs = [read_trust(store, t, rows) for t in self.spec.teachers]
+            trust = np.stack([p[0] for p in pairs], axis=1)
+            if self.spec.teacher_mask == "trusted":
+                valid = valid & np.stack([p[1] for p in pairs], axis=1)
+            if self.spec.teacher_weight == "trust":
+                out["trust"] = torch.from_numpy(np.where(valid, np.nan_to_num(trust, nan=0.0), 0.0)
+                                                .astype(np.float32))
+                choice = draw_weighted_teacher(valid, trust, u)
+            else:
+                choice = draw_teacher(valid, u)
+        else:
+            choice = draw_teacher(valid, u)
+        return {"feats": feats, "valid": torch.from_numpy(valid), "choice": torch.from_numpy(choice), **out}
 
 
 class _Loader(DataLoader):

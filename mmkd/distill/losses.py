@@ -66,6 +66,15 @@ def _icl(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: t
                   + F.cross_entropy(scale * s_txt @ t_img.t(), labels))
 
 
+def _icl_rows(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: torch.Tensor,
+              scale: float, w: torch.Tensor) -> torch.Tensor:
+    """:func:`_icl` with each row's cross-entropy weighted by ``w`` (a weighted mean)."""
+    labels = torch.arange(s_img.shape[0], device=s_img.device)
+    ce = 0.5 * (F.cross_entropy(scale * s_img @ t_txt.t(), labels, reduction="none")
+                + F.cross_entropy(scale * s_txt @ t_img.t(), labels, reduction="none"))
+    return (ce * w).sum() / w.sum().clamp_min(1e-12)
+
+
 def _f(x: torch.Tensor) -> torch.Tensor:
     """At least float32 (bf16/fp16 autocast outputs are upcast; float64 is kept)."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -109,7 +118,8 @@ def multi_kd_loss(s_img: torch.Tensor, s_txt: torch.Tensor, logit_scale: torch.T
                   t_img: dict[str, torch.Tensor], t_txt: dict[str, torch.Tensor],
                   valid: dict[str, torch.Tensor], weights: LossWeights | None = None,
                   teacher_weights: dict[str, float] | None = None,
-                  standardized: bool = False) -> Terms:
+                  standardized: bool = False, row_weights: dict[str, torch.Tensor] | None = None,
+                  drop_u: dict[str, float] | None = None, drop: float = 0.0) -> Terms:
     """All valid teachers per row: FD + ICL per teacher through learned heads.
 
     For teacher ``t`` over its valid rows ``V_t``:
@@ -126,33 +136,63 @@ def multi_kd_loss(s_img: torch.Tensor, s_txt: torch.Tensor, logit_scale: torch.T
         weights: loss weights.
         teacher_weights: optional teacher -> weight (default 1 each).
         standardized: targets are per-dim standardised; FD then compares raw head outputs.
+        row_weights: optional teacher -> (B,) per-row weights (e.g. trust): FD and ICL
+            become weighted means over the teacher's valid rows (rows of weight 0 count as absent).
+        drop_u: teacher -> a uniform in [0, 1) of this step (the same on every rank).
+        drop: UNIC teacher dropping: teacher ``t`` leaves this step's KD when
+            ``drop_u[t] < drop``, except the teacher of the highest loss, always kept;
+            ``dropped/<t>`` terms record it.
     """
     w = weights or LossWeights()
     terms = clip_loss(s_img, s_txt, logit_scale)
     kd = s_img.sum() * 0.0
     norm = 0.0
     fd_img_all, fd_txt_all, icl_all = [], [], []
+    per_teacher: dict[str, tuple[float, torch.Tensor]] = {}
     for t, h_img in head_img.items():
         m = valid[t].bool()
         if not m.any():
             # keep every head in the graph so DDP sees a gradient for each parameter
             kd = kd + 0.0 * (h_img.sum() + head_txt[t].sum())
             continue
+        rw = None
+        if row_weights is not None:  # rows of weight 0 leave the teacher's rows (also as ICL negatives)
+            m = m & (row_weights[t] > 0)
+            if not bool(m.any()):
+                kd = kd + 0.0 * (h_img.sum() + head_txt[t].sum())
+                continue
+            rw = _f(row_weights[t][m])
         hi, ht = _f(h_img[m]), _f(head_txt[t][m])
         ni, nt = F.normalize(hi, dim=-1), F.normalize(ht, dim=-1)
         ti, tt = _f(t_img[t][m]).to(hi.dtype), _f(t_txt[t][m]).to(ht.dtype)
-        fd_i = _row_mse(hi if standardized else ni, ti).mean()
-        fd_t = _row_mse(ht if standardized else nt, tt).mean()
+        mi, mt = _row_mse(hi if standardized else ni, ti), _row_mse(ht if standardized else nt, tt)
         if standardized:
             ti, tt = F.normalize(ti, dim=-1), F.normalize(tt, dim=-1)
-        icl = _icl(ni, nt, ti, tt, w.icl_scale)
+        if rw is None:
+            fd_i, fd_t = mi.mean(), mt.mean()
+            icl = _icl(ni, nt, ti, tt, w.icl_scale)
+        else:
+            fd_i, fd_t = (mi * rw).sum() / rw.sum(), (mt * rw).sum() / rw.sum()
+            icl = _icl_rows(ni, nt, ti, tt, w.icl_scale, rw)
         wt = float((teacher_weights or {}).get(t, 1.0))
-        kd = kd + wt * (w.fd * (fd_i + fd_t) + w.icl * icl)
-        norm += wt
+        per_teacher[t] = (wt, w.fd * (fd_i + fd_t) + w.icl * icl)
         terms[f"fd_img/{t}"], terms[f"fd_txt/{t}"], terms[f"icl/{t}"] = fd_i, fd_t, icl
         fd_img_all.append(fd_i)
         fd_txt_all.append(fd_t)
         icl_all.append(icl)
+    if per_teacher:
+        keep = set(per_teacher)
+        if drop > 0 and drop_u is not None:
+            top = max(per_teacher, key=lambda t: float(per_teacher[t][1].detach()))
+            keep = {t for t in per_teacher if t == top or float(drop_u.get(t, 1.0)) >= drop}
+        for t, (wt, loss) in per_teacher.items():
+            if t in keep:
+                kd = kd + wt * loss
+                norm += wt
+            else:
+                kd = kd + 0.0 * loss
+            if drop > 0:
+                terms[f"dropped/{t}"] = s_img.new_tensor(float(t not in keep))
     if norm > 0:
         kd = kd / norm
     zero = s_img.sum() * 0.0

@@ -59,7 +59,8 @@ def _g(x: torch.Tensor, env: DistEnv) -> torch.Tensor:
 
 def compute_terms(out: dict[str, Any], batch: dict[str, Any], env: DistEnv, kd: str | None,
                   weights: LossWeights, teachers: list[str],
-                  teacher_weights: dict[str, float] | None = None, standardized: bool = False) -> Terms:
+                  teacher_weights: dict[str, float] | None = None, standardized: bool = False,
+                  drop_u: dict[str, float] | None = None, drop: float = 0.0) -> Terms:
     """The stage's loss terms on the global batch (rows with unreadable images dropped).
 
     Args:
@@ -71,6 +72,8 @@ def compute_terms(out: dict[str, Any], batch: dict[str, Any], env: DistEnv, kd: 
         teachers: teacher order of ``batch["valid"]`` columns.
         teacher_weights: ``multi`` per-teacher weights.
         standardized: ``multi`` targets are standardised.
+        drop_u, drop: ``multi`` teacher dropping (see :func:`mmkd.distill.losses.multi_kd_loss`); per-row
+            weights come from ``batch["trust"]`` when the data carries it.
     """
     ok = gather(batch["ok"].to(out["img"].device), env, with_grad=False).bool()
     img, txt = _g(out["img"], env)[ok], _g(out["txt"], env)[ok]
@@ -86,4 +89,9 @@ def compute_terms(out: dict[str, Any], batch: dict[str, Any], env: DistEnv, kd: 
     ht = {t: _g(v, env)[ok] for t, v in out["h_txt"].items()}
     ti = {t: _g(v, env)[ok] for t, v in out["t_img"].items()}
     tt = {t: _g(v, env)[ok] for t, v in out["t_txt"].items()}
-    return multi_kd_loss(img, txt, scale, hi, ht, ti, tt, valid, weights, teacher_weights, standardized)
+    rw = None
+    if "trust" in batch:
+        trust = gather(batch["trust"].to(img.device), env, with_grad=False)[ok]
+        rw = {t: trust[:, j] for j, t in enumerate(teachers)}
+    return multi_kd_loss(img, txt, scale, hi, ht, ti, tt, valid, weights, teacher_weights, standardized,
+                         row_weights=rw, drop_u=drop_u, drop=drop)

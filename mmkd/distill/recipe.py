@@ -21,7 +21,7 @@ import torch
 from mmkd.config import resolve_device
 from mmkd.distill import checkpoint as ckpt
 from mmkd.distill.config import DistillConfig
-from mmkd.distill.data import DataSpec, StoreBatches, make_loader
+from mmkd.distill.data import DataSpec, StoreBatches, make_loader, uniform
 from mmkd.distill.dist import DistEnv, cleanup_distributed, init_distributed
 from mmkd.distill.guard import no_teachers
 from mmkd.distill.heads import TeacherHeads, TeacherProjections, projected_copy
@@ -171,7 +171,8 @@ class DistillRecipe:
         c = self.cfg
         spec = DataSpec(store=c.store, batch_size=c.batch_size, seed=c.seed, teachers=self.teachers,
                         rank=self.env.rank, world_size=self.env.world_size, buffer_blocks=c.buffer_blocks,
-                        data=c.data, with_features=self.kd is not None)
+                        data=c.data, with_features=self.kd is not None, teacher_mask=c.teachers_cfg.mask,
+                        teacher_weight=c.teachers_cfg.weight)
         transform = self.student.train_transform if c.augment else self.student.eval_transform
         self.data = StoreBatches(spec, transform, self.student.tokenizer)
         per_epoch = self.data.batches_per_epoch
@@ -233,8 +234,13 @@ class DistillRecipe:
         with no_sync():
             with amp:
                 out = self.model(b["image"], b["text"], b.get("feats"), b.get("choice"))
+            drop = float(c.teachers_cfg.drop) if self.kd == "multi" else 0.0
+            drop_u = None
+            if drop:
+                u = uniform(c.seed, self.step, np.arange(len(self.teachers)), salt=3)
+                drop_u = {t: float(u[j]) for j, t in enumerate(self.teachers)}
             terms = compute_terms(out, b, self.env, self.kd, c.loss, self.teachers, c.teacher_weights,
-                                  c.standardize)
+                                  c.standardize, drop_u=drop_u, drop=drop)
             (terms["total"] / c.grad_accum).backward()
         return {k: float(v.detach()) for k, v in terms.items()}
 
