@@ -233,38 +233,32 @@ def _nest_init(values: dict[str, Any], pipelines: dict[str, Any], run: str | Non
     values["init"] = InitConfig(**init)
 
 
+def _fold(values: dict[str, Any], key: str, flat_keys: dict[str, str], cls: type,
+          scalar: str | None = None) -> dict[str, Any]:
+    """``values[key]`` (a mapping; a plain value is ``{scalar: value}`` where ``scalar`` is given) with the
+    flat keys of ``flat_keys`` popped from ``values`` into it (flat keys win), checked against ``cls``'s fields.
+
+    Raises:
+        ConfigError: a key ``cls`` does not have (the message lists the valid ones).
+    """
+    raw = values.pop(key, None)
+    nested = {scalar: raw} if scalar and raw is not None and not isinstance(raw, dict) else dict(raw or {})
+    for flat, name in flat_keys.items():
+        if flat in values:
+            nested[name] = values.pop(flat)
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(nested) - valid)
+    if unknown:
+        raise ConfigError(f"distill: unknown {key} key(s) {unknown}; valid: {sorted(valid)}")
+    return nested
+
+
 def _nest(values: dict[str, Any]) -> dict[str, Any]:
-    """Fold flat optimizer / loss keys into ``optim`` / ``loss`` objects (flat keys win over nested ones)."""
-    optim = dict(values.pop("optim", None) or {})
-    loss = dict(values.pop("loss", None) or {})
-    for flat, name in OPTIM_KEYS.items():
-        if flat in values:
-            optim[name] = values.pop(flat)
-    for flat, name in LOSS_KEYS.items():
-        if flat in values:
-            loss[name] = values.pop(flat)
-    for what, cls, given in (("optim", OptimConfig, optim), ("loss", LossWeights, loss)):
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(given) - valid)
-        if unknown:
-            raise ConfigError(f"distill: unknown {what} key(s) {unknown}; valid: {sorted(valid)}")
-    raw = values.pop("targets", None)
-    targets = dict(raw) if isinstance(raw, dict) else ({"source": raw} if raw is not None else {})
-    for flat, name in TARGET_KEYS.items():
-        if flat in values:
-            targets[name] = values.pop(flat)
-    valid = {f.name for f in dataclasses.fields(TargetConfig)}
-    if set(targets) - valid:
-        raise ConfigError(f"distill: unknown targets key(s) {sorted(set(targets) - valid)}; valid: {sorted(valid)}")
-    values["targets"] = TargetConfig(**targets)
-    use = dict(values.pop("teachers_cfg", None) or {})
-    for flat, name in TEACHER_USE_KEYS.items():
-        if flat in values:
-            use[name] = values.pop(flat)
-    valid = {f.name for f in dataclasses.fields(TeacherUse)}
-    if set(use) - valid:
-        raise ConfigError(f"distill: unknown teachers_cfg key(s) {sorted(set(use) - valid)}; valid: {sorted(valid)}")
-    values["teachers_cfg"] = TeacherUse(**use)
+    """Fold the flat optimizer / loss / target / teacher-use keys into their nested configs (flat keys win)."""
+    optim = _fold(values, "optim", OPTIM_KEYS, OptimConfig)
+    loss = _fold(values, "loss", LOSS_KEYS, LossWeights)
+    values["targets"] = TargetConfig(**_fold(values, "targets", TARGET_KEYS, TargetConfig, scalar="source"))
+    values["teachers_cfg"] = TeacherUse(**_fold(values, "teachers_cfg", TEACHER_USE_KEYS, TeacherUse))
     values["optim"] = OptimConfig(**{"lr": None, **optim})
     values["loss"] = LossWeights(**loss)
     return values

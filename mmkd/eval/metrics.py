@@ -122,7 +122,8 @@ def bootstrap_counts(n: int, resamples: int, rng: np.random.Generator) -> np.nda
 
 
 def bootstrap_ci(y_true: np.ndarray, scores: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES,
-                 seed: int = DEFAULT_SEED, level: float = 0.95) -> dict[str, list[float]]:
+                 seed: int = DEFAULT_SEED, level: float = 0.95,
+                 groups: np.ndarray | None = None) -> dict[str, list[float]]:
     """Percentile bootstrap confidence intervals for :func:`classification_metrics`.
 
     Args:
@@ -131,6 +132,9 @@ def bootstrap_ci(y_true: np.ndarray, scores: np.ndarray, *, resamples: int = DEF
         resamples: number of bootstrap resamples.
         seed: seed of the resampling generator; same inputs and seed give the same CIs.
         level: coverage of the interval.
+        groups: optional group index per sample (0..G-1, e.g. a slide's patient): groups
+            are drawn with replacement and each sample weighted by its group's count;
+            ``None`` draws samples (each its own group).
 
     Returns:
         Mapping ``<metric>`` -> ``[low, high]`` (NaN where a metric is undefined in
@@ -140,7 +144,11 @@ def bootstrap_ci(y_true: np.ndarray, scores: np.ndarray, *, resamples: int = DEF
     rng = np.random.default_rng(seed)
     values: dict[str, list[np.ndarray]] = {m: [] for m in CLASSIFICATION_METRICS}
     for start in range(0, resamples, _CHUNK):
-        w = bootstrap_counts(len(y), min(_CHUNK, resamples - start), rng)
+        if groups is None:
+            w = bootstrap_counts(len(y), min(_CHUNK, resamples - start), rng)
+        else:
+            w = bootstrap_counts(int(groups.max()) + 1, min(_CHUNK, resamples - start), rng)[:, groups]
+            w = w[w.sum(axis=1) > 0]
         for name, v in _metrics_for_weights(y, s, w).items():
             values[name].append(v)
     alpha = (1 - level) / 2 * 100

@@ -13,7 +13,7 @@ import torch
 
 from mmkd.eval.bags import BagSource
 from mmkd.eval.cv import check_group_folds, group_folds
-from mmkd.eval.metrics import CLASSIFICATION_METRICS, bootstrap_counts, classification_metrics, softmax
+from mmkd.eval.metrics import classification_metrics, softmax
 from mmkd.eval.mil import MILConfig, build_head, predict, train_head
 from mmkd.eval.slides import SlideSet
 from mmkd.eval.survival import concordance_index, cox_loss
@@ -44,24 +44,12 @@ def patient_bootstrap(y: np.ndarray, scores: np.ndarray, patients: list[str], *,
     intervals too narrow; each resample draws patients with replacement and
     weights every slide by its patient's count.
     """
-    from mmkd.eval.metrics import _metrics_for_weights
+    from mmkd.eval.metrics import bootstrap_ci
 
     order = {p: i for i, p in enumerate(dict.fromkeys(patients))}  # first-seen order: seeds resample alike
-    inv = np.array([order[p] for p in patients])
-    rng = np.random.default_rng(seed)
-    vals: dict[str, list[np.ndarray]] = {m: [] for m in CLASSIFICATION_METRICS}
-    for start in range(0, resamples, 100):
-        w = bootstrap_counts(int(inv.max()) + 1, min(100, resamples - start), rng)[:, inv]
-        keep = w.sum(axis=1) > 0
-        for k, v in _metrics_for_weights(y, scores, w[keep]).items():
-            vals[k].append(v)
-    alpha = (1 - level) / 2 * 100
-    out = {}
-    for k, chunks in vals.items():
-        v = np.concatenate(chunks)
-        v = v[~np.isnan(v)]
-        out[f"{k}_ci95"] = [float(x) for x in np.percentile(v, [alpha, 100 - alpha])] if len(v) else [float("nan")] * 2
-    return out
+    groups = np.array([order[p] for p in patients])
+    cis = bootstrap_ci(y, scores, resamples=resamples, seed=seed, level=level, groups=groups)
+    return {f"{k}_ci95": v for k, v in cis.items()}
 
 
 def run_diagnosis(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int = 0,
