@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 REF_SEP = "::"
 FINGERPRINT_VERSION = "mmkd-dataset-fp/1"
+_LIMITED_FP = re.compile(r"^first-(\d+):(.*)$")
 
 
 class DatasetError(ValueError):
@@ -61,6 +63,12 @@ def pick_labels(meta: dict, keys: Iterable[str] | None = None) -> dict | None:
     wanted = BIOMEDICA_LABEL_KEYS if keys is None else tuple(keys)
     labels = {k: meta[k] for k in wanted if k in meta and meta[k] is not None}
     return labels or None
+
+
+def parse_fingerprint(fp: str) -> tuple[int | None, str]:
+    """``(limit, digest)`` of a :meth:`Dataset.fingerprint` string (``limit`` is ``None`` unless ``first-N:``)."""
+    m = _LIMITED_FP.match(fp or "")
+    return (int(m.group(1)), m.group(2)) if m else (None, fp or "")
 
 
 def path_id(ref: str) -> str:

@@ -11,7 +11,6 @@ the command-line flags are. The resolved config is saved next to the run as
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

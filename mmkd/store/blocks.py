@@ -9,7 +9,6 @@ invalid.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence

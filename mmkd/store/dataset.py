@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import Any
 
 from mmkd.data import Dataset, DatasetError, DatasetSpec, open_dataset
+from mmkd.data.base import parse_fingerprint
 from mmkd.store.format import StoreError
 
 log = logging.getLogger(__name__)
 
-_LIMITED = re.compile(r"^first-(\d+):(.*)$")
-
-
 def short_fingerprint(fp: str) -> str:
     """A fingerprint as mmkd prints it everywhere: the first 16 hex digits (after any ``first-N:``)."""
-    m = _LIMITED.match(fp or "")
-    return f"first-{m.group(1)}:{m.group(2)[:16]}" if m else (fp or "")[:16]
+    limit, digest = parse_fingerprint(fp)
+    return digest[:16] if limit is None else f"first-{limit}:{digest[:16]}"
 
 
 def recorded_spec(manifest: dict[str, Any]) -> DatasetSpec | None:
@@ -80,8 +77,7 @@ def check_fingerprint(store: Any, ds: Dataset) -> None:
         log.warning("store %s records no dataset fingerprint; cannot check that %s holds its samples",
                     store.path, ds.uri)
         return
-    m = _LIMITED.match(recorded)
-    now = ds.fingerprint(int(m.group(1)) if m else None)
+    now = ds.fingerprint(parse_fingerprint(recorded)[0])
     if now != recorded:
         raise StoreError(
             f"dataset {ds.uri} is not the one store {store.path} was built from: its fingerprint "

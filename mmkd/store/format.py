@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from mmkd.data.sample import Sample  # re-exported: the row type of the store's index
+from mmkd.data.sample import Sample  # noqa: F401  (re-exported: the row type of the store's index)
 
 FORMAT_NAME = "mmkd-feature-store"
 FORMAT_VERSION = 1

@@ -8,9 +8,7 @@ command line overriding the entry (:func:`job_from_config`).
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 RUNNERS = ("ray", "local")

@@ -12,7 +12,6 @@ import datetime as _dt
 import itertools
 import logging
 import os
-import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,6 @@ from mmkd.extract.runners.job import ExtractError, ExtractJob
 log = logging.getLogger(__name__)
 
 JOBS_DIR = "_jobs"
-_LIMITED = re.compile(r"^first-(\d+):(.*)$")
-
-
-def _describe(fp: str) -> tuple[int | None, str]:
-    m = _LIMITED.match(fp or "")
-    return (int(m.group(1)), m.group(2)) if m else (None, fp or "")
-
-
 def open_or_create_store(job: ExtractJob, ds: Any):
     """Open the job's store, or create it from the dataset's samples.
 
@@ -61,6 +52,7 @@ def open_or_create_store(job: ExtractJob, ds: Any):
 
 
 def _check_same_dataset(store: Any, ds: Any, fp: str, job: ExtractJob) -> None:
+    from mmkd.data.base import parse_fingerprint
     from mmkd.store.dataset import short_fingerprint
 
     recorded = store.manifest.get("dataset", {})
@@ -70,7 +62,7 @@ def _check_same_dataset(store: Any, ds: Any, fp: str, job: ExtractJob) -> None:
             log.info("dataset moved: store %s was made from %s, now reading the same samples at %s",
                      store.path, old_uri, ds.uri)
         return
-    old_limit, _ = _describe(old_fp)
+    old_limit, _ = parse_fingerprint(old_fp)
     new_limit = job.limit
     fix = f"extract into a new --store, or delete {store.path} to rebuild it"
     if old_limit != new_limit:

@@ -10,7 +10,6 @@ every other field overrides what would otherwise be read from the model.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
