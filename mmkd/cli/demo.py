@@ -12,15 +12,22 @@ import click
 @click.option("--runner", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
               help="Extract runner.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch CPU threads (default: torch's choice; 1 helps on a busy machine).")
+              help="torch CPU threads of each training (default: the cores shared among --jobs).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Trainings side by side, each in its own process (default 2: tiny models use a second core "
+                   "poorly within one process).")
+@click.option("--ablation", is_flag=True,
+              help="Also train the ablation students (teacher drop, trust weights, trusted mmkd-clip, ICL scale 14.3 "
+                   "and learned), each reported against the no-KD student (summary.json: claims.ablation).")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run N seeds (seed, seed+1, ...) into OUT/seed-<s>; OUT/summary.json reports each claim's mean "
                    "and worst case.")
 @click.option("--vague", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Share of corpus captions that name the modality but not the finding (default 0.5); the experts "
-                   "train on their own clean captions, so a vaguer corpus leaves more for KD to teach.")
-def demo_cmd(out: str, quick: bool, seed: int, runner: str, threads: int | None, seeds: int,
-             vague: float | None) -> None:
+              help="Share of corpus captions that name the modality but not the finding (default 0.85, as many "
+                   "figure captions are); the experts train on their own specific captions, so the vaguer the corpus "
+                   "the more only KD can teach.")
+def demo_cmd(out: str, quick: bool, seed: int, runner: str, threads: int | None, jobs: int | None, ablation: bool,
+             seeds: int, vague: float | None) -> None:
     """Synthetic corpus -> expert teachers -> extract -> distill (stage 1, stage 2) -> eval, one table.
 
     Example: mmkd demo --out runs/demo --quick
@@ -32,7 +39,9 @@ def demo_cmd(out: str, quick: bool, seed: int, runner: str, threads: int | None,
     from mmkd.demo.report import claims_text, table_markdown
     from mmkd.demo.run import run_demo
 
-    extra = {"vague": vague} if vague is not None else {}
+    extra = {k: v for k, v in {"vague": vague, "jobs": jobs}.items() if v is not None}
+    if ablation:
+        extra["ablation"] = True
 
     if seeds > 1:
         runs = []

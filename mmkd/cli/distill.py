@@ -77,7 +77,9 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--fd-weight", type=float, help="Feature-distillation weight (default 50).")
 @click.option("--icl-weight", type=float, help="ICL weight (default 1).")
 @click.option("--clip-weight", type=float, help="CLIP term weight (default 1).")
-@click.option("--icl-scale", type=float, help="ICL logit multiplier (default ln(1/0.07)).")
+@click.option("--icl-scale", metavar="NUMBER|learned",
+              help="ICL logit multiplier: the official fixed ln(1/0.07) ~ 2.66 (default), another number "
+              "(14.3 = 1/0.07), or 'learned' (the student's own logit scale, as CLIP-KD).")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--data", metavar="PATH", help="Where the store's dataset is now, if it moved (its spec is kept and its "
               "fingerprint checked).")

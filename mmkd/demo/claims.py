@@ -82,7 +82,7 @@ def paired_gain(a: dict[str, np.ndarray], b: dict[str, np.ndarray], resamples: i
 def aggregate_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Each claim's mean and worst case over seeds (booleans: share of seeds where it holds, and all)."""
     out: dict[str, Any] = {}
-    for kd in ("multi", "mmkd-clip", "trusted_vs_valid"):
+    for kd in ("multi", "mmkd-clip", "trusted_vs_valid", "best_student"):
         per = [s["claims"].get(kd) for s in summaries if s["claims"].get(kd)]
         if not per:
             continue
@@ -98,6 +98,16 @@ def aggregate_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
                 agg[key] = {"mean": float(np.mean(vals)), "worst": float(min(vals)), "worst_ci95_lo": float(min(los)),
                             "holds_every_seed": all(p[key]["holds"] for p in per)}
         out[kd] = agg
+    names = sorted({n for s in summaries for n in s["claims"].get("ablation", {})})
+    if names:
+        out["ablation"] = {}
+        for name in names:
+            per = [s["claims"]["ablation"][name]["gain_over_no_kd"] for s in summaries
+                   if name in s["claims"].get("ablation", {})]
+            out["ablation"][name] = {"gain_over_no_kd": {
+                "mean": float(np.mean([p["value"] for p in per])), "worst": float(min(p["value"] for p in per)),
+                "worst_ci95_lo": float(min(p["ci95"][0] for p in per)),
+                "holds_every_seed": all(p["holds"] for p in per)}}
     return out
 
 
@@ -118,6 +128,10 @@ def gain_text(claims: dict[str, Any]) -> str:
         if g:
             lines.append(f"--kd multi --teacher-mask trusted: gain over no-KD student {g['value']:+.3f} "
                          f"(95% CI {g['ci95'][0]:+.3f} .. {g['ci95'][1]:+.3f}; holds: {g['holds']})")
+    for name, a in (claims.get("ablation") or {}).items():
+        g = a["gain_over_no_kd"]
+        lines.append(f"ablation {name} ({a['kd']}, {a['settings']}): mean zero-shot {a['mean_zeroshot_acc']:.3f}, "
+                     f"gain over no-KD {g['value']:+.3f} (95% CI {g['ci95'][0]:+.3f} .. {g['ci95'][1]:+.3f})")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -27,12 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmkd.demo.config import DemoConfig
+from mmkd.demo.config import ABLATION_RUNS, DemoConfig, student_runs
 
 log = logging.getLogger(__name__)
-
-STUDENT_RUNS = {"stage1-only": None, "multi": "multi", "mmkd-clip": "mmkd-clip"}
-
 
 def build_corpus(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     """Write the distillation corpus and the per-modality eval sets; returns their paths."""
@@ -48,30 +45,58 @@ def build_corpus(out: Path, cfg: DemoConfig) -> dict[str, Any]:
             "task_sets": write_task_sets(out / "corpus" / "tasks", cfg)}
 
 
-def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
-    """Train and save every expert, write ``pipelines.yaml`` declaring them; returns what was made."""
+def _pool(cfg: DemoConfig):
+    """A pool of ``cfg.jobs`` fresh (spawned) processes for independent trainings.
+
+    Tiny models use a second core poorly within one process (2 threads: 1.4x one
+    thread), so two trainings side by side, one thread each, finish sooner than
+    one after the other with two threads each.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _job_threads(cfg: DemoConfig) -> int:
+    """torch threads of one pooled training: ``--threads``, else the cores shared among the jobs."""
+    import os
+
+    return cfg.threads or max(1, (os.cpu_count() or 1) // cfg.jobs)
+
+
+def _expert_job(spec: Any, folder: str, modalities: tuple[str, ...], seed: int, image_size: int,
+                threads: int) -> dict[str, Any]:
+    """Train, save and check one expert (in a pool process)."""
+    import torch
+
     from mmkd.demo.corpus import make_batch
-    from mmkd.demo.experts import (
-        ExpertSpec,
-        save_expert,
-        teacher_spec,
-        train_expert,
-        zeroshot_accuracy,
-    )
+    from mmkd.demo.experts import save_expert, train_expert, zeroshot_accuracy
+
+    torch.set_num_threads(threads)
+    model = train_expert(spec)
+    save_expert(model, folder, spec)
+    check = make_batch(modalities, 30, seed + 2, image_size)
+    return {"modalities": list(spec.modalities), "folder": folder,
+            "quick_zeroshot": {m: zeroshot_accuracy(model, m, check) for m in modalities}}
+
+
+def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    """Train and save every expert (``cfg.jobs`` at a time), write ``pipelines.yaml`` declaring them."""
+    from mmkd.demo.experts import ExpertSpec, teacher_spec
     from mmkd.extract.tiny import write_pipelines
 
-    check = make_batch(cfg.modalities, 30, cfg.seed + 2, cfg.image_size)
-    specs, info = {}, {}
-    for i, (name, mods) in enumerate(cfg.experts.items()):
-        spec = ExpertSpec(name, tuple(mods), n_per_class=cfg.expert_per_class, steps=cfg.expert_steps,
-                          seed=cfg.seed * 100 + i)
-        model = train_expert(spec)
-        folder = save_expert(model, out / "experts" / name, spec)
-        specs[name] = teacher_spec(name, folder, spec)
-        info[name] = {"modalities": list(mods), "folder": str(folder),
-                      "quick_zeroshot": {m: zeroshot_accuracy(model, m, check) for m in cfg.modalities}}
-        log.info("expert %s quick zero-shot: %s", name, info[name]["quick_zeroshot"])
-    pipelines = write_pipelines(out / "pipelines.yaml", specs)
+    specs = {name: ExpertSpec(name, tuple(mods), n_per_class=cfg.expert_per_class, steps=cfg.expert_steps,
+                              batch_size=cfg.expert_batch_size, seed=cfg.seed * 100 + i)
+             for i, (name, mods) in enumerate(cfg.experts.items())}
+    with _pool(cfg) as pool:
+        futures = {name: pool.submit(_expert_job, spec, str(out / "experts" / name), tuple(cfg.modalities), cfg.seed,
+                                     cfg.image_size, _job_threads(cfg)) for name, spec in specs.items()}
+        info = {name: f.result() for name, f in futures.items()}
+    for name, entry in info.items():
+        log.info("expert %s quick zero-shot: %s", name, entry["quick_zeroshot"])
+    pipelines = write_pipelines(out / "pipelines.yaml",
+                                {name: teacher_spec(name, info[name]["folder"], spec) for name, spec in specs.items()})
     return {"pipelines": str(pipelines), "experts": info}
 
 
@@ -104,74 +129,52 @@ def _distill(store: str, out: Path, student: str, cfg: DemoConfig, stage: int, s
     return str(out / "export")
 
 
-def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, str]:
-    """Stage 1, then from its checkpoint: stage 2 ``multi``, stage 2 ``mmkd-clip``, and more stage 1.
+def _student_job(store: str, out: str, student: str, cfg: DemoConfig, stage: int, steps: int, batch_size: int,
+                 threads: int, settings: dict[str, Any]) -> tuple[str, bool]:
+    """One distill run in a pool process; returns its export and whether the process imported a teacher."""
+    import torch
 
-    The three continuations share the stage-1 start, the data order, the step
-    count and the optimizer schedule; they differ only in the loss.
+    from mmkd.distill.guard import teachers_loaded
+
+    torch.set_num_threads(threads)
+    export = _distill(store, Path(out), student, cfg, stage, steps, batch_size=batch_size, **settings)
+    return export, teachers_loaded()
+
+
+def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
+    """Stage 1, then from its checkpoint every :func:`student_runs` run, ``cfg.jobs`` at a time.
+
+    Each run trains in a fresh (spawned) process that never imports a teacher, as
+    on a real distillation machine, and reports whether it did.
 
     Returns:
-        run name -> export folder.
-    """
-    if cfg.threads:
-        import torch
+        ``exports`` (run name -> export folder) and ``teachers_imported_by_distill``.
 
-        torch.set_num_threads(cfg.threads)
+    Raises:
+        RuntimeError: a run imported the teacher registry.
+    """
     student = out / "student.json"
     student.write_text(json.dumps({"model_cfg": cfg.student, "preprocess_cfg": _preprocess()}, indent=2))
     runs = out / "runs"
-    stage1 = _distill(store, runs / "stage1", str(student), cfg, 1, cfg.stage1_steps)
-    exports = {"stage1": stage1}
-    for name, kd in STUDENT_RUNS.items():
-        exports[name] = _distill(store, runs / name, str(student), cfg, 2 if kd else 1, cfg.stage2_steps, kd=kd,
-                                 init=str(runs / "stage1"))
-    if cfg.trusted_run:
-        exports["multi-trusted"] = _distill(store, runs / "multi-trusted", str(student), cfg, 2, cfg.stage2_steps,
-                                            kd="multi", init=str(runs / "stage1"), teacher_mask="trusted")
-    return exports
-
-
-def _distill_child(queue: Any, out: Path, cfg: DemoConfig, store: str) -> None:
-    import traceback
-
-    try:
-        from mmkd.distill.guard import teachers_loaded
-
-        exports = train_students(out, cfg, store)
-        queue.put(("ok", exports, teachers_loaded()))
-    except BaseException as e:  # noqa: BLE001 - any failure goes to the parent, which raises it
-        queue.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", None))
-
-
-def distill_in_fresh_process(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
-    """:func:`train_students` in a new (spawned) process that never imports a teacher, and proof of it.
-
-    This process trained the experts and extracted them; the students are trained
-    where no teacher code was ever imported, as on a real distillation machine.
-
-    Raises:
-        RuntimeError: the child failed (its traceback is in the message) or imported a teacher.
-    """
-    import multiprocessing
-    import queue as queue_mod
-
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    child = ctx.Process(target=_distill_child, args=(results, out, cfg, store), name="mmkd-demo-distill")
-    child.start()
-    while True:
-        try:
-            status, payload, imported = results.get(timeout=5)
-            break
-        except queue_mod.Empty:
-            if not child.is_alive():
-                raise RuntimeError(f"the distill process died (exit code {child.exitcode}) without a result")
-    child.join()
-    if status != "ok":
-        raise RuntimeError(f"distill failed in its process: {payload}")
-    if imported:
-        raise RuntimeError("the distill process imported the teacher registry; the student must never see a teacher")
-    return {"exports": payload, "teachers_imported_by_distill": imported}
+    threads = _job_threads(cfg)
+    with _pool(cfg) as pool:
+        stage1, imported = pool.submit(_student_job, store, str(runs / "stage1"), str(student), cfg, 1,
+                                       cfg.stage1_steps, cfg.batch_size, cfg.threads or threads * cfg.jobs,
+                                       {}).result()
+        exports, loaded = {"stage1": stage1}, {"stage1": imported}
+        futures = {}
+        for name, settings in student_runs(cfg).items():
+            settings = dict(settings)
+            kd = settings.pop("kd")
+            futures[name] = pool.submit(_student_job, store, str(runs / name), str(student), cfg, 2 if kd else 1,
+                                        cfg.stage2_steps, cfg.stage2_batch_size or cfg.batch_size, threads,
+                                        {"kd": kd, "init": str(runs / "stage1"), **settings})
+        for name, f in futures.items():
+            exports[name], loaded[name] = f.result()
+    bad = sorted(n for n, v in loaded.items() if v)
+    if bad:
+        raise RuntimeError(f"distill runs {bad} imported the teacher registry; the student must never see a teacher")
+    return {"exports": exports, "teachers_imported_by_distill": False}
 
 
 def score_trust(store: str, cfg: DemoConfig) -> dict[str, Any]:
@@ -187,6 +190,8 @@ def score_trust(store: str, cfg: DemoConfig) -> dict[str, Any]:
 def add_gains(summary: dict[str, Any], out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: str,
               exports: dict[str, str], trust: dict[str, Any]) -> None:
     """Add ``kd_gain_over_no_kd`` per KD mode (and ``trusted_vs_valid``) to ``summary["claims"]``."""
+    import numpy as np
+
     from mmkd.config import load_pipelines
     from mmkd.demo.claims import paired_gain, zeroshot_correct
 
@@ -202,6 +207,15 @@ def add_gains(summary: dict[str, Any], out: Path, cfg: DemoConfig, corpus: dict[
             "gain": paired_gain(correct["multi-trusted"], correct["multi"], seed=cfg.seed),
             "gain_over_no_kd": paired_gain(correct["multi-trusted"], correct["stage1-only"], seed=cfg.seed),
             "coverage": trust}
+    if cfg.ablation:
+        runs = student_runs(cfg)
+        claims["ablation"] = {
+            name: {"kd": runs[name]["kd"], "settings": {k: v for k, v in runs[name].items() if k != "kd"},
+                   "mean_zeroshot_acc": float(np.mean([v.mean() for v in correct[name].values()])),
+                   "gain_over_no_kd": paired_gain(correct[name], correct["stage1-only"], seed=cfg.seed),
+                   "gain_over_" + runs[name]["kd"]: paired_gain(correct[name], correct[runs[name]["kd"]],
+                                                                seed=cfg.seed)}
+            for name in ABLATION_RUNS if name in correct}
 
 
 def _preprocess() -> dict[str, Any]:
@@ -260,7 +274,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
     experts = timed("experts", build_experts, out, cfg)
     store = timed("extract", extract_teachers, out, cfg, corpus, experts["pipelines"])
     trust = timed("trust", score_trust, store["store"], cfg) if cfg.trusted_run else {}
-    distilled = timed("distill", distill_in_fresh_process, out, cfg, store["store"])
+    distilled = timed("distill", train_students, out, cfg, store["store"])
     exports = distilled["exports"]
     results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports)
     summary = summarize(results, cfg, exports, experts["experts"])

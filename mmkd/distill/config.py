@@ -18,7 +18,7 @@ from typing import Any
 from mmkd.config import ConfigError, merge_entry, resolve_path, section
 from mmkd.distill.heads import PROJECTIONS, TARGET_SOURCES, TargetConfig
 from mmkd.distill.init import InitConfig, is_reference
-from mmkd.distill.losses import LossWeights
+from mmkd.distill.losses import LossWeights, parse_icl_scale
 from mmkd.distill.optim import OptimConfig
 
 KD_MODES = ("mmkd-clip", "multi")
@@ -181,6 +181,10 @@ class DistillConfig:
         if tu.drop and self.kd != "multi":
             raise ConfigError(f"distill: teacher_drop {tu.drop} applies to --kd multi only (kd is {self.kd!r}); "
                               "drop it or use --kd multi")
+        try:
+            self.loss.icl_scale = parse_icl_scale(self.loss.icl_scale)
+        except ValueError as e:
+            raise ConfigError(f"distill: {e}") from None
         if self.optim.lr is None:
             self.optim.lr = STAGE_LR[self.stage]
         return self

@@ -30,13 +30,38 @@ class LossWeights:
         clip: weight of the student's own CLIP (InfoNCE) term.
         fd: weight of feature distillation, applied to ``MSE_img + MSE_txt``.
         icl: weight of interactive contrastive learning.
-        icl_scale: the fixed multiplier ``c`` of ICL logits (``ln(1/0.07)``, not trained).
+        icl_scale: the multiplier ``c`` of ICL logits: a number (the official fixed
+            ``ln(1/0.07)`` ~ 2.66, not trained), or ``"learned"``: the student's own
+            CLIP multiplier ``logit_scale.exp()`` (14.3 at open_clip's init, then
+            trained), as CLIP-KD's ICL uses it.
     """
 
     clip: float = 1.0
     fd: float = 50.0
     icl: float = 1.0
-    icl_scale: float = math.log(1 / 0.07)
+    icl_scale: float | str = math.log(1 / 0.07)
+
+    def icl_multiplier(self, logit_scale: torch.Tensor) -> torch.Tensor | float:
+        """The ICL logit multiplier for a student of log-temperature ``logit_scale``."""
+        return logit_scale.exp() if self.icl_scale == "learned" else float(self.icl_scale)
+
+
+def parse_icl_scale(value: float | str) -> float | str:
+    """``"learned"`` or a positive number (from a flag or a YAML entry).
+
+    Raises:
+        ValueError: anything else (the message names the value and the valid forms).
+    """
+    if isinstance(value, str) and value.strip().lower() == "learned":
+        return "learned"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"icl_scale {value!r} is not valid: give a positive number (the official 2.659 = ln(1/0.07), "
+                         "or 14.29 = 1/0.07) or 'learned' (the student's own logit scale)")
+    return number
 
 
 def _contrastive(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
@@ -59,7 +84,7 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -
 
 
 def _icl(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: torch.Tensor,
-         scale: float) -> torch.Tensor:
+         scale: torch.Tensor | float) -> torch.Tensor:
     """``½[CE(c·s_img·t_txtᵀ) + CE(c·s_txt·t_imgᵀ)]`` with row i matching row i."""
     labels = torch.arange(s_img.shape[0], device=s_img.device)
     return 0.5 * (F.cross_entropy(scale * s_img @ t_txt.t(), labels)
@@ -67,7 +92,7 @@ def _icl(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: t
 
 
 def _icl_rows(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: torch.Tensor,
-              scale: float, w: torch.Tensor) -> torch.Tensor:
+              scale: torch.Tensor | float, w: torch.Tensor) -> torch.Tensor:
     """:func:`_icl` with each row's cross-entropy weighted by ``w`` (a weighted mean)."""
     labels = torch.arange(s_img.shape[0], device=s_img.device)
     ce = 0.5 * (F.cross_entropy(scale * s_img @ t_txt.t(), labels, reduction="none")
@@ -105,7 +130,7 @@ def mmkd_clip_loss(s_img: torch.Tensor, s_txt: torch.Tensor, logit_scale: torch.
     if m.any():
         fd_img = _row_mse(s_img[m], t_img[m]).mean()
         fd_txt = _row_mse(s_txt[m], t_txt[m]).mean()
-        icl = _icl(s_img[m], s_txt[m], t_img[m], t_txt[m], w.icl_scale)
+        icl = _icl(s_img[m], s_txt[m], t_img[m], t_txt[m], w.icl_multiplier(logit_scale))
     else:
         fd_img = fd_txt = icl = s_img.sum() * 0.0
     terms.update(fd_img=fd_img, fd_txt=fd_txt, icl=icl)
@@ -170,10 +195,10 @@ def multi_kd_loss(s_img: torch.Tensor, s_txt: torch.Tensor, logit_scale: torch.T
             ti, tt = F.normalize(ti, dim=-1), F.normalize(tt, dim=-1)
         if rw is None:
             fd_i, fd_t = mi.mean(), mt.mean()
-            icl = _icl(ni, nt, ti, tt, w.icl_scale)
+            icl = _icl(ni, nt, ti, tt, w.icl_multiplier(logit_scale))
         else:
             fd_i, fd_t = (mi * rw).sum() / rw.sum(), (mt * rw).sum() / rw.sum()
-            icl = _icl_rows(ni, nt, ti, tt, w.icl_scale, rw)
+            icl = _icl_rows(ni, nt, ti, tt, w.icl_multiplier(logit_scale), rw)
         wt = float((teacher_weights or {}).get(t, 1.0))
         per_teacher[t] = (wt, w.fd * (fd_i + fd_t) + w.icl * icl)
         terms[f"fd_img/{t}"], terms[f"fd_txt/{t}"], terms[f"icl/{t}"] = fd_i, fd_t, icl

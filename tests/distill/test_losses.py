@@ -78,6 +78,28 @@ def test_mmkd_clip_loss_with_a_row_without_teacher():
     assert again["total"].item() == pytest.approx(terms["total"].item(), rel=1e-12)
 
 
+def test_icl_scale_learned_uses_the_students_logit_scale_and_trains_it():
+    si, st = _unit(4, 6, 12), _unit(4, 6, 13)
+    ti, tt = _unit(4, 6, 14), _unit(4, 6, 15)
+    has = torch.ones(4, dtype=torch.bool)
+    scale = torch.tensor(math.log(1 / 0.07), dtype=torch.float64, requires_grad=True)
+    terms = mmkd_clip_loss(si, st, scale, ti, tt, has, LossWeights(icl_scale="learned"))
+    assert terms["icl"].item() == pytest.approx(_ref_icl(si, st, ti, tt, 1 / 0.07), rel=1e-9)
+    fixed = mmkd_clip_loss(si, st, scale, ti, tt, has, LossWeights(icl_scale=14.0))
+    assert fixed["icl"].item() == pytest.approx(_ref_icl(si, st, ti, tt, 14.0), rel=1e-9)
+    (grad,) = torch.autograd.grad(terms["icl"], scale)
+    assert grad.item() != 0.0  # the ICL term moves the learned scale; with a number it cannot
+
+
+@pytest.mark.parametrize("bad", ["lerned", 0, -2.0, "nan"])
+def test_icl_scale_rejects_what_is_neither_a_number_nor_learned(bad):
+    from mmkd.distill.losses import parse_icl_scale
+
+    with pytest.raises(ValueError, match="icl_scale .*learned"):
+        parse_icl_scale(bad)
+    assert parse_icl_scale("Learned") == "learned" and parse_icl_scale("14.3") == 14.3
+
+
 def test_mmkd_clip_loss_no_teacher_at_all_is_clip_only():
     si, st = _unit(3, 4, 6), _unit(3, 4, 7)
     scale = torch.tensor(0.0, dtype=torch.float64)
