@@ -1,10 +1,12 @@
 """``run_demo``: the whole method end to end, in miniature, through the library calls the CLI makes.
 
-corpus -> expert teachers -> ``run_extract`` (all experts into one store) ->
-``distill`` stage 1 -> stage 2 (``multi`` and ``mmkd-clip``) and a stage-1-only
-baseline on the same budget -> ``evaluate`` (zero-shot, linear probe, retrieval per
-modality) for every teacher and student -> ``summary.json`` / ``summary.md`` /
-``summary.png``.
+corpus -> expert teachers (each on its private data) -> ``run_extract`` (all experts
+into one store) -> ``mmkd store trust`` -> ``distill`` stage 1 -> from its checkpoint,
+on the same budget, the students of :func:`~mmkd.demo.config.student_runs` (no KD,
+``multi``, ``mmkd-clip``, trusted ``multi``, and with ``ablation`` five more) ->
+``evaluate`` (zero-shot, linear probe, retrieval per modality; slide diagnosis,
+survival, VQA) for every teacher and student -> the claims (:mod:`mmkd.demo.claims`)
+-> ``summary.json`` / ``summary.md`` / ``summary.png``.
 
 Layout of ``out``::
 
@@ -14,7 +16,7 @@ Layout of ``out``::
     experts/<name>/                     open_clip local-dir teachers
     pipelines.yaml                      declares the experts (loader: open_clip)
     store/                              one feature store, every expert
-    runs/{stage1,multi,mmkd-clip,stage1-only}/export    students
+    runs/<student>/export               students (stage1, stage1-only, multi, ...)
     eval/results.{json,md,png}          mmkd eval's own report
     summary.{json,md,png}               the demo's table
 """
@@ -273,7 +275,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
     corpus = timed("corpus", build_corpus, out, cfg)
     experts = timed("experts", build_experts, out, cfg)
     store = timed("extract", extract_teachers, out, cfg, corpus, experts["pipelines"])
-    trust = timed("trust", score_trust, store["store"], cfg) if cfg.trusted_run else {}
+    trust = timed("trust", score_trust, store["store"], cfg) if cfg.trusted_run or cfg.ablation else {}
     distilled = timed("distill", train_students, out, cfg, store["store"])
     exports = distilled["exports"]
     results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports)

@@ -44,3 +44,14 @@ def test_aggregate_reports_mean_and_worst():
     assert agg["kd_gain_over_no_kd"]["worst"] == pytest.approx(0.04)
     assert agg["kd_gain_over_no_kd"]["worst_ci95_lo"] == pytest.approx(-0.01)
     assert agg["kd_gain_over_no_kd"]["holds_every_seed"] is False
+
+
+def test_aggregate_reports_each_ablation_run_over_seeds():
+    def run(v, lo):
+        g = {"value": v, "ci95": [lo, v + 0.1], "holds": lo > 0}
+        return {"claims": {"ablation": {"multi-drop": {"kd": "multi", "settings": {"teacher_drop": 0.5},
+                                                       "mean_zeroshot_acc": 0.8, "gain_over_no_kd": g}}}}
+
+    agg = aggregate_seeds([run(0.2, 0.1), run(0.05, -0.02)])["ablation"]["multi-drop"]["gain_over_no_kd"]
+    assert agg["mean"] == pytest.approx(0.125) and agg["worst"] == pytest.approx(0.05)
+    assert agg["worst_ci95_lo"] == pytest.approx(-0.02) and agg["holds_every_seed"] is False
