@@ -11,6 +11,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("MMKD_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (restored after). Tiny models and per-bag steps are small matmuls:
+    on 2 shared cores a second thread only adds sync cost (~4x slower). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """``../shared/fixtures`` (override with ``MMKD_FIXTURES``); skips when absent."""

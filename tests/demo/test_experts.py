@@ -20,12 +20,7 @@ from mmkd.demo.experts import (
 TINY = clip_config(width=32, layers=1, embed_dim=32, text_width=32, text_layers=1, context_length=24)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_saved_expert_loads_through_the_teacher_loader_with_the_same_outputs(tmp_path) -> None:

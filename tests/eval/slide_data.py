@@ -6,18 +6,6 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Per-bag steps are tiny matmuls: on 2 shared cores a second torch thread only adds sync cost (~4x slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def planted_bags(n: int = 60, patches: int = 200, dim: int = 16, planted: int = 2, seed: int = 0,

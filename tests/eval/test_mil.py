@@ -15,8 +15,9 @@ from mmkd.eval.mil import MILConfig
 from mmkd.eval.slide_tasks import run_diagnosis, run_survival
 from mmkd.eval.slides import SlideSet, build_slide_set
 from mmkd.eval.survival import SurvivalDataError, check_survival, concordance_index, cox_loss
-from tests.eval.slide_data import one_torch_thread  # noqa: F401  (autouse fixture)
 from tests.eval.slide_data import planted_bags, write_clam, write_patch_store, write_slide_table
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class MemBags(BagSource):

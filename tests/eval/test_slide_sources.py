@@ -8,9 +8,10 @@ import yaml
 
 from mmkd.config import ConfigError
 from mmkd.eval.runner import EvalConfig, EvalError, evaluate
-from tests.eval.slide_data import one_torch_thread  # noqa: F401  (autouse fixture)
 from tests.eval.slide_data import planted_bags, write_clam, write_patch_store, write_slide_table
 from tests.eval.test_e2e import export_tiny_student
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = {"epochs": 2, "hidden": 8}
 

@@ -10,7 +10,8 @@ import pytest
 from mmkd.config import ConfigError
 from mmkd.eval.cv import group_folds
 from mmkd.eval.vqa import VqaHeadConfig, build_vqa_set, evaluate_vqa_features
-from tests.eval.slide_data import one_torch_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CLASSES = ("lung", "liver", "brain", "heart")
 
