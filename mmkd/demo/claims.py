@@ -79,6 +79,12 @@ def paired_gain(a: dict[str, np.ndarray], b: dict[str, np.ndarray], resamples: i
     return {"value": value, "ci95": [lo, hi], "holds": lo > 0}
 
 
+def _gain_over_seeds(per: list[dict[str, Any]]) -> dict[str, Any]:
+    """One gain (``{value, ci95, holds}`` per seed): its mean, worst value, worst CI low end, holds on every seed."""
+    return {"mean": float(np.mean([p["value"] for p in per])), "worst": float(min(p["value"] for p in per)),
+            "worst_ci95_lo": float(min(p["ci95"][0] for p in per)), "holds_every_seed": all(p["holds"] for p in per)}
+
+
 def aggregate_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Each claim's mean and worst case over seeds (booleans: share of seeds where it holds, and all)."""
     out: dict[str, Any] = {}
@@ -93,10 +99,7 @@ def aggregate_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
                 agg[key] = {"share": sum(vals) / len(vals), "all": all(vals)}
         for key in ("kd_gain_over_no_kd", "gain", "gain_over_no_kd"):
             if key in per[0]:
-                vals = [p[key]["value"] for p in per]
-                los = [p[key]["ci95"][0] for p in per]
-                agg[key] = {"mean": float(np.mean(vals)), "worst": float(min(vals)), "worst_ci95_lo": float(min(los)),
-                            "holds_every_seed": all(p[key]["holds"] for p in per)}
+                agg[key] = _gain_over_seeds([p[key] for p in per])
         out[kd] = agg
     names = sorted({n for s in summaries for n in s["claims"].get("ablation", {})})
     if names:
@@ -104,10 +107,7 @@ def aggregate_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         for name in names:
             per = [s["claims"]["ablation"][name]["gain_over_no_kd"] for s in summaries
                    if name in s["claims"].get("ablation", {})]
-            out["ablation"][name] = {"gain_over_no_kd": {
-                "mean": float(np.mean([p["value"] for p in per])), "worst": float(min(p["value"] for p in per)),
-                "worst_ci95_lo": float(min(p["ci95"][0] for p in per)),
-                "holds_every_seed": all(p["holds"] for p in per)}}
+            out["ablation"][name] = {"gain_over_no_kd": _gain_over_seeds(per)}
     return out
 
 

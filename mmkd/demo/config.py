@@ -137,6 +137,12 @@ def student_runs(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
     return runs
 
 
+def needs_trust(cfg: DemoConfig) -> bool:
+    """Whether a run of :func:`student_runs` masks or weighs teachers by trust (so the store must be scored)."""
+    return any(r.get("teacher_mask") == "trusted" or r.get("teacher_weight") == "trust"
+               for r in student_runs(cfg).values())
+
+
 # the README's ablation: each changes one thing against ``multi`` or ``mmkd-clip``
 ABLATION_RUNS: dict[str, dict[str, Any]] = {
     "multi-drop": {"kd": "multi", "teacher_drop": 0.5},

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmkd.demo.config import ABLATION_RUNS, DemoConfig, student_runs
+from mmkd.demo.config import ABLATION_RUNS, DemoConfig, needs_trust, student_runs
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
     corpus = timed("corpus", build_corpus, out, cfg)
     experts = timed("experts", build_experts, out, cfg)
     store = timed("extract", extract_teachers, out, cfg, corpus, experts["pipelines"])
-    trust = timed("trust", score_trust, store["store"], cfg) if cfg.trusted_run or cfg.ablation else {}
+    trust = timed("trust", score_trust, store["store"], cfg) if needs_trust(cfg) else {}
     distilled = timed("distill", train_students, out, cfg, store["store"])
     exports = distilled["exports"]
     results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports)

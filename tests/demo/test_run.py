@@ -61,6 +61,14 @@ def test_config_rejects_bad_settings() -> None:
     assert DemoConfig.preset(quick=True).stage1_steps < DemoConfig.preset().stage1_steps
 
 
+def test_trust_is_scored_exactly_when_a_student_run_uses_it() -> None:
+    from mmkd.demo.config import needs_trust
+
+    assert needs_trust(DemoConfig.preset())  # multi-trusted
+    assert not needs_trust(DemoConfig.preset(trusted_run=False))
+    assert needs_trust(DemoConfig.preset(trusted_run=False, ablation=True))  # trust weight, trusted mmkd-clip
+
+
 def test_cli_refuses_an_out_folder_holding_a_demo(tmp_path) -> None:
     from mmkd.cli import main
 
