@@ -53,7 +53,7 @@ def load_images(fixtures: Path) -> list[tuple[str, bytes]]:
 
 def transform(fit: str):
     """A 224-px teacher transform with the given resize mode (OpenAI mean/std)."""
-    from mmkd.extract.teachers.base import Preprocessing
+    from mmkd.teachers.base import Preprocessing
 
     return Preprocessing(224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711),
                          resize_mode=fit).build()

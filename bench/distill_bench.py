@@ -64,8 +64,8 @@ def _teacher_seconds(work: Path, store: Path, batch: int, reps: int) -> float:
     from mmkd.distill.data import SyntheticImages
     from mmkd.store import FeatureStore
     from mmkd.data.images import decode_image
-    from mmkd.extract.teachers import load_teacher
-    from mmkd.extract.tiny import make_tiny_teachers
+    from mmkd.teachers import load_teacher
+    from mmkd.teachers.tiny import make_tiny_teachers
 
     specs = list(make_tiny_teachers(work / "t0", kinds=("all",), seed=0).values())
     specs += list(make_tiny_teachers(work / "t1", kinds=("open_clip", "transformers", "unimed_clip", "pmc_clip"),

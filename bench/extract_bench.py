@@ -55,10 +55,10 @@ def make_dataset(root: Path, rows: int, px: int, seed: int = 0) -> Path:
 
 def make_teacher(root: Path, model: str):
     """A random-weight open_clip teacher saved as a local-dir model; returns its spec."""
-    from mmkd.extract.teachers import TeacherSpec
+    from mmkd.teachers import TeacherSpec
 
     if model == "tiny":
-        from mmkd.extract.tiny import make_tiny_teachers
+        from mmkd.teachers.tiny import make_tiny_teachers
 
         return make_tiny_teachers(root, kinds=("open_clip",))["tiny_open_clip"]
     import open_clip
@@ -87,7 +87,7 @@ def forward_pass(spec, ds, batch_size: int, device: str, precision: str):
 
     from mmkd.data.images import decode_image
     from mmkd.extract.runners.block import resolve_device
-    from mmkd.extract.teachers import load_teacher
+    from mmkd.teachers import load_teacher
 
     device = resolve_device(device)
     autocast = precision if device.startswith("cuda") and precision != "fp32" else None
@@ -126,7 +126,7 @@ def main() -> None:
 
     from mmkd.extract import ExtractJob, run_extract
     from mmkd.data import open_dataset
-    from mmkd.extract.tiny import write_pipelines
+    from mmkd.teachers.tiny import write_pipelines
 
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="mmkd-extract-bench-"))
     try:

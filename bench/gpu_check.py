@@ -59,7 +59,7 @@ def check_extract(work: Path, a: argparse.Namespace, device: str) -> dict[str, A
 
     from mmkd.data import open_dataset
     from mmkd.extract import ExtractJob, run_extract
-    from mmkd.extract.tiny import write_pipelines
+    from mmkd.teachers.tiny import write_pipelines
 
     jsonl = make_dataset(work / "data", a.rows, a.image_px)
     spec = make_teacher(work / "teachers", a.model)

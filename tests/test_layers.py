@@ -1,7 +1,18 @@
-"""The import graph: ``mmkd.data`` and ``mmkd.store`` sit at the bottom; no stage reaches into another's data code.
+"""The import graph, read from the source with ``ast``: which package may import which.
 
-Read from the source (every ``import`` / ``from`` statement, top level or inside a
-function), so a lazy import counts as much as a top-level one.
+Every ``import`` / ``from`` statement counts, top level or inside a function (a lazy
+import is as much an arrow as a top-level one); imports under ``if TYPE_CHECKING:``
+are annotations only and do not count.
+
+The layers, bottom up::
+
+    config  <-  data  <-  store  <-  teachers  <-  extract, eval
+                           ^
+                distill ---'   (store, data, config; never teachers)
+    demo, cli: anything
+
+"distill never loads a teacher" is this rule: no module of ``mmkd.distill`` imports
+``mmkd.teachers``, directly or through another package it may import.
 """
 
 from __future__ import annotations
@@ -12,35 +23,98 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "mmkd"
-STAGES = ("mmkd.extract", "mmkd.distill", "mmkd.eval", "mmkd.demo", "mmkd.cli")
+
+# package -> the mmkd packages it may import (itself always allowed)
+ALLOWED: dict[str, set[str]] = {
+    "mmkd": set(),
+    "mmkd.config": {"mmkd"},
+    "mmkd.data": {"mmkd", "mmkd.config"},
+    "mmkd.store": {"mmkd", "mmkd.config", "mmkd.data"},
+    "mmkd.teachers": {"mmkd", "mmkd.config", "mmkd.data"},
+    "mmkd.extract": {"mmkd", "mmkd.config", "mmkd.data", "mmkd.store", "mmkd.teachers"},
+    "mmkd.eval": {"mmkd", "mmkd.config", "mmkd.data", "mmkd.store", "mmkd.teachers"},
+    "mmkd.distill": {"mmkd", "mmkd.config", "mmkd.data", "mmkd.store"},
+    "mmkd.demo": {"mmkd", "mmkd.config", "mmkd.data", "mmkd.store", "mmkd.teachers", "mmkd.extract",
+                  "mmkd.eval", "mmkd.distill"},
+    "mmkd.cli": {"mmkd", "mmkd.config", "mmkd.data", "mmkd.store", "mmkd.teachers", "mmkd.extract",
+                 "mmkd.eval", "mmkd.distill", "mmkd.demo"},
+}
+# entry points: `python -m mmkd.distill` is the `mmkd distill` command
+ENTRY_POINTS = {"mmkd.distill.__main__": {"mmkd.cli"}}
 
 
-def imports_of(package: str) -> dict[str, set[str]]:
-    """module file -> the mmkd modules it imports."""
-    out: dict[str, set[str]] = {}
-    for path in sorted((PKG / package.split(".", 1)[1]).rglob("*.py")):
-        names: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module)
-            elif isinstance(node, ast.Import):
-                names.update(a.name for a in node.names)
-        out[str(path.relative_to(PKG.parent))] = {n for n in names if n == "mmkd" or n.startswith("mmkd.")}
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def package_of(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            out.update(id(n) for stmt in node.body for n in ast.walk(stmt))
     return out
 
 
-@pytest.mark.parametrize("package, forbidden", [
-    ("mmkd.data", STAGES + ("mmkd.store",)),
-    ("mmkd.store", STAGES),
-])
-def test_bottom_layers_import_no_stage(package, forbidden):
-    bad = {f: sorted(m for m in mods if m.startswith(forbidden)) for f, mods in imports_of(package).items()}
-    bad = {f: m for f, m in bad.items() if m}
-    assert not bad, f"{package} must not import a stage (or, for data, the store): {bad}"
+def mmkd_imports(module: str) -> list[tuple[str, ast.AST]]:
+    """(imported mmkd module, the statement) for every import of ``module`` outside TYPE_CHECKING."""
+    path = MODULES[module]
+    tree = ast.parse(path.read_text())
+    skip = _type_checking_nodes(tree)
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+                base = base[:len(base) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            names = [f"{source}.{a.name}" for a in node.names]
+            targets = [n if n in MODULES else source for n in names]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            continue
+        for t in targets:
+            if t == "mmkd" or t.startswith("mmkd."):
+                while t not in MODULES and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                out.append((t, node))
+    return out
 
 
-def test_no_stage_imports_another_stages_data_code():
-    """Reading datasets goes through mmkd.data: no module imports the old extract readers or images."""
-    for package in ("mmkd.distill", "mmkd.eval", "mmkd.store", "mmkd.extract"):
-        for f, mods in imports_of(package).items():
-            assert not {m for m in mods if m.startswith(("mmkd.extract.readers", "mmkd.extract.images"))}, f
+def test_every_package_is_in_the_allow_list():
+    assert {package_of(m) for m in MODULES} <= set(ALLOWED)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_only_what_its_layer_allows(package):
+    bad = []
+    for module in (m for m in MODULES if package_of(m) == package):
+        allowed = ALLOWED[package] | {package} | ENTRY_POINTS.get(module, set())
+        bad += [f"{module} imports {t} (line {node.lineno})" for t, node in mmkd_imports(module)
+                if package_of(t) not in allowed]
+    assert not bad, f"{package} may import only {sorted(ALLOWED[package])}:\n" + "\n".join(bad)
+
+
+def test_distill_never_reaches_the_teachers():
+    """No chain of imports from mmkd.distill (entry points aside) ends in mmkd.teachers."""
+    seen, todo = set(), [m for m in MODULES if package_of(m) == "mmkd.distill" and m not in ENTRY_POINTS]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo += [t for t, _ in mmkd_imports(m)]
+        todo += [".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)]  # parent __init__s run too
+    assert not {m for m in seen if package_of(m) == "mmkd.teachers"}

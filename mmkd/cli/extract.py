@@ -33,15 +33,15 @@ def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, ch
     mmkd teachers --parity ../shared/fixtures/teacher-parity
     """
     from mmkd.config import ConfigError, load_pipelines
-    from mmkd.extract.teachers import TeacherError, get_teacher_spec, list_teachers
+    from mmkd.teachers import TeacherError, get_teacher_spec, list_teachers
 
     if parity_dir and check:
         raise click.UsageError("give --parity DIR or --check, not both")
     try:
         if parity_dir or check:  # one library report each; exit 1 when a teacher fails it
-            from mmkd.extract.teachers.archs import check_teachers, format_check
-            from mmkd.extract.teachers.parity import format_parity, run_parity
-            from mmkd.extract.teachers.spec import teachers_in_scope
+            from mmkd.teachers.archs import check_teachers, format_check
+            from mmkd.teachers.parity import format_parity, run_parity
+            from mmkd.teachers.spec import teachers_in_scope
 
             specs = teachers_in_scope(load_pipelines(pipeline), names)
             results = run_parity(parity_dir, specs) if parity_dir else check_teachers(specs)
@@ -123,7 +123,7 @@ def extract_cmd(run: str | None, teachers: tuple[str, ...], all_teachers: bool |
     from mmkd.config import ConfigError
     from mmkd.extract import ExtractError, job_from_config, run_extract
     from mmkd.data import DatasetError
-    from mmkd.extract.teachers import TeacherError
+    from mmkd.teachers import TeacherError
     from mmkd.store import StoreError
 
     if teachers and all_teachers:

@@ -4,7 +4,7 @@ Each expert is a plain open_clip :class:`open_clip.model.CLIP` built from a conf
 dict, trained with open_clip's :class:`~open_clip.loss.ClipLoss` and torch AdamW,
 and saved as an open_clip ``local-dir`` folder (``open_clip_config.json`` with
 ``model_cfg`` + ``preprocess_cfg``, and ``open_clip_model.safetensors``), so it
-loads through :func:`mmkd.extract.teachers.load_teacher` like any real teacher.
+loads through :func:`mmkd.teachers.load_teacher` like any real teacher.
 
 The experts learn from their own data (``make_batch`` streams seeded apart from
 the distillation corpus), as the real teachers learned from data the student's
@@ -153,8 +153,8 @@ def save_expert(model, folder: str | Path, spec: ExpertSpec) -> Path:
 
 
 def teacher_spec(name: str, folder: str | Path, spec: ExpertSpec | None = None):
-    """The :class:`~mmkd.extract.teachers.TeacherSpec` that loads a saved expert."""
-    from mmkd.extract.teachers.spec import TeacherSpec
+    """The :class:`~mmkd.teachers.TeacherSpec` that loads a saved expert."""
+    from mmkd.teachers.spec import TeacherSpec
 
     mods = "+".join(spec.modalities) if spec else "?"
     return TeacherSpec(name=name, loader="open_clip", weights=f"local-dir:{Path(folder).resolve()}",

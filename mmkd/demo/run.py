@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def _expert_job(spec: Any, folder: str, modalities: tuple[str, ...], seed: int, 
 def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     """Train and save every expert (``cfg.jobs`` at a time), write ``pipelines.yaml`` declaring them."""
     from mmkd.demo.experts import ExpertSpec, teacher_spec
-    from mmkd.extract.tiny import write_pipelines
+    from mmkd.teachers.tiny import write_pipelines
 
     specs = {name: ExpertSpec(name, tuple(mods), n_per_class=cfg.expert_per_class, steps=cfg.expert_steps,
                               batch_size=cfg.expert_batch_size, seed=cfg.seed * 100 + i)
@@ -136,11 +137,9 @@ def _student_job(store: str, out: str, student: str, cfg: DemoConfig, stage: int
     """One distill run in a pool process; returns its export and whether the process imported a teacher."""
     import torch
 
-    from mmkd.distill.guard import teachers_loaded
-
     torch.set_num_threads(threads)
     export = _distill(store, Path(out), student, cfg, stage, steps, batch_size=batch_size, **settings)
-    return export, teachers_loaded()
+    return export, "mmkd.teachers" in sys.modules
 
 
 def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:

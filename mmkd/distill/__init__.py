@@ -2,7 +2,7 @@
 
 The distiller reads images and captions from the dataset the store was built
 from and teacher features from the store; it never imports or builds a teacher
-(:mod:`mmkd.distill.guard`). Heavy modules are imported lazily.
+(`tests/test_layers.py` states it: no module of mmkd.distill imports mmkd.teachers). Heavy modules are imported lazily.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from mmkd.distill import checkpoint as ckpt
 from mmkd.distill.config import DistillConfig
 from mmkd.distill.data import DataSpec, StoreBatches, make_loader, uniform
 from mmkd.distill.dist import DistEnv, cleanup_distributed, init_distributed
-from mmkd.distill.guard import no_teachers
 from mmkd.distill.heads import TeacherHeads, TeacherProjections, projected_copy
 from mmkd.distill.init import REPORT_FILE, initialise
 from mmkd.distill.metrics import MetricsLog, plot_losses
@@ -262,27 +261,26 @@ class DistillRecipe:
         stream = self._batches()
         bar = self._progress(end)
         t0, seen, acc, wait = time.perf_counter(), 0, {}, 0.0
-        with no_teachers():
-            while self.step < end:
-                for micro in range(c.grad_accum):
-                    tw = time.perf_counter()
-                    batch = next(stream)
-                    wait += time.perf_counter() - tw
-                    terms = self._micro_step(batch, sync=micro == c.grad_accum - 1)
-                    for k, v in terms.items():
-                        acc[k] = acc.get(k, 0.0) + v / c.grad_accum
-                grad_norm = self._optimizer_step()
-                self.step += 1
-                seen += c.batch_size * self.env.world_size * c.grad_accum
-                if self.step % c.log_every == 0 or self.step == end:
-                    elapsed = max(time.perf_counter() - t0, 1e-9)
-                    self._log(acc, grad_norm, seen / elapsed, bar, data_share=wait / elapsed)
-                    t0, seen, wait = time.perf_counter(), 0, 0.0
-                acc = {}
-                if bar is not None:
-                    bar.update(1)
-                if self.step % c.checkpoint_every == 0 or self.step == end:
-                    self._save()
+        while self.step < end:
+            for micro in range(c.grad_accum):
+                tw = time.perf_counter()
+                batch = next(stream)
+                wait += time.perf_counter() - tw
+                terms = self._micro_step(batch, sync=micro == c.grad_accum - 1)
+                for k, v in terms.items():
+                    acc[k] = acc.get(k, 0.0) + v / c.grad_accum
+            grad_norm = self._optimizer_step()
+            self.step += 1
+            seen += c.batch_size * self.env.world_size * c.grad_accum
+            if self.step % c.log_every == 0 or self.step == end:
+                elapsed = max(time.perf_counter() - t0, 1e-9)
+                self._log(acc, grad_norm, seen / elapsed, bar, data_share=wait / elapsed)
+                t0, seen, wait = time.perf_counter(), 0, 0.0
+            acc = {}
+            if bar is not None:
+                bar.update(1)
+            if self.step % c.checkpoint_every == 0 or self.step == end:
+                self._save()
         if bar is not None:
             bar.close()
         finished = self.step >= self.total_steps
@@ -352,8 +350,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     """
     recipe = DistillRecipe(cfg)
     try:
-        with no_teachers():
-            recipe.setup()
+        recipe.setup()
         return recipe.train()
     finally:
         recipe.cleanup()

@@ -3,7 +3,7 @@
 * :class:`StudentEncoder`: an exported open_clip folder (``open_clip_config.json`` +
   weights), loaded through ``open_clip``'s ``local-dir:`` schema.
 * :class:`TeacherEncoder`: a teacher declared in pipelines.yaml, loaded with
-  :func:`mmkd.extract.teachers.load_teacher` on first use (a feature-cache hit
+  :func:`mmkd.teachers.load_teacher` on first use (a feature-cache hit
   never loads it).
 * :class:`StoreEncoder`: a teacher's features read by sample id from a feature store
   built over the eval set. A store holds embeddings of the set's images and
@@ -133,7 +133,7 @@ class TeacherEncoder:
     """
 
     def __init__(self, name: str, cfg: dict[str, Any] | None = None, device: str | None = None) -> None:
-        from mmkd.extract.teachers import get_teacher_spec
+        from mmkd.teachers import get_teacher_spec
 
         self.spec = get_teacher_spec(name, cfg)
         self.name = name
@@ -145,7 +145,7 @@ class TeacherEncoder:
     @property
     def teacher(self):
         if self._teacher is None:
-            from mmkd.extract.teachers import load_teacher
+            from mmkd.teachers import load_teacher
 
             log.info("loading teacher %s", self.name)
             self._teacher = load_teacher(self.spec, device=str(_device(self._device)))

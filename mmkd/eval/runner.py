@@ -140,7 +140,7 @@ class _Models:
             elif path.exists():
                 raise EvalError(f"model {model!r} is a path but not a student export (no open_clip_config.json)")
             else:
-                from mmkd.extract.teachers import TeacherError
+                from mmkd.teachers import TeacherError
 
                 try:
                     self._built[model] = TeacherEncoder(model, self.cfg, self.device)

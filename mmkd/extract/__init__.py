@@ -4,7 +4,7 @@
     summary = run_extract(ExtractJob(data="mmkd-clip-demo", teachers=["biomedclip"],
                                      store="stores/demo", runner="local"))
 
-Sub-packages: :mod:`mmkd.extract.teachers`,
+Sub-packages: :mod:`mmkd.teachers`,
 :mod:`mmkd.extract.runners`. Importing this package imports neither torch nor ray.
 """
 

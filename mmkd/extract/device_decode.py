@@ -23,7 +23,7 @@ from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, _open_checked
 if TYPE_CHECKING:
     import torch
 
-    from mmkd.extract.teachers.base import Preprocessing
+    from mmkd.teachers.base import Preprocessing
 
 DEVICE_RESIZE_MODES = ("shortest", "longest", "squash")
 _JPEG_MAGIC = b"\xff\xd8\xff"

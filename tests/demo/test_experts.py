@@ -28,8 +28,8 @@ def test_saved_expert_loads_through_the_teacher_loader_with_the_same_outputs(tmp
 
     from mmkd.config import load_pipelines
     from mmkd.data.images import decode_image
-    from mmkd.extract.teachers import get_teacher_spec, load_teacher
-    from mmkd.extract.tiny import write_pipelines
+    from mmkd.teachers import get_teacher_spec, load_teacher
+    from mmkd.teachers.tiny import write_pipelines
 
     spec = ExpertSpec("demo_expert", ("fundus",), model_cfg=TINY, n_per_class=8, steps=3, batch_size=16)
     model = train_expert(spec)

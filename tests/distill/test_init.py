@@ -159,7 +159,7 @@ def test_hf_text_tower_from_save_pretrained_folder(tmp_path, monkeypatch):
     from transformers import BertConfig, BertModel
 
     from mmkd.distill.student import init_config
-    from mmkd.extract import tiny
+    from mmkd.teachers import tiny
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bert = tmp_path / "bert"

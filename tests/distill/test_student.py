@@ -83,7 +83,7 @@ def test_hf_text_tower_student_exports_self_contained(tmp_path, monkeypatch):
     import open_clip
     from transformers import BertConfig
 
-    from mmkd.extract import tiny
+    from mmkd.teachers import tiny
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bert = tmp_path / "bert"
     tiny.save_tiny_tokenizer(bert, 16)

@@ -88,7 +88,7 @@ def test_cli_errors_name_the_problem(tmp_path, student_dir):
 def tiny_teacher_setup(tmp_path_factory, modality_dir):
     """Pipelines with a tiny open_clip teacher and a labelled, captioned set over the modality images."""
     from mmkd.config import load_pipelines
-    from mmkd.extract.tiny import make_tiny_teachers, write_pipelines
+    from mmkd.teachers.tiny import make_tiny_teachers, write_pipelines
 
     root = tmp_path_factory.mktemp("teacher")
     specs = make_tiny_teachers(root / "teachers", kinds=("open_clip",))

@@ -10,7 +10,7 @@ import torch
 
 from mmkd.data.images import decode_image
 from mmkd.extract.device_decode import decode_batch, device_decodable
-from mmkd.extract.teachers.base import Preprocessing
+from mmkd.teachers.base import Preprocessing
 
 # Tolerance: another JPEG decoder (libjpeg-turbo via torchvision vs Pillow's) and torch's antialiased resize vs
 # PIL's differ by a few 8-bit levels at edges; in normalised units (std ~0.27) that is < 0.35 at any pixel, and the

@@ -20,7 +20,7 @@ from test_runner_support import BAD, assert_same_store, direct_features, modalit
 from mmkd.config import load_pipelines
 from mmkd.extract import ExtractError, ExtractJob, job_from_config, run_extract
 from mmkd.data import open_dataset
-from mmkd.extract.teachers import load_teacher
+from mmkd.teachers import load_teacher
 from mmkd.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,7 +143,7 @@ def test_other_weights_refused_on_resume(setup, demo_store, tmp_path):
     copy = tmp_path / "store"
     shutil.copytree(path, copy)
     (copy / "_progress" / "tiny_open_clip" / "block-000002.done").unlink()
-    from mmkd.extract.tiny import make_tiny_teachers, write_pipelines
+    from mmkd.teachers.tiny import make_tiny_teachers, write_pipelines
 
     specs = make_tiny_teachers(tmp_path / "seed1", kinds=("open_clip",), seed=1, dim=24, image_size=32,
                                context_length=16)

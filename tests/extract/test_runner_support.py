@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmkd.extract.tiny import make_tiny_teachers, write_pipelines
+from mmkd.teachers.tiny import make_tiny_teachers, write_pipelines
 
 KINDS = ("open_clip", "transformers", "unimed_clip", "medclip")
 MODALITY_CAPTIONS = {

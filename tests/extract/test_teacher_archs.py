@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mmkd.config import load_pipelines
-from mmkd.extract.teachers import teachers_from_config
+from mmkd.teachers import teachers_from_config
 from tests.conftest import REPO_ROOT
 
 SPECS = teachers_from_config(load_pipelines(REPO_ROOT / "pipelines.yaml"))
@@ -54,7 +54,7 @@ def test_transformers_teacher_builds_at_table_dim(name):
 
 @pytest.mark.slow  # 196M parameters initialised on CPU; --check builds it on the meta device in the default run
 def test_biomedclip_builds_offline_at_table_dim(tmp_path, monkeypatch):
-    from mmkd.extract.teachers.archs import build_architecture
+    from mmkd.teachers.archs import build_architecture
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))

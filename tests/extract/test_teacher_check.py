@@ -13,8 +13,8 @@ from PIL import Image
 
 from mmkd.cli import main
 from mmkd.config import load_pipelines
-from mmkd.extract.teachers import TeacherError, TeacherSpec, load_teacher, teachers_from_config, weights_status
-from mmkd.extract.tiny import make_tiny_teachers, write_pipelines
+from mmkd.teachers import TeacherError, TeacherSpec, load_teacher, teachers_from_config, weights_status
+from mmkd.teachers.tiny import make_tiny_teachers, write_pipelines
 from tests.conftest import REPO_ROOT
 
 REPO_PIPELINES = REPO_ROOT / "pipelines.yaml"
@@ -81,7 +81,7 @@ def test_bad_upstream_is_refused(upstream, match):
 
 
 def test_pad_square_never_upscales():
-    from mmkd.extract.teachers import Preprocessing
+    from mmkd.teachers import Preprocessing
 
     pp = Preprocessing(image_size=32, mean=(0.0,), std=(1.0,), resize_mode="pad_square", grayscale=True)
     small = Image.new("L", (10, 20), 255)  # smaller than 32: pasted at its own size, centred

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmkd.extract.teachers import TeacherSpec, load_teacher
-from mmkd.extract.teachers.checkpoints import CheckpointError, read_state_dict
-from mmkd.extract.tiny import make_tiny_teachers
+from mmkd.teachers import TeacherSpec, load_teacher
+from mmkd.teachers.checkpoints import CheckpointError, read_state_dict
+from mmkd.teachers.tiny import make_tiny_teachers
 
 CAPTIONS = ["chest x ray", "brain mri axial view showing a lesion"]
 

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from mmkd.cli import main
 from mmkd.config import load_pipelines
-from mmkd.extract.teachers import teachers_from_config
-from mmkd.extract.tiny import make_tiny_teachers, write_pipelines
+from mmkd.teachers import teachers_from_config
+from mmkd.teachers.tiny import make_tiny_teachers, write_pipelines
 
 REPO_PIPELINES = Path(__file__).resolve().parents[2] / "pipelines.yaml"
 
@@ -51,7 +51,7 @@ def test_teachers_command_bad_file(tmp_path):
 def test_real_custom_architectures_build_at_table_dims(name):
     import torch
 
-    from mmkd.extract.custom_models import build_custom_model
+    from mmkd.teachers.custom_models import build_custom_model
 
     spec = teachers_from_config(load_pipelines(REPO_PIPELINES))[name]
     model = build_custom_model(spec.arch, spec.model_config).eval()

@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from mmkd.extract.teachers import TeacherSpec, load_teacher, teachers_from_config
-from mmkd.extract.teachers.parity import cosines, run_parity
-from mmkd.extract.tiny import make_tiny_teachers, save_tiny_tokenizer
+from mmkd.teachers import TeacherSpec, load_teacher, teachers_from_config
+from mmkd.teachers.parity import cosines, run_parity
+from mmkd.teachers.tiny import make_tiny_teachers, save_tiny_tokenizer
 
 COS = 0.99999
 CAPTIONS = ["chest x ray showing a mass in the right lung", "brain mri axial view",

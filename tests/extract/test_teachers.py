@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mmkd.config import load_pipelines
-from mmkd.extract.teachers import (
+from mmkd.teachers import (
     TeacherError, TeacherSpec, UnknownTeacherError, WeightsNotFoundError, get_teacher_spec, load_teacher,
     teachers_from_config,
 )
-from mmkd.extract.tiny import KINDS, make_tiny_teachers, write_pipelines
+from mmkd.teachers.tiny import KINDS, make_tiny_teachers, write_pipelines
 
 CAPTIONS = ["chest x ray showing a mass in the right lung", "brain mri axial view", "h e stained tissue", ""]
 
@@ -61,7 +61,7 @@ def _direct(spec, pixels, captions):
         img = model.get_image_features(pixel_values=pixels)
         txt = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         return getattr(img, "pooler_output", img), getattr(txt, "pooler_output", txt)
-    from mmkd.extract.custom_models import build_custom_model
+    from mmkd.teachers.custom_models import build_custom_model
 
     model = build_custom_model(spec.arch, spec.model_config).eval()
     sd = torch.load(spec.weights, weights_only=True)["state_dict"]
@@ -109,7 +109,7 @@ def test_over_long_caption_is_truncated(loaded):
 
 def test_any_caption_tokenizes_inside_the_vocabulary(loaded):
     # single letters and digits are also words of the tiny vocabulary: ids must stay < vocab size
-    from mmkd.extract.tiny import _word_vocab
+    from mmkd.teachers.tiny import _word_vocab
 
     vocab = _word_vocab()
     assert sorted(vocab.values()) == list(range(len(vocab)))
@@ -244,7 +244,7 @@ def test_missing_local_dir_names_path(tmp_path):
 
 
 def test_checkpoint_key_mismatch_is_loud(tmp_path, tiny):
-    from mmkd.extract.custom_models import CheckpointError
+    from mmkd.teachers.custom_models import CheckpointError
 
     spec = tiny["tiny_medclip"]
     sd = torch.load(spec.weights, weights_only=True)["state_dict"]

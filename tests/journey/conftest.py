@@ -60,7 +60,7 @@ def write_user_pipelines(path: Path, teachers_root: Path, data: dict[str, Path])
     """The user's pipelines file: two tiny teachers of different loaders and dims, a dataset with a field map."""
     import yaml
 
-    from mmkd.extract.tiny import make_tiny_teachers, pipelines_fragment
+    from mmkd.teachers.tiny import make_tiny_teachers, pipelines_fragment
 
     specs = {**make_tiny_teachers(teachers_root / "a", kinds=("open_clip",), dim=32),
              **make_tiny_teachers(teachers_root / "b", kinds=("transformers",), dim=48, seed=1)}

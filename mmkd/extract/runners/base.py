@@ -24,7 +24,7 @@ from mmkd.extract.runners.prepare import write_job_record
 from mmkd.extract.runners.summary import TeacherSummary
 
 if TYPE_CHECKING:
-    from mmkd.extract.teachers import TeacherSpec
+    from mmkd.teachers import TeacherSpec
     from mmkd.store import FeatureStore
 
 log = logging.getLogger(__name__)

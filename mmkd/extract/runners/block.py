@@ -77,13 +77,13 @@ class BlockWorker:
     """Runs one teacher over store blocks (see the module docstring).
 
     Args:
-        spec: the teacher spec (a :class:`~mmkd.extract.teachers.TeacherSpec` or its dict).
+        spec: the teacher spec (a :class:`~mmkd.teachers.TeacherSpec` or its dict).
         config: the worker settings.
     """
 
     def __init__(self, spec: Any, config: WorkerConfig) -> None:
         from mmkd.data import open_dataset
-        from mmkd.extract.teachers import TeacherSpec, load_teacher
+        from mmkd.teachers import TeacherSpec, load_teacher
         from mmkd.store import FeatureStore
 
         self.spec = TeacherSpec.from_dict(spec) if isinstance(spec, dict) else spec

@@ -176,8 +176,8 @@ def resolve_teachers(job: ExtractJob, cfg: dict[str, Any]) -> list[Any]:
     Raises:
         UnknownTeacherError: a name is not declared (the message lists the valid names).
     """
-    from mmkd.extract.teachers import get_teacher_spec
-    from mmkd.extract.teachers.spec import teachers_in_scope
+    from mmkd.teachers import get_teacher_spec
+    from mmkd.teachers.spec import teachers_in_scope
 
     if ALL_TEACHERS in job.teachers:
         specs = list(teachers_in_scope(cfg).values())  # the user's own teachers, else every shipped one

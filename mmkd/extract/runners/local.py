@@ -9,7 +9,7 @@ from mmkd.extract.runners.base import BaseRunner, BlockCallback
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig
 
 if TYPE_CHECKING:
-    from mmkd.extract.teachers import TeacherSpec
+    from mmkd.teachers import TeacherSpec
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ray import ObjectRef
     from ray.actor import ActorHandle
 
-    from mmkd.extract.teachers import TeacherSpec
+    from mmkd.teachers import TeacherSpec
 
 log = logging.getLogger(__name__)
 

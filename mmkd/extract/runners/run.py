@@ -113,8 +113,8 @@ def _precheck_weights(job: ExtractJob, specs: list[Any]) -> None:
     Skipped when joining a remote Ray cluster, whose nodes may hold weights this
     machine lacks.
     """
-    from mmkd.extract.teachers import weights_status
-    from mmkd.extract.teachers.weights import hub_offline, missing_weights_error
+    from mmkd.teachers import weights_status
+    from mmkd.teachers.weights import hub_offline, missing_weights_error
 
     if job.runner == "ray" and (job.address or os.environ.get("RAY_ADDRESS")):
         return

@@ -35,7 +35,7 @@ Config keys (``model_config`` in pipelines.yaml):
   2 and last, averaged, -> projection (masked mean over real tokens, i.e. what the
   original gives for one unpadded caption). Checkpoints saved under transformers
   4.x (``attention.self.query``...) load under 5.x through transformers' own key
-  conversion (:func:`mmkd.extract.teachers.checkpoints.convert_hf_keys`).
+  conversion (:func:`mmkd.teachers.checkpoints.convert_hf_keys`).
 
 All: a leading ``module.`` is stripped, a ``state_dict`` wrapper unwrapped, buffers
 named ``*position_ids`` ignored; ``ignore_keys`` (list of prefixes) in the config
@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmkd.extract.teachers.checkpoints import CheckpointError, convert_hf_keys, match_state_dict, read_state_dict
+from mmkd.teachers.checkpoints import CheckpointError, convert_hf_keys, match_state_dict, read_state_dict
 
 log = logging.getLogger(__name__)
 

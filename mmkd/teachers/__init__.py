@@ -6,10 +6,10 @@ builds a :class:`Teacher` whose ``encode_images`` / ``encode_texts`` return
 L2-normalised float32 embeddings with the teacher's own preprocessing and tokenizer.
 """
 
-from mmkd.extract.teachers.spec import (
+from mmkd.teachers.spec import (
     LOADERS, TeacherError, TeacherSpec, UnknownTeacherError, get_teacher_spec, teachers_from_config,
 )
-from mmkd.extract.teachers.weights import WeightsNotFoundError, WeightsStatus, weights_status
+from mmkd.teachers.weights import WeightsNotFoundError, WeightsStatus, weights_status
 
 __all__ = [
     "LOADERS", "Preprocessing", "Teacher", "TeacherError", "TeacherSpec", "UnknownTeacherError",
@@ -21,11 +21,11 @@ __all__ = [
 def __getattr__(name: str):
     # torch-heavy parts load on first use, so reading specs (CLI, Ray driver) stays light.
     if name in ("Teacher", "Preprocessing", "to_mode"):
-        from mmkd.extract.teachers import base
+        from mmkd.teachers import base
 
         return getattr(base, name)
     if name == "load_teacher":
-        from mmkd.extract.teachers.loaders import load_teacher
+        from mmkd.teachers.loaders import load_teacher
 
         return load_teacher
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

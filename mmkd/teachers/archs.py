@@ -2,7 +2,7 @@
 
 An architecture is *declared* when ``pipelines.yaml`` alone says how to build it:
 
-* ``custom``: ``arch`` + ``model_config`` (:mod:`mmkd.extract.custom_models`);
+* ``custom``: ``arch`` + ``model_config`` (:mod:`mmkd.teachers.custom_models`);
 * ``open_clip``: ``arch`` (a built-in open_clip model name), or ``model_config.model_cfg``
   (an open_clip ``model_cfg``, as in a hub ``open_clip_config.json``) plus, for a Hugging
   Face text tower, ``model_config.text_config`` (the transformers config of that tower,
@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mmkd.extract.teachers.spec import TeacherError, TeacherSpec
-from mmkd.extract.teachers.weights import (
+from mmkd.teachers.spec import TeacherError, TeacherSpec
+from mmkd.teachers.weights import (
     OPEN_CLIP_WEIGHT_FILES, TOKENIZER_FILES, _first_cached, _tokenizer_status, cached_file, checkpoint_missing,
     repo_cache_path, weights_status,
 )
@@ -112,7 +112,7 @@ def build_architecture(spec: TeacherSpec, device: Any = "meta") -> Any:
     import torch
 
     if spec.loader == "custom":
-        from mmkd.extract.custom_models import build_custom_model
+        from mmkd.teachers.custom_models import build_custom_model
 
         with torch.device(device):
             return build_custom_model(spec.arch, spec.model_config)

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from mmkd.extract.teachers.archs import build_declared_open_clip, declared_open_clip, open_clip_create_kwargs
-from mmkd.extract.teachers.base import Preprocessing, Teacher
-from mmkd.extract.teachers.spec import TeacherError, TeacherSpec
-from mmkd.extract.teachers.weights import (
+from mmkd.teachers.archs import build_declared_open_clip, declared_open_clip, open_clip_create_kwargs
+from mmkd.teachers.base import Preprocessing, Teacher
+from mmkd.teachers.spec import TeacherError, TeacherSpec
+from mmkd.teachers.weights import (
     OPEN_CLIP_WEIGHT_FILES, _first_cached, cache_revision, cached_file, hub_cache_dir, hub_offline, missing_weights_error,
     resolve_checkpoint, weights_status,
 )
@@ -35,7 +35,7 @@ def load_teacher(spec: TeacherSpec, device: str | torch.device = "cpu") -> Teach
     """Build a teacher from its spec: model on ``device`` in eval mode, own transform and tokenizer.
 
     Args:
-        spec: the teacher spec (see :func:`mmkd.extract.teachers.get_teacher_spec`).
+        spec: the teacher spec (see :func:`mmkd.teachers.get_teacher_spec`).
         device: torch device for the model.
 
     Raises:
@@ -242,7 +242,7 @@ def _hf_tokenize(tokenizer: Any, ctx: int, *, pad_to_context: bool = True, clean
 def _load_custom(spec: TeacherSpec, device: torch.device) -> Teacher:
     from transformers import AutoTokenizer
 
-    from mmkd.extract.custom_models import CUSTOM_ARCHS, build_custom_model, load_custom_checkpoint
+    from mmkd.teachers.custom_models import CUSTOM_ARCHS, build_custom_model, load_custom_checkpoint
 
     if spec.arch not in CUSTOM_ARCHS:
         raise TeacherError(f"teacher {spec.name!r}: unknown custom arch {spec.arch!r}; valid: {sorted(CUSTOM_ARCHS)}")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mmkd.extract.teachers.spec import TeacherSpec
+from mmkd.teachers.spec import TeacherSpec
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def autocast_context(device: torch.device, dtype: torch.dtype | str | None):
 
 
 class Teacher:
-    """A loaded teacher. Build with :func:`mmkd.extract.teachers.load_teacher`.
+    """A loaded teacher. Build with :func:`mmkd.teachers.load_teacher`.
 
     Attributes:
         name: the spec's name.

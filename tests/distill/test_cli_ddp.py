@@ -1,4 +1,4 @@
-"""The distiller never loads a teacher; the CLI; two-process gloo DDP matches one process."""
+"""A stage-2 run never imports a teacher; the CLI; two-process gloo DDP matches one process."""
 
 from __future__ import annotations
 
@@ -18,17 +18,10 @@ GUARD_SCRIPT = r"""
 import json, sys
 from click.testing import CliRunner
 from mmkd.cli import main
-from mmkd.distill.guard import TeacherImportError, no_teachers
 res = CliRunner().invoke(main, sys.argv[1:], catch_exceptions=False)
 assert res.exit_code == 0, res.output
-loaded = "mmkd.extract.teachers" in sys.modules
-try:
-    with no_teachers():
-        import mmkd.extract.teachers  # noqa: F401
-    blocked = False
-except TeacherImportError as e:
-    blocked = "must never load a teacher" in str(e)
-print(json.dumps({"loaded": loaded, "blocked": blocked, "summary": res.output.strip().splitlines()[-1]}))
+loaded = "mmkd.teachers" in sys.modules
+print(json.dumps({"loaded": loaded, "summary": res.output.strip().splitlines()[-1]}))
 """
 
 
@@ -94,7 +87,7 @@ def test_two_process_gloo_ddp_matches_single_process(tiny_store, student_json, t
 
 def test_tiny_teachers_extract_then_distill_both_stages(tmp_path, monkeypatch):
     """The issue's end-to-end: 2 tiny teachers -> store -> stage 1 -> stage 2 (in a teacher-free process)."""
-    from mmkd.extract import tiny
+    from mmkd.teachers import tiny
     from mmkd.extract.runners import run as runners
     from mmkd.distill.config import load_distill_config
     from mmkd.distill.recipe import distill
@@ -122,8 +115,7 @@ def test_tiny_teachers_extract_then_distill_both_stages(tmp_path, monkeypatch):
                           env=_env(), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["loaded"] is False  # a whole stage-2 run never imported the teacher registry
-    assert result["blocked"] is True  # and the runtime guard refuses it
+    assert result["loaded"] is False  # a whole stage-2 run never imported the teacher registry (tests/test_layers.py)
     m2 = read_metrics(tmp_path / "s2")
     assert sum(r["loss/total"] for r in m2[-3:]) < sum(r["loss/total"] for r in m2[:3])
     assert set(json.loads((tmp_path / "s2" / "export" / "open_clip_config.json").read_text())) == {

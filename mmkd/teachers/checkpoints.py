@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmkd.extract.teachers.spec import TeacherError
+from mmkd.teachers.spec import TeacherError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Teacher specs: the ``teachers:`` section of ``pipelines.yaml`` as typed dataclasses.
 
 A spec is small, picklable and JSON-able: it is what travels to a Ray actor, which
-then loads the model itself (:func:`mmkd.extract.teachers.load_teacher`).
+then loads the model itself (:func:`mmkd.teachers.load_teacher`).
 
 The smallest valid entry is ``{NAME: {loader: open_clip, weights: WEIGHTS}}``;
 every other field overrides what would otherwise be read from the model.
@@ -46,7 +46,7 @@ class TeacherSpec:
         arch: open_clip architecture name for checkpoint files (``ViT-B-16``), or the
             custom architecture (``unimed_clip``, ``pmc_clip``, ``medclip``).
         model_config: architecture config for ``custom`` (see
-            :mod:`mmkd.extract.custom_models`), or extra kwargs for open_clip.
+            :mod:`mmkd.teachers.custom_models`), or extra kwargs for open_clip.
         dim: embedding dim; checked against the model when given.
         image_size, mean, std, interpolation, resize_mode: image preprocessing
             overrides (default: read from the model / its processor).

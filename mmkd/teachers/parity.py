@@ -11,7 +11,7 @@ A parity folder holds one sub-folder per teacher, named as in ``pipelines.yaml``
 
 :func:`run_parity` builds each teacher from its ``pipelines.yaml`` entry with only the
 weights, tokenizer and dims swapped for the folder's, through the real loader
-(:func:`mmkd.extract.teachers.load_teacher`), embeds the reference images and captions and
+(:func:`mmkd.teachers.load_teacher`), embeds the reference images and captions and
 compares row by row. ``image_paths`` are relative to the parity root's parent (the shared
 fixtures layout) or to the root itself.
 """
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from mmkd.extract.teachers.spec import TeacherError, TeacherSpec
-from mmkd.extract.teachers.weights import CHECKPOINT_SUFFIXES
+from mmkd.teachers.spec import TeacherError, TeacherSpec
+from mmkd.teachers.weights import CHECKPOINT_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def check_teacher(folder: str | Path, spec: TeacherSpec, threshold: float = THRE
     """
     import torch
 
-    from mmkd.extract.teachers.loaders import load_teacher
+    from mmkd.teachers.loaders import load_teacher
 
     folder = Path(folder)
     ref_file = folder / "reference.npz"

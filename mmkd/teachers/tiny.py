@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
-from mmkd.extract.teachers.spec import TeacherSpec
+from mmkd.teachers.spec import TeacherSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def make_tiny_teachers(root: str | Path, kinds: Iterable[str] = ("open_clip", "t
         context_length: tokenizer max length.
 
     Returns:
-        ``tiny_<kind>`` -> spec, ready for :func:`mmkd.extract.teachers.load_teacher`.
+        ``tiny_<kind>`` -> spec, ready for :func:`mmkd.teachers.load_teacher`.
     """
     if image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32 (ResNet and Swin strides), got {image_size}")
@@ -98,7 +98,7 @@ def _open_clip(folder: Path, name: str, kind: str, seed: int, dim: int, size: in
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
     _save_safetensors(model, folder / "open_clip_model.safetensors")
     return TeacherSpec(name=name, loader="open_clip", weights=f"local-dir:{folder}", dim=dim,
-                       license="test-only", source="mmkd.extract.tiny: random seeded weights")
+                       license="test-only", source="mmkd.teachers.tiny: random seeded weights")
 
 
 def _word_vocab() -> dict[str, int]:
@@ -149,11 +149,11 @@ def _transformers(folder: Path, name: str, kind: str, seed: int, dim: int, size:
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                        image_mean=list(MEAN), image_std=list(STD), resample=3).save_pretrained(str(folder))
     return TeacherSpec(name=name, loader="transformers", weights=str(folder), dim=dim,
-                       license="test-only", source="mmkd.extract.tiny: random seeded weights")
+                       license="test-only", source="mmkd.teachers.tiny: random seeded weights")
 
 
 def tiny_custom_config(arch: str, dim: int = 32, image_size: int = 32) -> dict[str, Any]:
-    """A toy ``model_config`` for a custom architecture (see :mod:`mmkd.extract.custom_models`)."""
+    """A toy ``model_config`` for a custom architecture (see :mod:`mmkd.teachers.custom_models`)."""
     bert = {"vocab_size": len(_word_vocab()), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
             "intermediate_size": 64, "max_position_embeddings": 64}
     if arch == "unimed_clip":
@@ -172,7 +172,7 @@ def tiny_custom_config(arch: str, dim: int = 32, image_size: int = 32) -> dict[s
 def _custom(folder: Path, name: str, arch: str, seed: int, dim: int, size: int, ctx: int) -> TeacherSpec:
     import torch
 
-    from mmkd.extract.custom_models import build_custom_model
+    from mmkd.teachers.custom_models import build_custom_model
 
     cfg = tiny_custom_config(arch, dim, size)
     _seed(seed)
@@ -184,7 +184,7 @@ def _custom(folder: Path, name: str, arch: str, seed: int, dim: int, size: int, 
     save_tiny_tokenizer(folder / "tokenizer", ctx)
     return TeacherSpec(name=name, loader="custom", weights=str(checkpoint), arch=arch, model_config=cfg, dim=dim,
                        tokenizer=str(folder / "tokenizer"), context_length=ctx, grayscale=(arch == "medclip"),
-                       license="test-only", source="mmkd.extract.tiny: random seeded weights")
+                       license="test-only", source="mmkd.teachers.tiny: random seeded weights")
 
 
 def pipelines_fragment(specs: dict[str, TeacherSpec]) -> dict[str, Any]:
@@ -203,6 +203,6 @@ def write_pipelines(path: str | Path, specs: dict[str, TeacherSpec], extra: dict
 
     path = Path(path)
     data = {"version": 1, **pipelines_fragment(specs), **(extra or {})}
-    path.write_text("# Tiny test teachers written by mmkd.extract.tiny.write_pipelines\n"
+    path.write_text("# Tiny test teachers written by mmkd.teachers.tiny.write_pipelines\n"
                     + yaml.safe_dump(data, sort_keys=False))
     return path
