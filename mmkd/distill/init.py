@@ -124,7 +124,7 @@ def resolve_pretrained(ref: str, cache_dir: str | None = None) -> Path:
                 f"init {ref!r}: no open_clip weights for {model_id!r} in the Hugging Face cache "
                 f"({cache_dir or os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'})"
                 f"{' and HF_HUB_OFFLINE=1 forbids a download' if _offline() else ''}; download them once "
-                f"online (huggingface-cli download {model_id}) or point HF_HUB_CACHE at a cache that holds them") from e
+                f"online (hf download {model_id}) or point HF_HUB_CACHE at a cache that holds them") from e
     arch, tag = ref.split(":", 1)
     arch = arch.replace("/", "-")
     if open_clip.get_model_config(arch) is None:
