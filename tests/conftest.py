@@ -1,14 +1,30 @@
-"""Shared test fixtures: the real fixture data, and one Ray instance per session."""
+"""Shared test helpers, in one place: the hub offline for the whole session, the real fixture data
+(``fixture_absent`` skips, or fails under ``MMKD_REQUIRE_FIXTURES=1`` as CI sets it), one Ray instance
+per session, and ``run_mmkd`` (the ``mmkd`` console script as a user runs it)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
+# Offline for the whole session, set before any test module imports transformers or huggingface_hub
+# (both read these once at import; a later monkeypatch is too late and the hub is retried for minutes).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("MMKD_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+REQUIRE_FIXTURES = os.environ.get("MMKD_REQUIRE_FIXTURES", "") not in ("", "0")
+
+
+def fixture_absent(message: str) -> None:
+    """A fixture the test needs is absent: skip, saying why; under ``MMKD_REQUIRE_FIXTURES=1`` (CI) fail."""
+    if REQUIRE_FIXTURES:
+        pytest.fail(f"{message} (MMKD_REQUIRE_FIXTURES is set: fixtures are required here)", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture
@@ -26,9 +42,9 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """``../shared/fixtures`` (override with ``MMKD_FIXTURES``); skips when absent."""
+    """``../shared/fixtures`` (override with ``MMKD_FIXTURES``); skips when absent (fails in CI)."""
     if not FIXTURES.is_dir():
-        pytest.skip(f"fixture data not found at {FIXTURES}; set MMKD_FIXTURES to the shared/fixtures folder")
+        fixture_absent(f"fixture data not found at {FIXTURES}; set MMKD_FIXTURES to the shared/fixtures folder")
     return FIXTURES
 
 
@@ -37,7 +53,7 @@ def mmkd_demo_dir(fixtures_dir: Path) -> Path:
     """The official MMKD-CLIP sample layout (8 samples)."""
     path = fixtures_dir / "mmkd-clip-demo"
     if not (path / "meta.jsonl").is_file():
-        pytest.skip(f"{path}/meta.jsonl not found; the mmkd-clip-demo fixture is incomplete")
+        fixture_absent(f"{path}/meta.jsonl not found; the mmkd-clip-demo fixture is incomplete")
     return path
 
 
@@ -46,7 +62,7 @@ def modality_dir(fixtures_dir: Path) -> Path:
     """Nine real images, one per modality."""
     path = fixtures_dir / "modality-examples"
     if not path.is_dir():
-        pytest.skip(f"{path} not found; the modality-examples fixture is absent")
+        fixture_absent(f"{path} not found; the modality-examples fixture is absent")
     return path
 
 

@@ -18,8 +18,7 @@ MODS = ("xray", "histology", "dermoscopy", "fundus")
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _restore_torch_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)

@@ -21,10 +21,6 @@ pytestmark = pytest.mark.ray
 TEACHERS = ["tiny_open_clip", "tiny_medclip"]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, modality_dir):

@@ -26,10 +26,6 @@ from mmkd.store import FeatureStore
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, mmkd_demo_dir, modality_dir):
