@@ -5,6 +5,8 @@ per session, and ``run_mmkd`` (the ``mmkd`` console script as a user runs it).""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 # Offline for the whole session, set before any test module imports transformers or huggingface_hub
 # (both read these once at import; a later monkeypatch is too late and the hub is retried for minutes).
@@ -77,23 +79,29 @@ def ray_session():
     ray.shutdown()
 
 
+def mmkd_script() -> str:
+    """The installed ``mmkd`` console script beside this interpreter (what a user types)."""
+    exe = Path(sys.executable).with_name("mmkd")
+    if not exe.is_file():
+        pytest.fail(f"the mmkd console script is not installed beside {sys.executable}; pip install -e . first")
+    return str(exe)
+
+
+def mmkd(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300,
+         ok: bool = False) -> subprocess.CompletedProcess:
+    """Run ``mmkd ARGS`` as a user would (the console script, this checkout first on ``PYTHONPATH``, hub offline);
+    ``env`` adds to or, with a ``None`` value, removes from the environment; ``ok`` asserts exit 0, showing the output."""
+    full = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    for key, value in (env or {}).items():
+        full.pop(key, None) if value is None else full.__setitem__(key, value)
+    proc = subprocess.run([mmkd_script(), *map(str, args)], cwd=cwd, env=full, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if ok:
+        assert proc.returncode == 0, f"mmkd {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
 @pytest.fixture(scope="session")
 def run_mmkd():
-    """Run the ``mmkd`` console script as a user would: ``run_mmkd(*args, timeout=...)`` -> CompletedProcess.
-
-    Uses the script installed next to this Python (falls back to ``python -c`` when
-    absent), with this checkout first on ``PYTHONPATH``.
-    """
-    import subprocess
-    import sys
-
-    script = Path(sys.executable).with_name("mmkd")
-    head = [str(script)] if script.is_file() else [sys.executable, "-c", "from mmkd.cli import main; main()"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-           "HF_HUB_OFFLINE": "1"}
-
-    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([*head, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout,
-                              check=False)
-
-    return run
+    """:func:`mmkd` as a fixture: ``run_mmkd(*args, timeout=...)`` -> CompletedProcess."""
+    return mmkd
