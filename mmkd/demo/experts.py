@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 
 from mmkd.demo.corpus import Batch, get_modality, make_batch
+from mmkd.distill.config import OptimConfig
+from mmkd.distill.optim import build_optimizer, build_scheduler
+from mmkd.teachers.spec import TeacherSpec
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +108,6 @@ def train_expert(spec: ExpertSpec, data: Batch | None = None):
     import torch
     from open_clip.loss import ClipLoss
 
-    from mmkd.distill.optim import OptimConfig, build_optimizer, build_scheduler
-
     data = data or make_batch(spec.modalities, spec.n_per_class, seed=spec.seed + 10_000)
     torch.manual_seed(spec.seed)
     model = open_clip.model.CLIP(**copy.deepcopy(spec.model_cfg))
@@ -154,8 +155,6 @@ def save_expert(model, folder: str | Path, spec: ExpertSpec) -> Path:
 
 def teacher_spec(name: str, folder: str | Path, spec: ExpertSpec | None = None):
     """The :class:`~mmkd.teachers.TeacherSpec` that loads a saved expert."""
-    from mmkd.teachers.spec import TeacherSpec
-
     mods = "+".join(spec.modalities) if spec else "?"
     return TeacherSpec(name=name, loader="open_clip", weights=f"local-dir:{Path(folder).resolve()}",
                        dim=int((spec.model_cfg if spec else clip_config())["embed_dim"]), license="demo-only",

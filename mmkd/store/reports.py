@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.store import format as fmt
+from mmkd.store.failures import read_dataset_failures
 from mmkd.store.validate import ValidationReport, validate_store
 
 
@@ -30,8 +31,6 @@ class ReportsMixin:
 
     def dataset_failures(self):
         """Dataset rows that never became samples (``file``, ``line``, ``reason``, ``detail``), as a table."""
-        from mmkd.store.failures import read_dataset_failures
-
         return read_dataset_failures(self.path)
 
     def info(self) -> dict[str, Any]:

@@ -28,9 +28,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from mmkd import __version__
 from mmkd.store import format as fmt
 from mmkd.store.blocks import BlocksMixin
+from mmkd.store.failures import write_dataset_failures
 from mmkd.store.format import Sample, StoreError
 from mmkd.store.index import DEFAULT_INDEX_CACHE_GROUPS, IndexMixin, index_schema, sample_rows
 from mmkd.store.reports import ReportsMixin
@@ -98,8 +102,6 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
             StoreError: ``path`` exists (and not ``overwrite``), no samples, a
                 duplicate sample id, or a bad block size.
         """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
         import zarr
 
         path = Path(path)
@@ -134,8 +136,6 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
             "teachers": [],
         }
         if dataset_failures is not None:
-            from mmkd.store.failures import write_dataset_failures
-
             bad = list(dataset_failures() if callable(dataset_failures) else dataset_failures)
             if write_dataset_failures(tmp, bad):
                 log.warning("store %s: %d dataset row(s) could not be read and are not in the index; "

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from mmkd.store import format as fmt
+from mmkd.store.index import fingerprint_tables
 
 if TYPE_CHECKING:
     from mmkd.store.store import FeatureStore
@@ -164,7 +166,6 @@ def _index_problems(store: "FeatureStore", report: ValidationReport) -> None:
         report.add("manifest", "store.json records no index_fingerprint, so the index cannot be checked; "
                                "rebuild the store with `mmkd extract`")
         return
-    from mmkd.store.index import fingerprint_tables
 
     actual = fingerprint_tables(rows_for_hash)
     if actual != recorded:
@@ -289,8 +290,6 @@ def _check_values(store: "FeatureStore", teacher: str, b: int, valid: np.ndarray
     path = store.path / fmt.FAILURES / teacher / f"{fmt.block_name(b)}.parquet"
     if path.exists():
         try:
-            import pyarrow.parquet as pq
-
             pq.read_table(path)
         except Exception as e:  # a damaged failures table
             report.add("failures", f"teacher {teacher!r}: failures table {path} is unreadable "
