@@ -9,13 +9,15 @@ from typing import Any
 
 from mmkd.store.format import FORMAT_VERSION, Sample, StoreError
 from mmkd.store.sampler import chunk_shuffled_batches, num_batches
+from mmkd.store.reports import store_info
 from mmkd.store.store import FeatureStore
+from mmkd.store.validate import ValidationReport, validate_store
 
 # the official MMKD-CLIP importer needs torch: on first use
 _LAZY = {"import_mmkd": "mmkd.store.importer"}
 
-__all__ = ["FORMAT_VERSION", "FeatureStore", "Sample", "StoreError", "chunk_shuffled_batches", "num_batches",
-           *_LAZY]
+__all__ = ["FORMAT_VERSION", "FeatureStore", "Sample", "StoreError", "ValidationReport", "chunk_shuffled_batches",
+           "num_batches", "store_info", "validate_store", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
