@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     from mmkd.eval.features import FeatureCache
 
 
+class ImageReader(Protocol):
+    """Where a set's images come from when not files under ``root``: an mmkd.data dataset, a clip_benchmark tar."""
+
+    def read_image_bytes(self, ref: str) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class EvalItem:
     """One sample of an eval set: ``image`` is a reference its set knows how to read."""
@@ -52,7 +58,7 @@ class EvalSet:
     root: Path | None = None
     store: Path | None = None
     source: str = ""
-    reader: Any = None  # an mmkd.data Dataset for `data:` sets
+    reader: ImageReader | None = None  # an mmkd.data Dataset for `data:` sets
 
     @property
     def labelled(self) -> bool:
@@ -146,4 +152,5 @@ class SetKind:
 
     tasks: tuple[str, ...]
     build: Callable[[str, Mapping[str, Any], Path], TaskSet]
+    # the set parameter is the kind's own set class (SlideSet, VqaSet), narrower than TaskSet
     run: Callable[[Encoder, Any, RunOptions], dict[str, dict[str, Any]]]
