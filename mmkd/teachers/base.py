@@ -19,7 +19,6 @@ from mmkd.teachers.spec import TeacherSpec
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Preprocessing:
     """A teacher's image transform, resolved from its spec and its model.
