@@ -97,16 +97,17 @@ def lazy_exports(module: str) -> set[str]:
             and n.value.startswith("mmkd.")}
 
 
-def mmkd_imports(module: str, tree: ast.Module | None = None) -> list[tuple[str, ast.AST]]:
+def mmkd_imports(module: str, tree: ast.Module | None = None, lazy: bool = True) -> list[tuple[str, ast.AST]]:
     """(imported mmkd module, the statement) for every import of ``module`` outside TYPE_CHECKING.
 
-    A package's ``_LAZY`` re-exports count as imports too (the statement: the table).
+    A package's ``_LAZY`` re-exports count as imports too (the statement: the table), unless
+    ``lazy`` is false: importing the package does not run them.
     """
     path = MODULES[module]
     tree = tree or ast.parse(path.read_text())
     skip = _type_checking_nodes(tree)
-    lazy = _lazy_table(tree)
-    out = [(t, lazy) for t in sorted(lazy_exports(module))]
+    table = _lazy_table(tree)
+    out = [(t, table) for t in sorted(lazy_exports(module))] if lazy else []
     for node in ast.walk(tree):
         if id(node) in skip:
             continue
@@ -145,17 +146,29 @@ def test_package_imports_only_what_its_layer_allows(package):
     assert not bad, f"{package} may import only {sorted(ALLOWED[package])}:\n" + "\n".join(bad)
 
 
-def test_distill_never_reaches_the_teachers():
-    """No chain of imports from mmkd.distill (entry points aside) ends in mmkd.teachers."""
-    seen, todo = set(), [m for m in MODULES if package_of(m) == "mmkd.distill" and m not in ENTRY_POINTS]
+def reached_from(start: list[str]) -> set[str]:
+    """Every module that importing ``start`` can run (parent package ``__init__``s included; their
+    ``_LAZY`` re-exports load only when used, and a use is an import of its own)."""
+    seen, todo = set(), list(start)
     while todo:
         m = todo.pop()
         if m in seen:
             continue
         seen.add(m)
-        todo += [t for t, _ in mmkd_imports(m)]
+        todo += [t for t, _ in mmkd_imports(m, lazy=False)]
         todo += [".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)]  # parent __init__s run too
+    return seen
+
+
+def test_distill_never_reaches_the_teachers():
+    """No chain of imports from mmkd.distill (entry points aside) ends in mmkd.teachers."""
+    seen = reached_from([m for m in MODULES if package_of(m) == "mmkd.distill" and m not in ENTRY_POINTS])
     assert not {m for m in seen if package_of(m) == "mmkd.teachers"}
+
+
+def test_the_demos_student_processes_never_reach_the_teachers():
+    """mmkd.demo.students is all a demo student's (spawned) process imports: no teacher either."""
+    assert not {m for m in reached_from(["mmkd.demo.students"]) if package_of(m) == "mmkd.teachers"}
 
 
 def test_lazy_tables_name_modules_of_their_own_package():

@@ -27,7 +27,6 @@ import json
 import logging
 import multiprocessing
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -41,10 +40,8 @@ from mmkd.demo.config import ABLATION_RUNS, DemoConfig, needs_trust, student_run
 from mmkd.demo.corpus import make_batch, write_eval_set, write_jsonl_dataset
 from mmkd.demo.experts import ExpertSpec, PREPROCESS_CFG, save_expert, teacher_spec, train_expert, zeroshot_accuracy
 from mmkd.demo.report import summarize, write_summary
+from mmkd.demo.students import student_job
 from mmkd.demo.tasks import task_summary, write_task_sets
-from mmkd.distill.config import load_distill_config
-from mmkd.distill.recipe import distill
-from mmkd.distill.rundir import RunDir
 from mmkd.eval.runner import EvalConfig, evaluate
 from mmkd.extract import ExtractJob, run_extract
 from mmkd.store import FeatureStore
@@ -117,29 +114,10 @@ def extract_teachers(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelin
     return {"store": str(out / "store"), "wall_s": summary.wall_s, "teachers": list(cfg.experts)}
 
 
-def _distill(store: str, out: Path, student: str, cfg: DemoConfig, stage: int, steps: int,
-             kd: str | None = None, init: str | None = None, **extra: Any) -> str:
-    overrides = {"store": store, "stage": stage, "student": student, "out": str(out), "steps": steps,
-                 "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps, "seed": cfg.seed,
-                 "num_workers": cfg.num_workers, "checkpoint_every": 10 ** 9, "log_every": 10, "progress": False,
-                 "device": "cpu", "init": init, "kd": kd, "fd_weight": cfg.fd_weight, "icl_weight": cfg.icl_weight}
-    if kd == "multi":
-        overrides["standardize"] = False
-    overrides.update(extra)
-    summary = distill(load_distill_config(None, None, overrides))
-    if not summary["finished"]:
-        raise RuntimeError(f"distill run {out} stopped at step {summary['step']} of {summary['total_steps']}")
-    return str(RunDir(out).export)
-
-
-def _student_job(store: str, out: str, student: str, cfg: DemoConfig, stage: int, steps: int, batch_size: int,
-                 threads: int, settings: dict[str, Any]) -> tuple[str, bool]:
-    """One distill run in a pool process; returns its export and whether the process imported a teacher."""
-    import torch
-
-    torch.set_num_threads(threads)
-    export = _distill(store, Path(out), student, cfg, stage, steps, batch_size=batch_size, **settings)
-    return export, "mmkd.teachers" in sys.modules
+def _distill_settings(cfg: DemoConfig) -> dict[str, Any]:
+    """The distill settings every student run of the demo shares."""
+    return {"batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps, "seed": cfg.seed,
+            "num_workers": cfg.num_workers, "fd_weight": cfg.fd_weight, "icl_weight": cfg.icl_weight}
 
 
 def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
@@ -159,7 +137,8 @@ def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
     runs = out / "runs"
     threads = _job_threads(cfg)
     with _pool(cfg) as pool:
-        stage1, imported = pool.submit(_student_job, store, str(runs / "stage1"), str(student), cfg, 1,
+        base = _distill_settings(cfg)
+        stage1, imported = pool.submit(student_job, store, str(runs / "stage1"), str(student), base, 1,
                                        cfg.stage1_steps, cfg.batch_size, cfg.threads or threads * cfg.jobs,
                                        {}).result()
         exports, loaded = {"stage1": stage1}, {"stage1": imported}
@@ -167,7 +146,7 @@ def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
         for name, settings in student_runs(cfg).items():
             settings = dict(settings)
             kd = settings.pop("kd")
-            futures[name] = pool.submit(_student_job, store, str(runs / name), str(student), cfg, 2 if kd else 1,
+            futures[name] = pool.submit(student_job, store, str(runs / name), str(student), base, 2 if kd else 1,
                                         cfg.stage2_steps, cfg.stage2_batch_size or cfg.batch_size, threads,
                                         {"kd": kd, "init": str(runs / "stage1"), **settings})
         for name, f in futures.items():
