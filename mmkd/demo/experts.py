@@ -180,3 +180,16 @@ def zeroshot_accuracy(model, modality: str, data: Batch) -> float:
             classes.append(torch.nn.functional.normalize(torch.nn.functional.normalize(t, dim=-1).mean(0), dim=0))
         pred = (img @ torch.stack(classes).T).argmax(1).numpy()
     return float((pred == data.labels[sel]).mean())
+
+
+def expert_job(spec: ExpertSpec, folder: str, modalities: tuple[str, ...], seed: int, image_size: int,
+               threads: int) -> dict[str, Any]:
+    """Train, save and check one expert (in a pool process, which imports this module only)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    model = train_expert(spec)
+    save_expert(model, folder, spec)
+    check = make_batch(modalities, 30, seed + 2, image_size)
+    return {"modalities": list(spec.modalities), "folder": folder,
+            "quick_zeroshot": {m: zeroshot_accuracy(model, m, check) for m in modalities}}

@@ -38,7 +38,7 @@ from mmkd.config import load_pipelines
 from mmkd.demo.claims import paired_gain, zeroshot_correct
 from mmkd.demo.config import ABLATION_RUNS, DemoConfig, needs_trust, student_runs
 from mmkd.demo.corpus import make_batch, write_eval_set, write_jsonl_dataset
-from mmkd.demo.experts import ExpertSpec, PREPROCESS_CFG, save_expert, teacher_spec, train_expert, zeroshot_accuracy
+from mmkd.demo.experts import PREPROCESS_CFG, ExpertSpec, expert_job, teacher_spec
 from mmkd.demo.report import summarize, write_summary
 from mmkd.demo.students import student_job
 from mmkd.demo.tasks import task_summary, write_task_sets
@@ -76,26 +76,13 @@ def _job_threads(cfg: DemoConfig) -> int:
     return cfg.threads or max(1, (os.cpu_count() or 1) // cfg.jobs)
 
 
-def _expert_job(spec: Any, folder: str, modalities: tuple[str, ...], seed: int, image_size: int,
-                threads: int) -> dict[str, Any]:
-    """Train, save and check one expert (in a pool process)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    model = train_expert(spec)
-    save_expert(model, folder, spec)
-    check = make_batch(modalities, 30, seed + 2, image_size)
-    return {"modalities": list(spec.modalities), "folder": folder,
-            "quick_zeroshot": {m: zeroshot_accuracy(model, m, check) for m in modalities}}
-
-
 def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     """Train and save every expert (``cfg.jobs`` at a time), write ``pipelines.yaml`` declaring them."""
     specs = {name: ExpertSpec(name, tuple(mods), n_per_class=cfg.expert_per_class, steps=cfg.expert_steps,
                               batch_size=cfg.expert_batch_size, seed=cfg.seed * 100 + i)
              for i, (name, mods) in enumerate(cfg.experts.items())}
     with _pool(cfg) as pool:
-        futures = {name: pool.submit(_expert_job, spec, str(out / "experts" / name), tuple(cfg.modalities), cfg.seed,
+        futures = {name: pool.submit(expert_job, spec, str(out / "experts" / name), tuple(cfg.modalities), cfg.seed,
                                      cfg.image_size, _job_threads(cfg)) for name, spec in specs.items()}
         info = {name: f.result() for name, f in futures.items()}
     for name, entry in info.items():
