@@ -7,7 +7,6 @@ or nodes: ``torchrun --nproc-per-node 8 -m mmkd.distill --store ... ``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -127,8 +126,9 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
     """
     from mmkd.config import ConfigError, load_pipelines
     from mmkd.distill.config import load_distill_config
-    from mmkd.distill.init import REPORT_FILE, InitError, summary_lines
+    from mmkd.distill.init import InitError, summary_lines
     from mmkd.distill.recipe import distill
+    from mmkd.distill.rundir import RunDir
     from mmkd.store import StoreError
 
     overrides = {k: flags.get(k) for k in OVERRIDES}
@@ -144,7 +144,7 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
         summary = distill(cfg)
     except (InitError, ValueError, FileNotFoundError, StoreError) as e:
         raise click.ClickException(str(e)) from e
-    report = Path(summary["out"]) / REPORT_FILE
+    report = RunDir(summary["out"]).init_report
     if not cfg.resume and report.is_file():
         for line in summary_lines(json.loads(report.read_text())):
             click.echo(line, err=True)

@@ -8,7 +8,6 @@ nodes (``python -m mmkd.distill ...``); one process runs on one device.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -24,16 +23,19 @@ from mmkd.distill.config import DistillConfig
 from mmkd.distill.data import DataSpec, StoreBatches, make_loader, uniform
 from mmkd.distill.dist import DistEnv, cleanup_distributed, init_distributed
 from mmkd.distill.heads import TeacherHeads, TeacherProjections, projected_copy
-from mmkd.distill.init import REPORT_FILE, initialise
+from mmkd.distill.init import initialise
 from mmkd.distill.metrics import MetricsLog, plot_losses
 from mmkd.distill.objective import DistillModule, compute_terms
 from mmkd.distill.optim import build_optimizer, build_scheduler
+from mmkd.distill.rundir import RunDir
 from mmkd.distill.student import (
     build_student,
     export_student,
     init_config,
     resolve_student,
 )
+from mmkd.store import FeatureStore, StoreError
+from mmkd.store.projection import load_projection
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class DistillRecipe:
     def __init__(self, cfg: DistillConfig):
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.run = RunDir(self.out)
         self.kd = cfg.kd if cfg.stage == 2 else None
 
     # ------------------------------------------------------------------ setup
@@ -67,8 +70,6 @@ class DistillRecipe:
         np.random.seed(c.seed % (1 << 32))
 
     def _setup_store(self) -> None:
-        from mmkd.store import FeatureStore
-
         store = FeatureStore.open(self.cfg.store)
         self.n = store.n
         self.teachers: list[str] = []
@@ -139,9 +140,6 @@ class DistillRecipe:
         elif c.projections:
             proj.load_file(c.projections)
         elif c.targets.projection != "random":
-            from mmkd.store import StoreError
-            from mmkd.store.projection import load_projection
-
             for t in self.teachers:
                 try:
                     w, b, meta = load_projection(self.store_obj, t, c.targets.projection, embed_dim)
@@ -193,8 +191,6 @@ class DistillRecipe:
         logger.info("resumed from step %d (epoch %d, batch %d)", self.step, self.epoch, self.batch_in_epoch)
 
     def _setup_logging(self) -> None:
-        import yaml
-
         self.metrics = MetricsLog(self.out) if self.env.is_main else None
         if self.metrics is not None:
             self.metrics.truncate_after(self.step)
@@ -202,10 +198,9 @@ class DistillRecipe:
                         "model_cfg": self.student.spec.model_cfg, "preprocess_cfg": self.student.preprocess_cfg},
                         "store": {"rows": self.n, "teachers": self.dims}, "total_steps": self.total_steps,
                         "world_size": self.env.world_size}
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            self.run.write_config(resolved)
             if self.init_report is not None:
-                (self.out / REPORT_FILE).write_text(json.dumps(self.init_report, indent=2))
+                self.run.write_init_report(self.init_report)
 
     # ------------------------------------------------------------------ train
     def _batches(self):
@@ -325,12 +320,12 @@ class DistillRecipe:
             torch.distributed.barrier()
 
     def _finish(self) -> None:
-        export_student(self.student, self.out / "export")
+        export_student(self.student, self.run.export)
         if self.module.kd is not None:
             from safetensors.torch import save_file
 
             state = {k: v.detach().cpu().contiguous() for k, v in self.module.kd.state_dict().items()}
-            save_file(state, str(self.out / "kd_adaptors.safetensors"),
+            save_file(state, str(self.run.kd_adaptors),
                       metadata={"kd": str(self.kd), "teachers": ",".join(self.teachers)})
         plot_losses(self.out)
 

@@ -22,9 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from mmkd.config import ConfigError
+from mmkd.config import resolve_device as resolve_config_device
+from mmkd.data import open_dataset
 from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, decode_image
 from mmkd.extract.device_decode import DeviceJpeg, decode_batch, device_decodable
 from mmkd.extract.runners.job import ExtractError
+from mmkd.store import FeatureStore, StoreError
+from mmkd.teachers import TeacherSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +69,8 @@ class WorkerConfig:
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu`` (:func:`mmkd.config.resolve_device`, as every stage)."""
-    from mmkd.config import ConfigError
-    from mmkd.config import resolve_device as resolve
-
     try:
-        return resolve(device)
+        return resolve_config_device(device)
     except ConfigError as e:
         raise ExtractError(str(e)) from e
 
@@ -82,9 +84,8 @@ class BlockWorker:
     """
 
     def __init__(self, spec: Any, config: WorkerConfig) -> None:
-        from mmkd.data import open_dataset
-        from mmkd.teachers import TeacherSpec, load_teacher
-        from mmkd.store import FeatureStore
+        # torch, open_clip, transformers load here, in the worker: the Ray driver imports this module too
+        from mmkd.teachers.loaders import load_teacher
 
         self.spec = TeacherSpec.from_dict(spec) if isinstance(spec, dict) else spec
         self.config = config
@@ -197,8 +198,6 @@ class BlockWorker:
             self._next = None
 
     def _block_rows(self, start: int, stop: int) -> tuple[list[str], list[str], list[str]]:
-        from mmkd.store import StoreError
-
         # Row groups are block-aligned, so this reads about one row group (through the store's index LRU).
         try:
             table = self.store.index_rows(start, stop, ("row", "sample_id", "caption", "image"))

@@ -8,12 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmkd.config import load_pipelines
 from mmkd.extract.runners.base import BlockCallback, Runner, TeacherRun, blocks_to_do
 from mmkd.extract.runners.block import WorkerConfig
 from mmkd.extract.runners.job import ExtractJob, resolve_dataset, resolve_teachers
 from mmkd.extract.runners.local import LocalRunner
 from mmkd.extract.runners.prepare import open_or_create_store, utc_stamp, write_job_record
 from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
+from mmkd.teachers import weights_status
+from mmkd.teachers.weights import hub_offline, missing_weights_error
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +42,6 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
         ExtractError: dataset/store mismatch, a worker failure, a bad job.
         UnknownTeacherError, WeightsNotFoundError, DatasetError: as their names say.
     """
-    from mmkd.config import load_pipelines
-
     t0 = time.perf_counter()
     cfg = load_pipelines(job.pipeline)
     specs = resolve_teachers(job, cfg)
@@ -113,9 +114,6 @@ def _precheck_weights(job: ExtractJob, specs: list[Any]) -> None:
     Skipped when joining a remote Ray cluster, whose nodes may hold weights this
     machine lacks.
     """
-    from mmkd.teachers import weights_status
-    from mmkd.teachers.weights import hub_offline, missing_weights_error
-
     if job.runner == "ray" and (job.address or os.environ.get("RAY_ADDRESS")):
         return
     for spec in specs:
