@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmkd.config import is_remote
 from mmkd.store import format as fmt
 from mmkd.store.format import StoreError
 
@@ -140,10 +141,18 @@ class BlocksMixin:
     # ------------------------------------------------------------------ progress
     def done_blocks(self, teacher: str) -> set[int]:
         d = self.path / fmt.PROGRESS / teacher
-        if not d.is_dir():
+        if is_remote(d):
+            # other machines write markers: list afresh, never from fsspec's listing cache
+            try:
+                names = [k.rsplit("/", 1)[-1] for k in d.fs.ls(d.path, detail=False, refresh=True)]
+            except FileNotFoundError:
+                return set()
+        elif not d.is_dir():
             return set()
-        names = (p.name for p in d.glob("block-*.done"))
-        return {int(name[6:12]) for name in names if len(name) == 17 and name[6:12].isdigit()}
+        else:
+            names = [p.name for p in d.glob("block-*.done")]
+        return {int(name[6:12]) for name in names
+                if len(name) == 17 and name.startswith("block-") and name.endswith(".done") and name[6:12].isdigit()}
 
     def missing_blocks(self, teacher: str) -> list[int]:
         done = self.done_blocks(teacher)
@@ -228,7 +237,10 @@ class BlocksMixin:
         path = self.chunk_path(teacher, kind, block)
         rows = stop - start
         try:
-            data = np.fromfile(path, dtype=arr.dtype)
+            if is_remote(path):
+                data = np.frombuffer(bytearray(path.read_bytes()), dtype=arr.dtype)
+            else:
+                data = np.fromfile(path, dtype=arr.dtype)
         except FileNotFoundError:  # chunk equal to the fill value everywhere: zarr does not write it
             return np.full((rows,) + arr.shape[1:], arr.metadata.fill_value, dtype=arr.dtype)
         expected = int(np.prod(arr.chunks))
