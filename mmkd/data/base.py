@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmkd.config import as_path, is_remote, is_url
 from mmkd.data.images import BadSample
 from mmkd.data.sample import Sample
 
@@ -270,8 +271,17 @@ def split_ref(ref: str, what: str) -> tuple[str, str]:
     return container, inner
 
 
+def resolved(value: Any) -> Any:
+    """An absolute local ``Path``, or a ``UPath`` for an object-storage URL (``s3://...``)."""
+    p = as_path(value)
+    return p if is_remote(p) else Path(p).resolve()
+
+
 def relative_ref(root: Path, path: Path) -> str:
     """POSIX path of ``path`` relative to ``root`` (absolute when outside it)."""
+    if is_remote(path) or is_remote(root):
+        text, base = str(path), str(root).rstrip("/") + "/"
+        return text[len(base):] if text.startswith(base) else text
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
@@ -279,14 +289,16 @@ def relative_ref(root: Path, path: Path) -> str:
 
 
 def resolve_ref(root: Path, ref: str) -> Path:
-    """Absolute path for a relative (or absolute) reference."""
+    """Absolute path (or URL) for a relative (or absolute, or URL) reference."""
+    if is_url(ref):
+        return as_path(ref)
     p = Path(ref)
-    return p if p.is_absolute() else root / p
+    return p if p.is_absolute() else root / ref
 
 
 def file_size(path: Path) -> int:
     """Size in bytes, -1 when the file is absent."""
     try:
-        return os.stat(path).st_size
+        return path.stat().st_size if is_remote(path) else os.stat(path).st_size
     except OSError:
         return -1

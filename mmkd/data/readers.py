@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mmkd.data.base import REF_SEP, Dataset, DatasetError, Sample
+from mmkd.config import as_path, is_remote
+from mmkd.data.base import REF_SEP, Dataset, DatasetError, Sample, resolved
 from mmkd.data.spec import DatasetSpec
 from mmkd.data.parquet import ParquetDataset
 from mmkd.data.tables import (
@@ -54,7 +55,7 @@ def detect_format(path: str | os.PathLike) -> str:
     Raises:
         DatasetError: the path does not exist or matches no format.
     """
-    p = Path(path)
+    p = as_path(path)
     text = str(path)
     if any(ch in text for ch in "{*?[") and not p.exists():
         return "webdataset"
@@ -130,7 +131,7 @@ def open_dataset(path: str | os.PathLike | Mapping[str, Any] | DatasetSpec, form
         kwargs["on_bad_row"] = on_bad_row
     try:
         if issubclass(cls, TableDataset):
-            return _open_table(cls, Path(spec.path), kwargs)
+            return _open_table(cls, as_path(spec.path), kwargs)
         return cls(spec.path, **kwargs)
     except TypeError as e:
         raise DatasetError(f"bad options {sorted(kwargs)} for {fmt} dataset {spec.path!r}: {e}") from e
@@ -139,7 +140,7 @@ def open_dataset(path: str | os.PathLike | Mapping[str, Any] | DatasetSpec, form
 def _open_table(cls: type[Dataset], path: Path, options: dict[str, Any]) -> Dataset:
     if not path.exists():
         raise DatasetError(f"dataset path {str(path)!r} not found")
-    uri = str(path.resolve())
+    uri = str(resolved(path))
     if path.is_dir():
         table = (path / "meta.jsonl") if cls is MmkdClipDataset else _table_file(path)
         if table is None or not table.is_file():
@@ -202,6 +203,8 @@ def resolve_data(value: str | os.PathLike | Mapping[str, Any] | DatasetSpec, cfg
         raise DatasetError(f"--data {text!r}: no such file or folder ({resolved}), and no dataset of that name is "
                            f"declared under `datasets:` (declared: {sorted(declared)}); give an existing path or a "
                            f"declared name")
+    if is_remote(resolved):
+        return DatasetSpec(path=str(resolved))
     path = str(resolved.resolve()) if resolved.exists() else os.path.normpath(expand(str(resolved)))
     return DatasetSpec(path=path)
 

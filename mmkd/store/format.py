@@ -96,6 +96,38 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def probe(path: Any) -> dict[str, Any] | None:
+    """The object ``path``'s info (``None``: absent), asked afresh; a provider error becomes one clear line.
+
+    The first call on a store URL goes through here, so a missing bucket, refused
+    credentials or an endpoint that does not answer fail at once, before anything is written.
+
+    Raises:
+        StoreError: the bucket or endpoint cannot be read; names the URL and the provider's error.
+    """
+    try:
+        path.fs.invalidate_cache(path.path)
+        return path.fs.info(path.path)
+    except FileNotFoundError:
+        bucket = path.path.split("/", 1)[0]
+        try:
+            path.fs.info(bucket)
+        except Exception as e:  # the provider's error for the bucket itself
+            raise StoreError(storage_error(path, e)) from e
+        return None
+    except Exception as e:  # botocore/aiohttp/gcsfs raise many types: all are "cannot reach"
+        raise StoreError(storage_error(path, e)) from e
+
+
+def storage_error(path: Any, e: BaseException) -> str:
+    """One line for a failed object-storage call: the URL, the provider's error, what to check (never a secret)."""
+    detail = str(e).splitlines()[0] if str(e) else ""
+    if isinstance(e, FileNotFoundError):
+        detail = f"bucket not found: {detail}"
+    return (f"{path} cannot be reached ({type(e).__name__}: {detail}); check the bucket name, the endpoint "
+            "(AWS_ENDPOINT_URL or storage_options) and the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE)")
+
+
 def write_parquet(table: Any, path: Any, **kwargs: Any) -> None:
     """``pyarrow.parquet.write_table`` to a local path, or through a URL's fsspec filesystem (one PUT)."""
     import pyarrow.parquet as pq

@@ -105,7 +105,7 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
         remote = is_remote(path)
         if block_size <= 0:
             raise StoreError(f"block_size must be a positive number of rows, got {block_size}")
-        if (path / fmt.MANIFEST).exists() if remote else path.exists():
+        if (fmt.probe(path / fmt.MANIFEST) is not None) if remote else path.exists():
             if not overwrite:
                 raise StoreError(f"store path {str(path)!r} already exists; open it, or pass overwrite=True")
         rows = sample_rows(samples)
@@ -172,7 +172,7 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
         if mode not in ("r", "a"):
             raise StoreError(f"mode must be 'r' or 'a', got {mode!r}")
         path = as_path(path)
-        if not (path / fmt.MANIFEST).is_file():
+        if not (fmt.probe(path / fmt.MANIFEST) is not None if is_remote(path) else (path / fmt.MANIFEST).is_file()):
             raise StoreError(
                 f"{str(path)!r} is not an mmkd store (no {fmt.MANIFEST}); create one with "
                 "`mmkd extract` or `mmkd store import-mmkd`"
