@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mmkd.config import as_path, is_remote
+
 logger = logging.getLogger(__name__)
 
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -213,8 +215,17 @@ class StoreBatches(IterableDataset):
             self.n, self.block_size, s.batch_size, seed=s.seed, epoch=self.epoch, rank=s.rank,
             world_size=s.world_size, worker_id=wid, num_workers=nw, buffer_blocks=s.buffer_blocks,
             start_batch=self.start_batch, exclude=self.exclude)
-        for rows in batches:
-            yield self.load(np.asarray(rows, dtype=np.int64))
+        ahead = s.with_features and is_remote(as_path(s.store))
+        it = iter(batches)
+        nxt = next(it, None)
+        while nxt is not None:
+            rows, nxt = np.asarray(nxt, dtype=np.int64), next(it, None)
+            if ahead and nxt is not None:
+                # object storage: fetch the next batch's feature blocks while this one is built and trained on
+                store = self._open()["store"]
+                for t in s.teachers:
+                    store.read_ahead(t, nxt, ("image", "text", "valid"))
+            yield self.load(rows)
 
     def load(self, rows: np.ndarray) -> dict[str, Any]:
         """Build the batch for ``rows`` (see the class docstring)."""

@@ -36,6 +36,7 @@ class BlocksMixin:
         self._executor = None
         self._done_sets: dict[str, set[int]] = {}
         self._raw_ok: dict[tuple[str, str], bool] = {}
+        self._ahead: dict[tuple[str, str, int], Any] = {}  # read-ahead: key -> Future of the block's rows
 
     # ------------------------------------------------------------------ writing
     def write_block(
@@ -186,8 +187,11 @@ class BlocksMixin:
             self._cache.move_to_end(key)
             return hit
         start, stop = self.block_range(block)
+        pending = self._ahead.pop(key, None)
         if kind == "valid" and block not in self._done(teacher):
             arr = np.zeros(stop - start, bool)
+        elif pending is not None:
+            arr = pending.result()
         else:
             arr = self._read_rows(teacher, kind, block, start, stop)
         self._cache[key] = arr
@@ -195,6 +199,28 @@ class BlocksMixin:
         while self._cached > self._cache_bytes and len(self._cache) > 1:
             self._cached -= self._cache.popitem(last=False)[1].nbytes
         return arr
+
+    def read_ahead(self, teacher: str, rows: Sequence[int] | np.ndarray, kinds: Sequence[str] = fmt.KINDS) -> int:
+        """Start reading, in the background, the blocks of ``rows`` not yet cached; returns how many.
+
+        For object storage: a reader that knows its next batch calls this before
+        working on the current one, so the next :meth:`read` finds its blocks fetched
+        instead of waiting on a round trip. The LRU itself is only touched by
+        :meth:`read_block`, in the caller's thread.
+        """
+        blocks = np.unique(np.asarray(rows, dtype=np.int64) // self.block_size)
+        started = 0
+        for b in blocks.tolist():
+            for kind in kinds:
+                key = (teacher, kind, b)
+                if key in self._cache or key in self._ahead or (kind == "valid" and b not in self._done(teacher)):
+                    continue
+                start, stop = self.block_range(b)
+                self._ahead[key] = self._pool().submit(self._read_rows, teacher, kind, b, start, stop)
+                started += 1
+        while len(self._ahead) > 64:  # never used (the reader went elsewhere): drop the oldest
+            self._ahead.pop(next(iter(self._ahead)))
+        return started
 
     def chunk_path(self, teacher: str, kind: str, block: int) -> Path:
         """The file holding chunk ``block`` of ``teacher``'s ``kind`` array."""

@@ -132,3 +132,34 @@ def test_lock_object_is_exclusive_and_expires(bucket):
     with pytest.raises(TimeoutError, match="held by alive:1:x"):
         with fmt.object_lock(lock, wait_s=0.5):
             pass
+
+
+def test_read_ahead_fetches_next_blocks_in_background(bucket):
+    store = FeatureStore.create(f"{bucket}/st", _samples(12), block_size=4)
+    ref = _fill(store, "t", 8)
+    reader = FeatureStore.open(f"{bucket}/st")
+    assert reader.read_ahead("t", [5, 9], ("image", "valid")) == 4  # blocks 1 and 2, two kinds
+    assert reader.read_ahead("t", [6], ("image",)) == 0  # already on its way
+    calls = []
+    original = reader._read_rows
+    reader._read_rows = lambda *a: calls.append(a) or original(*a)
+    got = reader.read("t", np.array([5, 9]))
+    assert calls == []  # served by the read-ahead, not a new round trip
+    want = np.where(ref["valid"][[5, 9], None], ref["image"][[5, 9]], 0).astype(np.float16)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(reader.read("t", np.array([5, 9]), "valid"), ref["valid"][[5, 9]])
+
+
+def test_table_images_on_s3_are_fetched_together_and_missing_ones_are_bad_samples(bucket, s3_client):
+    from mmkd.data import BadSample, open_dataset
+
+    name = bucket[5:]
+    rows = [{"id": f"r{i}", "image": f"im/{i}.jpg", "caption": f"c {i}"} for i in range(3)]
+    s3_client.put_object(Bucket=name, Key="t/data.jsonl", Body="".join(json.dumps(r) + "\n" for r in rows).encode())
+    for i in (0, 2):
+        s3_client.put_object(Bucket=name, Key=f"img/im/{i}.jpg", Body=f"bytes {i}".encode())
+    ds = open_dataset({"path": f"{bucket}/t/data.jsonl", "format": "jsonl", "root": f"{bucket}/img"})
+    assert [s.sample_id for s in ds.samples()] == ["r0", "r1", "r2"]
+    out = ds.read_many(["im/0.jpg", "im/1.jpg", "im/2.jpg"], on_error="return")
+    assert out[0] == b"bytes 0" and out[2] == b"bytes 2"
+    assert isinstance(out[1], BadSample) and out[1].reason == "missing" and f"{bucket}/img/im/1.jpg" in str(out[1])
