@@ -18,9 +18,11 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mmkd.config import is_remote
 from mmkd.data.badrows import BadRowsMixin
 from mmkd.data.images import BadSample
 from mmkd.data.base import (
+    resolved,
     ContainerDataset,
     DatasetError,
     Entry,
@@ -50,9 +52,9 @@ class ParquetDataset(BadRowsMixin, ContainerDataset):
         name: str | None = None,
         on_bad_row: str = "record",
     ) -> None:
-        path = Path(path).resolve()
+        path = resolved(path)
         if path.is_dir():
-            root, files = path, sorted(path.rglob("*.parquet"), key=lambda p: p.relative_to(path).as_posix())
+            root, files = path, sorted(path.rglob("*.parquet"), key=lambda p: relative_ref(path, p))
         elif path.is_file():
             root, files = path.parent, [path]
         else:
@@ -73,6 +75,8 @@ class ParquetDataset(BadRowsMixin, ContainerDataset):
 
         path = resolve_ref(self.root, rel)
         try:
+            if is_remote(path):  # fsspec's file, read by range requests: only the row groups asked for
+                return pq.ParquetFile(path.path, filesystem=path.fs)
             return pq.ParquetFile(path)
         except FileNotFoundError as e:
             raise BadSample("missing", f"parquet file {str(path)!r} not found") from e

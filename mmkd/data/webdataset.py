@@ -16,6 +16,7 @@ or with ``on_bad_row="fail"`` stops the job.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import json
@@ -25,6 +26,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+from mmkd.config import as_path, is_remote, is_url
 
 from mmkd.data.badrows import BadRowsMixin
 from mmkd.data.images import BadSample
@@ -63,7 +67,9 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def find_shards(path: str) -> tuple[Path, list[Path]]:
-    """(root, shard files) for a folder, a tar file, or a brace/glob pattern of shards."""
+    """(root, shard files) for a folder, a tar file, or a brace/glob pattern of shards (local or a URL)."""
+    if is_url(path):
+        return _find_remote_shards(path)
     p = Path(path)
     if p.is_dir():
         root = p.resolve()
@@ -82,6 +88,42 @@ def find_shards(path: str) -> tuple[Path, list[Path]]:
                 raise DatasetError(f"shard {m!r} of pattern {path!r} not found")
             shards.append(Path(m).resolve())
     return root, list(dict.fromkeys(shards))
+
+
+def _find_remote_shards(path: str) -> tuple[Any, list[Any]]:
+    """:func:`find_shards` on object storage: fsspec lists and globs the bucket."""
+    p = as_path(path)
+    if not any(ch in path for ch in "{*?["):
+        if p.is_file():
+            return p.parent, [p]
+        if p.is_dir():
+            return p, sorted((s for s in p.rglob("*.tar")), key=str)
+        raise DatasetError(f"webdataset {path!r} not found (give a folder, a .tar shard, or a shard pattern)")
+    literal = re.split(r"[{*?\[]", path, maxsplit=1)[0]
+    root = as_path(literal.rstrip("/") if literal.endswith("/") else literal.rsplit("/", 1)[0])
+    protocol = path.split("://", 1)[0]
+    shards: list[Any] = []
+    for pat in expand_braces(path):
+        if any(ch in pat for ch in "*?["):
+            matches = [f"{protocol}://{m}" for m in sorted(p.fs.glob(pat))]
+        else:
+            matches = [pat]
+        for m in matches:
+            if not as_path(m).is_file():
+                raise DatasetError(f"shard {m!r} of pattern {path!r} not found")
+            shards.append(as_path(m))
+    return root, list({str(s): s for s in shards}.values())
+
+
+@contextlib.contextmanager
+def _open_tar(path: Any) -> Iterator[tarfile.TarFile]:
+    """A shard opened for random access (on object storage through fsspec's read-ahead file)."""
+    if not is_remote(path):
+        with tarfile.open(path, "r:") as tf:
+            yield tf
+        return
+    with path.open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tf:
+        yield tf
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -111,8 +153,11 @@ class WebDataset(BadRowsMixin, ContainerDataset):
         root, shards = find_shards(spec_path)
         if not shards:
             raise DatasetError(f"no .tar shards found for webdataset {spec_path!r}")
-        uri = spec_path if any(ch in spec_path for ch in "{*?[") else str(Path(spec_path).resolve())
-        if not Path(uri).is_absolute():
+        if is_url(spec_path):
+            uri = spec_path
+        else:
+            uri = spec_path if any(ch in spec_path for ch in "{*?[") else str(Path(spec_path).resolve())
+        if not is_url(uri) and not Path(uri).is_absolute():
             uri = str(Path.cwd() / uri)
         options = dict(caption_field=caption_field, id_field=id_field,
                        label_fields=list(label_fields) if label_fields else None, hash_images=hash_images)
@@ -139,7 +184,7 @@ class WebDataset(BadRowsMixin, ContainerDataset):
         for rel in self.shards:
             path = resolve_ref(self.root, rel)
             try:
-                with tarfile.open(path, "r:") as tf:
+                with _open_tar(path) as tf:
                     members = (m for m in tf if m.isfile())
                     for key, group in itertools.groupby(members, key=lambda m: split_member(m.name)[0]):
                         entry = self._entry(rel, tf, key, list(group), hashes and self.hash_images)
@@ -185,7 +230,7 @@ class WebDataset(BadRowsMixin, ContainerDataset):
                 return self._index_cache[rel]
         path = resolve_ref(self.root, rel)
         try:
-            with tarfile.open(path, "r:") as tf:
+            with _open_tar(path) as tf:
                 index = {m.name: (m.offset_data, m.size) for m in tf if m.isfile()}
         except FileNotFoundError as e:
             raise BadSample("missing", f"shard {str(path)!r} not found") from e
@@ -202,7 +247,8 @@ class WebDataset(BadRowsMixin, ContainerDataset):
 
     def _read_container(self, rel: str, wanted: list[tuple[int, str]], out: list) -> None:
         index = self._shard_index(rel)
-        with open(resolve_ref(self.root, rel), "rb") as f:
+        path = resolve_ref(self.root, rel)
+        with (path.open("rb") if is_remote(path) else open(path, "rb")) as f:
             for i, member in sorted(wanted, key=lambda w: index.get(w[1], (-1, 0))[0]):
                 if member not in index:
                     out[i] = BadSample("missing", f"no image member {member!r} in shard {rel!r}")
