@@ -22,7 +22,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,11 +103,14 @@ class Dataset(abc.ABC):
 
     format: str = ""
 
-    def __init__(self, uri: str, root: Path, *, name: str | None = None, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, uri: str, root: Path, *, name: str | None = None, options: dict[str, Any] | None = None,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
         self.uri = uri
         self.root = root
         self.name = name or self.format
         self.options = dict(options or {})
+        # fsspec options of an object-storage dataset (endpoint, credentials): kept for spec(), never logged
+        self.storage_options = dict(storage_options or {})
 
     @property
     def source(self) -> str:
@@ -121,8 +124,9 @@ class Dataset(abc.ABC):
         """
         from mmkd.data.spec import DatasetSpec
 
-        return DatasetSpec.parse({"path": self.uri, "format": self.format, "name": self.name, **self.options},
+        spec = DatasetSpec.parse({"path": self.uri, "format": self.format, "name": self.name, **self.options},
                                  where=f"{self.format} dataset {self.uri!r}")
+        return spec.with_storage_options(self.storage_options) if self.storage_options else spec
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(uri={self.uri!r}, name={self.name!r})"
@@ -299,9 +303,9 @@ def split_ref(ref: str, what: str) -> tuple[str, str]:
     return container, inner
 
 
-def resolved(value: Any) -> Any:
+def resolved(value: Any, storage_options: Mapping[str, Any] | None = None) -> Any:
     """An absolute local ``Path``, or a ``UPath`` for an object-storage URL (``s3://...``)."""
-    p = as_path(value)
+    p = as_path(value, storage_options)
     return p if is_remote(p) else Path(p).resolve()
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mmkd.config import as_path, is_remote
+from mmkd.config import as_path, is_remote, is_url
 from mmkd.data.base import REF_SEP, Dataset, DatasetError, Sample, resolved
 from mmkd.data.spec import DatasetSpec
 from mmkd.data.parquet import ParquetDataset
@@ -49,13 +49,13 @@ __all__ = [
 ]
 
 
-def detect_format(path: str | os.PathLike) -> str:
+def detect_format(path: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> str:
     """Guess the format of a dataset path (see :data:`FORMATS`).
 
     Raises:
         DatasetError: the path does not exist or matches no format.
     """
-    p = as_path(path)
+    p = as_path(path, storage_options)
     text = str(path)
     if any(ch in text for ch in "{*?[") and not p.exists():
         return "webdataset"
@@ -122,7 +122,7 @@ def open_dataset(path: str | os.PathLike | Mapping[str, Any] | DatasetSpec, form
         if format:
             extra["format"] = format
         spec = DatasetSpec.parse({**base, **extra})
-    fmt = spec.format or detect_format(spec.path)
+    fmt = spec.format or detect_format(spec.path, spec.storage_options)
     if fmt not in FORMATS:
         raise DatasetError(f"unknown dataset format {fmt!r}; valid formats: {sorted(FORMATS)}")
     cls = FORMATS[fmt]
@@ -131,7 +131,7 @@ def open_dataset(path: str | os.PathLike | Mapping[str, Any] | DatasetSpec, form
         kwargs["on_bad_row"] = on_bad_row
     try:
         if issubclass(cls, TableDataset):
-            return _open_table(cls, as_path(spec.path), kwargs)
+            return _open_table(cls, as_path(spec.path, spec.storage_options), kwargs)
         return cls(spec.path, **kwargs)
     except TypeError as e:
         raise DatasetError(f"bad options {sorted(kwargs)} for {fmt} dataset {spec.path!r}: {e}") from e
@@ -169,11 +169,11 @@ def datasets_from_config(cfg: dict[str, Any]) -> dict[str, DatasetSpec]:
 def _resolved(spec: DatasetSpec, resolve: Any) -> DatasetSpec:
     raw = spec.path
     path = str(resolve(raw))
-    if "{" in raw or "*" in raw:
+    if ("{" in raw or "*" in raw) and not is_url(path):
         path = os.path.normpath(path)
     root = None if spec.root is None else str(resolve(spec.root))
     return DatasetSpec(path=path, format=spec.format, name=spec.name, root=root, fields=dict(spec.fields),
-                       options=dict(spec.options))
+                       options=dict(spec.options), storage_options=dict(spec.storage_options))
 
 
 def resolve_data(value: str | os.PathLike | Mapping[str, Any] | DatasetSpec, cfg: dict[str, Any] | None = None, *,

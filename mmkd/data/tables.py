@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +55,18 @@ class TableDataset(BadRowsMixin, Dataset):
         name: str | None = None,
         uri: str | None = None,
         on_bad_row: str = "record",
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        table = resolved(table)
+        table = resolved(table, storage_options)
         if not table.is_file():
             raise DatasetError(f"{self.format} table {str(table)!r} not found")
         options: dict[str, Any] = dict(image_column=image_column, caption_column=caption_column, id_column=id_column,
                                        label_columns=list(label_columns) if label_columns else None,
                                        hash_images=hash_images)
         if root is not None:
-            options["root"] = str(resolved(root))
-        super().__init__(uri or str(table), resolved(root) if root is not None else table.parent,
-                         name=name, options=options)
+            options["root"] = str(resolved(root, storage_options))
+        super().__init__(uri or str(table), resolved(root, storage_options) if root is not None else table.parent,
+                         name=name, options=options, storage_options=storage_options)
         self.table = table
         self.image_column, self.caption_column, self.id_column = image_column, caption_column, id_column
         self.label_columns = list(label_columns) if label_columns else []

@@ -24,7 +24,7 @@ import re
 import tarfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +66,10 @@ def expand_braces(pattern: str) -> list[str]:
     return [out for c in choices for out in expand_braces(head + c + tail)]
 
 
-def find_shards(path: str) -> tuple[Path, list[Path]]:
+def find_shards(path: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Path, list[Path]]:
     """(root, shard files) for a folder, a tar file, or a brace/glob pattern of shards (local or a URL)."""
     if is_url(path):
-        return _find_remote_shards(path)
+        return _find_remote_shards(path, storage_options or {})
     p = Path(path)
     if p.is_dir():
         root = p.resolve()
@@ -90,9 +90,9 @@ def find_shards(path: str) -> tuple[Path, list[Path]]:
     return root, list(dict.fromkeys(shards))
 
 
-def _find_remote_shards(path: str) -> tuple[Any, list[Any]]:
+def _find_remote_shards(path: str, storage_options: Mapping[str, Any]) -> tuple[Any, list[Any]]:
     """:func:`find_shards` on object storage: fsspec lists and globs the bucket."""
-    p = as_path(path)
+    p = as_path(path, storage_options)
     if not any(ch in path for ch in "{*?["):
         if p.is_file():
             return p.parent, [p]
@@ -100,7 +100,7 @@ def _find_remote_shards(path: str) -> tuple[Any, list[Any]]:
             return p, sorted((s for s in p.rglob("*.tar")), key=str)
         raise DatasetError(f"webdataset {path!r} not found (give a folder, a .tar shard, or a shard pattern)")
     literal = re.split(r"[{*?\[]", path, maxsplit=1)[0]
-    root = as_path(literal.rstrip("/") if literal.endswith("/") else literal.rsplit("/", 1)[0])
+    root = as_path(literal.rstrip("/") if literal.endswith("/") else literal.rsplit("/", 1)[0], storage_options)
     protocol = path.split("://", 1)[0]
     shards: list[Any] = []
     for pat in expand_braces(path):
@@ -109,9 +109,10 @@ def _find_remote_shards(path: str) -> tuple[Any, list[Any]]:
         else:
             matches = [pat]
         for m in matches:
-            if not as_path(m).is_file():
+            shard = as_path(m, storage_options)
+            if not shard.is_file():
                 raise DatasetError(f"shard {m!r} of pattern {path!r} not found")
-            shards.append(as_path(m))
+            shards.append(shard)
     return root, list({str(s): s for s in shards}.values())
 
 
@@ -148,9 +149,10 @@ class WebDataset(BadRowsMixin, ContainerDataset):
         hash_images: bool = False,
         name: str | None = None,
         on_bad_row: str = "record",
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         spec_path = str(path)
-        root, shards = find_shards(spec_path)
+        root, shards = find_shards(spec_path, storage_options)
         if not shards:
             raise DatasetError(f"no .tar shards found for webdataset {spec_path!r}")
         if is_url(spec_path):
@@ -161,7 +163,7 @@ class WebDataset(BadRowsMixin, ContainerDataset):
             uri = str(Path.cwd() / uri)
         options = dict(caption_field=caption_field, id_field=id_field,
                        label_fields=list(label_fields) if label_fields else None, hash_images=hash_images)
-        super().__init__(uri, root, name=name, options=options)
+        super().__init__(uri, root, name=name, options=options, storage_options=storage_options)
         self.shards = [relative_ref(root, s) for s in shards]
         self.caption_field, self.id_field = caption_field, id_field
         self.label_fields = list(label_fields) if label_fields else None

@@ -51,3 +51,33 @@ def test_dataset_on_s3_reads_like_its_local_copy(kind, tmp_path, bucket, s3_clie
         local = open_dataset({"path": str(data["table"]), "root": str(data["images"]), **fields})
         remote = open_dataset({"path": f"{bucket}/tb/train.jsonl", "root": f"{bucket}/px", **fields})
     _same(local, remote)
+
+
+def test_storage_options_in_the_spec_reach_s3_and_are_never_written(tmp_path, bucket, s3_client, s3_env, monkeypatch):
+    import json
+
+    from mmkd.data import DatasetSpec
+    from mmkd.store import FeatureStore
+
+    name = bucket[5:]
+    data = write_user_dataset(tmp_path / "d", n=4)
+    _upload(s3_client, name, data["images"], "px")
+    _upload(s3_client, name, data["table"].parent, "tb")
+    secret = "s3cr3t-not-to-be-written"
+    spec = {"path": f"{bucket}/tb/train.jsonl", "root": f"{bucket}/px", "format": "jsonl",
+            "fields": {"image": "file", "caption": "report", "id": "uid"},
+            "storage_options": {"endpoint_url": s3_env["AWS_ENDPOINT_URL"], "key": "testing", "secret": secret}}
+    # the environment points nowhere: only the spec's options reach the server
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()
+    ds = open_dataset(spec)
+    samples = list(ds.samples())
+    assert len(samples) == 4 and len(ds.read_many([s.image for s in samples])[0]) > 0
+    assert secret not in repr(ds.spec()) and "storage_options" not in ds.spec().to_dict()
+    assert ds.spec().to_dict(with_storage_options=True)["storage_options"]["secret"] == secret
+    assert DatasetSpec.parse(ds.spec().to_dict(with_storage_options=True)).storage_options["secret"] == secret
+    store = FeatureStore.create(tmp_path / "st", samples, dataset_uri=ds.uri, dataset_spec=ds.spec().to_dict())
+    assert secret not in (store.path / "store.json").read_text()
+    assert json.loads((store.path / "store.json").read_text())["dataset"]["spec"]["root"] == f"{bucket}/px"

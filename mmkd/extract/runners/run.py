@@ -55,7 +55,7 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
         write_job_record(store.path, "_create", {"job": job.to_dict(), "dataset": ds.spec().to_dict()}, stamp)
     else:
         _precheck_weights(job, [s for s in specs if todo[s.name]])
-    config = WorkerConfig(dataset=ds.spec().to_dict(), store=absolute(store.path), batch_size=job.batch_size,
+    config = WorkerConfig(dataset=ds.spec().to_dict(with_storage_options=True), store=absolute(store.path), batch_size=job.batch_size,
                           precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
                           decode=job.decode)
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None
