@@ -128,8 +128,8 @@ def validate_cmd(path: str, deep: bool, as_json: bool) -> None:
 
 
 @store_group.command("import-mmkd")
-@click.argument("src", type=PathOrURL(exists=True, file_okay=False))
-@click.argument("dst", type=PathOrURL())
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("dst", type=click.Path())
 @click.option("--with-projected", is_flag=True, help="Also import clips_project_output.pt as <teacher>_proj512.")
 @click.option("--block-size", type=int, default=2048, show_default=True, help="Rows per block (chunk).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at DST.")
