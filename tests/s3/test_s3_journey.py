@@ -1,6 +1,7 @@
 """The journey with data and store on S3 (moto on 127.0.0.1): only the working folder is on local disk.
 
-extract -> store info / validate -> distill stage 1 and 2 -> eval, every stage given ``s3://`` URLs, through
+extract (Ray) -> store info / validate -> resume -> trust -> distill stage 1 and 2 -> eval, every stage given
+``s3://`` URLs, through
 the ``mmkd`` console script; and the faults: a bucket that is not there, an endpoint that does not answer,
 an object deleted under a finished block.
 """
@@ -50,11 +51,15 @@ def s3_home(tmp_path, bucket, s3_client):
     return home
 
 
+@pytest.mark.ray
 def test_s3_journey_extract_validate_distill_eval(s3_home, bucket, s3_client):
     home, store = s3_home, f"{bucket}/stores/scans"
     out = run_mmkd(home, "extract", "--teacher", TEACHERS[0], "--teacher", TEACHERS[1], "--data", "scans",
-                   "--store", store, "--runner", "local", "--device", "cpu", "--precision", "fp32",
-                   "--batch-size", "8", "--workers", "2", "--block-size", "8", "--json", "--no-progress")
+                   "--store", store, "--runner", "ray", "--actors", "1", "--device", "cpu", "--precision", "fp32",
+                   "--batch-size", "8", "--workers", "2", "--block-size", "8", "--json", "--no-progress",
+                   env={"RAY_ADDRESS": ""})  # its own local Ray, started with the AWS environment
+    summary = json.loads(out.stdout)
+    assert summary["runner"] == "ray"
     summary = json.loads(out.stdout)
     assert summary["num_samples"] == 24 and summary["store"] == store
     assert {t["teacher"]: t["valid"] for t in summary["teachers"]} == dict.fromkeys(TEACHERS, 24)
@@ -70,6 +75,13 @@ def test_s3_journey_extract_validate_distill_eval(s3_home, bucket, s3_client):
     rerun = json.loads(run_mmkd(home, "extract", "--teacher", TEACHERS[0], "--data", "scans", "--store", store,
                                 "--runner", "local", "--device", "cpu", "--json", "--no-progress").stdout)
     assert rerun["teachers"][0]["blocks_skipped"] == 3  # resumed from the markers on S3: nothing redone
+
+    run_mmkd(home, "store", "trust", store, "--reference", "8")
+    run_mmkd(home, "store", "project", store, "--teacher", TEACHERS[1], "--dim", "16")
+    info = json.loads(run_mmkd(home, "store", "info", store, "--json").stdout)["teachers"]
+    assert all(info[t]["trust"] for t in TEACHERS) and info[TEACHERS[1]]["projections"][0]["dim"] == 16
+    trust = s3_client.list_objects_v2(Bucket=bucket[5:], Prefix="stores/scans/trust/")["KeyCount"]
+    assert trust > 0  # written into the bucket, next to the features
 
     run_mmkd(home, "distill", "--store", store, "--stage", "1", "--out", "runs/s1", *DISTILL)
     losses = [json.loads(line) for line in (home / "runs" / "s1" / "metrics.jsonl").read_text().splitlines()]

@@ -163,3 +163,25 @@ def test_table_images_on_s3_are_fetched_together_and_missing_ones_are_bad_sample
     out = ds.read_many(["im/0.jpg", "im/1.jpg", "im/2.jpg"], on_error="return")
     assert out[0] == b"bytes 0" and out[2] == b"bytes 2"
     assert isinstance(out[1], BadSample) and out[1].reason == "missing" and f"{bucket}/img/im/1.jpg" in str(out[1])
+
+
+def test_trust_and_projection_on_s3_equal_local(bucket, tmp_path):
+    from mmkd.store.projection import fit_projection, list_projections, load_projection
+    from mmkd.store.trust import compute_trust, has_trust, read_trust
+
+    out = {}
+    for where in (f"{bucket}/st", tmp_path / "st"):
+        store = FeatureStore.create(where, _samples(20), block_size=8)
+        _fill(store, "t", 16)
+        assert not has_trust(store, "t")
+        compute_trust(store, "t", reference=8)
+        fit_projection(store, "t", dim=4, method="pca")
+        store = FeatureStore.open(where)
+        assert has_trust(store, "t") and [p["dim"] for p in list_projections(store, "t")] == [4]
+        out[str(where)] = (read_trust(store, "t", np.arange(20)), load_projection(store, "t", "pca", 4))
+    (t_s3, p_s3), (t_local, p_local) = out.values()
+    np.testing.assert_array_equal(t_s3[0], t_local[0])
+    np.testing.assert_array_equal(t_s3[1], t_local[1])
+    np.testing.assert_array_equal(p_s3[0], p_local[0])
+    np.testing.assert_array_equal(p_s3[1], p_local[1])
+    assert p_s3[2] == p_local[2]
