@@ -18,6 +18,8 @@ import pytest
 from tests.journey.conftest import run_mmkd
 from tests.s3.test_s3_journey import TEACHERS, s3_home  # noqa: F401  (the fixture)
 
+pytestmark = pytest.mark.slow  # ~60 s: two mmkd subprocesses and the tiny teachers
+
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
             b"<Message>Please reduce your request rate.</Message></Error>")
 
