@@ -10,6 +10,8 @@ import json
 
 import click
 
+from mmkd.cli.paths import PathOrURL
+
 OVERRIDES = (
     "store", "stage", "student", "out", "kd", "steps", "epochs", "batch_size", "grad_accum", "lr",
     "weight_decay", "warmup_steps", "grad_clip", "precision", "init", "stop_at_step", "checkpoint_every",
@@ -52,7 +54,7 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 
 
 @click.command("distill", cls=SectionedCommand)
-@click.option("--store", type=click.Path(exists=True, file_okay=False), help="Feature store path. [required]")
+@click.option("--store", type=PathOrURL(exists=True, file_okay=False), help="Feature store path or URL (s3://...). [required]")
 @click.option("--stage", type=click.IntRange(1, 2), help="1: CLIP pretraining; 2: distillation from teacher features.")
 @click.option("--student", help="students entry, open_clip JSON config path or open_clip architecture name. [required]")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder (checkpoints, metrics, export). [required]")

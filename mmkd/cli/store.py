@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from mmkd.cli.paths import PathOrURL
+
 
 @click.group("store")
 def store_group() -> None:
@@ -31,7 +33,7 @@ def _open(path: str):
 
 
 @store_group.command("info")
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path", type=PathOrURL(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_cmd(path: str, as_json: bool) -> None:
     """What the store at PATH holds: samples, teachers, dims, progress, size."""
@@ -90,7 +92,7 @@ def _echo_projections(path: str, teacher: str) -> None:
 
 
 @store_group.command("validate")
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path", type=PathOrURL(exists=True, file_okay=False))
 @click.option("--deep", is_flag=True,
               help="Also read and decode every feature chunk and check its values (NaN/Inf, norms); "
                    "slower: reads the whole store.")
@@ -171,7 +173,7 @@ def synth_cmd(path: str, rows: int, teachers: tuple[str, ...], block_size: int, 
 
 
 @store_group.command("project")
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path", type=PathOrURL(exists=True, file_okay=False))
 @click.option("--teacher", "teachers", multiple=True, required=True, metavar="NAME",
               help="Teacher to fit (repeatable).")
 @click.option("--dim", type=click.IntRange(min=1), default=512, show_default=True, help="Output dim (the student's).")
@@ -203,7 +205,7 @@ def project_cmd(path: str, teachers: tuple[str, ...], dim: int, method: str, epo
 
 
 @store_group.command("trust")
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path", type=PathOrURL(exists=True, file_okay=False))
 @click.option("--teacher", "teachers", multiple=True, metavar="NAME",
               help="Teacher to score (repeatable; default: every teacher in the store).")
 @click.option("--method", type=click.Choice(["pair-rank", "margin"]), default="pair-rank", show_default=True,

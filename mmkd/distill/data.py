@@ -36,6 +36,7 @@ from mmkd.store import FeatureStore, chunk_shuffled_batches, num_batches
 from mmkd.store.dataset import open_store_dataset
 from mmkd.store.masks import untrainable_rows
 from mmkd.store.trust import has_trust, read_trust
+from mmkd.config import as_path, is_remote
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +209,17 @@ class StoreBatches(IterableDataset):
             self.n, self.block_size, s.batch_size, seed=s.seed, epoch=self.epoch, rank=s.rank,
             world_size=s.world_size, worker_id=wid, num_workers=nw, buffer_blocks=s.buffer_blocks,
             start_batch=self.start_batch, exclude=self.exclude)
-        for rows in batches:
-            yield self.load(np.asarray(rows, dtype=np.int64))
+        ahead = s.with_features and is_remote(as_path(s.store))
+        it = iter(batches)
+        nxt = next(it, None)
+        while nxt is not None:
+            rows, nxt = np.asarray(nxt, dtype=np.int64), next(it, None)
+            if ahead and nxt is not None:
+                # object storage: fetch the next batch's feature blocks while this one is built and trained on
+                store = self._open()["store"]
+                for t in s.teachers:
+                    store.read_ahead(t, nxt, ("image", "text", "valid"))
+            yield self.load(rows)
 
     def load(self, rows: np.ndarray) -> dict[str, Any]:
         """Build the batch for ``rows`` (see the class docstring)."""
