@@ -77,6 +77,8 @@ class DistillConfig:
         num_workers: DataLoader workers per rank.
         buffer_blocks: store blocks shuffled together (bounds reader memory).
         augment: open_clip train-time augmentation (else eval preprocessing).
+        decode: student images: ``reduced`` (DCT-reduced JPEG decode + one-call crop/resize,
+            :mod:`mmkd.distill.images`) or ``full`` (open_clip's transform on each full decode).
         teachers: teachers to use (default: every teacher in the store).
         teacher_weights: ``multi``: teacher -> weight.
         standardize: ``multi``: standardise targets with the store's mean/std attrs.
@@ -116,6 +118,7 @@ class DistillConfig:
     num_workers: int = 2
     buffer_blocks: int = 8
     augment: bool = True
+    decode: str = "reduced"
     teachers: list[str] | None = None
     teacher_weights: dict[str, float] | None = None
     standardize: bool = False
@@ -158,6 +161,8 @@ class DistillConfig:
                 raise ConfigError(f"distill: {name} must be positive, got {getattr(self, name)}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"distill: precision {self.precision!r} is unknown; use auto, bf16 or fp32")
+        if self.decode not in ("reduced", "full"):
+            raise ConfigError(f"distill: decode {self.decode!r} is unknown; use reduced or full")
         if self.head not in ("linear", "mlp"):
             raise ConfigError(f"distill: head {self.head!r} is unknown; use linear or mlp")
         if not isinstance(self.targets, TargetConfig):

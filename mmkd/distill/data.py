@@ -15,6 +15,13 @@ at train time is masked out of its batch (``ok``) and warned about once per run.
 Per-row randomness (augmentation, the random teacher of ``mmkd-clip``) is a hash of
 (seed, epoch, row), so a row gets the same view however the run is sharded,
 however many workers there are, and whether or not it was resumed.
+
+Images go through :class:`mmkd.distill.images.FastImages` when the student's transform is one
+open_clip builds (``decode="reduced"``, the default): the crop box is drawn from the header under
+the same per-row seed, the JPEG decoded at a DCT-reduced scale, and the batch normalised at once.
+``decode="full"`` runs the transform on each fully decoded image, as before. The epoch and start
+batch live in shared memory, so DataLoader workers persist across epochs
+(:func:`make_loader` ``persistent=True``) and still read the epoch :meth:`StoreBatches.set_epoch` set.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,6 +133,9 @@ def open_images(source: dict[str, Any] | str):
     return open_dataset(source)
 
 
+DECODES = ("reduced", "full")
+
+
 @dataclass
 class DataSpec:
     """What a :class:`StoreBatches` reads (plain values: safe to send to workers)."""
@@ -140,6 +151,7 @@ class DataSpec:
     with_features: bool = False
     teacher_mask: str = "valid"
     teacher_weight: str = "none"
+    decode: str = "reduced"
 
 
 class StoreBatches(IterableDataset):
@@ -185,12 +197,26 @@ class StoreBatches(IterableDataset):
             raise ValueError(f"store {spec.store!r} has {self.n - excluded.total} usable rows ({excluded.describe()} "
                              f"left out), fewer than one global batch of {spec.batch_size} x {spec.world_size} "
                              "ranks; lower --batch-size")
-        self.epoch, self.start_batch = 0, 0
+        if spec.decode not in DECODES:
+            raise ValueError(f"decode {spec.decode!r} is unknown; use one of {list(DECODES)}")
+        from mmkd.distill.images import FastImages
+
+        self.fast = FastImages.plan(transform) if spec.decode == "reduced" else None
+        # (epoch, start batch) in shared memory: persistent workers read what set_epoch wrote
+        self._position = multiprocessing.get_context().RawArray("q", 2)
         self._state: dict[str, Any] | None = None
 
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @property
+    def start_batch(self) -> int:
+        return int(self._position[1])
+
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Choose the epoch and the first batch (of this rank) to yield."""
-        self.epoch, self.start_batch = int(epoch), int(start_batch)
+        """Choose the epoch and the first batch (of this rank) to yield (seen by running workers too)."""
+        self._position[0], self._position[1] = int(epoch), int(start_batch)
 
     def _open(self) -> dict[str, Any]:
         # opened lazily, in the process (worker) that reads
@@ -209,18 +235,20 @@ class StoreBatches(IterableDataset):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         s = self.spec
+        epoch = self.epoch
         batches = chunk_shuffled_batches(
-            self.n, self.block_size, s.batch_size, seed=s.seed, epoch=self.epoch, rank=s.rank,
+            self.n, self.block_size, s.batch_size, seed=s.seed, epoch=epoch, rank=s.rank,
             world_size=s.world_size, worker_id=wid, num_workers=nw, buffer_blocks=s.buffer_blocks,
             start_batch=self.start_batch, exclude=self.exclude)
         for rows in batches:
-            yield self.load(np.asarray(rows, dtype=np.int64))
+            yield self.load(np.asarray(rows, dtype=np.int64), epoch)
 
-    def load(self, rows: np.ndarray) -> dict[str, Any]:
-        """Build the batch for ``rows`` (see the class docstring)."""
+    def load(self, rows: np.ndarray, epoch: int | None = None) -> dict[str, Any]:
+        """Build the batch for ``rows`` of ``epoch`` (default: the one set; see the class docstring)."""
+        epoch = self.epoch if epoch is None else int(epoch)
         st = self._open()
         meta = st["store"].index_columns(rows, ("caption", "image"))
-        images, ok = self._images(st["images"], meta["image"], rows)
+        images, ok = self._images(st["images"], meta["image"], rows, epoch)
         batch: dict[str, Any] = {
             "rows": torch.from_numpy(rows.copy()),
             "image": images,
@@ -228,38 +256,39 @@ class StoreBatches(IterableDataset):
             "ok": torch.from_numpy(ok),
         }
         if self.spec.with_features:
-            batch.update(self._features(st, rows))
+            batch.update(self._features(st, rows, epoch))
         return batch
 
-    def _images(self, source, refs: list[str], rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def _images(self, source, refs: list[str], rows: np.ndarray, epoch: int) -> tuple[torch.Tensor, np.ndarray]:
         from mmkd.data.images import BadSample, decode_image
 
         raw = source.read_many(list(refs), on_error="return")
-        seeds = row_hash(self.spec.seed, self.epoch, rows, salt=1) >> np.uint64(1)
+        seeds = row_hash(self.spec.seed, epoch, rows, salt=1) >> np.uint64(1)
         out, ok = [], np.ones(len(rows), dtype=bool)
-        for i, data in enumerate(raw):
-            try:
-                if isinstance(data, BaseException):
-                    raise data
-                img = decode_image(data)
-                with torch.random.fork_rng(devices=[]):
-                    # the CPU generator only: torch.manual_seed would also seed (lazily) every accelerator
+        # the CPU generator only: torch.manual_seed would also seed (lazily) every accelerator
+        with torch.random.fork_rng(devices=[]):
+            for i, data in enumerate(raw):
+                try:
+                    if isinstance(data, BaseException):
+                        raise data
                     torch.random.default_generator.manual_seed(int(seeds[i]))
-                    out.append(self.transform(img))
-            except BadSample as e:
-                if int(rows[i]) not in self.unreadable:
-                    self.unreadable.add(int(rows[i]))
-                    logger.warning("row %d (image %r) unreadable, masked out of its batches (warned once per "
-                                   "run): %s", rows[i], refs[i], e)
-                ok[i] = False
-                out.append(None)
+                    out.append(self.fast.decode(data) if self.fast is not None else self.transform(decode_image(data)))
+                except BadSample as e:
+                    if int(rows[i]) not in self.unreadable:
+                        self.unreadable.add(int(rows[i]))
+                        logger.warning("row %d (image %r) unreadable, masked out of its batches (warned once per "
+                                       "run): %s", rows[i], refs[i], e)
+                    ok[i] = False
+                    out.append(None)
         shape = next((x.shape for x in out if x is not None), None)
         if shape is None:
             raise RuntimeError(f"no image of batch rows {rows[:8].tolist()}... could be read; check the dataset "
                                f"at {self.uri!r}")
+        if self.fast is not None:
+            return self.fast.normalize(out), ok
         return torch.stack([x if x is not None else torch.zeros(shape) for x in out]), ok
 
-    def _features(self, st: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    def _features(self, st: dict[str, Any], rows: np.ndarray, epoch: int) -> dict[str, Any]:
         store = st["store"]
         valid = np.stack([st["store"].read(t, rows, kind="valid") for t in self.spec.teachers], axis=1)
         feats = {}
@@ -270,7 +299,7 @@ class StoreBatches(IterableDataset):
             txt[~valid[:, j]] = 0.0
             feats[t] = {"image": torch.from_numpy(img), "text": torch.from_numpy(txt)}
         out: dict[str, Any] = {}
-        u = uniform(self.spec.seed, self.epoch, rows, salt=2)
+        u = uniform(self.spec.seed, epoch, rows, salt=2)
         if self.spec.teacher_mask == "trusted" or self.spec.teacher_weight == "trust":
             from mmkd.store.trust import read_trust
 
@@ -290,7 +319,7 @@ class StoreBatches(IterableDataset):
 
 
 class _Loader(DataLoader):
-    """A DataLoader that tells its dataset which rows failed to read, so the next epoch's workers
+    """A DataLoader that tells its dataset which rows failed to read, so workers started later
     (fresh copies of the dataset) do not warn about them again."""
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -300,7 +329,15 @@ class _Loader(DataLoader):
             yield batch
 
 
-def make_loader(dataset: StoreBatches, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over pre-batched items (``batch_size=None``)."""
+def make_loader(dataset: StoreBatches, num_workers: int, pin_memory: bool = False, persistent: bool = False,
+                prefetch: int = 2) -> DataLoader:
+    """A DataLoader over pre-batched items (``batch_size=None``).
+
+    Args:
+        persistent: keep the workers between epochs: iterate the same loader again after
+            :meth:`StoreBatches.set_epoch` (workers read the epoch from shared memory).
+        prefetch: batches each worker prepares ahead.
+    """
     return _Loader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                   prefetch_factor=2 if num_workers > 0 else None)
+                   prefetch_factor=prefetch if num_workers > 0 else None,
+                   persistent_workers=persistent and num_workers > 0)
