@@ -119,19 +119,24 @@ class FastImages:
         return np.asarray(out)
 
     def normalize(self, images: Sequence[np.ndarray | None]) -> torch.Tensor:
-        """(B, 3, H, W) float32, ``ToTensor`` + ``Normalize`` on the whole batch; ``None`` entries are zeros."""
+        """(B, 3, H, W) float32, ``ToTensor`` + ``Normalize`` on the whole batch; ``None`` entries are zeros.
+
+        The channel transpose runs on uint8 and the scaling as one multiply-add per pixel
+        (``x * 1/(255 std) - mean/std``): the batch is touched twice in float, not four times.
+        """
         oh, ow = self.size
-        batch = np.zeros((len(images), oh, ow, 3), dtype=np.uint8)
+        batch = np.zeros((len(images), 3, oh, ow), dtype=np.uint8)
         for k, x in enumerate(images):
             if x is not None:
-                batch[k] = x
-        out = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        out = out.sub_(mean).div_(std)
-        bad = torch.tensor([x is None for x in images])
-        out[bad] = 0.0
-        return out.contiguous()
+                batch[k] = x.transpose(2, 0, 1)
+        std = np.asarray(self.std, dtype=np.float64)
+        scale = torch.from_numpy((1.0 / (255.0 * std)).astype(np.float32)).view(1, 3, 1, 1)
+        bias = torch.from_numpy((-np.asarray(self.mean, dtype=np.float64) / std).astype(np.float32)).view(1, 3, 1, 1)
+        out = torch.from_numpy(batch).float().mul_(scale).add_(bias)
+        bad = [k for k, x in enumerate(images) if x is None]
+        if bad:
+            out[bad] = 0.0
+        return out
 
 
 def _filter(mode) -> int | None:
