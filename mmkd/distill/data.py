@@ -152,6 +152,7 @@ class DataSpec:
     teacher_mask: str = "valid"
     teacher_weight: str = "none"
     decode: str = "reduced"
+    image_cache: str = "auto"
 
 
 class StoreBatches(IterableDataset):
@@ -202,9 +203,30 @@ class StoreBatches(IterableDataset):
         from mmkd.distill.images import FastImages
 
         self.fast = FastImages.plan(transform) if spec.decode == "reduced" else None
+        self.cache_dir = self._find_cache(store)
         # (epoch, start batch) in shared memory: persistent workers read what set_epoch wrote
         self._position = multiprocessing.get_context().RawArray("q", 2)
         self._state: dict[str, Any] | None = None
+
+    def _find_cache(self, store: Any) -> str | None:
+        """The image cache to read (``mmkd store images``), or None: the originals; says which."""
+        from mmkd.store.images import find_image_cache
+
+        if self.spec.image_cache not in ("auto", "off"):
+            raise ValueError(f"image_cache {self.spec.image_cache!r} is unknown; use auto or off")
+        found = None
+        if self.spec.image_cache == "auto":
+            if self.fast is not None:
+                found = find_image_cache(store, max(self.fast.size))
+            elif find_image_cache(store, 0) is not None:
+                logger.info("store %s has an image cache, not used: decode=%s or a student transform it cannot "
+                            "replay", self.spec.store, self.spec.decode)
+        if found is not None:
+            logger.info("student images: image cache %s", found)
+        else:
+            logger.info("student images: originals at %s (%s decode)", self.uri,
+                        "DCT-reduced" if self.fast is not None else "full")
+        return str(found) if found is not None else None
 
     @property
     def epoch(self) -> int:
@@ -227,6 +249,10 @@ class StoreBatches(IterableDataset):
             store = FeatureStore.open(self.spec.store, cache_bytes=cache,
                                       index_cache_groups=max(self.spec.buffer_blocks, 2) + 1)
             self._state = {"store": store, "images": open_images(self.images)}
+            if self.cache_dir is not None:
+                from mmkd.store.images import ImageCache
+
+                self._state["cache"] = ImageCache(self.cache_dir, blocks=max(self.spec.buffer_blocks, 2) + 1)
         return self._state
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -248,7 +274,7 @@ class StoreBatches(IterableDataset):
         epoch = self.epoch if epoch is None else int(epoch)
         st = self._open()
         meta = st["store"].index_columns(rows, ("caption", "image"))
-        images, ok = self._images(st["images"], meta["image"], rows, epoch)
+        images, ok = self._images(st, meta["image"], rows, epoch)
         batch: dict[str, Any] = {
             "rows": torch.from_numpy(rows.copy()),
             "image": images,
@@ -259,10 +285,14 @@ class StoreBatches(IterableDataset):
             batch.update(self._features(st, rows, epoch))
         return batch
 
-    def _images(self, source, refs: list[str], rows: np.ndarray, epoch: int) -> tuple[torch.Tensor, np.ndarray]:
+    def _images(self, st: dict[str, Any], refs: list[str], rows: np.ndarray, epoch: int
+                ) -> tuple[torch.Tensor, np.ndarray]:
         from mmkd.data.images import BadSample, decode_image
 
-        raw = source.read_many(list(refs), on_error="return")
+        if "cache" in st:
+            raw, sizes = st["cache"].read(rows)
+        else:
+            raw, sizes = st["images"].read_many(list(refs), on_error="return"), [None] * len(rows)
         seeds = row_hash(self.spec.seed, epoch, rows, salt=1) >> np.uint64(1)
         out, ok = [], np.ones(len(rows), dtype=bool)
         # the CPU generator only: torch.manual_seed would also seed (lazily) every accelerator
@@ -272,7 +302,8 @@ class StoreBatches(IterableDataset):
                     if isinstance(data, BaseException):
                         raise data
                     torch.random.default_generator.manual_seed(int(seeds[i]))
-                    out.append(self.fast.decode(data) if self.fast is not None else self.transform(decode_image(data)))
+                    out.append(self.fast.decode(data, sizes[i]) if self.fast is not None
+                               else self.transform(decode_image(data)))
                 except BadSample as e:
                     if int(rows[i]) not in self.unreadable:
                         self.unreadable.add(int(rows[i]))

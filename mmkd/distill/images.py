@@ -85,12 +85,14 @@ class FastImages:
             return cls(crop, mean, std, None, mode)
         return None
 
-    def box(self, img: Image.Image) -> tuple[float, float, float, float]:
-        """The (left, top, right, bottom) source box in full-image pixels; draws from torch's global RNG
-        for the train shape exactly as the transform's ``RandomResizedCrop`` does."""
-        w, h = img.size
+    def box(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """The (left, top, right, bottom) source box in the pixels of an image of ``size`` (width, height);
+        draws from torch's global RNG for the train shape exactly as the transform's ``RandomResizedCrop``
+        does on an image of that size."""
+        w, h = size
         if self.crop is not None:
-            i, j, ch, cw = self.crop.get_params(img, self.crop.scale, self.crop.ratio)
+            # get_params reads only the dimensions: an expanded 1-element tensor has them, for free
+            i, j, ch, cw = self.crop.get_params(torch.empty(1).expand(3, h, w), self.crop.scale, self.crop.ratio)
             return float(j), float(i), float(j + cw), float(i + ch)
         side = self.size[0]
         short, long_ = (w, h) if w <= h else (h, w)
@@ -100,15 +102,23 @@ class FastImages:
         sx, sy = w / nw, h / nh
         return left * sx, top * sy, (left + side) * sx, (top + side) * sy
 
-    def decode(self, data: bytes) -> np.ndarray:
+    def decode(self, data: bytes, source_size: tuple[int, int] | None = None) -> np.ndarray:
         """One image as (H, W, 3) uint8 at the output size (the crop box drawn from the current RNG).
+
+        Args:
+            data: the encoded image.
+            source_size: (width, height) of the image ``data`` stands for, when it is a resized copy
+                (the image cache): the box is drawn in that frame and scaled onto ``data``'s pixels.
 
         Raises:
             BadSample: the image cannot be read (as :func:`mmkd.data.images.decode_image`).
         """
         img = open_image(data)
         full = img.size
-        left, top, right, bottom = self.box(img)
+        frame = source_size or full
+        left, top, right, bottom = self.box(frame)
+        fx, fy = full[0] / frame[0], full[1] / frame[1]
+        left, top, right, bottom = left * fx, top * fy, right * fx, bottom * fy
         oh, ow = self.size
         reduce = min((right - left) / ow, (bottom - top) / oh)
         if img.format == "JPEG" and reduce >= 2:

@@ -171,11 +171,10 @@ class DistillRecipe:
         spec = DataSpec(store=c.store, batch_size=c.batch_size, seed=c.seed, teachers=self.teachers,
                         rank=self.env.rank, world_size=self.env.world_size, buffer_blocks=c.buffer_blocks,
                         data=c.data, with_features=self.kd is not None, teacher_mask=c.teachers_cfg.mask,
-                        teacher_weight=c.teachers_cfg.weight, decode=c.decode)
+                        teacher_weight=c.teachers_cfg.weight, decode=c.decode,
+                        image_cache=c.image_cache)
         transform = self.student.train_transform if c.augment else self.student.eval_transform
         self.data = StoreBatches(spec, transform, self.student.tokenizer)
-        logger.info("student images: %s", "DCT-reduced JPEG decode, one-call crop/resize, batch normalise"
-                    if self.data.fast is not None else f"open_clip transform per full decode (decode={c.decode})")
         per_epoch = self.data.batches_per_epoch
         self.total_steps = c.steps if c.steps is not None else max(1, math.ceil(c.epochs * per_epoch / c.grad_accum))
         self.scheduler = build_scheduler(self.optimizer, self.optim_cfg, self.total_steps)

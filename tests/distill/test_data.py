@@ -193,3 +193,56 @@ def test_reduced_decode_of_a_large_jpeg_matches_the_full_decode():
         assert got.shape == want.shape == (3, 224, 224)
         cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
         assert float(cos) > 0.99 and float((got - want).abs().mean()) < 0.05, (float(cos), (got - want).abs().mean())
+
+
+def test_image_cache_written_read_and_same_crops(tiny_store, student, tmp_path, caplog):
+    """`mmkd store images` writes the cache once; distill reads it when it fits, with the same rows, order
+    and crop boxes as from the originals (pixels agree up to the re-encode), and serial == workers."""
+    import logging
+    import hashlib
+    import io
+    import shutil
+    import subprocess
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from mmkd.store.images import ImageCache, cache_path
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_store.parent, root)
+    store = root / tiny_store.name
+    proc = subprocess.run(["mmkd", "store", "images", str(store), "--size", "36"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "48 rows at short side 36" in proc.stdout
+    cache = cache_path(store, 36)
+    table = pq.read_table(cache / "block-000000.parquet")
+    assert table.column("row").to_pylist() == list(range(16))
+    src = (root / "data" / "img" / "0000.png").read_bytes()
+    assert table.column("sha256")[0].as_py() == hashlib.sha256(src).hexdigest()
+    assert (table.column("width")[0].as_py(), table.column("height")[0].as_py()) == (40, 40)
+    data, sizes = ImageCache(cache).read(np.array([0, 17]))
+    assert Image.open(io.BytesIO(data[0])).size == (36, 36) and sizes == [(40, 40), (40, 40)]
+
+    with caplog.at_level(logging.INFO, logger="mmkd.distill.data"):
+        cached = _ds(store, student)
+    assert cached.cache_dir == str(cache) and f"image cache {cache}" in caplog.text
+    orig = _ds(store, student, image_cache="off")
+    assert orig.cache_dir is None
+    assert _ds(store, student, decode="full").cache_dir is None  # the plain transform cannot replay it
+    for ds in (cached, orig):
+        ds.set_epoch(2)
+    a, b = list(make_loader(cached, 0)), list(make_loader(orig, 0))
+    assert _rows(a) == _rows(b)
+    for x, y in zip(a, b):
+        diff = (x["image"] - y["image"]).abs().mean()
+        assert float(diff) < 0.2, float(diff)  # noise images re-encoded as JPEG: the worst case for the cache
+        assert float((x["image"] - y["image"].roll(1, 0)).abs().mean()) > 3 * float(diff)
+    parallel = list(make_loader(cached, 2, persistent=True))
+    assert _rows(parallel) == _rows(a) and all(torch.equal(x["image"], y["image"]) for x, y in zip(a, parallel))
+    # a student larger than the cache reads the originals
+    big = build_student(resolve_student({**TINY_STUDENT, "vision_cfg": {**TINY_STUDENT["vision_cfg"],
+                                                                          "image_size": 48}}))
+    spec = DataSpec(store=str(store), batch_size=8, seed=3)
+    assert StoreBatches(spec, big.train_transform, big.tokenizer).cache_dir is None
