@@ -27,6 +27,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,23 @@ def _expert_job(spec: Any, folder: str, modalities: tuple[str, ...], seed: int, 
             "quick_zeroshot": {m: zeroshot_accuracy(model, m, check) for m in modalities}}
 
 
-def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+Progress = Callable[[str], None]
+
+
+def _finished(futures: dict[str, Any], what: str, progress: Progress | None) -> dict[str, Any]:
+    """Each future's result by name, telling ``progress`` as each one finishes (in finishing order)."""
+    from concurrent.futures import as_completed
+
+    names = {f: n for n, f in futures.items()}
+    t0, done = time.perf_counter(), {}
+    for k, f in enumerate(as_completed(names), 1):
+        done[names[f]] = f.result()
+        if progress is not None:
+            progress(f"  {what} {names[f]} trained ({k}/{len(names)}, +{time.perf_counter() - t0:.0f}s)")
+    return {n: done[n] for n in futures}
+
+
+def build_experts(out: Path, cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Train and save every expert (``cfg.jobs`` at a time), write ``pipelines.yaml`` declaring them."""
     from mmkd.demo.experts import ExpertSpec, teacher_spec
     from mmkd.teachers.tiny import write_pipelines
@@ -95,7 +112,7 @@ def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     with _pool(cfg) as pool:
         futures = {name: pool.submit(_expert_job, spec, str(out / "experts" / name), tuple(cfg.modalities), cfg.seed,
                                      cfg.image_size, _job_threads(cfg)) for name, spec in specs.items()}
-        info = {name: f.result() for name, f in futures.items()}
+        info = _finished(futures, "expert", progress)
     for name, entry in info.items():
         log.info("expert %s quick zero-shot: %s", name, entry["quick_zeroshot"])
     pipelines = write_pipelines(out / "pipelines.yaml",
@@ -142,7 +159,7 @@ def _student_job(store: str, out: str, student: str, cfg: DemoConfig, stage: int
     return export, "mmkd.teachers" in sys.modules
 
 
-def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
+def train_students(out: Path, cfg: DemoConfig, store: str, progress: Progress | None = None) -> dict[str, Any]:
     """Stage 1, then from its checkpoint every :func:`student_runs` run, ``cfg.jobs`` at a time.
 
     Each run trains in a fresh (spawned) process that never imports a teacher, as
@@ -159,9 +176,12 @@ def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
     runs = out / "runs"
     threads = _job_threads(cfg)
     with _pool(cfg) as pool:
+        t0 = time.perf_counter()
         stage1, imported = pool.submit(_student_job, store, str(runs / "stage1"), str(student), cfg, 1,
                                        cfg.stage1_steps, cfg.batch_size, cfg.threads or threads * cfg.jobs,
                                        {}).result()
+        if progress is not None:
+            progress(f"  student stage1 trained (+{time.perf_counter() - t0:.0f}s)")
         exports, loaded = {"stage1": stage1}, {"stage1": imported}
         futures = {}
         for name, settings in student_runs(cfg).items():
@@ -170,8 +190,8 @@ def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
             futures[name] = pool.submit(_student_job, store, str(runs / name), str(student), cfg, 2 if kd else 1,
                                         cfg.stage2_steps, cfg.stage2_batch_size or cfg.batch_size, threads,
                                         {"kd": kd, "init": str(runs / "stage1"), **settings})
-        for name, f in futures.items():
-            exports[name], loaded[name] = f.result()
+        for name, (export, imported) in _finished(futures, "student", progress).items():
+            exports[name], loaded[name] = export, imported
     bad = sorted(n for n, v in loaded.items() if v)
     if bad:
         raise RuntimeError(f"distill runs {bad} imported the teacher registry; the student must never see a teacher")
@@ -239,7 +259,7 @@ def evaluate_all(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: 
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = "ray",
-             **overrides: Any) -> dict[str, Any]:
+             progress: Progress | None = None, **overrides: Any) -> dict[str, Any]:
     """Run the demo into ``out``; returns the summary (also written to ``out/summary.json``).
 
     Args:
@@ -247,6 +267,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
         quick: the small preset (about a third of the work).
         seed: seed of everything.
         runner: extract runner, ``ray`` or ``local``.
+        progress: called with one line per phase (start, end with its time) and per trained model.
         **overrides: any :class:`~mmkd.demo.config.DemoConfig` field.
     """
     from mmkd.demo.report import summarize, write_summary
@@ -263,19 +284,26 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
     (out / "demo_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     times: dict[str, float] = {}
 
-    def timed(name: str, fn, *args):
+    start = time.perf_counter()
+
+    def say(line: str) -> None:
+        log.info("demo: %s", line.strip())
+        if progress is not None:
+            progress(f"[{time.perf_counter() - start:6.0f}s] {line}")
+
+    def timed(name: str, fn, *args, **kw):
         t0 = time.perf_counter()
-        log.info("demo: %s ...", name)
-        result = fn(*args)
+        say(f"{name} ...")
+        result = fn(*args, **kw)
         times[name] = round(time.perf_counter() - t0, 1)
-        log.info("demo: %s done in %.1fs", name, times[name])
+        say(f"{name} done in {times[name]:.1f}s")
         return result
 
     corpus = timed("corpus", build_corpus, out, cfg)
-    experts = timed("experts", build_experts, out, cfg)
+    experts = timed("experts", build_experts, out, cfg, progress=say)
     store = timed("extract", extract_teachers, out, cfg, corpus, experts["pipelines"])
     trust = timed("trust", score_trust, store["store"], cfg) if needs_trust(cfg) else {}
-    distilled = timed("distill", train_students, out, cfg, store["store"])
+    distilled = timed("distill", train_students, out, cfg, store["store"], progress=say)
     exports = distilled["exports"]
     results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports)
     summary = summarize(results, cfg, exports, experts["experts"])
@@ -287,5 +315,6 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
                             "students": exports, "eval": str(out / "eval"), "summary": str(out / "summary.json")}
     summary["teachers_imported_by_distill"] = distilled["teachers_imported_by_distill"]
     summary["wall_s"] = {**times, "total": round(sum(times.values()), 1)}
+    summary["output_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     write_summary(summary, out)
     return summary
