@@ -157,6 +157,8 @@ def main() -> None:
         print(f"image cache (short side {args.cache_size}) written in {time.perf_counter() - t0:.1f} s",
               file=sys.stderr)
         cached = StoreBatches(DataSpec(**spec, decode="reduced", image_cache="auto"), st.train_transform, st.tokenizer)
+        if cached.cache_dir is None:
+            raise SystemExit(f"the s{args.cache_size} cache does not serve {args.image_size} px; raise --cache-size")
         runs[f"data path, cache {args.cache_size}"] = (lambda ds: lambda: datapath(ds, args.batch_size))(cached)
     best = {k: 0.0 for k in runs}
     for _ in range(args.repeats):
