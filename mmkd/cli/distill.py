@@ -18,6 +18,7 @@ OVERRIDES = (
     "log_every", "seed", "num_workers", "buffer_blocks", "projections", "head", "fd_weight", "icl_weight",
     "clip_weight", "icl_scale", "device", "data", "targets", "projection",
     "init_image", "init_text", "init_min_share", "init_cache_dir", "teacher_mask", "teacher_weight", "teacher_drop",
+    "decode", "image_cache",
 )
 # `mmkd distill --help` in sections (click has no option groups): section -> option names (param names).
 SECTIONS = {
@@ -104,6 +105,11 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--teacher-drop", type=click.FloatRange(0, 1, max_open=True), help="multi: drop each teacher from a "
               "step with this probability, the highest-loss teacher kept (UNIC; default 0).")
 @click.option("--augment/--no-augment", default=None, help="open_clip train augmentation (default on).")
+@click.option("--decode", type=click.Choice(["reduced", "full"]),
+              help="Student images: reduced (default) decodes JPEGs at a DCT-reduced scale that still covers the crop (docs/distill-data.md); full runs open_clip's "
+              "transform on each fully decoded image.")
+@click.option("--image-cache", type=click.Choice(["auto", "off"]), help="auto (default): read the store's student "
+              "image cache (`mmkd store images`) when one fits the student's size; off: the originals.")
 @click.option("--standardize/--no-standardize", default=None, help="multi: standardise targets by store stats.")
 @click.option("--fd-weight", type=float, help="Feature-distillation weight (default 50).")
 @click.option("--icl-weight", type=float, help="ICL weight (default 1).")

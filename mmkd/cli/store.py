@@ -244,3 +244,39 @@ def trust_cmd(path: str, teachers: tuple[str, ...], method: str, threshold: floa
 
 def register(main: click.Group) -> None:
     main.add_command(store_group)
+
+
+@store_group.command("images")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--size", type=click.IntRange(min=16), default=256, show_default=True,
+              help="Short side of the cached images (at least the students' input size: 256 serves 224 px).")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
+@click.option("--data", metavar="PATH", help="Where the store's dataset is now, if it moved.")
+def images_cmd(path: str, size: int, quality: int, data: str | None) -> None:
+    """Write every row's image at a short side of SIZE beside the store, for distill to read.
+
+    Writes <PATH>/image_cache/s<SIZE>/ (one Parquet file of JPEG bytes, row, id and the
+    source's sha256 and size per store block; cache.json last). Rerunning finishes an
+    interrupted write. Distill reads it when the student's size fits (docs/distill-data.md).
+    """
+    from tqdm import tqdm
+
+    from mmkd.store import StoreError
+    from mmkd.store.images import write_image_cache
+
+    store = _open(path)
+    bar = tqdm(total=store.n, unit="img", desc=f"image cache s{size}", disable=None)
+
+    def advance(done: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        out = write_image_cache(store, size, quality=quality, data=data, progress=advance)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        bar.close()
+    meta = json.loads((out / "cache.json").read_text())
+    total = sum(f.stat().st_size for f in out.glob("*.parquet"))
+    click.echo(f"image cache {out}: {meta['rows']} rows at short side {size} ({meta['failed']} unreadable), "
+               f"{_human(total)}")
