@@ -6,7 +6,7 @@ in :attr:`BlockWorker.load_errors` and the others go on (unless ``fail_fast``).
 Then for each block: it reads the block's rows from the store index and its images'
 bytes once, decodes each image once, and gives the one decoded image to every
 teacher that still needs the block, each applying its own resize/crop/normalise
-(on a thread pool; the next batch is prepared while the current one runs);
+(teachers with the same resize/crop share that step; on a thread pool; the next batch is prepared while the current one runs);
 captions are read once and tokenised per teacher. Each teacher's block is written
 and a small manifest per teacher returned. Features never leave the worker except
 into the store.
@@ -86,6 +86,12 @@ class _Slot:
     attrs: dict[str, Any]
     autocast: str | None
     param_bytes: int
+    geometry: Any = None  # the teacher's resize/crop (PIL); equal ``geometry_key`` -> one resize for all of them
+    tensorize: Any = None  # its to-tensor + normalise
+
+    def __post_init__(self) -> None:
+        pp = self.teacher.preprocessing
+        self.geometry_key, self.geometry, self.tensorize = pp.geometry_key, pp.build_geometry(), pp.build_tensor()
 
 
 def _param_bytes(model: Any) -> int:
@@ -362,21 +368,26 @@ class BlockWorker:
         except BadSample as e:
             return dict.fromkeys(names, e)
         by_mode: dict[str, Any] = {}
+        resized: dict[tuple, Any] = {}  # teachers with the same resize/crop share it (the same op on the same image)
         out: dict[str, Any] = {}
         for name in names:
-            teacher = self.slots[name].teacher
+            slot = self.slots[name]
+            mode = slot.teacher.image_mode
             try:
-                mode = teacher.image_mode
                 if mode not in by_mode:
-                    by_mode[mode] = convert_mode(img, mode)
+                    try:
+                        by_mode[mode] = convert_mode(img, mode)
+                    except BadSample as e:
+                        by_mode[mode] = e
                 if isinstance(by_mode[mode], BadSample):
                     raise by_mode[mode]
                 try:
-                    out[name] = teacher.preprocess(by_mode[mode])
+                    if slot.geometry_key not in resized:
+                        resized[slot.geometry_key] = slot.geometry(by_mode[mode])
+                    out[name] = slot.tensorize(resized[slot.geometry_key])
                 except (ValueError, OSError, RuntimeError) as e:
                     raise BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}") from e
             except BadSample as e:
-                by_mode.setdefault(mode, e)
                 out[name] = e
         return out
 
