@@ -18,7 +18,8 @@ Then, on the same images, with the local runner:
 
 and prints wall seconds and their ratios, images decoded per teacher-row (read from the
 counter in the decode path, :func:`mmkd.data.images.decode_count`), bytes of images read,
-and what one image costs on one core here: decode, and each distinct resize.
+and what one image costs on one core here: decode, each distinct resize/crop (shared by
+the teachers of a pass that have the same one), and each to-tensor + normalise.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def make_teachers(root: Path, n: int, sizes: list[int], tiny: bool) -> dict[str,
 
 
 def unit_costs(jsonl: Path, specs: dict[str, Any]) -> dict[str, float]:
-    """Milliseconds on one core for one image of the set: its decode, and each distinct resize/crop."""
+    """Milliseconds on one core for one image of the set: its decode, each distinct resize/crop, and each
+    to-tensor + normalise (the part every teacher does for itself)."""
     from PIL import Image
 
     from mmkd.teachers.base import Preprocessing
@@ -86,6 +88,8 @@ def unit_costs(jsonl: Path, specs: dict[str, Any]) -> dict[str, float]:
             pp = Preprocessing(image_size=size, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic",
                                resize_mode="shortest")
             out[key] = ms(lambda pp=pp: pp.build_geometry()(img))
+            small = pp.build_geometry()(img)
+            out[f"tensor_{size}px_ms"] = ms(lambda pp=pp, small=small: pp.build_tensor()(small))
     return out
 
 
