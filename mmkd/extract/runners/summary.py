@@ -179,12 +179,12 @@ class ExtractSummary:
                 (f"    wall {t.wall_s:.2f}s, worker CPU {t.cpu_s:.2f}s; stages: read+decode "
                  f"{st['read_decode_s']:.2f}s (thread time), waiting for decode {st['wait_s']:.2f}s, "
                  f"forward {st['forward_s']:.2f}s, write {st['write_s']:.2f}s")]
-        lines.append(self._total_line())
         rows = sum(t.rows for t in self.teachers)
-        if rows:
+        if rows and self.decoded:
             lines.append(f"read: {self.decoded} images decoded for {rows} teacher-rows "
                          f"({self.decoded / rows:.2f} decodes per teacher-row), {self.bytes_read / 1e6:.1f} MB of "
                          "image bytes read")
+        lines.append(self._total_line())
         return "\n".join(lines)
 
     def _total_line(self) -> str:
