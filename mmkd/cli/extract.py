@@ -110,6 +110,11 @@ def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, ch
 @click.option("--liveness-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="Ray runner: fail when no block finishes and no worker answers for SECONDS (default 300); "
                    "finished blocks stay in the store and a rerun resumes.")
+@click.option("--fail-fast", "fail_fast", is_flag=True, default=None,
+              help="several teachers: stop when one fails to load (default: the others go on; the summary names "
+                   "the failure and a rerun does what is missing).")
+@click.option("--gpu-memory", "gpu_memory", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GIB",
+              help="memory of one GPU, for placing teachers that share it (default: read from this machine's GPU).")
 @PIPELINE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="no progress bar.")
@@ -120,6 +125,7 @@ def extract_cmd(run: str | None, teachers: tuple[str, ...], all_teachers: bool |
     \b
     mmkd extract --teacher biomedclip --data mmkd-clip-demo --store stores/demo
     mmkd extract --all-teachers --data /data/roco/train.jsonl --store stores/roco --runner local
+    mmkd extract --teacher a --teacher b --data d.jsonl --store s   # one pass: each image decoded once
     mmkd extract --run mmkd-clip-demo-all --limit 4 --store /tmp/trial
     """
     from mmkd.config import ConfigError
@@ -138,6 +144,10 @@ def extract_cmd(run: str | None, teachers: tuple[str, ...], all_teachers: bool |
     except (ConfigError, ExtractError, DatasetError, TeacherError, StoreError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.format())
+    if summary.failed_teachers:
+        raise click.ClickException(f"{len(summary.failed_teachers)} teacher(s) failed to load: "
+                                   f"{', '.join(summary.failed_teachers)}; the others are done; fix the teacher and "
+                                   "rerun the same command to do only what is missing")
 
 
 def register(main: click.Group) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from mmkd.extract.runners.base import BaseRunner, BlockCallback
+from mmkd.extract.runners.base import BaseRunner, BlockCallback, PassResult, check_loaded, pass_queue
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig
 
 if TYPE_CHECKING:
@@ -19,13 +19,19 @@ class LocalRunner(BaseRunner):
 
     name = "local"
 
-    def run_blocks(self, spec: TeacherSpec, blocks: list[int], config: WorkerConfig,
-                   on_block: BlockCallback) -> dict[str, Any]:
-        """Extract ``blocks`` in order, each told the next one so its images are decoded early."""
-        worker = BlockWorker(spec, config)
+    def run_pass(self, specs: list[TeacherSpec], todo: dict[str, list[int]], config: WorkerConfig,
+                 on_block: BlockCallback, fail_fast: bool) -> PassResult:
+        """One worker holds every teacher of the pass; blocks in order, each told the next one so its images
+        are decoded early."""
+        worker = BlockWorker(specs, config, fail_fast=fail_fast)
         try:
-            for i, block in enumerate(blocks):
-                on_block(worker.run_block(block, blocks[i + 1] if i + 1 < len(blocks) else None))
-            return worker.attrs
+            todo = check_loaded(todo, worker.load_errors, fail_fast)
+            queue = pass_queue(todo)
+            for i, (block, names) in enumerate(queue):
+                out = worker.run_pass_block(block, names, queue[i + 1] if i + 1 < len(queue) else None)
+                for manifest in out["manifests"]:
+                    on_block({**manifest, "decoded": out["decoded"] if manifest is out["manifests"][0] else 0,
+                              "bytes_read": out["bytes_read"] if manifest is out["manifests"][0] else 0})
+            return PassResult(worker.teacher_attrs(), dict(worker.load_errors), [worker.memory()])
         finally:
             worker.close()

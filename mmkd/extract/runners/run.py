@@ -1,4 +1,4 @@
-"""``run_extract``: one extract job, teacher after teacher, on the local or the Ray runner."""
+"""``run_extract``: one extract job, all its teachers in one pass over the images, on the local or the Ray runner."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from mmkd.extract.runners.base import BlockCallback, Runner, TeacherRun, blocks_
 from mmkd.extract.runners.block import WorkerConfig
 from mmkd.extract.runners.job import ExtractJob, resolve_dataset, resolve_teachers
 from mmkd.extract.runners.local import LocalRunner
+from mmkd.extract.runners.placement import device_capacity, plan_passes
 from mmkd.extract.runners.prepare import absolute, open_or_create_store, store_exists, utc_stamp, write_job_record
 from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
 from mmkd.teachers import weights_status
@@ -22,6 +23,13 @@ log = logging.getLogger(__name__)
 
 def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallback | None = None) -> ExtractSummary:
     """Run an extract job: every requested teacher over every missing block of the store.
+
+    The teachers run in one pass: each block's images are read and decoded once and
+    fed to every teacher that still needs the block (a block done for A but not for B
+    runs only B). Teachers that do not fit one GPU together are split into passes
+    (:mod:`mmkd.extract.runners.placement`), stated in the summary; a teacher no GPU
+    can hold is refused before anything starts. A teacher that fails to load is in
+    the summary and the others go on, unless ``job.fail_fast``.
 
     The first extract into a new store creates it from the dataset; later ones
     check that the dataset is the same (:mod:`mmkd.extract.runners.prepare`). Done
@@ -45,6 +53,8 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     cfg = load_pipelines(job.pipeline)
     specs = resolve_teachers(job, cfg)
     ds = resolve_dataset(job, cfg)
+    capacity = device_capacity(job.gpu_memory, job.device)
+    passes = plan_passes(specs, job.batch_size, capacity)  # before anything is created or started
     if not store_exists(job.store):
         _precheck_weights(job, specs)  # before creating a store nothing could fill
     store, created = open_or_create_store(job, ds)
@@ -62,13 +72,20 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None
     # Nothing to schedule: the local runner finishes complete teachers without starting Ray.
     runner = _make_runner(job, stamp) if any(todo.values()) else LocalRunner()
+    runs = {}
+    for spec in specs:
+        ts = TeacherSummary(spec.name, blocks_total=store.num_blocks,
+                            blocks_skipped=store.num_blocks - len(todo[spec.name]))
+        summary.teachers.append(ts)
+        runs[spec.name] = TeacherRun(store, spec, todo[spec.name], config, ts, job, stamp)
+    callback = _fan_out(summary, bar, on_block)
     try:
-        for spec in specs:
-            ts = TeacherSummary(spec.name, blocks_total=store.num_blocks,
-                                blocks_skipped=store.num_blocks - len(todo[spec.name]))
-            summary.teachers.append(ts)
-            run = TeacherRun(store, spec, todo[spec.name], config, ts, job, stamp)
-            runner.extract_teacher(run, _fan_out(ts, bar, on_block))
+        for i, p in enumerate(passes):
+            result = runner.extract_pass([runs[s.name] for s in p.teachers], callback, fail_fast=job.fail_fast)
+            if result.memory:
+                summary.placement.append({"pass": i, "teachers": [s.name for s in p.teachers],
+                                          "estimated_bytes": p.estimated_bytes, "capacity_bytes": capacity,
+                                          "memory": result.memory})
     finally:
         runner.close()
         if bar is not None:
@@ -79,14 +96,17 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     return summary
 
 
-def _fan_out(ts: TeacherSummary, bar: Any, on_block: BlockCallback | None) -> BlockCallback:
+def _fan_out(summary: ExtractSummary, bar: Any, on_block: BlockCallback | None) -> BlockCallback:
     start = time.perf_counter()
 
-    def callback(manifest: dict[str, Any]) -> None:  # the runner has folded it into ``ts`` already
+    def callback(manifest: dict[str, Any]) -> None:  # the runner has folded it into its teacher's summary already
+        summary.decoded += manifest.get("decoded", 0)
+        summary.bytes_read += manifest.get("bytes_read", 0)
         if bar is not None:
             bar.update(1)
-            rate = ts.rows / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix_str(f"{ts.teacher} {rate:.1f} rows/s, {ts.rows - ts.valid} bad")
+            rows = sum(t.rows for t in summary.teachers)
+            rate = rows / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"{manifest['teacher']} {rate:.1f} teacher-rows/s")
         if on_block is not None:
             on_block(manifest)
     return callback
