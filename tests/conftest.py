@@ -63,7 +63,8 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def run_mmkd():
-    """Run the ``mmkd`` console script as a user would: ``run_mmkd(*args, timeout=...)`` -> CompletedProcess.
+    """Run the ``mmkd`` console script as a user would: ``run_mmkd(*args, timeout=..., cwd=...)`` ->
+    CompletedProcess.
 
     Uses the script installed next to this Python (falls back to ``python -c`` when
     absent), with this checkout first on ``PYTHONPATH``.
@@ -76,8 +77,8 @@ def run_mmkd():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
            "HF_HUB_OFFLINE": "1"}
 
-    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    def run(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([*head, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout,
-                              check=False)
+                              check=False, cwd=cwd)
 
     return run

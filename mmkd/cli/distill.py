@@ -17,6 +17,7 @@ OVERRIDES = (
     "log_every", "seed", "num_workers", "buffer_blocks", "projections", "head", "fd_weight", "icl_weight",
     "clip_weight", "icl_scale", "device", "data", "targets", "projection",
     "init_image", "init_text", "init_min_share", "init_cache_dir", "teacher_mask", "teacher_weight", "teacher_drop",
+    "on_nonfinite",
 )
 INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG (ViT-B-16-quickgelu:metaclip_400m) "
              "or hf-hub:ORG/NAME")
@@ -83,6 +84,9 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--data", metavar="PATH", help="Where the store's dataset is now, if it moved (its spec is kept and its "
               "fingerprint checked).")
+@click.option("--on-nonfinite", type=click.Choice(["stop", "skip"]), help="A NaN/Inf loss or gradient: stop (default: "
+              "one line naming the step and batch rows, nothing exported) or skip that step's update. Rows with "
+              "NaN/Inf teacher targets are always left out (counted, warned once).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--run", "run_name", help="Name of the distill: entry in the pipelines file.")
 @click.option("--pipeline", type=click.Path(exists=True, dir_okay=False), help="Pipelines file (default: pipelines.yaml).")

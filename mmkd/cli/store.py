@@ -114,6 +114,8 @@ def validate_cmd(path: str, deep: bool, as_json: bool) -> None:
         click.echo(f"PROBLEM [{p.kind}]: {p.message}", err=True)
     checked = (f"{report.chunks_checked} chunk files sized, {report.chunks_read} chunks read, "
                f"{report.seconds:.2f}s{', deep' if deep else ''}")
+    if not deep:
+        checked += "; feature values not read (NaN/Inf, norms): --deep reads them"
     if report.status == "unsound":
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items()))
         click.echo(f"{path}: UNSOUND, {len(report.problems)} problem(s) ({kinds}); {checked}", err=True)

@@ -23,6 +23,7 @@ from mmkd.distill.optim import OptimConfig
 
 KD_MODES = ("mmkd-clip", "multi")
 TEACHER_MASKS = ("valid", "trusted")
+ON_NONFINITE = ("stop", "skip")
 TEACHER_WEIGHTINGS = ("none", "trust")
 
 
@@ -91,6 +92,11 @@ class DistillConfig:
         data: where the store's dataset is now, when it moved from where the store
             records it (format, root and field map are kept; the fingerprint is checked).
         progress: show a tqdm bar (rank 0).
+        on_nonfinite: what a NaN/Inf does. Rows whose teacher targets are not finite are
+            always left out of that teacher's terms (counted, warned once). ``stop`` (default):
+            a non-finite loss or gradient ends the run with an error naming the step and the
+            batch rows, before the update and without exporting. ``skip``: that step makes no
+            update (counted, warned once); the run goes on.
     """
 
     store: str = ""
@@ -128,6 +134,7 @@ class DistillConfig:
     device: str = "auto"
     data: str | None = None
     progress: bool = True
+    on_nonfinite: str = "stop"
     students_section: dict[str, Any] = field(default_factory=dict, repr=False)
     students_base_dir: str | None = field(default=None, repr=False)
 
@@ -158,6 +165,9 @@ class DistillConfig:
                 raise ConfigError(f"distill: {name} must be positive, got {getattr(self, name)}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"distill: precision {self.precision!r} is unknown; use auto, bf16 or fp32")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ConfigError(f"distill: on_nonfinite {self.on_nonfinite!r} is unknown; use one of "
+                              f"{list(ON_NONFINITE)}")
         if self.head not in ("linear", "mlp"):
             raise ConfigError(f"distill: head {self.head!r} is unknown; use linear or mlp")
         if not isinstance(self.targets, TargetConfig):

@@ -148,7 +148,8 @@ class StoreBatches(IterableDataset):
     Each item is a dict: ``rows`` (B,) int64, ``image`` (B,3,H,W) float, ``text``
     (B,ctx) long, ``ok`` (B,) bool (False: image unreadable, row to be ignored); with
     features also ``feats`` {teacher: {"image","text": (B,D_t) float32}},
-    ``valid`` (B,T) bool and ``choice`` (B,) long (random valid teacher, -1 none).
+    ``valid`` (B,T) bool, ``choice`` (B,) long (random valid teacher, -1 none) and
+    ``nonfinite`` (B,T) bool (valid at extract, but a NaN/Inf target: left out, as not valid).
     """
 
     def __init__(self, spec: DataSpec, transform: Callable, tokenizer: Callable):
@@ -263,9 +264,13 @@ class StoreBatches(IterableDataset):
         store = st["store"]
         valid = np.stack([st["store"].read(t, rows, kind="valid") for t in self.spec.teachers], axis=1)
         feats = {}
+        nonfinite = np.zeros_like(valid)
         for j, t in enumerate(self.spec.teachers):
             img = store.read(t, rows, "image").astype(np.float32)
             txt = store.read(t, rows, "text").astype(np.float32)
+            # a NaN/Inf target (a store from before extract checked, or edited) leaves the row out of this teacher
+            nonfinite[:, j] = valid[:, j] & ~(np.isfinite(img).all(axis=1) & np.isfinite(txt).all(axis=1))
+            valid[:, j] &= ~nonfinite[:, j]
             img[~valid[:, j]] = 0.0
             txt[~valid[:, j]] = 0.0
             feats[t] = {"image": torch.from_numpy(img), "text": torch.from_numpy(txt)}
@@ -286,7 +291,8 @@ class StoreBatches(IterableDataset):
                 choice = draw_teacher(valid, u)
         else:
             choice = draw_teacher(valid, u)
-        return {"feats": feats, "valid": torch.from_numpy(valid), "choice": torch.from_numpy(choice), **out}
+        return {"feats": feats, "valid": torch.from_numpy(valid), "choice": torch.from_numpy(choice),
+                "nonfinite": torch.from_numpy(nonfinite), **out}
 
 
 class _Loader(DataLoader):

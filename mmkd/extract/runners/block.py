@@ -289,5 +289,24 @@ class BlockWorker:
         pixels = torch.stack([g[1].to(self.teacher.device) for g in good])
         image[rows] = self.teacher.encode_images(pixels, autocast=self.autocast).numpy()
         text[rows] = self.teacher.encode_texts([g[2] for g in good], autocast=self.autocast).numpy()
-        valid[rows] = True
+        finite = _finite_rows(image[rows], text[rows], failures, [ids[r] for r in rows], rows + start)
+        valid[rows[finite]] = True
         timings["forward_s"] += time.perf_counter() - t
+
+
+def _finite_rows(image: np.ndarray, text: np.ndarray, failures: list[dict], ids: list[str],
+                 rows: np.ndarray) -> np.ndarray:
+    """Which rows' features stay finite once stored; the others are recorded as failures (reason ``nonfinite``).
+
+    Checked in the store's dtype (float16), so a float32 value past float16's range (an overflow) counts too.
+    """
+    from mmkd.store.format import FEATURE_DTYPE
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        nonfinite = {kind: ~np.isfinite(x.astype(FEATURE_DTYPE)) for kind, x in (("image", image), ("text", text))}
+    bad = nonfinite["image"].any(axis=1) | nonfinite["text"].any(axis=1)
+    for i in np.flatnonzero(bad):
+        detail = "; ".join(f"{kind} features: {int(m[i].sum())} of {m.shape[1]} values NaN/Inf in {FEATURE_DTYPE}"
+                           for kind, m in nonfinite.items() if m[i].any())
+        failures.append({"sample_id": ids[i], "row": int(rows[i]), "reason": "nonfinite", "detail": detail})
+    return ~bad
