@@ -49,7 +49,10 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
               "load (default 0.9).")
 @click.option("--init-cache-dir", type=click.Path(file_okay=False), help="Download cache of open_clip pretrained tags "
               "(default: the Hugging Face cache, or ~/.cache/clip for URL-only tags).")
-@click.option("--resume", is_flag=True, default=None, help="Continue from <out>/checkpoints/last.pt exactly.")
+@click.option("--resume", is_flag=True, default=None, help="Continue from <out>/checkpoints/last.pt exactly (also done "
+              "without it when --out holds a run with the same settings).")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace the run in --out when its settings differ "
+              "(without it such a rerun is refused and nothing is written).")
 @click.option("--stop-at-step", type=click.IntRange(min=1), help="End this invocation after this step.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), help="Steps between checkpoints.")
 @click.option("--log-every", type=click.IntRange(min=1), help="Steps between metric records.")
@@ -91,6 +94,7 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--run", "run_name", help="Name of the distill: entry in the pipelines file.")
 @click.option("--pipeline", type=click.Path(exists=True, dir_okay=False), help="Pipelines file (default: pipelines.yaml).")
 def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str, ...], resume: bool | None,
+                overwrite: bool | None,
                 standardize: bool | None, augment: bool | None, no_progress: bool, init_partial: bool | None,
                 normalize_targets: bool | None, **flags) -> None:
     """Train a student from a feature store; no teacher is ever loaded.
@@ -106,7 +110,7 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
     from mmkd.store import StoreError
 
     overrides = {k: flags.get(k) for k in OVERRIDES}
-    overrides.update(resume=resume, standardize=standardize, augment=augment, init_partial=init_partial,
+    overrides.update(resume=resume, overwrite=overwrite, standardize=standardize, augment=augment, init_partial=init_partial,
                      normalize_targets=normalize_targets,
                      teachers=list(teachers) or None,
                      progress=False if no_progress else None)
@@ -119,7 +123,7 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
     except (InitError, ValueError, FileNotFoundError, StoreError) as e:
         raise click.ClickException(str(e)) from e
     report = Path(summary["out"]) / REPORT_FILE
-    if not cfg.resume and report.is_file():
+    if not cfg.resume and not summary.get("noop") and report.is_file():
         for line in summary_lines(json.loads(report.read_text())):
             click.echo(line, err=True)
     click.echo(json.dumps(summary))

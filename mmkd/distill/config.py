@@ -97,6 +97,8 @@ class DistillConfig:
             a non-finite loss or gradient ends the run with an error naming the step and the
             batch rows, before the update and without exporting. ``skip``: that step makes no
             update (counted, warned once); the run goes on.
+        overwrite: replace the run already in ``out`` when its settings differ (without it
+            such a rerun is refused; with the same settings it resumes: :mod:`mmkd.distill.rundir`).
     """
 
     store: str = ""
@@ -135,6 +137,7 @@ class DistillConfig:
     data: str | None = None
     progress: bool = True
     on_nonfinite: str = "stop"
+    overwrite: bool = False
     students_section: dict[str, Any] = field(default_factory=dict, repr=False)
     students_base_dir: str | None = field(default=None, repr=False)
 

@@ -26,6 +26,7 @@ from mmkd.distill.dist import DistEnv, cleanup_distributed, init_distributed
 from mmkd.distill.heads import TeacherHeads, TeacherProjections, projected_copy
 from mmkd.distill.init import REPORT_FILE, initialise
 from mmkd.distill.metrics import MetricsLog, plot_losses
+from mmkd.distill.rundir import CONFIG, clear_run, prepare_out
 from mmkd.distill.objective import DistillModule, compute_terms
 from mmkd.distill.optim import build_optimizer, build_scheduler
 from mmkd.distill.student import (
@@ -54,6 +55,11 @@ class DistillRecipe:
     def setup(self) -> None:
         """Environment, store, model, optimizer, data, and the resume state."""
         self._setup_env()
+        self.out_state = prepare_out(self.cfg)  # before anything is written; may set cfg.resume
+        if self.env.distributed:
+            torch.distributed.barrier()  # every rank has looked at --out before rank 0 writes there
+        if self.out_state == "finished":
+            return
         self._setup_store()
         self._setup_model()
         self._setup_optimizer()
@@ -209,8 +215,10 @@ class DistillRecipe:
                         "model_cfg": self.student.spec.model_cfg, "preprocess_cfg": self.student.preprocess_cfg},
                         "store": {"rows": self.n, "teachers": self.dims}, "total_steps": self.total_steps,
                         "world_size": self.env.world_size}
+            if self.cfg.overwrite and (self.out / CONFIG).is_file():
+                clear_run(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            (self.out / CONFIG).write_text(yaml.safe_dump(resolved, sort_keys=False))
             if self.init_report is not None:
                 (self.out / REPORT_FILE).write_text(json.dumps(self.init_report, indent=2))
 
@@ -302,6 +310,13 @@ class DistillRecipe:
     def train(self) -> dict[str, Any]:
         """Run until ``total_steps`` (or ``stop_at_step``); returns a summary."""
         c = self.cfg
+        if self.out_state == "finished":
+            import yaml
+
+            total = int((yaml.safe_load((self.out / CONFIG).read_text()) or {}).get("total_steps") or 0)
+            logger.warning("distill: the run in %s already finished with these settings; nothing to do "
+                           "(--overwrite trains it again)", self.out)
+            return {"step": total, "total_steps": total, "finished": True, "out": str(self.out), "noop": True}
         end = min(self.total_steps, c.stop_at_step) if c.stop_at_step else self.total_steps
         stream = self._batches()
         bar = self._progress(end)
