@@ -141,9 +141,16 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
                 log.warning("store %s: %d dataset row(s) could not be read and are not in the index; "
                             "see `mmkd store info %s`", path, len(bad), path)
         fmt.atomic_write_json(tmp / fmt.MANIFEST, manifest)
-        if path.exists():
+        if path.exists() and overwrite:
             shutil.rmtree(path)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)  # fails when another process created ``path`` meanwhile (a non-empty folder)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if path.exists():
+                raise StoreError(f"store path {str(path)!r} was created by another process meanwhile; "
+                                 "open it") from e
+            raise
         fmt.fsync_dir(path.parent)
         log.info("created store %s: %d samples, %d blocks of %d", path, n, manifest["num_blocks"], block_size)
         return cls.open(path, mode="a")

@@ -10,10 +10,11 @@ from typing import Any
 
 from mmkd.extract.runners.base import BlockCallback, Runner, TeacherRun, blocks_to_do
 from mmkd.extract.runners.block import WorkerConfig
-from mmkd.extract.runners.job import ExtractJob, resolve_dataset, resolve_teachers
+from mmkd.extract.runners.job import ExtractError, ExtractJob, resolve_dataset, resolve_teachers
 from mmkd.extract.runners.local import LocalRunner
 from mmkd.extract.runners.prepare import open_or_create_store, utc_stamp, write_job_record
 from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
+from mmkd.store.locks import TeacherLocked, teacher_locks
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,15 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     if not Path(job.store).exists():
         _precheck_weights(job, specs)  # before creating a store nothing could fill
     store, created = open_or_create_store(job, ds)
+    try:
+        with teacher_locks(store.path, [s.name for s in specs]):
+            return _run_locked(job, specs, ds, store, created, progress, on_block, t0)
+    except TeacherLocked as e:
+        raise ExtractError(str(e)) from None
+
+
+def _run_locked(job: ExtractJob, specs: list[Any], ds: Any, store: Any, created: bool, progress: bool,
+                on_block: BlockCallback | None, t0: float) -> ExtractSummary:
     stamp = utc_stamp()
     todo = {s.name: blocks_to_do(store, s.name, job.overwrite) for s in specs}
     summary = ExtractSummary(store=str(store.path), dataset=ds.uri, runner=job.runner, created_store=created,
