@@ -156,6 +156,7 @@ class StoreBatches(IterableDataset):
         super().__init__()
         from mmkd.store import FeatureStore, num_batches
 
+        from mmkd.store.content import has_hashes
         from mmkd.store.masks import untrainable_rows
 
         self.spec = spec
@@ -166,6 +167,11 @@ class StoreBatches(IterableDataset):
         self.dims = {t: store.dim(t) for t in spec.teachers}
         self.images = images_source(store, spec.data)
         self.uri = self.images if isinstance(self.images, str) else self.images["path"]
+        synthetic = isinstance(self.images, str)
+        self.verify = not synthetic and has_hashes(store)
+        if not self.verify and not synthetic:
+            logger.warning("store %s records no image hashes (made before extract recorded them): the images read "
+                           "are not verified against the ones extracted", spec.store)
         excluded = untrainable_rows(store)
         self.exclude = excluded.mask if excluded.total else None
         if excluded.total:
@@ -221,21 +227,25 @@ class StoreBatches(IterableDataset):
         """Build the batch for ``rows`` (see the class docstring)."""
         st = self._open()
         meta = st["store"].index_columns(rows, ("caption", "image"))
-        images, ok = self._images(st["images"], meta["image"], rows)
+        images, ok, changed = self._images(st["images"], meta["image"], rows, st["store"])
         batch: dict[str, Any] = {
             "rows": torch.from_numpy(rows.copy()),
             "image": images,
             "text": self.tokenizer([c or "" for c in meta["caption"]]),
             "ok": torch.from_numpy(ok),
         }
+        if changed:
+            batch["content_changed"] = changed  # raised by the loader in the main process (one line there)
         if self.spec.with_features:
             batch.update(self._features(st, rows))
         return batch
 
-    def _images(self, source, refs: list[str], rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def _images(self, source, refs: list[str], rows: np.ndarray, store: Any
+                ) -> tuple[torch.Tensor, np.ndarray, str | None]:
         from mmkd.data.images import BadSample, decode_image
 
         raw = source.read_many(list(refs), on_error="return")
+        changed = self._verify(store, raw, rows) if self.verify else None
         seeds = row_hash(self.spec.seed, self.epoch, rows, salt=1) >> np.uint64(1)
         out, ok = [], np.ones(len(rows), dtype=bool)
         for i, data in enumerate(raw):
@@ -258,7 +268,22 @@ class StoreBatches(IterableDataset):
         if shape is None:
             raise RuntimeError(f"no image of batch rows {rows[:8].tolist()}... could be read; check the dataset "
                                f"at {self.uri!r}")
-        return torch.stack([x if x is not None else torch.zeros(shape) for x in out]), ok
+        return torch.stack([x if x is not None else torch.zeros(shape) for x in out]), ok, changed
+
+    def _verify(self, store: Any, raw: list, rows: np.ndarray) -> str | None:
+        """The error for the first image whose bytes differ from the ones extracted (``None`` when all match)."""
+        from mmkd.store.content import recorded_hashes, sha256_of
+
+        recorded = recorded_hashes(store, rows)
+        for i, data in enumerate(raw):
+            if isinstance(data, bytes) and recorded[i] is not None:
+                now = sha256_of(data)
+                if now != recorded[i]:
+                    sid = store.index_columns(rows[i:i + 1], ("sample_id",))["sample_id"][0]
+                    return (f"row {int(rows[i])} (sample {sid!r}): its image is not the one extracted: sha256 {now} "
+                            f"!= recorded {recorded[i]} (in {self.uri}); point --data at the images the store "
+                            "was extracted from, or extract a new store from these")
+        return None
 
     def _features(self, st: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
         store = st["store"]
@@ -295,12 +320,18 @@ class StoreBatches(IterableDataset):
                 "nonfinite": torch.from_numpy(nonfinite), **out}
 
 
+class ContentChangedError(ValueError):
+    """An image read now differs from the one its row was extracted from."""
+
+
 class _Loader(DataLoader):
     """A DataLoader that tells its dataset which rows failed to read, so the next epoch's workers
     (fresh copies of the dataset) do not warn about them again."""
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in super().__iter__():
+            if "content_changed" in batch:
+                raise ContentChangedError(batch["content_changed"])
             if isinstance(self.dataset, StoreBatches) and not bool(batch["ok"].all()):
                 self.dataset.unreadable.update(batch["rows"][~batch["ok"]].tolist())
             yield batch

@@ -144,6 +144,7 @@ class BlockWorker:
         text = np.zeros((n, dim), np.float32)
         valid = np.zeros(n, bool)
         failures: list[dict[str, Any]] = []
+        hashes: list[str | None] = [None] * n
         timings = Counter()
         batches = self._batches(n)
         for k in range(len(batches)):
@@ -152,12 +153,16 @@ class BlockWorker:
             t = time.perf_counter()
             chunks = [fut.result() for fut in pending.popleft()]
             timings["wait_s"] += time.perf_counter() - t
-            timings["read_decode_s"] += sum(seconds for _, seconds in chunks)
-            prepared = [item for items, _ in chunks for item in items]
+            timings["read_decode_s"] += sum(seconds for _, seconds, _ in chunks)
+            for _, _, read in chunks:
+                for r, h in read:
+                    hashes[r] = h
+            prepared = [item for items, _, _ in chunks for item in items]
             self._forward(prepared, image, text, valid, failures, timings, ids, start)
         if next_block is not None:
             self._prefetch(next_block)
         t = time.perf_counter()
+        self._check_content(block, hashes, ids, valid, failures)
         self.store.write_block(self.name, block, image, text, valid, failures)
         timings["write_s"] += time.perf_counter() - t
         return {
@@ -168,6 +173,22 @@ class BlockWorker:
             "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
             "device": self.device, "pid": os.getpid(), "host": socket.gethostname(),
         }
+
+    def _check_content(self, block: int, hashes: list[str | None], ids: list[str], valid: np.ndarray,
+                       failures: list[dict]) -> None:
+        """Record the block's image hashes, or, when recorded already (another teacher, the dataset), fail the rows
+        whose bytes differ now: their features would describe other images than the other teachers'."""
+        from mmkd.store.content import record_block_hashes
+
+        start = self.store.block_range(block)[0]
+        for row, old, new in record_block_hashes(self.store, block, hashes):
+            if valid[row - start]:
+                valid[row - start] = False
+                failures.append({"sample_id": ids[row - start], "row": row, "reason": "content_changed",
+                                 "detail": f"image bytes sha256 {new[:16]}... but {old[:16]}... was recorded "
+                                           "(the image changed since the store recorded it)"})
+            log.warning("teacher %s, row %d (%s): image changed since the store recorded it (sha256 %s != recorded "
+                        "%s); the row is invalid for this teacher", self.name, row, ids[row - start], new, old)
 
     def _batches(self, n: int) -> list[range]:
         bs = self.config.batch_size
@@ -218,19 +239,24 @@ class BlockWorker:
         step = -(-len(rows) // self.config.workers)
         return [self._pool.submit(self._prepare, rows[i:i + step], captions, refs) for i in range(0, len(rows), step)]
 
-    def _prepare(self, rows: list[int], captions: list[str], refs: list[str]) -> tuple[list[tuple], float]:
+    def _prepare(self, rows: list[int], captions: list[str], refs: list[str]
+                 ) -> tuple[list[tuple], float, list[tuple[int, str]]]:
         """Read, decode and preprocess ``rows``.
 
         Returns:
-            ``[(row, tensor, caption) or (row, BadSample, None)]`` and the seconds it took.
+            ``[(row, tensor, caption) or (row, BadSample, None)]``, the seconds it took, and
+            ``(row, sha256)`` of each image's bytes read.
         """
+        from mmkd.store.content import sha256_of
+
         t = time.perf_counter()
         datas = self.dataset.read_many([refs[r] for r in rows], on_error="return")
-        out = []
+        out, hashes = [], []
         for r, data in zip(rows, datas):
             try:
                 if isinstance(data, BadSample):
                     raise data
+                hashes.append((r, sha256_of(data)))
                 if self._on_device and device_decodable(data, self.teacher.preprocessing, self.config.max_pixels):
                     out.append((r, DeviceJpeg(data), check_caption(captions[r])))  # decoded in _forward's batch
                     continue
@@ -238,7 +264,7 @@ class BlockWorker:
                 out.append((r, pixels, check_caption(captions[r])))
             except BadSample as e:
                 out.append((r, e, None))
-        return out, time.perf_counter() - t
+        return out, time.perf_counter() - t, hashes
 
     def _cpu_pixels(self, data: bytes):
         """Decode + the teacher's transform on the CPU (BadSample with the reason when that fails)."""
