@@ -85,8 +85,9 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
               help="ICL logit multiplier: the official fixed ln(1/0.07) ~ 2.66 (default), another number "
               "(14.3 = 1/0.07), or 'learned' (the student's own logit scale, as CLIP-KD).")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
-@click.option("--data", metavar="PATH", help="Where the store's dataset is now, if it moved (its spec is kept and its "
-              "fingerprint checked).")
+@click.option("--data", metavar="PATH_OR_NAME", help="Where the store's dataset is now, if it moved: a path (its spec "
+              "is kept, the image root found beside it or where it was) or a `datasets:` name (its spec, with its "
+              "root, is used); the fingerprint is checked.")
 @click.option("--on-nonfinite", type=click.Choice(["stop", "skip"]), help="A NaN/Inf loss or gradient: stop (default: "
               "one line naming the step and batch rows, nothing exported) or skip that step's update. Rows with "
               "NaN/Inf teacher targets are always left out (counted, warned once).")

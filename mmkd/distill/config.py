@@ -90,7 +90,9 @@ class DistillConfig:
         max_logit_scale: clamp of the learnable logit scale's exp.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         data: where the store's dataset is now, when it moved from where the store
-            records it (format, root and field map are kept; the fingerprint is checked).
+            records it: a path (format and field map are kept, the root found beside it or
+            where it was), or a ``datasets:`` name / spec mapping (used whole, so it can give a
+            new ``root``); the fingerprint is checked either way.
         progress: show a tqdm bar (rank 0).
         on_nonfinite: what a NaN/Inf does. Rows whose teacher targets are not finite are
             always left out of that teacher's terms (counted, warned once). ``stop`` (default):
@@ -134,7 +136,7 @@ class DistillConfig:
     teachers_cfg: TeacherUse = field(default_factory=TeacherUse)
     max_logit_scale: float = 100.0
     device: str = "auto"
-    data: str | None = None
+    data: str | dict[str, Any] | None = None
     progress: bool = True
     on_nonfinite: str = "stop"
     overwrite: bool = False
@@ -305,6 +307,10 @@ def load_distill_config(pipelines: dict[str, Any] | None, run: str | None,
     if overrides.get("epochs") is not None:
         values["steps"] = None
     _nest_init(values, pipelines, run, {k for k, v in overrides.items() if v is not None})
+    if isinstance(values.get("data"), str) and values["data"] in section(pipelines, "datasets"):
+        from mmkd.data import resolve_data  # a `datasets:` name: its whole spec (a new root, fields) is used
+
+        values["data"] = resolve_data(values["data"], pipelines).to_dict()
     cfg = DistillConfig(**_nest(values))
     cfg.students_section = section(pipelines, "students")
     if pipelines.get("_path"):

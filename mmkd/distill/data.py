@@ -105,7 +105,7 @@ class SyntheticImages:
         return out
 
 
-def images_source(store: Any, data: str | None = None) -> dict[str, Any] | str:
+def images_source(store: Any, data: str | dict[str, Any] | None = None) -> dict[str, Any] | str:
     """What a worker opens to read ``store``'s images: the recorded dataset spec (relocated to ``data`` and
     fingerprint-checked when given), or ``synthetic://`` for synthetic stores."""
     from mmkd.store.dataset import open_store_dataset
@@ -136,7 +136,7 @@ class DataSpec:
     rank: int = 0
     world_size: int = 1
     buffer_blocks: int = 8
-    data: str | None = None
+    data: str | dict[str, Any] | None = None
     with_features: bool = False
     teacher_mask: str = "valid"
     teacher_weight: str = "none"
