@@ -81,3 +81,31 @@ def test_store_without_hashes_opens_with_a_note(extracted, run_mmkd, student_jso
                    cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stderr.count("records no image hashes") == 1 and "not verified" in res.stderr
+
+
+def test_eval_store_over_other_images_is_refused(extracted, run_mmkd, tmp_path):
+    import hashlib
+
+    store = tmp_path / "st"
+    assert _extract(run_mmkd, extracted, store, tmp_path).returncode == 0
+
+    def ev(out):
+        return run_mmkd("eval", "--pipeline", extracted["pipelines"], "--model", "tiny_open_clip", "--data",
+                        extracted["table"], "--store", f"tables={store}", "--task", "retrieval", "--out", tmp_path / out,
+                        "--resamples", "0", "--device", "cpu", cwd=tmp_path)
+
+    ok = ev("ev-ok")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    ct = next(p for p in extracted["pixels"].iterdir() if p.stem == "ct")
+    mri = next(p for p in extracted["pixels"].iterdir() if p.stem == "mri")
+    original = ct.read_bytes()
+    try:
+        ct.write_bytes(mri.read_bytes())  # same ids, captions and paths; another image
+        res = ev("ev-bad")
+    finally:
+        ct.write_bytes(original)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    line = res.stderr.strip().splitlines()[-1]
+    recorded = hashlib.sha256(original).hexdigest()
+    assert "was built over other images than eval set 'tables'" in line and "sample 'ct'" in line and recorded in line
+    assert not (tmp_path / "ev-bad" / "results.json").exists()
