@@ -25,6 +25,7 @@ from mmkd.data.base import (
     DatasetError,
     Entry,
     Sample,
+    natural_key,
     path_id,
     relative_ref,
     resolve_ref,
@@ -52,7 +53,8 @@ class ParquetDataset(BadRowsMixin, ContainerDataset):
     ) -> None:
         path = Path(path).resolve()
         if path.is_dir():
-            root, files = path, sorted(path.rglob("*.parquet"), key=lambda p: p.relative_to(path).as_posix())
+            root = path
+            files = sorted(path.rglob("*.parquet"), key=lambda p: natural_key(p.relative_to(path).as_posix()))
         elif path.is_file():
             root, files = path.parent, [path]
         else:
