@@ -19,6 +19,23 @@ OVERRIDES = (
     "init_image", "init_text", "init_min_share", "init_cache_dir", "teacher_mask", "teacher_weight", "teacher_drop",
     "on_nonfinite",
 )
+
+
+class Finite(click.FloatRange):
+    """A float range that also refuses NaN and infinity (``--lr inf`` would train a NaN student)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        out = super().convert(value, param, ctx)
+        if not math.isfinite(out):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return out
+
+
+POSITIVE = Finite(min=0, min_open=True)
+NON_NEGATIVE = Finite(min=0)
+
 INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG (ViT-B-16-quickgelu:metaclip_400m) "
              "or hf-hub:ORG/NAME")
 
@@ -33,10 +50,10 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs to run (instead of --steps).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Rows per GPU per micro-batch.")
 @click.option("--grad-accum", type=click.IntRange(min=1), help="Micro-batches per optimizer step.")
-@click.option("--lr", type=float, help="Peak learning rate (default 5e-5 stage 1, 1e-6 stage 2).")
-@click.option("--weight-decay", type=float, help="AdamW weight decay (default 0.2).")
+@click.option("--lr", type=POSITIVE, help="Peak learning rate (default 5e-5 stage 1, 1e-6 stage 2).")
+@click.option("--weight-decay", type=NON_NEGATIVE, help="AdamW weight decay (default 0.2).")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warmup steps (default 2000).")
-@click.option("--grad-clip", type=float, help="Max gradient norm (0: off; default 1.0).")
+@click.option("--grad-clip", type=NON_NEGATIVE, help="Max gradient norm (0: off; default 1.0).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), help="auto: bf16 autocast on CUDA.")
 @click.option("--init", metavar="SOURCE", help=f"Start both towers from {INIT_HELP}; loaded non-strictly, reported in "
               "<out>/init_report.json.")
@@ -78,9 +95,9 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
               "step with this probability, the highest-loss teacher kept (UNIC; default 0).")
 @click.option("--augment/--no-augment", default=None, help="open_clip train augmentation (default on).")
 @click.option("--standardize/--no-standardize", default=None, help="multi: standardise targets by store stats.")
-@click.option("--fd-weight", type=float, help="Feature-distillation weight (default 50).")
-@click.option("--icl-weight", type=float, help="ICL weight (default 1).")
-@click.option("--clip-weight", type=float, help="CLIP term weight (default 1).")
+@click.option("--fd-weight", type=NON_NEGATIVE, help="Feature-distillation weight (default 50).")
+@click.option("--icl-weight", type=NON_NEGATIVE, help="ICL weight (default 1).")
+@click.option("--clip-weight", type=NON_NEGATIVE, help="CLIP term weight (default 1).")
 @click.option("--icl-scale", metavar="NUMBER|learned",
               help="ICL logit multiplier: the official fixed ln(1/0.07) ~ 2.66 (default), another number "
               "(14.3 = 1/0.07), or 'learned' (the student's own logit scale, as CLIP-KD).")
