@@ -35,7 +35,12 @@ def _open(path: str):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_cmd(path: str, as_json: bool) -> None:
     """What the store at PATH holds: samples, teachers, dims, progress, size."""
-    info = _open(path).info()
+    from mmkd.store import StoreError
+
+    try:
+        info = _open(path).info()
+    except StoreError as e:
+        raise click.ClickException(str(e)) from e
     if as_json:
         from mmkd.store.projection import list_projections
 

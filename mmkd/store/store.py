@@ -228,7 +228,13 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
             self._reload_manifest()
             if teacher not in self.teachers:
                 raise StoreError(f"teacher {teacher!r} not in store {self.path}; it holds {self.teachers}")
-        return self._root[teacher]
+        try:
+            return self._root[teacher]
+        except KeyError:
+            raise StoreError(f"store {self.path}: teacher {teacher!r} is listed but its arrays "
+                             f"({fmt.FEATURES}/{teacher}) are missing or unreadable; re-extract it with `mmkd extract "
+                             f"--teacher {teacher} --overwrite` (`mmkd store validate {self.path}` lists every "
+                             "problem)") from None
 
     def dim(self, teacher: str) -> int:
         if teacher not in self._dims:
