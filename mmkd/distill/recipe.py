@@ -77,9 +77,13 @@ class DistillRecipe:
         np.random.seed(c.seed % (1 << 32))
 
     def _setup_store(self) -> None:
-        from mmkd.store import FeatureStore
+        from mmkd.store import FeatureStore, StoreError
+        from mmkd.store.validate import index_problems
 
         store = FeatureStore.open(self.cfg.store)
+        problems = index_problems(store)
+        if problems:  # features would be paired with other rows' images and captions
+            raise StoreError(f"store {self.cfg.store} is unsound, not trained on: {problems[0]}")
         self.n = store.n
         self.teachers: list[str] = []
         self.dims: dict[str, int] = {}

@@ -132,6 +132,14 @@ def _manifest_problems(store: "FeatureStore", report: ValidationReport) -> None:
                                f"= {-(-n // max(bs, 1))}")
 
 
+def index_problems(store: "FeatureStore") -> list[str]:
+    """What is wrong with the store's index (unreadable, rows out of order, duplicate ids, edited after the store
+    was made); empty when it is sound. Reads the index once (what distill checks before training)."""
+    report = ValidationReport(path=str(store.path), deep=False, teachers=store.teachers)
+    _index_problems(store, report)
+    return [p.message for p in report.problems]
+
+
 def _index_problems(store: "FeatureStore", report: ValidationReport) -> None:
     fix = "restore index.parquet from a backup, or rebuild the store with `mmkd extract` into a new --store"
     seen: set[str] = set()

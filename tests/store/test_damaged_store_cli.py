@@ -51,3 +51,25 @@ def test_distill_on_a_store_missing_a_teacher_is_one_line(stores, run_mmkd, tmp_
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "teacher 'U' is listed but its arrays" in res.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists() and _files(stores["no_teacher"]) == before
+
+
+def test_distill_refuses_a_store_whose_index_was_edited(stores, run_mmkd, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = stores["garbage"].parent / "edited"
+    shutil.copytree(stores["no_teacher"], store)  # (its missing teacher is not read by stage 1)
+    t = pq.read_table(store / "index.parquet")
+    captions = t.column("caption").to_pylist()
+    captions[3] = "an edited caption"
+    pq.write_table(t.set_column(t.schema.get_field_index("caption"), "caption", pa.array(captions)),
+                   store / "index.parquet")
+    student = tmp_path / "tiny.json"
+    student.write_text(json.dumps(TINY_STUDENT))
+    res = run_mmkd("distill", "--store", store, "--stage", "1", "--student", student, "--out", tmp_path / "run",
+                   "--steps", "1", "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--no-progress",
+                   cwd=tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    line = res.stderr.strip().splitlines()[-1]
+    assert "is unsound, not trained on: index.parquet was changed after the store was made" in line, line
+    assert not (tmp_path / "run").exists()
