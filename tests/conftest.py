@@ -63,7 +63,7 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def run_mmkd():
-    """Run the ``mmkd`` console script as a user would: ``run_mmkd(*args, timeout=..., cwd=...)`` ->
+    """Run the ``mmkd`` console script as a user would: ``run_mmkd(*args, timeout=..., cwd=..., extra_env=...)`` ->
     CompletedProcess.
 
     Uses the script installed next to this Python (falls back to ``python -c`` when
@@ -77,8 +77,9 @@ def run_mmkd():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
            "HF_HUB_OFFLINE": "1"}
 
-    def run(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([*head, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout,
-                              check=False, cwd=cwd)
+    def run(*args: str, timeout: float = 300, cwd: Path | None = None,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([*head, *map(str, args)], capture_output=True, text=True,
+                              env={**env, **(extra_env or {})}, timeout=timeout, check=False, cwd=cwd)
 
     return run
