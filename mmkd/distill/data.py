@@ -186,6 +186,8 @@ class StoreBatches(IterableDataset):
                                  f"the trust of every teacher; store {spec.store!r} has none for {missing}: compute "
                                  f"it with `mmkd store trust {spec.store} " + " ".join(f"--teacher {t}" for t in
                                                                                         missing) + "`")
+        if not synthetic:
+            self._probe_images(store)
         self.unreadable: set[int] = set()  # rows whose image failed at train time (warned once)
         self.batches_per_epoch = num_batches(self.n, spec.batch_size, spec.world_size, exclude=self.exclude)
         if self.batches_per_epoch == 0:
@@ -194,6 +196,20 @@ class StoreBatches(IterableDataset):
                              "ranks; lower --batch-size")
         self.epoch, self.start_batch = 0, 0
         self._state: dict[str, Any] | None = None
+
+    def _probe_images(self, store: Any) -> None:
+        """Read one image before anything is written: images that moved or were removed are named at once, not
+        after the first batches (nor as a worker's traceback)."""
+        rows = np.flatnonzero(~self.exclude)[:1] if self.exclude is not None else np.arange(min(1, self.n))
+        if not rows.size:
+            return
+        ref = store.index_columns(rows, ("image",))["image"][0]
+        data = open_images(self.images).read_many([ref], on_error="return")[0]
+        if isinstance(data, BaseException) and getattr(data, "reason", "") == "missing":
+            raise FileNotFoundError(f"store {self.spec.store}: the image of row {int(rows[0])} is not where the "
+                                    f"dataset {self.uri} says ({data}); the images moved or were removed: pass --data "
+                                    "with where they are now (a path, or a `datasets:` name whose `root` is their "
+                                    "folder)")
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Choose the epoch and the first batch (of this rank) to yield."""

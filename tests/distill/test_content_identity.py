@@ -109,3 +109,20 @@ def test_eval_store_over_other_images_is_refused(extracted, run_mmkd, tmp_path):
     recorded = hashlib.sha256(original).hexdigest()
     assert "was built over other images than eval set 'tables'" in line and "sample 'ct'" in line and recorded in line
     assert not (tmp_path / "ev-bad" / "results.json").exists()
+
+
+def test_images_gone_are_named_before_anything_is_written(extracted, run_mmkd, student_json, tmp_path):
+    store = tmp_path / "st"
+    assert _extract(run_mmkd, extracted, store, tmp_path).returncode == 0
+    away = extracted["root"] / "pixels-away"
+    extracted["pixels"].rename(away)  # the table stays, its images (../pixels/...) are gone
+    try:
+        res = run_mmkd("distill", "--store", store, "--stage", "1", "--student", student_json, "--out",
+                       tmp_path / "run", "--steps", "1", "--batch-size", "9", "--num-workers", "1", "--device", "cpu",
+                       "--no-progress", cwd=tmp_path)
+    finally:
+        away.rename(extracted["pixels"])
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    line = res.stderr.strip().splitlines()[-1]
+    assert "the image of row 0 is not where the dataset" in line and "pixels" in line and "--data" in line, line
+    assert not (tmp_path / "run").exists()
