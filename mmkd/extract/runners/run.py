@@ -51,9 +51,44 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     store, created = open_or_create_store(job, ds)
     try:
         with teacher_locks(store.path, [s.name for s in specs]):
-            return _run_locked(job, specs, ds, store, created, progress, on_block, t0)
+            try:
+                return _run_locked(job, specs, ds, store, created, progress, on_block, t0)
+            except BaseException:
+                if created:
+                    _drop_if_empty(store)
+                raise
     except TeacherLocked as e:
         raise ExtractError(str(e)) from None
+
+
+def _drop_if_empty(store: Any) -> None:
+    """Remove a store this run created when it failed before any block was done (the first teacher could not
+    start: a hub that cannot be reached, a wrong ``dim``), unless another extract is using it meanwhile."""
+    import shutil
+
+    from mmkd.store import FeatureStore, StoreError
+    from mmkd.store.locks import LOCKS
+
+    try:
+        now = FeatureStore.open(store.path)
+        if any(now.done_blocks(t) for t in now.teachers):
+            return
+        for lock in (Path(store.path) / LOCKS).glob("*.lock"):
+            if lock.read_text().strip() and not _ours(lock):  # another extract holds a teacher of this store
+                return
+    except (StoreError, OSError):
+        return
+    shutil.rmtree(store.path, ignore_errors=True)
+    log.info("removed store %s: it was created by this run and holds no finished block", store.path)
+
+
+def _ours(lock: Path) -> bool:
+    import json
+
+    try:
+        return int(json.loads(lock.read_text())["pid"]) == os.getpid()
+    except (ValueError, KeyError, TypeError, OSError):
+        return False
 
 
 def _run_locked(job: ExtractJob, specs: list[Any], ds: Any, store: Any, created: bool, progress: bool,
