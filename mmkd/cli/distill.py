@@ -128,7 +128,8 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
     from mmkd.store import StoreError
 
     overrides = {k: flags.get(k) for k in OVERRIDES}
-    overrides.update(resume=resume, overwrite=overwrite, standardize=standardize, augment=augment, init_partial=init_partial,
+    overrides.update(resume=resume, overwrite=overwrite, standardize=standardize, augment=augment,
+                     init_partial=init_partial,
                      normalize_targets=normalize_targets,
                      teachers=list(teachers) or None,
                      progress=False if no_progress else None)

@@ -91,7 +91,8 @@ def test_eval_store_over_other_images_is_refused(extracted, run_mmkd, tmp_path):
 
     def ev(out):
         return run_mmkd("eval", "--pipeline", extracted["pipelines"], "--model", "tiny_open_clip", "--data",
-                        extracted["table"], "--store", f"tables={store}", "--task", "retrieval", "--out", tmp_path / out,
+                        extracted["table"], "--store", f"tables={store}", "--task", "retrieval", "--out",
+                        tmp_path / out,
                         "--resamples", "0", "--device", "cpu", cwd=tmp_path)
 
     ok = ev("ev-ok")

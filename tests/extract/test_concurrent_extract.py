@@ -19,7 +19,8 @@ from mmkd.store.locks import teacher_locks
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, modality_dir):
     root = tmp_path_factory.mktemp("concurrent")
-    rows = [{"id": p.stem, "image": str(p), "caption": MODALITY_CAPTIONS[p.stem]} for p in sorted(modality_dir.iterdir())]
+    rows = [{"id": p.stem, "image": str(p), "caption": MODALITY_CAPTIONS[p.stem]}
+            for p in sorted(modality_dir.iterdir())]
     table = root / "data.jsonl"
     table.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pipelines, _ = tiny_pipelines(root, kinds=("open_clip", "transformers"))

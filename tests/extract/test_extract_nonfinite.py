@@ -32,7 +32,8 @@ def _poison_word(teacher_dir: Path, caption: str, others: list[str]) -> None:
 
 @pytest.mark.slow
 def test_nonfinite_features_make_the_row_invalid(tmp_path, modality_dir, run_mmkd):
-    rows = [{"id": p.stem, "image": str(p), "caption": MODALITY_CAPTIONS[p.stem]} for p in sorted(modality_dir.iterdir())]
+    rows = [{"id": p.stem, "image": str(p), "caption": MODALITY_CAPTIONS[p.stem]}
+            for p in sorted(modality_dir.iterdir())]
     table = tmp_path / "data.jsonl"
     table.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pipelines, specs = tiny_pipelines(tmp_path, kinds=("open_clip",))
