@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 KNOWN_SECTIONS = ("version", "teachers", "datasets", "extract", "students", "distill", "eval_sets", "eval")
 # what a user's file inherits from the shipped one: the registries, not the example jobs
 INHERITED = ("teachers", "datasets", "students", "eval_sets")
@@ -108,8 +110,6 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     Raises:
         ConfigError: not valid YAML, or not a mapping at top level (names ``what`` and the path).
     """
-    import yaml
-
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as e:

@@ -7,7 +7,6 @@ or nodes: ``torchrun --nproc-per-node 8 -m mmkd.distill --store ... ``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -36,15 +35,45 @@ class Finite(click.FloatRange):
 POSITIVE = Finite(min=0, min_open=True)
 NON_NEGATIVE = Finite(min=0)
 
+# `mmkd distill --help` in sections (click has no option groups): section -> option names (param names).
+SECTIONS = {
+    "Required (here or in the --run entry)": ("store", "student", "out"),
+    "Run": ("run_name", "pipeline", "stage", "kd", "teachers", "data", "device", "seed", "no_progress"),
+    "Length and optimizer": ("steps", "epochs", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps",
+                             "grad_clip", "precision"),
+    "Start from weights": ("init", "init_image", "init_text", "init_partial", "init_min_share", "init_cache_dir"),
+    "Checkpoints and resume": ("resume", "stop_at_step", "checkpoint_every", "log_every"),
+    "Data loading": ("num_workers", "buffer_blocks", "augment"),
+    "Stage 2: teachers and targets": ("teacher_mask", "teacher_weight", "teacher_drop", "targets", "projection",
+                                      "projections", "normalize_targets", "standardize", "head"),
+    "Stage 2: loss weights": ("fd_weight", "icl_weight", "clip_weight", "icl_scale"),
+}
+REQUIRED = SECTIONS["Required (here or in the --run entry)"]
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options under the headings of ``SECTIONS``."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
+        placed = {name for names in SECTIONS.values() for name in names}
+        sections = [*SECTIONS.items(), ("Other", tuple(n for n in rows if n not in placed))]
+        for title, names in sections:
+            records = [rows[n] for n in names if rows.get(n)]
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
 INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG (ViT-B-16-quickgelu:metaclip_400m) "
              "or hf-hub:ORG/NAME")
 
 
-@click.command("distill")
-@click.option("--store", type=click.Path(exists=True, file_okay=False), help="Feature store path.")
+@click.command("distill", cls=SectionedCommand)
+@click.option("--store", type=click.Path(exists=True, file_okay=False), help="Feature store path. [required]")
 @click.option("--stage", type=click.IntRange(1, 2), help="1: CLIP pretraining; 2: distillation from teacher features.")
-@click.option("--student", help="students entry, open_clip JSON config path or open_clip architecture name.")
-@click.option("--out", type=click.Path(file_okay=False), help="Run folder (checkpoints, metrics, export).")
+@click.option("--student", help="students entry, open_clip JSON config path or open_clip architecture name. [required]")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder (checkpoints, metrics, export). [required]")
 @click.option("--kd", type=click.Choice(["mmkd-clip", "multi"]), help="Stage-2 recipe (default mmkd-clip).")
 @click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps to run.")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs to run (instead of --steps).")
@@ -123,8 +152,9 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
     """
     from mmkd.config import ConfigError, load_pipelines
     from mmkd.distill.config import load_distill_config
-    from mmkd.distill.init import REPORT_FILE, InitError, summary_lines
+    from mmkd.distill.init import InitError, summary_lines
     from mmkd.distill.recipe import distill
+    from mmkd.distill.rundir import RunDir
     from mmkd.store import StoreError
 
     overrides = {k: flags.get(k) for k in OVERRIDES}
@@ -141,7 +171,7 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
         summary = distill(cfg)
     except (InitError, ValueError, FileNotFoundError, StoreError) as e:
         raise click.ClickException(str(e)) from e
-    report = Path(summary["out"]) / REPORT_FILE
+    report = RunDir(summary["out"]).init_report
     if not cfg.resume and not summary.get("noop") and report.is_file():
         for line in summary_lines(json.loads(report.read_text())):
             click.echo(line, err=True)

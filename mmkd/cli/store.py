@@ -35,10 +35,10 @@ def _open(path: str):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_cmd(path: str, as_json: bool) -> None:
     """What the store at PATH holds: samples, teachers, dims, progress, size."""
-    from mmkd.store import StoreError
+    from mmkd.store import StoreError, store_info
 
     try:
-        info = _open(path).info()
+        info = store_info(_open(path))
     except StoreError as e:
         raise click.ClickException(str(e)) from e
     if as_json:
@@ -109,9 +109,9 @@ def validate_cmd(path: str, deep: bool, as_json: bool) -> None:
     The default check reads the index, markers and `valid` chunks and checks the
     size of every feature chunk file; --deep also reads every feature chunk.
     """
-    from mmkd.store.validate import EXIT_CODES
+    from mmkd.store.validate import EXIT_CODES, validate_store
 
-    report = _open(path).validate_report(deep=deep)
+    report = validate_store(_open(path), deep=deep)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         sys.exit(report.exit_code)

@@ -25,21 +25,16 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mmkd.data.errors import DatasetError
 from mmkd.data.images import BadSample
 from mmkd.data.sample import Sample
-
-if TYPE_CHECKING:
-    from mmkd.data.spec import DatasetSpec
+from mmkd.data.spec import DatasetSpec
 
 REF_SEP = "::"
 FINGERPRINT_VERSION = "mmkd-dataset-fp/1"
 _LIMITED_FP = re.compile(r"^first-(\d+):(.*)$")
-
-
-class DatasetError(ValueError):
-    """A dataset cannot be opened or read (bad path, layout, column, duplicate id...)."""
 
 
 @dataclass
@@ -127,8 +122,6 @@ class Dataset(abc.ABC):
 
         Ship ``spec().to_dict()`` to workers; the store records it whole.
         """
-        from mmkd.data.spec import DatasetSpec
-
         return DatasetSpec.parse({"path": self.uri, "format": self.format, "name": self.name, **self.options},
                                  where=f"{self.format} dataset {self.uri!r}")
 

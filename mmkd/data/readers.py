@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mmkd.config import expand, resolve_path, section
 from mmkd.data.base import REF_SEP, Dataset, DatasetError, Sample, natural_key
 from mmkd.data.spec import DatasetSpec
 from mmkd.data.parquet import ParquetDataset
@@ -155,8 +156,6 @@ def datasets_from_config(cfg: dict[str, Any]) -> dict[str, DatasetSpec]:
     Raises:
         DatasetError: an entry is not a mapping, has no ``path`` or has an unknown key.
     """
-    from mmkd.config import resolve_path, section
-
     out: dict[str, DatasetSpec] = {}
     for name, entry in section(cfg, "datasets").items():
         if not isinstance(entry, dict):
@@ -187,8 +186,6 @@ def resolve_data(value: str | os.PathLike | Mapping[str, Any] | DatasetSpec, cfg
         DatasetError: not a declared name and not an existing path (the message
             lists the declared names), or a malformed mapping.
     """
-    from mmkd.config import expand, resolve_path, section
-
     cfg = cfg or {}
     if isinstance(value, DatasetSpec):
         return value

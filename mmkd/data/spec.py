@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmkd.data.base import DatasetError
+from mmkd.data.errors import DatasetError
 
 FIELD_KEYS = ("image", "caption", "id", "labels")
 TABLE_FORMATS = ("mmkd-clip", "jsonl", "csv")

@@ -16,6 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from mmkd.eval.features import FeatureCache, set_features
+from mmkd.eval.runner import _Models
+from mmkd.eval.sets import load_eval_set
+
 log = logging.getLogger(__name__)
 
 
@@ -30,10 +34,6 @@ def zeroshot_correct(model: str, sets: dict[str, str], pipelines: dict[str, Any]
         cache_dir: the eval feature cache (``<eval out>/cache``), filled by the eval run.
         device: where to encode what the cache misses.
     """
-    from mmkd.eval.features import FeatureCache, set_features
-    from mmkd.eval.runner import _Models
-    from mmkd.eval.sets import load_eval_set
-
     builder = _Models(pipelines, device)
     cache = FeatureCache(cache_dir)
     out = {}

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mmkd.demo.claims import gain_text
 from mmkd.demo.config import DemoConfig, student_runs
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,6 @@ def write_summary(summary: dict[str, Any], out: Path) -> None:
     """``summary.json``, ``summary.md`` (table + claims) and ``summary.png`` under ``out``."""
     out = Path(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    from mmkd.demo.claims import gain_text
 
     text = table_markdown(summary) + "\n" + claims_text(summary["claims"]) + gain_text(summary["claims"])
     (out / "summary.md").write_text(text)

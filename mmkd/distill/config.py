@@ -11,15 +11,144 @@ the command-line flags are. The resolved config is saved next to the run as
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmkd.config import ConfigError, merge_entry, resolve_path, section
-from mmkd.distill.heads import PROJECTIONS, TARGET_SOURCES, TargetConfig
-from mmkd.distill.init import InitConfig, is_reference
-from mmkd.distill.losses import LossWeights, parse_icl_scale
-from mmkd.distill.optim import OptimConfig
+from mmkd.data import resolve_data
+
+if TYPE_CHECKING:
+    import torch
+
+# The nested parts of a run's config (``optim:``, ``loss:``, ``init:``, ``targets:``) are plain
+# values, defined here so that parsing a config imports no torch; the modules that use them
+# (optim, losses, init, heads) import them from here.
+
+TARGET_SOURCES = ("raw", "projected")
+PROJECTIONS = ("random", "pca", "ae")
+
+
+@dataclass
+class TargetConfig:
+    """``--kd mmkd-clip`` targets: which features, mapped how, normalised or not.
+
+    Attributes:
+        source: ``raw`` (the store's own features, mapped by ``projection``) or
+            ``projected`` (the imported official ``<teacher>_proj512`` copies, used as
+            they are, as the official code reads ``clips_project_output.pt``).
+        projection: ``raw`` targets' map: ``random`` (fixed semi-orthogonal, no fitting
+            step; default), ``pca`` or ``ae`` (fitted by ``mmkd store project``).
+        normalize: L2-normalise targets (default; the loss compares them with unit
+            student features). The official code does not: ``--no-normalize-targets``.
+    """
+
+    source: str = "raw"
+    projection: str = "random"
+    normalize: bool = True
+
+
+@dataclass
+class InitConfig:
+    """Where the student's weights come from (``init:`` in a distill entry, ``--init*`` flags).
+
+    Attributes:
+        source: source of both towers (run, export, checkpoint, ``ARCH:TAG``, ``hf-hub:ID``).
+        image: source of the image tower (overrides ``source`` for it).
+        text: source of the text tower (overrides ``source``); ``hf`` / ``hf:NAME``
+            loads the Hugging Face text model's own pretrained weights.
+        partial: accept a tower of which less than ``min_share`` loads.
+        min_share: least share of a tower's parameter elements that must load.
+        cache_dir: download cache for open_clip pretrained tags (default: open_clip's).
+    """
+
+    source: str | None = None
+    image: str | None = None
+    text: str | None = None
+    partial: bool = False
+    min_share: float = 0.9
+    cache_dir: str | None = None
+
+    def sources(self) -> dict[str, str]:
+        """Tower -> source, for the towers that have one."""
+        out = {"image": self.image or self.source, "text": self.text or self.source}
+        return {k: v for k, v in out.items() if v}
+
+    def __bool__(self) -> bool:
+        return bool(self.sources())
+
+
+def is_reference(value: str) -> bool:
+    """True for a pretrained reference (``ARCH:TAG``, ``hf-hub:ID``, ``hf``, ``hf:NAME``), not a path."""
+    v = str(value)
+    if v == "hf" or v.startswith(("hf-hub:", "hf:")):
+        return True
+    return ":" in v and not v.startswith(("fixtures:", "/", "~", ".", "$")) and "/" not in v.split(":")[0]
+
+
+@dataclass
+class LossWeights:
+    """Loss weights and constants (defaults: the official MMKD-CLIP values).
+
+    Attributes:
+        clip: weight of the student's own CLIP (InfoNCE) term.
+        fd: weight of feature distillation, applied to ``MSE_img + MSE_txt``.
+        icl: weight of interactive contrastive learning.
+        icl_scale: the multiplier ``c`` of ICL logits: a number (the official fixed
+            ``ln(1/0.07)`` ~ 2.66, not trained), or ``"learned"``: the student's own
+            CLIP multiplier ``logit_scale.exp()`` (14.3 at open_clip's init, then
+            trained), as CLIP-KD's ICL uses it.
+    """
+
+    clip: float = 1.0
+    fd: float = 50.0
+    icl: float = 1.0
+    icl_scale: float | str = math.log(1 / 0.07)
+
+    def icl_multiplier(self, logit_scale: torch.Tensor) -> torch.Tensor | float:
+        """The ICL logit multiplier for a student of log-temperature ``logit_scale``."""
+        return logit_scale.exp() if self.icl_scale == "learned" else float(self.icl_scale)
+
+
+def parse_icl_scale(value: float | str) -> float | str:
+    """``"learned"`` or a positive number (from a flag or a YAML entry).
+
+    Raises:
+        ValueError: anything else (the message names the value and the valid forms).
+    """
+    if isinstance(value, str) and value.strip().lower() == "learned":
+        return "learned"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"icl_scale {value!r} is not valid: give a positive number (the official 2.659 = ln(1/0.07), "
+                         "or 14.29 = 1/0.07) or 'learned' (the student's own logit scale)")
+    return number
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + cosine settings (defaults: MMKD-CLIP / open_clip stage 1).
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay of the decayed group.
+        beta1, beta2, eps: AdamW constants.
+        warmup_steps: linear warmup length, in optimizer steps.
+        min_lr: floor of the cosine decay.
+    """
+
+    lr: float | None = 5e-5
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 2000
+    min_lr: float = 0.0
+
 
 KD_MODES = ("mmkd-clip", "multi")
 TEACHER_MASKS = ("valid", "trusted")
@@ -308,8 +437,6 @@ def load_distill_config(pipelines: dict[str, Any] | None, run: str | None,
         values["steps"] = None
     _nest_init(values, pipelines, run, {k for k, v in overrides.items() if v is not None})
     if isinstance(values.get("data"), str) and values["data"] in section(pipelines, "datasets"):
-        from mmkd.data import resolve_data  # a `datasets:` name: its whole spec (a new root, fields) is used
-
         values["data"] = resolve_data(values["data"], pipelines).to_dict()
     cfg = DistillConfig(**_nest(values))
     cfg.students_section = section(pipelines, "students")

@@ -30,6 +30,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mmkd.data import open_dataset
+from mmkd.data.images import BadSample, decode_image
+from mmkd.store import FeatureStore, chunk_shuffled_batches, num_batches
+from mmkd.store.content import has_hashes, recorded_hashes, sha256_of
+from mmkd.store.dataset import open_store_dataset
+from mmkd.store.masks import untrainable_rows
+from mmkd.store.trust import has_trust, read_trust
+
 logger = logging.getLogger(__name__)
 
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -108,8 +116,6 @@ class SyntheticImages:
 def images_source(store: Any, data: str | dict[str, Any] | None = None) -> dict[str, Any] | str:
     """What a worker opens to read ``store``'s images: the recorded dataset spec (relocated to ``data`` and
     fingerprint-checked when given), or ``synthetic://`` for synthetic stores."""
-    from mmkd.store.dataset import open_store_dataset
-
     uri = str((store.manifest.get("dataset") or {}).get("uri") or "")
     if uri.startswith("synthetic://") and data is None:
         return uri
@@ -120,7 +126,6 @@ def open_images(source: dict[str, Any] | str):
     """A reader from :func:`images_source`'s value (opened in the process that reads)."""
     if isinstance(source, str) and source.startswith("synthetic://"):
         return SyntheticImages()
-    from mmkd.data import open_dataset
 
     return open_dataset(source)
 
@@ -154,10 +159,6 @@ class StoreBatches(IterableDataset):
 
     def __init__(self, spec: DataSpec, transform: Callable, tokenizer: Callable):
         super().__init__()
-        from mmkd.store import FeatureStore, num_batches
-
-        from mmkd.store.content import has_hashes
-        from mmkd.store.masks import untrainable_rows
 
         self.spec = spec
         self.transform = transform
@@ -178,8 +179,6 @@ class StoreBatches(IterableDataset):
             logger.warning("store %s: %s left out of training: the store records them as unusable "
                            "(`mmkd store info %s` lists failures)", spec.store, excluded.describe(), spec.store)
         if spec.with_features and (spec.teacher_mask == "trusted" or spec.teacher_weight == "trust"):
-            from mmkd.store.trust import has_trust
-
             missing = [t for t in spec.teachers if not has_trust(store, t)]
             if missing:
                 raise ValueError(f"--teacher-mask {spec.teacher_mask} / --teacher-weight {spec.teacher_weight} need "
@@ -218,8 +217,6 @@ class StoreBatches(IterableDataset):
     def _open(self) -> dict[str, Any]:
         # opened lazily, in the process (worker) that reads
         if self._state is None:
-            from mmkd.store import FeatureStore
-
             cache = (max(self.spec.buffer_blocks, 2) + 2) * self.block_size * 4 * sum(self.dims.values()) + (1 << 20)
             store = FeatureStore.open(self.spec.store, cache_bytes=cache,
                                       index_cache_groups=max(self.spec.buffer_blocks, 2) + 1)
@@ -227,8 +224,6 @@ class StoreBatches(IterableDataset):
         return self._state
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from mmkd.store import chunk_shuffled_batches
-
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         s = self.spec
@@ -258,8 +253,6 @@ class StoreBatches(IterableDataset):
 
     def _images(self, source, refs: list[str], rows: np.ndarray, store: Any
                 ) -> tuple[torch.Tensor, np.ndarray, str | None]:
-        from mmkd.data.images import BadSample, decode_image
-
         raw = source.read_many(list(refs), on_error="return")
         changed = self._verify(store, raw, rows) if self.verify else None
         seeds = row_hash(self.spec.seed, self.epoch, rows, salt=1) >> np.uint64(1)
@@ -288,8 +281,6 @@ class StoreBatches(IterableDataset):
 
     def _verify(self, store: Any, raw: list, rows: np.ndarray) -> str | None:
         """The error for the first image whose bytes differ from the ones extracted (``None`` when all match)."""
-        from mmkd.store.content import recorded_hashes, sha256_of
-
         recorded = recorded_hashes(store, rows)
         for i, data in enumerate(raw):
             if isinstance(data, bytes) and recorded[i] is not None:
@@ -318,8 +309,6 @@ class StoreBatches(IterableDataset):
         out: dict[str, Any] = {}
         u = uniform(self.spec.seed, self.epoch, rows, salt=2)
         if self.spec.teacher_mask == "trusted" or self.spec.teacher_weight == "trust":
-            from mmkd.store.trust import read_trust
-
             pairs = [read_trust(store, t, rows) for t in self.spec.teachers]
             trust = np.stack([p[0] for p in pairs], axis=1)
             if self.spec.teacher_mask == "trusted":

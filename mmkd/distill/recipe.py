@@ -8,7 +8,6 @@ nodes (``python -m mmkd.distill ...``); one process runs on one device.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -24,17 +23,21 @@ from mmkd.distill.config import DistillConfig
 from mmkd.distill.data import DataSpec, StoreBatches, make_loader, uniform
 from mmkd.distill.dist import DistEnv, cleanup_distributed, init_distributed
 from mmkd.distill.heads import TeacherHeads, TeacherProjections, projected_copy
-from mmkd.distill.init import REPORT_FILE, initialise
+from mmkd.distill.init import initialise
 from mmkd.distill.metrics import MetricsLog, plot_losses
-from mmkd.distill.rundir import CONFIG, clear_run, prepare_out
 from mmkd.distill.objective import DistillModule, compute_terms
 from mmkd.distill.optim import build_optimizer, build_scheduler
+from mmkd.distill.outdir import CONFIG, clear_run, prepare_out
+from mmkd.distill.rundir import RunDir
 from mmkd.distill.student import (
     build_student,
     export_student,
     init_config,
     resolve_student,
 )
+from mmkd.store import FeatureStore, StoreError
+from mmkd.store.validate import index_problems
+from mmkd.store.projection import load_projection
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class DistillRecipe:
     def __init__(self, cfg: DistillConfig):
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.run = RunDir(self.out)
         self.kd = cfg.kd if cfg.stage == 2 else None
 
     # ------------------------------------------------------------------ setup
@@ -77,9 +81,6 @@ class DistillRecipe:
         np.random.seed(c.seed % (1 << 32))
 
     def _setup_store(self) -> None:
-        from mmkd.store import FeatureStore, StoreError
-        from mmkd.store.validate import index_problems
-
         store = FeatureStore.open(self.cfg.store)
         problems = index_problems(store)
         if problems:  # features would be paired with other rows' images and captions
@@ -153,9 +154,6 @@ class DistillRecipe:
         elif c.projections:
             proj.load_file(c.projections)
         elif c.targets.projection != "random":
-            from mmkd.store import StoreError
-            from mmkd.store.projection import load_projection
-
             for t in self.teachers:
                 try:
                     w, b, meta = load_projection(self.store_obj, t, c.targets.projection, embed_dim)
@@ -210,8 +208,6 @@ class DistillRecipe:
         logger.info("resumed from step %d (epoch %d, batch %d)", self.step, self.epoch, self.batch_in_epoch)
 
     def _setup_logging(self) -> None:
-        import yaml
-
         self.metrics = MetricsLog(self.out) if self.env.is_main else None
         if self.metrics is not None:
             self.metrics.truncate_after(self.step)
@@ -221,10 +217,9 @@ class DistillRecipe:
                         "world_size": self.env.world_size}
             if self.cfg.overwrite and (self.out / CONFIG).is_file():
                 clear_run(self.out)
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / CONFIG).write_text(yaml.safe_dump(resolved, sort_keys=False))
+            self.run.write_config(resolved)
             if self.init_report is not None:
-                (self.out / REPORT_FILE).write_text(json.dumps(self.init_report, indent=2))
+                self.run.write_init_report(self.init_report)
 
     # ------------------------------------------------------------------ train
     def _batches(self):
@@ -396,12 +391,12 @@ class DistillRecipe:
             torch.distributed.barrier()
 
     def _finish(self) -> None:
-        export_student(self.student, self.out / "export")
+        export_student(self.student, self.run.export)
         if self.module.kd is not None:
             from safetensors.torch import save_file
 
             state = {k: v.detach().cpu().contiguous() for k, v in self.module.kd.state_dict().items()}
-            save_file(state, str(self.out / "kd_adaptors.safetensors"),
+            save_file(state, str(self.run.kd_adaptors),
                       metadata={"kd": str(self.kd), "teachers": ",".join(self.teachers)})
         plot_losses(self.out)
 

@@ -1,109 +1,106 @@
-"""A run folder is never overwritten by accident.
+"""The run folder of ``mmkd distill``: one owner of its layout, for the run that writes it and whoever reopens it.
 
-``mmkd distill --out DIR`` where DIR already holds a run (its ``config.yaml``):
+::
 
-* the same settings: the run is resumed from its last checkpoint, or, when it has
-  finished (its export is there), left as it is;
-* other settings: refused with one line naming them; ``--overwrite`` replaces the run.
+    <out>/
+      config.yaml               the resolved run: distill config, student, store rows and teachers, steps
+      init_report.json          what each tower loaded from its init source (runs with --init)
+      metrics.jsonl             one record per logged step (tb/: the TensorBoard mirror)
+      loss_curve.png            every loss term against step
+      checkpoints/last.pt       the resume state (step-XXXXXXXX.pt too with keep_checkpoints)
+      export/                   open_clip_config.json + open_clip_model.safetensors (open_clip ``local-dir:``)
+      kd_adaptors.safetensors   the KD adaptors of a stage-2 run
 
-Settings that do not change what is trained (how often to log or checkpoint, where
-the data now is, the device, workers) may differ.
+The recipe writes through a :class:`RunDir`; ``--init RUN``, ``--resume``, the
+demo and the CLI reopen a run through one. Light: no torch here.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmkd.distill.config import PATH_FIELDS, DistillConfig
+import yaml
 
-logger = logging.getLogger(__name__)
-
+EXPORT = "export"
+EXPORT_CONFIG = "open_clip_config.json"
+EXPORT_WEIGHTS = "open_clip_model.safetensors"
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
 CONFIG = "config.yaml"
-# settings that do not change the weights a run trains, so a rerun may change them
-FREE = frozenset({"resume", "stop_at_step", "progress", "num_workers", "checkpoint_every", "log_every",
-                  "keep_checkpoints", "device", "data", "on_nonfinite", "overwrite"})
+INIT_REPORT = "init_report.json"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tb"
+CURVE = "loss_curve.png"
+KD_ADAPTORS = "kd_adaptors.safetensors"
 
 
-class RunExistsError(ValueError):
-    """``--out`` holds another run (or other files); nothing was written."""
+@dataclass(frozen=True)
+class RunDir:
+    """One run folder (``--out``); every path of its layout is a property."""
 
+    root: Path
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k not in ("teacher_weights",):
-            out.update(_flat(v, f"{key}."))
-        elif k in PATH_FIELDS and isinstance(v, str) and v:
-            out[key] = os.path.abspath(v)
-        else:
-            out[key] = list(v) if isinstance(v, tuple) else v
-    return out
+    def __init__(self, root: str | os.PathLike[str]):
+        object.__setattr__(self, "root", Path(root))
 
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
 
-def differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``"lr 0.001 -> 0.002"`` for each setting (nested ones dotted) that differs, the free ones aside."""
-    a, b = _flat(before), _flat(now)
-    keys = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in FREE and a.get(k) != b.get(k))
-    return [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+    @property
+    def init_report(self) -> Path:
+        return self.root / INIT_REPORT
 
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
 
-def is_finished(out: Path) -> bool:
-    """The run exported its student (done only at its last step)."""
-    return (out / "export" / "open_clip_model.safetensors").is_file()
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
 
+    @property
+    def loss_curve(self) -> Path:
+        return self.root / CURVE
 
-def prepare_out(cfg: DistillConfig) -> str:
-    """Decide what to do with ``cfg.out`` before anything is written.
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
 
-    Returns:
-        ``"new"`` (start; with ``overwrite`` the old run is removed when the new one starts
-        writing: :func:`clear_run`), ``"resume"`` (``cfg.resume`` is set) or ``"finished"``
-        (the same run already finished: nothing to do).
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / LAST
 
-    Raises:
-        RunExistsError: ``out`` holds a run with other settings, or files that are no run.
-    """
-    import yaml
+    def step_checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:08d}.pt"
 
-    out = Path(cfg.out)
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        if cfg.resume:
-            return "resume"  # load_checkpoint names the missing checkpoint
-        return "new"
-    if not (out / CONFIG).is_file():
-        raise RunExistsError(f"distill: --out {out} is not empty and holds no distill run (no {CONFIG}); "
-                             "choose a new or empty folder (nothing was written)")
-    if cfg.overwrite:
-        return "new"
-    try:
-        before = (yaml.safe_load((out / CONFIG).read_text()) or {}).get("distill") or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise RunExistsError(f"distill: cannot read {out / CONFIG} ({e}); pass --overwrite to replace the run "
-                             "in --out, or choose another --out") from e
-    diff = differences(before, cfg.to_dict())
-    if diff:
-        shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
-        raise RunExistsError(f"distill: --out {out} holds a run with other settings ({shown}); rerun with its "
-                             "settings to resume it, pass --overwrite to replace it, or choose another --out "
-                             "(nothing was written)")
-    if is_finished(out) and not cfg.resume:
-        return "finished"
-    if (out / "checkpoints" / "last.pt").is_file():
-        cfg.resume = True
-        return "resume"
-    return "new"  # killed before its first checkpoint: start again
+    @property
+    def export(self) -> Path:
+        return self.root / EXPORT
 
+    @property
+    def kd_adaptors(self) -> Path:
+        return self.root / KD_ADAPTORS
 
-def clear_run(out: Path) -> None:
-    """Remove the run in ``out`` (``--overwrite``), keeping the folder."""
-    for child in out.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-    logger.warning("--overwrite: the earlier run in %s was removed", out)
+    def write_config(self, resolved: dict[str, Any]) -> Path:
+        """Write ``config.yaml`` (creating the folder)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        return self.config
+
+    def write_init_report(self, report: dict[str, Any]) -> Path:
+        """Write ``init_report.json``."""
+        self.init_report.write_text(json.dumps(report, indent=2))
+        return self.init_report
+
+    def student_weights(self) -> Path | None:
+        """The student weights this folder holds, best first: its own export files (an export folder),
+        ``export/``, then ``checkpoints/last.pt``; ``None`` when none is there."""
+        for cand in (self.root / EXPORT_WEIGHTS, self.export / EXPORT_WEIGHTS, self.last_checkpoint):
+            if cand.is_file():
+                return cand
+        return None

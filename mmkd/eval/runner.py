@@ -13,11 +13,17 @@ from mmkd.config import ConfigError, merge_entry, resolve_path, section
 from mmkd.eval.encoders import Encoder, StoreEncoder, StudentEncoder, TeacherEncoder
 from mmkd.eval.features import FeatureCache, SetFeatures, set_features
 from mmkd.eval.linear_probe import ProbeConfig, evaluate_linear_probe
+from mmkd.eval.report import write_report
 from mmkd.eval.retrieval import evaluate_knn, evaluate_retrieval
-from mmkd.eval.sets import EvalSet, load_eval_set
+from mmkd.eval.sets import EvalSet, eval_set_from_data, load_eval_set
 from mmkd.eval.splits import TaskNotApplicable
 from mmkd.eval.tasksets import check_task_sets, run_task_set
 from mmkd.eval.zeroshot import evaluate_zeroshot
+from mmkd.store import FeatureStore
+from mmkd.teachers import TeacherError
+from mmkd.data.images import BadSample
+from mmkd.eval.encoders import EncoderError
+from mmkd.store.content import has_hashes, recorded_hashes, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +108,6 @@ def plan_eval(cfg: dict[str, Any], run: str | None, flags: dict[str, Any]) -> Ev
     Raises:
         ConfigError: unknown run or key, no ``out``, or data that cannot be opened.
     """
-    from mmkd.eval.sets import eval_set_from_data
-
     given = {k: (v or None) if isinstance(v, (list, tuple, dict)) else v for k, v in flags.items()}
     cli_stores = given.pop("stores", None) or {}
     entry = merge_entry(cfg, "eval", run, given, allowed=JOB_KEYS, path_keys=("out", "cache_dir"), what="eval run")
@@ -141,8 +145,6 @@ class _Models:
             elif path.exists():
                 raise EvalError(f"model {model!r} is a path but not a student export (no open_clip_config.json)")
             else:
-                from mmkd.teachers import TeacherError
-
                 try:
                     self._built[model] = TeacherEncoder(model, self.cfg, self.device)
                 except TeacherError as e:
@@ -153,8 +155,6 @@ class _Models:
     def for_set(self, model: str, evalset: EvalSet, store: str | None) -> Encoder:
         enc = self.base(model)
         if store and isinstance(enc, TeacherEncoder):
-            from mmkd.store import FeatureStore
-
             fs = FeatureStore.open(store)
             if enc.name in fs.teachers:
                 log.info("%s on %s: features from store %s", enc.name, evalset.name, store)
@@ -171,10 +171,6 @@ def check_store_images(store: Any, evalset: EvalSet) -> None:
     Raises:
         EncoderError: an image's bytes differ from the ones the store recorded (sample, both hashes named).
     """
-    from mmkd.data.images import BadSample
-    from mmkd.eval.encoders import EncoderError
-    from mmkd.store.content import has_hashes, recorded_hashes, sha256_of
-
     if not has_hashes(store):
         log.warning("store %s records no image hashes (made before extract recorded them): its images are not "
                     "checked against eval set %s", store.path, evalset.name)
@@ -241,8 +237,6 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
     Raises:
         EvalError: no models / sets, or no task applied to any set.
     """
-    from mmkd.eval.report import write_report
-
     cfg, ecfg = cfg or {}, ecfg or EvalConfig()
     if not models or not datasets:
         raise EvalError(f"need at least one --model and one --set or --data; got models={models} sets={datasets}")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from mmkd.store import format as fmt
+from mmkd.store.failures import read_failures_tables, write_failures_table
 from mmkd.store.format import StoreError
 
 
@@ -107,8 +109,6 @@ class BlocksMixin:
 
     def _pool(self):
         if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="mmkd-store")
         return self._executor
 
@@ -143,8 +143,6 @@ class BlocksMixin:
         return image, text, valid
 
     def _write_failures(self, teacher: str, block: int, failures: list[dict[str, Any]]) -> None:
-        from mmkd.store.failures import write_failures_table
-
         path = self.path / fmt.FAILURES / teacher / f"{fmt.block_name(block)}.parquet"
         if not failures:
             path.unlink(missing_ok=True)
@@ -168,8 +166,6 @@ class BlocksMixin:
 
     def failures(self, teacher: str):
         """All recorded bad samples of ``teacher`` as a table (sample_id, row, reason, detail)."""
-        from mmkd.store.failures import read_failures_tables
-
         return read_failures_tables(sorted((self.path / fmt.FAILURES / teacher).glob("block-*.parquet")))
 
     # ------------------------------------------------------------------ reading

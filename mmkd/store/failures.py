@@ -17,6 +17,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from mmkd.store import format as fmt
 from mmkd.store.format import StoreError
 
@@ -24,8 +27,6 @@ DATASET_FAILURE_COLUMNS = ("file", "line", "reason", "detail")
 
 
 def _write_atomic(path: Path, table: Any) -> None:
-    import pyarrow.parquet as pq
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
@@ -35,8 +36,6 @@ def _write_atomic(path: Path, table: Any) -> None:
 
 def write_failures_table(path: Path, failures: Sequence[dict[str, Any]]) -> None:
     """Write one block's bad samples durably (tmp, fsync, rename)."""
-    import pyarrow as pa
-
     _write_atomic(path, pa.table({
         "sample_id": [str(f["sample_id"]) for f in failures],
         "row": pa.array([f.get("row") for f in failures], pa.int64()),
@@ -47,9 +46,6 @@ def write_failures_table(path: Path, failures: Sequence[dict[str, Any]]) -> None
 
 def read_failures_tables(files: Sequence[Path]):
     """The rows of block failure tables, concatenated (an empty table when there are none)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if not files:
         return pa.table({"sample_id": pa.array([], pa.string()), "row": pa.array([], pa.int64()),
                          "reason": pa.array([], pa.string()), "detail": pa.array([], pa.string())})
@@ -72,8 +68,6 @@ def write_dataset_failures(store: Path, failures: Iterable[Any]) -> int:
     Raises:
         StoreError: a record lacks ``file`` or ``reason``.
     """
-    import pyarrow as pa
-
     cols: dict[str, list] = {c: [] for c in DATASET_FAILURE_COLUMNS}
     for i, f in enumerate(failures):
         rec = f if isinstance(f, dict) else {c: getattr(f, c, None) for c in DATASET_FAILURE_COLUMNS}
@@ -96,9 +90,6 @@ def write_dataset_failures(store: Path, failures: Iterable[Any]) -> int:
 
 def read_dataset_failures(store: Path):
     """The dataset-level failures of a store as a table (empty when none were recorded)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = dataset_failures_path(store)
     if not path.is_file():
         return pa.table({"file": pa.array([], pa.string()), "line": pa.array([], pa.int64()),

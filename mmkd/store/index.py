@@ -13,15 +13,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mmkd.store import format as fmt
 from mmkd.store.format import Sample, StoreError
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 INDEX_COLUMNS = ("sample_id", "row", "caption", "image", "image_sha256", "source", "labels")
 DEFAULT_INDEX_CACHE_GROUPS = 16
@@ -53,8 +52,6 @@ class IndexMixin:
     def index(self) -> "pa.Table":
         """The whole index as a ``pyarrow.Table`` (row order == array order); prefer :meth:`index_rows`."""
         if self._index is None:
-            import pyarrow.parquet as pq
-
             self._index = pq.read_table(self.index_path)
         return self._index
 
@@ -85,8 +82,6 @@ class IndexMixin:
     # ------------------------------------------------------------------ row-group access
     def _parquet(self):
         if self._pq_file is None:
-            import pyarrow.parquet as pq
-
             pf = pq.ParquetFile(str(self.index_path))
             sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
             self._group_starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
@@ -123,8 +118,6 @@ class IndexMixin:
         Raises:
             StoreError: the range is outside ``[0, n]`` or a column is unknown.
         """
-        import pyarrow as pa
-
         cols = self._check_columns(columns)
         if not 0 <= start <= stop <= self.n:
             raise StoreError(f"index rows [{start}, {stop}) out of range for store {self.path} of {self.n} rows")

@@ -27,14 +27,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from mmkd.store.store import StoreError
-
-if TYPE_CHECKING:
-    from mmkd.store.store import FeatureStore
+from mmkd.store.store import FeatureStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +181,6 @@ def fit_projection(store: FeatureStore, teacher: str, dim: int = 512, method: st
             or the projection exists without ``overwrite``.
     """
     check_request(store, teacher, dim, method, overwrite)
-    from mmkd.store.store import FeatureStore
 
     # a reader of its own with a small block cache: memory stays flat whatever the store's size
     store = FeatureStore.open(store.path, cache_bytes=READ_CACHE_BYTES)

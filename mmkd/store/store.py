@@ -28,24 +28,29 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from mmkd import __version__
 from mmkd.store import format as fmt
 from mmkd.store.blocks import BlocksMixin
+from mmkd.store.failures import read_dataset_failures, write_dataset_failures
 from mmkd.store.format import Sample, StoreError
 from mmkd.store.index import DEFAULT_INDEX_CACHE_GROUPS, IndexMixin, index_schema, sample_rows
-from mmkd.store.reports import ReportsMixin
 
 log = logging.getLogger(__name__)
 
 
-class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
+class FeatureStore(IndexMixin, BlocksMixin):
     """A feature store on local (or network-mounted) disk.
 
     Create one with :meth:`create`, open one with :meth:`open`. Reads go through a
     small LRU cache of whole blocks, so reading rows in chunk-aware order (see
     :func:`mmkd.store.chunk_shuffled_batches`) costs about one sequential read;
     index rows go through an LRU of ``index.parquet`` row groups
-    (:meth:`index_rows`, :meth:`index_columns`).
+    (:meth:`index_rows`, :meth:`index_columns`). What it holds and whether it is
+    sound are plain functions over it: :func:`mmkd.store.store_info`,
+    :func:`mmkd.store.validate_store`.
     """
 
     def __init__(self, path: Path, mode: str, cache_bytes: int,
@@ -66,6 +71,10 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
         self._dims: dict[str, int] = {}
         self._init_index(index_cache_groups)
         self._init_blocks(cache_bytes)
+
+    def dataset_failures(self):
+        """Dataset rows that never became samples (``file``, ``line``, ``reason``, ``detail``), as a table."""
+        return read_dataset_failures(self.path)
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -98,8 +107,6 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
             StoreError: ``path`` exists (and not ``overwrite``), no samples, a
                 duplicate sample id, or a bad block size.
         """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
         import zarr
 
         path = Path(path)
@@ -134,8 +141,6 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
             "teachers": [],
         }
         if dataset_failures is not None:
-            from mmkd.store.failures import write_dataset_failures
-
             bad = list(dataset_failures() if callable(dataset_failures) else dataset_failures)
             if write_dataset_failures(tmp, bad):
                 log.warning("store %s: %d dataset row(s) could not be read and are not in the index; "

@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from mmkd.store.store import StoreError
-
-if TYPE_CHECKING:
-    from mmkd.store.store import FeatureStore
+from mmkd.store.store import FeatureStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +111,6 @@ def compute_trust(store: FeatureStore, teacher: str, method: str = "pair-rank", 
         StoreError: unknown teacher or method, or fewer than 2 valid rows.
     """
     import zarr
-
-    from mmkd.store.store import FeatureStore
 
     if teacher not in store.teachers:
         raise StoreError(f"store {store.path} holds no teacher {teacher!r}; it holds {store.teachers}")

@@ -18,15 +18,15 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from mmkd.store import format as fmt
 from mmkd.store.blocks import block_crc32
-
-if TYPE_CHECKING:
-    from mmkd.store.store import FeatureStore
+from mmkd.store.index import fingerprint_tables
+from mmkd.store.store import FeatureStore
 
 NORM_TOLERANCE = 2e-2  # float16 storage keeps unit norms to ~1e-3
 EXIT_CODES = {"sound": 0, "unsound": 1, "empty": 3}
@@ -99,7 +99,7 @@ class ValidationReport:
                 "seconds": self.seconds}
 
 
-def validate_store(store: "FeatureStore", deep: bool = False) -> ValidationReport:
+def validate_store(store: FeatureStore, deep: bool = False) -> ValidationReport:
     """Check ``store`` and report every problem found (see the module docstring).
 
     Checks the manifest geometry; the index (readable, length, row numbers, unique
@@ -120,7 +120,7 @@ def validate_store(store: "FeatureStore", deep: bool = False) -> ValidationRepor
     return report
 
 
-def _manifest_problems(store: "FeatureStore", report: ValidationReport) -> None:
+def _manifest_problems(store: FeatureStore, report: ValidationReport) -> None:
     m = store.manifest
     try:
         n, bs, nb = int(m["num_samples"]), int(m["block_size"]), int(m["num_blocks"])
@@ -132,7 +132,7 @@ def _manifest_problems(store: "FeatureStore", report: ValidationReport) -> None:
                                f"= {-(-n // max(bs, 1))}")
 
 
-def index_problems(store: "FeatureStore") -> list[str]:
+def index_problems(store: FeatureStore) -> list[str]:
     """What is wrong with the store's index (unreadable, rows out of order, duplicate ids, edited after the store
     was made); empty when it is sound. Reads the index once (what distill checks before training)."""
     report = ValidationReport(path=str(store.path), deep=False, teachers=store.teachers)
@@ -140,7 +140,7 @@ def index_problems(store: "FeatureStore") -> list[str]:
     return [p.message for p in report.problems]
 
 
-def _index_problems(store: "FeatureStore", report: ValidationReport) -> None:
+def _index_problems(store: FeatureStore, report: ValidationReport) -> None:
     fix = "restore index.parquet from a backup, or rebuild the store with `mmkd extract` into a new --store"
     seen: set[str] = set()
     dups: list[str] = []
@@ -173,7 +173,6 @@ def _index_problems(store: "FeatureStore", report: ValidationReport) -> None:
         report.add("manifest", "store.json records no index_fingerprint, so the index cannot be checked; "
                                "rebuild the store with `mmkd extract`")
         return
-    from mmkd.store.index import fingerprint_tables
 
     actual = fingerprint_tables(rows_for_hash)
     if actual != recorded:
@@ -183,7 +182,7 @@ def _index_problems(store: "FeatureStore", report: ValidationReport) -> None:
                    f"or image hash was edited, so features no longer match their rows); {fix}")
 
 
-def _dataset_failure_problems(store: "FeatureStore", report: ValidationReport) -> None:
+def _dataset_failure_problems(store: FeatureStore, report: ValidationReport) -> None:
     try:
         store.dataset_failures()
     except Exception as e:  # a damaged parquet file is a problem to report
@@ -191,7 +190,7 @@ def _dataset_failure_problems(store: "FeatureStore", report: ValidationReport) -
                                "rerun `mmkd extract` into a new store to record the dataset's bad rows again")
 
 
-def _teacher_problems(store: "FeatureStore", teacher: str, report: ValidationReport) -> None:
+def _teacher_problems(store: FeatureStore, teacher: str, report: ValidationReport) -> None:
     try:
         g = store._group(teacher)
         attrs = dict(g.attrs.asdict())
@@ -230,12 +229,12 @@ def _teacher_problems(store: "FeatureStore", teacher: str, report: ValidationRep
             report.add("values", f"teacher {teacher!r}: {len(hits)} {labels[key]}, e.g. (row, kind) {hits[:5]}")
 
 
-def _redo(store: "FeatureStore", teacher: str, block: int) -> str:
+def _redo(store: FeatureStore, teacher: str, block: int) -> str:
     return (f"delete {store.marker_path(teacher, block)} and rerun `mmkd extract --teacher {teacher}` "
             "to redo the block")
 
 
-def _check_block(store: "FeatureStore", teacher: str, b: int, report: ValidationReport
+def _check_block(store: FeatureStore, teacher: str, b: int, report: ValidationReport
                  ) -> tuple[np.ndarray | None, dict]:
     """Marker, chunk sizes and ``valid`` of one done block; its valid mask (None when unreadable) and marker."""
     try:
@@ -289,7 +288,7 @@ def _check_crc(store: "FeatureStore", teacher: str, b: int, kind: str, data: np.
                                f"after it was written: a flipped bit or an edit); {_redo(store, teacher, b)}")
 
 
-def _check_values(store: "FeatureStore", teacher: str, b: int, valid: np.ndarray, normalized: bool,
+def _check_values(store: FeatureStore, teacher: str, b: int, valid: np.ndarray, normalized: bool,
                   report: ValidationReport, counts: dict[str, list], crc: dict) -> None:
     start, _ = store.block_range(b)
     rows = np.nonzero(valid)[0] + start
@@ -315,8 +314,6 @@ def _check_values(store: "FeatureStore", teacher: str, b: int, valid: np.ndarray
     path = store.path / fmt.FAILURES / teacher / f"{fmt.block_name(b)}.parquet"
     if path.exists():
         try:
-            import pyarrow.parquet as pq
-
             pq.read_table(path)
         except Exception as e:  # a damaged failures table
             report.add("failures", f"teacher {teacher!r}: failures table {path} is unreadable "

@@ -20,10 +20,6 @@ from tests.conftest import REPO_ROOT
 REPO_PIPELINES = REPO_ROOT / "pipelines.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
 
 def test_check_with_empty_cache_reports_three_parts(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
@@ -53,7 +49,7 @@ def test_check_with_empty_cache_reports_three_parts(tmp_path, monkeypatch):
 def test_check_console_exit_0_and_no_stray_warnings(tmp_path, run_mmkd):
     """The shipped registry through the console script from outside the repo: exit 0, no open_clip warning."""
     res = run_mmkd("teachers", "--check", "--pipeline", REPO_PIPELINES, cwd=tmp_path,
-                   extra_env={"HF_HUB_CACHE": str(tmp_path / "empty-hub"), "MMKD_WEIGHTS": str(tmp_path / "none")})
+                   env={"HF_HUB_CACHE": str(tmp_path / "empty-hub"), "MMKD_WEIGHTS": str(tmp_path / "none")})
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "genmedclip  open_clip     from hub" in res.stdout
     assert "No pretrained weights loaded" not in res.stderr and "WARNING" not in res.stderr, res.stderr[-2000:]

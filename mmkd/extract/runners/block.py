@@ -22,9 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from mmkd.config import ConfigError
+from mmkd.config import resolve_device as resolve_config_device
+from mmkd.data import open_dataset
 from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, decode_image
 from mmkd.extract.device_decode import DeviceJpeg, decode_batch, device_decodable
 from mmkd.extract.runners.job import ExtractError
+from mmkd.store import FeatureStore, StoreError
+from mmkd.teachers import TeacherSpec
+from mmkd.store.content import record_block_hashes, sha256_of
+from mmkd.store.format import FEATURE_DTYPE
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +71,8 @@ class WorkerConfig:
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu`` (:func:`mmkd.config.resolve_device`, as every stage)."""
-    from mmkd.config import ConfigError
-    from mmkd.config import resolve_device as resolve
-
     try:
-        return resolve(device)
+        return resolve_config_device(device)
     except ConfigError as e:
         raise ExtractError(str(e)) from e
 
@@ -82,9 +86,8 @@ class BlockWorker:
     """
 
     def __init__(self, spec: Any, config: WorkerConfig) -> None:
-        from mmkd.data import open_dataset
-        from mmkd.teachers import TeacherSpec, load_teacher
-        from mmkd.store import FeatureStore
+        # torch, open_clip, transformers load here, in the worker: the Ray driver imports this module too
+        from mmkd.teachers.loaders import load_teacher
 
         self.spec = TeacherSpec.from_dict(spec) if isinstance(spec, dict) else spec
         self.config = config
@@ -178,8 +181,6 @@ class BlockWorker:
                        failures: list[dict]) -> None:
         """Record the block's image hashes, or, when recorded already (another teacher, the dataset), fail the rows
         whose bytes differ now: their features would describe other images than the other teachers'."""
-        from mmkd.store.content import record_block_hashes
-
         start = self.store.block_range(block)[0]
         for row, old, new in record_block_hashes(self.store, block, hashes):
             if valid[row - start]:
@@ -218,8 +219,6 @@ class BlockWorker:
             self._next = None
 
     def _block_rows(self, start: int, stop: int) -> tuple[list[str], list[str], list[str]]:
-        from mmkd.store import StoreError
-
         # Row groups are block-aligned, so this reads about one row group (through the store's index LRU).
         try:
             table = self.store.index_rows(start, stop, ("row", "sample_id", "caption", "image"))
@@ -247,8 +246,6 @@ class BlockWorker:
             ``[(row, tensor, caption) or (row, BadSample, None)]``, the seconds it took, and
             ``(row, sha256)`` of each image's bytes read.
         """
-        from mmkd.store.content import sha256_of
-
         t = time.perf_counter()
         datas = self.dataset.read_many([refs[r] for r in rows], on_error="return")
         out, hashes = [], []
@@ -326,8 +323,6 @@ def _finite_rows(image: np.ndarray, text: np.ndarray, failures: list[dict], ids:
 
     Checked in the store's dtype (float16), so a float32 value past float16's range (an overflow) counts too.
     """
-    from mmkd.store.format import FEATURE_DTYPE
-
     with np.errstate(over="ignore", invalid="ignore"):
         nonfinite = {kind: ~np.isfinite(x.astype(FEATURE_DTYPE)) for kind, x in (("image", image), ("text", text))}
     bad = nonfinite["image"].any(axis=1) | nonfinite["text"].any(axis=1)

@@ -11,6 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmkd.config import ConfigError, load_pipelines, merge_entry, resolve_path, section
+from mmkd.data import open_dataset, resolve_data
+from mmkd.teachers import get_teacher_spec
+from mmkd.teachers.spec import teachers_in_scope
+
 RUNNERS = ("ray", "local")
 PRECISIONS = ("fp32", "fp16", "bf16")
 DECODES = ("full", "reduced", "gpu")
@@ -139,8 +144,6 @@ def job_from_config(cfg: dict[str, Any] | None = None, run: str | None = None, *
         ExtractError: unknown run name (the message lists the valid ones), unknown
             keys in the entry, or an invalid resulting job.
     """
-    from mmkd.config import ConfigError, load_pipelines, merge_entry
-
     if cfg is None:
         cfg = load_pipelines(overrides.get("pipeline"))
     try:
@@ -162,9 +165,6 @@ def job_from_config(cfg: dict[str, Any] | None = None, run: str | None = None, *
 
 def _entry_data(cfg: dict[str, Any], run: str, value: Any) -> Any:
     """An entry's ``data:``: a declared name stays a name; paths resolve against the declaring file."""
-    from mmkd.config import resolve_path, section
-    from mmkd.data import resolve_data
-
     if isinstance(value, str):
         return value if value in section(cfg, "datasets") else str(resolve_path(cfg, value, section="extract", entry=run))
     return resolve_data(value, cfg, base=resolve_path(cfg, ".", section="extract", entry=run))
@@ -176,9 +176,6 @@ def resolve_teachers(job: ExtractJob, cfg: dict[str, Any]) -> list[Any]:
     Raises:
         UnknownTeacherError: a name is not declared (the message lists the valid names).
     """
-    from mmkd.teachers import get_teacher_spec
-    from mmkd.teachers.spec import teachers_in_scope
-
     if ALL_TEACHERS in job.teachers:
         specs = list(teachers_in_scope(cfg).values())  # the user's own teachers, else every shipped one
         if not specs:
@@ -193,8 +190,6 @@ def resolve_dataset(job: ExtractJob, cfg: dict[str, Any]):
     Raises:
         DatasetError: the dataset cannot be opened, or ``data`` names nothing (the message says why).
     """
-    from mmkd.data import open_dataset, resolve_data
-
     ds = open_dataset(resolve_data(job.data, cfg))
     if hasattr(ds, "on_bad_row"):  # a run policy, not part of the dataset spec
         ds.on_bad_row = job.on_bad_row

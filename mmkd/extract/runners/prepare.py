@@ -16,7 +16,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from mmkd.data.base import parse_fingerprint
 from mmkd.extract.runners.job import ExtractError, ExtractJob
+from mmkd.store import FeatureStore, StoreError
+from mmkd.store.dataset import short_fingerprint
+from mmkd.store.format import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +35,6 @@ def open_or_create_store(job: ExtractJob, ds: Any):
         ExtractError: the store exists but was made from another dataset (or
             another ``--limit``); the message says what differs and what to do.
     """
-    from mmkd.store import FeatureStore, StoreError
-
     path = Path(job.store)
     fp = ds.fingerprint(job.limit)
     if not path.exists():
@@ -59,9 +61,6 @@ def open_or_create_store(job: ExtractJob, ds: Any):
 
 
 def _check_same_dataset(store: Any, ds: Any, fp: str, job: ExtractJob) -> None:
-    from mmkd.data.base import parse_fingerprint
-    from mmkd.store.dataset import short_fingerprint
-
     recorded = store.manifest.get("dataset", {})
     old_fp, old_uri = recorded.get("fingerprint", ""), recorded.get("uri", "")
     if old_fp == fp:
@@ -87,8 +86,6 @@ def _check_same_dataset(store: Any, ds: Any, fp: str, job: ExtractJob) -> None:
 
 def write_job_record(store_path: str | Path, teacher: str, record: dict[str, Any], stamp: str) -> Path:
     """Save the resolved job (and later its summary) as ``<store>/_jobs/<stamp>-<teacher>.json``."""
-    from mmkd.store.format import atomic_write_json
-
     path = Path(store_path) / JOBS_DIR / f"{stamp}-{teacher}.json"
     atomic_write_json(path, {"host": socket.gethostname(), "pid": os.getpid(), **record})
     return path

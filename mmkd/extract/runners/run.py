@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from mmkd.config import load_pipelines
 from mmkd.extract.runners.base import BlockCallback, Runner, TeacherRun, blocks_to_do
 from mmkd.extract.runners.block import WorkerConfig
 from mmkd.extract.runners.job import ExtractError, ExtractJob, resolve_dataset, resolve_teachers
 from mmkd.extract.runners.local import LocalRunner
 from mmkd.extract.runners.prepare import open_or_create_store, utc_stamp, write_job_record
 from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
-from mmkd.store.locks import TeacherLocked, teacher_locks
+from mmkd.teachers import weights_status
+from mmkd.teachers.weights import hub_offline, missing_weights_error
+from mmkd.store import FeatureStore, StoreError
+from mmkd.store.locks import LOCKS, TeacherLocked, teacher_locks
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +46,6 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
         ExtractError: dataset/store mismatch, a worker failure, a bad job.
         UnknownTeacherError, WeightsNotFoundError, DatasetError: as their names say.
     """
-    from mmkd.config import load_pipelines
-
     t0 = time.perf_counter()
     cfg = load_pipelines(job.pipeline)
     specs = resolve_teachers(job, cfg)
@@ -64,11 +68,6 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
 def _drop_if_empty(store: Any) -> None:
     """Remove a store this run created when it failed before any block was done (the first teacher could not
     start: a hub that cannot be reached, a wrong ``dim``), unless another extract is using it meanwhile."""
-    import shutil
-
-    from mmkd.store import FeatureStore, StoreError
-    from mmkd.store.locks import LOCKS
-
     try:
         now = FeatureStore.open(store.path)
         if any(now.done_blocks(t) for t in now.teachers):
@@ -83,8 +82,6 @@ def _drop_if_empty(store: Any) -> None:
 
 
 def _ours(lock: Path) -> bool:
-    import json
-
     try:
         return int(json.loads(lock.read_text())["pid"]) == os.getpid()
     except (ValueError, KeyError, TypeError, OSError):
@@ -158,9 +155,6 @@ def _precheck_weights(job: ExtractJob, specs: list[Any]) -> None:
     Skipped when joining a remote Ray cluster, whose nodes may hold weights this
     machine lacks.
     """
-    from mmkd.teachers import weights_status
-    from mmkd.teachers.weights import hub_offline, missing_weights_error
-
     if job.runner == "ray" and (job.address or os.environ.get("RAY_ADDRESS")):
         return
     for spec in specs:
