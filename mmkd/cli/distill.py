@@ -10,12 +10,15 @@ import json
 
 import click
 
+from mmkd.cli.paths import PathOrURL
+
 OVERRIDES = (
     "store", "stage", "student", "out", "kd", "steps", "epochs", "batch_size", "grad_accum", "lr",
     "weight_decay", "warmup_steps", "grad_clip", "precision", "init", "stop_at_step", "checkpoint_every",
     "log_every", "seed", "num_workers", "buffer_blocks", "projections", "head", "fd_weight", "icl_weight",
     "clip_weight", "icl_scale", "device", "data", "targets", "projection",
     "init_image", "init_text", "init_min_share", "init_cache_dir", "teacher_mask", "teacher_weight", "teacher_drop",
+    "decode", "image_cache",
     "on_nonfinite",
 )
 
@@ -70,7 +73,7 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 
 
 @click.command("distill", cls=SectionedCommand)
-@click.option("--store", type=click.Path(exists=True, file_okay=False), help="Feature store path. [required]")
+@click.option("--store", type=PathOrURL(exists=True, file_okay=False), help="Feature store path or URL (s3://...). [required]")
 @click.option("--stage", type=click.IntRange(1, 2), help="1: CLIP pretraining; 2: distillation from teacher features.")
 @click.option("--student", help="students entry, open_clip JSON config path or open_clip architecture name. [required]")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder (checkpoints, metrics, export). [required]")
@@ -123,6 +126,11 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--teacher-drop", type=click.FloatRange(0, 1, max_open=True), help="multi: drop each teacher from a "
               "step with this probability, the highest-loss teacher kept (UNIC; default 0).")
 @click.option("--augment/--no-augment", default=None, help="open_clip train augmentation (default on).")
+@click.option("--decode", type=click.Choice(["reduced", "full"]),
+              help="Student images: reduced (default) decodes JPEGs at a DCT-reduced scale that still covers the crop (docs/distill-data.md); full runs open_clip's "
+              "transform on each fully decoded image.")
+@click.option("--image-cache", type=click.Choice(["auto", "off"]), help="auto (default): read the store's student "
+              "image cache (`mmkd store images`) when one fits the student's size; off: the originals.")
 @click.option("--standardize/--no-standardize", default=None, help="multi: standardise targets by store stats.")
 @click.option("--fd-weight", type=NON_NEGATIVE, help="Feature-distillation weight (default 50).")
 @click.option("--icl-weight", type=NON_NEGATIVE, help="ICL weight (default 1).")

@@ -28,7 +28,8 @@ import logging
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,21 @@ def _job_threads(cfg: DemoConfig) -> int:
     return cfg.threads or max(1, (os.cpu_count() or 1) // cfg.jobs)
 
 
-def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+Progress = Callable[[str], None]
+
+
+def _finished(futures: dict[str, Any], what: str, progress: Progress | None) -> dict[str, Any]:
+    """Each future's result by name, telling ``progress`` as each one finishes (in finishing order)."""
+    names = {f: n for n, f in futures.items()}
+    t0, done = time.perf_counter(), {}
+    for k, f in enumerate(as_completed(names), 1):
+        done[names[f]] = f.result()
+        if progress is not None:
+            progress(f"  {what} {names[f]} trained ({k}/{len(names)}, +{time.perf_counter() - t0:.0f}s)")
+    return {n: done[n] for n in futures}
+
+
+def build_experts(out: Path, cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Train and save every expert (``cfg.jobs`` at a time), write ``pipelines.yaml`` declaring them."""
     specs = {name: ExpertSpec(name, tuple(mods), n_per_class=cfg.expert_per_class, steps=cfg.expert_steps,
                               batch_size=cfg.expert_batch_size, seed=cfg.seed * 100 + i)
@@ -84,7 +99,7 @@ def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     with _pool(cfg) as pool:
         futures = {name: pool.submit(expert_job, spec, str(out / "experts" / name), tuple(cfg.modalities), cfg.seed,
                                      cfg.image_size, _job_threads(cfg)) for name, spec in specs.items()}
-        info = {name: f.result() for name, f in futures.items()}
+        info = _finished(futures, "expert", progress)
     for name, entry in info.items():
         log.info("expert %s quick zero-shot: %s", name, entry["quick_zeroshot"])
     pipelines = write_pipelines(out / "pipelines.yaml",
@@ -107,7 +122,7 @@ def _distill_settings(cfg: DemoConfig) -> dict[str, Any]:
             "num_workers": cfg.num_workers, "fd_weight": cfg.fd_weight, "icl_weight": cfg.icl_weight}
 
 
-def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
+def train_students(out: Path, cfg: DemoConfig, store: str, progress: Progress | None = None) -> dict[str, Any]:
     """Stage 1, then from its checkpoint every :func:`student_runs` run, ``cfg.jobs`` at a time.
 
     Each run trains in a fresh (spawned) process that never imports a teacher, as
@@ -125,9 +140,12 @@ def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
     threads = _job_threads(cfg)
     with _pool(cfg) as pool:
         base = _distill_settings(cfg)
+        t0 = time.perf_counter()
         stage1, imported = pool.submit(student_job, store, str(runs / "stage1"), str(student), base, 1,
                                        cfg.stage1_steps, cfg.batch_size, cfg.threads or threads * cfg.jobs,
                                        {}).result()
+        if progress is not None:
+            progress(f"  student stage1 trained (+{time.perf_counter() - t0:.0f}s)")
         exports, loaded = {"stage1": stage1}, {"stage1": imported}
         futures = {}
         for name, settings in student_runs(cfg).items():
@@ -136,8 +154,8 @@ def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
             futures[name] = pool.submit(student_job, store, str(runs / name), str(student), base, 2 if kd else 1,
                                         cfg.stage2_steps, cfg.stage2_batch_size or cfg.batch_size, threads,
                                         {"kd": kd, "init": str(runs / "stage1"), **settings})
-        for name, f in futures.items():
-            exports[name], loaded[name] = f.result()
+        for name, (export, imported) in _finished(futures, "student", progress).items():
+            exports[name], loaded[name] = export, imported
     bad = sorted(n for n, v in loaded.items() if v)
     if bad:
         raise RuntimeError(f"distill runs {bad} imported the teacher registry; the student must never see a teacher")
@@ -192,7 +210,7 @@ def evaluate_all(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: 
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = "ray",
-             **overrides: Any) -> dict[str, Any]:
+             progress: Progress | None = None, **overrides: Any) -> dict[str, Any]:
     """Run the demo into ``out``; returns the summary (also written to ``out/summary.json``).
 
     Args:
@@ -200,6 +218,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
         quick: the small preset (about a third of the work).
         seed: seed of everything.
         runner: extract runner, ``ray`` or ``local``.
+        progress: called with one line per phase (start, end with its time) and per trained model.
         **overrides: any :class:`~mmkd.demo.config.DemoConfig` field.
     """
     cfg = DemoConfig.preset(quick, seed=seed, runner=runner, **overrides)
@@ -214,19 +233,26 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
     (out / "demo_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     times: dict[str, float] = {}
 
-    def timed(name: str, fn, *args):
+    start = time.perf_counter()
+
+    def say(line: str) -> None:
+        log.info("demo: %s", line.strip())
+        if progress is not None:
+            progress(f"[{time.perf_counter() - start:6.0f}s] {line}")
+
+    def timed(name: str, fn, *args, **kw):
         t0 = time.perf_counter()
-        log.info("demo: %s ...", name)
-        result = fn(*args)
+        say(f"{name} ...")
+        result = fn(*args, **kw)
         times[name] = round(time.perf_counter() - t0, 1)
-        log.info("demo: %s done in %.1fs", name, times[name])
+        say(f"{name} done in {times[name]:.1f}s")
         return result
 
     corpus = timed("corpus", build_corpus, out, cfg)
-    experts = timed("experts", build_experts, out, cfg)
+    experts = timed("experts", build_experts, out, cfg, progress=say)
     store = timed("extract", extract_teachers, out, cfg, corpus, experts["pipelines"])
     trust = timed("trust", score_trust, store["store"], cfg) if needs_trust(cfg) else {}
-    distilled = timed("distill", train_students, out, cfg, store["store"])
+    distilled = timed("distill", train_students, out, cfg, store["store"], progress=say)
     exports = distilled["exports"]
     results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports)
     summary = summarize(results, cfg, exports, experts["experts"])
@@ -237,5 +263,6 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
                             "students": exports, "eval": str(out / "eval"), "summary": str(out / "summary.json")}
     summary["teachers_imported_by_distill"] = distilled["teachers_imported_by_distill"]
     summary["wall_s"] = {**times, "total": round(sum(times.values()), 1)}
+    summary["output_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     write_summary(summary, out)
     return summary

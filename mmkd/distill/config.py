@@ -207,6 +207,10 @@ class DistillConfig:
         num_workers: DataLoader workers per rank.
         buffer_blocks: store blocks shuffled together (bounds reader memory).
         augment: open_clip train-time augmentation (else eval preprocessing).
+        decode: student images: ``reduced`` (DCT-reduced JPEG decode + one-call crop/resize,
+            :mod:`mmkd.distill.images`) or ``full`` (open_clip's transform on each full decode).
+        image_cache: ``auto``: read the store's student image cache (``mmkd store images``) when one
+            fits the student's size; ``off``: always the originals.
         teachers: teachers to use (default: every teacher in the store).
         teacher_weights: ``multi``: teacher -> weight.
         standardize: ``multi``: standardise targets with the store's mean/std attrs.
@@ -255,6 +259,8 @@ class DistillConfig:
     num_workers: int = 2
     buffer_blocks: int = 8
     augment: bool = True
+    decode: str = "reduced"
+    image_cache: str = "auto"
     teachers: list[str] | None = None
     teacher_weights: dict[str, float] | None = None
     standardize: bool = False
@@ -302,6 +308,10 @@ class DistillConfig:
         if self.on_nonfinite not in ON_NONFINITE:
             raise ConfigError(f"distill: on_nonfinite {self.on_nonfinite!r} is unknown; use one of "
                               f"{list(ON_NONFINITE)}")
+        if self.decode not in ("reduced", "full"):
+            raise ConfigError(f"distill: decode {self.decode!r} is unknown; use reduced or full")
+        if self.image_cache not in ("auto", "off"):
+            raise ConfigError(f"distill: image_cache {self.image_cache!r} is unknown; use auto or off")
         if self.head not in ("linear", "mlp"):
             raise ConfigError(f"distill: head {self.head!r} is unknown; use linear or mlp")
         if not isinstance(self.targets, TargetConfig):

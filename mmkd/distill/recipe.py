@@ -183,7 +183,8 @@ class DistillRecipe:
         spec = DataSpec(store=c.store, batch_size=c.batch_size, seed=c.seed, teachers=self.teachers,
                         rank=self.env.rank, world_size=self.env.world_size, buffer_blocks=c.buffer_blocks,
                         data=c.data, with_features=self.kd is not None, teacher_mask=c.teachers_cfg.mask,
-                        teacher_weight=c.teachers_cfg.weight)
+                        teacher_weight=c.teachers_cfg.weight, decode=c.decode,
+                        image_cache=c.image_cache)
         transform = self.student.train_transform if c.augment else self.student.eval_transform
         self.data = StoreBatches(spec, transform, self.student.tokenizer)
         per_epoch = self.data.batches_per_epoch
@@ -224,9 +225,10 @@ class DistillRecipe:
     # ------------------------------------------------------------------ train
     def _batches(self):
         """Endless stream of batches, moving through epochs; updates the data position."""
+        # one loader for the run: its workers persist across epochs and read the epoch set here
+        loader = make_loader(self.data, self.cfg.num_workers, pin_memory=self.device.type == "cuda", persistent=True)
         while True:
             self.data.set_epoch(self.epoch, self.batch_in_epoch)
-            loader = make_loader(self.data, self.cfg.num_workers, pin_memory=self.device.type == "cuda")
             for batch in loader:
                 self.batch_in_epoch += 1
                 yield batch

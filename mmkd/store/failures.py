@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmkd.config import as_path, is_remote
 from mmkd.store import format as fmt
 from mmkd.store.format import StoreError
 
@@ -27,6 +28,9 @@ DATASET_FAILURE_COLUMNS = ("file", "line", "reason", "detail")
 
 
 def _write_atomic(path: Path, table: Any) -> None:
+    if is_remote(path):
+        fmt.write_parquet(table, path)  # one PUT: atomic
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
@@ -49,12 +53,12 @@ def read_failures_tables(files: Sequence[Path]):
     if not files:
         return pa.table({"sample_id": pa.array([], pa.string()), "row": pa.array([], pa.int64()),
                          "reason": pa.array([], pa.string()), "detail": pa.array([], pa.string())})
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    return pa.concat_tables([fmt.read_parquet(f) for f in files])
 
 
 def dataset_failures_path(store: Path) -> Path:
     """``<store>/_failures/dataset.parquet``."""
-    return Path(store) / fmt.FAILURES / fmt.DATASET_FAILURES
+    return as_path(store) / fmt.FAILURES / fmt.DATASET_FAILURES
 
 
 def write_dataset_failures(store: Path, failures: Iterable[Any]) -> int:
@@ -94,4 +98,4 @@ def read_dataset_failures(store: Path):
     if not path.is_file():
         return pa.table({"file": pa.array([], pa.string()), "line": pa.array([], pa.int64()),
                          "reason": pa.array([], pa.string()), "detail": pa.array([], pa.string())})
-    return pq.read_table(path)
+    return fmt.read_parquet(path)

@@ -52,7 +52,7 @@ class IndexMixin:
     def index(self) -> "pa.Table":
         """The whole index as a ``pyarrow.Table`` (row order == array order); prefer :meth:`index_rows`."""
         if self._index is None:
-            self._index = pq.read_table(self.index_path)
+            self._index = fmt.read_parquet(self.index_path)
         return self._index
 
     @property
@@ -82,7 +82,7 @@ class IndexMixin:
     # ------------------------------------------------------------------ row-group access
     def _parquet(self):
         if self._pq_file is None:
-            pf = pq.ParquetFile(str(self.index_path))
+            pf = fmt.parquet_file(self.index_path)
             sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
             self._group_starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
             self._pq_file = pf

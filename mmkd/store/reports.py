@@ -9,12 +9,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mmkd.config import is_remote
 from mmkd.store import format as fmt
 from mmkd.store.store import FeatureStore
 
 
 def disk_usage(path: Path) -> int:
-    """Bytes used by all files under ``path``."""
+    """Bytes used by all files (or objects) under ``path``."""
+    if is_remote(path):
+        return int(path.fs.du(path.path, total=True))
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:

@@ -314,7 +314,7 @@ def _check_values(store: FeatureStore, teacher: str, b: int, valid: np.ndarray, 
     path = store.path / fmt.FAILURES / teacher / f"{fmt.block_name(b)}.parquet"
     if path.exists():
         try:
-            pq.read_table(path)
+            fmt.read_parquet(path)
         except Exception as e:  # a damaged failures table
             report.add("failures", f"teacher {teacher!r}: failures table {path} is unreadable "
                                    f"({type(e).__name__}: {e}); {_redo(store, teacher, b)}")

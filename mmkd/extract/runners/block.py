@@ -26,6 +26,7 @@ from mmkd.config import ConfigError
 from mmkd.config import resolve_device as resolve_config_device
 from mmkd.data import open_dataset
 from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, decode_image
+from mmkd.data.remote import storage_retries
 from mmkd.extract.device_decode import DeviceJpeg, decode_batch, device_decodable
 from mmkd.extract.runners.job import ExtractError
 from mmkd.store import FeatureStore, StoreError
@@ -138,7 +139,7 @@ class BlockWorker:
                 batches are decoded while this block is written, so the model does not
                 wait for images at block boundaries.
         """
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, r0 = time.perf_counter(), time.process_time(), storage_retries()
         start, stop = self.store.block_range(block)
         rows, pending = self._take_prefetched(block)
         ids, captions, refs = rows or self._block_rows(start, stop)
@@ -175,6 +176,7 @@ class BlockWorker:
             "forward_s": timings["forward_s"], "write_s": timings["write_s"],
             "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
             "device": self.device, "pid": os.getpid(), "host": socket.gethostname(),
+            "storage_retries": storage_retries() - r0,
         }
 
     def _check_content(self, block: int, hashes: list[str | None], ids: list[str], valid: np.ndarray,

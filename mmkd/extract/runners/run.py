@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from mmkd.config import load_pipelines
@@ -15,7 +14,7 @@ from mmkd.extract.runners.base import BlockCallback, Runner, TeacherRun, blocks_
 from mmkd.extract.runners.block import WorkerConfig
 from mmkd.extract.runners.job import ExtractError, ExtractJob, resolve_dataset, resolve_teachers
 from mmkd.extract.runners.local import LocalRunner
-from mmkd.extract.runners.prepare import open_or_create_store, utc_stamp, write_job_record
+from mmkd.extract.runners.prepare import absolute, open_or_create_store, store_exists, utc_stamp, write_job_record
 from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
 from mmkd.teachers import weights_status
 from mmkd.teachers.weights import hub_offline, missing_weights_error
@@ -50,7 +49,7 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     cfg = load_pipelines(job.pipeline)
     specs = resolve_teachers(job, cfg)
     ds = resolve_dataset(job, cfg)
-    if not Path(job.store).exists():
+    if not store_exists(job.store):
         _precheck_weights(job, specs)  # before creating a store nothing could fill
     store, created = open_or_create_store(job, ds)
     try:
@@ -98,7 +97,7 @@ def _run_locked(job: ExtractJob, specs: list[Any], ds: Any, store: Any, created:
         write_job_record(store.path, "_create", {"job": job.to_dict(), "dataset": ds.spec().to_dict()}, stamp)
     else:
         _precheck_weights(job, [s for s in specs if todo[s.name]])
-    config = WorkerConfig(dataset=ds.spec().to_dict(), store=str(Path(store.path).resolve()), batch_size=job.batch_size,
+    config = WorkerConfig(dataset=ds.spec().to_dict(with_storage_options=True), store=absolute(store.path), batch_size=job.batch_size,
                           precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
                           decode=job.decode)
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None

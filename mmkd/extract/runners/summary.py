@@ -30,6 +30,8 @@ class TeacherSummary:
         devices: devices the blocks ran on.
         workers: distinct worker processes (pids) that ran blocks; more than the
             number of actors means some were restarted.
+        storage_retries: object-storage requests of the workers' blocks that the client
+            library retried (throttling: S3 503 SlowDown; dropped connections).
     """
 
     teacher: str
@@ -44,6 +46,7 @@ class TeacherSummary:
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     devices: list[str] = field(default_factory=list)
     workers: int = 0
+    storage_retries: int = 0
     _pids: set = field(default_factory=set, repr=False)
 
     def add(self, manifest: dict[str, Any]) -> None:
@@ -57,6 +60,7 @@ class TeacherSummary:
             self.stages[s] += manifest[s]
         if manifest["device"] not in self.devices:
             self.devices.append(manifest["device"])
+        self.storage_retries += int(manifest.get("storage_retries", 0))
         self._pids.add((manifest["host"], manifest["pid"]))
         self.workers = len(self._pids)
 
@@ -155,6 +159,9 @@ class ExtractSummary:
                 (f"    wall {t.wall_s:.2f}s, worker CPU {t.cpu_s:.2f}s; stages: read+decode "
                  f"{st['read_decode_s']:.2f}s (thread time), waiting for decode {st['wait_s']:.2f}s, "
                  f"forward {st['forward_s']:.2f}s, write {st['write_s']:.2f}s")]
+            if t.storage_retries:
+                lines.append(f"    object storage: {t.storage_retries} request(s) throttled or dropped and retried "
+                             "by the client")
         lines.append(self._total_line())
         return "\n".join(lines)
 
