@@ -37,9 +37,12 @@ def _open(path: str):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_cmd(path: str, as_json: bool) -> None:
     """What the store at PATH holds: samples, teachers, dims, progress, size."""
-    from mmkd.store import store_info
+    from mmkd.store import StoreError, store_info
 
-    info = store_info(_open(path))
+    try:
+        info = store_info(_open(path))
+    except StoreError as e:
+        raise click.ClickException(str(e)) from e
     if as_json:
         from mmkd.store.projection import list_projections
 
@@ -118,6 +121,8 @@ def validate_cmd(path: str, deep: bool, as_json: bool) -> None:
         click.echo(f"PROBLEM [{p.kind}]: {p.message}", err=True)
     checked = (f"{report.chunks_checked} chunk files sized, {report.chunks_read} chunks read, "
                f"{report.seconds:.2f}s{', deep' if deep else ''}")
+    if not deep:
+        checked += "; feature values not read (NaN/Inf, norms): --deep reads them"
     if report.status == "unsound":
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items()))
         click.echo(f"{path}: UNSOUND, {len(report.problems)} problem(s) ({kinds}); {checked}", err=True)

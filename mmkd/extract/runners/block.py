@@ -35,6 +35,8 @@ from mmkd.extract.device_decode import DeviceJpeg, decode_batch, device_decodabl
 from mmkd.extract.runners.job import ExtractError
 from mmkd.store import FeatureStore, StoreError
 from mmkd.teachers import TeacherSpec
+from mmkd.store.content import record_block_hashes, sha256_of
+from mmkd.store.format import FEATURE_DTYPE
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +236,7 @@ class BlockWorker:
         ids, captions, refs = rows or self._block_rows(start, stop)
         n = stop - start
         out = {name: _BlockOut(n, self.slots[name].teacher.dim) for name in names}
+        hashes: list[str | None] = [None] * n
         timings = Counter()
         batches = self._batches(n)
         for k in range(len(batches)):
@@ -242,10 +245,12 @@ class BlockWorker:
             t = time.perf_counter()
             chunks = [fut.result() for fut in pending.popleft()]
             timings["wait_s"] += time.perf_counter() - t
-            for items, seconds, decoded, nbytes in chunks:
+            for items, seconds, decoded, nbytes, read in chunks:
                 timings["read_decode_s"] += seconds
                 timings["decoded"] += decoded
                 timings["bytes_read"] += nbytes
+                for r, h in read:
+                    hashes[r] = h
             prepared = [item for items, *_ in chunks for item in items]
             for name in names:
                 self._forward(name, prepared, out[name], ids, start)
@@ -255,6 +260,7 @@ class BlockWorker:
         for name in names:
             o = out[name]
             t = time.perf_counter()
+            self._check_content(name, block, hashes, ids, o.valid, o.failures)
             self.store.write_block(name, block, o.image, o.text, o.valid, o.failures)
             o.timings["write_s"] += time.perf_counter() - t
             manifests.append({
@@ -278,6 +284,20 @@ class BlockWorker:
             raise ExtractError(f"block worker: teachers {unknown} are not loaded here (loaded: {list(self.slots)}; "
                                f"failed to load: {self.load_errors or 'none'})")
         return names
+
+    def _check_content(self, name: str, block: int, hashes: list[str | None], ids: list[str], valid: np.ndarray,
+                       failures: list[dict]) -> None:
+        """Record the block's image hashes, or, when recorded already (another teacher, the dataset), fail the rows
+        whose bytes differ now: their features would describe other images than the other teachers'."""
+        start = self.store.block_range(block)[0]
+        for row, old, new in record_block_hashes(self.store, block, hashes):
+            if valid[row - start]:
+                valid[row - start] = False
+                failures.append({"sample_id": ids[row - start], "row": row, "reason": "content_changed",
+                                 "detail": f"image bytes sha256 {new[:16]}... but {old[:16]}... was recorded "
+                                           "(the image changed since the store recorded it)"})
+            log.warning("teacher %s, row %d (%s): image changed since the store recorded it (sha256 %s != recorded "
+                        "%s); the row is invalid for this teacher", name, row, ids[row - start], new, old)
 
     def _batches(self, n: int) -> list[range]:
         bs = self.config.batch_size
@@ -328,16 +348,16 @@ class BlockWorker:
                 for i in range(0, len(rows), step)]
 
     def _prepare(self, rows: list[int], captions: list[str], refs: list[str],
-                 names: tuple[str, ...]) -> tuple[list[tuple], float, int, int]:
+                 names: tuple[str, ...]) -> tuple[list[tuple], float, int, int, list[tuple[int, str]]]:
         """Read and decode ``rows`` once; preprocess each image for every teacher in ``names``.
 
         Returns:
             ``[(row, {teacher: tensor | DeviceJpeg | BadSample}, caption | BadSample)]``, the seconds
-            it took, the images decoded and the bytes read.
+            it took, the images decoded, the bytes read, and ``(row, sha256)`` of each image's bytes read.
         """
         t = time.perf_counter()
         datas = self.dataset.read_many([refs[r] for r in rows], on_error="return")
-        out, decoded, nbytes = [], 0, 0
+        out, decoded, nbytes, hashes = [], 0, 0, []
         for r, data in zip(rows, datas):
             try:
                 caption = check_caption(captions[r])
@@ -347,6 +367,7 @@ class BlockWorker:
                 out.append((r, dict.fromkeys(names, data), caption))
                 continue
             nbytes += len(data)
+            hashes.append((r, sha256_of(data)))
             pixels: dict[str, Any] = {}
             cpu = []
             for name in names:
@@ -359,7 +380,7 @@ class BlockWorker:
                 decoded += 1
                 pixels.update(self._cpu_pixels(data, cpu))
             out.append((r, pixels, caption))
-        return out, time.perf_counter() - t, decoded, nbytes
+        return out, time.perf_counter() - t, decoded, nbytes, hashes
 
     def _cpu_pixels(self, data: bytes, names: list[str]) -> dict[str, Any]:
         """Decode once, then each teacher's mode and transform on the CPU (a BadSample per teacher when that fails)."""
@@ -428,7 +449,8 @@ class BlockWorker:
         pixels = torch.stack([g[1].to(slot.teacher.device) for g in good])
         o.image[rows] = slot.teacher.encode_images(pixels, autocast=slot.autocast).numpy()
         o.text[rows] = slot.teacher.encode_texts([g[2] for g in good], autocast=slot.autocast).numpy()
-        o.valid[rows] = True
+        finite = _finite_rows(o.image[rows], o.text[rows], o.failures, [ids[r] for r in rows], rows + start)
+        o.valid[rows[finite]] = True
         o.timings["forward_s"] += time.perf_counter() - t
 
 
@@ -441,3 +463,19 @@ class _BlockOut:
         self.valid = np.zeros(n, bool)
         self.failures: list[dict[str, Any]] = []
         self.timings: Counter = Counter()
+
+
+def _finite_rows(image: np.ndarray, text: np.ndarray, failures: list[dict], ids: list[str],
+                 rows: np.ndarray) -> np.ndarray:
+    """Which rows' features stay finite once stored; the others are recorded as failures (reason ``nonfinite``).
+
+    Checked in the store's dtype (float16), so a float32 value past float16's range (an overflow) counts too.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        nonfinite = {kind: ~np.isfinite(x.astype(FEATURE_DTYPE)) for kind, x in (("image", image), ("text", text))}
+    bad = nonfinite["image"].any(axis=1) | nonfinite["text"].any(axis=1)
+    for i in np.flatnonzero(bad):
+        detail = "; ".join(f"{kind} features: {int(m[i].sum())} of {m.shape[1]} values NaN/Inf in {FEATURE_DTYPE}"
+                           for kind, m in nonfinite.items() if m[i].any())
+        failures.append({"sample_id": ids[i], "row": int(rows[i]), "reason": "nonfinite", "detail": detail})
+    return ~bad

@@ -152,7 +152,13 @@ class RayRunner(BaseRunner):
         self._initialised = True
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-        except BaseException:  # an error or a signal while starting: stop whatever started
+        except Exception as e:  # Ray could not start (a raylet that died while starting, a bad address): one line
+            self.close()
+            where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
+            raise ExtractError(f"could not {where}: {_short(e)}; rerun the same command (finished blocks are kept), "
+                               "check `ray status` or the Ray logs under /tmp/ray/session_latest/logs, or use "
+                               "--runner local") from e
+        except BaseException:  # a signal while starting: stop whatever started
             self.close()
             raise
         self._install_handlers()

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
-from mmkd.config import load_pipelines
+from mmkd.config import is_remote, load_pipelines
 from mmkd.extract.runners.base import BlockCallback, Runner, TeacherRun, blocks_to_do
 from mmkd.extract.runners.block import WorkerConfig
-from mmkd.extract.runners.job import ExtractJob, resolve_dataset, resolve_teachers
+from mmkd.extract.runners.job import ExtractError, ExtractJob, resolve_dataset, resolve_teachers
 from mmkd.extract.runners.local import LocalRunner
 from mmkd.extract.runners.placement import device_capacity, plan_passes
 from mmkd.extract.runners.prepare import absolute, open_or_create_store, store_exists, utc_stamp, write_job_record
 from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
 from mmkd.teachers import weights_status
 from mmkd.teachers.weights import hub_offline, missing_weights_error
+from mmkd.store import FeatureStore, StoreError
+from mmkd.store.locks import LOCKS, TeacherLocked, teacher_locks
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,43 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     if not store_exists(job.store):
         _precheck_weights(job, specs)  # before creating a store nothing could fill
     store, created = open_or_create_store(job, ds)
+    try:
+        with teacher_locks(store.path, [s.name for s in specs]):
+            try:
+                return _run_locked(job, specs, ds, store, created, progress, on_block, t0, passes, capacity)
+            except BaseException:
+                if created:
+                    _drop_if_empty(store)
+                raise
+    except TeacherLocked as e:
+        raise ExtractError(str(e)) from None
+
+
+def _drop_if_empty(store: Any) -> None:
+    """Remove a store this run created when it failed before any block was done (the first teacher could not
+    start: a hub that cannot be reached, a wrong ``dim``), unless another extract is using it meanwhile."""
+    try:
+        now = FeatureStore.open(store.path)
+        if any(now.done_blocks(t) for t in now.teachers):
+            return
+        for lock in (Path(store.path) / LOCKS).glob("*.lock"):
+            if lock.read_text().strip() and not _ours(lock):  # another extract holds a teacher of this store
+                return
+    except (StoreError, OSError):
+        return
+    shutil.rmtree(store.path, ignore_errors=True)
+    log.info("removed store %s: it was created by this run and holds no finished block", store.path)
+
+
+def _ours(lock: Path) -> bool:
+    try:
+        return int(json.loads(lock.read_text())["pid"]) == os.getpid()
+    except (ValueError, KeyError, TypeError, OSError):
+        return False
+
+
+def _run_locked(job: ExtractJob, specs: list[Any], ds: Any, store: Any, created: bool, progress: bool,
+                on_block: BlockCallback | None, t0: float, passes: list[Any], capacity: Any) -> ExtractSummary:
     stamp = utc_stamp()
     todo = {s.name: blocks_to_do(store, s.name, job.overwrite) for s in specs}
     summary = ExtractSummary(store=str(store.path), dataset=ds.uri, runner=job.runner, created_store=created,
@@ -66,8 +108,8 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
         write_job_record(store.path, "_create", {"job": job.to_dict(), "dataset": ds.spec().to_dict()}, stamp)
     else:
         _precheck_weights(job, [s for s in specs if todo[s.name]])
-    config = WorkerConfig(dataset=ds.spec().to_dict(with_storage_options=True), store=absolute(store.path), batch_size=job.batch_size,
-                          precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
+    config = WorkerConfig(dataset=ds.spec().to_dict(with_storage_options=True), store=absolute(store.path),
+                          batch_size=job.batch_size, precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
                           decode=job.decode)
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None
     # Nothing to schedule: the local runner finishes complete teachers without starting Ray.
