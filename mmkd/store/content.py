@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mmkd.config import as_path, is_remote
 from mmkd.store import format as fmt
 
 CONTENT = "_content"
@@ -38,7 +39,7 @@ def sha256_of(data: bytes) -> str:
 
 def block_hashes_path(store_path: str | Path, block: int) -> Path:
     """``<store>/_content/block-XXXXXX.parquet``."""
-    return Path(store_path) / CONTENT / f"{fmt.block_name(block)}.parquet"
+    return as_path(store_path) / CONTENT / f"{fmt.block_name(block)}.parquet"
 
 
 def record_block_hashes(store: Any, block: int, hashes: Sequence[str | None]) -> list[tuple[int, str, str]]:
@@ -59,10 +60,14 @@ def record_block_hashes(store: Any, block: int, hashes: Sequence[str | None]) ->
     recorded = recorded_hashes(store, np.arange(start, stop))
     if all(h is None for h in recorded):
         path = block_hashes_path(store.path, block)
+        table = pa.table({"row": pa.array(np.arange(start, stop), pa.int64()),
+                          "image_sha256": pa.array(list(hashes), pa.string())})
+        if is_remote(path):
+            fmt.write_parquet(table, path)  # one PUT: atomic
+            return []
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(pa.table({"row": pa.array(np.arange(start, stop), pa.int64()),
-                                 "image_sha256": pa.array(list(hashes), pa.string())}), tmp)
+        pq.write_table(table, tmp)
         fmt.fsync_tree(tmp)
         os.replace(tmp, path)  # two teachers writing the same block write the same bytes
         return []
@@ -83,7 +88,7 @@ def recorded_hashes(store: Any, rows: np.ndarray) -> list[str | None]:
         b = r // store.block_size
         if b not in blocks:
             path = block_hashes_path(store.path, b)
-            blocks[b] = pq.read_table(path).column("image_sha256").to_pylist() if path.is_file() else None
+            blocks[b] = fmt.read_parquet(path).column("image_sha256").to_pylist() if path.is_file() else None
         if blocks[b] is not None:
             out[i] = blocks[b][r - b * store.block_size]
     return out
@@ -91,7 +96,7 @@ def recorded_hashes(store: Any, rows: np.ndarray) -> list[str | None]:
 
 def has_hashes(store: Any) -> bool:
     """Whether the store records any image hash (a store made before they were recorded has none)."""
-    folder = Path(store.path) / CONTENT
+    folder = as_path(store.path) / CONTENT
     if folder.is_dir() and any(folder.glob("block-*.parquet")):
         return True
     return any(t.column("image_sha256").null_count < t.num_rows for t in store.iter_index(("image_sha256",)))
