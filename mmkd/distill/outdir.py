@@ -18,11 +18,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mmkd.distill.config import PATH_FIELDS, DistillConfig
+from mmkd.distill.rundir import CONFIG, EXPORT_WEIGHTS, RunDir
 
 logger = logging.getLogger(__name__)
 
-CONFIG = "config.yaml"
 # settings that do not change the weights a run trains, so a rerun may change them
 FREE = frozenset({"resume", "stop_at_step", "progress", "num_workers", "checkpoint_every", "log_every",
                   "keep_checkpoints", "device", "data", "on_nonfinite", "overwrite"})
@@ -54,7 +56,7 @@ def differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 def is_finished(out: Path) -> bool:
     """The run exported its student (done only at its last step)."""
-    return (out / "export" / "open_clip_model.safetensors").is_file()
+    return (RunDir(out).export / EXPORT_WEIGHTS).is_file()
 
 
 def prepare_out(cfg: DistillConfig) -> str:
@@ -68,22 +70,21 @@ def prepare_out(cfg: DistillConfig) -> str:
     Raises:
         RunExistsError: ``out`` holds a run with other settings, or files that are no run.
     """
-    import yaml
-
     out = Path(cfg.out)
+    run = RunDir(out)
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         if cfg.resume:
             return "resume"  # load_checkpoint names the missing checkpoint
         return "new"
-    if not (out / CONFIG).is_file():
+    if not run.config.is_file():
         raise RunExistsError(f"distill: --out {out} is not empty and holds no distill run (no {CONFIG}); "
                              "choose a new or empty folder (nothing was written)")
     if cfg.overwrite:
         return "new"
     try:
-        before = (yaml.safe_load((out / CONFIG).read_text()) or {}).get("distill") or {}
+        before = (yaml.safe_load(run.config.read_text()) or {}).get("distill") or {}
     except (OSError, yaml.YAMLError) as e:
-        raise RunExistsError(f"distill: cannot read {out / CONFIG} ({e}); pass --overwrite to replace the run "
+        raise RunExistsError(f"distill: cannot read {run.config} ({e}); pass --overwrite to replace the run "
                              "in --out, or choose another --out") from e
     diff = differences(before, cfg.to_dict())
     if diff:
@@ -93,7 +94,7 @@ def prepare_out(cfg: DistillConfig) -> str:
                              "(nothing was written)")
     if is_finished(out) and not cfg.resume:
         return "finished"
-    if (out / "checkpoints" / "last.pt").is_file():
+    if run.last_checkpoint.is_file():
         cfg.resume = True
         return "resume"
     return "new"  # killed before its first checkpoint: start again

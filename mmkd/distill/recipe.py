@@ -27,7 +27,7 @@ from mmkd.distill.init import initialise
 from mmkd.distill.metrics import MetricsLog, plot_losses
 from mmkd.distill.objective import DistillModule, compute_terms
 from mmkd.distill.optim import build_optimizer, build_scheduler
-from mmkd.distill.outdir import CONFIG, clear_run, prepare_out
+from mmkd.distill.outdir import clear_run, prepare_out
 from mmkd.distill.rundir import RunDir
 from mmkd.distill.student import (
     build_student,
@@ -216,7 +216,7 @@ class DistillRecipe:
                         "model_cfg": self.student.spec.model_cfg, "preprocess_cfg": self.student.preprocess_cfg},
                         "store": {"rows": self.n, "teachers": self.dims}, "total_steps": self.total_steps,
                         "world_size": self.env.world_size}
-            if self.cfg.overwrite and (self.out / CONFIG).is_file():
+            if self.cfg.overwrite and self.run.config.is_file():
                 clear_run(self.out)
             self.run.write_config(resolved)
             if self.init_report is not None:
@@ -314,7 +314,7 @@ class DistillRecipe:
         if self.out_state == "finished":
             import yaml
 
-            total = int((yaml.safe_load((self.out / CONFIG).read_text()) or {}).get("total_steps") or 0)
+            total = int((yaml.safe_load(self.run.config.read_text()) or {}).get("total_steps") or 0)
             logger.warning("distill: the run in %s already finished with these settings; nothing to do "
                            "(--overwrite trains it again)", self.out)
             return {"step": total, "total_steps": total, "finished": True, "out": str(self.out), "noop": True}

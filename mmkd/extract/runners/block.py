@@ -256,11 +256,13 @@ class BlockWorker:
                 self._forward(name, prepared, out[name], ids, start)
         if next_block is not None:
             self._prefetch(next_block[0], self._names(next_block[1]))
+        # the block's image hashes recorded (or compared with those recorded) once, for every teacher of the pass
+        changed = record_block_hashes(self.store, block, hashes)
         manifests = []
         for name in names:
             o = out[name]
             t = time.perf_counter()
-            self._check_content(name, block, hashes, ids, o.valid, o.failures)
+            self._fail_changed(name, changed, ids, start, o.valid, o.failures)
             self.store.write_block(name, block, o.image, o.text, o.valid, o.failures)
             o.timings["write_s"] += time.perf_counter() - t
             manifests.append({
@@ -285,12 +287,12 @@ class BlockWorker:
                                f"failed to load: {self.load_errors or 'none'})")
         return names
 
-    def _check_content(self, name: str, block: int, hashes: list[str | None], ids: list[str], valid: np.ndarray,
-                       failures: list[dict]) -> None:
-        """Record the block's image hashes, or, when recorded already (another teacher, the dataset), fail the rows
-        whose bytes differ now: their features would describe other images than the other teachers'."""
-        start = self.store.block_range(block)[0]
-        for row, old, new in record_block_hashes(self.store, block, hashes):
+    @staticmethod
+    def _fail_changed(name: str, changed: list[tuple[int, str, str]], ids: list[str], start: int,
+                      valid: np.ndarray, failures: list[dict]) -> None:
+        """Fail, for teacher ``name``, the rows whose image bytes differ from the hashes recorded before (another
+        teacher, the dataset; :func:`record_block_hashes`): their features would describe other images."""
+        for row, old, new in changed:
             if valid[row - start]:
                 valid[row - start] = False
                 failures.append({"sample_id": ids[row - start], "row": row, "reason": "content_changed",
