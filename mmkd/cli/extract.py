@@ -116,6 +116,12 @@ def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, ch
                    "the failure and a rerun does what is missing).")
 @click.option("--gpu-memory", "gpu_memory", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GIB",
               help="memory of one GPU, for placing teachers that share it (default: read from this machine's GPU).")
+@click.option("--views", "views", type=click.IntRange(min=1), default=None, metavar="K",
+              help="also store each teacher's image features of K augmented views per row (crop + flip drawn "
+                   "from a hash of (row, view); distill --views trains on them; docs/views.md). Storage x(1+K).")
+@click.option("--view-scale", "view_scale", type=click.FloatRange(min=0, max=1, min_open=True), nargs=2,
+              default=None, metavar="MIN MAX", help="--views: area fraction of a view's crop (default 0.35 1.0).")
+@click.option("--view-seed", "view_seed", type=int, default=None, help="--views: seed of the views' hash (default 0).")
 @PIPELINE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="no progress bar.")

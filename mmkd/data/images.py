@@ -118,12 +118,17 @@ def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, mo
 
 
 def decode_loaded(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  reduce_to: tuple[int, str] | list[tuple[int, str]] | None = None) -> Image.Image:
+                  reduce_to: tuple[int, str] | list[tuple[int, str]] | None = None,
+                  draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode image bytes, in the file's own mode (:func:`decode_image` without the mode conversion).
 
     One decode can then be converted to each mode its teachers need (:func:`convert_mode`),
     with the same pixels :func:`decode_image` gives for each. Every call is counted in
     :func:`decode_count` (also one that finds the data damaged).
+
+    Args:
+        draft: with ``reduce_to``, a further (width, height) the DCT-reduced decode must cover
+            (e.g. :func:`mmkd.data.views.draft_request` for the crop boxes of a row's views).
 
     Raises:
         BadSample: as :func:`decode_image`.
@@ -132,7 +137,7 @@ def decode_loaded(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     img = open_image(data, max_pixels=max_pixels)
     if reduce_to is not None and img.format == "JPEG":
         covers = [reduce_to] if isinstance(reduce_to, tuple) else list(reduce_to)
-        sizes = [draft_size(img.size, *c) for c in covers]
+        sizes = [draft_size(img.size, *c) for c in covers] + ([tuple(draft)] if draft is not None else [])
         # draft picks the largest scale with both sides >= the request: the side-wise max covers every teacher
         img.draft(None, (max(w for w, _ in sizes), max(h for _, h in sizes)))
     return _load(img, data)

@@ -61,6 +61,7 @@ class BlocksMixin:
         text: np.ndarray,
         valid: np.ndarray,
         failures: list[dict[str, Any]] | None = None,
+        views: np.ndarray | None = None,
     ) -> None:
         """Write one block of features; the block is marked done only once durable.
 
@@ -76,11 +77,15 @@ class BlocksMixin:
             valid: ``(rows,)`` bools, False where the sample failed.
             failures: dicts with at least ``sample_id`` and ``reason`` (``row``
                 and ``detail`` optional) for this block's bad samples.
+            views: ``(rows, K, dim)`` image embeddings of the K views of each row; required
+                when the teacher has an ``image_views`` array (:meth:`ensure_views`), so a
+                block is marked done only with its views.
         """
         self._writable()
         start, stop = self.block_range(block)
         dim = self.dim(teacher)
         image, text, valid = self._check_block(teacher, block, image, text, valid, stop - start, dim)
+        views = self._check_views(teacher, block, views, valid, stop - start, dim)
         marker = self.marker_path(teacher, block)
         if marker.exists():
             marker.unlink()
@@ -88,7 +93,8 @@ class BlocksMixin:
         # image and text go to disk in parallel: zarr's encode + atomic file write
         # runs mostly outside the GIL, so two threads nearly double the rate.
         jobs = [self._pool().submit(self._put, teacher, kind, block, start, stop, data)
-                for kind, data in (("image", image), ("text", text), ("valid", valid))]
+                for kind, data in (("image", image), ("text", text), ("valid", valid),
+                                   *(((fmt.VIEWS, views),) if views is not None else ()))]
         for j in jobs:
             j.result()
         self._write_failures(teacher, block, failures or [])
@@ -98,7 +104,8 @@ class BlocksMixin:
         fmt.atomic_write_json(marker, {"block": block, "rows": [start, stop], "valid": int(valid.sum()),
                                        "failures": len(failures or []),
                                        "crc32": {"image": block_crc32(image), "text": block_crc32(text),
-                                                 "valid": block_crc32(valid)},
+                                                 "valid": block_crc32(valid),
+                                                 **({fmt.VIEWS: block_crc32(views)} if views is not None else {})},
                                        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat()})
 
     def marker_path(self, teacher: str, block: int) -> Path:
@@ -119,7 +126,7 @@ class BlocksMixin:
         arr = self._arrays.get(key)
         if arr is None:
             arr = self._group(teacher)[kind]
-            if kind in fmt.KINDS:
+            if kind in (*fmt.KINDS, fmt.VIEWS):
                 # zarr by default compares every chunk with the fill value to skip
                 # writing empty ones; for float16 that check alone costs more than
                 # the write (2.6x slower overall), and empty blocks are rare.
@@ -143,6 +150,25 @@ class BlocksMixin:
         image = np.where(valid[:, None], image, 0).astype(np.float16)
         text = np.where(valid[:, None], text, 0).astype(np.float16)
         return image, text, valid
+
+    def _check_views(self, teacher: str, block: int, views: np.ndarray | None, valid: np.ndarray, rows: int,
+                     dim: int) -> np.ndarray | None:
+        k = self.num_views(teacher)
+        if k == 0:
+            if views is not None:
+                raise StoreError(f"write_block({teacher!r}, {block}): views given, but the teacher has no "
+                                 f"{fmt.VIEWS} array in store {self.path} (create it with ensure_views)")
+            return None
+        if views is None:
+            raise StoreError(f"write_block({teacher!r}, {block}): teacher {teacher!r} has {k} views per row in store "
+                             f"{self.path}; a block is done only with its views: pass views of shape {(rows, k, dim)}")
+        views = np.asarray(views)
+        if views.shape != (rows, k, dim):
+            raise StoreError(f"write_block({teacher!r}, {block}): views has shape {views.shape}, expected "
+                             f"{(rows, k, dim)}")
+        if valid.all():
+            return views.astype(np.float16, copy=False)
+        return np.where(valid[:, None, None], views, 0).astype(np.float16)
 
     def _write_failures(self, teacher: str, block: int, failures: list[dict[str, Any]]) -> None:
         path = self.path / fmt.FAILURES / teacher / f"{fmt.block_name(block)}.parquet"
@@ -189,8 +215,8 @@ class BlocksMixin:
             StoreError: a chunk file is truncated or cannot be decoded (the message
                 names the file and how to redo the block).
         """
-        if kind not in (*fmt.KINDS, "valid"):
-            raise StoreError(f"kind must be one of {(*fmt.KINDS, 'valid')}, got {kind!r}")
+        if kind not in (*fmt.KINDS, "valid", fmt.VIEWS):
+            raise StoreError(f"kind must be one of {(*fmt.KINDS, 'valid', fmt.VIEWS)}, got {kind!r}")
         key = (teacher, kind, block)
         hit = self._cache.get(key)
         if hit is not None:
@@ -294,13 +320,16 @@ class BlocksMixin:
         """``kind`` of ``rows`` (any order, repeats allowed).
 
         Returns:
-            float16 ``(len(rows), dim)`` for ``image``/``text``; bool ``(len(rows),)`` for ``valid``.
+            float16 ``(len(rows), dim)`` for ``image``/``text``; bool ``(len(rows),)`` for ``valid``;
+            float16 ``(len(rows), K, dim)`` for ``image_views``.
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= self.n):
             raise StoreError(f"rows out of range [0, {self.n}) in store {self.path}: min {rows.min()}, max {rows.max()}")
         if kind == "valid":
             out = np.empty(rows.size, dtype=bool)
+        elif kind == fmt.VIEWS:
+            out = np.empty((rows.size, self.num_views(teacher), self.dim(teacher)), dtype=np.float16)
         else:
             out = np.empty((rows.size, self.dim(teacher)), dtype=np.float16)
         blocks = rows // self.block_size

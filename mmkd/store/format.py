@@ -41,6 +41,7 @@ LOCK_WAIT_S = 600.0
 
 FEATURE_DTYPE = "float16"
 KINDS = ("image", "text")
+VIEWS = "image_views"  # (N, K, dim) image features of K augmented views per row (mmkd extract --views K)
 DEFAULT_BLOCK_SIZE = 2048
 
 

@@ -306,6 +306,45 @@ class FeatureStore(IndexMixin, BlocksMixin):
         g.attrs.update({**attrs, "dim": dim, "dtype": fmt.FEATURE_DTYPE,
                         "normalized": bool(attrs.get("normalized", True if legacy is None else legacy))})
 
+    def num_views(self, teacher: str) -> int:
+        """K of the teacher's ``image_views`` array (``mmkd extract --views K``); 0 when it has none."""
+        cache = self.__dict__.setdefault("_views_k", {})
+        if teacher not in cache:
+            g = self._group(teacher)
+            cache[teacher] = int(g[fmt.VIEWS].shape[1]) if fmt.VIEWS in g else 0
+        return cache[teacher]
+
+    def ensure_views(self, teacher: str, k: int) -> None:
+        """Create the teacher's ``image_views`` array, ``(N, k, dim)`` float16, chunks ``(block_size, k, dim)``.
+
+        An array of another ``k`` is replaced: the caller (extract) redoes every block of the
+        teacher then (its ``--overwrite``), since a block is done only with its views.
+        """
+        self._writable()
+        with fmt.file_lock(self.path / fmt.LOCK):
+            g = self._group(teacher)
+            if fmt.VIEWS in g:
+                if int(g[fmt.VIEWS].shape[1]) == int(k):
+                    return
+                del g[fmt.VIEWS]
+            dim = self.dim(teacher)
+            g.create_array(fmt.VIEWS, shape=(self.n, int(k), dim), chunks=(self.block_size, int(k), dim),
+                           dtype=fmt.FEATURE_DTYPE, fill_value=0.0, compressors=None)
+            self._arrays.pop((teacher, fmt.VIEWS), None)
+            self._raw_ok.pop((teacher, fmt.VIEWS), None)
+            self.__dict__.setdefault("_views_k", {}).pop(teacher, None)
+
+    def drop_views(self, teacher: str) -> None:
+        """Remove the teacher's ``image_views`` array (extract ``--overwrite`` without ``--views``)."""
+        self._writable()
+        with fmt.file_lock(self.path / fmt.LOCK):
+            g = self._group(teacher)
+            if fmt.VIEWS in g:
+                del g[fmt.VIEWS]
+            self._arrays.pop((teacher, fmt.VIEWS), None)
+            self._raw_ok.pop((teacher, fmt.VIEWS), None)
+            self.__dict__.setdefault("_views_k", {}).pop(teacher, None)
+
     def update_attrs(self, teacher: str, /, **attrs: Any) -> None:
         """Merge ``attrs`` into the teacher's attributes (JSON-serialisable values)."""
         self._writable()

@@ -195,14 +195,15 @@ def _teacher_problems(store: FeatureStore, teacher: str, report: ValidationRepor
         g = store._group(teacher)
         attrs = dict(g.attrs.asdict())
         dim = int(attrs["dim"])
-        shapes = {kind: tuple(g[kind].shape) for kind in (*fmt.KINDS, "valid")}
+        shapes = {kind: tuple(g[kind].shape) for kind in (*_kinds(store, teacher), "valid")}
     except Exception as e:  # a broken teacher group is a problem to report, not a crash
         report.add("teacher", f"teacher {teacher!r}: cannot open its arrays or attrs ({type(e).__name__}: {e}); "
                               f"re-extract it with `mmkd extract --teacher {teacher} --overwrite`")
         return
     bad_shape = False
     for kind, shape in shapes.items():
-        want = (store.n,) if kind == "valid" else (store.n, dim)
+        want = (store.n,) if kind == "valid" else (store.n, store.num_views(teacher), dim) if kind == fmt.VIEWS \
+            else (store.n, dim)
         if shape != want:
             bad_shape = True
             report.add("teacher", f"teacher {teacher!r}: {kind} array has shape {shape}, expected {want}")
@@ -229,6 +230,11 @@ def _teacher_problems(store: FeatureStore, teacher: str, report: ValidationRepor
             report.add("values", f"teacher {teacher!r}: {len(hits)} {labels[key]}, e.g. (row, kind) {hits[:5]}")
 
 
+def _kinds(store: FeatureStore, teacher: str) -> tuple[str, ...]:
+    """The teacher's feature arrays: image, text, and image_views when it has views (``extract --views``)."""
+    return (*fmt.KINDS, fmt.VIEWS) if store.num_views(teacher) else fmt.KINDS
+
+
 def _redo(store: FeatureStore, teacher: str, block: int) -> str:
     return (f"delete {store.marker_path(teacher, block)} and rerun `mmkd extract --teacher {teacher}` "
             "to redo the block")
@@ -246,7 +252,7 @@ def _check_block(store: FeatureStore, teacher: str, b: int, report: ValidationRe
                              f"{_redo(store, teacher, b)}")
         marker = {}
     ok = True
-    for kind in fmt.KINDS:
+    for kind in _kinds(store, teacher):
         size = store.raw_chunk_bytes(teacher, kind)
         if size is None:
             continue
@@ -291,8 +297,8 @@ def _check_crc(store: "FeatureStore", teacher: str, b: int, kind: str, data: np.
 def _check_values(store: FeatureStore, teacher: str, b: int, valid: np.ndarray, normalized: bool,
                   report: ValidationReport, counts: dict[str, list], crc: dict) -> None:
     start, _ = store.block_range(b)
-    rows = np.nonzero(valid)[0] + start
-    for kind in fmt.KINDS:
+    for kind in _kinds(store, teacher):
+        rows = np.nonzero(valid)[0] + start
         try:
             x = store.read_block(teacher, b, kind)
             report.chunks_read += 1
@@ -302,6 +308,9 @@ def _check_values(store: FeatureStore, teacher: str, b: int, valid: np.ndarray, 
             continue
         _check_crc(store, teacher, b, kind, x, crc, report)
         x = x[valid].astype(np.float32)
+        if x.ndim == 3:  # views: (rows, K, dim), every view of a valid row checked
+            rows = np.repeat(rows, x.shape[1])
+            x = x.reshape(-1, x.shape[2])
         if not x.size:
             continue
         finite = np.isfinite(x).all(axis=1)

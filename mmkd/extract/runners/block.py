@@ -29,10 +29,11 @@ import numpy as np
 from mmkd.config import ConfigError
 from mmkd.config import resolve_device as resolve_config_device
 from mmkd.data import open_dataset
-from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, convert_mode, decode_loaded
+from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, convert_mode, decode_loaded, open_image
+from mmkd.data.views import ViewRecipe, draft_request, render_view
 from mmkd.data.remote import storage_retries
 from mmkd.extract.device_decode import DeviceJpeg, decode_batch, device_decodable
-from mmkd.extract.runners.job import ExtractError
+from mmkd.extract.runners.job import ExtractError, views_mismatch
 from mmkd.store import FeatureStore, StoreError
 from mmkd.teachers import TeacherSpec
 from mmkd.store.content import record_block_hashes, sha256_of
@@ -61,6 +62,8 @@ class WorkerConfig:
         max_pixels: larger images are refused as decompression bombs.
         decode: ``full``, ``reduced`` (JPEG DCT-scaled decode; see :func:`mmkd.data.decode_image`) or
             ``gpu`` (JPEG batches decoded on the teacher's device: :mod:`mmkd.extract.device_decode`).
+        views: a :class:`~mmkd.data.views.ViewRecipe` as its ``to_attrs()`` dict: each teacher also
+            encodes the recipe's K views of every row (``extract --views K``); ``None``: the plain view only.
     """
 
     dataset: dict[str, Any]
@@ -72,6 +75,7 @@ class WorkerConfig:
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode: str = "full"
+    views: dict[str, Any] | None = None
 
 
 def resolve_device(device: str) -> str:
@@ -125,6 +129,10 @@ class BlockWorker:
         self.store = FeatureStore.open(config.store, mode="a")
         self.slots: dict[str, _Slot] = {}
         self.load_errors: dict[str, str] = {}
+        self.views = ViewRecipe.from_attrs(config.views) if config.views else None
+        if self.views is not None and config.decode == "gpu":
+            raise ExtractError("--views with --decode gpu is not supported: the views are cropped on the CPU; "
+                               "use --decode reduced or full")
         for spec in self.specs:
             self._load(spec, fail_fast)
         pps = [s.teacher.preprocessing for s in self.slots.values()]
@@ -143,7 +151,8 @@ class BlockWorker:
 
         try:
             teacher = load_teacher(spec, self.device)
-            attrs = {**teacher.store_attrs(), "decode": self.config.decode}
+            attrs = {**teacher.store_attrs(), "decode": self.config.decode,
+                     "views": self.views.to_attrs() if self.views is not None else None}
             self._add_teacher(spec.name, teacher.dim, attrs)
         except ExtractError:
             raise  # the store refuses this teacher's settings: never a per-teacher load failure
@@ -199,7 +208,18 @@ class BlockWorker:
                     f"teacher {name!r} in store {store.path} was extracted with other {diff} "
                     f"(store: {[old.get(k) for k in diff]}, now: {[now.get(k) for k in diff]}); resuming "
                     "would mix features of two models: pass --overwrite to redo every block, or use a new store")
+            self._check_views(name)
         store.add_teacher(name, dim, attrs)
+        if self.views is not None:
+            store.ensure_views(name, self.views.k)
+        elif store.num_views(name):
+            store.drop_views(name)  # no done block, or --overwrite: every block is redone without views
+
+    def _check_views(self, name: str) -> None:
+        """Resuming a teacher whose done blocks were made with another view recipe would mix them: refuse."""
+        why = None if self.config.overwrite else views_mismatch(self.store, name, self.views)
+        if why is not None:
+            raise ExtractError(why)
 
     def close(self) -> None:
         """Stop the decode threads."""
@@ -235,13 +255,14 @@ class BlockWorker:
         rows, pending = self._take_prefetched(block, names)
         ids, captions, refs = rows or self._block_rows(start, stop)
         n = stop - start
-        out = {name: _BlockOut(n, self.slots[name].teacher.dim) for name in names}
+        k = self.views.k if self.views is not None else 0
+        out = {name: _BlockOut(n, self.slots[name].teacher.dim, k) for name in names}
         hashes: list[str | None] = [None] * n
         timings = Counter()
         batches = self._batches(n)
         for k in range(len(batches)):
             while len(pending) < PREFETCH_BATCHES and k + len(pending) < len(batches):
-                pending.append(self._submit(batches[k + len(pending)], captions, refs, names))
+                pending.append(self._submit(batches[k + len(pending)], captions, refs, names, start))
             t = time.perf_counter()
             chunks = [fut.result() for fut in pending.popleft()]
             timings["wait_s"] += time.perf_counter() - t
@@ -263,7 +284,7 @@ class BlockWorker:
             o = out[name]
             t = time.perf_counter()
             self._fail_changed(name, changed, ids, start, o.valid, o.failures)
-            self.store.write_block(name, block, o.image, o.text, o.valid, o.failures)
+            self.store.write_block(name, block, o.image, o.text, o.valid, o.failures, views=o.views)
             o.timings["write_s"] += time.perf_counter() - t
             manifests.append({
                 "teacher": name, "block": block, "rows": n, "valid": int(o.valid.sum()),
@@ -311,7 +332,7 @@ class BlockWorker:
         start, stop = self.store.block_range(block)
         rows = self._block_rows(start, stop)
         batches = self._batches(stop - start)[:PREFETCH_BATCHES]
-        self._next = (block, names, rows, deque(self._submit(b, rows[1], rows[2], names) for b in batches))
+        self._next = (block, names, rows, deque(self._submit(b, rows[1], rows[2], names, start) for b in batches))
 
     def _take_prefetched(self, block: int, names: tuple[str, ...]) -> tuple[tuple | None, deque]:
         if self._next is not None and self._next[0] == block and self._next[1] == names:
@@ -342,19 +363,21 @@ class BlockWorker:
         return (table.column("sample_id").to_pylist(), table.column("caption").to_pylist(),
                 table.column("image").to_pylist())
 
-    def _submit(self, rows: range, captions: list[str], refs: list[str], names: tuple[str, ...]) -> list[Future]:
+    def _submit(self, rows: range, captions: list[str], refs: list[str], names: tuple[str, ...],
+                start: int) -> list[Future]:
         """Split a batch into one chunk per thread (a reader opens each shard once per chunk)."""
         rows = list(rows)
         step = -(-len(rows) // self.config.workers)
-        return [self._pool.submit(self._prepare, rows[i:i + step], captions, refs, names)
+        return [self._pool.submit(self._prepare, rows[i:i + step], captions, refs, names, start)
                 for i in range(0, len(rows), step)]
 
     def _prepare(self, rows: list[int], captions: list[str], refs: list[str],
-                 names: tuple[str, ...]) -> tuple[list[tuple], float, int, int, list[tuple[int, str]]]:
+                 names: tuple[str, ...], start: int) -> tuple[list[tuple], float, int, int, list[tuple[int, str]]]:
         """Read and decode ``rows`` once; preprocess each image for every teacher in ``names``.
 
         Returns:
-            ``[(row, {teacher: tensor | DeviceJpeg | BadSample}, caption | BadSample)]``, the seconds
+            ``[(row, {teacher: tensor | (tensor, views tensor) | DeviceJpeg | BadSample}, caption | BadSample)]``
+            (the views tensor, (K, C, H, W), when the worker has views), the seconds
             it took, the images decoded, the bytes read, and ``(row, sha256)`` of each image's bytes read.
         """
         t = time.perf_counter()
@@ -380,18 +403,29 @@ class BlockWorker:
                     cpu.append(name)
             if cpu:
                 decoded += 1
-                pixels.update(self._cpu_pixels(data, cpu))
+                pixels.update(self._cpu_pixels(data, cpu, start + r))
             out.append((r, pixels, caption))
         return out, time.perf_counter() - t, decoded, nbytes, hashes
 
-    def _cpu_pixels(self, data: bytes, names: list[str]) -> dict[str, Any]:
-        """Decode once, then each teacher's mode and transform on the CPU (a BadSample per teacher when that fails)."""
+    def _cpu_pixels(self, data: bytes, names: list[str], row: int) -> dict[str, Any]:
+        """Decode once, then each teacher's mode and transform on the CPU (a BadSample per teacher when that fails).
+
+        With views, each teacher also gets the K views of store row ``row``, each cropped from the one
+        decoded image (:func:`mmkd.data.views.render_view`) at the teacher's input size."""
+        boxes, frame, draft = None, None, None
         try:
-            img = decode_loaded(data, max_pixels=self.config.max_pixels, reduce_to=self._reduce_to)
+            if self.views is not None:
+                frame = open_image(data, max_pixels=self.config.max_pixels).size  # the header: the boxes' frame
+                boxes = self.views.boxes(row, frame)
+                if self._reduce_to is not None:
+                    side = max(self.slots[n].teacher.preprocessing.image_size for n in names)
+                    draft = draft_request(frame, boxes, side)
+            img = decode_loaded(data, max_pixels=self.config.max_pixels, reduce_to=self._reduce_to, draft=draft)
         except BadSample as e:
             return dict.fromkeys(names, e)
         by_mode: dict[str, Any] = {}
         resized: dict[tuple, Any] = {}  # teachers with the same resize/crop share it (the same op on the same image)
+        viewed: dict[tuple, Any] = {}  # and the same views (mode, side, filter)
         out: dict[str, Any] = {}
         for name in names:
             slot = self.slots[name]
@@ -408,6 +442,15 @@ class BlockWorker:
                     if slot.geometry_key not in resized:
                         resized[slot.geometry_key] = slot.geometry(by_mode[mode])
                     out[name] = slot.tensorize(resized[slot.geometry_key])
+                    if boxes is not None:
+                        pp = slot.teacher.preprocessing
+                        key = (mode, pp.image_size, pp.interpolation)
+                        if key not in viewed:
+                            side = (pp.image_size, pp.image_size)
+                            viewed[key] = [render_view(by_mode[mode], b, frame, side, pp.interpolation) for b in boxes]
+                        import torch  # the worker process has it (the tensorize above is torchvision)
+
+                        out[name] = (out[name], torch.stack([slot.tensorize(v) for v in viewed[key]]))
                 except (ValueError, OSError, RuntimeError) as e:
                     raise BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}") from e
             except BadSample as e:
@@ -425,7 +468,8 @@ class BlockWorker:
         decoded = decode_batch([items[i][1].data for i in jobs], teacher.preprocessing, teacher.device)
         for i, pixels in zip(jobs, decoded):
             r, jpeg, caption = items[i]
-            items[i] = (r, pixels if pixels is not None else self._cpu_pixels(jpeg.data, [name])[name], caption)
+            # row -1: never used, views are refused with --decode gpu (BlockWorker.__init__)
+            items[i] = (r, pixels if pixels is not None else self._cpu_pixels(jpeg.data, [name], -1)[name], caption)
         return items
 
     def _forward(self, name: str, prepared: list[tuple], o: "_BlockOut", ids: list[str], start: int) -> None:
@@ -448,18 +492,35 @@ class BlockWorker:
             return
         t = time.perf_counter()
         rows = np.array([g[0] for g in good])
-        pixels = torch.stack([g[1].to(slot.teacher.device) for g in good])
+        plain = [g[1][0] if isinstance(g[1], tuple) else g[1] for g in good]
+        pixels = torch.stack([x.to(slot.teacher.device) for x in plain])
         o.image[rows] = slot.teacher.encode_images(pixels, autocast=slot.autocast).numpy()
         o.text[rows] = slot.teacher.encode_texts([g[2] for g in good], autocast=slot.autocast).numpy()
-        finite = _finite_rows(o.image[rows], o.text[rows], o.failures, [ids[r] for r in rows], rows + start)
+        if o.views is not None:
+            o.views[rows] = self._encode_views(slot, [g[1][1] for g in good])
+        finite = _finite_rows(o.image[rows], o.text[rows], o.failures, [ids[r] for r in rows], rows + start,
+                              None if o.views is None else o.views[rows])
         o.valid[rows[finite]] = True
         o.timings["forward_s"] += time.perf_counter() - t
+
+
+    def _encode_views(self, slot: _Slot, views: list[Any]) -> np.ndarray:
+        """(rows, K, dim) image features of every row's K views, in forward batches of ``batch_size`` images."""
+        import torch
+
+        k = views[0].shape[0]
+        flat = torch.cat(views)
+        bs = self.config.batch_size
+        out = [slot.teacher.encode_images(flat[i:i + bs].to(slot.teacher.device), autocast=slot.autocast).numpy()
+               for i in range(0, flat.shape[0], bs)]
+        return np.concatenate(out).reshape(len(views), k, -1)
 
 
 class _BlockOut:
     """One teacher's arrays, failures and timings for the block being run."""
 
-    def __init__(self, n: int, dim: int) -> None:
+    def __init__(self, n: int, dim: int, views: int = 0) -> None:
+        self.views = np.zeros((n, views, dim), np.float32) if views else None
         self.image = np.zeros((n, dim), np.float32)
         self.text = np.zeros((n, dim), np.float32)
         self.valid = np.zeros(n, bool)
@@ -468,14 +529,18 @@ class _BlockOut:
 
 
 def _finite_rows(image: np.ndarray, text: np.ndarray, failures: list[dict], ids: list[str],
-                 rows: np.ndarray) -> np.ndarray:
+                 rows: np.ndarray, views: np.ndarray | None = None) -> np.ndarray:
     """Which rows' features stay finite once stored; the others are recorded as failures (reason ``nonfinite``).
 
     Checked in the store's dtype (float16), so a float32 value past float16's range (an overflow) counts too.
+    With views (rows, K, dim), a row is valid only when every view is finite as well.
     """
+    kinds = [("image", image), ("text", text)]
+    if views is not None:
+        kinds.append(("view", views.reshape(len(views), -1)))
     with np.errstate(over="ignore", invalid="ignore"):
-        nonfinite = {kind: ~np.isfinite(x.astype(FEATURE_DTYPE)) for kind, x in (("image", image), ("text", text))}
-    bad = nonfinite["image"].any(axis=1) | nonfinite["text"].any(axis=1)
+        nonfinite = {kind: ~np.isfinite(x.astype(FEATURE_DTYPE)) for kind, x in kinds}
+    bad = np.logical_or.reduce([m.any(axis=1) for m in nonfinite.values()])
     for i in np.flatnonzero(bad):
         detail = "; ".join(f"{kind} features: {int(m[i].sum())} of {m.shape[1]} values NaN/Inf in {FEATURE_DTYPE}"
                            for kind, m in nonfinite.items() if m[i].any())

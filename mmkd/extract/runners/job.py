@@ -13,6 +13,7 @@ from typing import Any
 
 from mmkd.config import ConfigError, load_pipelines, merge_entry, resolve_path, section
 from mmkd.data import open_dataset, resolve_data
+from mmkd.data.views import DEFAULT_SCALE, ViewRecipe
 from mmkd.teachers import get_teacher_spec
 from mmkd.teachers.spec import teachers_in_scope
 
@@ -66,6 +67,10 @@ class ExtractJob:
             is missing).
         gpu_memory: GiB of memory of one GPU, for placing the pass's teachers on workers
             (default: read from this machine's GPU when extracting on CUDA; no limit otherwise).
+        views: also store, per teacher, the image features of this many augmented views per row
+            (crop + flip drawn from a hash of (row, view): :mod:`mmkd.data.views`; docs/views.md).
+        view_scale: ``[min, max]`` area fraction of a view's crop (default 0.35-1.0, as CLIP training).
+        view_seed: seed of the views' hash.
     """
 
     data: str | dict[str, Any] | Any
@@ -88,6 +93,9 @@ class ExtractJob:
     liveness_timeout: float = 300.0
     fail_fast: bool = False
     gpu_memory: float | None = None
+    views: int | None = None
+    view_scale: tuple[float, float] | list[float] | None = None
+    view_seed: int = 0
     name: str | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -125,6 +133,42 @@ def _check_job(job: ExtractJob) -> None:
             raise ExtractError(f"{where}: {key} must be a positive integer, got {v!r}")
     if job.decode not in DECODES:
         raise ExtractError(f"{where}: decode {job.decode!r} not in {list(DECODES)}")
+    if job.views is not None:
+        if isinstance(job.views, bool) or not isinstance(job.views, int) or job.views <= 0:
+            raise ExtractError(f"{where}: views must be a positive integer (views per row), got {job.views!r}")
+        if job.decode == "gpu":
+            raise ExtractError(f"{where}: views with decode 'gpu' is not supported (views are cropped on the CPU); "
+                               "use --decode reduced or full")
+        try:
+            view_recipe(job)
+        except ValueError as e:
+            raise ExtractError(f"{where}: {e}") from None
+    elif job.view_scale is not None:
+        raise ExtractError(f"{where}: view_scale {job.view_scale!r} given without views; pass --views K too")
+
+
+def views_mismatch(store: Any, teacher: str, want: ViewRecipe | None) -> str | None:
+    """Why resuming ``teacher`` with views ``want`` would mix blocks of two view recipes (``None``: it would not)."""
+    done = store.done_blocks(teacher) if teacher in store.teachers else set()
+    if not done:
+        return None
+    stored = store.attrs(teacher).get("views")
+    had = ViewRecipe.from_attrs(stored) if stored else None
+    if (had is None and want is None) or (had is not None and want is not None and had.same_views(want)):
+        return None
+    was = f"with --views {had.k} (scale {list(had.scale)}, seed {had.seed})" if had else "without --views"
+    now = f"--views {want.k} (scale {list(want.scale)}, seed {want.seed})" if want else "no --views"
+    return (f"teacher {teacher!r} in store {store.path} has {len(done)} blocks done {was}, but this run asks for "
+            f"{now}; pass --overwrite to redo every block this way, rerun with the store's view settings, or use a "
+            "new store")
+
+
+def view_recipe(job: ExtractJob) -> ViewRecipe | None:
+    """The job's view recipe (``None`` without ``views``)."""
+    if not job.views:
+        return None
+    scale = tuple(job.view_scale) if job.view_scale is not None else DEFAULT_SCALE
+    return ViewRecipe(k=int(job.views), scale=scale, seed=int(job.view_seed or 0))
     if job.on_bad_row not in ("record", "fail"):
         raise ExtractError(f"{where}: on_bad_row {job.on_bad_row!r} not in ['record', 'fail']")
     if not isinstance(job.max_restarts, int) or job.max_restarts < 0:

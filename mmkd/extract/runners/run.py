@@ -13,7 +13,8 @@ from typing import Any
 from mmkd.config import is_remote, load_pipelines
 from mmkd.extract.runners.base import BlockCallback, Runner, TeacherRun, blocks_to_do
 from mmkd.extract.runners.block import WorkerConfig
-from mmkd.extract.runners.job import ExtractError, ExtractJob, resolve_dataset, resolve_teachers
+from mmkd.extract.runners.job import (ExtractError, ExtractJob, resolve_dataset, resolve_teachers, view_recipe,
+                                     views_mismatch)
 from mmkd.extract.runners.local import LocalRunner
 from mmkd.extract.runners.placement import device_capacity, plan_passes
 from mmkd.extract.runners.prepare import absolute, open_or_create_store, store_exists, utc_stamp, write_job_record
@@ -101,6 +102,7 @@ def _ours(lock: Path) -> bool:
 def _run_locked(job: ExtractJob, specs: list[Any], ds: Any, store: Any, created: bool, progress: bool,
                 on_block: BlockCallback | None, t0: float, passes: list[Any], capacity: Any) -> ExtractSummary:
     stamp = utc_stamp()
+    _check_views(job, specs, store)
     todo = {s.name: blocks_to_do(store, s.name, job.overwrite) for s in specs}
     summary = ExtractSummary(store=str(store.path), dataset=ds.uri, runner=job.runner, created_store=created,
                              num_samples=store.n, bad_rows=store.dataset_failures().num_rows)
@@ -110,7 +112,7 @@ def _run_locked(job: ExtractJob, specs: list[Any], ds: Any, store: Any, created:
         _precheck_weights(job, [s for s in specs if todo[s.name]])
     config = WorkerConfig(dataset=ds.spec().to_dict(with_storage_options=True), store=absolute(store.path),
                           batch_size=job.batch_size, precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
-                          decode=job.decode)
+                          decode=job.decode, views=_views_attrs(job))
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None
     # Nothing to schedule: the local runner finishes complete teachers without starting Ray.
     runner = _make_runner(job, stamp) if any(todo.values()) else LocalRunner()
@@ -181,3 +183,20 @@ def _precheck_weights(job: ExtractJob, specs: list[Any]) -> None:
         status = weights_status(spec)
         if not status.available and (hub_offline() or spec.weights_kind not in ("hf-hub", "hub-id")):
             raise missing_weights_error(spec)
+
+
+def _views_attrs(job: ExtractJob) -> dict[str, Any] | None:
+    recipe = view_recipe(job)
+    return recipe.to_attrs() if recipe is not None else None
+
+
+def _check_views(job: ExtractJob, specs: list[Any], store: Any) -> None:
+    """Refuse, before any worker starts, a run whose views differ from those of a teacher's done blocks
+    (a complete teacher would otherwise be skipped, and look extracted with the views asked for)."""
+    if job.overwrite:
+        return
+    want = view_recipe(job)
+    for spec in specs:
+        why = views_mismatch(store, spec.name, want)
+        if why is not None:
+            raise ExtractError(why)
