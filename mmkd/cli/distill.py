@@ -18,7 +18,7 @@ OVERRIDES = (
     "log_every", "seed", "num_workers", "buffer_blocks", "projections", "head", "fd_weight", "icl_weight",
     "clip_weight", "icl_scale", "device", "data", "targets", "projection",
     "init_image", "init_text", "init_min_share", "init_cache_dir", "teacher_mask", "teacher_weight", "teacher_drop",
-    "decode", "image_cache",
+    "decode", "image_cache", "views",
     "on_nonfinite",
 )
 
@@ -48,7 +48,7 @@ SECTIONS = {
     "Checkpoints and resume": ("resume", "overwrite", "stop_at_step", "checkpoint_every", "log_every",
                                "on_nonfinite"),
     "Data loading": ("num_workers", "buffer_blocks", "augment", "decode", "image_cache"),
-    "Stage 2: teachers and targets": ("teacher_mask", "teacher_weight", "teacher_drop", "targets", "projection",
+    "Stage 2: teachers and targets": ("views", "teacher_mask", "teacher_weight", "teacher_drop", "targets", "projection",
                                       "projections", "normalize_targets", "standardize", "head"),
     "Stage 2: loss weights": ("fd_weight", "icl_weight", "clip_weight", "icl_scale"),
 }
@@ -132,6 +132,9 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
               "transform on each fully decoded image.")
 @click.option("--image-cache", type=click.Choice(["auto", "off"]), help="auto (default): read the store's student "
               "image cache (`mmkd store images`) when one fits the student's size; off: the originals.")
+@click.option("--views/--no-views", default=None, help="Stage 2: view-matched targets: per (row, epoch) one of the K "
+              "views the store holds (`mmkd extract --views K`); the student sees its crop, the KD losses use its "
+              "teacher features (docs/views.md). Default off.")
 @click.option("--standardize/--no-standardize", default=None, help="multi: standardise targets by store stats.")
 @click.option("--fd-weight", type=NON_NEGATIVE, help="Feature-distillation weight (default 50).")
 @click.option("--icl-weight", type=NON_NEGATIVE, help="ICL weight (default 1).")

@@ -12,8 +12,10 @@ uniforms taken from SplitMix64 instead of a global RNG:
 (uint64 wrapping arithmetic; ``j`` 0..39 for the 10 tries, 4 uniforms each; ``j = 40`` for the flip).
 
 :func:`render_view` turns a decoded image (full size, DCT-reduced, or a resized cache copy) and a
-box into the pixels a model takes: the box scaled onto the image's pixels, cropped and resized to
-``out_size`` in one PIL call (as ``RandomResizedCrop`` squashes the box to a square), then flipped.
+box into the pixels a model takes: on the original's pixels the box is cropped and resized to
+``out_size`` (torchvision's ``resized_crop``; the box squashed to the model's square input, as
+``RandomResizedCrop`` does); on a smaller decode the box is scaled onto its pixels and resized in
+one PIL call; then flipped.
 """
 
 from __future__ import annotations
@@ -196,8 +198,12 @@ def render_view(img: Image.Image, view: ViewBox, frame: tuple[int, int], out_siz
     """
     if isinstance(resample, str):
         resample = RESAMPLE[resample]
-    sx, sy = img.size[0] / frame[0], img.size[1] / frame[1]
-    box = (view.left * sx, view.top * sy, view.right * sx, view.bottom * sy)
-    out = img.resize(tuple(int(x) for x in out_size), resample, box=box)
+    size = tuple(int(x) for x in out_size)
+    if tuple(img.size) == tuple(frame):
+        # the original's pixels: crop, then resize, exactly torchvision's resized_crop on a PIL image
+        out = img.crop(view.box).resize(size, resample)
+    else:  # a reduced decode or a resized copy: the box in its pixels is fractional, PIL resizes from it
+        sx, sy = img.size[0] / frame[0], img.size[1] / frame[1]
+        out = img.resize(size, resample, box=(view.left * sx, view.top * sy, view.right * sx, view.bottom * sy))
     return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if view.flip else out
 

@@ -211,6 +211,9 @@ class DistillConfig:
             :mod:`mmkd.distill.images`) or ``full`` (open_clip's transform on each full decode).
         image_cache: ``auto``: read the store's student image cache (``mmkd store images``) when one
             fits the student's size; ``off``: always the originals.
+        views: stage 2: view-matched targets: per (row, epoch) one of the K views the store holds
+            (``mmkd extract --views K``); the student sees that view's crop, the KD losses use
+            that view's teacher image features (docs/views.md).
         teachers: teachers to use (default: every teacher in the store).
         teacher_weights: ``multi``: teacher -> weight.
         standardize: ``multi``: standardise targets with the store's mean/std attrs.
@@ -261,6 +264,7 @@ class DistillConfig:
     augment: bool = True
     decode: str = "reduced"
     image_cache: str = "auto"
+    views: bool = False
     teachers: list[str] | None = None
     teacher_weights: dict[str, float] | None = None
     standardize: bool = False
@@ -312,6 +316,9 @@ class DistillConfig:
             raise ConfigError(f"distill: decode {self.decode!r} is unknown; use reduced or full")
         if self.image_cache not in ("auto", "off"):
             raise ConfigError(f"distill: image_cache {self.image_cache!r} is unknown; use auto or off")
+        if self.views and self.stage != 2:
+            raise ConfigError("distill: views gives the student the crops of the teachers' view targets: it applies "
+                              f"to stage 2 (--stage 2), not stage {self.stage}; drop --views")
         if self.head not in ("linear", "mlp"):
             raise ConfigError(f"distill: head {self.head!r} is unknown; use linear or mlp")
         if not isinstance(self.targets, TargetConfig):

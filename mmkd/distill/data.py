@@ -29,9 +29,11 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import multiprocessing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,8 +43,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mmkd.config import as_path, is_remote
 from mmkd.data import open_dataset
 from mmkd.data.images import BadSample, decode_image
+from mmkd.data.views import ViewRecipe
 from mmkd.distill.images import FastImages
 from mmkd.store import FeatureStore, chunk_shuffled_batches, num_batches
+from mmkd.store.format import VIEWS
 from mmkd.store.content import has_hashes, recorded_hashes, sha256_of
 from mmkd.store.dataset import open_store_dataset
 from mmkd.store.images import ImageCache, find_image_cache
@@ -73,6 +77,12 @@ def row_hash(seed: int, epoch: int, rows: np.ndarray, salt: int) -> np.ndarray:
 def uniform(seed: int, epoch: int, rows: np.ndarray, salt: int) -> np.ndarray:
     """Floats in [0, 1) per row (53-bit)."""
     return (row_hash(seed, epoch, rows, salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def draw_view(seed: int, epoch: int, rows: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the view (0..k-1) a ``--views`` run trains on in ``epoch``: a hash of (seed, epoch, row) like every
+    per-row draw here (salt 3), so the same row gets the same view however the run is sharded or resumed."""
+    return np.minimum((uniform(seed, epoch, rows, salt=3) * k).astype(np.int64), k - 1)
 
 
 def draw_teacher(valid: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -161,6 +171,7 @@ class DataSpec:
     teacher_weight: str = "none"
     decode: str = "reduced"
     image_cache: str = "auto"
+    views: bool = False
 
 
 class StoreBatches(IterableDataset):
@@ -171,6 +182,9 @@ class StoreBatches(IterableDataset):
     features also ``feats`` {teacher: {"image","text": (B,D_t) float32}},
     ``valid`` (B,T) bool, ``choice`` (B,) long (random valid teacher, -1 none) and
     ``nonfinite`` (B,T) bool (valid at extract, but a NaN/Inf target: left out, as not valid).
+    With ``views`` (a store extracted with ``--views K``) also ``view`` (B,) long: the view drawn for
+    each row this epoch (:func:`draw_view`); the image is that view's crop and ``feats[t]["image"]``
+    its targets.
     """
 
     def __init__(self, spec: DataSpec, transform: Callable, tokenizer: Callable):
@@ -212,6 +226,7 @@ class StoreBatches(IterableDataset):
         if spec.decode not in DECODES:
             raise ValueError(f"decode {spec.decode!r} is unknown; use one of {list(DECODES)}")
         self.fast = FastImages.plan(transform) if spec.decode == "reduced" else None
+        self.views = self._view_recipe(store, transform) if spec.views else None
         self.cache_dir = self._find_cache(store)
         # (epoch, start batch) in shared memory: persistent workers read what set_epoch wrote
         self._position = multiprocessing.get_context().RawArray("q", 2)
@@ -231,12 +246,48 @@ class StoreBatches(IterableDataset):
                                     "with where they are now (a path, or a `datasets:` name whose `root` is their "
                                     "folder)")
 
+    def _view_recipe(self, store: Any, transform: Callable) -> ViewRecipe:
+        """The view recipe every teacher's views were extracted with (one recipe: the student sees one crop per
+        row, so every teacher's view ``v`` must be the same box); raises naming the store, teacher and fix."""
+        if not self.spec.with_features:
+            raise ValueError("--views gives the student the crops the teachers' view targets were computed on: it "
+                             "applies to stage 2 (--stage 2), not to stage 1")
+        recipes: dict[str, ViewRecipe] = {}
+        for t in self.spec.teachers:
+            stored = store.attrs(t).get("views")
+            if not stored or not store.num_views(t):
+                raise ValueError(f"--views: teacher {t!r} in store {self.spec.store} has no view features; extract "
+                                 f"them with `mmkd extract --teacher {t} --store {self.spec.store} --views K "
+                                 "--overwrite`, or train without --views")
+            try:
+                recipes[t] = ViewRecipe.from_attrs(stored)
+            except ValueError as e:
+                raise ValueError(f"--views: teacher {t!r} in store {self.spec.store}: {e}") from e
+        first, recipe = next(iter(recipes.items()))
+        other = [t for t, r in recipes.items() if not r.same_views(recipe)]
+        if other:
+            raise ValueError(f"--views: teachers {other} in store {self.spec.store} were extracted with other views "
+                             f"than {first!r} ({[recipes[t].to_attrs() for t in other][0]} vs {recipe.to_attrs()}); "
+                             "the student sees one crop per row: re-extract them with the same --views, --view-scale "
+                             "and --view-seed, or pass --teacher for those that match")
+        self.view_plan = FastImages.plan(transform)
+        if self.view_plan is None:
+            raise ValueError("--views needs the student's image transform to be open_clip's (RandomResizedCrop or "
+                             "Resize + CenterCrop, then ToTensor + Normalize) to learn its input size and "
+                             "normalisation; this student has another one")
+        logger.info("view-matched targets: %d views per row (scale %s, ratio %s, flip %s, seed %d); the student "
+                    "sees the drawn view's crop", recipe.k, list(recipe.scale), [round(x, 4) for x in recipe.ratio],
+                    recipe.flip, recipe.seed)
+        return recipe
+
     def _find_cache(self, store: Any) -> str | None:
         """The image cache to read (``mmkd store images``), or None: the originals; says which."""
         if self.spec.image_cache not in ("auto", "off"):
             raise ValueError(f"image_cache {self.spec.image_cache!r} is unknown; use auto or off")
         found = None
-        if self.spec.image_cache == "auto":
+        if self.spec.image_cache == "auto" and self.views is not None:
+            found = self._find_view_cache(store)
+        elif self.spec.image_cache == "auto":
             if self.fast is not None:
                 found = find_image_cache(store, max(self.fast.size))
             elif find_image_cache(store, 0) is not None:
@@ -246,8 +297,20 @@ class StoreBatches(IterableDataset):
             logger.info("student images: image cache %s", found)
         else:
             logger.info("student images: originals at %s (%s decode)", self.uri,
-                        "DCT-reduced" if self.fast is not None else "full")
+                        "DCT-reduced" if self.fast is not None or (self.views is not None and
+                                                   self.spec.decode == "reduced") else "full")
         return str(found) if found is not None else None
+
+    def _find_view_cache(self, store: Any) -> Path | None:
+        """A cache whose copies still hold every view's box at the student's size (else None, saying why)."""
+        side = max(self.view_plan.size)
+        need = math.ceil(side / self.views.min_side_fraction())
+        found = find_image_cache(store, need)
+        if found is None and find_image_cache(store, 0) is not None:
+            logger.info("store %s has an image cache, not used for --views: a view's crop (scale >= %s) at %d px "
+                        "needs cached copies of short side >= %d (`mmkd store images %s --size %d`); reading the "
+                        "originals", self.spec.store, self.views.scale[0], side, need, self.spec.store, need)
+        return found
 
     @property
     def epoch(self) -> int:
@@ -264,7 +327,9 @@ class StoreBatches(IterableDataset):
     def _open(self) -> dict[str, Any]:
         # opened lazily, in the process (worker) that reads
         if self._state is None:
-            cache = (max(self.spec.buffer_blocks, 2) + 2) * self.block_size * 4 * sum(self.dims.values()) + (1 << 20)
+            per_dim = 4 + (2 * self.views.k if self.views is not None else 0)  # fp16 image + text (+ K views)
+            cache = (max(self.spec.buffer_blocks, 2) + 2) * self.block_size * per_dim * sum(self.dims.values()) + \
+                (1 << 20)
             store = FeatureStore.open(self.spec.store, cache_bytes=cache,
                                       index_cache_groups=max(self.spec.buffer_blocks, 2) + 1)
             self._state = {"store": store, "images": open_images(self.images)}
@@ -290,7 +355,7 @@ class StoreBatches(IterableDataset):
                 # object storage: fetch the next batch's feature blocks while this one is built and trained on
                 store = self._open()["store"]
                 for t in s.teachers:
-                    store.read_ahead(t, nxt, ("image", "text", "valid"))
+                    store.read_ahead(t, nxt, ("image" if self.views is None else VIEWS, "text", "valid"))
             yield self.load(rows, epoch)
 
     def load(self, rows: np.ndarray, epoch: int | None = None) -> dict[str, Any]:
@@ -307,8 +372,10 @@ class StoreBatches(IterableDataset):
         }
         if changed:
             batch["content_changed"] = changed  # raised by the loader in the main process (one line there)
+        if self.views is not None:
+            batch["view"] = torch.from_numpy(draw_view(self.spec.seed, epoch, rows, self.views.k))
         if self.spec.with_features:
-            batch.update(self._features(st, rows, epoch))
+            batch.update(self._features(st, rows, epoch, batch.get("view")))
         return batch
 
     def _images(self, st: dict[str, Any], refs: list[str], rows: np.ndarray, epoch: int
@@ -320,6 +387,7 @@ class StoreBatches(IterableDataset):
             raw, sizes = st["images"].read_many(list(refs), on_error="return"), [None] * len(rows)
             changed = self._verify(st["store"], raw, rows) if self.verify else None
         seeds = row_hash(self.spec.seed, epoch, rows, salt=1) >> np.uint64(1)
+        view = draw_view(self.spec.seed, epoch, rows, self.views.k) if self.views is not None else None
         out, ok = [], np.ones(len(rows), dtype=bool)
         # the CPU generator only: torch.manual_seed would also seed (lazily) every accelerator
         with torch.random.fork_rng(devices=[]):
@@ -328,8 +396,12 @@ class StoreBatches(IterableDataset):
                     if isinstance(data, BaseException):
                         raise data
                     torch.random.default_generator.manual_seed(int(seeds[i]))
-                    out.append(self.fast.decode(data, sizes[i]) if self.fast is not None
-                               else self.transform(decode_image(data)))
+                    if view is not None:  # the box extract's teachers saw for this (row, view)
+                        out.append(self.view_plan.decode_view(data, self.views, int(rows[i]), int(view[i]),
+                                                              sizes[i], reduce=self.spec.decode == "reduced"))
+                    else:
+                        out.append(self.fast.decode(data, sizes[i]) if self.fast is not None
+                                   else self.transform(decode_image(data)))
                 except BadSample as e:
                     if int(rows[i]) not in self.unreadable:
                         self.unreadable.add(int(rows[i]))
@@ -341,6 +413,8 @@ class StoreBatches(IterableDataset):
         if shape is None:
             raise RuntimeError(f"no image of batch rows {rows[:8].tolist()}... could be read; check the dataset "
                                f"at {self.uri!r}")
+        if view is not None:
+            return self.view_plan.normalize(out), ok, changed
         if self.fast is not None:
             return self.fast.normalize(out), ok, changed
         return torch.stack([x if x is not None else torch.zeros(shape) for x in out]), ok, changed
@@ -358,13 +432,17 @@ class StoreBatches(IterableDataset):
                             "was extracted from, or extract a new store from these")
         return None
 
-    def _features(self, st: dict[str, Any], rows: np.ndarray, epoch: int) -> dict[str, Any]:
+    def _features(self, st: dict[str, Any], rows: np.ndarray, epoch: int,
+                  view: torch.Tensor | None = None) -> dict[str, Any]:
         store = st["store"]
         valid = np.stack([st["store"].read(t, rows, kind="valid") for t in self.spec.teachers], axis=1)
         feats = {}
         nonfinite = np.zeros_like(valid)
         for j, t in enumerate(self.spec.teachers):
-            img = store.read(t, rows, "image").astype(np.float32)
+            if view is not None:  # the targets of the view the student sees
+                img = store.read(t, rows, VIEWS)[np.arange(len(rows)), view.numpy()].astype(np.float32)
+            else:
+                img = store.read(t, rows, "image").astype(np.float32)
             txt = store.read(t, rows, "text").astype(np.float32)
             # a NaN/Inf target (a store from before extract checked, or edited) leaves the row out of this teacher
             nonfinite[:, j] = valid[:, j] & ~(np.isfinite(img).all(axis=1) & np.isfinite(txt).all(axis=1))

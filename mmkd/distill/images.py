@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from mmkd.data.images import BadSample, load_image, open_image
+from mmkd.data.views import ViewRecipe, draft_request, render_view
 
 _FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
             "nearest": Image.Resampling.NEAREST}
@@ -127,6 +128,32 @@ class FastImages:
         sx, sy = full[0] / img.size[0], full[1] / img.size[1]
         out = img.resize((ow, oh), self.resample, box=(left / sx, top / sy, right / sx, bottom / sy))
         return np.asarray(out)
+
+    def decode_view(self, data: bytes, recipe: ViewRecipe, row: int, view: int,
+                    source_size: tuple[int, int] | None = None, reduce: bool = True) -> np.ndarray:
+        """View ``view`` of store row ``row`` (:mod:`mmkd.data.views`) as (H, W, 3) uint8 at the output size.
+
+        The box is the one extract's teachers saw for that (row, view), in the original image's pixels;
+        :func:`mmkd.data.views.render_view` crops it from whatever was decoded, as it does for them.
+
+        Args:
+            source_size: (width, height) of the original when ``data`` is a resized copy (the image cache).
+            reduce: decode a JPEG at the smallest DCT scale that still holds the box at the output size.
+
+        Raises:
+            BadSample: the image cannot be read.
+        """
+        img = open_image(data)
+        full = img.size
+        frame = source_size or full
+        box = recipe.box(row, view, frame)
+        oh, ow = self.size
+        if reduce and img.format == "JPEG":
+            fx, fy = full[0] / frame[0], full[1] / frame[1]
+            scaled = (box.left * fx, box.top * fy, box.right * fx, box.bottom * fy)
+            img.draft(None, draft_request(full, [scaled], max(oh, ow)))
+        img = load_image(img, data, "RGB")
+        return np.asarray(render_view(img, box, frame, (ow, oh), self.resample))
 
     def normalize(self, images: Sequence[np.ndarray | None]) -> torch.Tensor:
         """(B, 3, H, W) float32, ``ToTensor`` + ``Normalize`` on the whole batch; ``None`` entries are zeros.

@@ -184,7 +184,7 @@ class DistillRecipe:
                         rank=self.env.rank, world_size=self.env.world_size, buffer_blocks=c.buffer_blocks,
                         data=c.data, with_features=self.kd is not None, teacher_mask=c.teachers_cfg.mask,
                         teacher_weight=c.teachers_cfg.weight, decode=c.decode,
-                        image_cache=c.image_cache)
+                        image_cache=c.image_cache, views=c.views)
         transform = self.student.train_transform if c.augment else self.student.eval_transform
         self.data = StoreBatches(spec, transform, self.student.tokenizer)
         per_epoch = self.data.batches_per_epoch
