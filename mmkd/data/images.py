@@ -181,13 +181,14 @@ def draft_size(size: tuple[int, int], side: int, fit: str) -> tuple[int, int]:
 
     ``draft`` picks the largest scale 1/s (s in 1, 2, 4, 8) with both sides at least
     the requested ones, so the answer scales the image until the side the resize
-    reads (the short one for ``shortest``, the long one for ``longest``, each for
-    ``squash``) equals ``side``, rounding up.
+    reads (the short one for ``shortest``, the long one for ``longest`` and ``pad_square``,
+    each for ``squash``) equals ``side``, rounding up.
     """
     w, h = size
     if fit == "squash":
         return max(1, min(side, w)), max(1, min(side, h))
-    ref = min(w, h) if fit == "shortest" else max(w, h) if fit == "longest" else None
+    # pad_square (MedCLIP) pads to a square of the long side, then resizes it: the long side is what it reads
+    ref = min(w, h) if fit == "shortest" else max(w, h) if fit in ("longest", "pad_square") else None
     if ref is None:
         raise ValueError(f"reduce_to fit {fit!r} is unknown; use shortest, longest or squash")
     if ref <= side:

@@ -97,6 +97,7 @@ def snapshot(path: Path) -> dict:
             "done": sorted(store.done_blocks(t)),
             "failures": sorted((f["sample_id"], f["row"], f["reason"]) for f in fails),
             "dim": store.dim(t),
+            "views": store.read(t, np.arange(store.n), "image_views") if store.num_views(t) else None,
         }
     return out
 
@@ -116,3 +117,6 @@ def assert_same_store(a: Path, b: Path, teachers: list[str] | None = None) -> No
             assert np.array_equal(sa[t][key], sb[t][key]) if key == "valid" else sa[t][key] == sb[t][key], (t, key)
         for kind in ("image", "text"):
             assert sa[t][kind].tobytes() == sb[t][kind].tobytes(), f"{t} {kind} features differ"
+        assert (sa[t]["views"] is None) == (sb[t]["views"] is None), f"{t}: one store has views, the other not"
+        if sa[t]["views"] is not None:
+            assert sa[t]["views"].tobytes() == sb[t]["views"].tobytes(), f"{t} view features differ"
