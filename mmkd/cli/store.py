@@ -77,6 +77,10 @@ def info_cmd(path: str, as_json: bool) -> None:
     for t, d in info["teachers"].items():
         blocks = f"{d['blocks_done']}/{d['blocks_total']}"
         click.echo(f"{t:<24}{d['dim']:>6} {d['dtype']:>8} {blocks:>13} {d['valid_rows']:>12} {d['failures']:>9}")
+        if d.get("views"):
+            r = d.get("view_recipe") or {}
+            click.echo(f"  views        {d['views']} per row (scale {r.get('scale')}, flip {r.get('flip')}, seed "
+                       f"{r.get('seed')}): `mmkd distill --views` trains on them")
         _echo_projections(info["path"], t)
 
 

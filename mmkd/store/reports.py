@@ -41,7 +41,10 @@ def store_info(store: FeatureStore) -> dict[str, Any]:
             "valid_rows": int(store.valid(t).sum()),
             "failures": store.failures(t).num_rows,
             "complete": len(done) == store.num_blocks,
+            "views": store.num_views(t),  # K image views per row (extract --views K); 0: the plain view only
         }
+        if teachers[t]["views"]:
+            teachers[t]["view_recipe"] = store.attrs(t).get("views")
     bad = store.dataset_failures()
     return {
         "path": str(store.path),
