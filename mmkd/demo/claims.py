@@ -88,7 +88,7 @@ def _gain_over_seeds(per: list[dict[str, Any]]) -> dict[str, Any]:
 def aggregate_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Each claim's mean and worst case over seeds (booleans: share of seeds where it holds, and all)."""
     out: dict[str, Any] = {}
-    for kd in ("multi", "mmkd-clip", "trusted_vs_valid", "best_student"):
+    for kd in ("multi", "mmkd-clip", "trusted_vs_valid", "views_vs_single_view", "best_student"):
         per = [s["claims"].get(kd) for s in summaries if s["claims"].get(kd)]
         if not per:
             continue
@@ -128,6 +128,13 @@ def gain_text(claims: dict[str, Any]) -> str:
         if g:
             lines.append(f"--kd multi --teacher-mask trusted: gain over no-KD student {g['value']:+.3f} "
                          f"(95% CI {g['ci95'][0]:+.3f} .. {g['ci95'][1]:+.3f}; holds: {g['holds']})")
+    v = claims.get("views_vs_single_view")
+    if v:
+        g, n = v["gain"], v["gain_over_no_kd"]
+        lines.append(f"--kd mmkd-clip --views ({v['views']} views, crop scale {v['view_scale']}) vs single-view "
+                     f"mmkd-clip: {g['value']:+.3f} mean zero-shot (95% CI {g['ci95'][0]:+.3f} .. {g['ci95'][1]:+.3f};"
+                     f" holds: {g['holds']}); over no-KD {n['value']:+.3f} (95% CI {n['ci95'][0]:+.3f} .. "
+                     f"{n['ci95'][1]:+.3f})")
     for name, a in (claims.get("ablation") or {}).items():
         g = a["gain_over_no_kd"]
         lines.append(f"ablation {name} ({a['kd']}, {a['settings']}): mean zero-shot {a['mean_zeroshot_acc']:.3f}, "

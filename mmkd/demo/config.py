@@ -57,6 +57,13 @@ class DemoConfig:
             pair-rank) and train a ``multi-trusted`` student (``--teacher-mask trusted``),
             reported against ``multi`` as ``claims.trusted_vs_valid``.
         trust_threshold: pair-rank threshold of that trust.
+        views: extract K augmented views per row for every expert (``mmkd extract --views K``) and
+            train a ``mmkd-clip-views`` student (``mmkd distill --views``: the student sees one of the
+            views per row and epoch, the teachers' features of that view are its targets) beside the
+            single-view ``mmkd-clip`` student, at the same budget; reported as
+            ``claims.views_vs_single_view``. 0: neither (the ``--quick`` preset's default, for its time).
+        view_scale: area fraction of a view's crop: stronger crops than the single-view student's
+            open_clip ``RandomResizedCrop`` (0.9-1.0), as CLIP training uses.
     """
 
     seed: int = 0
@@ -86,6 +93,8 @@ class DemoConfig:
     ablation: bool = False
     trusted_run: bool = True
     trust_threshold: float = 0.9
+    views: int = 4
+    view_scale: tuple[float, float] = (0.35, 1.0)
 
     @classmethod
     def preset(cls, quick: bool = False, **overrides: Any) -> DemoConfig:
@@ -93,7 +102,7 @@ class DemoConfig:
         base: dict[str, Any] = {}
         if quick:
             base = {"corpus_per_class": 120, "eval_per_class": 50, "expert_per_class": 200, "expert_steps": 150,
-                    "stage1_steps": 60, "stage2_steps": 240, "eval_resamples": 100}
+                    "stage1_steps": 60, "stage2_steps": 240, "eval_resamples": 100, "views": 0}
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown demo settings {unknown}; valid: {[f.name for f in dataclasses.fields(cls)]}")
@@ -111,6 +120,8 @@ class DemoConfig:
             raise ValueError(f"demo modalities {sorted(set(bad))} are not in {list(self.modalities)}")
         if not 0.0 <= self.vague < 1.0:
             raise ValueError(f"vague must be in [0, 1), got {self.vague}")
+        if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 0:
+            raise ValueError(f"demo setting views must be an integer >= 0 (views per row; 0: none), got {self.views!r}")
         for name in ("corpus_per_class", "eval_per_class", "expert_per_class", "expert_steps",
                      "expert_batch_size", "stage1_steps", "stage2_steps", "batch_size", "jobs"):
             if getattr(self, name) <= 0:
@@ -132,6 +143,8 @@ def student_runs(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
                                        "mmkd-clip": {"kd": "mmkd-clip"}}
     if cfg.trusted_run:
         runs["multi-trusted"] = {"kd": "multi", "teacher_mask": "trusted"}
+    if cfg.views:
+        runs[VIEWS_RUN] = {"kd": "mmkd-clip", "views": True}
     if cfg.ablation:
         runs.update(ABLATION_RUNS)
     return runs
@@ -142,6 +155,8 @@ def needs_trust(cfg: DemoConfig) -> bool:
     return any(r.get("teacher_mask") == "trusted" or r.get("teacher_weight") == "trust"
                for r in student_runs(cfg).values())
 
+
+VIEWS_RUN = "mmkd-clip-views"  # mmkd-clip on view-matched targets (DemoConfig.views)
 
 # the README's ablation: each changes one thing against ``multi`` or ``mmkd-clip``
 ABLATION_RUNS: dict[str, dict[str, Any]] = {

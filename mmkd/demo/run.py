@@ -37,7 +37,7 @@ import numpy as np
 
 from mmkd.config import load_pipelines
 from mmkd.demo.claims import paired_gain, zeroshot_correct
-from mmkd.demo.config import ABLATION_RUNS, DemoConfig, needs_trust, student_runs
+from mmkd.demo.config import ABLATION_RUNS, VIEWS_RUN, DemoConfig, needs_trust, student_runs
 from mmkd.demo.corpus import make_batch, write_eval_set, write_jsonl_dataset
 from mmkd.demo.experts import PREPROCESS_CFG, ExpertSpec, expert_job, teacher_spec
 from mmkd.demo.report import summarize, write_summary
@@ -111,7 +111,8 @@ def extract_teachers(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelin
     """Every expert over the corpus into ``out/store`` (what ``mmkd extract`` runs)."""
     job = ExtractJob(data={"path": corpus["train"], "format": "jsonl", "fields": {"labels": ["modality", "label"]}},
                      teachers=list(cfg.experts), store=str(out / "store"), runner=cfg.runner, pipeline=pipelines,
-                     batch_size=256, precision="fp32", workers=2, device="cpu", block_size=1024)
+                     batch_size=256, precision="fp32", workers=2, device="cpu", block_size=1024,
+                     views=cfg.views or None, view_scale=tuple(cfg.view_scale) if cfg.views else None)
     summary = run_extract(job)
     return {"store": str(out / "store"), "wall_s": summary.wall_s, "teachers": list(cfg.experts)}
 
@@ -184,6 +185,11 @@ def add_gains(summary: dict[str, Any], out: Path, cfg: DemoConfig, corpus: dict[
             "gain": paired_gain(correct["multi-trusted"], correct["multi"], seed=cfg.seed),
             "gain_over_no_kd": paired_gain(correct["multi-trusted"], correct["stage1-only"], seed=cfg.seed),
             "coverage": trust}
+    if VIEWS_RUN in correct:  # the same budget, the same start: only the targets (and the crops) differ
+        claims["views_vs_single_view"] = {
+            "gain": paired_gain(correct[VIEWS_RUN], correct["mmkd-clip"], seed=cfg.seed),
+            "gain_over_no_kd": paired_gain(correct[VIEWS_RUN], correct["stage1-only"], seed=cfg.seed),
+            "views": cfg.views, "view_scale": list(cfg.view_scale)}
     if cfg.ablation:
         runs = student_runs(cfg)
         claims["ablation"] = {

@@ -85,7 +85,8 @@ def test_tiny_demo_runs_every_stage_and_writes_the_summary(tmp_path) -> None:
     lines: list[str] = []
     s = run_demo(tmp_path, quick=True, seed=1, runner="local", threads=1, corpus_per_class=6, eval_per_class=4,
                  expert_per_class=6, expert_steps=2, stage1_steps=2, stage2_steps=2, batch_size=16,
-                 stage2_batch_size=8, eval_resamples=5, num_workers=0, ablation=True, progress=lines.append)
+                 stage2_batch_size=8, eval_resamples=5, num_workers=0, ablation=True, views=2,
+                 progress=lines.append)
     # one line as each phase starts and ends (with its time), one per trained model
     for phase in ("corpus", "experts", "extract", "trust", "distill", "eval", "claims"):
         assert sum(line.endswith(f"] {phase} ...") for line in lines) == 1, lines
@@ -105,7 +106,7 @@ def test_tiny_demo_runs_every_stage_and_writes_the_summary(tmp_path) -> None:
                      "mmkd-clip": ("student", "mmkd-clip"), "multi-trusted": ("student", "multi"),
                      "multi-drop": ("student", "multi"), "multi-trust-weight": ("student", "multi"),
                      "mmkd-clip-trusted": ("student", "mmkd-clip"), "mmkd-clip-icl14": ("student", "mmkd-clip"),
-                     "mmkd-clip-icl-learned": ("student", "mmkd-clip")}
+                     "mmkd-clip-icl-learned": ("student", "mmkd-clip"), "mmkd-clip-views": ("student", "mmkd-clip")}
     for m in s["models"].values():
         assert set(m["zeroshot_acc"]) == set(MODS)
         assert math.isclose(m["mean_zeroshot_acc"], sum(m["zeroshot_acc"].values()) / 4)
@@ -113,6 +114,17 @@ def test_tiny_demo_runs_every_stage_and_writes_the_summary(tmp_path) -> None:
     store = FeatureStore.open(tmp_path / "store")
     assert sorted(store.teachers) == sorted(["expert_xray_fundus", "expert_histo_derm", "expert_derm_xray"])
     assert store.n == 6 * 3 * 4 and validate_store(store).messages == []
+    assert all(store.num_views(t) == 2 and store.attrs(t)["views"]["scale"] == [0.35, 1.0] for t in store.teachers)
+    # the view-matched student: mmkd-clip on the views, against the single-view mmkd-clip at the same budget
+    used = yaml.safe_load((tmp_path / "runs" / "mmkd-clip-views" / "config.yaml").read_text())["distill"]
+    single = yaml.safe_load((tmp_path / "runs" / "mmkd-clip" / "config.yaml").read_text())["distill"]
+    assert used["views"] is True and single["views"] is False
+    assert {k: v for k, v in used.items() if k not in ("views", "out")} == \
+        {k: v for k, v in single.items() if k not in ("views", "out")}
+    v = s["claims"]["views_vs_single_view"]
+    for g in (v["gain"], v["gain_over_no_kd"]):
+        assert g["ci95"][0] <= g["value"] <= g["ci95"][1] and g["holds"] == (g["ci95"][0] > 0)
+    assert v["views"] == 2 and "--views (2 views" in (tmp_path / "summary.md").read_text()
     for export in s["artefacts"]["students"].values():
         assert (Path(export) / "open_clip_config.json").is_file()
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
