@@ -55,3 +55,21 @@ def test_aggregate_reports_each_ablation_run_over_seeds():
     agg = aggregate_seeds([run(0.2, 0.1), run(0.05, -0.02)])["ablation"]["multi-drop"]["gain_over_no_kd"]
     assert agg["mean"] == pytest.approx(0.125) and agg["worst"] == pytest.approx(0.05)
     assert agg["worst_ci95_lo"] == pytest.approx(-0.02) and agg["holds_every_seed"] is False
+
+
+def test_aggregate_and_text_report_the_view_matched_student():
+    from mmkd.demo.claims import gain_text
+
+    def run(v, lo):
+        g = {"value": v, "ci95": [lo, v + 0.1], "holds": lo > 0}
+        return {"claims": {"views_vs_single_view": {"gain": g, "gain_over_no_kd": {**g, "value": v + 0.2},
+                                                    "views": 4, "view_scale": [0.35, 1.0]}}}
+
+    runs = [run(0.03, 0.01), run(-0.01, -0.04)]
+    agg = aggregate_seeds(runs)["views_vs_single_view"]
+    assert agg["gain"]["mean"] == pytest.approx(0.01) and agg["gain"]["worst"] == pytest.approx(-0.01)
+    assert agg["gain"]["worst_ci95_lo"] == pytest.approx(-0.04) and agg["gain"]["holds_every_seed"] is False
+    assert agg["gain_over_no_kd"]["mean"] == pytest.approx(0.21)
+    text = gain_text(runs[0]["claims"])
+    assert "--views (4 views, crop scale [0.35, 1.0]) vs single-view mmkd-clip: +0.030" in text
+    assert "95% CI +0.010 .. +0.130; holds: True" in text
