@@ -255,8 +255,8 @@ class BlockWorker:
         rows, pending = self._take_prefetched(block, names)
         ids, captions, refs = rows or self._block_rows(start, stop)
         n = stop - start
-        k = self.views.k if self.views is not None else 0
-        out = {name: _BlockOut(n, self.slots[name].teacher.dim, k) for name in names}
+        views = self.views.k if self.views is not None else 0
+        out = {name: _BlockOut(n, self.slots[name].teacher.dim, views) for name in names}
         hashes: list[str | None] = [None] * n
         timings = Counter()
         batches = self._batches(n)
