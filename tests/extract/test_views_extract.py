@@ -174,3 +174,15 @@ def test_reduced_decode_views_cover_the_crop(setup, ref, tmp_path):
         b = red.read(name, np.flatnonzero(valid), "image_views").astype(np.float32)
         cos = (a * b).sum(-1)
         assert cos.mean() > 0.98, (name, cos.min(), cos.mean())
+
+
+def test_job_checks_the_view_settings(setup, tmp_path):
+    for kw, said in ((dict(views=0), "views must be a positive integer"),
+                     (dict(views=True), "views must be a positive integer"),
+                     (dict(views=2, decode="gpu"), "views with decode 'gpu' is not supported"),
+                     (dict(views=2, view_scale=(0.5, 0.2)), "scale must be 0 < min <= max <= 1"),
+                     (dict(views=None, view_scale=(0.5, 1.0)), "given without views; pass --views K")):
+        with pytest.raises(ExtractError, match=said):
+            _job(setup, tmp_path / "s", **kw)
+    with pytest.raises(ExtractError, match="on_bad_row"):  # the checks after the views' still run
+        _job(setup, tmp_path / "s", on_bad_row="skip")

@@ -145,6 +145,18 @@ def _check_job(job: ExtractJob) -> None:
             raise ExtractError(f"{where}: {e}") from None
     elif job.view_scale is not None:
         raise ExtractError(f"{where}: view_scale {job.view_scale!r} given without views; pass --views K too")
+    if job.on_bad_row not in ("record", "fail"):
+        raise ExtractError(f"{where}: on_bad_row {job.on_bad_row!r} not in ['record', 'fail']")
+    if not isinstance(job.max_restarts, int) or job.max_restarts < 0:
+        raise ExtractError(f"{where}: max_restarts must be an integer >= 0, got {job.max_restarts!r}")
+    if not isinstance(job.fail_fast, bool):
+        raise ExtractError(f"{where}: fail_fast must be true or false, got {job.fail_fast!r}")
+    if job.gpu_memory is not None and (isinstance(job.gpu_memory, bool) or not isinstance(job.gpu_memory, int | float)
+                                       or not job.gpu_memory > 0):
+        raise ExtractError(f"{where}: gpu_memory must be a number of GiB > 0, got {job.gpu_memory!r}")
+    if isinstance(job.liveness_timeout, bool) or not isinstance(job.liveness_timeout, int | float) \
+            or not job.liveness_timeout > 0:
+        raise ExtractError(f"{where}: liveness_timeout must be a number of seconds > 0, got {job.liveness_timeout!r}")
 
 
 def views_mismatch(store: Any, teacher: str, want: ViewRecipe | None) -> str | None:
@@ -169,18 +181,6 @@ def view_recipe(job: ExtractJob) -> ViewRecipe | None:
         return None
     scale = tuple(job.view_scale) if job.view_scale is not None else DEFAULT_SCALE
     return ViewRecipe(k=int(job.views), scale=scale, seed=int(job.view_seed or 0))
-    if job.on_bad_row not in ("record", "fail"):
-        raise ExtractError(f"{where}: on_bad_row {job.on_bad_row!r} not in ['record', 'fail']")
-    if not isinstance(job.max_restarts, int) or job.max_restarts < 0:
-        raise ExtractError(f"{where}: max_restarts must be an integer >= 0, got {job.max_restarts!r}")
-    if not isinstance(job.fail_fast, bool):
-        raise ExtractError(f"{where}: fail_fast must be true or false, got {job.fail_fast!r}")
-    if job.gpu_memory is not None and (isinstance(job.gpu_memory, bool) or not isinstance(job.gpu_memory, int | float)
-                                       or not job.gpu_memory > 0):
-        raise ExtractError(f"{where}: gpu_memory must be a number of GiB > 0, got {job.gpu_memory!r}")
-    if isinstance(job.liveness_timeout, bool) or not isinstance(job.liveness_timeout, int | float) \
-            or not job.liveness_timeout > 0:
-        raise ExtractError(f"{where}: liveness_timeout must be a number of seconds > 0, got {job.liveness_timeout!r}")
 
 
 JOB_KEYS = tuple(f.name for f in dataclasses.fields(ExtractJob) if f.name not in ("pipeline", "name"))
