@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mmkd.errors import MMKDError
+
 KNOWN_SECTIONS = ("version", "teachers", "datasets", "extract", "students", "distill", "eval_sets", "eval")
 # what a user's file inherits from the shipped one: the registries, not the example jobs
 INHERITED = ("teachers", "datasets", "students", "eval_sets")
@@ -31,7 +33,7 @@ FIXTURES_PREFIX = "fixtures:"
 _ENV_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
 
 
-class ConfigError(ValueError):
+class ConfigError(MMKDError, ValueError):
     """A pipelines file is missing, unreadable or malformed, or a value in it is invalid."""
 
 

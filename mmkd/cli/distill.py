@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from mmkd.errors import MMKDError
+
 OVERRIDES = (
     "store", "stage", "student", "out", "kd", "steps", "epochs", "batch_size", "grad_accum", "lr",
     "weight_decay", "warmup_steps", "grad_clip", "precision", "init", "stop_at_step", "checkpoint_every",
@@ -95,11 +97,10 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
     mmkd distill --store STORE --stage 1 --student NAME --out runs/s1 --steps 10000
     mmkd distill --store STORE --stage 2 --student NAME --init runs/s1 --out runs/s2 --steps 10000
     """
-    from mmkd.config import ConfigError, load_pipelines
+    from mmkd.config import load_pipelines
     from mmkd.distill.config import load_distill_config
-    from mmkd.distill.init import REPORT_FILE, InitError, summary_lines
+    from mmkd.distill.init import REPORT_FILE, summary_lines
     from mmkd.distill.recipe import distill
-    from mmkd.store import StoreError
 
     overrides = {k: flags.get(k) for k in OVERRIDES}
     overrides.update(resume=resume, standardize=standardize, augment=augment, init_partial=init_partial,
@@ -108,11 +109,11 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
                      progress=False if no_progress else None)
     try:
         cfg = load_distill_config(load_pipelines(pipeline), run_name, overrides)
-    except ConfigError as e:
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
     try:
         summary = distill(cfg)
-    except (InitError, ValueError, FileNotFoundError, StoreError) as e:
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
     report = Path(summary["out"]) / REPORT_FILE
     if not cfg.resume and report.is_file():

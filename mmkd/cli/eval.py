@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from mmkd.errors import MMKDError
+
 TASK_CHOICES = ("zeroshot", "linear", "retrieval", "knn", "diagnosis", "survival", "vqa", "all")
 
 
@@ -73,10 +75,9 @@ def eval_cmd(pipeline, run, models, sets, data, label, tasks, out, stores, cache
     mmkd eval --model runs/s2/export --set /data/wds_pcam --format csv --out runs/eval-cb
     """
     from mmkd.cli import set_fixtures
-    from mmkd.config import ConfigError, load_pipelines, resolve_device
-    from mmkd.eval.encoders import EncoderError
+    from mmkd.config import load_pipelines, resolve_device
     from mmkd.eval.report import summary_text
-    from mmkd.eval.runner import EvalError, evaluate, plan_eval
+    from mmkd.eval.runner import evaluate, plan_eval
 
     set_fixtures(fixtures)
     flags = {"models": list(models), "sets": list(sets), "data": list(data), "label": label, "tasks": list(tasks),
@@ -88,7 +89,7 @@ def eval_cmd(pipeline, run, models, sets, data, label, tasks, out, stores, cache
         plan.config.device = resolve_device(plan.config.device)
         plan.config.progress = True
         results = evaluate(plan.models, plan.sets, plan.out, cfg=cfg, ecfg=plan.config)
-    except (ConfigError, EvalError, EncoderError) as e:
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
     if "csv" in formats:
         from mmkd.eval.clip_benchmark import write_clip_benchmark_csv

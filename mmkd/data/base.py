@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmkd.data.images import BadSample
 from mmkd.data.sample import Sample
+from mmkd.errors import MMKDError
 
 if TYPE_CHECKING:
     from mmkd.data.spec import DatasetSpec
@@ -38,7 +39,7 @@ FINGERPRINT_VERSION = "mmkd-dataset-fp/1"
 _LIMITED_FP = re.compile(r"^first-(\d+):(.*)$")
 
 
-class DatasetError(ValueError):
+class DatasetError(MMKDError, ValueError):
     """A dataset cannot be opened or read (bad path, layout, column, duplicate id...)."""
 
 

@@ -25,6 +25,8 @@ import math
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mmkd.errors import MMKDError
+
 REASONS = ("missing", "corrupt", "truncated", "decompression_bomb", "unsupported_mode", "empty_caption", "bad_row")
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS (about 9459 x 9459)
 _TARGET_MODES = ("RGB", "L")
@@ -32,7 +34,7 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 
 
-class BadSample(Exception):
+class BadSample(MMKDError):
     """One sample cannot be used; ``reason`` says why in one word from :data:`REASONS`.
 
     Attributes:

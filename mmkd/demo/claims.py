@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from mmkd.errors import DemoError
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +45,7 @@ def zeroshot_correct(model: str, sets: dict[str, str], pipelines: dict[str, Any]
         pred = np.argmax(np.asarray(feats.image) @ np.asarray(feats.classes).T, axis=1)
         labels = np.asarray(evalset.labels)
         if feats.kept is not None and len(feats.kept) != len(labels):
-            raise ValueError(f"eval set {path}: {len(labels) - len(feats.kept)} image(s) unreadable under {model}; "
+            raise DemoError(f"eval set {path}: {len(labels) - len(feats.kept)} image(s) unreadable under {model}; "
                              "a paired comparison needs every image (regenerate the demo's eval sets)")
         out[mod] = pred == labels
     return out
@@ -65,7 +67,7 @@ def paired_gain(a: dict[str, np.ndarray], b: dict[str, np.ndarray], resamples: i
         ValueError: the two models were scored on different modalities or image counts.
     """
     if set(a) != set(b) or any(len(a[m]) != len(b[m]) for m in a):
-        raise ValueError(f"paired gain needs the same eval images for both models; got modalities {sorted(a)} vs "
+        raise DemoError(f"paired gain needs the same eval images for both models; got modalities {sorted(a)} vs "
                          f"{sorted(b)} with sizes {[len(a[m]) for m in sorted(a)]} vs {[len(b[m]) for m in sorted(b)]}")
     rng = np.random.default_rng(seed)
     diffs = {m: a[m].astype(np.float64) - b[m].astype(np.float64) for m in a}

@@ -8,6 +8,7 @@ from typing import Any
 
 from mmkd.demo.corpus import MODALITIES
 from mmkd.demo.experts import DEFAULT_EXPERTS, clip_config
+from mmkd.errors import DemoError
 
 
 def student_config() -> dict[str, Any]:
@@ -96,25 +97,25 @@ class DemoConfig:
                     "stage1_steps": 60, "stage2_steps": 240, "eval_resamples": 100}
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"unknown demo settings {unknown}; valid: {[f.name for f in dataclasses.fields(cls)]}")
+            raise DemoError(f"unknown demo settings {unknown}; valid: {[f.name for f in dataclasses.fields(cls)]}")
         cfg = cls(**{**base, **overrides})
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad setting."""
+        """Raise ``DemoError`` (a ValueError) naming the first bad setting."""
         if self.runner not in ("ray", "local"):
-            raise ValueError(f"demo runner {self.runner!r} is unknown; use ray or local")
+            raise DemoError(f"demo runner {self.runner!r} is unknown; use ray or local")
         bad = [m for m in self.modalities if m not in MODALITIES]
         bad += [m for mods in self.experts.values() for m in mods if m not in self.modalities]
         if bad:
-            raise ValueError(f"demo modalities {sorted(set(bad))} are not in {list(self.modalities)}")
+            raise DemoError(f"demo modalities {sorted(set(bad))} are not in {list(self.modalities)}")
         if not 0.0 <= self.vague < 1.0:
-            raise ValueError(f"vague must be in [0, 1), got {self.vague}")
+            raise DemoError(f"vague must be in [0, 1), got {self.vague}")
         for name in ("corpus_per_class", "eval_per_class", "expert_per_class", "expert_steps",
                      "expert_batch_size", "stage1_steps", "stage2_steps", "batch_size", "jobs"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"demo setting {name} must be positive, got {getattr(self, name)}")
+                raise DemoError(f"demo setting {name} must be positive, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able values (saved as ``<out>/demo_config.json``)."""

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from mmkd.demo.corpus import Batch, get_modality, make_batch
+from mmkd.errors import DemoError
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def zeroshot_accuracy(model, modality: str, data: Batch) -> float:
     mod = get_modality(modality)
     sel = np.array([m == modality for m in data.modalities])
     if not sel.any():
-        raise ValueError(f"no {modality!r} samples in the data (has {sorted(set(data.modalities))})")
+        raise DemoError(f"no {modality!r} samples in the data (has {sorted(set(data.modalities))})")
     ctx = int(model.context_length)
     tok = open_clip.tokenizer.SimpleTokenizer(context_length=ctx)
     with torch.inference_mode():

@@ -31,8 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.demo.config import ABLATION_RUNS, DemoConfig, needs_trust, student_runs
+from mmkd.errors import DemoError
 
 log = logging.getLogger(__name__)
+
+
+class DemoOutExistsError(DemoError, FileExistsError):
+    """The demo's --out folder holds a store from an earlier run."""
+
 
 def build_corpus(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     """Write the distillation corpus and the per-modality eval sets; returns their paths."""
@@ -258,7 +264,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
         torch.set_num_threads(cfg.threads)
     out = Path(out)
     if (out / "store").exists():
-        raise FileExistsError(f"{out}/store exists from an earlier demo; pass a fresh --out folder")
+        raise DemoOutExistsError(f"{out}/store exists from an earlier demo; pass a fresh --out folder")
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     times: dict[str, float] = {}

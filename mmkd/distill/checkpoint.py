@@ -16,9 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmkd.errors import DistillError
+
 logger = logging.getLogger(__name__)
 
 LAST = "last.pt"
+
+
+class NoCheckpointError(DistillError, FileNotFoundError):
+    """``--resume`` found no checkpoint in the run folder."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -74,11 +80,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain types only).
 
     Raises:
-        FileNotFoundError: no checkpoint at ``path``; start without ``--resume``.
+        NoCheckpointError: (a FileNotFoundError) no checkpoint at ``path``; start without ``--resume``.
     """
     p = Path(path)
     if p.is_dir():
         p = checkpoint_dir(p) / LAST
     if not p.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(p)!r}; run without --resume to start fresh")
+        raise NoCheckpointError(f"no checkpoint at {str(p)!r}; run without --resume to start fresh")
     return torch.load(p, map_location="cpu", weights_only=True)

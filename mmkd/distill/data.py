@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mmkd.errors import DistillError
+
 logger = logging.getLogger(__name__)
 
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -110,7 +112,7 @@ def images_source(store: Any, data: str | None = None) -> dict[str, Any] | str:
     fingerprint-checked when given), or ``synthetic://`` for synthetic stores."""
     from mmkd.store.dataset import open_store_dataset
 
-    uri = str((store.manifest.get("dataset") or {}).get("uri") or "")
+    uri = store.manifest.dataset.uri
     if uri.startswith("synthetic://") and data is None:
         return uri
     return open_store_dataset(store, data).spec().to_dict()
@@ -175,14 +177,14 @@ class StoreBatches(IterableDataset):
 
             missing = [t for t in spec.teachers if not has_trust(store, t)]
             if missing:
-                raise ValueError(f"--teacher-mask {spec.teacher_mask} / --teacher-weight {spec.teacher_weight} need "
+                raise DistillError(f"--teacher-mask {spec.teacher_mask} / --teacher-weight {spec.teacher_weight} need "
                                  f"the trust of every teacher; store {spec.store!r} has none for {missing}: compute "
                                  f"it with `mmkd store trust {spec.store} " + " ".join(f"--teacher {t}" for t in
                                                                                         missing) + "`")
         self.unreadable: set[int] = set()  # rows whose image failed at train time (warned once)
         self.batches_per_epoch = num_batches(self.n, spec.batch_size, spec.world_size, exclude=self.exclude)
         if self.batches_per_epoch == 0:
-            raise ValueError(f"store {spec.store!r} has {self.n - excluded.total} usable rows ({excluded.describe()} "
+            raise DistillError(f"store {spec.store!r} has {self.n - excluded.total} usable rows ({excluded.describe()} "
                              f"left out), fewer than one global batch of {spec.batch_size} x {spec.world_size} "
                              "ranks; lower --batch-size")
         self.epoch, self.start_batch = 0, 0

@@ -30,13 +30,15 @@ from typing import Any
 
 import torch
 
+from mmkd.errors import MMKDError
+
 logger = logging.getLogger(__name__)
 
 TOWERS = ("image", "text")
 REPORT_FILE = "init_report.json"
 
 
-class InitError(ValueError):
+class InitError(MMKDError, ValueError):
     """An init source cannot be resolved or loads too little of a tower."""
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mmkd.errors import DistillError
+
 Terms = dict[str, torch.Tensor]
 
 
@@ -59,7 +61,7 @@ def parse_icl_scale(value: float | str) -> float | str:
     except (TypeError, ValueError):
         number = math.nan
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"icl_scale {value!r} is not valid: give a positive number (the official 2.659 = ln(1/0.07), "
+        raise DistillError(f"icl_scale {value!r} is not valid: give a positive number (the official 2.659 = ln(1/0.07), "
                          "or 14.29 = 1/0.07) or 'learned' (the student's own logit scale)")
     return number
 

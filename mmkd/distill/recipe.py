@@ -34,6 +34,7 @@ from mmkd.distill.student import (
     init_config,
     resolve_student,
 )
+from mmkd.errors import DistillError
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class DistillRecipe:
         self.teachers = list(self.cfg.teachers or base)
         unknown = [t for t in self.teachers if t not in have]
         if not self.teachers or unknown:
-            raise ValueError(f"store {self.cfg.store!r} holds teachers {base}; stage 2 asked for "
+            raise DistillError(f"store {self.cfg.store!r} holds teachers {base}; stage 2 asked for "
                              f"{self.teachers} (unknown: {unknown}). Extract them first with `mmkd extract`")
         self.store_obj = store
         if self.kd == "mmkd-clip" and self.cfg.targets.source == "projected":
@@ -98,7 +99,7 @@ class DistillRecipe:
             return teacher
         copies = sorted(h for h in have if projected_copy(h, have) == teacher)
         if not copies:
-            raise ValueError(f"--targets projected: store {self.cfg.store!r} holds no projected copy of teacher "
+            raise DistillError(f"--targets projected: store {self.cfg.store!r} holds no projected copy of teacher "
                              f"{teacher!r} (<teacher>_proj512); import the official features with `mmkd store "
                              f"import-mmkd SRC DST --with-projected`, or use --targets raw")
         return copies[0]
@@ -133,7 +134,7 @@ class DistillRecipe:
         if c.targets.source == "projected":
             for t, d in self.dims.items():
                 if d != embed_dim:
-                    raise ValueError(f"--targets projected: {t} holds {d}-d features but the student embeds in "
+                    raise DistillError(f"--targets projected: {t} holds {d}-d features but the student embeds in "
                                      f"{embed_dim}-d; use a {d}-d student or --targets raw")
                 proj.set_identity(t)
         elif c.projections:
@@ -146,7 +147,7 @@ class DistillRecipe:
                 try:
                     w, b, meta = load_projection(self.store_obj, t, c.targets.projection, embed_dim)
                 except StoreError as e:
-                    raise ValueError(str(e)) from e
+                    raise DistillError(str(e)) from e
                 proj.set_map(t, torch.from_numpy(w), torch.from_numpy(b))
                 logger.info("teacher %s: %s projection (R² %.4f over %d rows)", t, c.targets.projection,
                             meta["r2"], meta["fit_rows"])
@@ -156,7 +157,7 @@ class DistillRecipe:
             for kind in ("image", "text"):
                 mean, std = self.stats[t].get(f"{kind}_mean"), self.stats[t].get(f"{kind}_std")
                 if mean is None or std is None:
-                    raise ValueError(f"teacher {t!r} in store {self.cfg.store!r} has no {kind}_mean/{kind}_std "
+                    raise DistillError(f"teacher {t!r} in store {self.cfg.store!r} has no {kind}_mean/{kind}_std "
                                      f"attrs; compute them (FeatureStore.compute_stats) or drop --standardize")
                 heads.set_stats(t, kind, torch.tensor(mean), torch.tensor(std))
 

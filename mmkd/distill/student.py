@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from mmkd.distill.init import InitConfig
+from mmkd.errors import MMKDError
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ EXPORT_CONFIG = "open_clip_config.json"
 EXPORT_WEIGHTS = "open_clip_model.safetensors"
 
 
-class StudentError(ValueError):
+class StudentError(MMKDError, ValueError):
     """A student spec cannot be resolved, built or loaded."""
 
 

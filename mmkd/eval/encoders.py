@@ -22,12 +22,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from mmkd.errors import MMKDError
 from mmkd.eval.zeroshot import l2_normalize
 
 log = logging.getLogger(__name__)
 
 
-class EncoderError(RuntimeError):
+class EncoderError(MMKDError, RuntimeError):
     """A model cannot be loaded or cannot produce the features asked for."""
 
 
@@ -189,8 +190,7 @@ class StoreEncoder:
                                f"{self.store.teachers}. Run `mmkd extract --teacher {teacher}` over the eval set")
         self.name, self.teacher = teacher, teacher
         attrs = self.store.attrs(teacher)
-        manifest = self.store.manifest
-        self.model_id = "store-" + _digest(str(Path(self.store.path).resolve()), manifest.get("index_fingerprint"),
+        self.model_id = "store-" + _digest(str(Path(self.store.path).resolve()), self.store.manifest.index_fingerprint,
                                            teacher, attrs.get("weights_sha256"),
                                            sorted(self.store.done_blocks(teacher)))
         self.logit_scale = float(attrs.get("logit_scale") or 100.0)

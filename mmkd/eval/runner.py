@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from mmkd.config import ConfigError, merge_entry, resolve_path, section
+from mmkd.errors import MMKDError
 from mmkd.eval.encoders import Encoder, StoreEncoder, StudentEncoder, TeacherEncoder
 from mmkd.eval.features import FeatureCache, SetFeatures, set_features
 from mmkd.eval.linear_probe import ProbeConfig, evaluate_linear_probe
@@ -25,7 +26,7 @@ TASKS = ("zeroshot", "linear", "retrieval", "knn", "diagnosis", "survival", "vqa
 Results = dict[str, dict[str, dict[str, dict[str, Any]]]]
 
 
-class EvalError(RuntimeError):
+class EvalError(MMKDError, RuntimeError):
     """Nothing could be evaluated, or the request is contradictory."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from mmkd.data.sample import Sample  # noqa: F401  (re-exported: the row type of the store's index)
+from mmkd.errors import MMKDError
 
 FORMAT_NAME = "mmkd-feature-store"
 FORMAT_VERSION = 1
@@ -33,7 +34,7 @@ KINDS = ("image", "text")
 DEFAULT_BLOCK_SIZE = 2048
 
 
-class StoreError(RuntimeError):
+class StoreError(MMKDError, RuntimeError):
     """A store is missing, malformed, or asked to do something unsound."""
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.store import format as fmt
+from mmkd.store.manifest import StoreManifest
 from mmkd.store.validate import ValidationReport, validate_store
 
 
@@ -26,7 +27,7 @@ class ReportsMixin:
     """Summaries and checks for :class:`~mmkd.store.FeatureStore`."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: StoreManifest
 
     def dataset_failures(self):
         """Dataset rows that never became samples (``file``, ``line``, ``reason``, ``detail``), as a table."""
@@ -51,12 +52,12 @@ class ReportsMixin:
         bad = self.dataset_failures()
         return {
             "path": str(self.path),
-            "format_version": self.manifest["format_version"],
-            "created_at": self.manifest["created_at"],
+            "format_version": self.manifest.format_version,
+            "created_at": self.manifest.created_at,
             "num_samples": self.n,
             "block_size": self.block_size,
             "num_blocks": self.num_blocks,
-            "dataset": self.manifest.get("dataset", {}),
+            "dataset": self.manifest.dataset.to_dict(),
             "dataset_bad_rows": bad.num_rows,
             "dataset_bad_rows_sample": bad.slice(0, 5).to_pylist(),
             "teachers": teachers,

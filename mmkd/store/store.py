@@ -19,7 +19,6 @@ This module holds creation, opening, geometry and teachers; the index accessor i
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
@@ -28,11 +27,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mmkd import __version__
 from mmkd.store import format as fmt
 from mmkd.store.blocks import BlocksMixin
 from mmkd.store.format import Sample, StoreError
 from mmkd.store.index import DEFAULT_INDEX_CACHE_GROUPS, IndexMixin, index_schema, sample_rows
+from mmkd.store.manifest import DatasetRecord, StoreManifest, read_manifest, write_manifest
 from mmkd.store.reports import ReportsMixin
 
 log = logging.getLogger(__name__)
@@ -54,8 +53,7 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
 
         self.path = Path(path)
         self.mode = mode
-        self.manifest: dict[str, Any] = self._load_manifest()
-        self._check_manifest()
+        self.manifest: StoreManifest = read_manifest(self.path)
         try:
             self._root = zarr.open_group(
                 str(self.path / fmt.FEATURES), mode="r" if mode == "r" else "a", zarr_format=3
@@ -117,22 +115,9 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
         zarr.open_group(str(tmp / fmt.FEATURES), mode="w", zarr_format=3).attrs.update(
             {"format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION}
         )
-        manifest = {
-            "format": fmt.FORMAT_NAME,
-            "format_version": fmt.FORMAT_VERSION,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "mmkd_version": __version__,
-            "num_samples": n,
-            "block_size": block_size,
-            "num_blocks": -(-n // block_size),
-            "feature_dtype": fmt.FEATURE_DTYPE,
-            "dataset": {"uri": dataset_uri, "fingerprint": dataset_fingerprint,
-                        **({"spec": dataset_spec} if dataset_spec else {})},
-            "index_fingerprint": fmt.index_fingerprint(
-                zip(rows["sample_id"], rows["caption"], rows["image"], rows["image_sha256"])
-            ),
-            "teachers": [],
-        }
+        manifest = StoreManifest.new(
+            n, block_size, DatasetRecord(uri=dataset_uri, fingerprint=dataset_fingerprint, spec=dataset_spec),
+            fmt.index_fingerprint(zip(rows["sample_id"], rows["caption"], rows["image"], rows["image_sha256"])))
         if dataset_failures is not None:
             from mmkd.store.failures import write_dataset_failures
 
@@ -140,12 +125,12 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
             if write_dataset_failures(tmp, bad):
                 log.warning("store %s: %d dataset row(s) could not be read and are not in the index; "
                             "see `mmkd store info %s`", path, len(bad), path)
-        fmt.atomic_write_json(tmp / fmt.MANIFEST, manifest)
+        write_manifest(tmp, manifest)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
         fmt.fsync_dir(path.parent)
-        log.info("created store %s: %d samples, %d blocks of %d", path, n, manifest["num_blocks"], block_size)
+        log.info("created store %s: %d samples, %d blocks of %d", path, n, manifest.num_blocks, block_size)
         return cls.open(path, mode="a")
 
     @classmethod
@@ -170,39 +155,18 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
             )
         return cls(path, mode, cache_bytes, index_cache_groups)
 
-    def _load_manifest(self) -> dict[str, Any]:
-        where = self.path / fmt.MANIFEST
-        try:
-            manifest = json.loads(where.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise StoreError(f"{where} is unreadable ({type(e).__name__}: {e}); the store is damaged: "
-                             "restore store.json from a backup or rebuild the store with `mmkd extract`") from e
-        if not isinstance(manifest, dict):
-            raise StoreError(f"{where} holds a {type(manifest).__name__}, not a JSON object; the store is damaged")
-        return manifest
-
-    def _check_manifest(self) -> None:
-        m = self.manifest
-        if m.get("format") != fmt.FORMAT_NAME:
-            raise StoreError(f"{self.path}/store.json: format is {m.get('format')!r}, expected {fmt.FORMAT_NAME!r}")
-        if m.get("format_version") not in fmt.SUPPORTED_VERSIONS:
-            raise StoreError(
-                f"{self.path}/store.json: unknown format_version {m.get('format_version')!r}; this mmkd "
-                f"({__version__}) reads versions {list(fmt.SUPPORTED_VERSIONS)}: upgrade mmkd"
-            )
-
     # ------------------------------------------------------------------ geometry
     @property
     def n(self) -> int:
-        return int(self.manifest["num_samples"])
+        return self.manifest.num_samples
 
     @property
     def block_size(self) -> int:
-        return int(self.manifest["block_size"])
+        return self.manifest.block_size
 
     @property
     def num_blocks(self) -> int:
-        return int(self.manifest["num_blocks"])
+        return self.manifest.num_blocks
 
     def block_range(self, block: int) -> tuple[int, int]:
         """Rows ``[start, stop)`` of ``block``."""
@@ -214,7 +178,7 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
     # ------------------------------------------------------------------ teachers
     @property
     def teachers(self) -> list[str]:
-        return list(self.manifest.get("teachers", []))
+        return list(self.manifest.teachers)
 
     def _group(self, teacher: str):
         if teacher not in self._root:
@@ -257,9 +221,9 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
             else:
                 self._create_arrays(teacher, int(dim), attrs or {})
             self._reload_manifest()
-            if teacher not in self.manifest["teachers"]:
-                self.manifest["teachers"] = sorted(self.manifest["teachers"] + [teacher])
-                fmt.atomic_write_json(self.path / fmt.MANIFEST, self.manifest)
+            if teacher not in self.manifest.teachers:
+                self.manifest.teachers = sorted(self.manifest.teachers + [teacher])
+                write_manifest(self.path, self.manifest)
 
     def _create_arrays(self, teacher: str, dim: int, attrs: dict[str, Any]) -> None:
         import zarr
@@ -286,7 +250,7 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
             g.attrs.update(json.loads(json.dumps(attrs)))
 
     def _reload_manifest(self) -> None:
-        self.manifest = self._load_manifest()
+        self.manifest = read_manifest(self.path)
 
     def _writable(self) -> None:
         if self.mode != "a":

@@ -120,15 +120,8 @@ def validate_store(store: "FeatureStore", deep: bool = False) -> ValidationRepor
 
 
 def _manifest_problems(store: "FeatureStore", report: ValidationReport) -> None:
-    m = store.manifest
-    try:
-        n, bs, nb = int(m["num_samples"]), int(m["block_size"]), int(m["num_blocks"])
-    except (KeyError, TypeError, ValueError) as e:
-        report.add("manifest", f"store.json lacks a valid num_samples/block_size/num_blocks ({e!r})")
-        return
-    if bs <= 0 or nb != -(-n // bs):
-        report.add("manifest", f"store.json says num_blocks={nb}, but ceil(num_samples {n} / block_size {bs}) "
-                               f"= {-(-n // max(bs, 1))}")
+    if store.manifest.geometry_error:
+        report.add("manifest", store.manifest.geometry_error)
 
 
 def _index_problems(store: "FeatureStore", report: ValidationReport) -> None:
@@ -159,7 +152,7 @@ def _index_problems(store: "FeatureStore", report: ValidationReport) -> None:
                             f"{first_bad_row}); {fix}")
     if dups:
         report.add("index", f"index.parquet has {len(dups)} duplicate sample ids, e.g. {dups[:3]}; {fix}")
-    recorded = store.manifest.get("index_fingerprint")
+    recorded = store.manifest.index_fingerprint
     if not recorded:
         report.add("manifest", "store.json records no index_fingerprint, so the index cannot be checked; "
                                "rebuild the store with `mmkd extract`")

@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmkd.errors import MMKDError
+
 LOADERS = ("open_clip", "transformers", "custom")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 RESIZE_MODES = ("shortest", "longest", "squash", "pad_square")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
-class TeacherError(ValueError):
+class TeacherError(MMKDError, ValueError):
     """A teacher spec is invalid, or a teacher cannot be built from it."""
 
 

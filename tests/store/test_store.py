@@ -49,7 +49,7 @@ def test_round_trip_and_reopen(tmp_path):
     idx = again.index
     assert idx.column("row").to_pylist() == list(range(23))
     assert json.loads(idx.column("labels")[4].as_py()) == {"label": 1}
-    assert again.manifest["dataset"] == {"uri": "mem://x", "fingerprint": "fp"}
+    assert again.manifest.dataset.to_dict() == {"uri": "mem://x", "fingerprint": "fp"}
 
 
 def test_idempotent_rewrite(tmp_path):

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmkd.errors import MMKDError
+
 RUNNERS = ("ray", "local")
 PRECISIONS = ("fp32", "fp16", "bf16")
 DECODES = ("full", "reduced", "gpu")
@@ -18,7 +20,7 @@ DEVICES = ("auto", "cpu", "cuda")
 ALL_TEACHERS = "all"
 
 
-class ExtractError(RuntimeError):
+class ExtractError(MMKDError, RuntimeError):
     """An extract job cannot run as asked (bad job, dataset/store mismatch, worker failure)."""
 
 
