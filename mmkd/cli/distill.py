@@ -16,7 +16,7 @@ from mmkd.errors import MMKDError
 OVERRIDES = (
     "store", "stage", "student", "out", "kd", "steps", "epochs", "batch_size", "grad_accum", "lr",
     "weight_decay", "warmup_steps", "grad_clip", "precision", "init", "stop_at_step", "checkpoint_every",
-    "log_every", "seed", "num_workers", "buffer_blocks", "projections", "head", "fd_weight", "icl_weight",
+    "log_every", "seed", "num_workers", "buffer_blocks", "projection_file", "head", "fd_weight", "icl_weight",
     "clip_weight", "icl_scale", "device", "data", "targets", "projection",
     "init_image", "init_text", "init_min_share", "init_cache_dir", "teacher_mask", "teacher_weight", "teacher_drop",
 )
@@ -59,8 +59,10 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--buffer-blocks", type=click.IntRange(min=1), help="Store blocks shuffled together.")
 @click.option("--teacher", "teachers", multiple=True, metavar="NAME",
               help="Teacher to distil from (repeatable; default: every teacher in the store).")
-@click.option("--projections", type=click.Path(exists=True, dir_okay=False),
-              help="mmkd-clip: per-teacher projection weights file.")
+@click.option("--projection-file", type=click.Path(exists=True, dir_okay=False),
+              help="mmkd-clip: per-teacher projection weights file (instead of --projection).")
+@click.option("--projections", "projections_old", type=click.Path(exists=True, dir_okay=False), hidden=True,
+              help="Deprecated name of --projection-file.")
 @click.option("--targets", type=click.Choice(["raw", "projected"]), help="mmkd-clip: raw store features mapped by "
               "--projection (default), or the imported official <teacher>_proj512 copies as they are.")
 @click.option("--projection", type=click.Choice(["random", "pca", "ae"]), help="mmkd-clip, raw targets: random "
@@ -90,7 +92,7 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--pipeline", type=click.Path(exists=True, dir_okay=False), help="Pipelines file (default: pipelines.yaml).")
 def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str, ...], resume: bool | None,
                 standardize: bool | None, augment: bool | None, no_progress: bool, init_partial: bool | None,
-                normalize_targets: bool | None, **flags) -> None:
+                normalize_targets: bool | None, projections_old: str | None, **flags) -> None:
     """Train a student from a feature store; no teacher is ever loaded.
 
     \b
@@ -102,6 +104,9 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
     from mmkd.distill.init import REPORT_FILE, summary_lines
     from mmkd.distill.recipe import distill
 
+    if projections_old is not None:
+        click.echo("--projections is deprecated: use --projection-file", err=True)
+        flags["projection_file"] = flags.get("projection_file") or projections_old
     overrides = {k: flags.get(k) for k in OVERRIDES}
     overrides.update(resume=resume, standardize=standardize, augment=augment, init_partial=init_partial,
                      normalize_targets=normalize_targets,

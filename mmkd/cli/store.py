@@ -116,14 +116,15 @@ def validate_cmd(path: str, deep: bool, as_json: bool) -> None:
         click.echo(f"PROBLEM [{p.kind}]: {p.message}", err=True)
     checked = (f"{report.chunks_checked} chunk files sized, {report.chunks_read} chunks read, "
                f"{report.seconds:.2f}s{', deep' if deep else ''}")
+    unread = f"{report.not_read}; " if report.not_read else ""
     if report.status == "unsound":
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items()))
-        click.echo(f"{path}: UNSOUND, {len(report.problems)} problem(s) ({kinds}); {checked}", err=True)
+        click.echo(f"{path}: UNSOUND, {len(report.problems)} problem(s) ({kinds}); {unread}{checked}", err=True)
     elif report.status == "empty":
         click.echo(f"{path}: EMPTY: the index is sound but no teacher was added (the first extract never ran "
-                   f"or was killed before adding one); run `mmkd extract --store {path}`; {checked}", err=True)
+                   f"or was killed before adding one); run `mmkd extract --store {path}`; {unread}{checked}", err=True)
     else:
-        click.echo(f"{path}: OK ({len(report.teachers)} teacher(s); {checked})")
+        click.echo(f"{path}: OK ({unread}{len(report.teachers)} teacher(s); {checked})")
     sys.exit(EXIT_CODES[report.status])
 
 

@@ -1,6 +1,6 @@
 """The reader interface shared by every dataset format.
 
-A :class:`Dataset` yields :class:`~mmkd.store.Sample` records whose ``image`` field
+A :class:`Dataset` yields :class:`~mmkd.data.Sample` records whose ``image`` field
 is a *reference* the same dataset can resolve again later
 (:meth:`Dataset.read_image_bytes`): a path relative to the dataset root, or
 ``<shard.tar>::<member>``, or ``<file.parquet>::<row>``.

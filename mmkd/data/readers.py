@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mmkd.data.base import REF_SEP, Dataset, DatasetError, Sample
+from mmkd.data.base import REF_SEP, Dataset, DatasetError
+from mmkd.data.sample import Sample
 from mmkd.data.spec import DatasetSpec
 from mmkd.data.parquet import ParquetDataset
 from mmkd.data.tables import (

@@ -23,7 +23,6 @@ from mmkd.data.base import (
     Dataset,
     DatasetError,
     Entry,
-    Sample,
     file_size,
     path_id,
     pick_labels,
@@ -31,6 +30,7 @@ from mmkd.data.base import (
     resolve_ref,
     sha256_hex,
 )
+from mmkd.data.sample import Sample
 
 
 class TableDataset(BadRowsMixin, Dataset):

@@ -32,13 +32,13 @@ from mmkd.data.base import (
     ContainerDataset,
     DatasetError,
     Entry,
-    Sample,
     pick_labels,
     relative_ref,
     resolve_ref,
     sha256_hex,
     split_ref,
 )
+from mmkd.data.sample import Sample
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp")
 _BRACE = re.compile(r"\{([^{}]*)\}")

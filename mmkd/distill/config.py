@@ -84,7 +84,8 @@ class DistillConfig:
         targets: ``mmkd-clip``: target features (``TargetConfig``: ``source`` raw|projected,
             ``projection`` random|pca|ae for raw ones, ``normalize``); flat names
             ``targets``, ``projection``, ``normalize_targets``.
-        projections: ``mmkd-clip``: file with ``<teacher>.weight`` maps (overrides ``targets.projection``).
+        projection_file: ``mmkd-clip``: file with ``<teacher>.weight`` maps (overrides ``targets.projection``;
+            ``projections``, its old name, is still read in entries).
         train_projections: ``mmkd-clip``: learn the maps jointly instead of freezing them.
         max_logit_scale: clamp of the learnable logit scale's exp.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -121,7 +122,7 @@ class DistillConfig:
     standardize: bool = False
     head: str = "linear"
     targets: TargetConfig = field(default_factory=TargetConfig)
-    projections: str | None = None
+    projection_file: str | None = None
     train_projections: bool = False
     teachers_cfg: TeacherUse = field(default_factory=TeacherUse)
     max_logit_scale: float = 100.0
@@ -207,7 +208,8 @@ INIT_KEYS = {"init_image": "image", "init_text": "text", "init_partial": "partia
 TARGET_KEYS = {"projection": "projection", "normalize_targets": "normalize"}
 TEACHER_USE_KEYS = {"teacher_mask": "mask", "teacher_weight": "weight", "teacher_drop": "drop"}
 FIELDS |= set(INIT_KEYS) | set(TARGET_KEYS) | set(TEACHER_USE_KEYS)
-PATH_FIELDS = ("store", "out", "projections", "data")
+PATH_FIELDS = ("store", "out", "projection_file", "projections", "data")
+DEPRECATED_KEYS = {"projections": "projection_file"}  # old name -> name
 
 
 def _init_path(pipelines: dict[str, Any], value: Any, run: str | None, from_entry: bool) -> Any:
@@ -280,8 +282,11 @@ def load_distill_config(pipelines: dict[str, Any] | None, run: str | None,
         ConfigError: unknown entry or key, or invalid values.
     """
     pipelines = pipelines or {}
-    values = merge_entry(pipelines, "distill", run, overrides, allowed=FIELDS | {"optim", "loss"},
+    values = merge_entry(pipelines, "distill", run, overrides, allowed=FIELDS | {"optim", "loss"} | set(DEPRECATED_KEYS),
                          path_keys=PATH_FIELDS, what="distill")
+    for old, new in DEPRECATED_KEYS.items():
+        if old in values:
+            values.setdefault(new, values.pop(old))
     student = values.get("student")
     if run is not None and student and student not in section(pipelines, "students") and str(student).endswith(
             ".json") and "student" not in {k for k, v in overrides.items() if v is not None}:

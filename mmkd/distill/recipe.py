@@ -137,8 +137,8 @@ class DistillRecipe:
                     raise DistillError(f"--targets projected: {t} holds {d}-d features but the student embeds in "
                                      f"{embed_dim}-d; use a {d}-d student or --targets raw")
                 proj.set_identity(t)
-        elif c.projections:
-            proj.load_file(c.projections)
+        elif c.projection_file:
+            proj.load_file(c.projection_file)
         elif c.targets.projection != "random":
             from mmkd.store import StoreError
             from mmkd.store.projection import load_projection

@@ -15,6 +15,7 @@ from mmkd.eval.encoders import Encoder, StoreEncoder, StudentEncoder, TeacherEnc
 from mmkd.eval.features import FeatureCache, SetFeatures, set_features
 from mmkd.eval.linear_probe import ProbeConfig, evaluate_linear_probe
 from mmkd.eval.retrieval import evaluate_knn, evaluate_retrieval
+from mmkd.eval.rows import Results, clip_benchmark_rows, result_rows
 from mmkd.eval.sets import EvalSet, load_eval_set
 from mmkd.eval.splits import TaskNotApplicable
 from mmkd.eval.tasksets import check_task_sets, run_task_set
@@ -23,7 +24,6 @@ from mmkd.eval.zeroshot import evaluate_zeroshot
 log = logging.getLogger(__name__)
 
 TASKS = ("zeroshot", "linear", "retrieval", "knn", "diagnosis", "survival", "vqa")
-Results = dict[str, dict[str, dict[str, dict[str, Any]]]]
 
 
 class EvalError(MMKDError, RuntimeError):
@@ -48,6 +48,7 @@ class EvalConfig:
         strict: an unreadable eval image is an error; by default it is skipped, and
             every model is evaluated on the items all of them could read (the skipped
             ones are listed in results.json and under the table of results.md).
+        split: the split of clip_benchmark sets (default: each spec's, else ``test``).
     """
 
     tasks: tuple[str, ...] = TASKS
@@ -61,6 +62,7 @@ class EvalConfig:
     stores: dict[str, str] = field(default_factory=dict)
     progress: bool = False
     strict: bool = False
+    split: str | None = None
 
     def __post_init__(self) -> None:
         bad = [t for t in self.tasks if t not in TASKS]
@@ -78,7 +80,7 @@ def parse_tasks(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, .
 
 
 JOB_KEYS = ("models", "sets", "data", "label", "tasks", "out", "resamples", "seed", "knn_k", "batch_size", "device",
-            "cache_dir", "stores", "probe", "strict")
+            "cache_dir", "stores", "probe", "strict", "split")
 _RUN_ONLY = ("models", "sets", "data", "label", "tasks", "out")
 
 
@@ -150,6 +152,11 @@ class _Models:
                                     f"open_clip_config.json) nor a usable teacher: {e}") from e
         return self._built[model]
 
+    def pretrained(self, model: str) -> str:
+        """What clip_benchmark's ``--pretrained`` names for ``model``: a student's export folder, a teacher's weights."""
+        enc = self.base(model)
+        return enc.spec.weights if isinstance(enc, TeacherEncoder) else model
+
     def for_set(self, model: str, evalset: EvalSet, store: str | None) -> Encoder:
         enc = self.base(model)
         if store and isinstance(enc, TeacherEncoder):
@@ -190,7 +197,7 @@ def run_tasks(feats: SetFeatures, evalset: EvalSet, ecfg: EvalConfig) -> dict[st
 
 
 def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, *, cfg: dict[str, Any] | None = None,
-             ecfg: EvalConfig | None = None) -> Results:
+             ecfg: EvalConfig | None = None, csv: str | Path | None = None) -> Results:
     """Evaluate models on eval sets and write ``results.json``, ``results.md`` and ``results.png`` to ``out``.
 
     Args:
@@ -200,6 +207,7 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
         out: output folder.
         cfg: the loaded pipelines mapping.
         ecfg: run settings.
+        csv: also write the clip_benchmark ``build`` rows here (:mod:`mmkd.eval.rows`).
 
     Returns:
         ``{model: {dataset: {task: {metric: value}}}}``.
@@ -214,7 +222,11 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
         raise EvalError(f"need at least one --model and one --set or --data; got models={models} sets={datasets}")
     out = Path(out)
     cache = FeatureCache(ecfg.cache_dir or out / "cache")
-    sets = [d if isinstance(d, EvalSet) else load_eval_set(d, cfg) for d in datasets]
+    sets = [d if isinstance(d, EvalSet) else load_eval_set(d, cfg, split=ecfg.split) for d in datasets]
+    bench_names = {s.name: s.benchmark_name for s in sets if getattr(s, "benchmark_name", "")}  # task sets have none
+    if ecfg.split and not bench_names:
+        raise EvalError(f"--split {ecfg.split} chooses the split of a clip_benchmark set, and none of the sets "
+                        f"{[s.name for s in sets]} is one; drop --split")
     datasets = [s.name if isinstance(d, EvalSet) else d for d, s in zip(datasets, sets)]
     stray = sorted(set(ecfg.stores) - {s.name for s in sets})
     if stray:
@@ -262,6 +274,12 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
                                   "skipped": len(skipped_by_set.get(s.name, [])),
                                   "classes": len(getattr(s, "class_names", None) or [])} for s in sets}}
     write_report(results, out, run_info)
+    if csv is not None:
+        from mmkd.eval.clip_benchmark import write_clip_benchmark_csv
+
+        pretrained = {name: builder.pretrained(model) for model, name in zip(models, names)}
+        write_clip_benchmark_csv(clip_benchmark_rows(result_rows(results), pretrained,
+                                                     bench_names), csv)
     return results
 
 

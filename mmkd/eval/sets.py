@@ -79,6 +79,7 @@ class EvalSet:
     root: Path | None = None
     store: Path | None = None
     source: str = ""
+    benchmark_name: str = ""  # clip_benchmark's dataset name (wds/<name>) for a clip_benchmark folder
     reader: Any = None  # an mmkd.data Dataset for `data:` sets
 
     @property
@@ -104,7 +105,7 @@ class EvalSet:
 
     def store_samples(self) -> list:
         """The items as :class:`mmkd.store.Sample` rows, to build a feature store over this set."""
-        from mmkd.store import Sample
+        from mmkd.data import Sample
 
         return [Sample(it.sample_id, it.caption or "", it.image, source=f"eval:{self.name}",
                        labels=None if it.label is None else {"label": self.class_names[it.label]})
@@ -156,12 +157,13 @@ def builtin_sets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
 
 
-def load_eval_set(name_or_path: str, cfg: dict[str, Any] | None = None) -> EvalSet:
+def load_eval_set(name_or_path: str, cfg: dict[str, Any] | None = None, *, split: str | None = None) -> EvalSet:
     """Load an eval set by name (pipelines ``eval_sets:``, then the shipped sets) or spec-file path.
 
     Args:
         name_or_path: a set name, or a ``.yaml``/``.json`` spec file, or a ``.jsonl`` of samples.
         cfg: the loaded pipelines mapping (for ``eval_sets:`` and ``datasets:``).
+        split: the split of a clip_benchmark set (its spec's ``split``, default ``test``).
 
     Raises:
         ConfigError: unknown name (lists the known ones), or a malformed spec.
@@ -175,37 +177,40 @@ def load_eval_set(name_or_path: str, cfg: dict[str, Any] | None = None) -> EvalS
             ref = str(spec.pop("spec"))
             spec_path = builtin_sets()[ref] if ref in builtin_sets() else resolve_path(
                 cfg, ref, section="eval_sets", entry=name_or_path)
-            return _from_spec_file(spec_path, cfg, name=name_or_path, overrides=spec)
-        return build_eval_set(name_or_path, spec, base, cfg)
+            return _from_spec_file(spec_path, cfg, name=name_or_path, overrides=spec, split=split)
+        return build_eval_set(name_or_path, spec, base, cfg, split=split)
     if name_or_path in builtin_sets():
-        return _from_spec_file(builtin_sets()[name_or_path], cfg, name=name_or_path)
+        return _from_spec_file(builtin_sets()[name_or_path], cfg, name=name_or_path, split=split)
     path = Path(name_or_path)
     if path.is_file() and path.suffix == ".jsonl":
         return build_eval_set(path.stem, {"samples": str(path.resolve())}, path.parent, cfg)
     if path.is_file():
-        return _from_spec_file(path, cfg, name=path.stem)
+        return _from_spec_file(path, cfg, name=path.stem, split=split)
     if path.is_dir() and ((path / "classnames.txt").is_file() or (path / "dataset_type.txt").is_file()):
-        return build_eval_set(path.name, {"clip_benchmark": str(path.resolve())}, path.parent, cfg)
+        return build_eval_set(path.name, {"clip_benchmark": str(path.resolve())}, path.parent, cfg, split=split)
     known = sorted(set(declared) | set(builtin_sets()))
     raise ConfigError(f"eval set {name_or_path!r} is neither a declared eval set ({known}) nor an existing "
                       f"spec file (.yaml/.json/.jsonl); declare it under `eval_sets:` in pipelines.yaml")
 
 
-def _from_spec_file(path: Path, cfg: dict, *, name: str, overrides: dict | None = None) -> EvalSet:
+def _from_spec_file(path: Path, cfg: dict, *, name: str, overrides: dict | None = None,
+                    split: str | None = None) -> EvalSet:
     if not path.is_file():
         raise ConfigError(f"eval set spec {str(path)!r} not found")
     spec = read_yaml_mapping(path, "eval set spec")
     spec.update(overrides or {})
-    return build_eval_set(name, spec, path.parent, cfg, source=str(path))
+    return build_eval_set(name, spec, path.parent, cfg, source=str(path), split=split)
 
 
 def build_eval_set(name: str, spec: dict[str, Any], base: Path, cfg: dict | None = None, *,
-                   source: str = "") -> EvalSet:
+                   source: str = "", split: str | None = None) -> EvalSet:
     """Build an :class:`EvalSet` from a spec mapping; relative paths resolve against ``base``.
 
     A spec with ``task:`` (diagnosis, survival, vqa) or ``clip_benchmark:`` is built
-    by :func:`mmkd.eval.tasksets.build_task_set` instead.
+    by :func:`mmkd.eval.tasksets.build_task_set` instead; ``split`` replaces a clip_benchmark spec's ``split``.
     """
+    if split and "clip_benchmark" in spec:
+        spec = {**spec, "split": split}
     if "task" in spec or "clip_benchmark" in spec:
         from mmkd.eval.tasksets import build_task_set
 

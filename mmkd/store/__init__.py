@@ -4,11 +4,11 @@ This package never imports ``mmkd.extract`` or ``mmkd.distill``: the store outli
 any one extractor or student, and other projects read it with plain zarr/pyarrow.
 """
 
-from mmkd.store.format import FORMAT_VERSION, Sample, StoreError
+from mmkd.store.format import FORMAT_VERSION, StoreError
 from mmkd.store.sampler import chunk_shuffled_batches, num_batches
 from mmkd.store.store import FeatureStore
 
-__all__ = ["FORMAT_VERSION", "FeatureStore", "Sample", "StoreError", "chunk_shuffled_batches", "num_batches",
+__all__ = ["FORMAT_VERSION", "FeatureStore", "StoreError", "chunk_shuffled_batches", "num_batches",
            "import_mmkd"]
 
 

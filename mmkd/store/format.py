@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from mmkd.data.sample import Sample  # noqa: F401  (re-exported: the row type of the store's index)
 from mmkd.errors import MMKDError
 
 FORMAT_NAME = "mmkd-feature-store"

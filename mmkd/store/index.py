@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmkd.data import Sample
 from mmkd.store import format as fmt
-from mmkd.store.format import Sample, StoreError
+from mmkd.store.format import StoreError
 
 if TYPE_CHECKING:
     import pyarrow as pa

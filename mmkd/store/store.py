@@ -29,7 +29,8 @@ from typing import Any
 
 from mmkd.store import format as fmt
 from mmkd.store.blocks import BlocksMixin
-from mmkd.store.format import Sample, StoreError
+from mmkd.data import Sample
+from mmkd.store.format import StoreError
 from mmkd.store.index import DEFAULT_INDEX_CACHE_GROUPS, IndexMixin, index_schema, sample_rows
 from mmkd.store.manifest import DatasetRecord, StoreManifest, read_manifest, write_manifest
 from mmkd.store.reports import ReportsMixin

@@ -88,6 +88,11 @@ class ValidationReport:
         """Problems by kind."""
         return dict(Counter(p.kind for p in self.problems))
 
+    @property
+    def not_read(self) -> str:
+        """What this pass did not read: the default pass sizes feature chunks without decoding them."""
+        return "" if self.deep else "values not read: --deep reads them"
+
     def add(self, kind: str, message: str) -> None:
         self.problems.append(Problem(kind, message))
 
@@ -95,7 +100,7 @@ class ValidationReport:
         return {"path": self.path, "status": self.status, "exit_code": self.exit_code, "deep": self.deep,
                 "teachers": self.teachers, "problems": [p.__dict__ for p in self.problems],
                 "counts": self.counts, "chunks_checked": self.chunks_checked, "chunks_read": self.chunks_read,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "not_read": self.not_read}
 
 
 def validate_store(store: "FeatureStore", deep: bool = False) -> ValidationReport:

@@ -264,7 +264,8 @@ def test_readers_pickle_and_read_from_threads(fmt: str, tmp_path: Path, referenc
 
 
 def test_store_created_from_a_reader(tmp_path: Path, mmkd_demo_dir: Path) -> None:
-    from mmkd.store import FeatureStore, Sample
+    from mmkd.data import Sample
+    from mmkd.store import FeatureStore
 
     ds = open_dataset(mmkd_demo_dir)
     assert all(isinstance(s, Sample) for s in ds.samples())

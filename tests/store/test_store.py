@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mmkd.store import FeatureStore, Sample, StoreError
+from mmkd.data import Sample
+from mmkd.store import FeatureStore, StoreError
 
 
 def _samples(n: int) -> list[Sample]:
