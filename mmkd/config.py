@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSONDict, Pipelines
 
 KNOWN_SECTIONS = ("version", "teachers", "datasets", "extract", "students", "distill", "eval_sets", "eval")
 # what a user's file inherits from the shipped one: the registries, not the example jobs
@@ -46,7 +47,7 @@ def default_pipelines_path() -> Path | None:
     return cwd if cwd.is_file() else None
 
 
-def load_pipelines(path: str | os.PathLike | None = None) -> dict[str, Any]:
+def load_pipelines(path: str | os.PathLike | None = None) -> Pipelines:
     """Read the shipped pipelines file and the user's, the user's extending the shipped one.
 
     Args:
@@ -91,7 +92,7 @@ def load_pipelines(path: str | os.PathLike | None = None) -> dict[str, Any]:
     return merged
 
 
-def _read_pipelines(p: Path) -> dict[str, Any]:
+def _read_pipelines(p: Path) -> Pipelines:
     data = read_yaml_mapping(p, "pipelines file")
     unknown = sorted(set(data) - set(KNOWN_SECTIONS))
     if unknown:
@@ -104,7 +105,7 @@ def _read_pipelines(p: Path) -> dict[str, Any]:
     return data
 
 
-def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str) -> JSONDict:
     """Parse a YAML (or JSON) file that must hold a mapping; an empty file is ``{}``.
 
     Raises:
@@ -121,7 +122,7 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+def section(cfg: Pipelines, name: str) -> JSONDict:
     """One top-level section (empty mapping when absent)."""
     return dict(cfg.get(name) or {})
 
@@ -139,7 +140,7 @@ def fixtures_root() -> Path:
     return Path(expand(env)) if env else SHIPPED.parents[2] / "shared" / "fixtures"
 
 
-def resolve_path(cfg: dict[str, Any] | None, value: str | os.PathLike, *, section: str | None = None,
+def resolve_path(cfg: Pipelines | None, value: str | os.PathLike, *, section: str | None = None,
                  entry: str | None = None, base: Path | None = None) -> Path:
     """Resolve a path written in a pipelines file (or a spec file), the one way every stage does it.
 
@@ -163,7 +164,7 @@ def resolve_path(cfg: dict[str, Any] | None, value: str | os.PathLike, *, sectio
     return (base or Path.cwd()) / p
 
 
-def named_entry(cfg: dict[str, Any], section_name: str, name: str, *, what: str | None = None) -> dict[str, Any]:
+def named_entry(cfg: Pipelines, section_name: str, name: str, *, what: str | None = None) -> JSONDict:
     """The entry ``name`` of a section, as a new dict.
 
     Raises:
@@ -179,8 +180,8 @@ def named_entry(cfg: dict[str, Any], section_name: str, name: str, *, what: str 
     return dict(entry or {})
 
 
-def merge_entry(cfg: dict[str, Any] | None, section_name: str, name: str | None, flags: Mapping[str, Any], *,
-                allowed: Iterable[str], path_keys: Iterable[str] = (), what: str | None = None) -> dict[str, Any]:
+def merge_entry(cfg: Pipelines | None, section_name: str, name: str | None, flags: Mapping[str, Any], *,
+                allowed: Iterable[str], path_keys: Iterable[str] = (), what: str | None = None) -> JSONDict:
     """A named entry merged with command-line flags: the one merge every stage uses.
 
     Later wins: the entry's values, then each flag that was given (not ``None``).

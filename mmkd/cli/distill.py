@@ -120,11 +120,11 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
         summary = distill(cfg)
     except MMKDError as e:
         raise click.ClickException(str(e)) from e
-    report = Path(summary["out"]) / REPORT_FILE
+    report = Path(summary.out) / REPORT_FILE
     if not cfg.resume and report.is_file():
         for line in summary_lines(json.loads(report.read_text())):
             click.echo(line, err=True)
-    click.echo(json.dumps(summary))
+    click.echo(json.dumps(summary.to_dict()))
 
 
 def register(main: click.Group) -> None:

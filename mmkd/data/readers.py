@@ -32,6 +32,7 @@ from mmkd.data.tables import (
     is_mmkd_clip_table,
 )
 from mmkd.data.webdataset import WebDataset
+from mmkd.jsontypes import Pipelines
 
 FORMATS: dict[str, type[Dataset]] = {
     "mmkd-clip": MmkdClipDataset,
@@ -149,7 +150,7 @@ def _open_table(cls: type[Dataset], path: Path, options: dict[str, Any]) -> Data
     return cls(path, uri=uri, **options)
 
 
-def datasets_from_config(cfg: dict[str, Any]) -> dict[str, DatasetSpec]:
+def datasets_from_config(cfg: Pipelines) -> dict[str, DatasetSpec]:
     """The ``datasets:`` section as ``name -> spec``, paths resolved against the file that declared each.
 
     Raises:
@@ -176,7 +177,7 @@ def _resolved(spec: DatasetSpec, resolve: Any) -> DatasetSpec:
                        options=dict(spec.options))
 
 
-def resolve_data(value: str | os.PathLike | Mapping[str, Any] | DatasetSpec, cfg: dict[str, Any] | None = None, *,
+def resolve_data(value: str | os.PathLike | Mapping[str, Any] | DatasetSpec, cfg: Pipelines | None = None, *,
                  base: Path | None = None) -> DatasetSpec:
     """What ``--data VALUE`` names, as a spec: a ``datasets:`` name, a path or pattern, or a spec mapping.
 
@@ -207,7 +208,7 @@ def resolve_data(value: str | os.PathLike | Mapping[str, Any] | DatasetSpec, cfg
     return DatasetSpec(path=path)
 
 
-def get_dataset(name: str, cfg: dict[str, Any], **overrides: Any) -> Dataset:
+def get_dataset(name: str, cfg: Pipelines, **overrides: Any) -> Dataset:
     """Open the dataset named ``name`` in the ``datasets:`` section (``overrides`` win over the entry).
 
     Raises:

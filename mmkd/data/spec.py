@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.data.base import DatasetError
+from mmkd.jsontypes import JSONDict
 
 FIELD_KEYS = ("image", "caption", "id", "labels")
 TABLE_FORMATS = ("mmkd-clip", "jsonl", "csv")
@@ -141,7 +142,7 @@ class DatasetSpec:
             kwargs["name"] = self.name
         return kwargs
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """The written form (JSON/YAML-safe; empty parts left out)."""
         out: dict[str, Any] = {"path": self.path}
         for key in ("format", "name", "root"):

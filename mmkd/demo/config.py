@@ -9,6 +9,7 @@ from typing import Any
 from mmkd.demo.corpus import MODALITIES
 from mmkd.demo.experts import DEFAULT_EXPERTS, clip_config
 from mmkd.errors import DemoError
+from mmkd.jsontypes import JSONDict
 
 
 def student_config() -> dict[str, Any]:
@@ -117,7 +118,7 @@ class DemoConfig:
             if getattr(self, name) <= 0:
                 raise DemoError(f"demo setting {name} must be positive, got {getattr(self, name)}")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """JSON-able values (saved as ``<out>/demo_config.json``)."""
         return dataclasses.asdict(self)
 

@@ -133,8 +133,8 @@ def _distill(store: str, out: Path, student: str, cfg: DemoConfig, stage: int, s
         overrides["standardize"] = False
     overrides.update(extra)
     summary = distill(load_distill_config(None, None, overrides))
-    if not summary["finished"]:
-        raise RuntimeError(f"distill run {out} stopped at step {summary['step']} of {summary['total_steps']}")
+    if not summary.finished:
+        raise RuntimeError(f"distill run {out} stopped at step {summary.step} of {summary.total_steps}")
     return str(out / "export")
 
 

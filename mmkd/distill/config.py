@@ -20,6 +20,7 @@ from mmkd.distill.heads import PROJECTIONS, TARGET_SOURCES, TargetConfig
 from mmkd.distill.init import InitConfig, is_reference
 from mmkd.distill.losses import LossWeights, parse_icl_scale
 from mmkd.distill.optim import OptimConfig
+from mmkd.jsontypes import JSONDict
 
 KD_MODES = ("mmkd-clip", "multi")
 TEACHER_MASKS = ("valid", "trusted")
@@ -190,7 +191,7 @@ class DistillConfig:
             self.optim.lr = STAGE_LR[self.stage]
         return self
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """Plain values, nested as the fields are (for ``config.yaml`` and checkpoints)."""
         d = dataclasses.asdict(self)
         d.pop("students_section")

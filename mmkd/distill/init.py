@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSONDict
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ def _check(reports: dict[str, TowerReport], cfg: InitConfig) -> None:
                         f"accept it with --init-partial")
 
 
-def initialise(model: torch.nn.Module, cfg: InitConfig) -> dict[str, Any]:
+def initialise(model: torch.nn.Module, cfg: InitConfig) -> JSONDict:
     """Load every tower from its source into ``model`` (in place); nothing is changed when refused.
 
     Returns:

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from mmkd.jsontypes import JSONDict
+
 logger = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"
@@ -50,7 +52,7 @@ class MetricsLog:
             self._tb.close()
 
 
-def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+def read_metrics(out: str | Path) -> list[JSONDict]:
     """Records of ``<out>/metrics.jsonl``."""
     path = Path(out) / METRICS
     if not path.is_file():

@@ -8,10 +8,12 @@ nodes (``python -m mmkd.distill ...``); one process runs on one device.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,26 @@ from mmkd.distill.student import (
 from mmkd.errors import DistillError
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    """Where a distill run stands when :func:`distill` returns.
+
+    Attributes:
+        step: optimizer steps done so far (over every invocation of the run).
+        total_steps: steps of the whole run.
+        finished: ``step >= total_steps``; the student was exported to ``<out>/export``.
+        out: the run folder.
+    """
+
+    step: int
+    total_steps: int
+    finished: bool
+    out: str
+
+    def to_dict(self) -> dict[str, int | bool | str]:
+        return dataclasses.asdict(self)
 
 
 class DistillRecipe:
@@ -255,7 +277,7 @@ class DistillRecipe:
             self.module.student.logit_scale.clamp_(0, math.log(c.max_logit_scale))
         return float(norm)
 
-    def train(self) -> dict[str, Any]:
+    def train(self) -> DistillResult:
         """Run until ``total_steps`` (or ``stop_at_step``); returns a summary."""
         c = self.cfg
         end = min(self.total_steps, c.stop_at_step) if c.stop_at_step else self.total_steps
@@ -287,7 +309,7 @@ class DistillRecipe:
         finished = self.step >= self.total_steps
         if finished and self.env.is_main:
             self._finish()
-        return {"step": self.step, "total_steps": self.total_steps, "finished": finished, "out": str(self.out)}
+        return DistillResult(step=self.step, total_steps=self.total_steps, finished=finished, out=str(self.out))
 
     def _progress(self, end: int):
         if not (self.cfg.progress and self.env.is_main):
@@ -343,12 +365,8 @@ class DistillRecipe:
         cleanup_distributed()
 
 
-def distill(cfg: DistillConfig) -> dict[str, Any]:
-    """Run a distill job end to end (setup, train, cleanup); see :class:`DistillRecipe`.
-
-    Returns:
-        ``{"step", "total_steps", "finished", "out"}``.
-    """
+def distill(cfg: DistillConfig) -> DistillResult:
+    """Run a distill job end to end (setup, train, cleanup); see :class:`DistillRecipe`."""
     recipe = DistillRecipe(cfg)
     try:
         recipe.setup()

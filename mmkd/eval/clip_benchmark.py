@@ -26,10 +26,10 @@ import json
 import logging
 import tarfile
 from pathlib import Path
-from typing import Any
 
 from mmkd.config import ConfigError
 from mmkd.eval.rows import ClipBenchmarkRow
+from mmkd.jsontypes import JSONDict
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _shards(root: Path, split: str, name: str) -> list[Path]:
     return shards
 
 
-def build_clip_benchmark_set(name: str, spec: dict[str, Any], base: Path):
+def build_clip_benchmark_set(name: str, spec: JSONDict, base: Path):
     """An :class:`~mmkd.eval.sets.EvalSet` over a clip_benchmark webdataset folder.
 
     Raises:

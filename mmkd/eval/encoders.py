@@ -24,6 +24,7 @@ import numpy as np
 
 from mmkd.errors import MMKDError
 from mmkd.eval.zeroshot import l2_normalize
+from mmkd.jsontypes import Pipelines
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class TeacherEncoder:
         device: torch device (default: cuda when available).
     """
 
-    def __init__(self, name: str, cfg: dict[str, Any] | None = None, device: str | None = None) -> None:
+    def __init__(self, name: str, cfg: Pipelines | None = None, device: str | None = None) -> None:
         from mmkd.teachers import get_teacher_spec
 
         self.spec = get_teacher_spec(name, cfg)

@@ -8,10 +8,12 @@ shape); :func:`result_rows` flattens it into :class:`ResultRow` records, one per
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeAlias
 
-Metrics = dict[str, Any]  # metric -> value (scalars, ``*_ci95`` pairs, per-fold lists, notes)
-Results = dict[str, dict[str, dict[str, Metrics]]]  # model -> set -> task -> metrics
+from mmkd.jsontypes import JSONDict
+
+Metrics: TypeAlias = "JSONDict"  # metric -> value (scalars, ``*_ci95`` pairs, per-fold lists, notes)
+Results: TypeAlias = "dict[str, dict[str, dict[str, Metrics]]]"  # model -> set -> task -> metrics
 
 # mmkd task -> (clip_benchmark task, {mmkd metric: clip_benchmark metric}); only these columns are written
 CB_TASKS: dict[str, tuple[str, dict[str, str]]] = {
@@ -52,7 +54,7 @@ class ClipBenchmarkRow:
     metrics: dict[str, float]
     language: str = "en"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return {**self.metrics, "dataset": self.dataset, "model": self.model, "pretrained": self.pretrained,
                 "task": self.task, "language": self.language, "model_fullname": f"{self.model} {self.pretrained}"}
 

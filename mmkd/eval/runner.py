@@ -15,11 +15,13 @@ from mmkd.eval.encoders import Encoder, StoreEncoder, StudentEncoder, TeacherEnc
 from mmkd.eval.features import FeatureCache, SetFeatures, set_features
 from mmkd.eval.linear_probe import ProbeConfig, evaluate_linear_probe
 from mmkd.eval.retrieval import evaluate_knn, evaluate_retrieval
+from mmkd.eval.rows import Metrics
 from mmkd.eval.rows import Results, clip_benchmark_rows, result_rows
 from mmkd.eval.sets import EvalSet, load_eval_set
 from mmkd.eval.splits import TaskNotApplicable
 from mmkd.eval.tasksets import check_task_sets, run_task_set
 from mmkd.eval.zeroshot import evaluate_zeroshot
+from mmkd.jsontypes import Pipelines
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ class EvalPlan:
     config: EvalConfig
 
 
-def plan_eval(cfg: dict[str, Any], run: str | None, flags: dict[str, Any]) -> EvalPlan:
+def plan_eval(cfg: Pipelines, run: str | None, flags: dict[str, Any]) -> EvalPlan:
     """Merge a named ``eval:`` entry with command-line flags (:func:`mmkd.config.merge_entry`) into a plan.
 
     ``flags`` uses the entry's keys; list values (``models``, ``sets``, ``data``)
@@ -131,7 +133,7 @@ def plan_eval(cfg: dict[str, Any], run: str | None, flags: dict[str, Any]) -> Ev
 class _Models:
     """Builds each model once per run; picks the store encoder where a set's store holds the teacher."""
 
-    def __init__(self, cfg: dict[str, Any], device: str | None) -> None:
+    def __init__(self, cfg: Pipelines, device: str | None) -> None:
         self.cfg, self.device = cfg, device
         self._built: dict[str, Encoder] = {}
 
@@ -176,7 +178,7 @@ def _labels_report(results: dict, name: str, fn, *args, **kwargs) -> None:
         log.warning("skipping %s: %s", name, e)
 
 
-def run_tasks(feats: SetFeatures, evalset: EvalSet, ecfg: EvalConfig) -> dict[str, dict[str, Any]]:
+def run_tasks(feats: SetFeatures, evalset: EvalSet, ecfg: EvalConfig) -> dict[str, Metrics]:
     """Every requested task this set supports, on precomputed features."""
     out: dict[str, dict[str, Any]] = {}
     boot = {"resamples": ecfg.resamples, "seed": ecfg.seed}
@@ -196,7 +198,7 @@ def run_tasks(feats: SetFeatures, evalset: EvalSet, ecfg: EvalConfig) -> dict[st
     return out
 
 
-def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, *, cfg: dict[str, Any] | None = None,
+def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, *, cfg: Pipelines | None = None,
              ecfg: EvalConfig | None = None, csv: str | Path | None = None) -> Results:
     """Evaluate models on eval sets and write ``results.json``, ``results.md`` and ``results.png`` to ``out``.
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from mmkd.config import ConfigError, read_yaml_mapping, resolve_path, section
 from mmkd.eval.zeroshot import DEFAULT_TEMPLATES
+from mmkd.jsontypes import JSONDict, Pipelines
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def builtin_sets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
 
 
-def load_eval_set(name_or_path: str, cfg: dict[str, Any] | None = None, *, split: str | None = None) -> EvalSet:
+def load_eval_set(name_or_path: str, cfg: Pipelines | None = None, *, split: str | None = None) -> EvalSet:
     """Load an eval set by name (pipelines ``eval_sets:``, then the shipped sets) or spec-file path.
 
     Args:
@@ -202,7 +203,7 @@ def _from_spec_file(path: Path, cfg: dict, *, name: str, overrides: dict | None 
     return build_eval_set(name, spec, path.parent, cfg, source=str(path), split=split)
 
 
-def build_eval_set(name: str, spec: dict[str, Any], base: Path, cfg: dict | None = None, *,
+def build_eval_set(name: str, spec: JSONDict, base: Path, cfg: dict | None = None, *,
                    source: str = "", split: str | None = None) -> EvalSet:
     """Build an :class:`EvalSet` from a spec mapping; relative paths resolve against ``base``.
 
@@ -268,7 +269,7 @@ def _check_images(name: str, root: Path, raw: list[dict[str, Any]], source: str)
                     name, len(missing), len(raw), missing[0])
 
 
-def _read_jsonl(path: Path, name: str, fields: dict[str, str]) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, name: str, fields: dict[str, str]) -> list[JSONDict]:
     if not path.is_file():
         raise ConfigError(f"eval set {name!r}: samples file {str(path)!r} not found; {_missing_hint()}")
     rows = []
@@ -328,7 +329,7 @@ def _item(r: dict[str, Any], classes: list[str], name: str) -> EvalItem:
     return EvalItem(str(r["id"]), str(r["image"]), str(caption) if caption else None, label_idx, split)
 
 
-def eval_set_from_data(data: Any, cfg: dict[str, Any] | None = None, *, label_key: str | None = None,
+def eval_set_from_data(data: Any, cfg: Pipelines | None = None, *, label_key: str | None = None,
                        name: str | None = None) -> EvalSet:
     """An eval set over any image-caption data ``mmkd extract --data`` takes (``mmkd eval --data``).
 

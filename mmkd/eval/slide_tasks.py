@@ -15,6 +15,7 @@ from mmkd.eval.bags import BagSource
 from mmkd.eval.cv import check_group_folds, group_folds
 from mmkd.eval.metrics import classification_metrics, softmax
 from mmkd.eval.mil import MILConfig, build_head, predict, train_head
+from mmkd.eval.rows import Metrics
 from mmkd.eval.slides import SlideSet
 from mmkd.eval.survival import concordance_index, cox_loss
 
@@ -53,7 +54,7 @@ def patient_bootstrap(y: np.ndarray, scores: np.ndarray, patients: list[str], *,
 
 
 def run_diagnosis(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int = 0,
-                  resamples: int = 1000) -> dict[str, dict[str, Any]]:
+                  resamples: int = 1000) -> dict[str, Metrics]:
     """Out-of-fold slide classification with ABMIL and mean pooling.
 
     Returns:
@@ -101,7 +102,7 @@ def run_diagnosis(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int =
     return out
 
 
-def run_survival(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int = 0) -> dict[str, dict[str, Any]]:
+def run_survival(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int = 0) -> dict[str, Metrics]:
     """Patient-level survival with a Cox loss; Harrell's C-index per fold.
 
     A patient's bag is the concatenation of their slides' patches (loaded one
@@ -150,7 +151,7 @@ def run_survival(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int = 
 
 
 def run_slide_set(encoder: Any, sset: SlideSet, *, cache: Any = None, device: str | None = None, seed: int = 0,
-                  resamples: int = 1000, batch_size: int = 32) -> dict[str, dict[str, Any]]:
+                  resamples: int = 1000, batch_size: int = 32) -> dict[str, Metrics]:
     """The set's task (diagnosis or survival) on ``encoder``'s patch features."""
     from mmkd.eval.slides import bag_source
 

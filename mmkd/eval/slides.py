@@ -42,6 +42,7 @@ from mmkd.eval.bags import BagError, BagSource, ClamBags, ImageBags, StoreBags
 from mmkd.eval.mil import MILConfig
 from mmkd.eval.survival import SurvivalDataError, check_survival
 from mmkd.eval.tables import column, read_rows
+from mmkd.jsontypes import JSONDict
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def _mil_config(name: str, raw: Any) -> MILConfig:
     return MILConfig(**raw)
 
 
-def build_slide_set(name: str, spec: dict[str, Any], base: Path) -> SlideSet:
+def build_slide_set(name: str, spec: JSONDict, base: Path) -> SlideSet:
     """A :class:`SlideSet` from a spec mapping; relative paths resolve against ``base``.
 
     Raises:

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.config import ConfigError
+from mmkd.eval.rows import Metrics
+from mmkd.jsontypes import JSONDict
 
 log = logging.getLogger(__name__)
 
 SET_TASKS = ("diagnosis", "survival", "vqa")
 
 
-def build_task_set(name: str, spec: dict[str, Any], base: Path, *, source: str = "") -> Any:
+def build_task_set(name: str, spec: JSONDict, base: Path, *, source: str = "") -> Any:
     """A slide set, VQA set or clip_benchmark set from a spec mapping.
 
     Raises:
@@ -50,7 +52,7 @@ def check_task_sets(sets: list[Any], models: list[str]) -> None:
             check_models(s, models)
 
 
-def run_task_set(encoder: Any, tset: Any, ecfg: Any, cache: Any) -> dict[str, dict[str, Any]]:
+def run_task_set(encoder: Any, tset: Any, ecfg: Any, cache: Any) -> dict[str, Metrics]:
     """Run ``tset``'s task on ``encoder`` when ``ecfg.tasks`` asks for it (else ``{}``)."""
     if tset.task not in ecfg.tasks:
         log.warning("eval set %s is a %s set; skipped (tasks asked: %s)", tset.name, tset.task, list(ecfg.tasks))

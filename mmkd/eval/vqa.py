@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from mmkd.config import ConfigError
+from mmkd.eval.rows import Metrics
 from mmkd.eval.tables import read_rows
+from mmkd.jsontypes import JSONDict
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class VqaSet:
         return EvalSet(name=f"{self.name}-vqa", items=items, root=self.root, source=self.source)
 
 
-def build_vqa_set(name: str, spec: dict[str, Any], base: Path) -> VqaSet:
+def build_vqa_set(name: str, spec: JSONDict, base: Path) -> VqaSet:
     """A :class:`VqaSet` from a spec mapping.
 
     Raises:
@@ -164,7 +166,7 @@ def fuse(image: np.ndarray, question: np.ndarray) -> np.ndarray:
 
 def evaluate_vqa_features(image: np.ndarray, question: np.ndarray, answers: list[str], closed: np.ndarray,
                           fold: np.ndarray, cfg: VqaHeadConfig, *, seed: int = 0, resamples: int = 1000,
-                          device: str | None = None) -> dict[str, Any]:
+                          device: str | None = None) -> Metrics:
     """Train the fusion head on every fold but one, answer the held-out fold; pooled accuracies.
 
     Args:
@@ -234,7 +236,7 @@ def vqa_folds(vset: VqaSet, seed: int = 0) -> np.ndarray:
 
 
 def run_vqa(encoder: Any, vset: VqaSet, *, cache: Any = None, device: str | None = None, batch_size: int = 32,
-            seed: int = 0, resamples: int = 1000) -> dict[str, dict[str, Any]]:
+            seed: int = 0, resamples: int = 1000) -> dict[str, Metrics]:
     """``{"vqa": {...}}`` for ``encoder`` on ``vset`` (features from the eval feature cache when there)."""
     from mmkd.eval.features import _encode_texts, set_features
 

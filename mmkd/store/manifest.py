@@ -17,6 +17,7 @@ from typing import Any
 
 from mmkd import __version__
 from mmkd.data.base import parse_fingerprint
+from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.format import StoreError
 
@@ -46,7 +47,7 @@ class DatasetRecord:
     fingerprint: str = ""
     spec: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return {"uri": self.uri, "fingerprint": self.fingerprint, **({"spec": self.spec} if self.spec else {})}
 
     @classmethod
@@ -92,7 +93,7 @@ class StoreManifest:
                    dataset=dataset, index_fingerprint=index_fingerprint,
                    created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return {**self.extra, "format": self.format, "format_version": self.format_version,
                 "created_at": self.created_at, "mmkd_version": self.mmkd_version, "num_samples": self.num_samples,
                 "block_size": self.block_size, "num_blocks": self.num_blocks, "feature_dtype": self.feature_dtype,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmkd.jsontypes import JSONDict
 from mmkd.store.store import StoreError
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ def check_request(store: FeatureStore, teacher: str, dim: int, method: str, over
 
 
 def fit_projection(store: FeatureStore, teacher: str, dim: int = 512, method: str = "pca", *, epochs: int = 20,
-                   lr: float = 1e-3, batch_rows: int = 1024, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+                   lr: float = 1e-3, batch_rows: int = 1024, seed: int = 0, overwrite: bool = False) -> JSONDict:
     """Fit a ``teacher`` -> ``dim`` linear map on the store's valid rows and save it in the store.
 
     Args:
@@ -225,7 +226,7 @@ def _save(path: Path, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, me
 
 
 def load_projection(store: FeatureStore, teacher: str, method: str, dim: int) -> tuple[np.ndarray, np.ndarray,
-                                                                                       dict[str, Any]]:
+                                                                                       JSONDict]:
     """``(weight (dim, D), bias (dim,), metadata)`` of a saved projection.
 
     Raises:
@@ -244,7 +245,7 @@ def load_projection(store: FeatureStore, teacher: str, method: str, dim: int) ->
         return f.get_tensor("weight"), f.get_tensor("bias"), meta
 
 
-def list_projections(store: FeatureStore, teacher: str) -> list[dict[str, Any]]:
+def list_projections(store: FeatureStore, teacher: str) -> list[JSONDict]:
     """Metadata of every projection saved for ``teacher`` (for ``mmkd store info``)."""
     from safetensors import safe_open
 

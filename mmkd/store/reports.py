@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
+from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.manifest import StoreManifest
 from mmkd.store.validate import ValidationReport, validate_store
@@ -35,7 +35,7 @@ class ReportsMixin:
 
         return read_dataset_failures(self.path)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> JSONDict:
         """A summary: samples, blocks, dataset bad rows, and per teacher its dim, progress, valid rows, failures."""
         teachers = {}
         for t in self.teachers:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.blocks import BlocksMixin
 from mmkd.data import Sample
@@ -76,7 +77,7 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
         block_size: int = fmt.DEFAULT_BLOCK_SIZE,
         dataset_uri: str = "",
         dataset_fingerprint: str = "",
-        dataset_spec: dict[str, Any] | None = None,
+        dataset_spec: JSONDict | None = None,
         overwrite: bool = False,
         dataset_failures: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
     ) -> "FeatureStore":
@@ -193,14 +194,14 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
             self._dims[teacher] = int(self._group(teacher).attrs["dim"])
         return self._dims[teacher]
 
-    def attrs(self, teacher: str) -> dict[str, Any]:
+    def attrs(self, teacher: str) -> JSONDict:
         """The teacher's attributes (an older store's ``normalised`` is read as ``normalized``)."""
         out = dict(self._group(teacher).attrs.asdict())
         if "normalised" in out:
             out.setdefault("normalized", out.pop("normalised"))
         return out
 
-    def add_teacher(self, teacher: str, dim: int, attrs: dict[str, Any] | None = None) -> None:
+    def add_teacher(self, teacher: str, dim: int, attrs: JSONDict | None = None) -> None:
         """Pre-size the arrays of ``teacher`` (idempotent for the same ``dim``).
 
         Raises:
@@ -226,7 +227,7 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
                 self.manifest.teachers = sorted(self.manifest.teachers + [teacher])
                 write_manifest(self.path, self.manifest)
 
-    def _create_arrays(self, teacher: str, dim: int, attrs: dict[str, Any]) -> None:
+    def _create_arrays(self, teacher: str, dim: int, attrs: JSONDict) -> None:
         import zarr
 
         g = self._root.create_group(teacher)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class ValidationReport:
     def add(self, kind: str, message: str) -> None:
         self.problems.append(Problem(kind, message))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return {"path": self.path, "status": self.status, "exit_code": self.exit_code, "deep": self.deep,
                 "teachers": self.teachers, "problems": [p.__dict__ for p in self.problems],
                 "counts": self.counts, "chunks_checked": self.chunks_checked, "chunks_read": self.chunks_read,

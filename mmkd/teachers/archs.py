@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mmkd.jsontypes import JSONDict, Pipelines
 from mmkd.teachers.spec import TeacherError, TeacherSpec
 from mmkd.teachers.weights import (
     OPEN_CLIP_WEIGHT_FILES, TOKENIZER_FILES, _first_cached, _tokenizer_status, cached_file, checkpoint_missing,
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 OPEN_CLIP_DECLARED_KEYS = ("model_cfg", "text_config", "preprocess_cfg")
 
 
-def declared_open_clip(spec: TeacherSpec) -> dict[str, Any] | None:
+def declared_open_clip(spec: TeacherSpec) -> JSONDict | None:
     """The open_clip ``model_cfg`` declared in ``spec.model_config``, or None."""
     cfg = spec.model_config.get("model_cfg") if spec.loader == "open_clip" else None
     return copy.deepcopy(cfg) if cfg else None
@@ -60,7 +61,7 @@ def _stored_config(spec: TeacherSpec) -> tuple[dict[str, Any] | None, str]:
     return None, where
 
 
-def build_declared_open_clip(spec: TeacherSpec, device: Any = "cpu", cfg: dict[str, Any] | None = None) -> Any:
+def build_declared_open_clip(spec: TeacherSpec, device: Any = "cpu", cfg: Pipelines | None = None) -> Any:
     """Build an open_clip model from the ``model_cfg`` declared in the spec, offline and without weights.
 
     A Hugging Face text tower (``text_cfg.hf_model_name``) is built from
@@ -166,7 +167,7 @@ class CheckResult:
     weights_missing: str
     upstream: dict[str, str]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """JSON-able form."""
         return asdict(self)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mmkd.jsontypes import JSONDict
 from mmkd.teachers.spec import TeacherSpec
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class Teacher:
             raise RuntimeError(f"teacher {self.name!r} returned dim {feats.shape[-1]}, expected {self.dim}")
         return F.normalize(feats.float(), dim=-1).cpu()
 
-    def store_attrs(self) -> dict[str, Any]:
+    def store_attrs(self) -> JSONDict:
         """JSON-able description of this teacher for the feature store."""
         if self._weights_file and self._sha256 is None:
             self._sha256 = sha256_file(self._weights_file)

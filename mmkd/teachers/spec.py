@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSONDict, Pipelines
 
 LOADERS = ("open_clip", "transformers", "custom")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -92,7 +93,7 @@ class TeacherSpec:
         """``hf-hub``, ``local-dir``, ``file``, ``hub-id`` (transformers) or ``dir`` (transformers)."""
         return weights_kind(self.loader, self.weights)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """A JSON-able dict that :meth:`from_dict` turns back into an equal spec."""
         d = dataclasses.asdict(self)
         for key in ("mean", "std"):
@@ -227,7 +228,7 @@ def _validate_norm(s: TeacherSpec, where: str) -> None:
         raise TeacherError(f"{where}: give both mean and std, or neither")
 
 
-def teachers_from_config(cfg: dict[str, Any]) -> dict[str, TeacherSpec]:
+def teachers_from_config(cfg: Pipelines) -> dict[str, TeacherSpec]:
     """Parse and validate the ``teachers:`` section of a loaded pipelines file.
 
     Args:
@@ -248,7 +249,7 @@ def teachers_from_config(cfg: dict[str, Any]) -> dict[str, TeacherSpec]:
             for name, entry in section(cfg, "teachers").items()}
 
 
-def teachers_in_scope(cfg: dict[str, Any], names: list[str] | tuple[str, ...] = ()) -> dict[str, TeacherSpec]:
+def teachers_in_scope(cfg: Pipelines, names: list[str] | tuple[str, ...] = ()) -> dict[str, TeacherSpec]:
     """The teachers a command covers: ``names`` when given; else the ones the user's own pipelines
     file declares; else every declared (shipped) one. What ``--all-teachers`` and ``mmkd teachers --check``
     cover.
@@ -263,7 +264,7 @@ def teachers_in_scope(cfg: dict[str, Any], names: list[str] | tuple[str, ...] = 
     return {n: s for n, s in specs.items() if not own or n in own}
 
 
-def get_teacher_spec(name: str, cfg: dict[str, Any] | None = None) -> TeacherSpec:
+def get_teacher_spec(name: str, cfg: Pipelines | None = None) -> TeacherSpec:
     """One teacher spec by name.
 
     Args:

@@ -16,12 +16,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from mmkd.extract.runners.block import WorkerConfig
 from mmkd.extract.runners.job import ExtractError, ExtractJob
 from mmkd.extract.runners.prepare import write_job_record
-from mmkd.extract.runners.summary import TeacherSummary
+from mmkd.extract.runners.summary import BlockResult, TeacherSummary
+from mmkd.jsontypes import JSONDict
 
 if TYPE_CHECKING:
     from mmkd.teachers import TeacherSpec
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BlockCallback = Callable[[dict[str, Any]], None]
+BlockCallback = Callable[[BlockResult], None]
 
 
 @dataclass
@@ -106,7 +107,7 @@ class BaseRunner(ABC):
         write_job_record(store.path, spec.name, record, run.stamp)
         log.info("teacher %s: %d of %d blocks to do (%s runner)", spec.name, len(blocks), store.num_blocks, self.name)
 
-        def fold(manifest: dict[str, Any]) -> None:
+        def fold(manifest: BlockResult) -> None:
             run.summary.add(manifest)
             on_block(manifest)
 
@@ -129,7 +130,7 @@ class BaseRunner(ABC):
 
     @abstractmethod
     def run_blocks(self, spec: TeacherSpec, blocks: list[int], config: WorkerConfig,
-                   on_block: BlockCallback) -> dict[str, Any]:
+                   on_block: BlockCallback) -> JSONDict:
         """Extract ``blocks`` of one teacher, calling ``on_block`` with each manifest in the driver.
 
         Returns:

@@ -25,6 +25,7 @@ import numpy as np
 from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, decode_image
 from mmkd.extract.device_decode import DeviceJpeg, decode_batch, device_decodable
 from mmkd.extract.runners.job import ExtractError
+from mmkd.extract.runners.summary import BlockResult
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class BlockWorker:
         self._pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ one block
-    def run_block(self, block: int, next_block: int | None = None) -> dict[str, Any]:
+    def run_block(self, block: int, next_block: int | None = None) -> BlockResult:
         """Extract and write ``block``; return its manifest (counts, failures by reason, timings).
 
         Args:
@@ -160,14 +161,14 @@ class BlockWorker:
         t = time.perf_counter()
         self.store.write_block(self.name, block, image, text, valid, failures)
         timings["write_s"] += time.perf_counter() - t
-        return {
-            "teacher": self.name, "block": block, "rows": n, "valid": int(valid.sum()),
-            "failures": dict(Counter(f["reason"] for f in failures)),
-            "read_decode_s": timings["read_decode_s"], "wait_s": timings["wait_s"],
-            "forward_s": timings["forward_s"], "write_s": timings["write_s"],
-            "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-            "device": self.device, "pid": os.getpid(), "host": socket.gethostname(),
-        }
+        return BlockResult(
+            teacher=self.name, block=block, rows=n, valid=int(valid.sum()),
+            failures=dict(Counter(f["reason"] for f in failures)),
+            read_decode_s=timings["read_decode_s"], wait_s=timings["wait_s"],
+            forward_s=timings["forward_s"], write_s=timings["write_s"],
+            wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0,
+            device=self.device, pid=os.getpid(), host=socket.gethostname(),
+        )
 
     def _batches(self, n: int) -> list[range]:
         bs = self.config.batch_size

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSONDict, Pipelines
 
 RUNNERS = ("ray", "local")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -87,7 +88,7 @@ class ExtractJob:
         self.store = "" if self.store is None else str(self.store)
         _check_job(self)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """A JSON-able copy (saved into the store with every run)."""
         out = dataclasses.asdict(self)
         if hasattr(self.data, "to_dict"):
@@ -127,7 +128,7 @@ def _check_job(job: ExtractJob) -> None:
 JOB_KEYS = tuple(f.name for f in dataclasses.fields(ExtractJob) if f.name not in ("pipeline", "name"))
 
 
-def job_from_config(cfg: dict[str, Any] | None = None, run: str | None = None, **overrides: Any) -> ExtractJob:
+def job_from_config(cfg: Pipelines | None = None, run: str | None = None, **overrides: Any) -> ExtractJob:
     """Build a job from a named ``extract:`` entry and/or explicit values.
 
     Args:
@@ -162,7 +163,7 @@ def job_from_config(cfg: dict[str, Any] | None = None, run: str | None = None, *
         raise ExtractError(f"bad extract job values {sorted(values)}: {e}") from e
 
 
-def _entry_data(cfg: dict[str, Any], run: str, value: Any) -> Any:
+def _entry_data(cfg: Pipelines, run: str, value: Any) -> Any:
     """An entry's ``data:``: a declared name stays a name; paths resolve against the declaring file."""
     from mmkd.config import resolve_path, section
     from mmkd.data import resolve_data
@@ -172,7 +173,7 @@ def _entry_data(cfg: dict[str, Any], run: str, value: Any) -> Any:
     return resolve_data(value, cfg, base=resolve_path(cfg, ".", section="extract", entry=run))
 
 
-def resolve_teachers(job: ExtractJob, cfg: dict[str, Any]) -> list[Any]:
+def resolve_teachers(job: ExtractJob, cfg: Pipelines) -> list[Any]:
     """The job's teacher specs, in the order given (``all`` = every declared teacher).
 
     Raises:
@@ -189,7 +190,7 @@ def resolve_teachers(job: ExtractJob, cfg: dict[str, Any]) -> list[Any]:
     return [get_teacher_spec(name, cfg) for name in dict.fromkeys(job.teachers)]
 
 
-def resolve_dataset(job: ExtractJob, cfg: dict[str, Any]):
+def resolve_dataset(job: ExtractJob, cfg: Pipelines):
     """Open the job's dataset (a ``datasets:`` name, a path, or a spec) with the job's ``on_bad_row``.
 
     Raises:

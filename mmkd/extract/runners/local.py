@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mmkd.extract.runners.base import BaseRunner, BlockCallback
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig
+from mmkd.jsontypes import JSONDict
 
 if TYPE_CHECKING:
     from mmkd.teachers import TeacherSpec
@@ -20,7 +21,7 @@ class LocalRunner(BaseRunner):
     name = "local"
 
     def run_blocks(self, spec: TeacherSpec, blocks: list[int], config: WorkerConfig,
-                   on_block: BlockCallback) -> dict[str, Any]:
+                   on_block: BlockCallback) -> JSONDict:
         """Extract ``blocks`` in order, each told the next one so its images are decoded early."""
         worker = BlockWorker(spec, config)
         try:

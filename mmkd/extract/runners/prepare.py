@@ -14,10 +14,10 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 from mmkd.data import Dataset
 from mmkd.extract.runners.job import ExtractError, ExtractJob
+from mmkd.jsontypes import JSONDict
 from mmkd.store import FeatureStore
 from mmkd.store.manifest import check_dataset
 
@@ -57,7 +57,7 @@ def _check_same_dataset(store: FeatureStore, ds: Dataset, fp: str, job: ExtractJ
     check_dataset(store.path, store.manifest.dataset, ds.uri, fp, fix=fix, error=ExtractError)
 
 
-def write_job_record(store_path: str | Path, teacher: str, record: dict[str, Any], stamp: str) -> Path:
+def write_job_record(store_path: str | Path, teacher: str, record: JSONDict, stamp: str) -> Path:
     """Save the resolved job (and later its summary) as ``<store>/_jobs/<stamp>-<teacher>.json``."""
     from mmkd.store.format import atomic_write_json
 

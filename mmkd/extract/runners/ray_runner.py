@@ -27,6 +27,7 @@ exactly as if it had run once. What Ray cannot know is handled here:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -40,6 +41,8 @@ import ray
 from mmkd.extract.runners.base import BaseRunner, BlockCallback
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig
 from mmkd.extract.runners.job import ExtractError
+from mmkd.extract.runners.summary import BlockResult
+from mmkd.jsontypes import JSONDict
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -69,7 +72,7 @@ class BlockActor:
         self.config, self.name = config, name
         self.worker: BlockWorker | None = None
 
-    def load(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def load(self, spec: JSONDict) -> JSONDict:
         if self.worker is None or self.worker.spec.to_dict() != spec:
             if self.worker is not None:
                 self.worker.close()
@@ -77,11 +80,11 @@ class BlockActor:
             self.worker = BlockWorker(spec, self.config)
         return {"actor": self.name, "pid": os.getpid(), "device": self.worker.device}
 
-    def run_block(self, spec: dict[str, Any], block: int, next_block: int | None = None) -> dict[str, Any]:
+    def run_block(self, spec: JSONDict, block: int, next_block: int | None = None) -> BlockResult:
         self.load(spec)
-        return {**self.worker.run_block(block, next_block), "actor": self.name}
+        return dataclasses.replace(self.worker.run_block(block, next_block), actor=self.name)
 
-    def store_attrs(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def store_attrs(self, spec: JSONDict) -> JSONDict:
         self.load(spec)
         return self.worker.attrs
 
@@ -275,7 +278,7 @@ class RayRunner(BaseRunner):
 
     # ------------------------------------------------------------------ scheduling
     def run_blocks(self, spec: TeacherSpec, blocks: list[int], config: WorkerConfig,
-                   on_block: BlockCallback) -> dict[str, Any]:
+                   on_block: BlockCallback) -> JSONDict:
         """Extract ``blocks`` of one teacher on the pool; return the teacher's store attrs.
 
         Raises:

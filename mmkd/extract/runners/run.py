@@ -13,7 +13,7 @@ from mmkd.extract.runners.block import WorkerConfig
 from mmkd.extract.runners.job import ExtractJob, resolve_dataset, resolve_teachers
 from mmkd.extract.runners.local import LocalRunner
 from mmkd.extract.runners.prepare import open_or_create_store, utc_stamp, write_job_record
-from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
+from mmkd.extract.runners.summary import BlockResult, ExtractSummary, TeacherSummary
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
 def _fan_out(ts: TeacherSummary, bar: Any, on_block: BlockCallback | None) -> BlockCallback:
     start = time.perf_counter()
 
-    def callback(manifest: dict[str, Any]) -> None:  # the runner has folded it into ``ts`` already
+    def callback(manifest: BlockResult) -> None:  # the runner has folded it into ``ts`` already
         if bar is not None:
             bar.update(1)
             rate = ts.rows / max(time.perf_counter() - start, 1e-9)

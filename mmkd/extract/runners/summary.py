@@ -5,9 +5,44 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+
+from mmkd.jsontypes import JSONDict
 
 STAGES = ("read_decode_s", "wait_s", "forward_s", "write_s")
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """What a worker returns for one block it extracted and wrote (no features: those are in the store).
+
+    Attributes:
+        teacher, block: which block of which teacher.
+        rows, valid: rows in the block, and those with features.
+        failures: bad samples by reason.
+        read_decode_s, wait_s, forward_s, write_s: seconds per stage (:data:`STAGES`).
+        wall_s, cpu_s: wall and CPU seconds of the block.
+        device, pid, host: where it ran.
+        actor: the Ray actor's name (``""`` in the local runner).
+    """
+
+    teacher: str
+    block: int
+    rows: int
+    valid: int
+    failures: dict[str, int]
+    read_decode_s: float
+    wait_s: float
+    forward_s: float
+    write_s: float
+    wall_s: float
+    cpu_s: float
+    device: str
+    pid: int
+    host: str
+    actor: str = ""
+
+    def to_dict(self) -> JSONDict:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -46,18 +81,18 @@ class TeacherSummary:
     workers: int = 0
     _pids: set = field(default_factory=set, repr=False)
 
-    def add(self, manifest: dict[str, Any]) -> None:
-        """Fold one block manifest in."""
+    def add(self, block: BlockResult) -> None:
+        """Fold one block's result in."""
         self.blocks_run += 1
-        self.rows += manifest["rows"]
-        self.valid += manifest["valid"]
-        self.failures = dict(Counter(self.failures) + Counter(manifest["failures"]))
-        self.cpu_s += manifest["cpu_s"]
+        self.rows += block.rows
+        self.valid += block.valid
+        self.failures = dict(Counter(self.failures) + Counter(block.failures))
+        self.cpu_s += block.cpu_s
         for s in STAGES:
-            self.stages[s] += manifest[s]
-        if manifest["device"] not in self.devices:
-            self.devices.append(manifest["device"])
-        self._pids.add((manifest["host"], manifest["pid"]))
+            self.stages[s] += getattr(block, s)
+        if block.device not in self.devices:
+            self.devices.append(block.device)
+        self._pids.add((block.host, block.pid))
         self.workers = len(self._pids)
 
     @property
@@ -80,7 +115,7 @@ class TeacherSummary:
         than it computed, else ``forward``."""
         return "decode" if self.stages["wait_s"] > self.stages["forward_s"] else "forward"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
         d.update(rows_per_s=self.rows_per_s, decode_per_core_s=self.decode_per_core_s,
                  forward_per_s=self.forward_per_s, wall_side=self.wall_side)
@@ -125,7 +160,7 @@ class ExtractSummary:
     def failures(self) -> dict[str, int]:
         return dict(sum((Counter(t.failures) for t in self.teachers), Counter()))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return {"store": self.store, "dataset": self.dataset, "runner": self.runner,
                 "created_store": self.created_store, "num_samples": self.num_samples, "noop": self.noop,
                 "rows": self.rows, "failures": self.failures, "bad_rows": self.bad_rows, "wall_s": self.wall_s,
