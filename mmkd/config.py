@@ -180,7 +180,7 @@ def named_entry(cfg: Pipelines, section_name: str, name: str, *, what: str | Non
     return dict(entry or {})
 
 
-def merge_entry(cfg: Pipelines | None, section_name: str, name: str | None, flags: Mapping[str, Any], *,
+def merge_entry(cfg: Pipelines | None, section_name: str, name: str | None, flags: Mapping[str, JSON], *,
                 allowed: Iterable[str], path_keys: Iterable[str] = (), what: str | None = None) -> JSONDict:
     """A named entry merged with command-line flags: the one merge every stage uses.
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from mmkd.data.images import BadSample
 from mmkd.data.sample import Sample
 from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSONDict
 
 if TYPE_CHECKING:
     from mmkd.data.spec import DatasetSpec
@@ -103,7 +104,7 @@ class Dataset(abc.ABC):
 
     format: str = ""
 
-    def __init__(self, uri: str, root: Path, *, name: str | None = None, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, uri: str, root: Path, *, name: str | None = None, options: JSONDict | None = None) -> None:
         self.uri = uri
         self.root = root
         self.name = name or self.format

@@ -32,7 +32,7 @@ from mmkd.data.tables import (
     is_mmkd_clip_table,
 )
 from mmkd.data.webdataset import WebDataset
-from mmkd.jsontypes import Pipelines
+from mmkd.jsontypes import JSON, JSONDict, Pipelines
 
 FORMATS: dict[str, type[Dataset]] = {
     "mmkd-clip": MmkdClipDataset,
@@ -98,8 +98,8 @@ def _table_file(folder: Path) -> Path | None:
     return tables[0] if tables else None
 
 
-def open_dataset(path: str | os.PathLike | Mapping[str, Any] | DatasetSpec, format: str | None = None,
-                 **options: Any) -> Dataset:
+def open_dataset(path: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, format: str | None = None,
+                 **options: JSON) -> Dataset:
     """Open a dataset.
 
     Args:
@@ -138,7 +138,7 @@ def open_dataset(path: str | os.PathLike | Mapping[str, Any] | DatasetSpec, form
         raise DatasetError(f"bad options {sorted(kwargs)} for {fmt} dataset {spec.path!r}: {e}") from e
 
 
-def _open_table(cls: type[Dataset], path: Path, options: dict[str, Any]) -> Dataset:
+def _open_table(cls: type[Dataset], path: Path, options: JSONDict) -> Dataset:
     if not path.exists():
         raise DatasetError(f"dataset path {str(path)!r} not found")
     uri = str(path.resolve())
@@ -177,7 +177,7 @@ def _resolved(spec: DatasetSpec, resolve: Any) -> DatasetSpec:
                        options=dict(spec.options))
 
 
-def resolve_data(value: str | os.PathLike | Mapping[str, Any] | DatasetSpec, cfg: Pipelines | None = None, *,
+def resolve_data(value: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, cfg: Pipelines | None = None, *,
                  base: Path | None = None) -> DatasetSpec:
     """What ``--data VALUE`` names, as a spec: a ``datasets:`` name, a path or pattern, or a spec mapping.
 
@@ -208,7 +208,7 @@ def resolve_data(value: str | os.PathLike | Mapping[str, Any] | DatasetSpec, cfg
     return DatasetSpec(path=path)
 
 
-def get_dataset(name: str, cfg: Pipelines, **overrides: Any) -> Dataset:
+def get_dataset(name: str, cfg: Pipelines, **overrides: JSON) -> Dataset:
     """Open the dataset named ``name`` in the ``datasets:`` section (``overrides`` win over the entry).
 
     Raises:

@@ -69,7 +69,7 @@ class DatasetSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, value: DatasetSpec | str | os.PathLike | Mapping[str, Any], *,
+    def parse(cls, value: DatasetSpec | str | os.PathLike | Mapping[str, JSON], *,
               where: str = "dataset spec") -> DatasetSpec:
         """A spec from a path, a mapping (written form or reader keywords) or a spec.
 

@@ -31,6 +31,7 @@ from mmkd.data.base import (
     sha256_hex,
 )
 from mmkd.data.sample import Sample
+from mmkd.jsontypes import JSON
 
 
 class TableDataset(BadRowsMixin, Dataset):
@@ -230,7 +231,7 @@ class MmkdClipDataset(JsonlDataset):
 
     format = "mmkd-clip"
 
-    def __init__(self, table: Path, *, meta_labels: bool = True, **kwargs: Any) -> None:
+    def __init__(self, table: Path, *, meta_labels: bool = True, **kwargs: JSON) -> None:
         kwargs.setdefault("image_column", "imgpath")
         kwargs.setdefault("caption_column", "txt")
         kwargs.setdefault("id_column", "id")

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from mmkd.errors import DemoError
+from mmkd.jsontypes import JSONDict, Pipelines
 
 log = logging.getLogger(__name__)
 
 
-def zeroshot_correct(model: str, sets: dict[str, str], pipelines: dict[str, Any], cache_dir: str | Path,
+def zeroshot_correct(model: str, sets: dict[str, str], pipelines: Pipelines, cache_dir: str | Path,
                      device: str = "cpu") -> dict[str, np.ndarray]:
     """Per modality, a bool per eval image: the model's zero-shot prediction is right.
 
@@ -52,7 +53,7 @@ def zeroshot_correct(model: str, sets: dict[str, str], pipelines: dict[str, Any]
 
 
 def paired_gain(a: dict[str, np.ndarray], b: dict[str, np.ndarray], resamples: int = 1000,
-                seed: int = 0) -> dict[str, Any]:
+                seed: int = 0) -> JSONDict:
     """Mean over modalities of ``acc_a - acc_b``, with a paired percentile bootstrap 95 % interval.
 
     Args:
@@ -81,13 +82,13 @@ def paired_gain(a: dict[str, np.ndarray], b: dict[str, np.ndarray], resamples: i
     return {"value": value, "ci95": [lo, hi], "holds": lo > 0}
 
 
-def _gain_over_seeds(per: list[dict[str, Any]]) -> dict[str, Any]:
+def _gain_over_seeds(per: list[JSONDict]) -> JSONDict:
     """One gain (``{value, ci95, holds}`` per seed): its mean, worst value, worst CI low end, holds on every seed."""
     return {"mean": float(np.mean([p["value"] for p in per])), "worst": float(min(p["value"] for p in per)),
             "worst_ci95_lo": float(min(p["ci95"][0] for p in per)), "holds_every_seed": all(p["holds"] for p in per)}
 
 
-def aggregate_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+def aggregate_seeds(summaries: list[JSONDict]) -> JSONDict:
     """Each claim's mean and worst case over seeds (booleans: share of seeds where it holds, and all)."""
     out: dict[str, Any] = {}
     for kd in ("multi", "mmkd-clip", "trusted_vs_valid", "best_student"):
@@ -113,7 +114,7 @@ def aggregate_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def gain_text(claims: dict[str, Any]) -> str:
+def gain_text(claims: JSONDict) -> str:
     """The gains as readable lines."""
     lines = []
     for kd in ("multi", "mmkd-clip"):

@@ -9,10 +9,10 @@ from typing import Any
 from mmkd.demo.corpus import MODALITIES
 from mmkd.demo.experts import DEFAULT_EXPERTS, clip_config
 from mmkd.errors import DemoError
-from mmkd.jsontypes import JSONDict
+from mmkd.jsontypes import JSON, JSONDict
 
 
-def student_config() -> dict[str, Any]:
+def student_config() -> JSONDict:
     """The demo student: an open_clip ViT a little wider than each expert."""
     return clip_config(width=96, layers=2, embed_dim=64, text_width=64, text_layers=1, context_length=24)
 
@@ -90,7 +90,7 @@ class DemoConfig:
     trust_threshold: float = 0.9
 
     @classmethod
-    def preset(cls, quick: bool = False, **overrides: Any) -> DemoConfig:
+    def preset(cls, quick: bool = False, **overrides: JSON) -> DemoConfig:
         """The full preset, or the ``--quick`` one (smaller corpus, fewer steps), with ``overrides``."""
         base: dict[str, Any] = {}
         if quick:
@@ -123,7 +123,7 @@ class DemoConfig:
         return dataclasses.asdict(self)
 
 
-def student_runs(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
+def student_runs(cfg: DemoConfig) -> dict[str, JSONDict]:
     """The stage-2 students trained from the stage-1 checkpoint: run name -> ``kd`` and extra distill settings.
 
     Every run shares the stage-1 start, the data order, the step count, the batch

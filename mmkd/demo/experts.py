@@ -26,6 +26,7 @@ import numpy as np
 
 from mmkd.demo.corpus import Batch, get_modality, make_batch
 from mmkd.errors import DemoError
+from mmkd.jsontypes import JSONDict
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ PREPROCESS_CFG = {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubi
 
 
 def clip_config(image_size: int = 48, patch: int = 8, width: int = 64, layers: int = 2, embed_dim: int = 64,
-                text_width: int = 64, text_layers: int = 1, context_length: int = 24) -> dict[str, Any]:
+                text_width: int = 64, text_layers: int = 1, context_length: int = 24) -> JSONDict:
     """An open_clip CLIP ``model_cfg`` for a tiny ViT image tower and transformer text tower."""
     return {"embed_dim": embed_dim,
             "vision_cfg": {"image_size": image_size, "patch_size": patch, "width": width, "layers": layers,

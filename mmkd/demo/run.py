@@ -32,6 +32,7 @@ from typing import Any
 
 from mmkd.demo.config import ABLATION_RUNS, DemoConfig, needs_trust, student_runs
 from mmkd.errors import DemoError
+from mmkd.jsontypes import JSON, JSONDict
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class DemoOutExistsError(DemoError, FileExistsError):
     """The demo's --out folder holds a store from an earlier run."""
 
 
-def build_corpus(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+def build_corpus(out: Path, cfg: DemoConfig) -> JSONDict:
     """Write the distillation corpus and the per-modality eval sets; returns their paths."""
     from mmkd.demo.corpus import make_batch, write_eval_set, write_jsonl_dataset
 
@@ -75,7 +76,7 @@ def _job_threads(cfg: DemoConfig) -> int:
 
 
 def _expert_job(spec: Any, folder: str, modalities: tuple[str, ...], seed: int, image_size: int,
-                threads: int) -> dict[str, Any]:
+                threads: int) -> JSONDict:
     """Train, save and check one expert (in a pool process)."""
     import torch
 
@@ -90,7 +91,7 @@ def _expert_job(spec: Any, folder: str, modalities: tuple[str, ...], seed: int, 
             "quick_zeroshot": {m: zeroshot_accuracy(model, m, check) for m in modalities}}
 
 
-def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+def build_experts(out: Path, cfg: DemoConfig) -> JSONDict:
     """Train and save every expert (``cfg.jobs`` at a time), write ``pipelines.yaml`` declaring them."""
     from mmkd.demo.experts import ExpertSpec, teacher_spec
     from mmkd.teachers.tiny import write_pipelines
@@ -109,7 +110,7 @@ def build_experts(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     return {"pipelines": str(pipelines), "experts": info}
 
 
-def extract_teachers(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: str) -> dict[str, Any]:
+def extract_teachers(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str) -> JSONDict:
     """Every expert over the corpus into ``out/store`` (what ``mmkd extract`` runs)."""
     from mmkd.extract import ExtractJob, run_extract
 
@@ -121,7 +122,7 @@ def extract_teachers(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelin
 
 
 def _distill(store: str, out: Path, student: str, cfg: DemoConfig, stage: int, steps: int,
-             kd: str | None = None, init: str | None = None, **extra: Any) -> str:
+             kd: str | None = None, init: str | None = None, **extra: JSON) -> str:
     from mmkd.distill.config import load_distill_config
     from mmkd.distill.recipe import distill
 
@@ -139,7 +140,7 @@ def _distill(store: str, out: Path, student: str, cfg: DemoConfig, stage: int, s
 
 
 def _student_job(store: str, out: str, student: str, cfg: DemoConfig, stage: int, steps: int, batch_size: int,
-                 threads: int, settings: dict[str, Any]) -> tuple[str, bool]:
+                 threads: int, settings: JSONDict) -> tuple[str, bool]:
     """One distill run in a pool process; returns its export and whether the process imported a teacher."""
     import torch
 
@@ -148,7 +149,7 @@ def _student_job(store: str, out: str, student: str, cfg: DemoConfig, stage: int
     return export, "mmkd.teachers" in sys.modules
 
 
-def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
+def train_students(out: Path, cfg: DemoConfig, store: str) -> JSONDict:
     """Stage 1, then from its checkpoint every :func:`student_runs` run, ``cfg.jobs`` at a time.
 
     Each run trains in a fresh (spawned) process that never imports a teacher, as
@@ -184,7 +185,7 @@ def train_students(out: Path, cfg: DemoConfig, store: str) -> dict[str, Any]:
     return {"exports": exports, "teachers_imported_by_distill": False}
 
 
-def score_trust(store: str, cfg: DemoConfig) -> dict[str, Any]:
+def score_trust(store: str, cfg: DemoConfig) -> JSONDict:
     """``mmkd store trust`` (pair-rank) of every expert over the corpus; coverage per teacher."""
     from mmkd.store import FeatureStore
     from mmkd.store.trust import compute_trust
@@ -194,8 +195,8 @@ def score_trust(store: str, cfg: DemoConfig) -> dict[str, Any]:
             for t in cfg.experts}
 
 
-def add_gains(summary: dict[str, Any], out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: str,
-              exports: dict[str, str], trust: dict[str, Any]) -> None:
+def add_gains(summary: JSONDict, out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str,
+              exports: dict[str, str], trust: JSONDict) -> None:
     """Add ``kd_gain_over_no_kd`` per KD mode (and ``trusted_vs_valid``) to ``summary["claims"]``."""
     import numpy as np
 
@@ -231,8 +232,8 @@ def _preprocess() -> dict[str, Any]:
     return dict(PREPROCESS_CFG)
 
 
-def evaluate_all(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: str,
-                 exports: dict[str, str]) -> dict[str, Any]:
+def evaluate_all(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str,
+                 exports: dict[str, str]) -> JSONDict:
     """Zero-shot, linear probe, retrieval per modality, slide diagnosis / survival and VQA, for every model."""
     from mmkd.config import load_pipelines
     from mmkd.eval.runner import EvalConfig, evaluate
@@ -245,7 +246,7 @@ def evaluate_all(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: 
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = "ray",
-             **overrides: Any) -> dict[str, Any]:
+             **overrides: JSON) -> JSONDict:
     """Run the demo into ``out``; returns the summary (also written to ``out/summary.json``).
 
     Args:

@@ -20,7 +20,7 @@ from mmkd.distill.heads import PROJECTIONS, TARGET_SOURCES, TargetConfig
 from mmkd.distill.init import InitConfig, is_reference
 from mmkd.distill.losses import LossWeights, parse_icl_scale
 from mmkd.distill.optim import OptimConfig
-from mmkd.jsontypes import JSONDict
+from mmkd.jsontypes import JSON, JSONDict, Pipelines
 
 KD_MODES = ("mmkd-clip", "multi")
 TEACHER_MASKS = ("valid", "trusted")
@@ -213,14 +213,14 @@ PATH_FIELDS = ("store", "out", "projection_file", "projections", "data")
 DEPRECATED_KEYS = {"projections": "projection_file"}  # old name -> name
 
 
-def _init_path(pipelines: dict[str, Any], value: Any, run: str | None, from_entry: bool) -> Any:
+def _init_path(pipelines: Pipelines, value: JSON, run: str | None, from_entry: bool) -> JSON:
     """Resolve an init source written as a path in an entry (references like ``ARCH:TAG`` stay as they are)."""
     if not isinstance(value, str) or not value or is_reference(value) or not from_entry:
         return value
     return str(resolve_path(pipelines, value, section="distill", entry=run))
 
 
-def _nest_init(values: dict[str, Any], pipelines: dict[str, Any], run: str | None, flags: set[str]) -> None:
+def _nest_init(values: dict[str, Any], pipelines: Pipelines, run: str | None, flags: set[str]) -> None:
     """Fold ``init`` (string or mapping) and the flat ``init_*`` keys into one :class:`InitConfig`."""
     raw = values.pop("init", None)
     init = dict(raw) if isinstance(raw, dict) else {"source": raw}
@@ -270,8 +270,8 @@ def _nest(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def load_distill_config(pipelines: dict[str, Any] | None, run: str | None,
-                        overrides: dict[str, Any]) -> DistillConfig:
+def load_distill_config(pipelines: Pipelines | None, run: str | None,
+                        overrides: JSONDict) -> DistillConfig:
     """Resolve a run's config from a parsed pipelines file, a ``distill:`` entry name and overrides.
 
     Args:

@@ -24,13 +24,17 @@ import io
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmkd.errors import DistillError
+from mmkd.jsontypes import JSONDict
+
+if TYPE_CHECKING:
+    from mmkd.store import FeatureStore
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +111,7 @@ class SyntheticImages:
         return out
 
 
-def images_source(store: Any, data: str | None = None) -> dict[str, Any] | str:
+def images_source(store: FeatureStore, data: str | None = None) -> JSONDict | str:
     """What a worker opens to read ``store``'s images: the recorded dataset spec (relocated to ``data`` and
     fingerprint-checked when given), or ``synthetic://`` for synthetic stores."""
     from mmkd.store.dataset import open_store_dataset
@@ -118,7 +122,7 @@ def images_source(store: Any, data: str | None = None) -> dict[str, Any] | str:
     return open_store_dataset(store, data).spec().to_dict()
 
 
-def open_images(source: dict[str, Any] | str):
+def open_images(source: JSONDict | str):
     """A reader from :func:`images_source`'s value (opened in the process that reads)."""
     if isinstance(source, str) and source.startswith("synthetic://"):
         return SyntheticImages()

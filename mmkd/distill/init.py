@@ -347,7 +347,7 @@ def initialise(model: torch.nn.Module, cfg: InitConfig) -> JSONDict:
             "partial": cfg.partial}
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
+def summary_lines(report: JSONDict) -> list[str]:
     """One line per tower, for the console."""
     lines = []
     for t, r in report["towers"].items():

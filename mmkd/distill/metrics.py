@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
-from mmkd.jsontypes import JSONDict
+from mmkd.jsontypes import JSON, JSONDict
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ class MetricsLog:
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         self.path.write_text("".join(line + "\n" for line in keep))
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: JSONDict) -> None:
         """Write one record (must hold ``step``)."""
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")

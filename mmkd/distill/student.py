@@ -26,6 +26,7 @@ import torch
 
 from mmkd.distill.init import InitConfig
 from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSONDict
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Student:
     preprocess_cfg: dict[str, Any]
 
 
-def _split_cfg(name: str, data: dict[str, Any]) -> StudentSpec:
+def _split_cfg(name: str, data: JSONDict) -> StudentSpec:
     if "model_cfg" in data:
         model_cfg, pp = data["model_cfg"], data.get("preprocess_cfg") or {}
     else:
@@ -79,7 +80,7 @@ def _split_cfg(name: str, data: dict[str, Any]) -> StudentSpec:
     return StudentSpec(name=name, model_cfg=copy.deepcopy(model_cfg), preprocess_cfg=dict(pp))
 
 
-def resolve_student(value: str | dict[str, Any], students: dict[str, Any] | None = None,
+def resolve_student(value: str | JSONDict, students: JSONDict | None = None,
                     base_dir: Path | None = None) -> StudentSpec:
     """Turn ``--student`` (entry name, JSON path, architecture name or dict) into a spec.
 
@@ -130,7 +131,7 @@ def resolve_student(value: str | dict[str, Any], students: dict[str, Any] | None
     return StudentSpec(name=value, model_cfg=cfg)
 
 
-def _is_hf_text(model_cfg: dict[str, Any]) -> bool:
+def _is_hf_text(model_cfg: JSONDict) -> bool:
     return "hf_model_name" in (model_cfg.get("text_cfg") or {})
 
 
@@ -181,7 +182,7 @@ def build_tokenizer(spec: StudentSpec) -> Callable[..., torch.Tensor]:
     return SimpleTokenizer(context_length=context_length, **kwargs)
 
 
-def resolved_preprocess_cfg(spec: StudentSpec, model: torch.nn.Module) -> dict[str, Any]:
+def resolved_preprocess_cfg(spec: StudentSpec, model: torch.nn.Module) -> JSONDict:
     """open_clip's default preprocessing, sized to the model's image tower, with spec overrides."""
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 

@@ -18,13 +18,16 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from mmkd.errors import MMKDError
 from mmkd.eval.zeroshot import l2_normalize
-from mmkd.jsontypes import Pipelines
+from mmkd.jsontypes import JSON, Pipelines
+
+if TYPE_CHECKING:
+    from mmkd.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ class Encoder(Protocol):
         """Strings -> (n, D) L2-normalised float32."""
 
 
-def _digest(*parts: Any) -> str:
+def _digest(*parts: JSON) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -182,7 +185,7 @@ class StoreEncoder:
             clear error unless the prompts are already in the feature cache.
     """
 
-    def __init__(self, store: Any, teacher: str, prompt_encoder: Encoder | None = None) -> None:
+    def __init__(self, store: FeatureStore | str, teacher: str, prompt_encoder: Encoder | None = None) -> None:
         from mmkd.store import FeatureStore
 
         self.store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)

@@ -21,7 +21,7 @@ from mmkd.eval.sets import EvalSet, load_eval_set
 from mmkd.eval.splits import TaskNotApplicable
 from mmkd.eval.tasksets import check_task_sets, run_task_set
 from mmkd.eval.zeroshot import evaluate_zeroshot
-from mmkd.jsontypes import Pipelines
+from mmkd.jsontypes import JSONDict, Pipelines
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class EvalPlan:
     config: EvalConfig
 
 
-def plan_eval(cfg: Pipelines, run: str | None, flags: dict[str, Any]) -> EvalPlan:
+def plan_eval(cfg: Pipelines, run: str | None, flags: JSONDict) -> EvalPlan:
     """Merge a named ``eval:`` entry with command-line flags (:func:`mmkd.config.merge_entry`) into a plan.
 
     ``flags`` uses the entry's keys; list values (``models``, ``sets``, ``data``)

@@ -258,7 +258,7 @@ def _missing_hint() -> str:
             f"`mmkd --fixtures DIR eval ...` (or `mmkd eval --fixtures DIR`) to the folder holding them")
 
 
-def _check_images(name: str, root: Path, raw: list[dict[str, Any]], source: str) -> None:
+def _check_images(name: str, root: Path, raw: list[JSONDict], source: str) -> None:
     """Refuse a set whose image files are absent, naming them (a wrong root or fixtures folder)."""
     missing = [str(root / r["image"]) for r in raw if not (root / str(r["image"])).is_file()]
     if missing and len(missing) == len(raw):
@@ -311,7 +311,7 @@ def _read_dataset(spec: dict, cfg: dict, name: str, base: Path) -> tuple[Any, li
     return dataset, rows
 
 
-def _item(r: dict[str, Any], classes: list[str], name: str) -> EvalItem:
+def _item(r: JSONDict, classes: list[str], name: str) -> EvalItem:
     label = r.get("label")
     if label is not None:
         if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(classes):

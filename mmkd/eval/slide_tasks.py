@@ -29,7 +29,7 @@ def _mean_bags(load: Callable[[int], np.ndarray], n: int) -> np.ndarray:
     return np.stack([load(i).mean(axis=0) for i in range(n)]).astype(np.float32)
 
 
-def _fold_stats(values: list[float], name: str) -> dict[str, Any]:
+def _fold_stats(values: list[float], name: str) -> Metrics:
     v = np.asarray(values, dtype=np.float64)
     ok = v[~np.isnan(v)]
     return {f"{name}_folds": [None if np.isnan(x) else float(x) for x in v],

@@ -42,7 +42,7 @@ from mmkd.eval.bags import BagError, BagSource, ClamBags, ImageBags, StoreBags
 from mmkd.eval.mil import MILConfig
 from mmkd.eval.survival import SurvivalDataError, check_survival
 from mmkd.eval.tables import column, read_rows
-from mmkd.jsontypes import JSONDict
+from mmkd.jsontypes import JSON, JSONDict
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class SlideSet:
         return h.hexdigest()[:16]
 
 
-def _mil_config(name: str, raw: Any) -> MILConfig:
+def _mil_config(name: str, raw: JSON) -> MILConfig:
     raw = raw or {}
     valid = {f.name for f in fields(MILConfig)} - {"folds", "device"}
     if not isinstance(raw, dict) or set(raw) - valid:
@@ -164,7 +164,7 @@ def _survival_columns(out: SlideSet, rows: list[dict], spec: dict, table: Path) 
     out.time, out.event = t, e
 
 
-def _num(v: Any) -> float:
+def _num(v: JSON) -> float:
     try:
         return float(v)
     except (TypeError, ValueError):

@@ -15,15 +15,20 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from mmkd.data.badrows import BadRow
+from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.format import StoreError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 DATASET_FAILURE_COLUMNS = ("file", "line", "reason", "detail")
 
 
-def _write_atomic(path: Path, table: Any) -> None:
+def _write_atomic(path: Path, table: pa.Table) -> None:
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +38,7 @@ def _write_atomic(path: Path, table: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_failures_table(path: Path, failures: Sequence[dict[str, Any]]) -> None:
+def write_failures_table(path: Path, failures: Sequence[JSONDict]) -> None:
     """Write one block's bad samples durably (tmp, fsync, rename)."""
     import pyarrow as pa
 
@@ -61,7 +66,7 @@ def dataset_failures_path(store: Path) -> Path:
     return Path(store) / fmt.FAILURES / fmt.DATASET_FAILURES
 
 
-def write_dataset_failures(store: Path, failures: Iterable[Any]) -> int:
+def write_dataset_failures(store: Path, failures: Iterable[BadRow | JSONDict]) -> int:
     """Record dataset rows that never became samples; returns how many (no file when none).
 
     Args:

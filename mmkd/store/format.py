@@ -12,9 +12,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSON
 
 FORMAT_NAME = "mmkd-feature-store"
 FORMAT_VERSION = 1
@@ -74,7 +75,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: Path, obj: JSON) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 

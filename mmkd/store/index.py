@@ -13,7 +13,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -180,7 +181,7 @@ class IndexMixin:
             yield pf.read_row_group(g, columns=cols)
 
 
-def index_schema(pa: Any) -> "pa.Schema":
+def index_schema(pa: ModuleType) -> "pa.Schema":
     """The Arrow schema of ``index.parquet``."""
     return pa.schema([
         ("sample_id", pa.string()), ("row", pa.int64()), ("caption", pa.string()), ("image", pa.string()),

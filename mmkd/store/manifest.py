@@ -101,7 +101,7 @@ class StoreManifest:
                 "teachers": list(self.teachers)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StoreManifest:
+    def from_dict(cls, d: JSONDict) -> StoreManifest:
         """From parsed JSON; a damaged geometry is kept (as 0) and named in ``geometry_error`` for validate."""
         try:
             geometry = [int(d[k]) for k in ("num_samples", "block_size", "num_blocks")]

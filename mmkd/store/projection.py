@@ -212,7 +212,7 @@ def fit_projection(store: FeatureStore, teacher: str, dim: int = 512, method: st
     return {"path": str(path), **meta}
 
 
-def _save(path: Path, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, meta: dict[str, Any]) -> None:
+def _save(path: Path, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, meta: JSONDict) -> None:
     from safetensors.numpy import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)

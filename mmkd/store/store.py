@@ -25,12 +25,12 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
-from mmkd.jsontypes import JSONDict
+from mmkd.data import Sample
+from mmkd.data.badrows import BadRow
+from mmkd.jsontypes import JSON, JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.blocks import BlocksMixin
-from mmkd.data import Sample
 from mmkd.store.format import StoreError
 from mmkd.store.index import DEFAULT_INDEX_CACHE_GROUPS, IndexMixin, index_schema, sample_rows
 from mmkd.store.manifest import DatasetRecord, StoreManifest, read_manifest, write_manifest
@@ -79,7 +79,7 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
         dataset_fingerprint: str = "",
         dataset_spec: JSONDict | None = None,
         overwrite: bool = False,
-        dataset_failures: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
+        dataset_failures: Iterable[BadRow] | Callable[[], Iterable[BadRow]] | None = None,
     ) -> "FeatureStore":
         """Create a store for ``samples`` (their order fixes the rows).
 
@@ -244,7 +244,7 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
         g.attrs.update({**attrs, "dim": dim, "dtype": fmt.FEATURE_DTYPE,
                         "normalized": bool(attrs.get("normalized", True if legacy is None else legacy))})
 
-    def update_attrs(self, teacher: str, /, **attrs: Any) -> None:
+    def update_attrs(self, teacher: str, /, **attrs: JSON) -> None:
         """Merge ``attrs`` into the teacher's attributes (JSON-serialisable values)."""
         self._writable()
         with fmt.file_lock(self.path / fmt.LOCK):

@@ -151,7 +151,7 @@ class Teacher:
                  tokenize_fn: Callable[[list[str]], dict[str, torch.Tensor]],
                  text_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], device: torch.device,
                  revision: str | None = None, weights_file: str | None = None, model: Any = None,
-                 text_encoding: dict[str, Any] | None = None) -> None:
+                 text_encoding: JSONDict | None = None) -> None:
         self.spec, self.name, self.dim = spec, spec.name, dim
         self.logit_scale = float(logit_scale)
         self.preprocessing, self.context_length, self.tokenizer_id = preprocessing, context_length, tokenizer_id

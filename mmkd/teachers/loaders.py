@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -64,8 +65,8 @@ def _reraise(spec: TeacherSpec, e: Exception) -> TeacherError:
                         f"{type(e).__name__}: {e}")
 
 
-def _preprocessing(spec: TeacherSpec, size: Any, mean: Any, std: Any, interpolation: Any = None,
-                   resize_mode: Any = None) -> Preprocessing:
+def _preprocessing(spec: TeacherSpec, size: int | Sequence[int], mean: Sequence[float], std: Sequence[float],
+                   interpolation: str | None = None, resize_mode: str | None = None) -> Preprocessing:
     size = size[0] if isinstance(size, (tuple, list)) else size
     return Preprocessing(
         image_size=int(spec.image_size or size), mean=tuple(spec.mean or mean), std=tuple(spec.std or std),

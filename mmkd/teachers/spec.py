@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.errors import MMKDError
-from mmkd.jsontypes import JSONDict, Pipelines
+from mmkd.jsontypes import JSON, JSONDict, Pipelines
 
 LOADERS = ("open_clip", "transformers", "custom")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -102,7 +102,7 @@ class TeacherSpec:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TeacherSpec":
+    def from_dict(cls, data: JSONDict) -> "TeacherSpec":
         """Build a spec from :meth:`to_dict` output (or a pipelines entry plus ``name``)."""
         return _from_entry(str(data.get("name", "")), {k: v for k, v in data.items() if k != "name"}, None)
 
@@ -142,7 +142,7 @@ def _resolve_weights(loader: str, weights: str, base: Path | None) -> str:
     return prefix + str(path)
 
 
-def _from_entry(name: str, entry: Any, base: Path | None) -> TeacherSpec:
+def _from_entry(name: str, entry: JSON, base: Path | None) -> TeacherSpec:
     if not isinstance(entry, dict):
         raise TeacherError(f"teacher {name!r}: entry must be a mapping with at least loader and weights, got {entry!r}")
     unknown = sorted(set(entry) - set(FIELDS))

@@ -198,7 +198,7 @@ def pipelines_fragment(specs: dict[str, TeacherSpec]) -> JSONDict:
     return {"teachers": out}
 
 
-def write_pipelines(path: str | Path, specs: dict[str, TeacherSpec], extra: dict[str, Any] | None = None) -> Path:
+def write_pipelines(path: str | Path, specs: dict[str, TeacherSpec], extra: JSONDict | None = None) -> Path:
     """Write a pipelines file declaring ``specs`` (plus any ``extra`` top-level sections)."""
     import yaml
 

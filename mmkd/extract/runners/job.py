@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmkd.errors import MMKDError
-from mmkd.jsontypes import JSONDict, Pipelines
+from mmkd.jsontypes import JSON, JSONDict, Pipelines
+
+if TYPE_CHECKING:
+    from mmkd.teachers import TeacherSpec
 
 RUNNERS = ("ray", "local")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -128,7 +131,7 @@ def _check_job(job: ExtractJob) -> None:
 JOB_KEYS = tuple(f.name for f in dataclasses.fields(ExtractJob) if f.name not in ("pipeline", "name"))
 
 
-def job_from_config(cfg: Pipelines | None = None, run: str | None = None, **overrides: Any) -> ExtractJob:
+def job_from_config(cfg: Pipelines | None = None, run: str | None = None, **overrides: JSON) -> ExtractJob:
     """Build a job from a named ``extract:`` entry and/or explicit values.
 
     Args:
@@ -163,7 +166,7 @@ def job_from_config(cfg: Pipelines | None = None, run: str | None = None, **over
         raise ExtractError(f"bad extract job values {sorted(values)}: {e}") from e
 
 
-def _entry_data(cfg: Pipelines, run: str, value: Any) -> Any:
+def _entry_data(cfg: Pipelines, run: str, value: JSON) -> JSON:
     """An entry's ``data:``: a declared name stays a name; paths resolve against the declaring file."""
     from mmkd.config import resolve_path, section
     from mmkd.data import resolve_data
@@ -173,7 +176,7 @@ def _entry_data(cfg: Pipelines, run: str, value: Any) -> Any:
     return resolve_data(value, cfg, base=resolve_path(cfg, ".", section="extract", entry=run))
 
 
-def resolve_teachers(job: ExtractJob, cfg: Pipelines) -> list[Any]:
+def resolve_teachers(job: ExtractJob, cfg: Pipelines) -> list[TeacherSpec]:
     """The job's teacher specs, in the order given (``all`` = every declared teacher).
 
     Raises:

@@ -303,7 +303,7 @@ class RayRunner(BaseRunner):
             raise ExtractError(f"teacher {spec.name!r}: every block is done, but reading the teacher's attributes "
                                f"from a Ray worker failed: {_root_cause(e)}; rerun the same command to finish") from e
 
-    def _schedule(self, spec: TeacherSpec, payload: dict[str, Any], blocks: list[int],
+    def _schedule(self, spec: TeacherSpec, payload: JSONDict, blocks: list[int],
                   on_block: BlockCallback) -> None:
         queue, idle = deque(blocks), deque(range(len(self._actors)))
         inflight: dict[ObjectRef, tuple[int, int]] = {}

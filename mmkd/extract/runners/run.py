@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmkd.extract.runners.base import BlockCallback, Runner, TeacherRun, blocks_to_do
 from mmkd.extract.runners.block import WorkerConfig
@@ -14,6 +14,9 @@ from mmkd.extract.runners.job import ExtractJob, resolve_dataset, resolve_teache
 from mmkd.extract.runners.local import LocalRunner
 from mmkd.extract.runners.prepare import open_or_create_store, utc_stamp, write_job_record
 from mmkd.extract.runners.summary import BlockResult, ExtractSummary, TeacherSummary
+
+if TYPE_CHECKING:
+    from mmkd.teachers import TeacherSpec
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,7 @@ def _make_runner(job: ExtractJob, stamp: str) -> Runner:
                      run_id=f"{stamp[:15]}-{os.getpid()}", liveness_timeout=job.liveness_timeout)
 
 
-def _precheck_weights(job: ExtractJob, specs: list[Any]) -> None:
+def _precheck_weights(job: ExtractJob, specs: list[TeacherSpec]) -> None:
     """Fail on the driver, before any worker starts, when weights are absent here.
 
     Skipped when joining a remote Ray cluster, whose nodes may hold weights this
