@@ -22,8 +22,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mmkd.errors import MMKDError
-from mmkd.jsontypes import JSONDict, Pipelines
+from mmkd.jsontypes import JSON, JSONDict, Pipelines
 
 KNOWN_SECTIONS = ("version", "teachers", "datasets", "extract", "students", "distill", "eval_sets", "eval")
 # what a user's file inherits from the shipped one: the registries, not the example jobs
@@ -32,6 +34,9 @@ DEFAULT_NAME = "pipelines.yaml"
 SHIPPED = Path(__file__).resolve().parent / DEFAULT_NAME
 FIXTURES_PREFIX = "fixtures:"
 _ENV_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# schemes that are not fsspec filesystems: synthetic stores, web pages named in docs
+NOT_FSSPEC = ("synthetic", "http", "https")
 
 
 class ConfigError(MMKDError, ValueError):
@@ -111,8 +116,6 @@ def read_yaml_mapping(path: Path, what: str) -> JSONDict:
     Raises:
         ConfigError: not valid YAML, or not a mapping at top level (names ``what`` and the path).
     """
-    import yaml
-
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as e:
@@ -140,6 +143,37 @@ def fixtures_root() -> Path:
     return Path(expand(env)) if env else SHIPPED.parents[2] / "shared" / "fixtures"
 
 
+def is_url(value: Any) -> bool:
+    """True for an fsspec URL (``s3://``, ``gs://``, ``memory://``...); ``file://`` and plain paths are local."""
+    m = _URL.match(str(value)) if isinstance(value, (str, os.PathLike)) else None
+    return bool(m) and m.group(1).lower() not in ("file", "local", *NOT_FSSPEC)
+
+
+def as_path(value: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """A local ``Path``, or a ``upath.UPath`` over fsspec for a URL (``s3://bucket/key``).
+
+    A ``UPath`` has the ``pathlib`` API (``/``, ``read_bytes``, ``exists``, ``glob``...)
+    and its ``.fs`` is the fsspec filesystem; credentials and endpoint come from
+    ``storage_options``, else the provider's own chain (for S3: ``AWS_ENDPOINT_URL``,
+    ``AWS_ACCESS_KEY_ID``..., ``AWS_PROFILE``). Paths already of either kind are kept.
+    """
+    if not isinstance(value, (str, Path)) and hasattr(value, "protocol"):
+        return value  # already a UPath
+    text = str(value)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    if not is_url(text):
+        return Path(text)
+    from upath import UPath  # fsspec's pathlib: imported only when a URL is used
+
+    return UPath(text, **dict(storage_options or {}))
+
+
+def is_remote(path: Any) -> bool:
+    """True when ``path`` (from :func:`as_path`) lives on an fsspec filesystem other than local disk."""
+    return not isinstance(path, Path) and hasattr(path, "protocol")
+
+
 def resolve_path(cfg: Pipelines | None, value: str | os.PathLike, *, section: str | None = None,
                  entry: str | None = None, base: Path | None = None) -> Path:
     """Resolve a path written in a pipelines file (or a spec file), the one way every stage does it.
@@ -150,6 +184,8 @@ def resolve_path(cfg: Pipelines | None, value: str | os.PathLike, *, section: st
     user's pipelines file's folder, else to the working directory.
     """
     text = expand(str(value))
+    if is_url(text):
+        return as_path(text)
     if text.startswith(FIXTURES_PREFIX):
         return fixtures_root() / text[len(FIXTURES_PREFIX):]
     p = Path(text)

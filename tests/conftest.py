@@ -1,14 +1,32 @@
-"""Shared test fixtures: the real fixture data, and one Ray instance per session."""
+"""Shared test helpers, in one place: the hub offline for the whole session, the real fixture data
+(``fixture_absent`` skips, or fails under ``MMKD_REQUIRE_FIXTURES=1`` as CI sets it), one Ray instance
+per session, and ``run_mmkd`` (the ``mmkd`` console script as a user runs it)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import subprocess
+import sys
 
-import pytest
+# Offline for the whole session, set before any test module imports transformers or huggingface_hub
+# (both read these once at import; a later monkeypatch is too late and the hub is retried for minutes).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("MMKD_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+REQUIRE_FIXTURES = os.environ.get("MMKD_REQUIRE_FIXTURES", "") not in ("", "0")
+
+
+def fixture_absent(message: str) -> None:
+    """A fixture the test needs is absent: skip, saying why; under ``MMKD_REQUIRE_FIXTURES=1`` (CI) fail."""
+    if REQUIRE_FIXTURES:
+        pytest.fail(f"{message} (MMKD_REQUIRE_FIXTURES is set: fixtures are required here)", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture
@@ -26,9 +44,9 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """``../shared/fixtures`` (override with ``MMKD_FIXTURES``); skips when absent."""
+    """``../shared/fixtures`` (override with ``MMKD_FIXTURES``); skips when absent (fails in CI)."""
     if not FIXTURES.is_dir():
-        pytest.skip(f"fixture data not found at {FIXTURES}; set MMKD_FIXTURES to the shared/fixtures folder")
+        fixture_absent(f"fixture data not found at {FIXTURES}; set MMKD_FIXTURES to the shared/fixtures folder")
     return FIXTURES
 
 
@@ -37,7 +55,7 @@ def mmkd_demo_dir(fixtures_dir: Path) -> Path:
     """The official MMKD-CLIP sample layout (8 samples)."""
     path = fixtures_dir / "mmkd-clip-demo"
     if not (path / "meta.jsonl").is_file():
-        pytest.skip(f"{path}/meta.jsonl not found; the mmkd-clip-demo fixture is incomplete")
+        fixture_absent(f"{path}/meta.jsonl not found; the mmkd-clip-demo fixture is incomplete")
     return path
 
 
@@ -46,7 +64,7 @@ def modality_dir(fixtures_dir: Path) -> Path:
     """Nine real images, one per modality."""
     path = fixtures_dir / "modality-examples"
     if not path.is_dir():
-        pytest.skip(f"{path} not found; the modality-examples fixture is absent")
+        fixture_absent(f"{path} not found; the modality-examples fixture is absent")
     return path
 
 
@@ -61,23 +79,29 @@ def ray_session():
     ray.shutdown()
 
 
+def mmkd_script() -> str:
+    """The installed ``mmkd`` console script beside this interpreter (what a user types)."""
+    exe = Path(sys.executable).with_name("mmkd")
+    if not exe.is_file():
+        pytest.fail(f"the mmkd console script is not installed beside {sys.executable}; pip install -e . first")
+    return str(exe)
+
+
+def mmkd(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300,
+         ok: bool = False) -> subprocess.CompletedProcess:
+    """Run ``mmkd ARGS`` as a user would (the console script, this checkout first on ``PYTHONPATH``, hub offline);
+    ``env`` adds to or, with a ``None`` value, removes from the environment; ``ok`` asserts exit 0, showing the output."""
+    full = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    for key, value in (env or {}).items():
+        full.pop(key, None) if value is None else full.__setitem__(key, value)
+    proc = subprocess.run([mmkd_script(), *map(str, args)], cwd=cwd, env=full, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if ok:
+        assert proc.returncode == 0, f"mmkd {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
 @pytest.fixture(scope="session")
 def run_mmkd():
-    """Run the ``mmkd`` console script as a user would: ``run_mmkd(*args, timeout=...)`` -> CompletedProcess.
-
-    Uses the script installed next to this Python (falls back to ``python -c`` when
-    absent), with this checkout first on ``PYTHONPATH``.
-    """
-    import subprocess
-    import sys
-
-    script = Path(sys.executable).with_name("mmkd")
-    head = [str(script)] if script.is_file() else [sys.executable, "-c", "from mmkd.cli import main; main()"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-           "HF_HUB_OFFLINE": "1"}
-
-    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([*head, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout,
-                              check=False)
-
-    return run
+    """:func:`mmkd` as a fixture: ``run_mmkd(*args, timeout=...)`` -> CompletedProcess."""
+    return mmkd

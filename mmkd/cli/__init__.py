@@ -21,8 +21,13 @@ from mmkd import __version__
 def main(verbose: int, fixtures: str | None) -> None:
     """mmkd: multi-teacher knowledge distillation of biomedical CLIP models.
 
-    extract (teachers -> feature store) | store (inspect, validate, import) |
-    distill (store -> student) | eval (student and teachers -> one table).
+    \b
+    teachers  the declared teachers, and whether their weights are here
+    extract   teachers -> feature store
+    store     inspect, validate, import, project a store
+    distill   store -> student (stage 1, stage 2)
+    eval      students and teachers -> one table
+    demo      the whole method in miniature, on CPU
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -50,7 +50,7 @@ def demo_cmd(out: str, quick: bool, seed: int, runner: str, threads: int | None,
         for s in range(seed, seed + seeds):
             try:
                 runs.append(run_demo(Path(out) / f"seed-{s}", quick=quick, seed=s, runner=runner, threads=threads,
-                                     **extra))
+                                     progress=_progress, **extra))
             except MMKDError as e:
                 raise click.ClickException(str(e)) from e
             click.echo(f"seed {s}:\n" + table_markdown(runs[-1]) + claims_text(runs[-1]["claims"])
@@ -59,9 +59,10 @@ def demo_cmd(out: str, quick: bool, seed: int, runner: str, threads: int | None,
                "per_seed": [{"seed": r["config"]["seed"], "claims": r["claims"], "wall_s": r["wall_s"]} for r in runs]}
         (Path(out) / "summary.json").write_text(json.dumps(agg, indent=2, default=str))
         click.echo(json.dumps(agg["claims"], indent=2))
+        click.echo(f"output:    {_size(sum(r['output_bytes'] for r in runs))} in {out} (delete the folder when done)")
         return
     try:
-        summary = run_demo(out, quick=quick, seed=seed, runner=runner, threads=threads, **extra)
+        summary = run_demo(out, quick=quick, seed=seed, runner=runner, threads=threads, progress=_progress, **extra)
     except MMKDError as e:
         raise click.ClickException(str(e)) from e
     art = summary["artefacts"]
@@ -76,6 +77,19 @@ def demo_cmd(out: str, quick: bool, seed: int, runner: str, threads: int | None,
     click.echo(table_markdown(summary))
     click.echo(claims_text(summary["claims"]) + gain_text(summary["claims"]))
     click.echo("wall seconds: " + ", ".join(f"{k} {v}" for k, v in summary["wall_s"].items()))
+    click.echo(f"output:    {_size(summary['output_bytes'])} in {out} (delete the folder when done)")
+
+
+def _progress(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
 
 
 def register(main: click.Group) -> None:

@@ -7,10 +7,10 @@ or nodes: ``torchrun --nproc-per-node 8 -m mmkd.distill --store ... ``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
+from mmkd.cli.paths import PathOrURL
 from mmkd.errors import MMKDError
 
 OVERRIDES = (
@@ -19,16 +19,47 @@ OVERRIDES = (
     "log_every", "seed", "num_workers", "buffer_blocks", "projection_file", "head", "fd_weight", "icl_weight",
     "clip_weight", "icl_scale", "device", "data", "targets", "projection",
     "init_image", "init_text", "init_min_share", "init_cache_dir", "teacher_mask", "teacher_weight", "teacher_drop",
+    "decode", "image_cache",
 )
+# `mmkd distill --help` in sections (click has no option groups): section -> option names (param names).
+SECTIONS = {
+    "Required (here or in the --run entry)": ("store", "student", "out"),
+    "Run": ("run_name", "pipeline", "stage", "kd", "teachers", "data", "device", "seed", "no_progress"),
+    "Length and optimizer": ("steps", "epochs", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps",
+                             "grad_clip", "precision"),
+    "Start from weights": ("init", "init_image", "init_text", "init_partial", "init_min_share", "init_cache_dir"),
+    "Checkpoints and resume": ("resume", "stop_at_step", "checkpoint_every", "log_every"),
+    "Data loading": ("num_workers", "buffer_blocks", "augment", "decode", "image_cache"),
+    "Stage 2: teachers and targets": ("teacher_mask", "teacher_weight", "teacher_drop", "targets", "projection",
+                                      "projection_file", "projections_old", "normalize_targets", "standardize", "head"),
+    "Stage 2: loss weights": ("fd_weight", "icl_weight", "clip_weight", "icl_scale"),
+}
+REQUIRED = SECTIONS["Required (here or in the --run entry)"]
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options under the headings of ``SECTIONS``."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
+        placed = {name for names in SECTIONS.values() for name in names}
+        sections = [*SECTIONS.items(), ("Other", tuple(n for n in rows if n not in placed))]
+        for title, names in sections:
+            records = [rows[n] for n in names if rows.get(n)]
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
 INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG (ViT-B-16-quickgelu:metaclip_400m) "
              "or hf-hub:ORG/NAME")
 
 
-@click.command("distill")
-@click.option("--store", type=click.Path(exists=True, file_okay=False), help="Feature store path.")
+@click.command("distill", cls=SectionedCommand)
+@click.option("--store", type=PathOrURL(exists=True, file_okay=False), help="Feature store path or URL (s3://...). [required]")
 @click.option("--stage", type=click.IntRange(1, 2), help="1: CLIP pretraining; 2: distillation from teacher features.")
-@click.option("--student", help="students entry, open_clip JSON config path or open_clip architecture name.")
-@click.option("--out", type=click.Path(file_okay=False), help="Run folder (checkpoints, metrics, export).")
+@click.option("--student", help="students entry, open_clip JSON config path or open_clip architecture name. [required]")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder (checkpoints, metrics, export). [required]")
 @click.option("--kd", type=click.Choice(["mmkd-clip", "multi"]), help="Stage-2 recipe (default mmkd-clip).")
 @click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps to run.")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs to run (instead of --steps).")
@@ -77,6 +108,11 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--teacher-drop", type=click.FloatRange(0, 1, max_open=True), help="multi: drop each teacher from a "
               "step with this probability, the highest-loss teacher kept (UNIC; default 0).")
 @click.option("--augment/--no-augment", default=None, help="open_clip train augmentation (default on).")
+@click.option("--decode", type=click.Choice(["reduced", "full"]),
+              help="Student images: reduced (default) decodes JPEGs at a DCT-reduced scale that still covers the crop (docs/distill-data.md); full runs open_clip's "
+              "transform on each fully decoded image.")
+@click.option("--image-cache", type=click.Choice(["auto", "off"]), help="auto (default): read the store's student "
+              "image cache (`mmkd store images`) when one fits the student's size; off: the originals.")
 @click.option("--standardize/--no-standardize", default=None, help="multi: standardise targets by store stats.")
 @click.option("--fd-weight", type=float, help="Feature-distillation weight (default 50).")
 @click.option("--icl-weight", type=float, help="ICL weight (default 1).")
@@ -101,8 +137,9 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
     """
     from mmkd.config import load_pipelines
     from mmkd.distill.config import load_distill_config
-    from mmkd.distill.init import REPORT_FILE, summary_lines
+    from mmkd.distill.init import summary_lines
     from mmkd.distill.recipe import distill
+    from mmkd.distill.rundir import RunDir
 
     if projections_old is not None:
         click.echo("--projections is deprecated: use --projection-file", err=True)
@@ -120,7 +157,7 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
         summary = distill(cfg)
     except MMKDError as e:
         raise click.ClickException(str(e)) from e
-    report = Path(summary.out) / REPORT_FILE
+    report = RunDir(summary.out).init_report
     if not cfg.resume and report.is_file():
         for line in summary_lines(json.loads(report.read_text())):
             click.echo(line, err=True)

@@ -9,6 +9,7 @@ import json
 
 import click
 
+from mmkd.cli.paths import PathOrURL
 from mmkd.errors import MMKDError
 
 PIPELINE_OPTION = click.option(
@@ -84,8 +85,8 @@ def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, ch
 @click.option("--data", "data", default=None, metavar="PATH_OR_NAME",
               help="image-caption data: a name from 'datasets:', or a path (meta.jsonl folder, jsonl/csv, parquet, "
                    "tar shards).")
-@click.option("--store", default=None, type=click.Path(file_okay=False),
-              help="feature store folder (created if absent).")
+@click.option("--store", default=None, type=PathOrURL(file_okay=False),
+              help="feature store folder or object-storage URL (s3://bucket/prefix; created if absent).")
 @click.option("--runner", type=click.Choice(["ray", "local"]), default=None, help="executor (default: ray).")
 @click.option("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="images per forward pass (default 256).")

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from mmkd.cli.paths import PathOrURL
 from mmkd.errors import MMKDError
 
 
@@ -33,11 +34,13 @@ def _open(path: str):
 
 
 @store_group.command("info")
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path", type=PathOrURL(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_cmd(path: str, as_json: bool) -> None:
     """What the store at PATH holds: samples, teachers, dims, progress, size."""
-    info = _open(path).info()
+    from mmkd.store import store_info
+
+    info = store_info(_open(path))
     if as_json:
         from mmkd.store.projection import list_projections
 
@@ -90,7 +93,7 @@ def _echo_projections(path: str, teacher: str) -> None:
 
 
 @store_group.command("validate")
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path", type=PathOrURL(exists=True, file_okay=False))
 @click.option("--deep", is_flag=True,
               help="Also read and decode every feature chunk and check its values (NaN/Inf, norms); "
                    "slower: reads the whole store.")
@@ -106,9 +109,9 @@ def validate_cmd(path: str, deep: bool, as_json: bool) -> None:
     The default check reads the index, markers and `valid` chunks and checks the
     size of every feature chunk file; --deep also reads every feature chunk.
     """
-    from mmkd.store.validate import EXIT_CODES
+    from mmkd.store.validate import EXIT_CODES, validate_store
 
-    report = _open(path).validate_report(deep=deep)
+    report = validate_store(_open(path), deep=deep)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         sys.exit(report.exit_code)
@@ -171,7 +174,7 @@ def synth_cmd(path: str, rows: int, teachers: tuple[str, ...], block_size: int, 
 
 
 @store_group.command("project")
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path", type=PathOrURL(exists=True, file_okay=False))
 @click.option("--teacher", "teachers", multiple=True, required=True, metavar="NAME",
               help="Teacher to fit (repeatable).")
 @click.option("--dim", type=click.IntRange(min=1), default=512, show_default=True, help="Output dim (the student's).")
@@ -202,7 +205,7 @@ def project_cmd(path: str, teachers: tuple[str, ...], dim: int, method: str, epo
 
 
 @store_group.command("trust")
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path", type=PathOrURL(exists=True, file_okay=False))
 @click.option("--teacher", "teachers", multiple=True, metavar="NAME",
               help="Teacher to score (repeatable; default: every teacher in the store).")
 @click.option("--method", type=click.Choice(["pair-rank", "margin"]), default="pair-rank", show_default=True,
@@ -240,3 +243,38 @@ def trust_cmd(path: str, teachers: tuple[str, ...], method: str, threshold: floa
 
 def register(main: click.Group) -> None:
     main.add_command(store_group)
+
+
+@store_group.command("images")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--size", type=click.IntRange(min=16), default=256, show_default=True,
+              help="Short side of the cached images (at least the students' input size: 256 serves 224 px).")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
+@click.option("--data", metavar="PATH", help="Where the store's dataset is now, if it moved.")
+def images_cmd(path: str, size: int, quality: int, data: str | None) -> None:
+    """Write every row's image at a short side of SIZE beside the store, for distill to read.
+
+    Writes <PATH>/image_cache/s<SIZE>/ (one Parquet file of JPEG bytes, row, id and the
+    source's sha256 and size per store block; cache.json last). Rerunning finishes an
+    interrupted write. Distill reads it when the student's size fits (docs/distill-data.md).
+    """
+    from tqdm import tqdm
+
+    from mmkd.store.images import write_image_cache
+
+    store = _open(path)
+    bar = tqdm(total=store.n, unit="img", desc=f"image cache s{size}", disable=None)
+
+    def advance(done: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        out = write_image_cache(store, size, quality=quality, data=data, progress=advance)
+    except MMKDError as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        bar.close()
+    meta = json.loads((out / "cache.json").read_text())
+    total = sum(f.stat().st_size for f in out.glob("*.parquet"))
+    click.echo(f"image cache {out}: {meta['rows']} rows at short side {size} ({meta['failed']} unreadable), "
+               f"{_human(total)}")

@@ -13,28 +13,27 @@ Example::
         image = decode_image(ds.read_image_bytes(sample.image))
 """
 
-from mmkd.data.images import DEFAULT_MAX_PIXELS, REASONS, BadSample, check_caption, decode_image
-from mmkd.data.readers import (
-    FORMATS,
-    REF_SEP,
-    CsvDataset,
-    Dataset,
-    DatasetError,
-    JsonlDataset,
-    MmkdClipDataset,
-    ParquetDataset,
-    WebDataset,
-    datasets_from_config,
-    detect_format,
-    get_dataset,
-    open_dataset,
-    resolve_data,
-)
-from mmkd.data.spec import DatasetSpec
-from mmkd.data.sample import Sample
+import importlib
+from typing import Any
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS", "FORMATS", "REASONS", "REF_SEP", "BadSample", "CsvDataset", "Dataset", "DatasetError", "DatasetSpec",
-    "JsonlDataset", "MmkdClipDataset", "ParquetDataset", "Sample", "WebDataset", "check_caption",
-    "datasets_from_config", "decode_image", "detect_format", "get_dataset", "open_dataset", "resolve_data",
-]
+from mmkd.data.errors import DatasetError
+from mmkd.data.sample import Sample
+from mmkd.data.spec import DatasetSpec
+
+# Readers and decoding (PIL, numpy) load on first use, so that `import mmkd.store`, which
+# needs only `Sample`, stays light. name -> the module that defines it.
+_LAZY = {
+    **dict.fromkeys(("DEFAULT_MAX_PIXELS", "REASONS", "BadSample", "check_caption", "decode_image"),
+                    "mmkd.data.images"),
+    **dict.fromkeys(("FORMATS", "REF_SEP", "CsvDataset", "Dataset", "JsonlDataset", "MmkdClipDataset",
+                     "ParquetDataset", "WebDataset", "datasets_from_config", "detect_format", "get_dataset",
+                     "open_dataset", "resolve_data"), "mmkd.data.readers"),
+}
+
+__all__ = ["DatasetError", "DatasetSpec", "Sample", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 from mmkd.jsontypes import JSONDict
 
+from mmkd.data.errors import DatasetError
+
 log = logging.getLogger(__name__)
 
 ON_BAD_ROW = ("record", "fail")
@@ -75,8 +77,6 @@ class BadRowsMixin:
 
     def _bad_row(self, file: str, line: int | None, detail: str) -> None:
         """Record (or, with ``on_bad_row="fail"``, raise on) one unusable row; warn once per row."""
-        from mmkd.data.base import DatasetError
-
         row = BadRow(file, line, detail)
         if self.on_bad_row == "fail":
             raise DatasetError(f"{row.where()}: {detail} (dataset {self.uri!r}); fix or delete that row, or pass "

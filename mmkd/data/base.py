@@ -22,26 +22,21 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mmkd.config import as_path, is_remote, is_url
+from mmkd.data.errors import DatasetError
 from mmkd.data.images import BadSample
 from mmkd.data.sample import Sample
-from mmkd.errors import MMKDError
+from mmkd.data.spec import DatasetSpec
 from mmkd.jsontypes import JSONDict
-
-if TYPE_CHECKING:
-    from mmkd.data.spec import DatasetSpec
 
 REF_SEP = "::"
 FINGERPRINT_VERSION = "mmkd-dataset-fp/1"
 _LIMITED_FP = re.compile(r"^first-(\d+):(.*)$")
-
-
-class DatasetError(MMKDError, ValueError):
-    """A dataset cannot be opened or read (bad path, layout, column, duplicate id...)."""
 
 
 @dataclass
@@ -104,11 +99,14 @@ class Dataset(abc.ABC):
 
     format: str = ""
 
-    def __init__(self, uri: str, root: Path, *, name: str | None = None, options: JSONDict | None = None) -> None:
+    def __init__(self, uri: str, root: Path, *, name: str | None = None, options: JSONDict | None = None,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
         self.uri = uri
         self.root = root
         self.name = name or self.format
         self.options = dict(options or {})
+        # fsspec options of an object-storage dataset (endpoint, credentials): kept for spec(), never logged
+        self.storage_options = dict(storage_options or {})
 
     @property
     def source(self) -> str:
@@ -120,10 +118,9 @@ class Dataset(abc.ABC):
 
         Ship ``spec().to_dict()`` to workers; the store records it whole.
         """
-        from mmkd.data.spec import DatasetSpec
-
-        return DatasetSpec.parse({"path": self.uri, "format": self.format, "name": self.name, **self.options},
+        spec = DatasetSpec.parse({"path": self.uri, "format": self.format, "name": self.name, **self.options},
                                  where=f"{self.format} dataset {self.uri!r}")
+        return spec.with_storage_options(self.storage_options) if self.storage_options else spec
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(uri={self.uri!r}, name={self.name!r})"
@@ -206,6 +203,9 @@ class Dataset(abc.ABC):
                 puts the exception object in that position and continues.
         """
         _check_on_error(on_error)
+        refs = list(refs)
+        if is_remote(getattr(self, "root", None)):
+            return self._fetch_many(refs, on_error)
         out: list[bytes | BadSample] = []
         for ref in refs:
             try:
@@ -214,6 +214,31 @@ class Dataset(abc.ABC):
                 if on_error == "raise":
                     raise
                 out.append(e)
+        return out
+
+    def _fetch_many(self, refs: list[str], on_error: str) -> list[bytes | BadSample]:
+        """Images under an object-storage root, fetched concurrently by fsspec (one ``cat`` of the batch),
+        so a batch costs about one round trip, not one per image."""
+        out: list[Any] = [None] * len(refs)
+        paths = {i: resolve_ref(self.root, ref) for i, ref in enumerate(refs) if ref}
+        fs = self.root.fs
+        same_fs = [i for i, p in paths.items() if is_remote(p) and p.fs is fs]
+        got = fs.cat([paths[i].path for i in same_fs], on_error="return") if same_fs else {}
+        for i, ref in enumerate(refs):
+            if i in same_fs:
+                data = got.get(paths[i].path, FileNotFoundError(paths[i].path))
+                if isinstance(data, FileNotFoundError):
+                    data = BadSample("missing", f"image file {str(paths[i])!r} not found")
+                elif isinstance(data, BaseException):  # the store or network failed, not the sample: stop
+                    raise OSError(f"image {paths[i]} cannot be read ({type(data).__name__}: {data})") from data
+            else:
+                try:
+                    data = self.read_image_bytes(ref)
+                except BadSample as e:
+                    data = e
+            if isinstance(data, BadSample) and on_error == "raise":
+                raise data
+            out[i] = data
         return out
 
 
@@ -272,8 +297,17 @@ def split_ref(ref: str, what: str) -> tuple[str, str]:
     return container, inner
 
 
+def resolved(value: Any, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """An absolute local ``Path``, or a ``UPath`` for an object-storage URL (``s3://...``)."""
+    p = as_path(value, storage_options)
+    return p if is_remote(p) else Path(p).resolve()
+
+
 def relative_ref(root: Path, path: Path) -> str:
     """POSIX path of ``path`` relative to ``root`` (absolute when outside it)."""
+    if is_remote(path) or is_remote(root):
+        text, base = str(path), str(root).rstrip("/") + "/"
+        return text[len(base):] if text.startswith(base) else text
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
@@ -281,14 +315,16 @@ def relative_ref(root: Path, path: Path) -> str:
 
 
 def resolve_ref(root: Path, ref: str) -> Path:
-    """Absolute path for a relative (or absolute) reference."""
+    """Absolute path (or URL) for a relative (or absolute, or URL) reference."""
+    if is_url(ref):
+        return as_path(ref)
     p = Path(ref)
-    return p if p.is_absolute() else root / p
+    return p if p.is_absolute() else root / ref
 
 
 def file_size(path: Path) -> int:
     """Size in bytes, -1 when the file is absent."""
     try:
-        return os.stat(path).st_size
+        return path.stat().st_size if is_remote(path) else os.stat(path).st_size
     except OSError:
         return -1

@@ -94,13 +94,32 @@ def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, mo
     """
     if mode not in _TARGET_MODES:
         raise ValueError(f"decode_image mode {mode!r} not supported; use one of {list(_TARGET_MODES)}")
+    img = open_image(data, max_pixels=max_pixels)
+    if reduce_to is not None and img.format == "JPEG":
+        img.draft(None, draft_size(img.size, *reduce_to))
+    return load_image(img, data, mode)
+
+
+def open_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open image bytes, reading the header only (size, format), so a caller can ``draft`` before
+    :func:`load_image` decodes the pixels.
+
+    Raises:
+        BadSample: ``missing``, ``corrupt``, ``truncated`` or ``decompression_bomb``.
+    """
     if data is None:
         raise BadSample("missing", "no image data")
     if len(data) == 0:
         raise BadSample("corrupt", "image data is empty (0 bytes)")
-    img = _open_checked(data, max_pixels)
-    if reduce_to is not None and img.format == "JPEG":
-        img.draft(None, draft_size(img.size, *reduce_to))
+    return _open_checked(data, max_pixels)
+
+
+def load_image(img: Image.Image, data: bytes, mode: str = "RGB") -> Image.Image:
+    """Decode an image from :func:`open_image` (at its draft size, if one was set) and convert it to ``mode``.
+
+    Raises:
+        BadSample: ``corrupt``, ``truncated``, ``decompression_bomb`` or ``unsupported_mode``.
+    """
     try:
         img.load()
     except Image.DecompressionBombError as e:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
+from mmkd.config import is_remote
 from mmkd.data.badrows import BadRowsMixin
 from mmkd.data.images import BadSample
 from mmkd.data.base import (
+    resolved,
     ContainerDataset,
     DatasetError,
     Entry,
@@ -49,10 +52,11 @@ class ParquetDataset(BadRowsMixin, ContainerDataset):
         batch_rows: int = 1024,
         name: str | None = None,
         on_bad_row: str = "record",
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        path = Path(path).resolve()
+        path = resolved(path, storage_options)
         if path.is_dir():
-            root, files = path, sorted(path.rglob("*.parquet"), key=lambda p: p.relative_to(path).as_posix())
+            root, files = path, sorted(path.rglob("*.parquet"), key=lambda p: relative_ref(path, p))
         elif path.is_file():
             root, files = path.parent, [path]
         else:
@@ -61,7 +65,7 @@ class ParquetDataset(BadRowsMixin, ContainerDataset):
             raise DatasetError(f"no *.parquet files under {str(path)!r}")
         options = dict(image_column=image_column, caption_column=caption_column, id_column=id_column,
                        label_columns=list(label_columns) if label_columns else None, batch_rows=batch_rows)
-        super().__init__(str(path), root, name=name, options=options)
+        super().__init__(str(path), root, name=name, options=options, storage_options=storage_options)
         self.files = [relative_ref(root, f) for f in files]
         self.image_column, self.caption_column, self.id_column = image_column, caption_column, id_column
         self.label_columns = list(label_columns) if label_columns else []
@@ -73,6 +77,8 @@ class ParquetDataset(BadRowsMixin, ContainerDataset):
 
         path = resolve_ref(self.root, rel)
         try:
+            if is_remote(path):  # fsspec's file, read by range requests: only the row groups asked for
+                return pq.ParquetFile(path.path, filesystem=path.fs)
             return pq.ParquetFile(path)
         except FileNotFoundError as e:
             raise BadSample("missing", f"parquet file {str(path)!r} not found") from e

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mmkd.data.base import REF_SEP, Dataset, DatasetError
+from mmkd.config import as_path, expand, is_remote, is_url, resolve_path, section
+from mmkd.data.base import REF_SEP, Dataset, DatasetError, resolved
 from mmkd.data.sample import Sample
 from mmkd.data.spec import DatasetSpec
 from mmkd.data.parquet import ParquetDataset
@@ -50,13 +51,13 @@ __all__ = [
 ]
 
 
-def detect_format(path: str | os.PathLike) -> str:
+def detect_format(path: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> str:
     """Guess the format of a dataset path (see :data:`FORMATS`).
 
     Raises:
         DatasetError: the path does not exist or matches no format.
     """
-    p = Path(path)
+    p = as_path(path, storage_options)
     text = str(path)
     if any(ch in text for ch in "{*?[") and not p.exists():
         return "webdataset"
@@ -123,7 +124,7 @@ def open_dataset(path: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, for
         if format:
             extra["format"] = format
         spec = DatasetSpec.parse({**base, **extra})
-    fmt = spec.format or detect_format(spec.path)
+    fmt = spec.format or detect_format(spec.path, spec.storage_options)
     if fmt not in FORMATS:
         raise DatasetError(f"unknown dataset format {fmt!r}; valid formats: {sorted(FORMATS)}")
     cls = FORMATS[fmt]
@@ -132,7 +133,7 @@ def open_dataset(path: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, for
         kwargs["on_bad_row"] = on_bad_row
     try:
         if issubclass(cls, TableDataset):
-            return _open_table(cls, Path(spec.path), kwargs)
+            return _open_table(cls, as_path(spec.path, spec.storage_options), kwargs)
         return cls(spec.path, **kwargs)
     except TypeError as e:
         raise DatasetError(f"bad options {sorted(kwargs)} for {fmt} dataset {spec.path!r}: {e}") from e
@@ -141,7 +142,7 @@ def open_dataset(path: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, for
 def _open_table(cls: type[Dataset], path: Path, options: JSONDict) -> Dataset:
     if not path.exists():
         raise DatasetError(f"dataset path {str(path)!r} not found")
-    uri = str(path.resolve())
+    uri = str(resolved(path))
     if path.is_dir():
         table = (path / "meta.jsonl") if cls is MmkdClipDataset else _table_file(path)
         if table is None or not table.is_file():
@@ -156,8 +157,6 @@ def datasets_from_config(cfg: Pipelines) -> dict[str, DatasetSpec]:
     Raises:
         DatasetError: an entry is not a mapping, has no ``path`` or has an unknown key.
     """
-    from mmkd.config import resolve_path, section
-
     out: dict[str, DatasetSpec] = {}
     for name, entry in section(cfg, "datasets").items():
         if not isinstance(entry, dict):
@@ -170,11 +169,11 @@ def datasets_from_config(cfg: Pipelines) -> dict[str, DatasetSpec]:
 def _resolved(spec: DatasetSpec, resolve: Any) -> DatasetSpec:
     raw = spec.path
     path = str(resolve(raw))
-    if "{" in raw or "*" in raw:
+    if ("{" in raw or "*" in raw) and not is_url(path):
         path = os.path.normpath(path)
     root = None if spec.root is None else str(resolve(spec.root))
     return DatasetSpec(path=path, format=spec.format, name=spec.name, root=root, fields=dict(spec.fields),
-                       options=dict(spec.options))
+                       options=dict(spec.options), storage_options=dict(spec.storage_options))
 
 
 def resolve_data(value: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, cfg: Pipelines | None = None, *,
@@ -188,8 +187,6 @@ def resolve_data(value: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, cf
         DatasetError: not a declared name and not an existing path (the message
             lists the declared names), or a malformed mapping.
     """
-    from mmkd.config import expand, resolve_path, section
-
     cfg = cfg or {}
     if isinstance(value, DatasetSpec):
         return value
@@ -204,6 +201,8 @@ def resolve_data(value: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, cf
         raise DatasetError(f"--data {text!r}: no such file or folder ({resolved}), and no dataset of that name is "
                            f"declared under `datasets:` (declared: {sorted(declared)}); give an existing path or a "
                            f"declared name")
+    if is_remote(resolved):
+        return DatasetSpec(path=str(resolved))
     path = str(resolved.resolve()) if resolved.exists() else os.path.normpath(expand(str(resolved)))
     return DatasetSpec(path=path)
 

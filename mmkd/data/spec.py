@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mmkd.data.base import DatasetError
-from mmkd.jsontypes import JSONDict
+from mmkd.config import is_url
+from mmkd.data.errors import DatasetError
+from mmkd.jsontypes import JSON, JSONDict
 
 FIELD_KEYS = ("image", "caption", "id", "labels")
 TABLE_FORMATS = ("mmkd-clip", "jsonl", "csv")
@@ -45,7 +46,7 @@ _OPTIONS = {
 }
 _LEGACY_FIELDS = {**{v: k for k, v in _COLUMN_KWARGS.items()}, **{v: k for k, v in _WDS_KWARGS.items()}}
 _ALL_OPTIONS = sorted({o for opts in _OPTIONS.values() for o in opts})
-TOP_KEYS = ("path", "format", "name", "root", "fields", "options")
+TOP_KEYS = ("path", "format", "name", "root", "fields", "options", "storage_options")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class DatasetSpec:
     root: str | None = None
     fields: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    # fsspec options of an object-storage dataset (endpoint_url, key, secret, profile...): may hold
+    # credentials, so never in repr() and left out of to_dict() (store.json, job records) unless asked
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def parse(cls, value: DatasetSpec | str | os.PathLike | Mapping[str, JSON], *,
@@ -88,6 +92,10 @@ class DatasetSpec:
             raise DatasetError(f"{where} {raw} has no 'path'; give the dataset's file, folder or shard pattern")
         fields = dict(raw.pop("fields", None) or {})
         options = dict(raw.pop("options", None) or {})
+        storage = raw.pop("storage_options", None) or {}
+        if not isinstance(storage, Mapping):
+            raise DatasetError(f"{where}: `storage_options` must be a mapping of fsspec options "
+                               f"(e.g. {{endpoint_url: ..., profile: ...}}), got a {type(storage).__name__}")
         for key in list(raw):
             if key in _LEGACY_FIELDS:
                 fields.setdefault(_LEGACY_FIELDS[key], raw.pop(key))
@@ -112,7 +120,8 @@ class DatasetSpec:
             if key in fields and fields[key] is not None and not isinstance(fields[key], str):
                 raise DatasetError(f"{where}: `fields.{key}` must be a column / key name, got {fields[key]!r}")
         return cls(path=str(raw["path"]), format=raw.get("format"), name=raw.get("name"),
-                   root=None if raw.get("root") is None else str(raw["root"]), fields=fields, options=options)
+                   root=None if raw.get("root") is None else str(raw["root"]), fields=fields, options=options,
+                   storage_options=dict(storage))
 
     def reader_kwargs(self, fmt: str) -> dict[str, Any]:
         """Keyword arguments of the ``fmt`` reader for this spec.
@@ -140,10 +149,21 @@ class DatasetSpec:
             kwargs["root"] = self.root
         if self.name is not None:
             kwargs["name"] = self.name
+        if self.storage_options:
+            kwargs["storage_options"] = dict(self.storage_options)
         return kwargs
 
-    def to_dict(self) -> JSONDict:
-        """The written form (JSON/YAML-safe; empty parts left out)."""
+    def with_storage_options(self, storage_options: Mapping[str, Any]) -> DatasetSpec:
+        """The same spec with these fsspec ``storage_options``."""
+        return replace(self, storage_options=dict(storage_options))
+
+    def to_dict(self, *, with_storage_options: bool = False) -> JSONDict:
+        """The written form (JSON/YAML-safe; empty parts left out).
+
+        Args:
+            with_storage_options: include ``storage_options`` (credentials, maybe): only for
+                shipping the spec to workers, never for anything written down.
+        """
         out: dict[str, Any] = {"path": self.path}
         for key in ("format", "name", "root"):
             if getattr(self, key) is not None:
@@ -152,6 +172,8 @@ class DatasetSpec:
             out["fields"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.fields.items()}
         if self.options:
             out["options"] = dict(self.options)
+        if with_storage_options and self.storage_options:
+            out["storage_options"] = dict(self.storage_options)
         return out
 
     def relocated(self, new_path: str | os.PathLike) -> DatasetSpec:
@@ -161,6 +183,8 @@ class DatasetSpec:
         is kept (give a spec with a new ``root`` when the images moved separately).
         """
         new = str(new_path)
+        if is_url(new) or is_url(self.path):
+            return self._relocated_url(new)
         if not any(ch in new for ch in "{*?["):
             new = str(Path(new).expanduser().resolve())
         root = self.root
@@ -173,7 +197,27 @@ class DatasetSpec:
             if rel is not None:
                 root = str(_folder(new) / rel)
         return DatasetSpec(path=new, format=self.format, name=self.name, root=root, fields=dict(self.fields),
-                           options=dict(self.options))
+                           options=dict(self.options), storage_options=dict(self.storage_options))
+
+    def _relocated_url(self, new: str) -> DatasetSpec:
+        """:meth:`relocated` when either place is an object-storage URL (folders compared as text)."""
+        if not is_url(new) and not any(ch in new for ch in "{*?["):
+            new = str(Path(new).expanduser().resolve())
+        root = self.root
+        old_dir = str(_folder(self.path)) if not is_url(self.path) else _url_folder(self.path)
+        if root is not None and root.startswith(old_dir.rstrip("/") + "/"):
+            rel = root[len(old_dir.rstrip("/")) + 1:]
+            root = f"{_url_folder(new) if is_url(new) else _folder(new)}/{rel}"
+        return DatasetSpec(path=new, format=self.format, name=self.name, root=root, fields=dict(self.fields),
+                           options=dict(self.options), storage_options=dict(self.storage_options))
+
+
+def _url_folder(url: str) -> str:
+    """The folder (prefix) a dataset URL stands for: itself for a prefix, the parent of a file or pattern."""
+    last = url.rstrip("/").rsplit("/", 1)[-1]
+    if any(ch in url for ch in "{*?[") or "." in last:
+        return url.rstrip("/").rsplit("/", 1)[0]
+    return url.rstrip("/")
 
 
 def _folder(path: str) -> Path:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmkd.config import is_url
 from mmkd.data.badrows import BadRowsMixin
 from mmkd.data.images import BadSample
 from mmkd.data.base import (
+    resolved,
     Dataset,
     DatasetError,
     Entry,
@@ -54,17 +56,18 @@ class TableDataset(BadRowsMixin, Dataset):
         name: str | None = None,
         uri: str | None = None,
         on_bad_row: str = "record",
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        table = Path(table).resolve()
+        table = resolved(table, storage_options)
         if not table.is_file():
             raise DatasetError(f"{self.format} table {str(table)!r} not found")
         options: dict[str, Any] = dict(image_column=image_column, caption_column=caption_column, id_column=id_column,
                                        label_columns=list(label_columns) if label_columns else None,
                                        hash_images=hash_images)
         if root is not None:
-            options["root"] = str(Path(root).resolve())
-        super().__init__(uri or str(table), Path(root).resolve() if root is not None else table.parent,
-                         name=name, options=options)
+            options["root"] = str(resolved(root, storage_options))
+        super().__init__(uri or str(table), resolved(root, storage_options) if root is not None else table.parent,
+                         name=name, options=options, storage_options=storage_options)
         self.table = table
         self.image_column, self.caption_column, self.id_column = image_column, caption_column, id_column
         self.label_columns = list(label_columns) if label_columns else []
@@ -117,6 +120,8 @@ class TableDataset(BadRowsMixin, Dataset):
     def _ref(self, value: object) -> str:
         if value in (None, ""):
             return ""
+        if is_url(value):
+            return relative_ref(self.root, str(value))
         p = Path(str(value))
         return relative_ref(self.root, p) if p.is_absolute() else p.as_posix()
 
@@ -147,7 +152,7 @@ class JsonlDataset(TableDataset):
 
     def _records(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """(line number, JSON object) of every usable line; the others go to :meth:`_bad_row`."""
-        with open(self.table, "rb") as f:
+        with self.table.open("rb") as f:
             for lineno, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
@@ -179,7 +184,7 @@ class CsvDataset(TableDataset):
     def _rows(self) -> Iterator[tuple[dict[str, Any], str]]:
         # surrogateescape keeps going past bytes that are not UTF-8; the rows holding
         # them are then told apart and recorded as bad rows.
-        with open(self.table, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        with self.table.open("r", newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if not header:
@@ -260,7 +265,7 @@ class MmkdClipDataset(JsonlDataset):
 def is_mmkd_clip_table(path: Path) -> bool:
     """True when the first record of a JSONL file has the official ``imgpath``/``txt`` keys."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with path.open("r", encoding="utf-8") as f:
             for line in f:
                 if line.strip():
                     first = json.loads(line)

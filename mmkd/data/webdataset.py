@@ -16,6 +16,7 @@ or with ``on_bad_row="fail"`` stops the job.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import json
@@ -23,8 +24,11 @@ import re
 import tarfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from mmkd.config import as_path, is_remote, is_url
 
 from mmkd.data.badrows import BadRowsMixin
 from mmkd.data.images import BadSample
@@ -62,8 +66,10 @@ def expand_braces(pattern: str) -> list[str]:
     return [out for c in choices for out in expand_braces(head + c + tail)]
 
 
-def find_shards(path: str) -> tuple[Path, list[Path]]:
-    """(root, shard files) for a folder, a tar file, or a brace/glob pattern of shards."""
+def find_shards(path: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Path, list[Path]]:
+    """(root, shard files) for a folder, a tar file, or a brace/glob pattern of shards (local or a URL)."""
+    if is_url(path):
+        return _find_remote_shards(path, storage_options or {})
     p = Path(path)
     if p.is_dir():
         root = p.resolve()
@@ -82,6 +88,43 @@ def find_shards(path: str) -> tuple[Path, list[Path]]:
                 raise DatasetError(f"shard {m!r} of pattern {path!r} not found")
             shards.append(Path(m).resolve())
     return root, list(dict.fromkeys(shards))
+
+
+def _find_remote_shards(path: str, storage_options: Mapping[str, Any]) -> tuple[Any, list[Any]]:
+    """:func:`find_shards` on object storage: fsspec lists and globs the bucket."""
+    p = as_path(path, storage_options)
+    if not any(ch in path for ch in "{*?["):
+        if p.is_file():
+            return p.parent, [p]
+        if p.is_dir():
+            return p, sorted((s for s in p.rglob("*.tar")), key=str)
+        raise DatasetError(f"webdataset {path!r} not found (give a folder, a .tar shard, or a shard pattern)")
+    literal = re.split(r"[{*?\[]", path, maxsplit=1)[0]
+    root = as_path(literal.rstrip("/") if literal.endswith("/") else literal.rsplit("/", 1)[0], storage_options)
+    protocol = path.split("://", 1)[0]
+    shards: list[Any] = []
+    for pat in expand_braces(path):
+        if any(ch in pat for ch in "*?["):
+            matches = [f"{protocol}://{m}" for m in sorted(p.fs.glob(pat))]
+        else:
+            matches = [pat]
+        for m in matches:
+            shard = as_path(m, storage_options)
+            if not shard.is_file():
+                raise DatasetError(f"shard {m!r} of pattern {path!r} not found")
+            shards.append(shard)
+    return root, list({str(s): s for s in shards}.values())
+
+
+@contextlib.contextmanager
+def _open_tar(path: Any) -> Iterator[tarfile.TarFile]:
+    """A shard opened for random access (on object storage through fsspec's read-ahead file)."""
+    if not is_remote(path):
+        with tarfile.open(path, "r:") as tf:
+            yield tf
+        return
+    with path.open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tf:
+        yield tf
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -106,17 +149,21 @@ class WebDataset(BadRowsMixin, ContainerDataset):
         hash_images: bool = False,
         name: str | None = None,
         on_bad_row: str = "record",
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         spec_path = str(path)
-        root, shards = find_shards(spec_path)
+        root, shards = find_shards(spec_path, storage_options)
         if not shards:
             raise DatasetError(f"no .tar shards found for webdataset {spec_path!r}")
-        uri = spec_path if any(ch in spec_path for ch in "{*?[") else str(Path(spec_path).resolve())
-        if not Path(uri).is_absolute():
+        if is_url(spec_path):
+            uri = spec_path
+        else:
+            uri = spec_path if any(ch in spec_path for ch in "{*?[") else str(Path(spec_path).resolve())
+        if not is_url(uri) and not Path(uri).is_absolute():
             uri = str(Path.cwd() / uri)
         options = dict(caption_field=caption_field, id_field=id_field,
                        label_fields=list(label_fields) if label_fields else None, hash_images=hash_images)
-        super().__init__(uri, root, name=name, options=options)
+        super().__init__(uri, root, name=name, options=options, storage_options=storage_options)
         self.shards = [relative_ref(root, s) for s in shards]
         self.caption_field, self.id_field = caption_field, id_field
         self.label_fields = list(label_fields) if label_fields else None
@@ -139,7 +186,7 @@ class WebDataset(BadRowsMixin, ContainerDataset):
         for rel in self.shards:
             path = resolve_ref(self.root, rel)
             try:
-                with tarfile.open(path, "r:") as tf:
+                with _open_tar(path) as tf:
                     members = (m for m in tf if m.isfile())
                     for key, group in itertools.groupby(members, key=lambda m: split_member(m.name)[0]):
                         entry = self._entry(rel, tf, key, list(group), hashes and self.hash_images)
@@ -185,7 +232,7 @@ class WebDataset(BadRowsMixin, ContainerDataset):
                 return self._index_cache[rel]
         path = resolve_ref(self.root, rel)
         try:
-            with tarfile.open(path, "r:") as tf:
+            with _open_tar(path) as tf:
                 index = {m.name: (m.offset_data, m.size) for m in tf if m.isfile()}
         except FileNotFoundError as e:
             raise BadSample("missing", f"shard {str(path)!r} not found") from e
@@ -202,7 +249,8 @@ class WebDataset(BadRowsMixin, ContainerDataset):
 
     def _read_container(self, rel: str, wanted: list[tuple[int, str]], out: list) -> None:
         index = self._shard_index(rel)
-        with open(resolve_ref(self.root, rel), "rb") as f:
+        path = resolve_ref(self.root, rel)
+        with (path.open("rb") if is_remote(path) else open(path, "rb")) as f:
             for i, member in sorted(wanted, key=lambda w: index.get(w[1], (-1, 0))[0]):
                 if member not in index:
                     out[i] = BadSample("missing", f"no image member {member!r} in shard {rel!r}")

@@ -9,18 +9,16 @@ writes the summary. Heavy modules import lazily.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__all__ = ["DemoConfig", "run_demo"]
+# both pull torch (experts, students): on first use
+_LAZY = {"DemoConfig": "mmkd.demo.config", "run_demo": "mmkd.demo.run"}
+
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "run_demo":
-        from mmkd.demo.run import run_demo
-
-        return run_demo
-    if name == "DemoConfig":
-        from mmkd.demo.config import DemoConfig
-
-        return DemoConfig
-    raise AttributeError(f"module 'mmkd.demo' has no attribute {name!r}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

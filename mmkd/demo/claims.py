@@ -18,6 +18,9 @@ import numpy as np
 
 from mmkd.errors import DemoError
 from mmkd.jsontypes import JSONDict, Pipelines
+from mmkd.eval.features import FeatureCache, set_features
+from mmkd.eval.runner import _Models
+from mmkd.eval.sets import load_eval_set
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,6 @@ def zeroshot_correct(model: str, sets: dict[str, str], pipelines: Pipelines, cac
         cache_dir: the eval feature cache (``<eval out>/cache``), filled by the eval run.
         device: where to encode what the cache misses.
     """
-    from mmkd.eval.features import FeatureCache, set_features
-    from mmkd.eval.runner import _Models
-    from mmkd.eval.sets import load_eval_set
-
     builder = _Models(pipelines, device)
     cache = FeatureCache(cache_dir)
     out = {}

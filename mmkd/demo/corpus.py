@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 log = logging.getLogger(__name__)
 
@@ -407,8 +408,6 @@ def write_eval_set(folder: str | Path, modality: str, n_per_class: int, seed: in
         The spec file ``<folder>/<modality>.yaml`` (``samples``, ``classes``,
         ``class_prompts``, ``templates``; see :mod:`mmkd.eval.sets`).
     """
-    import yaml
-
     mod = get_modality(modality)
     folder = Path(folder)
     batch = make_batch((modality,), n_per_class, seed, size)

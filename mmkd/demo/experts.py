@@ -27,6 +27,9 @@ import numpy as np
 from mmkd.demo.corpus import Batch, get_modality, make_batch
 from mmkd.errors import DemoError
 from mmkd.jsontypes import JSONDict
+from mmkd.distill.config import OptimConfig
+from mmkd.distill.optim import build_optimizer, build_scheduler
+from mmkd.teachers.spec import TeacherSpec
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +110,6 @@ def train_expert(spec: ExpertSpec, data: Batch | None = None):
     import torch
     from open_clip.loss import ClipLoss
 
-    from mmkd.distill.optim import OptimConfig, build_optimizer, build_scheduler
-
     data = data or make_batch(spec.modalities, spec.n_per_class, seed=spec.seed + 10_000)
     torch.manual_seed(spec.seed)
     model = open_clip.model.CLIP(**copy.deepcopy(spec.model_cfg))
@@ -156,8 +157,6 @@ def save_expert(model, folder: str | Path, spec: ExpertSpec) -> Path:
 
 def teacher_spec(name: str, folder: str | Path, spec: ExpertSpec | None = None):
     """The :class:`~mmkd.teachers.TeacherSpec` that loads a saved expert."""
-    from mmkd.teachers.spec import TeacherSpec
-
     mods = "+".join(spec.modalities) if spec else "?"
     return TeacherSpec(name=name, loader="open_clip", weights=f"local-dir:{Path(folder).resolve()}",
                        dim=int((spec.model_cfg if spec else clip_config())["embed_dim"]), license="demo-only",
@@ -183,3 +182,16 @@ def zeroshot_accuracy(model, modality: str, data: Batch) -> float:
             classes.append(torch.nn.functional.normalize(torch.nn.functional.normalize(t, dim=-1).mean(0), dim=0))
         pred = (img @ torch.stack(classes).T).argmax(1).numpy()
     return float((pred == data.labels[sel]).mean())
+
+
+def expert_job(spec: ExpertSpec, folder: str, modalities: tuple[str, ...], seed: int, image_size: int,
+               threads: int) -> JSONDict:
+    """Train, save and check one expert (in a pool process, which imports this module only)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    model = train_expert(spec)
+    save_expert(model, folder, spec)
+    check = make_batch(modalities, 30, seed + 2, image_size)
+    return {"modalities": list(spec.modalities), "folder": folder,
+            "quick_zeroshot": {m: zeroshot_accuracy(model, m, check) for m in modalities}}

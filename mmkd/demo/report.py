@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mmkd.demo.claims import gain_text
 from mmkd.demo.config import DemoConfig, student_runs
 from mmkd.eval.rows import Results
 from mmkd.jsontypes import JSONDict
@@ -147,7 +148,6 @@ def write_summary(summary: JSONDict, out: Path) -> None:
     """``summary.json``, ``summary.md`` (table + claims) and ``summary.png`` under ``out``."""
     out = Path(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    from mmkd.demo.claims import gain_text
 
     text = table_markdown(summary) + "\n" + claims_text(summary["claims"]) + gain_text(summary["claims"])
     (out / "summary.md").write_text(text)

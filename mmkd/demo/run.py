@@ -25,14 +25,31 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import multiprocessing
+import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from mmkd.config import load_pipelines
+from mmkd.demo.claims import paired_gain, zeroshot_correct
 from mmkd.demo.config import ABLATION_RUNS, DemoConfig, needs_trust, student_runs
 from mmkd.errors import DemoError
 from mmkd.jsontypes import JSON, JSONDict
+from mmkd.demo.corpus import make_batch, write_eval_set, write_jsonl_dataset
+from mmkd.demo.experts import PREPROCESS_CFG, ExpertSpec, expert_job, teacher_spec
+from mmkd.demo.report import summarize, write_summary
+from mmkd.demo.students import student_job
+from mmkd.demo.tasks import task_summary, write_task_sets
+from mmkd.eval.runner import EvalConfig, evaluate
+from mmkd.extract import ExtractJob, run_extract
+from mmkd.store import FeatureStore
+from mmkd.store.trust import compute_trust
+from mmkd.teachers.tiny import write_pipelines
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +60,10 @@ class DemoOutExistsError(DemoError, FileExistsError):
 
 def build_corpus(out: Path, cfg: DemoConfig) -> JSONDict:
     """Write the distillation corpus and the per-modality eval sets; returns their paths."""
-    from mmkd.demo.corpus import make_batch, write_eval_set, write_jsonl_dataset
-
     batch = make_batch(cfg.modalities, cfg.corpus_per_class, cfg.seed, cfg.image_size, vague=cfg.vague)
     table = write_jsonl_dataset(out / "corpus" / "train", batch, prefix="train")
     evals = {m: write_eval_set(out / "corpus" / "eval", m, cfg.eval_per_class, cfg.seed + 1, cfg.image_size)
              for m in cfg.modalities}
-    from mmkd.demo.tasks import write_task_sets
 
     return {"train": str(table.parent), "train_rows": len(batch), "eval_sets": {m: str(p) for m, p in evals.items()},
             "task_sets": write_task_sets(out / "corpus" / "tasks", cfg)}
@@ -62,47 +76,37 @@ def _pool(cfg: DemoConfig):
     thread), so two trainings side by side, one thread each, finish sooner than
     one after the other with two threads each.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     return ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _job_threads(cfg: DemoConfig) -> int:
     """torch threads of one pooled training: ``--threads``, else the cores shared among the jobs."""
-    import os
-
     return cfg.threads or max(1, (os.cpu_count() or 1) // cfg.jobs)
 
 
-def _expert_job(spec: Any, folder: str, modalities: tuple[str, ...], seed: int, image_size: int,
-                threads: int) -> JSONDict:
-    """Train, save and check one expert (in a pool process)."""
-    import torch
-
-    from mmkd.demo.corpus import make_batch
-    from mmkd.demo.experts import save_expert, train_expert, zeroshot_accuracy
-
-    torch.set_num_threads(threads)
-    model = train_expert(spec)
-    save_expert(model, folder, spec)
-    check = make_batch(modalities, 30, seed + 2, image_size)
-    return {"modalities": list(spec.modalities), "folder": folder,
-            "quick_zeroshot": {m: zeroshot_accuracy(model, m, check) for m in modalities}}
+Progress = Callable[[str], None]
 
 
-def build_experts(out: Path, cfg: DemoConfig) -> JSONDict:
+def _finished(futures: dict[str, Any], what: str, progress: Progress | None) -> dict[str, Any]:
+    """Each future's result by name, telling ``progress`` as each one finishes (in finishing order)."""
+    names = {f: n for n, f in futures.items()}
+    t0, done = time.perf_counter(), {}
+    for k, f in enumerate(as_completed(names), 1):
+        done[names[f]] = f.result()
+        if progress is not None:
+            progress(f"  {what} {names[f]} trained ({k}/{len(names)}, +{time.perf_counter() - t0:.0f}s)")
+    return {n: done[n] for n in futures}
+
+
+def build_experts(out: Path, cfg: DemoConfig, progress: Progress | None = None) -> JSONDict:
     """Train and save every expert (``cfg.jobs`` at a time), write ``pipelines.yaml`` declaring them."""
-    from mmkd.demo.experts import ExpertSpec, teacher_spec
-    from mmkd.teachers.tiny import write_pipelines
-
     specs = {name: ExpertSpec(name, tuple(mods), n_per_class=cfg.expert_per_class, steps=cfg.expert_steps,
                               batch_size=cfg.expert_batch_size, seed=cfg.seed * 100 + i)
              for i, (name, mods) in enumerate(cfg.experts.items())}
     with _pool(cfg) as pool:
-        futures = {name: pool.submit(_expert_job, spec, str(out / "experts" / name), tuple(cfg.modalities), cfg.seed,
+        futures = {name: pool.submit(expert_job, spec, str(out / "experts" / name), tuple(cfg.modalities), cfg.seed,
                                      cfg.image_size, _job_threads(cfg)) for name, spec in specs.items()}
-        info = {name: f.result() for name, f in futures.items()}
+        info = _finished(futures, "expert", progress)
     for name, entry in info.items():
         log.info("expert %s quick zero-shot: %s", name, entry["quick_zeroshot"])
     pipelines = write_pipelines(out / "pipelines.yaml",
@@ -112,8 +116,6 @@ def build_experts(out: Path, cfg: DemoConfig) -> JSONDict:
 
 def extract_teachers(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str) -> JSONDict:
     """Every expert over the corpus into ``out/store`` (what ``mmkd extract`` runs)."""
-    from mmkd.extract import ExtractJob, run_extract
-
     job = ExtractJob(data={"path": corpus["train"], "format": "jsonl", "fields": {"labels": ["modality", "label"]}},
                      teachers=list(cfg.experts), store=str(out / "store"), runner=cfg.runner, pipeline=pipelines,
                      batch_size=256, precision="fp32", workers=2, device="cpu", block_size=1024)
@@ -121,35 +123,13 @@ def extract_teachers(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: st
     return {"store": str(out / "store"), "wall_s": summary.wall_s, "teachers": list(cfg.experts)}
 
 
-def _distill(store: str, out: Path, student: str, cfg: DemoConfig, stage: int, steps: int,
-             kd: str | None = None, init: str | None = None, **extra: JSON) -> str:
-    from mmkd.distill.config import load_distill_config
-    from mmkd.distill.recipe import distill
-
-    overrides = {"store": store, "stage": stage, "student": student, "out": str(out), "steps": steps,
-                 "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps, "seed": cfg.seed,
-                 "num_workers": cfg.num_workers, "checkpoint_every": 10 ** 9, "log_every": 10, "progress": False,
-                 "device": "cpu", "init": init, "kd": kd, "fd_weight": cfg.fd_weight, "icl_weight": cfg.icl_weight}
-    if kd == "multi":
-        overrides["standardize"] = False
-    overrides.update(extra)
-    summary = distill(load_distill_config(None, None, overrides))
-    if not summary.finished:
-        raise RuntimeError(f"distill run {out} stopped at step {summary.step} of {summary.total_steps}")
-    return str(out / "export")
+def _distill_settings(cfg: DemoConfig) -> dict[str, Any]:
+    """The distill settings every student run of the demo shares."""
+    return {"batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps, "seed": cfg.seed,
+            "num_workers": cfg.num_workers, "fd_weight": cfg.fd_weight, "icl_weight": cfg.icl_weight}
 
 
-def _student_job(store: str, out: str, student: str, cfg: DemoConfig, stage: int, steps: int, batch_size: int,
-                 threads: int, settings: JSONDict) -> tuple[str, bool]:
-    """One distill run in a pool process; returns its export and whether the process imported a teacher."""
-    import torch
-
-    torch.set_num_threads(threads)
-    export = _distill(store, Path(out), student, cfg, stage, steps, batch_size=batch_size, **settings)
-    return export, "mmkd.teachers" in sys.modules
-
-
-def train_students(out: Path, cfg: DemoConfig, store: str) -> JSONDict:
+def train_students(out: Path, cfg: DemoConfig, store: str, progress: Progress | None = None) -> JSONDict:
     """Stage 1, then from its checkpoint every :func:`student_runs` run, ``cfg.jobs`` at a time.
 
     Each run trains in a fresh (spawned) process that never imports a teacher, as
@@ -166,19 +146,23 @@ def train_students(out: Path, cfg: DemoConfig, store: str) -> JSONDict:
     runs = out / "runs"
     threads = _job_threads(cfg)
     with _pool(cfg) as pool:
-        stage1, imported = pool.submit(_student_job, store, str(runs / "stage1"), str(student), cfg, 1,
+        base = _distill_settings(cfg)
+        t0 = time.perf_counter()
+        stage1, imported = pool.submit(student_job, store, str(runs / "stage1"), str(student), base, 1,
                                        cfg.stage1_steps, cfg.batch_size, cfg.threads or threads * cfg.jobs,
                                        {}).result()
+        if progress is not None:
+            progress(f"  student stage1 trained (+{time.perf_counter() - t0:.0f}s)")
         exports, loaded = {"stage1": stage1}, {"stage1": imported}
         futures = {}
         for name, settings in student_runs(cfg).items():
             settings = dict(settings)
             kd = settings.pop("kd")
-            futures[name] = pool.submit(_student_job, store, str(runs / name), str(student), cfg, 2 if kd else 1,
+            futures[name] = pool.submit(student_job, store, str(runs / name), str(student), base, 2 if kd else 1,
                                         cfg.stage2_steps, cfg.stage2_batch_size or cfg.batch_size, threads,
                                         {"kd": kd, "init": str(runs / "stage1"), **settings})
-        for name, f in futures.items():
-            exports[name], loaded[name] = f.result()
+        for name, (export, imported) in _finished(futures, "student", progress).items():
+            exports[name], loaded[name] = export, imported
     bad = sorted(n for n, v in loaded.items() if v)
     if bad:
         raise RuntimeError(f"distill runs {bad} imported the teacher registry; the student must never see a teacher")
@@ -187,9 +171,6 @@ def train_students(out: Path, cfg: DemoConfig, store: str) -> JSONDict:
 
 def score_trust(store: str, cfg: DemoConfig) -> JSONDict:
     """``mmkd store trust`` (pair-rank) of every expert over the corpus; coverage per teacher."""
-    from mmkd.store import FeatureStore
-    from mmkd.store.trust import compute_trust
-
     fs = FeatureStore.open(store)
     return {t: round(compute_trust(fs, t, "pair-rank", cfg.trust_threshold, seed=cfg.seed)["coverage"], 3)
             for t in cfg.experts}
@@ -198,11 +179,6 @@ def score_trust(store: str, cfg: DemoConfig) -> JSONDict:
 def add_gains(summary: JSONDict, out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str,
               exports: dict[str, str], trust: JSONDict) -> None:
     """Add ``kd_gain_over_no_kd`` per KD mode (and ``trusted_vs_valid``) to ``summary["claims"]``."""
-    import numpy as np
-
-    from mmkd.config import load_pipelines
-    from mmkd.demo.claims import paired_gain, zeroshot_correct
-
     pcfg = load_pipelines(pipelines)
     correct = {n: zeroshot_correct(exports[n], corpus["eval_sets"], pcfg, out / "eval" / "cache")
                for n in exports if n != "stage1"}
@@ -227,17 +203,12 @@ def add_gains(summary: JSONDict, out: Path, cfg: DemoConfig, corpus: JSONDict, p
 
 
 def _preprocess() -> dict[str, Any]:
-    from mmkd.demo.experts import PREPROCESS_CFG
-
     return dict(PREPROCESS_CFG)
 
 
 def evaluate_all(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str,
                  exports: dict[str, str]) -> JSONDict:
     """Zero-shot, linear probe, retrieval per modality, slide diagnosis / survival and VQA, for every model."""
-    from mmkd.config import load_pipelines
-    from mmkd.eval.runner import EvalConfig, evaluate
-
     ecfg = EvalConfig(tasks=("zeroshot", "linear", "retrieval", "diagnosis", "survival", "vqa"),
                       resamples=cfg.eval_resamples, seed=cfg.seed, batch_size=256, device="cpu")
     models = list(cfg.experts) + list(exports.values())
@@ -246,7 +217,7 @@ def evaluate_all(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str,
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = "ray",
-             **overrides: JSON) -> JSONDict:
+             progress: Progress | None = None, **overrides: JSON) -> JSONDict:
     """Run the demo into ``out``; returns the summary (also written to ``out/summary.json``).
 
     Args:
@@ -254,10 +225,9 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
         quick: the small preset (about a third of the work).
         seed: seed of everything.
         runner: extract runner, ``ray`` or ``local``.
+        progress: called with one line per phase (start, end with its time) and per trained model.
         **overrides: any :class:`~mmkd.demo.config.DemoConfig` field.
     """
-    from mmkd.demo.report import summarize, write_summary
-
     cfg = DemoConfig.preset(quick, seed=seed, runner=runner, **overrides)
     if cfg.threads:
         import torch
@@ -270,29 +240,36 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
     (out / "demo_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     times: dict[str, float] = {}
 
-    def timed(name: str, fn, *args):
+    start = time.perf_counter()
+
+    def say(line: str) -> None:
+        log.info("demo: %s", line.strip())
+        if progress is not None:
+            progress(f"[{time.perf_counter() - start:6.0f}s] {line}")
+
+    def timed(name: str, fn, *args, **kw):
         t0 = time.perf_counter()
-        log.info("demo: %s ...", name)
-        result = fn(*args)
+        say(f"{name} ...")
+        result = fn(*args, **kw)
         times[name] = round(time.perf_counter() - t0, 1)
-        log.info("demo: %s done in %.1fs", name, times[name])
+        say(f"{name} done in {times[name]:.1f}s")
         return result
 
     corpus = timed("corpus", build_corpus, out, cfg)
-    experts = timed("experts", build_experts, out, cfg)
+    experts = timed("experts", build_experts, out, cfg, progress=say)
     store = timed("extract", extract_teachers, out, cfg, corpus, experts["pipelines"])
     trust = timed("trust", score_trust, store["store"], cfg) if needs_trust(cfg) else {}
-    distilled = timed("distill", train_students, out, cfg, store["store"])
+    distilled = timed("distill", train_students, out, cfg, store["store"], progress=say)
     exports = distilled["exports"]
     results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports)
     summary = summarize(results, cfg, exports, experts["experts"])
     timed("claims", add_gains, summary, out, cfg, corpus, experts["pipelines"], exports, trust)
-    from mmkd.demo.tasks import task_summary
 
     summary["slide_and_vqa_tasks"] = task_summary(results, list(corpus["task_sets"]))
     summary["artefacts"] = {"corpus": corpus, "pipelines": experts["pipelines"], "store": store["store"],
                             "students": exports, "eval": str(out / "eval"), "summary": str(out / "summary.json")}
     summary["teachers_imported_by_distill"] = distilled["teachers_imported_by_distill"]
     summary["wall_s"] = {**times, "total": round(sum(times.values()), 1)}
+    summary["output_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     write_summary(summary, out)
     return summary

@@ -22,6 +22,7 @@ import yaml
 from mmkd.demo.config import DemoConfig
 from mmkd.demo.corpus import _png, draw_images, get_modality
 from mmkd.eval.rows import Results
+from mmkd.jsontypes import JSONDict
 
 PATCHES = 6
 

@@ -2,23 +2,23 @@
 
 The distiller reads images and captions from the dataset the store was built
 from and teacher features from the store; it never imports or builds a teacher
-(`tests/test_layers.py` states it: no module of mmkd.distill imports mmkd.teachers). Heavy modules are imported lazily.
+(`tests/test_layers.py` states it: no module of mmkd.distill imports mmkd.teachers). The recipe (torch) loads on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__all__ = ["DistillConfig", "DistillRecipe", "distill", "load_distill_config"]
+from mmkd.distill.config import DistillConfig, load_distill_config
+
+# the recipe pulls torch and open_clip: on first use (parsing a config imports neither)
+_LAZY = {"DistillRecipe": "mmkd.distill.recipe", "distill": "mmkd.distill.recipe"}
+
+__all__ = ["DistillConfig", "load_distill_config", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("DistillConfig", "load_distill_config"):
-        from mmkd.distill import config
-
-        return getattr(config, name)
-    if name in ("DistillRecipe", "distill"):
-        from mmkd.distill import recipe
-
-        return getattr(recipe, name)
-    raise AttributeError(f"module 'mmkd.distill' has no attribute {name!r}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

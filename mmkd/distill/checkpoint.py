@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmkd.distill.rundir import RunDir
 from mmkd.errors import DistillError
 
 logger = logging.getLogger(__name__)
-
-LAST = "last.pt"
 
 
 class NoCheckpointError(DistillError, FileNotFoundError):
@@ -61,17 +60,12 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return p
 
 
-def checkpoint_dir(out: str | Path) -> Path:
-    """``<out>/checkpoints``."""
-    return Path(out) / "checkpoints"
-
-
 def save_checkpoint(out: str | Path, state: dict[str, Any], keep_step_copy: bool = False) -> Path:
     """Write ``<out>/checkpoints/last.pt`` (and ``step-XXXXXXXX.pt`` when ``keep_step_copy``)."""
-    d = checkpoint_dir(out)
-    path = save_atomic(state, d / LAST)
+    run = RunDir(out)
+    path = save_atomic(state, run.last_checkpoint)
     if keep_step_copy:
-        save_atomic(state, d / f"step-{state['step']:08d}.pt")
+        save_atomic(state, run.step_checkpoint(state["step"]))
     logger.info("checkpoint at step %d -> %s", state["step"], path)
     return path
 
@@ -84,7 +78,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     p = Path(path)
     if p.is_dir():
-        p = checkpoint_dir(p) / LAST
+        p = RunDir(p).last_checkpoint
     if not p.is_file():
         raise NoCheckpointError(f"no checkpoint at {str(p)!r}; run without --resume to start fresh")
     return torch.load(p, map_location="cpu", weights_only=True)

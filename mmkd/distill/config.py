@@ -11,16 +11,145 @@ the command-line flags are. The resolved config is saved next to the run as
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmkd.config import ConfigError, merge_entry, resolve_path, section
-from mmkd.distill.heads import PROJECTIONS, TARGET_SOURCES, TargetConfig
-from mmkd.distill.init import InitConfig, is_reference
-from mmkd.distill.losses import LossWeights, parse_icl_scale
-from mmkd.distill.optim import OptimConfig
+from mmkd.errors import DistillError
 from mmkd.jsontypes import JSON, JSONDict, Pipelines
+
+if TYPE_CHECKING:
+    import torch
+
+# The nested parts of a run's config (``optim:``, ``loss:``, ``init:``, ``targets:``) are plain
+# values, defined here so that parsing a config imports no torch; the modules that use them
+# (optim, losses, init, heads) import them from here.
+
+TARGET_SOURCES = ("raw", "projected")
+PROJECTIONS = ("random", "pca", "ae")
+
+
+@dataclass
+class TargetConfig:
+    """``--kd mmkd-clip`` targets: which features, mapped how, normalised or not.
+
+    Attributes:
+        source: ``raw`` (the store's own features, mapped by ``projection``) or
+            ``projected`` (the imported official ``<teacher>_proj512`` copies, used as
+            they are, as the official code reads ``clips_project_output.pt``).
+        projection: ``raw`` targets' map: ``random`` (fixed semi-orthogonal, no fitting
+            step; default), ``pca`` or ``ae`` (fitted by ``mmkd store project``).
+        normalize: L2-normalise targets (default; the loss compares them with unit
+            student features). The official code does not: ``--no-normalize-targets``.
+    """
+
+    source: str = "raw"
+    projection: str = "random"
+    normalize: bool = True
+
+
+@dataclass
+class InitConfig:
+    """Where the student's weights come from (``init:`` in a distill entry, ``--init*`` flags).
+
+    Attributes:
+        source: source of both towers (run, export, checkpoint, ``ARCH:TAG``, ``hf-hub:ID``).
+        image: source of the image tower (overrides ``source`` for it).
+        text: source of the text tower (overrides ``source``); ``hf`` / ``hf:NAME``
+            loads the Hugging Face text model's own pretrained weights.
+        partial: accept a tower of which less than ``min_share`` loads.
+        min_share: least share of a tower's parameter elements that must load.
+        cache_dir: download cache for open_clip pretrained tags (default: open_clip's).
+    """
+
+    source: str | None = None
+    image: str | None = None
+    text: str | None = None
+    partial: bool = False
+    min_share: float = 0.9
+    cache_dir: str | None = None
+
+    def sources(self) -> dict[str, str]:
+        """Tower -> source, for the towers that have one."""
+        out = {"image": self.image or self.source, "text": self.text or self.source}
+        return {k: v for k, v in out.items() if v}
+
+    def __bool__(self) -> bool:
+        return bool(self.sources())
+
+
+def is_reference(value: str) -> bool:
+    """True for a pretrained reference (``ARCH:TAG``, ``hf-hub:ID``, ``hf``, ``hf:NAME``), not a path."""
+    v = str(value)
+    if v == "hf" or v.startswith(("hf-hub:", "hf:")):
+        return True
+    return ":" in v and not v.startswith(("fixtures:", "/", "~", ".", "$")) and "/" not in v.split(":")[0]
+
+
+@dataclass
+class LossWeights:
+    """Loss weights and constants (defaults: the official MMKD-CLIP values).
+
+    Attributes:
+        clip: weight of the student's own CLIP (InfoNCE) term.
+        fd: weight of feature distillation, applied to ``MSE_img + MSE_txt``.
+        icl: weight of interactive contrastive learning.
+        icl_scale: the multiplier ``c`` of ICL logits: a number (the official fixed
+            ``ln(1/0.07)`` ~ 2.66, not trained), or ``"learned"``: the student's own
+            CLIP multiplier ``logit_scale.exp()`` (14.3 at open_clip's init, then
+            trained), as CLIP-KD's ICL uses it.
+    """
+
+    clip: float = 1.0
+    fd: float = 50.0
+    icl: float = 1.0
+    icl_scale: float | str = math.log(1 / 0.07)
+
+    def icl_multiplier(self, logit_scale: torch.Tensor) -> torch.Tensor | float:
+        """The ICL logit multiplier for a student of log-temperature ``logit_scale``."""
+        return logit_scale.exp() if self.icl_scale == "learned" else float(self.icl_scale)
+
+
+def parse_icl_scale(value: float | str) -> float | str:
+    """``"learned"`` or a positive number (from a flag or a YAML entry).
+
+    Raises:
+        DistillError: anything else (the message names the value and the valid forms).
+    """
+    if isinstance(value, str) and value.strip().lower() == "learned":
+        return "learned"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        raise DistillError(f"icl_scale {value!r} is not valid: give a positive number (the official 2.659 = ln(1/0.07), "
+                         "or 14.29 = 1/0.07) or 'learned' (the student's own logit scale)")
+    return number
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + cosine settings (defaults: MMKD-CLIP / open_clip stage 1).
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay of the decayed group.
+        beta1, beta2, eps: AdamW constants.
+        warmup_steps: linear warmup length, in optimizer steps.
+        min_lr: floor of the cosine decay.
+    """
+
+    lr: float | None = 5e-5
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 2000
+    min_lr: float = 0.0
+
 
 KD_MODES = ("mmkd-clip", "multi")
 TEACHER_MASKS = ("valid", "trusted")
@@ -78,6 +207,10 @@ class DistillConfig:
         num_workers: DataLoader workers per rank.
         buffer_blocks: store blocks shuffled together (bounds reader memory).
         augment: open_clip train-time augmentation (else eval preprocessing).
+        decode: student images: ``reduced`` (DCT-reduced JPEG decode + one-call crop/resize,
+            :mod:`mmkd.distill.images`) or ``full`` (open_clip's transform on each full decode).
+        image_cache: ``auto``: read the store's student image cache (``mmkd store images``) when one
+            fits the student's size; ``off``: always the originals.
         teachers: teachers to use (default: every teacher in the store).
         teacher_weights: ``multi``: teacher -> weight.
         standardize: ``multi``: standardise targets with the store's mean/std attrs.
@@ -118,6 +251,8 @@ class DistillConfig:
     num_workers: int = 2
     buffer_blocks: int = 8
     augment: bool = True
+    decode: str = "reduced"
+    image_cache: str = "auto"
     teachers: list[str] | None = None
     teacher_weights: dict[str, float] | None = None
     standardize: bool = False
@@ -160,6 +295,10 @@ class DistillConfig:
                 raise ConfigError(f"distill: {name} must be positive, got {getattr(self, name)}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"distill: precision {self.precision!r} is unknown; use auto, bf16 or fp32")
+        if self.decode not in ("reduced", "full"):
+            raise ConfigError(f"distill: decode {self.decode!r} is unknown; use reduced or full")
+        if self.image_cache not in ("auto", "off"):
+            raise ConfigError(f"distill: image_cache {self.image_cache!r} is unknown; use auto or off")
         if self.head not in ("linear", "mlp"):
             raise ConfigError(f"distill: head {self.head!r} is unknown; use linear or mlp")
         if not isinstance(self.targets, TargetConfig):

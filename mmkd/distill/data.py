@@ -15,6 +15,13 @@ at train time is masked out of its batch (``ok``) and warned about once per run.
 Per-row randomness (augmentation, the random teacher of ``mmkd-clip``) is a hash of
 (seed, epoch, row), so a row gets the same view however the run is sharded,
 however many workers there are, and whether or not it was resumed.
+
+Images go through :class:`mmkd.distill.images.FastImages` when the student's transform is one
+open_clip builds (``decode="reduced"``, the default): the crop box is drawn from the header under
+the same per-row seed, the JPEG decoded at a DCT-reduced scale, and the batch normalised at once.
+``decode="full"`` runs the transform on each fully decoded image, as before. The epoch and start
+batch live in shared memory, so DataLoader workers persist across epochs
+(:func:`make_loader` ``persistent=True``) and still read the epoch :meth:`StoreBatches.set_epoch` set.
 """
 
 from __future__ import annotations
@@ -22,19 +29,26 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mmkd.config import as_path, is_remote
+from mmkd.data import open_dataset
+from mmkd.data.images import BadSample, decode_image
+from mmkd.distill.images import FastImages
 from mmkd.errors import DistillError
 from mmkd.jsontypes import JSONDict
-
-if TYPE_CHECKING:
-    from mmkd.store import FeatureStore
+from mmkd.store import FeatureStore, chunk_shuffled_batches, num_batches
+from mmkd.store.dataset import open_store_dataset
+from mmkd.store.images import ImageCache, find_image_cache
+from mmkd.store.masks import untrainable_rows
+from mmkd.store.trust import has_trust, read_trust
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +128,6 @@ class SyntheticImages:
 def images_source(store: FeatureStore, data: str | None = None) -> JSONDict | str:
     """What a worker opens to read ``store``'s images: the recorded dataset spec (relocated to ``data`` and
     fingerprint-checked when given), or ``synthetic://`` for synthetic stores."""
-    from mmkd.store.dataset import open_store_dataset
-
     uri = store.manifest.dataset.uri
     if uri.startswith("synthetic://") and data is None:
         return uri
@@ -126,9 +138,11 @@ def open_images(source: JSONDict | str):
     """A reader from :func:`images_source`'s value (opened in the process that reads)."""
     if isinstance(source, str) and source.startswith("synthetic://"):
         return SyntheticImages()
-    from mmkd.data import open_dataset
 
     return open_dataset(source)
+
+
+DECODES = ("reduced", "full")
 
 
 @dataclass
@@ -146,6 +160,8 @@ class DataSpec:
     with_features: bool = False
     teacher_mask: str = "valid"
     teacher_weight: str = "none"
+    decode: str = "reduced"
+    image_cache: str = "auto"
 
 
 class StoreBatches(IterableDataset):
@@ -159,9 +175,6 @@ class StoreBatches(IterableDataset):
 
     def __init__(self, spec: DataSpec, transform: Callable, tokenizer: Callable):
         super().__init__()
-        from mmkd.store import FeatureStore, num_batches
-
-        from mmkd.store.masks import untrainable_rows
 
         self.spec = spec
         self.transform = transform
@@ -177,8 +190,6 @@ class StoreBatches(IterableDataset):
             logger.warning("store %s: %s left out of training: the store records them as unusable "
                            "(`mmkd store info %s` lists failures)", spec.store, excluded.describe(), spec.store)
         if spec.with_features and (spec.teacher_mask == "trusted" or spec.teacher_weight == "trust"):
-            from mmkd.store.trust import has_trust
-
             missing = [t for t in spec.teachers if not has_trust(store, t)]
             if missing:
                 raise DistillError(f"--teacher-mask {spec.teacher_mask} / --teacher-weight {spec.teacher_weight} need "
@@ -191,42 +202,82 @@ class StoreBatches(IterableDataset):
             raise DistillError(f"store {spec.store!r} has {self.n - excluded.total} usable rows ({excluded.describe()} "
                              f"left out), fewer than one global batch of {spec.batch_size} x {spec.world_size} "
                              "ranks; lower --batch-size")
-        self.epoch, self.start_batch = 0, 0
+        if spec.decode not in DECODES:
+            raise ValueError(f"decode {spec.decode!r} is unknown; use one of {list(DECODES)}")
+        self.fast = FastImages.plan(transform) if spec.decode == "reduced" else None
+        self.cache_dir = self._find_cache(store)
+        # (epoch, start batch) in shared memory: persistent workers read what set_epoch wrote
+        self._position = multiprocessing.get_context().RawArray("q", 2)
         self._state: dict[str, Any] | None = None
 
+    def _find_cache(self, store: Any) -> str | None:
+        """The image cache to read (``mmkd store images``), or None: the originals; says which."""
+        if self.spec.image_cache not in ("auto", "off"):
+            raise ValueError(f"image_cache {self.spec.image_cache!r} is unknown; use auto or off")
+        found = None
+        if self.spec.image_cache == "auto":
+            if self.fast is not None:
+                found = find_image_cache(store, max(self.fast.size))
+            elif find_image_cache(store, 0) is not None:
+                logger.info("store %s has an image cache, not used: decode=%s or a student transform it cannot "
+                            "replay", self.spec.store, self.spec.decode)
+        if found is not None:
+            logger.info("student images: image cache %s", found)
+        else:
+            logger.info("student images: originals at %s (%s decode)", self.uri,
+                        "DCT-reduced" if self.fast is not None else "full")
+        return str(found) if found is not None else None
+
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @property
+    def start_batch(self) -> int:
+        return int(self._position[1])
+
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Choose the epoch and the first batch (of this rank) to yield."""
-        self.epoch, self.start_batch = int(epoch), int(start_batch)
+        """Choose the epoch and the first batch (of this rank) to yield (seen by running workers too)."""
+        self._position[0], self._position[1] = int(epoch), int(start_batch)
 
     def _open(self) -> dict[str, Any]:
         # opened lazily, in the process (worker) that reads
         if self._state is None:
-            from mmkd.store import FeatureStore
-
             cache = (max(self.spec.buffer_blocks, 2) + 2) * self.block_size * 4 * sum(self.dims.values()) + (1 << 20)
             store = FeatureStore.open(self.spec.store, cache_bytes=cache,
                                       index_cache_groups=max(self.spec.buffer_blocks, 2) + 1)
             self._state = {"store": store, "images": open_images(self.images)}
+            if self.cache_dir is not None:
+                self._state["cache"] = ImageCache(self.cache_dir, blocks=max(self.spec.buffer_blocks, 2) + 1)
         return self._state
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from mmkd.store import chunk_shuffled_batches
-
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         s = self.spec
+        epoch = self.epoch
         batches = chunk_shuffled_batches(
-            self.n, self.block_size, s.batch_size, seed=s.seed, epoch=self.epoch, rank=s.rank,
+            self.n, self.block_size, s.batch_size, seed=s.seed, epoch=epoch, rank=s.rank,
             world_size=s.world_size, worker_id=wid, num_workers=nw, buffer_blocks=s.buffer_blocks,
             start_batch=self.start_batch, exclude=self.exclude)
-        for rows in batches:
-            yield self.load(np.asarray(rows, dtype=np.int64))
+        ahead = s.with_features and is_remote(as_path(s.store))
+        it = iter(batches)
+        nxt = next(it, None)
+        while nxt is not None:
+            rows, nxt = np.asarray(nxt, dtype=np.int64), next(it, None)
+            if ahead and nxt is not None:
+                # object storage: fetch the next batch's feature blocks while this one is built and trained on
+                store = self._open()["store"]
+                for t in s.teachers:
+                    store.read_ahead(t, nxt, ("image", "text", "valid"))
+            yield self.load(rows, epoch)
 
-    def load(self, rows: np.ndarray) -> dict[str, Any]:
-        """Build the batch for ``rows`` (see the class docstring)."""
+    def load(self, rows: np.ndarray, epoch: int | None = None) -> dict[str, Any]:
+        """Build the batch for ``rows`` of ``epoch`` (default: the one set; see the class docstring)."""
+        epoch = self.epoch if epoch is None else int(epoch)
         st = self._open()
         meta = st["store"].index_columns(rows, ("caption", "image"))
-        images, ok = self._images(st["images"], meta["image"], rows)
+        images, ok = self._images(st, meta["image"], rows, epoch)
         batch: dict[str, Any] = {
             "rows": torch.from_numpy(rows.copy()),
             "image": images,
@@ -234,38 +285,42 @@ class StoreBatches(IterableDataset):
             "ok": torch.from_numpy(ok),
         }
         if self.spec.with_features:
-            batch.update(self._features(st, rows))
+            batch.update(self._features(st, rows, epoch))
         return batch
 
-    def _images(self, source, refs: list[str], rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        from mmkd.data.images import BadSample, decode_image
-
-        raw = source.read_many(list(refs), on_error="return")
-        seeds = row_hash(self.spec.seed, self.epoch, rows, salt=1) >> np.uint64(1)
+    def _images(self, st: dict[str, Any], refs: list[str], rows: np.ndarray, epoch: int
+                ) -> tuple[torch.Tensor, np.ndarray]:
+        if "cache" in st:
+            raw, sizes = st["cache"].read(rows)
+        else:
+            raw, sizes = st["images"].read_many(list(refs), on_error="return"), [None] * len(rows)
+        seeds = row_hash(self.spec.seed, epoch, rows, salt=1) >> np.uint64(1)
         out, ok = [], np.ones(len(rows), dtype=bool)
-        for i, data in enumerate(raw):
-            try:
-                if isinstance(data, BaseException):
-                    raise data
-                img = decode_image(data)
-                with torch.random.fork_rng(devices=[]):
-                    # the CPU generator only: torch.manual_seed would also seed (lazily) every accelerator
+        # the CPU generator only: torch.manual_seed would also seed (lazily) every accelerator
+        with torch.random.fork_rng(devices=[]):
+            for i, data in enumerate(raw):
+                try:
+                    if isinstance(data, BaseException):
+                        raise data
                     torch.random.default_generator.manual_seed(int(seeds[i]))
-                    out.append(self.transform(img))
-            except BadSample as e:
-                if int(rows[i]) not in self.unreadable:
-                    self.unreadable.add(int(rows[i]))
-                    logger.warning("row %d (image %r) unreadable, masked out of its batches (warned once per "
-                                   "run): %s", rows[i], refs[i], e)
-                ok[i] = False
-                out.append(None)
+                    out.append(self.fast.decode(data, sizes[i]) if self.fast is not None
+                               else self.transform(decode_image(data)))
+                except BadSample as e:
+                    if int(rows[i]) not in self.unreadable:
+                        self.unreadable.add(int(rows[i]))
+                        logger.warning("row %d (image %r) unreadable, masked out of its batches (warned once per "
+                                       "run): %s", rows[i], refs[i], e)
+                    ok[i] = False
+                    out.append(None)
         shape = next((x.shape for x in out if x is not None), None)
         if shape is None:
             raise RuntimeError(f"no image of batch rows {rows[:8].tolist()}... could be read; check the dataset "
                                f"at {self.uri!r}")
+        if self.fast is not None:
+            return self.fast.normalize(out), ok
         return torch.stack([x if x is not None else torch.zeros(shape) for x in out]), ok
 
-    def _features(self, st: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    def _features(self, st: dict[str, Any], rows: np.ndarray, epoch: int) -> dict[str, Any]:
         store = st["store"]
         valid = np.stack([st["store"].read(t, rows, kind="valid") for t in self.spec.teachers], axis=1)
         feats = {}
@@ -276,10 +331,8 @@ class StoreBatches(IterableDataset):
             txt[~valid[:, j]] = 0.0
             feats[t] = {"image": torch.from_numpy(img), "text": torch.from_numpy(txt)}
         out: dict[str, Any] = {}
-        u = uniform(self.spec.seed, self.epoch, rows, salt=2)
+        u = uniform(self.spec.seed, epoch, rows, salt=2)
         if self.spec.teacher_mask == "trusted" or self.spec.teacher_weight == "trust":
-            from mmkd.store.trust import read_trust
-
             pairs = [read_trust(store, t, rows) for t in self.spec.teachers]
             trust = np.stack([p[0] for p in pairs], axis=1)
             if self.spec.teacher_mask == "trusted":
@@ -296,7 +349,7 @@ class StoreBatches(IterableDataset):
 
 
 class _Loader(DataLoader):
-    """A DataLoader that tells its dataset which rows failed to read, so the next epoch's workers
+    """A DataLoader that tells its dataset which rows failed to read, so workers started later
     (fresh copies of the dataset) do not warn about them again."""
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -306,7 +359,15 @@ class _Loader(DataLoader):
             yield batch
 
 
-def make_loader(dataset: StoreBatches, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over pre-batched items (``batch_size=None``)."""
+def make_loader(dataset: StoreBatches, num_workers: int, pin_memory: bool = False, persistent: bool = False,
+                prefetch: int = 2) -> DataLoader:
+    """A DataLoader over pre-batched items (``batch_size=None``).
+
+    Args:
+        persistent: keep the workers between epochs: iterate the same loader again after
+            :meth:`StoreBatches.set_epoch` (workers read the epoch from shared memory).
+        prefetch: batches each worker prepares ahead.
+    """
     return _Loader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                   prefetch_factor=2 if num_workers > 0 else None)
+                   prefetch_factor=prefetch if num_workers > 0 else None,
+                   persistent_workers=persistent and num_workers > 0)

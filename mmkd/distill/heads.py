@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,29 +23,7 @@ from torch import nn
 
 from mmkd.errors import DistillError
 
-
-TARGET_SOURCES = ("raw", "projected")
-PROJECTIONS = ("random", "pca", "ae")
 _PROJ_COPY = re.compile(r"^(?P<base>.+)_proj(?P<dim>\d+)$")
-
-
-@dataclass
-class TargetConfig:
-    """``--kd mmkd-clip`` targets: which features, mapped how, normalised or not.
-
-    Attributes:
-        source: ``raw`` (the store's own features, mapped by ``projection``) or
-            ``projected`` (the imported official ``<teacher>_proj512`` copies, used as
-            they are, as the official code reads ``clips_project_output.pt``).
-        projection: ``raw`` targets' map: ``random`` (fixed semi-orthogonal, no fitting
-            step; default), ``pca`` or ``ae`` (fitted by ``mmkd store project``).
-        normalize: L2-normalise targets (default; the loss compares them with unit
-            student features). The official code does not: ``--no-normalize-targets``.
-    """
-
-    source: str = "raw"
-    projection: str = "random"
-    normalize: bool = True
 
 
 def projected_copy(name: str, teachers: list[str]) -> str | None:

@@ -24,53 +24,24 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mmkd.distill.config import InitConfig, is_reference
+from mmkd.distill.rundir import EXPORT_WEIGHTS, RunDir
 from mmkd.errors import MMKDError
 from mmkd.jsontypes import JSONDict
 
 logger = logging.getLogger(__name__)
 
 TOWERS = ("image", "text")
-REPORT_FILE = "init_report.json"
 
 
 class InitError(MMKDError, ValueError):
     """An init source cannot be resolved or loads too little of a tower."""
-
-
-@dataclass
-class InitConfig:
-    """Where the student's weights come from (``init:`` in a distill entry, ``--init*`` flags).
-
-    Attributes:
-        source: source of both towers (run, export, checkpoint, ``ARCH:TAG``, ``hf-hub:ID``).
-        image: source of the image tower (overrides ``source`` for it).
-        text: source of the text tower (overrides ``source``); ``hf`` / ``hf:NAME``
-            loads the Hugging Face text model's own pretrained weights.
-        partial: accept a tower of which less than ``min_share`` loads.
-        min_share: least share of a tower's parameter elements that must load.
-        cache_dir: download cache for open_clip pretrained tags (default: open_clip's).
-    """
-
-    source: str | None = None
-    image: str | None = None
-    text: str | None = None
-    partial: bool = False
-    min_share: float = 0.9
-    cache_dir: str | None = None
-
-    def sources(self) -> dict[str, str]:
-        """Tower -> source, for the towers that have one."""
-        out = {"image": self.image or self.source, "text": self.text or self.source}
-        return {k: v for k, v in out.items() if v}
-
-    def __bool__(self) -> bool:
-        return bool(self.sources())
 
 
 @dataclass
@@ -85,14 +56,6 @@ class TowerReport:
     missing: list[str] = field(default_factory=list)
     mismatched: list[dict[str, Any]] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-
-
-def is_reference(value: str) -> bool:
-    """True for a pretrained reference (``ARCH:TAG``, ``hf-hub:ID``, ``hf``, ``hf:NAME``), not a path."""
-    v = str(value)
-    if v == "hf" or v.startswith(("hf-hub:", "hf:")):
-        return True
-    return ":" in v and not v.startswith(("fixtures:", "/", "~", ".", "$")) and "/" not in v.split(":")[0]
 
 
 def tower_of(key: str) -> str:
@@ -127,7 +90,7 @@ def resolve_pretrained(ref: str, cache_dir: str | None = None) -> Path:
                 f"init {ref!r}: no open_clip weights for {model_id!r} in the Hugging Face cache "
                 f"({cache_dir or os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'})"
                 f"{' and HF_HUB_OFFLINE=1 forbids a download' if _offline() else ''}; download them once "
-                f"online (huggingface-cli download {model_id}) or point HF_HUB_CACHE at a cache that holds them") from e
+                f"online (hf download {model_id}) or point HF_HUB_CACHE at a cache that holds them") from e
     arch, tag = ref.split(":", 1)
     arch = arch.replace("/", "-")
     if open_clip.get_model_config(arch) is None:
@@ -160,13 +123,10 @@ def resolve_source(source: str, cache_dir: str | None = None) -> Path:
     Raises:
         InitError: the source names nothing loadable.
     """
-    from mmkd.distill.student import EXPORT_WEIGHTS
-
     p = Path(os.path.expanduser(source))
     if p.is_dir():
-        for cand in (p / EXPORT_WEIGHTS, p / "export" / EXPORT_WEIGHTS, p / "checkpoints" / "last.pt"):
-            if cand.is_file():
-                return cand
+        if (weights := RunDir(p).student_weights()) is not None:
+            return weights
         found = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")) + sorted(p.glob("*.pt")) + sorted(
             p.glob("*.pth"))
         if found:
@@ -316,8 +276,6 @@ def initialise(model: torch.nn.Module, cfg: InitConfig) -> JSONDict:
         InitError: a source names nothing loadable, or a tower loads less than
             ``min_share`` without ``partial``.
     """
-    from dataclasses import asdict
-
     by_source: dict[str, list[str]] = {}
     for tower, src in cfg.sources().items():
         by_source.setdefault(src, []).append(tower)

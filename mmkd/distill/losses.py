@@ -13,57 +13,13 @@ batch. Student features given here are L2-normalised.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from mmkd.errors import DistillError
+from mmkd.distill.config import LossWeights, parse_icl_scale  # noqa: F401  (parse_icl_scale: re-exported)
 
 Terms = dict[str, torch.Tensor]
-
-
-@dataclass
-class LossWeights:
-    """Loss weights and constants (defaults: the official MMKD-CLIP values).
-
-    Attributes:
-        clip: weight of the student's own CLIP (InfoNCE) term.
-        fd: weight of feature distillation, applied to ``MSE_img + MSE_txt``.
-        icl: weight of interactive contrastive learning.
-        icl_scale: the multiplier ``c`` of ICL logits: a number (the official fixed
-            ``ln(1/0.07)`` ~ 2.66, not trained), or ``"learned"``: the student's own
-            CLIP multiplier ``logit_scale.exp()`` (14.3 at open_clip's init, then
-            trained), as CLIP-KD's ICL uses it.
-    """
-
-    clip: float = 1.0
-    fd: float = 50.0
-    icl: float = 1.0
-    icl_scale: float | str = math.log(1 / 0.07)
-
-    def icl_multiplier(self, logit_scale: torch.Tensor) -> torch.Tensor | float:
-        """The ICL logit multiplier for a student of log-temperature ``logit_scale``."""
-        return logit_scale.exp() if self.icl_scale == "learned" else float(self.icl_scale)
-
-
-def parse_icl_scale(value: float | str) -> float | str:
-    """``"learned"`` or a positive number (from a flag or a YAML entry).
-
-    Raises:
-        ValueError: anything else (the message names the value and the valid forms).
-    """
-    if isinstance(value, str) and value.strip().lower() == "learned":
-        return "learned"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or number <= 0:
-        raise DistillError(f"icl_scale {value!r} is not valid: give a positive number (the official 2.659 = ln(1/0.07), "
-                         "or 14.29 = 1/0.07) or 'learned' (the student's own logit scale)")
-    return number
 
 
 def _contrastive(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:

@@ -8,24 +8,23 @@ from pathlib import Path
 
 from mmkd.jsontypes import JSON, JSONDict
 
-logger = logging.getLogger(__name__)
+from mmkd.distill.rundir import RunDir
 
-METRICS = "metrics.jsonl"
-CURVE = "loss_curve.png"
+logger = logging.getLogger(__name__)
 
 
 class MetricsLog:
     """Append-only ``<out>/metrics.jsonl``; mirrors scalars to TensorBoard if available."""
 
     def __init__(self, out: str | Path, tensorboard: bool = True):
-        self.path = Path(out) / METRICS
+        self.path = RunDir(out).metrics
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(out) / "tb"))
+                self._tb = SummaryWriter(str(RunDir(out).tensorboard))
             except ImportError:
                 logger.debug("tensorboard not installed; metrics go to %s only", self.path)
 
@@ -53,7 +52,7 @@ class MetricsLog:
 
 def read_metrics(out: str | Path) -> list[JSONDict]:
     """Records of ``<out>/metrics.jsonl``."""
-    path = Path(out) / METRICS
+    path = RunDir(out).metrics
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -81,7 +80,7 @@ def plot_losses(out: str | Path) -> Path | None:
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(out) / CURVE
+    path = RunDir(out).loss_curve
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

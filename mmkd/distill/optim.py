@@ -3,31 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-
-@dataclass
-class OptimConfig:
-    """AdamW + cosine settings (defaults: MMKD-CLIP / open_clip stage 1).
-
-    Attributes:
-        lr: peak learning rate.
-        weight_decay: decoupled weight decay of the decayed group.
-        beta1, beta2, eps: AdamW constants.
-        warmup_steps: linear warmup length, in optimizer steps.
-        min_lr: floor of the cosine decay.
-    """
-
-    lr: float | None = 5e-5
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    warmup_steps: int = 2000
-    min_lr: float = 0.0
+from mmkd.distill.config import OptimConfig
 
 
 def no_decay(name: str, param: torch.Tensor) -> bool:

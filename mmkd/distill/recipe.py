@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -26,10 +25,11 @@ from mmkd.distill.config import DistillConfig
 from mmkd.distill.data import DataSpec, StoreBatches, make_loader, uniform
 from mmkd.distill.dist import DistEnv, cleanup_distributed, init_distributed
 from mmkd.distill.heads import TeacherHeads, TeacherProjections, projected_copy
-from mmkd.distill.init import REPORT_FILE, initialise
+from mmkd.distill.init import initialise
 from mmkd.distill.metrics import MetricsLog, plot_losses
 from mmkd.distill.objective import DistillModule, compute_terms
 from mmkd.distill.optim import build_optimizer, build_scheduler
+from mmkd.distill.rundir import RunDir
 from mmkd.distill.student import (
     build_student,
     export_student,
@@ -37,6 +37,8 @@ from mmkd.distill.student import (
     resolve_student,
 )
 from mmkd.errors import DistillError
+from mmkd.store import FeatureStore, StoreError
+from mmkd.store.projection import load_projection
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class DistillRecipe:
     def __init__(self, cfg: DistillConfig):
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.run = RunDir(self.out)
         self.kd = cfg.kd if cfg.stage == 2 else None
 
     # ------------------------------------------------------------------ setup
@@ -90,8 +93,6 @@ class DistillRecipe:
         np.random.seed(c.seed % (1 << 32))
 
     def _setup_store(self) -> None:
-        from mmkd.store import FeatureStore
-
         store = FeatureStore.open(self.cfg.store)
         self.n = store.n
         self.teachers: list[str] = []
@@ -162,9 +163,6 @@ class DistillRecipe:
         elif c.projection_file:
             proj.load_file(c.projection_file)
         elif c.targets.projection != "random":
-            from mmkd.store import StoreError
-            from mmkd.store.projection import load_projection
-
             for t in self.teachers:
                 try:
                     w, b, meta = load_projection(self.store_obj, t, c.targets.projection, embed_dim)
@@ -194,7 +192,8 @@ class DistillRecipe:
         spec = DataSpec(store=c.store, batch_size=c.batch_size, seed=c.seed, teachers=self.teachers,
                         rank=self.env.rank, world_size=self.env.world_size, buffer_blocks=c.buffer_blocks,
                         data=c.data, with_features=self.kd is not None, teacher_mask=c.teachers_cfg.mask,
-                        teacher_weight=c.teachers_cfg.weight)
+                        teacher_weight=c.teachers_cfg.weight, decode=c.decode,
+                        image_cache=c.image_cache)
         transform = self.student.train_transform if c.augment else self.student.eval_transform
         self.data = StoreBatches(spec, transform, self.student.tokenizer)
         per_epoch = self.data.batches_per_epoch
@@ -216,8 +215,6 @@ class DistillRecipe:
         logger.info("resumed from step %d (epoch %d, batch %d)", self.step, self.epoch, self.batch_in_epoch)
 
     def _setup_logging(self) -> None:
-        import yaml
-
         self.metrics = MetricsLog(self.out) if self.env.is_main else None
         if self.metrics is not None:
             self.metrics.truncate_after(self.step)
@@ -225,17 +222,17 @@ class DistillRecipe:
                         "model_cfg": self.student.spec.model_cfg, "preprocess_cfg": self.student.preprocess_cfg},
                         "store": {"rows": self.n, "teachers": self.dims}, "total_steps": self.total_steps,
                         "world_size": self.env.world_size}
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            self.run.write_config(resolved)
             if self.init_report is not None:
-                (self.out / REPORT_FILE).write_text(json.dumps(self.init_report, indent=2))
+                self.run.write_init_report(self.init_report)
 
     # ------------------------------------------------------------------ train
     def _batches(self):
         """Endless stream of batches, moving through epochs; updates the data position."""
+        # one loader for the run: its workers persist across epochs and read the epoch set here
+        loader = make_loader(self.data, self.cfg.num_workers, pin_memory=self.device.type == "cuda", persistent=True)
         while True:
             self.data.set_epoch(self.epoch, self.batch_in_epoch)
-            loader = make_loader(self.data, self.cfg.num_workers, pin_memory=self.device.type == "cuda")
             for batch in loader:
                 self.batch_in_epoch += 1
                 yield batch
@@ -348,12 +345,12 @@ class DistillRecipe:
             torch.distributed.barrier()
 
     def _finish(self) -> None:
-        export_student(self.student, self.out / "export")
+        export_student(self.student, self.run.export)
         if self.module.kd is not None:
             from safetensors.torch import save_file
 
             state = {k: v.detach().cpu().contiguous() for k, v in self.module.kd.state_dict().items()}
-            save_file(state, str(self.out / "kd_adaptors.safetensors"),
+            save_file(state, str(self.run.kd_adaptors),
                       metadata={"kd": str(self.kd), "teachers": ",".join(self.teachers)})
         plot_losses(self.out)
 

@@ -24,14 +24,12 @@ from typing import Any
 
 import torch
 
-from mmkd.distill.init import InitConfig
+from mmkd.distill.config import InitConfig
+from mmkd.distill.rundir import EXPORT_CONFIG, EXPORT_WEIGHTS, RunDir
 from mmkd.errors import MMKDError
 from mmkd.jsontypes import JSONDict
 
 logger = logging.getLogger(__name__)
-
-EXPORT_CONFIG = "open_clip_config.json"
-EXPORT_WEIGHTS = "open_clip_model.safetensors"
 
 
 class StudentError(MMKDError, ValueError):
@@ -225,10 +223,7 @@ def load_student_weights(model: torch.nn.Module, path: str | Path) -> None:
     """
     p = Path(path)
     if p.is_dir():
-        for cand in (p / EXPORT_WEIGHTS, p / "export" / EXPORT_WEIGHTS, p / "checkpoints" / "last.pt"):
-            if cand.is_file():
-                p = cand
-                break
+        p = RunDir(p).student_weights() or p
     if not p.is_file():
         raise StudentError(f"init checkpoint {str(path)!r} not found; pass a distill checkpoint, export folder or weights file")
     if p.suffix == ".safetensors":

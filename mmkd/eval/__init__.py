@@ -10,17 +10,16 @@ store), :mod:`~mmkd.eval.features` (feature cache), :mod:`~mmkd.eval.runner`
 :mod:`~mmkd.eval.vqa`, :mod:`~mmkd.eval.clip_benchmark`, dispatched by :mod:`~mmkd.eval.tasksets`.
 """
 
-__all__ = ["EvalConfig", "evaluate", "load_eval_set"]
+import importlib
+from typing import Any
+
+# torch loads with the task modules (MIL heads, linear probes), faiss with retrieval: on first use.
+_LAZY = {"EvalConfig": "mmkd.eval.runner", "evaluate": "mmkd.eval.runner", "load_eval_set": "mmkd.eval.sets"}
+
+__all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
-    # Keep `import mmkd.eval` light: torch / faiss load with the modules that need them.
-    if name in ("EvalConfig", "evaluate"):
-        from mmkd.eval import runner
-
-        return getattr(runner, name)
-    if name == "load_eval_set":
-        from mmkd.eval.sets import load_eval_set
-
-        return load_eval_set
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

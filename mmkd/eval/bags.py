@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmkd.config import ConfigError
+from mmkd.eval.features import set_features
+from mmkd.eval.types import EvalItem, EvalSet
 
 if TYPE_CHECKING:
     from mmkd.store import FeatureStore
@@ -210,9 +212,6 @@ class ImageBags(BagSource):
         return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
     def _load(self, slide_id: str) -> np.ndarray:
-        from mmkd.eval.features import set_features
-        from mmkd.eval.sets import EvalItem, EvalSet
-
         folder = self.root / slide_id
         items = [EvalItem(f"{slide_id}/{p.name}", p.name) for p in self._files(folder)]
         evalset = EvalSet(name=f"{self.set_name}-{slide_id}", items=items, root=folder, source=str(folder))

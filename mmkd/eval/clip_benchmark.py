@@ -27,8 +27,9 @@ import logging
 import tarfile
 from pathlib import Path
 
-from mmkd.config import ConfigError
+from mmkd.config import ConfigError, resolve_path
 from mmkd.eval.rows import ClipBenchmarkRow
+from mmkd.eval.types import EvalItem, EvalSet
 from mmkd.jsontypes import JSONDict
 
 log = logging.getLogger(__name__)
@@ -88,16 +89,13 @@ def _shards(root: Path, split: str, name: str) -> list[Path]:
     return shards
 
 
-def build_clip_benchmark_set(name: str, spec: JSONDict, base: Path):
+def build_clip_benchmark_set(name: str, spec: JSONDict, base: Path) -> EvalSet:
     """An :class:`~mmkd.eval.sets.EvalSet` over a clip_benchmark webdataset folder.
 
     Raises:
         ConfigError: unknown keys, missing shards / class names, a multilabel set,
             or a sample without an image, label or caption (named).
     """
-    from mmkd.config import resolve_path
-    from mmkd.eval.sets import EvalItem, EvalSet
-
     unknown = sorted(set(spec) - CB_KEYS)
     if unknown:
         raise ConfigError(f"eval set {name!r}: unknown keys {unknown} for a clip_benchmark set; valid: {sorted(CB_KEYS)}")

@@ -18,16 +18,15 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from mmkd.errors import MMKDError
 from mmkd.eval.zeroshot import l2_normalize
 from mmkd.jsontypes import JSON, Pipelines
-
-if TYPE_CHECKING:
-    from mmkd.store import FeatureStore
+from mmkd.store import FeatureStore
+from mmkd.teachers import get_teacher_spec
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +137,6 @@ class TeacherEncoder:
     """
 
     def __init__(self, name: str, cfg: Pipelines | None = None, device: str | None = None) -> None:
-        from mmkd.teachers import get_teacher_spec
-
         self.spec = get_teacher_spec(name, cfg)
         self.name = name
         self.model_id = f"teacher-{_digest(self.spec.to_dict(), _weights_stamp(self.spec.weights))}"
@@ -150,7 +147,7 @@ class TeacherEncoder:
     @property
     def teacher(self):
         if self._teacher is None:
-            from mmkd.teachers import load_teacher
+            from mmkd.teachers.loaders import load_teacher  # torch, open_clip: not for features read from a store
 
             log.info("loading teacher %s", self.name)
             self._teacher = load_teacher(self.spec, device=str(_device(self._device)))
@@ -186,8 +183,6 @@ class StoreEncoder:
     """
 
     def __init__(self, store: FeatureStore | str, teacher: str, prompt_encoder: Encoder | None = None) -> None:
-        from mmkd.store import FeatureStore
-
         self.store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
         if teacher not in self.store.teachers:
             raise EncoderError(f"store {self.store.path} holds no features of teacher {teacher!r}; it holds "

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mmkd.eval.encoders import Encoder, EncoderError
-from mmkd.eval.sets import EvalSet
+from mmkd.eval.types import EvalSet
 from mmkd.eval.zeroshot import class_embeddings
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,11 @@ Instance Learning", gated variant: ``a_k = w^T (tanh(V h_k) * sigmoid(U h_k))``,
 softmax over the bag's patches, the bag embedding is ``sum_k a_k h_k``. The mean-
 pooling baseline classifies the average patch feature with a small MLP.
 
-Training streams bags: a step loads one bag, runs it, and lets it go, so memory
+Training runs a mini-batch of bags as one padded (bags, patches, dim) tensor with a
+patch mask, one forward and one backward per optimizer step, when the padded batch
+holds at most ``MILConfig.batch_patches`` patch rows; the outputs are those of the
+bags run one by one (the mask keeps padding out of the attention softmax and the
+mean). Larger batches stream: a step loads one bag, runs it, and lets it go, so memory
 is bounded by one bag (plus the head) whatever the number of slides. Losses that
 couple bags (the Cox partial likelihood) use two passes per mini-batch: the bags'
 outputs are first computed without a graph, the loss's gradient with respect to
@@ -45,6 +49,8 @@ class MILConfig:
         max_patches: at most this many random patches of a bag per training step
             (None: all); prediction always uses every patch.
         device: torch device.
+        batch_patches: run a mini-batch as one padded tensor when it holds at most this
+            many patch rows (bags x longest bag); 0: always stream bag by bag.
     """
 
     folds: int = 5
@@ -56,6 +62,7 @@ class MILConfig:
     batch_bags: int | None = None
     max_patches: int | None = None
     device: str | None = None
+    batch_patches: int = 1 << 19
 
 
 class GatedABMIL(nn.Module):
@@ -85,6 +92,12 @@ class GatedABMIL(nn.Module):
         h = self.embed(x)
         return self.head(self.attention(h) @ h)
 
+    def forward_batch(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(bags, patches, dim) padded bags and their (bags, patches) bool mask -> (bags, n_out)."""
+        h = self.embed(x)
+        score = self.attn_w(self.attn_v(h) * self.attn_u(h)).squeeze(-1).masked_fill(~mask, float("-inf"))
+        return self.head(torch.einsum("bp,bph->bh", torch.softmax(score, dim=1), h))
+
 
 class MeanPoolMIL(nn.Module):
     """Mean of the bag's patch features, then a one-hidden-layer MLP."""
@@ -95,6 +108,11 @@ class MeanPoolMIL(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x.mean(dim=0))
+
+    def forward_batch(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(bags, patches, dim) padded bags and their (bags, patches) bool mask -> (bags, n_out)."""
+        m = mask.to(x.dtype)[..., None]
+        return self.mlp((x * m).sum(dim=1) / m.sum(dim=1))
 
 
 def build_head(kind: str, dim: int, n_out: int, cfg: MILConfig) -> nn.Module:
@@ -120,6 +138,34 @@ def _bag_tensor(load: BagLoader, i: int, device: torch.device, max_patches: int 
     if rng is not None and max_patches is not None and len(x) > max_patches:
         x = x[np.sort(rng.choice(len(x), max_patches, replace=False))]
     return torch.from_numpy(x).to(device)
+
+
+def _padded(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bags of (patches_i, dim) -> (bags, max patches, dim) zero-padded, and the (bags, max patches) mask."""
+    x = torch.nn.utils.rnn.pad_sequence(bags, batch_first=True)
+    lengths = torch.tensor([len(b) for b in bags], device=x.device)
+    return x, torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+
+
+def _batch_step(model: nn.Module, load: BagLoader, batch: list[int], seeds: np.ndarray, loss_fn: LossFn,
+                device: torch.device, cfg: MILConfig, separable: bool) -> bool:
+    """One forward + backward over the mini-batch as a padded tensor; False (nothing done) when it is over
+    ``cfg.batch_patches`` patch rows or the head has no batched forward."""
+    if not cfg.batch_patches or not hasattr(model, "forward_batch"):
+        return False
+    bags = [_bag_tensor(load, b, device, cfg.max_patches, np.random.default_rng(int(s))) for b, s in zip(batch, seeds)]
+    if len(bags) * max(len(b) for b in bags) > cfg.batch_patches:
+        return False
+    _seed_torch(int(seeds[0]), device)
+    out = model.forward_batch(*_padded(bags))
+    if separable:  # the mean of the per-bag terms, as the streamed path (a weighted loss weighs within a bag)
+        loss = torch.stack([loss_fn(out[k:k + 1], [b]) for k, b in enumerate(batch)]).mean()
+    else:
+        loss = loss_fn(out, batch)
+        if not torch.isfinite(loss) or loss.grad_fn is None:
+            return True  # e.g. a batch without an event: no gradient signal
+    loss.backward()
+    return True
 
 
 def _seed_torch(seed: int, device: torch.device) -> None:
@@ -162,7 +208,9 @@ def train_head(model: nn.Module, load: BagLoader, train_idx: Sequence[int], loss
                 continue  # a lone tail bag has no risk set
             opt.zero_grad(set_to_none=True)
             seeds = rng.integers(0, 2**31, size=len(batch))
-            if separable:
+            if len(batch) > 1 and _batch_step(model, load, batch, seeds, loss_fn, device, cfg, separable):
+                pass
+            elif separable:
                 for b, s in zip(batch, seeds):
                     _seed_torch(int(s), device)
                     x = _bag_tensor(load, b, device, cfg.max_patches, np.random.default_rng(int(s)))
@@ -193,7 +241,7 @@ def _two_pass_step(model: nn.Module, load: BagLoader, batch: list[int], seeds: n
 
 @torch.no_grad()
 def predict(model: nn.Module, load: BagLoader, idx: Sequence[int], device: str | None = None) -> np.ndarray:
-    """(len(idx), n_out) float64 outputs of the trained head, every patch of each bag."""
+    """(len(idx), n_out) float64 outputs of the trained head, every patch of each bag (one bag at a time)."""
     dev = torch.device(device or "cpu")
     model.to(dev).eval()
     return np.stack([model(_bag_tensor(load, int(i), dev, None, None)).double().cpu().numpy() for i in idx])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.jsontypes import JSONDict
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +175,6 @@ def _err(results: dict, model: str, col: tuple[str, str, str], v: float) -> tupl
 
 def _bars(ax, results: dict, models: list[str], task: str, metric: str, sets: list[str], classes: dict,
           colors: list) -> None:
-    import numpy as np
-
     width = 0.8 / max(len(models), 1)
     x = np.arange(len(sets))
     for i, model in enumerate(models):
@@ -195,8 +194,6 @@ def _bars(ax, results: dict, models: list[str], task: str, metric: str, sets: li
 
 
 def _heatmap(ax, results: dict, models: list[str], task: str, metric: str, sets: list[str]) -> None:
-    import numpy as np
-
     grid = np.array([[_value(results, m, (ds, task, metric)) or np.nan for ds in sets] for m in models], dtype=float)
     im = ax.imshow(grid, aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
     if grid.size <= 240:

@@ -11,17 +11,20 @@ import numpy as np
 
 from mmkd.config import ConfigError, merge_entry, resolve_path, section
 from mmkd.errors import MMKDError
+from mmkd.eval.clip_benchmark import write_clip_benchmark_csv
 from mmkd.eval.encoders import Encoder, StoreEncoder, StudentEncoder, TeacherEncoder
 from mmkd.eval.features import FeatureCache, SetFeatures, set_features
 from mmkd.eval.linear_probe import ProbeConfig, evaluate_linear_probe
+from mmkd.eval.report import write_report
 from mmkd.eval.retrieval import evaluate_knn, evaluate_retrieval
-from mmkd.eval.rows import Metrics
-from mmkd.eval.rows import Results, clip_benchmark_rows, result_rows
-from mmkd.eval.sets import EvalSet, load_eval_set
+from mmkd.eval.rows import Metrics, Results, clip_benchmark_rows, result_rows
+from mmkd.eval.sets import EvalSet, eval_set_from_data, load_eval_set
 from mmkd.eval.splits import TaskNotApplicable
 from mmkd.eval.tasksets import check_task_sets, run_task_set
 from mmkd.eval.zeroshot import evaluate_zeroshot
 from mmkd.jsontypes import JSONDict, Pipelines
+from mmkd.store import FeatureStore
+from mmkd.teachers import TeacherError
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +110,6 @@ def plan_eval(cfg: Pipelines, run: str | None, flags: JSONDict) -> EvalPlan:
     Raises:
         ConfigError: unknown run or key, no ``out``, or data that cannot be opened.
     """
-    from mmkd.eval.sets import eval_set_from_data
-
     given = {k: (v or None) if isinstance(v, (list, tuple, dict)) else v for k, v in flags.items()}
     cli_stores = given.pop("stores", None) or {}
     entry = merge_entry(cfg, "eval", run, given, allowed=JOB_KEYS, path_keys=("out", "cache_dir"), what="eval run")
@@ -145,8 +146,6 @@ class _Models:
             elif path.exists():
                 raise EvalError(f"model {model!r} is a path but not a student export (no open_clip_config.json)")
             else:
-                from mmkd.teachers import TeacherError
-
                 try:
                     self._built[model] = TeacherEncoder(model, self.cfg, self.device)
                 except TeacherError as e:
@@ -162,8 +161,6 @@ class _Models:
     def for_set(self, model: str, evalset: EvalSet, store: str | None) -> Encoder:
         enc = self.base(model)
         if store and isinstance(enc, TeacherEncoder):
-            from mmkd.store import FeatureStore
-
             fs = FeatureStore.open(store)
             if enc.name in fs.teachers:
                 log.info("%s on %s: features from store %s", enc.name, evalset.name, store)
@@ -217,8 +214,6 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
     Raises:
         EvalError: no models / sets, or no task applied to any set.
     """
-    from mmkd.eval.report import write_report
-
     cfg, ecfg = cfg or {}, ecfg or EvalConfig()
     if not models or not datasets:
         raise EvalError(f"need at least one --model and one --set or --data; got models={models} sets={datasets}")
@@ -277,8 +272,6 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
                                   "classes": len(getattr(s, "class_names", None) or [])} for s in sets}}
     write_report(results, out, run_info)
     if csv is not None:
-        from mmkd.eval.clip_benchmark import write_clip_benchmark_csv
-
         pretrained = {name: builder.pretrained(model) for model, name in zip(models, names)}
         write_clip_benchmark_csv(clip_benchmark_rows(result_rows(results), pretrained,
                                                      bench_names), csv)

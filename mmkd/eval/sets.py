@@ -35,16 +35,15 @@ Other task sets (built by :mod:`mmkd.eval.tasksets`):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from mmkd.config import ConfigError, read_yaml_mapping, resolve_path, section
+from mmkd.config import ConfigError, fixtures_root, read_yaml_mapping, resolve_path, section
+from mmkd.data import DatasetError, open_dataset, resolve_data
+from mmkd.eval.tasksets import build_task_set
+from mmkd.eval.types import EvalItem, EvalSet  # noqa: F401  (EvalItem: re-exported, the item type of a set)
 from mmkd.eval.zeroshot import DEFAULT_TEMPLATES
 from mmkd.jsontypes import JSONDict, Pipelines
 
@@ -57,99 +56,7 @@ SPEC_KEYS = {"description", "samples", "data", "root", "fields", "label_key", "c
 SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
-class EvalItem:
-    """One sample of an eval set: ``image`` is a reference its set knows how to read."""
-
-    sample_id: str
-    image: str
-    caption: str | None = None
-    label: int | None = None
-    split: str | None = None
-
-
-@dataclass
-class EvalSet:
-    """A loaded eval set. Build with :func:`load_eval_set`."""
-
-    name: str
-    items: list[EvalItem]
-    class_names: list[str] = field(default_factory=list)
-    prompt_names: list[str] = field(default_factory=list)
-    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    root: Path | None = None
-    store: Path | None = None
-    source: str = ""
-    benchmark_name: str = ""  # clip_benchmark's dataset name (wds/<name>) for a clip_benchmark folder
-    reader: Any = None  # an mmkd.data Dataset for `data:` sets
-
-    @property
-    def labelled(self) -> bool:
-        return bool(self.class_names) and all(it.label is not None for it in self.items)
-
-    @property
-    def captioned(self) -> bool:
-        return all(it.caption for it in self.items)
-
-    @property
-    def sample_ids(self) -> list[str]:
-        return [it.sample_id for it in self.items]
-
-    @property
-    def labels(self) -> np.ndarray:
-        return np.array([it.label for it in self.items], dtype=np.int64)
-
-    @property
-    def splits(self) -> np.ndarray | None:
-        s = [it.split for it in self.items]
-        return np.array(s) if all(s) else None
-
-    def store_samples(self) -> list:
-        """The items as :class:`mmkd.store.Sample` rows, to build a feature store over this set."""
-        from mmkd.data import Sample
-
-        return [Sample(it.sample_id, it.caption or "", it.image, source=f"eval:{self.name}",
-                       labels=None if it.label is None else {"label": self.class_names[it.label]})
-                for it in self.items]
-
-    def read_image_bytes(self, item: EvalItem) -> bytes:
-        """The encoded image of ``item``.
-
-        Raises:
-            FileNotFoundError: the image file is absent (names the path and the set).
-        """
-        if self.reader is not None:
-            return self.reader.read_image_bytes(item.image)
-        path = (self.root or Path.cwd()) / item.image
-        if not path.is_file():
-            raise FileNotFoundError(f"eval set {self.name!r}: image {str(path)!r} of sample {item.sample_id!r} not "
-                                    f"found; check `root:` (fixtures: set MMKD_FIXTURES)")
-        return path.read_bytes()
-
-    def load_image(self, item: EvalItem):
-        """``item``'s image as a PIL RGB image."""
-        from mmkd.data.images import decode_image
-
-        return decode_image(self.read_image_bytes(item))
-
-    def fingerprint(self) -> str:
-        """Content key for feature caches: items, classes, prompts and the image files' sizes and mtimes."""
-        h = hashlib.sha256()
-        h.update(json.dumps([self.class_names, self.prompt_names, self.templates], sort_keys=True).encode())
-        for it in self.items:
-            h.update(json.dumps([it.sample_id, it.image, it.caption, it.label]).encode())
-            if self.reader is None and self.root is not None:
-                p = self.root / it.image
-                st = p.stat() if p.is_file() else None
-                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode() if st else b"absent")
-        if self.reader is not None and hasattr(self.reader, "fingerprint"):
-            h.update(str(self.reader.fingerprint()).encode())
-        return h.hexdigest()[:16]
-
-
 def _resolve(value: str, base: Path) -> Path:
-    from mmkd.config import resolve_path
-
     return resolve_path(None, value, base=base)
 
 
@@ -213,8 +120,6 @@ def build_eval_set(name: str, spec: JSONDict, base: Path, cfg: dict | None = Non
     if split and "clip_benchmark" in spec:
         spec = {**spec, "split": split}
     if "task" in spec or "clip_benchmark" in spec:
-        from mmkd.eval.tasksets import build_task_set
-
         return build_task_set(name, spec, base, source=source)
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
@@ -252,8 +157,6 @@ def build_eval_set(name: str, spec: JSONDict, base: Path, cfg: dict | None = Non
 
 
 def _missing_hint() -> str:
-    from mmkd.config import fixtures_root
-
     return (f"fixtures: paths point into {str(fixtures_root())!r}; set MMKD_FIXTURES=DIR or pass "
             f"`mmkd --fixtures DIR eval ...` (or `mmkd eval --fixtures DIR`) to the folder holding them")
 
@@ -288,8 +191,6 @@ def _read_jsonl(path: Path, name: str, fields: dict[str, str]) -> list[JSONDict]
 
 
 def _read_dataset(spec: dict, cfg: dict, name: str, base: Path) -> tuple[Any, list[dict[str, Any]]]:
-    from mmkd.data import DatasetError, open_dataset, resolve_data
-
     ds = spec["data"]
     try:
         dataset = open_dataset(resolve_data(ds, cfg, base=base))

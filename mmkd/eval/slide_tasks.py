@@ -12,12 +12,14 @@ import numpy as np
 import torch
 
 from mmkd.eval.bags import BagSource
+from mmkd.eval.encoders import Encoder
 from mmkd.eval.cv import check_group_folds, group_folds
-from mmkd.eval.metrics import classification_metrics, softmax
+from mmkd.eval.metrics import bootstrap_ci, classification_metrics, softmax
 from mmkd.eval.mil import MILConfig, build_head, predict, train_head
 from mmkd.eval.rows import Metrics
-from mmkd.eval.slides import SlideSet
+from mmkd.eval.slides import SlideSet, bag_source
 from mmkd.eval.survival import concordance_index, cox_loss
+from mmkd.eval.types import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,6 @@ def patient_bootstrap(y: np.ndarray, scores: np.ndarray, patients: list[str], *,
     intervals too narrow; each resample draws patients with replacement and
     weights every slide by its patient's count.
     """
-    from mmkd.eval.metrics import bootstrap_ci
-
     order = {p: i for i, p in enumerate(dict.fromkeys(patients))}  # first-seen order: seeds resample alike
     groups = np.array([order[p] for p in patients])
     cis = bootstrap_ci(y, scores, resamples=resamples, seed=seed, level=level, groups=groups)
@@ -150,14 +150,11 @@ def run_survival(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int = 
     return out
 
 
-def run_slide_set(encoder: Any, sset: SlideSet, *, cache: Any = None, device: str | None = None, seed: int = 0,
-                  resamples: int = 1000, batch_size: int = 32) -> dict[str, Metrics]:
+def run_slide_set(encoder: Encoder, sset: SlideSet, opts: RunOptions = RunOptions()) -> dict[str, Metrics]:
     """The set's task (diagnosis or survival) on ``encoder``'s patch features."""
-    from mmkd.eval.slides import bag_source
-
-    src = bag_source(sset, encoder, cache, batch_size)
-    cfg = replace(sset.mil, folds=sset.folds, device=device)
+    src = bag_source(sset, encoder, opts.cache, opts.batch_size)
+    cfg = replace(sset.mil, folds=sset.folds, device=opts.device)
     log.info("%s on %s (%s): %d slides from %s", sset.task, sset.name, encoder.name, len(sset.slide_ids), src.kind)
     if sset.task == "diagnosis":
-        return run_diagnosis(src, sset, cfg, seed=seed, resamples=resamples)
-    return run_survival(src, sset, cfg, seed=seed)
+        return run_diagnosis(src, sset, cfg, seed=opts.seed, resamples=opts.resamples)
+    return run_survival(src, sset, cfg, seed=opts.seed)

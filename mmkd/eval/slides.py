@@ -33,12 +33,15 @@ import json
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from mmkd.config import ConfigError
+from mmkd.config import ConfigError, resolve_path
 from mmkd.eval.bags import BagError, BagSource, ClamBags, ImageBags, StoreBags
+from mmkd.eval.encoders import Encoder
+from mmkd.eval.features import FeatureCache
 from mmkd.eval.mil import MILConfig
 from mmkd.eval.survival import SurvivalDataError, check_survival
 from mmkd.eval.tables import column, read_rows
@@ -102,8 +105,6 @@ def build_slide_set(name: str, spec: JSONDict, base: Path) -> SlideSet:
             survival rows with a negative time / event not in {0, 1}, a patient whose
             slides disagree on time or event, or neither ``patches`` nor ``store``.
     """
-    from mmkd.config import resolve_path
-
     unknown = sorted(set(spec) - SLIDE_KEYS)
     if unknown:
         raise ConfigError(f"eval set {name!r}: unknown keys {unknown} for a slide set; valid: {sorted(SLIDE_KEYS)}")
@@ -148,7 +149,7 @@ def build_slide_set(name: str, spec: JSONDict, base: Path) -> SlideSet:
     return out
 
 
-def _survival_columns(out: SlideSet, rows: list[dict], spec: dict, table: Path) -> None:
+def _survival_columns(out: SlideSet, rows: list[dict], spec: Mapping[str, Any], table: Path) -> None:
     what = f"eval set {out.name!r}"
     try:
         t, e = check_survival([_num(v) for v in column(rows, spec.get("time_field", "time"), what, table)],
@@ -171,7 +172,7 @@ def _num(v: JSON) -> float:
         return float("nan")
 
 
-def bag_source(sset: SlideSet, encoder: Any, cache: Any, batch_size: int = 32) -> BagSource:
+def bag_source(sset: SlideSet, encoder: Encoder, cache: FeatureCache | None, batch_size: int = 32) -> BagSource:
     """Where ``encoder``'s patch features of ``sset`` come from.
 
     Raises:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from mmkd.config import ConfigError
 from mmkd.jsontypes import JSONDict
 
@@ -32,8 +34,6 @@ def read_rows(path: Path, what: str) -> list[JSONDict]:
                 except json.JSONDecodeError as e:
                     raise ConfigError(f"{path}:{i}: not valid JSON ({e})") from e
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         rows = pq.read_table(path).to_pylist()
     else:
         raise ConfigError(f"{what}: table {str(path)!r} must be .csv, .tsv, .jsonl or .parquet")

@@ -29,9 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from mmkd.config import ConfigError
+from mmkd.config import ConfigError, resolve_path
+from mmkd.eval.cv import group_folds
+from mmkd.eval.encoders import Encoder
+from mmkd.eval.features import _encode_texts, set_features
 from mmkd.eval.rows import Metrics
 from mmkd.eval.tables import read_rows
+from mmkd.eval.types import EvalItem, EvalSet, RunOptions
 from mmkd.jsontypes import JSONDict
 
 log = logging.getLogger(__name__)
@@ -87,10 +91,8 @@ class VqaSet:
         return hashlib.sha256(json.dumps([[r.qid, r.image, r.question, r.answer, r.closed, r.split]
                                           for r in self.rows]).encode()).hexdigest()[:16]
 
-    def image_set(self):
+    def image_set(self) -> EvalSet:
         """The questions as an :class:`~mmkd.eval.sets.EvalSet` (image + question as caption) for the feature cache."""
-        from mmkd.eval.sets import EvalItem, EvalSet
-
         items = [EvalItem(r.qid, r.image, r.question) for r in self.rows]
         return EvalSet(name=f"{self.name}-vqa", items=items, root=self.root, source=self.source)
 
@@ -101,8 +103,6 @@ def build_vqa_set(name: str, spec: JSONDict, base: Path) -> VqaSet:
     Raises:
         ConfigError: unknown keys, a row without image / question / answer, a bad split.
     """
-    from mmkd.config import resolve_path
-
     unknown = sorted(set(spec) - VQA_KEYS)
     if unknown or not spec.get("questions"):
         raise ConfigError(f"eval set {name!r}: a VQA set needs `questions:`; unknown keys {unknown}; "
@@ -225,8 +225,6 @@ def evaluate_vqa_features(image: np.ndarray, question: np.ndarray, answers: list
 
 def vqa_folds(vset: VqaSet, seed: int = 0) -> np.ndarray:
     """Fold per question: ``test`` rows 0 and train/val rows -1 with split labels, else k folds by image."""
-    from mmkd.eval.cv import group_folds
-
     if vset.rows[0].split is not None:
         fold = np.array([0 if r.split == "test" else -1 for r in vset.rows])
         if not (fold == 0).any() or not (fold == -1).any():
@@ -235,16 +233,13 @@ def vqa_folds(vset: VqaSet, seed: int = 0) -> np.ndarray:
     return group_folds([r.image for r in vset.rows], vset.folds, seed=seed)
 
 
-def run_vqa(encoder: Any, vset: VqaSet, *, cache: Any = None, device: str | None = None, batch_size: int = 32,
-            seed: int = 0, resamples: int = 1000) -> dict[str, Metrics]:
+def run_vqa(encoder: Encoder, vset: VqaSet, opts: RunOptions = RunOptions()) -> dict[str, Metrics]:
     """``{"vqa": {...}}`` for ``encoder`` on ``vset`` (features from the eval feature cache when there)."""
-    from mmkd.eval.features import _encode_texts, set_features
-
     iset = vset.image_set()
     from_store = hasattr(encoder, "lookup_images")  # a store holds images, not these questions
-    feats = set_features(encoder, iset, need_text=not from_store, cache=cache, batch_size=batch_size)
-    text = _encode_texts(encoder, [r.question for r in vset.rows], batch_size) if from_store else feats.text
+    feats = set_features(encoder, iset, need_text=not from_store, cache=opts.cache, batch_size=opts.batch_size)
+    text = _encode_texts(encoder, [r.question for r in vset.rows], opts.batch_size) if from_store else feats.text
     res = evaluate_vqa_features(feats.image, text, [r.answer for r in vset.rows],
-                                np.array([r.closed for r in vset.rows]), vqa_folds(vset, seed), vset.head,
-                                seed=seed, resamples=resamples, device=device)
+                                np.array([r.closed for r in vset.rows]), vqa_folds(vset, opts.seed), vset.head,
+                                seed=opts.seed, resamples=opts.resamples, device=opts.device)
     return {"vqa": res}

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from mmkd.config import is_remote
 from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
+from mmkd.store.failures import read_failures_tables, write_failures_table
 from mmkd.store.format import StoreError
 
 
@@ -36,6 +39,7 @@ class BlocksMixin:
         self._executor = None
         self._done_sets: dict[str, set[int]] = {}
         self._raw_ok: dict[tuple[str, str], bool] = {}
+        self._ahead: dict[tuple[str, str, int], Any] = {}  # read-ahead: key -> Future of the block's rows
 
     # ------------------------------------------------------------------ writing
     def write_block(
@@ -94,8 +98,6 @@ class BlocksMixin:
 
     def _pool(self):
         if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="mmkd-store")
         return self._executor
 
@@ -130,8 +132,6 @@ class BlocksMixin:
         return image, text, valid
 
     def _write_failures(self, teacher: str, block: int, failures: list[JSONDict]) -> None:
-        from mmkd.store.failures import write_failures_table
-
         path = self.path / fmt.FAILURES / teacher / f"{fmt.block_name(block)}.parquet"
         if not failures:
             path.unlink(missing_ok=True)
@@ -141,10 +141,18 @@ class BlocksMixin:
     # ------------------------------------------------------------------ progress
     def done_blocks(self, teacher: str) -> set[int]:
         d = self.path / fmt.PROGRESS / teacher
-        if not d.is_dir():
+        if is_remote(d):
+            # other machines write markers: list afresh, never from fsspec's listing cache
+            try:
+                names = [k.rsplit("/", 1)[-1] for k in d.fs.ls(d.path, detail=False, refresh=True)]
+            except FileNotFoundError:
+                return set()
+        elif not d.is_dir():
             return set()
-        names = (p.name for p in d.glob("block-*.done"))
-        return {int(name[6:12]) for name in names if len(name) == 17 and name[6:12].isdigit()}
+        else:
+            names = [p.name for p in d.glob("block-*.done")]
+        return {int(name[6:12]) for name in names
+                if len(name) == 17 and name.startswith("block-") and name.endswith(".done") and name[6:12].isdigit()}
 
     def missing_blocks(self, teacher: str) -> list[int]:
         done = self.done_blocks(teacher)
@@ -155,8 +163,6 @@ class BlocksMixin:
 
     def failures(self, teacher: str):
         """All recorded bad samples of ``teacher`` as a table (sample_id, row, reason, detail)."""
-        from mmkd.store.failures import read_failures_tables
-
         return read_failures_tables(sorted((self.path / fmt.FAILURES / teacher).glob("block-*.parquet")))
 
     # ------------------------------------------------------------------ reading
@@ -178,8 +184,11 @@ class BlocksMixin:
             self._cache.move_to_end(key)
             return hit
         start, stop = self.block_range(block)
+        pending = self._ahead.pop(key, None)
         if kind == "valid" and block not in self._done(teacher):
             arr = np.zeros(stop - start, bool)
+        elif pending is not None:
+            arr = pending.result()
         else:
             arr = self._read_rows(teacher, kind, block, start, stop)
         self._cache[key] = arr
@@ -187,6 +196,28 @@ class BlocksMixin:
         while self._cached > self._cache_bytes and len(self._cache) > 1:
             self._cached -= self._cache.popitem(last=False)[1].nbytes
         return arr
+
+    def read_ahead(self, teacher: str, rows: Sequence[int] | np.ndarray, kinds: Sequence[str] = fmt.KINDS) -> int:
+        """Start reading, in the background, the blocks of ``rows`` not yet cached; returns how many.
+
+        For object storage: a reader that knows its next batch calls this before
+        working on the current one, so the next :meth:`read` finds its blocks fetched
+        instead of waiting on a round trip. The LRU itself is only touched by
+        :meth:`read_block`, in the caller's thread.
+        """
+        blocks = np.unique(np.asarray(rows, dtype=np.int64) // self.block_size)
+        started = 0
+        for b in blocks.tolist():
+            for kind in kinds:
+                key = (teacher, kind, b)
+                if key in self._cache or key in self._ahead or (kind == "valid" and b not in self._done(teacher)):
+                    continue
+                start, stop = self.block_range(b)
+                self._ahead[key] = self._pool().submit(self._read_rows, teacher, kind, b, start, stop)
+                started += 1
+        while len(self._ahead) > 64:  # never used (the reader went elsewhere): drop the oldest
+            self._ahead.pop(next(iter(self._ahead)))
+        return started
 
     def chunk_path(self, teacher: str, kind: str, block: int) -> Path:
         """The file holding chunk ``block`` of ``teacher``'s ``kind`` array."""
@@ -229,7 +260,10 @@ class BlocksMixin:
         path = self.chunk_path(teacher, kind, block)
         rows = stop - start
         try:
-            data = np.fromfile(path, dtype=arr.dtype)
+            if is_remote(path):
+                data = np.frombuffer(bytearray(path.read_bytes()), dtype=arr.dtype)
+            else:
+                data = np.fromfile(path, dtype=arr.dtype)
         except FileNotFoundError:  # chunk equal to the fill value everywhere: zarr does not write it
             return np.full((rows,) + arr.shape[1:], arr.metadata.fill_value, dtype=arr.dtype)
         expected = int(np.prod(arr.chunks))

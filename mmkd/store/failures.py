@@ -15,22 +15,23 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmkd.config import as_path, is_remote
 from mmkd.data.badrows import BadRow
 from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.format import StoreError
 
-if TYPE_CHECKING:
-    import pyarrow as pa
-
 DATASET_FAILURE_COLUMNS = ("file", "line", "reason", "detail")
 
 
 def _write_atomic(path: Path, table: pa.Table) -> None:
-    import pyarrow.parquet as pq
-
+    if is_remote(path):
+        fmt.write_parquet(table, path)  # one PUT: atomic
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
@@ -40,8 +41,6 @@ def _write_atomic(path: Path, table: pa.Table) -> None:
 
 def write_failures_table(path: Path, failures: Sequence[JSONDict]) -> None:
     """Write one block's bad samples durably (tmp, fsync, rename)."""
-    import pyarrow as pa
-
     _write_atomic(path, pa.table({
         "sample_id": [str(f["sample_id"]) for f in failures],
         "row": pa.array([f.get("row") for f in failures], pa.int64()),
@@ -52,18 +51,15 @@ def write_failures_table(path: Path, failures: Sequence[JSONDict]) -> None:
 
 def read_failures_tables(files: Sequence[Path]):
     """The rows of block failure tables, concatenated (an empty table when there are none)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if not files:
         return pa.table({"sample_id": pa.array([], pa.string()), "row": pa.array([], pa.int64()),
                          "reason": pa.array([], pa.string()), "detail": pa.array([], pa.string())})
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    return pa.concat_tables([fmt.read_parquet(f) for f in files])
 
 
 def dataset_failures_path(store: Path) -> Path:
     """``<store>/_failures/dataset.parquet``."""
-    return Path(store) / fmt.FAILURES / fmt.DATASET_FAILURES
+    return as_path(store) / fmt.FAILURES / fmt.DATASET_FAILURES
 
 
 def write_dataset_failures(store: Path, failures: Iterable[BadRow | JSONDict]) -> int:
@@ -77,8 +73,6 @@ def write_dataset_failures(store: Path, failures: Iterable[BadRow | JSONDict]) -
     Raises:
         StoreError: a record lacks ``file`` or ``reason``.
     """
-    import pyarrow as pa
-
     cols: dict[str, list] = {c: [] for c in DATASET_FAILURE_COLUMNS}
     for i, f in enumerate(failures):
         rec = f if isinstance(f, dict) else {c: getattr(f, c, None) for c in DATASET_FAILURE_COLUMNS}
@@ -101,11 +95,8 @@ def write_dataset_failures(store: Path, failures: Iterable[BadRow | JSONDict]) -
 
 def read_dataset_failures(store: Path):
     """The dataset-level failures of a store as a table (empty when none were recorded)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = dataset_failures_path(store)
     if not path.is_file():
         return pa.table({"file": pa.array([], pa.string()), "line": pa.array([], pa.int64()),
                          "reason": pa.array([], pa.string()), "detail": pa.array([], pa.string())})
-    return pq.read_table(path)
+    return fmt.read_parquet(path)

@@ -10,12 +10,19 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import socket
+import time
+import uuid
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
+from mmkd.config import is_remote
 from mmkd.errors import MMKDError
 from mmkd.jsontypes import JSON
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "mmkd-feature-store"
 FORMAT_VERSION = 1
@@ -28,6 +35,10 @@ PROGRESS = "_progress"
 FAILURES = "_failures"
 DATASET_FAILURES = "dataset.parquet"  # under FAILURES: table rows that never became samples (bad_row)
 LOCK = ".lock"
+# On object storage the lock is an object created only if absent; a holder that dies
+# leaves it, so it says when it expires and a waiter may take it after that.
+LOCK_EXPIRY_S = 120.0
+LOCK_WAIT_S = 600.0
 
 FEATURE_DTYPE = "float16"
 KINDS = ("image", "text")
@@ -64,7 +75,14 @@ def index_fingerprint(rows: Iterable[tuple[str, str, str, str | None]]) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` durably: tmp file, fsync, rename, fsync the folder."""
+    """Write ``data`` to ``path`` durably: tmp file, fsync, rename, fsync the folder.
+
+    On object storage one PUT is atomic and durable once it returns, so the object
+    is written in place.
+    """
+    if is_remote(path):
+        path.write_bytes(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -79,7 +97,69 @@ def atomic_write_json(path: Path, obj: JSON) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def probe(path: Any) -> dict[str, Any] | None:
+    """The object ``path``'s info (``None``: absent), asked afresh; a provider error becomes one clear line.
+
+    The first call on a store URL goes through here, so a missing bucket, refused
+    credentials or an endpoint that does not answer fail at once, before anything is written.
+
+    Raises:
+        StoreError: the bucket or endpoint cannot be read; names the URL and the provider's error.
+    """
+    try:
+        path.fs.invalidate_cache(path.path)
+        return path.fs.info(path.path)
+    except FileNotFoundError:
+        bucket = path.path.split("/", 1)[0]
+        try:
+            path.fs.info(bucket)
+        except Exception as e:  # the provider's error for the bucket itself
+            raise StoreError(storage_error(path, e)) from e
+        return None
+    except Exception as e:  # botocore/aiohttp/gcsfs raise many types: all are "cannot reach"
+        raise StoreError(storage_error(path, e)) from e
+
+
+def storage_error(path: Any, e: BaseException) -> str:
+    """One line for a failed object-storage call: the URL, the provider's error, what to check (never a secret)."""
+    detail = str(e).splitlines()[0] if str(e) else ""
+    if isinstance(e, FileNotFoundError):
+        detail = f"bucket not found: {detail}"
+    return (f"{path} cannot be reached ({type(e).__name__}: {detail}); check the bucket name, the endpoint "
+            "(AWS_ENDPOINT_URL or storage_options) and the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE)")
+
+
+def write_parquet(table: Any, path: Any, **kwargs: Any) -> None:
+    """``pyarrow.parquet.write_table`` to a local path, or through a URL's fsspec filesystem (one PUT)."""
+    import pyarrow.parquet as pq
+
+    if is_remote(path):
+        pq.write_table(table, path.path, filesystem=path.fs, **kwargs)
+    else:
+        pq.write_table(table, path, **kwargs)
+
+
+def read_parquet(path: Any, **kwargs: Any) -> Any:
+    """``pyarrow.parquet.read_table`` of a local path or a URL."""
+    import pyarrow.parquet as pq
+
+    if is_remote(path):
+        return pq.read_table(path.path, filesystem=path.fs, **kwargs)
+    return pq.read_table(path, **kwargs)
+
+
+def parquet_file(path: Any) -> Any:
+    """``pyarrow.parquet.ParquetFile`` of a local path or a URL (row groups read on demand)."""
+    import pyarrow.parquet as pq
+
+    if is_remote(path):
+        return pq.ParquetFile(path.path, filesystem=path.fs)
+    return pq.ParquetFile(str(path))
+
+
 def fsync_dir(path: Path) -> None:
+    if is_remote(path):
+        return  # no folders to sync on object storage
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -88,7 +168,12 @@ def fsync_dir(path: Path) -> None:
 
 
 def fsync_tree(path: Path) -> None:
-    """fsync every file under ``path`` (used on a block's chunk files before its marker)."""
+    """fsync every file under ``path`` (used on a block's chunk files before its marker).
+
+    Nothing to do on object storage: a PUT has returned only once the object is stored.
+    """
+    if is_remote(path):
+        return
     if path.is_file():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
@@ -104,7 +189,14 @@ def fsync_tree(path: Path) -> None:
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (flock) across processes on one machine or NFSv4."""
+    """An exclusive lock across processes: flock on one machine or NFSv4, a lock object on object storage.
+
+    See :func:`object_lock` for the latter.
+    """
+    if is_remote(path):
+        with object_lock(path):
+            yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
@@ -112,3 +204,56 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def object_lock(path: Any, expiry_s: float = LOCK_EXPIRY_S, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """An exclusive lock on object storage: the object ``path``, created only if absent.
+
+    The object is written with a conditional create (S3 ``If-None-Match: *``), so of
+    two writers exactly one gets it; it holds ``owner`` (host, pid, a random id) and
+    ``expires`` (epoch seconds). A waiter polls; a lock past its expiry (its holder
+    died) is deleted and taken. The holder deletes it on exit if it is still its own.
+    Critical sections under it are short (adding a teacher, merging attributes).
+
+    Raises:
+        TimeoutError: the lock was held by another owner for ``wait_s`` seconds.
+    """
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    fs, key = path.fs, path.path
+    deadline = time.monotonic() + wait_s
+    while True:
+        body = json.dumps({"owner": owner, "expires": time.time() + expiry_s}).encode()
+        try:
+            fs.pipe_file(key, body, mode="create")
+            break
+        except FileExistsError:
+            pass
+        holder = _read_lock(fs, key)
+        if holder is not None and float(holder.get("expires", 0)) < time.time():
+            log.warning("lock %s held by %s expired; taking it", path, holder.get("owner"))
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(key)
+            continue
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"lock {path} is held by {holder and holder.get('owner')} (expires "
+                               f"{holder and holder.get('expires')}); wait, or delete the object if its holder is gone")
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        holder = _read_lock(fs, key)
+        if holder is not None and holder.get("owner") == owner:
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(key)
+
+
+def _read_lock(fs: Any, key: str) -> dict[str, Any] | None:
+    try:
+        fs.invalidate_cache(key)
+        out = json.loads(fs.cat_file(key))
+        return out if isinstance(out, dict) else {}
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        return {}

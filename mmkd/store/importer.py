@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmkd.data import Sample
+from mmkd.data import DatasetError, Sample, open_dataset
 from mmkd.store.format import DEFAULT_BLOCK_SIZE, StoreError
 from mmkd.store.store import FeatureStore
 
@@ -56,8 +56,6 @@ def open_layout(src: Path):
     Raises:
         StoreError: ``src`` is not an MMKD-CLIP layout, or its meta.jsonl is malformed.
     """
-    from mmkd.data import DatasetError, open_dataset
-
     if not (src / "meta.jsonl").is_file():
         raise StoreError(f"{str(src)!r} is not an MMKD-CLIP layout: {src / 'meta.jsonl'} not found")
     try:
@@ -115,7 +113,6 @@ def import_mmkd(
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:
         raise StoreError(f"destination {str(dst)!r} exists; choose a new path or pass overwrite=True")
-    from mmkd.data import DatasetError
 
     ds = open_layout(src)
     try:

@@ -14,16 +14,14 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mmkd.data import Sample
 from mmkd.store import format as fmt
 from mmkd.store.format import StoreError
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 INDEX_COLUMNS = ("sample_id", "row", "caption", "image", "image_sha256", "source", "labels")
 DEFAULT_INDEX_CACHE_GROUPS = 16
@@ -55,9 +53,7 @@ class IndexMixin:
     def index(self) -> "pa.Table":
         """The whole index as a ``pyarrow.Table`` (row order == array order); prefer :meth:`index_rows`."""
         if self._index is None:
-            import pyarrow.parquet as pq
-
-            self._index = pq.read_table(self.index_path)
+            self._index = fmt.read_parquet(self.index_path)
         return self._index
 
     @property
@@ -87,9 +83,7 @@ class IndexMixin:
     # ------------------------------------------------------------------ row-group access
     def _parquet(self):
         if self._pq_file is None:
-            import pyarrow.parquet as pq
-
-            pf = pq.ParquetFile(str(self.index_path))
+            pf = fmt.parquet_file(self.index_path)
             sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
             self._group_starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
             self._pq_file = pf
@@ -125,8 +119,6 @@ class IndexMixin:
         Raises:
             StoreError: the range is outside ``[0, n]`` or a column is unknown.
         """
-        import pyarrow as pa
-
         cols = self._check_columns(columns)
         if not 0 <= start <= stop <= self.n:
             raise StoreError(f"index rows [{start}, {stop}) out of range for store {self.path} of {self.n} rows")
@@ -199,7 +191,7 @@ def sample_rows(samples: Iterable[Sample]) -> dict[str, list]:
     seen: dict[str, int] = {}
     for i, s in enumerate(samples):
         if not isinstance(s, Sample):
-            raise StoreError(f"sample {i} is a {type(s).__name__}, expected mmkd.store.Sample")
+            raise StoreError(f"sample {i} is a {type(s).__name__}, expected mmkd.data.Sample")
         if not s.sample_id:
             raise StoreError(f"sample {i} has an empty sample_id")
         if s.sample_id in seen:

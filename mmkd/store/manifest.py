@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd import __version__
+from mmkd.config import as_path
 from mmkd.data.base import parse_fingerprint
 from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
@@ -126,7 +127,7 @@ def read_manifest(store_path: Path) -> StoreManifest:
     Raises:
         StoreError: unreadable, not a JSON object, another format or an unknown format version.
     """
-    where = Path(store_path) / fmt.MANIFEST
+    where = as_path(store_path) / fmt.MANIFEST
     try:
         raw = json.loads(where.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -145,7 +146,7 @@ def read_manifest(store_path: Path) -> StoreManifest:
 
 def write_manifest(store_path: Path, manifest: StoreManifest) -> None:
     """Write ``<store_path>/store.json`` atomically (sorted keys, two-space indent)."""
-    fmt.atomic_write_json(Path(store_path) / fmt.MANIFEST, manifest.to_dict())
+    fmt.atomic_write_json(as_path(store_path) / fmt.MANIFEST, manifest.to_dict())
 
 
 def check_dataset(store_path: str | Path, recorded: DatasetRecord, uri: str, fingerprint: str, *, fix: str,

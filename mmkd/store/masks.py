@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 if TYPE_CHECKING:
     from mmkd.store.store import FeatureStore
@@ -47,8 +49,6 @@ class Exclusions:
 
 def untrainable_rows(store: "FeatureStore") -> Exclusions:
     """The rows of ``store`` not to train on (see the module docstring); reads the index one row group at a time."""
-    import pyarrow.compute as pc
-
     n = store.n
     empty = np.zeros(n, bool)
     start = 0
@@ -80,6 +80,4 @@ def untrainable_rows(store: "FeatureStore") -> Exclusions:
 
 
 def pa_strings(values: tuple[str, ...]):
-    import pyarrow as pa
-
     return pa.array(values, pa.string())

@@ -27,15 +27,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from mmkd.config import as_path, is_remote
 from mmkd.jsontypes import JSONDict
-from mmkd.store.store import StoreError
-
-if TYPE_CHECKING:
-    from mmkd.store.store import FeatureStore
+from mmkd.store import format as fmt
+from mmkd.store.store import FeatureStore, StoreError, zarr_location
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ READ_CACHE_BYTES = 32 << 20
 
 def projection_path(store: FeatureStore, teacher: str, method: str, dim: int) -> Path:
     """Where the ``method``-``dim`` projection of ``teacher`` lives in the store."""
-    return Path(store.path) / FOLDER / teacher / f"{method}-{dim}.safetensors"
+    return as_path(store.path) / FOLDER / teacher / f"{method}-{dim}.safetensors"
 
 
 def _blocks(store: FeatureStore, teacher: str):
@@ -185,7 +184,6 @@ def fit_projection(store: FeatureStore, teacher: str, dim: int = 512, method: st
             or the projection exists without ``overwrite``.
     """
     check_request(store, teacher, dim, method, overwrite)
-    from mmkd.store.store import FeatureStore
 
     # a reader of its own with a small block cache: memory stays flat whatever the store's size
     store = FeatureStore.open(store.path, cache_bytes=READ_CACHE_BYTES)
@@ -215,11 +213,17 @@ def fit_projection(store: FeatureStore, teacher: str, dim: int = 512, method: st
 def _save(path: Path, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, meta: JSONDict) -> None:
     from safetensors.numpy import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    if not is_remote(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     # C order: safetensors writes the buffer as it lies in memory (a transposed view would come back scrambled)
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in
               (("weight", weight), ("bias", bias), ("mean", mean))}
+    if is_remote(path):
+        from safetensors.numpy import save
+
+        fmt.atomic_write_bytes(path, save(arrays, metadata={"mmkd_projection": json.dumps(meta)}))
+        return
     save_file(arrays,
               str(tmp), metadata={"mmkd_projection": json.dumps(meta)})
     tmp.replace(path)
@@ -236,10 +240,13 @@ def load_projection(store: FeatureStore, teacher: str, method: str, dim: int) ->
 
     path = projection_path(store, teacher, method, dim)
     if not path.is_file():
-        have = [p.stem for p in (Path(store.path) / FOLDER / teacher).glob("*.safetensors")]
+        have = [p.stem for p in (as_path(store.path) / FOLDER / teacher).glob("*.safetensors")]
         raise StoreError(f"store {store.path} has no {method}-{dim} projection of teacher {teacher!r} (it has "
                          f"{have or 'none'}); fit it: mmkd store project {store.path} --teacher {teacher} "
                          f"--dim {dim} --method {method}")
+    if is_remote(path):
+        tensors, metadata = _load_bytes(path.read_bytes())
+        return tensors["weight"], tensors["bias"], json.loads(metadata["mmkd_projection"])
     with safe_open(str(path), "np") as f:
         meta = json.loads(f.metadata()["mmkd_projection"])
         return f.get_tensor("weight"), f.get_tensor("bias"), meta
@@ -250,10 +257,22 @@ def list_projections(store: FeatureStore, teacher: str) -> list[JSONDict]:
     from safetensors import safe_open
 
     out = []
-    for p in sorted((Path(store.path) / FOLDER / teacher).glob("*.safetensors")):
+    for p in sorted((as_path(store.path) / FOLDER / teacher).glob("*.safetensors")):
+        if is_remote(p):
+            out.append(json.loads(_load_bytes(p.read_bytes())[1].get("mmkd_projection", "{}")))
+            continue
         with safe_open(str(p), "np") as f:
             out.append(json.loads(f.metadata().get("mmkd_projection", "{}")))
     return out
+
+
+def _load_bytes(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and metadata of a safetensors file held in memory (read from object storage)."""
+    from safetensors.numpy import load
+
+    header_len = int.from_bytes(data[:8], "little")  # the format: u64 header length, JSON header, buffer
+    metadata = json.loads(data[8:8 + header_len]).get("__metadata__", {})
+    return load(data), metadata
 
 
 __all__ = ["METHODS", "check_request", "fit_projection", "list_projections", "load_projection", "projection_path"]

@@ -1,18 +1,23 @@
-"""What a store holds and whether it is sound: ``FeatureStore.info`` / ``validate``."""
+"""What a store holds: :func:`store_info`, a plain function over a :class:`~mmkd.store.FeatureStore` (``mmkd store info``).
+
+Whether it is sound is :func:`mmkd.store.validate.validate_store`.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from mmkd.config import is_remote
 from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
-from mmkd.store.manifest import StoreManifest
-from mmkd.store.validate import ValidationReport, validate_store
+from mmkd.store.store import FeatureStore
 
 
 def disk_usage(path: Path) -> int:
-    """Bytes used by all files under ``path``."""
+    """Bytes used by all files (or objects) under ``path``."""
+    if is_remote(path):
+        return int(path.fs.du(path.path, total=True))
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
@@ -23,51 +28,31 @@ def disk_usage(path: Path) -> int:
     return total
 
 
-class ReportsMixin:
-    """Summaries and checks for :class:`~mmkd.store.FeatureStore`."""
-
-    path: Path
-    manifest: StoreManifest
-
-    def dataset_failures(self):
-        """Dataset rows that never became samples (``file``, ``line``, ``reason``, ``detail``), as a table."""
-        from mmkd.store.failures import read_dataset_failures
-
-        return read_dataset_failures(self.path)
-
-    def info(self) -> JSONDict:
-        """A summary: samples, blocks, dataset bad rows, and per teacher its dim, progress, valid rows, failures."""
-        teachers = {}
-        for t in self.teachers:
-            done = self.done_blocks(t)
-            teachers[t] = {
-                "dim": self.dim(t),
-                "dtype": fmt.FEATURE_DTYPE,
-                "blocks_done": len(done),
-                "blocks_total": self.num_blocks,
-                "valid_rows": int(self.valid(t).sum()),
-                "failures": self.failures(t).num_rows,
-                "complete": len(done) == self.num_blocks,
-            }
-        bad = self.dataset_failures()
-        return {
-            "path": str(self.path),
-            "format_version": self.manifest.format_version,
-            "created_at": self.manifest.created_at,
-            "num_samples": self.n,
-            "block_size": self.block_size,
-            "num_blocks": self.num_blocks,
-            "dataset": self.manifest.dataset.to_dict(),
-            "dataset_bad_rows": bad.num_rows,
-            "dataset_bad_rows_sample": bad.slice(0, 5).to_pylist(),
-            "teachers": teachers,
-            "size_bytes": disk_usage(self.path),
+def store_info(store: FeatureStore) -> JSONDict:
+    """A summary: samples, blocks, dataset bad rows, and per teacher its dim, progress, valid rows, failures."""
+    teachers = {}
+    for t in store.teachers:
+        done = store.done_blocks(t)
+        teachers[t] = {
+            "dim": store.dim(t),
+            "dtype": fmt.FEATURE_DTYPE,
+            "blocks_done": len(done),
+            "blocks_total": store.num_blocks,
+            "valid_rows": int(store.valid(t).sum()),
+            "failures": store.failures(t).num_rows,
+            "complete": len(done) == store.num_blocks,
         }
-
-    def validate(self, deep: bool = False) -> list[str]:
-        """Every problem found (empty list: whole and sound, or empty). See :func:`validate_report`."""
-        return self.validate_report(deep=deep).messages
-
-    def validate_report(self, deep: bool = False) -> ValidationReport:
-        """Check the store (:func:`mmkd.store.validate.validate_store`); ``deep`` reads every feature chunk."""
-        return validate_store(self, deep=deep)
+    bad = store.dataset_failures()
+    return {
+        "path": str(store.path),
+        "format_version": store.manifest.format_version,
+        "created_at": store.manifest.created_at,
+        "num_samples": store.n,
+        "block_size": store.block_size,
+        "num_blocks": store.num_blocks,
+        "dataset": store.manifest.dataset.to_dict(),
+        "dataset_bad_rows": bad.num_rows,
+        "dataset_bad_rows_sample": bad.slice(0, 5).to_pylist(),
+        "teachers": teachers,
+        "size_bytes": disk_usage(store.path),
+    }

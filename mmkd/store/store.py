@@ -25,47 +25,56 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+
+from mmkd.config import as_path, is_remote
 from mmkd.data import Sample
 from mmkd.data.badrows import BadRow
 from mmkd.jsontypes import JSON, JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.blocks import BlocksMixin
+from mmkd.store.failures import read_dataset_failures, write_dataset_failures
 from mmkd.store.format import StoreError
 from mmkd.store.index import DEFAULT_INDEX_CACHE_GROUPS, IndexMixin, index_schema, sample_rows
 from mmkd.store.manifest import DatasetRecord, StoreManifest, read_manifest, write_manifest
-from mmkd.store.reports import ReportsMixin
 
 log = logging.getLogger(__name__)
 
 
-class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
-    """A feature store on local (or network-mounted) disk.
+class FeatureStore(IndexMixin, BlocksMixin):
+    """A feature store on local (or network-mounted) disk, or on object storage (any fsspec URL).
 
     Create one with :meth:`create`, open one with :meth:`open`. Reads go through a
     small LRU cache of whole blocks, so reading rows in chunk-aware order (see
     :func:`mmkd.store.chunk_shuffled_batches`) costs about one sequential read;
     index rows go through an LRU of ``index.parquet`` row groups
-    (:meth:`index_rows`, :meth:`index_columns`).
+    (:meth:`index_rows`, :meth:`index_columns`). What it holds and whether it is
+    sound are plain functions over it: :func:`mmkd.store.store_info`,
+    :func:`mmkd.store.validate_store`.
     """
 
     def __init__(self, path: Path, mode: str, cache_bytes: int,
                  index_cache_groups: int = DEFAULT_INDEX_CACHE_GROUPS) -> None:
         import zarr
 
-        self.path = Path(path)
+        self.path = as_path(path)
         self.mode = mode
         self.manifest: StoreManifest = read_manifest(self.path)
         try:
-            self._root = zarr.open_group(
-                str(self.path / fmt.FEATURES), mode="r" if mode == "r" else "a", zarr_format=3
-            )
+            self._root = zarr.open_group(zarr_location(self.path / fmt.FEATURES, read_only=mode == "r"),
+                                         mode="r" if mode == "r" else "a", zarr_format=3)
         except Exception as e:  # zarr raises several types for a missing or damaged group
             raise StoreError(f"{self.path}/{fmt.FEATURES} cannot be opened as a Zarr v3 group "
                              f"({type(e).__name__}: {e}); the store is damaged: rebuild it with `mmkd extract`") from e
         self._dims: dict[str, int] = {}
         self._init_index(index_cache_groups)
         self._init_blocks(cache_bytes)
+
+    def dataset_failures(self):
+        """Dataset rows that never became samples (``file``, ``line``, ``reason``, ``detail``), as a table."""
+        return read_dataset_failures(self.path)
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -98,40 +107,46 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
             StoreError: ``path`` exists (and not ``overwrite``), no samples, a
                 duplicate sample id, or a bad block size.
         """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
         import zarr
 
-        path = Path(path)
+        path = as_path(path)
+        remote = is_remote(path)
         if block_size <= 0:
             raise StoreError(f"block_size must be a positive number of rows, got {block_size}")
-        if path.exists() and not overwrite:
-            raise StoreError(f"store path {str(path)!r} already exists; open it, or pass overwrite=True")
+        if (fmt.probe(path / fmt.MANIFEST) is not None) if remote else path.exists():
+            if not overwrite:
+                raise StoreError(f"store path {str(path)!r} already exists; open it, or pass overwrite=True")
         rows = sample_rows(samples)
         n = len(rows["sample_id"])
         table = pa.table(rows, schema=index_schema(pa))
-        tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        pq.write_table(table, tmp / fmt.INDEX, row_group_size=max(block_size, 1024))
-        zarr.open_group(str(tmp / fmt.FEATURES), mode="w", zarr_format=3).attrs.update(
+        if remote:
+            # No rename on object storage: the store is written in place and is a store
+            # only once store.json (written last) exists; leftovers of a crash are replaced.
+            if path.exists():
+                path.fs.rm(path.path, recursive=True)
+            tmp = path
+        else:
+            tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        fmt.write_parquet(table, tmp / fmt.INDEX, row_group_size=max(block_size, 1024))
+        zarr.open_group(zarr_location(tmp / fmt.FEATURES), mode="w", zarr_format=3).attrs.update(
             {"format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION}
         )
         manifest = StoreManifest.new(
             n, block_size, DatasetRecord(uri=dataset_uri, fingerprint=dataset_fingerprint, spec=dataset_spec),
             fmt.index_fingerprint(zip(rows["sample_id"], rows["caption"], rows["image"], rows["image_sha256"])))
         if dataset_failures is not None:
-            from mmkd.store.failures import write_dataset_failures
-
             bad = list(dataset_failures() if callable(dataset_failures) else dataset_failures)
             if write_dataset_failures(tmp, bad):
                 log.warning("store %s: %d dataset row(s) could not be read and are not in the index; "
                             "see `mmkd store info %s`", path, len(bad), path)
         write_manifest(tmp, manifest)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        fmt.fsync_dir(path.parent)
+        if not remote:
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+            fmt.fsync_dir(path.parent)
         log.info("created store %s: %d samples, %d blocks of %d", path, n, manifest.num_blocks, block_size)
         return cls.open(path, mode="a")
 
@@ -149,8 +164,8 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
         """
         if mode not in ("r", "a"):
             raise StoreError(f"mode must be 'r' or 'a', got {mode!r}")
-        path = Path(path)
-        if not (path / fmt.MANIFEST).is_file():
+        path = as_path(path)
+        if not (fmt.probe(path / fmt.MANIFEST) is not None if is_remote(path) else (path / fmt.MANIFEST).is_file()):
             raise StoreError(
                 f"{str(path)!r} is not an mmkd store (no {fmt.MANIFEST}); create one with "
                 "`mmkd extract` or `mmkd store import-mmkd`"
@@ -260,3 +275,14 @@ class FeatureStore(IndexMixin, BlocksMixin, ReportsMixin):
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, n={self.n}, teachers={self.teachers})"
+
+
+def zarr_location(path: Any, read_only: bool = False) -> Any:
+    """What ``zarr.open_group`` takes for ``path``: the folder as a string, or zarr's fsspec store for a URL."""
+    if not is_remote(path):
+        return str(path)
+    from zarr.storage import FsspecStore
+
+    # from_url builds its own asynchronous filesystem, as zarr needs (a UPath's is synchronous)
+    return FsspecStore.from_url(str(path), storage_options=dict(path.storage_options), read_only=read_only)
+

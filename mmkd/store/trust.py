@@ -23,17 +23,15 @@ scored, rows trusted, coverage (trusted / valid).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mmkd.config import as_path, is_remote
 from mmkd.jsontypes import JSONDict
-from mmkd.store.store import StoreError
-
-if TYPE_CHECKING:
-    from mmkd.store.store import FeatureStore
+from mmkd.store.store import FeatureStore, StoreError, zarr_location
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ READ_CACHE_BYTES = 32 << 20
 
 def trust_path(store: FeatureStore, teacher: str) -> Path:
     """Where the trust arrays of ``teacher`` live in the store."""
-    return Path(store.path) / FOLDER / f"{teacher}.zarr"
+    return as_path(store.path) / FOLDER / f"{teacher}.zarr"
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -116,8 +114,6 @@ def compute_trust(store: FeatureStore, teacher: str, method: str = "pair-rank", 
     """
     import zarr
 
-    from mmkd.store.store import FeatureStore
-
     if teacher not in store.teachers:
         raise StoreError(f"store {store.path} holds no teacher {teacher!r}; it holds {store.teachers}")
     if method not in METHODS:
@@ -128,8 +124,12 @@ def compute_trust(store: FeatureStore, teacher: str, method: str = "pair-rank", 
     store = FeatureStore.open(store.path, cache_bytes=READ_CACHE_BYTES)
     ref_rows, ref_txt = _reference(store, teacher, reference, seed)
     path = trust_path(store, teacher)
-    tmp = path.with_suffix(".tmp")
-    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    remote = is_remote(path)
+    # object storage has no rename: write in place; the group's attrs, written last, mark it done
+    tmp = path if remote else path.with_suffix(".tmp")
+    if remote and path.exists():
+        path.fs.rm(path.path, recursive=True)
+    group = zarr.open_group(zarr_location(tmp), mode="w", zarr_format=3)
     chunks = (store.block_size,)
     trust = group.create_array("trust", shape=(store.n,), chunks=chunks, dtype="float16", fill_value=np.nan)
     trusted = group.create_array("trusted", shape=(store.n,), chunks=chunks, dtype="bool", fill_value=False)
@@ -153,11 +153,12 @@ def compute_trust(store: FeatureStore, teacher: str, method: str = "pair-rank", 
     meta = {"teacher": teacher, "method": method, "threshold": threshold, "reference": int(len(ref_rows)),
             "seed": seed, "block_size": store.block_size, "scored": scored, "trusted": kept, "coverage": kept / scored if scored else 0.0}
     group.attrs.update(meta)
-    if path.exists():
-        import shutil
+    if not remote:
+        if path.exists():
+            import shutil
 
-        shutil.rmtree(path)
-    tmp.replace(path)
+            shutil.rmtree(path)
+        tmp.replace(path)
     if scored and kept == 0:
         logger.warning("trust %s of teacher %r marks every row untrusted (0 of %d valid rows kept, share 0.0%%, "
                        "threshold %g); distilling with --teacher-mask trusted would use nothing of it: lower "
@@ -169,7 +170,13 @@ def compute_trust(store: FeatureStore, teacher: str, method: str = "pair-rank", 
 
 def has_trust(store: FeatureStore, teacher: str) -> bool:
     """Whether trust was computed for ``teacher``."""
-    return (trust_path(store, teacher) / "zarr.json").is_file()
+    meta = trust_path(store, teacher) / "zarr.json"
+    if not is_remote(meta):
+        return meta.is_file()
+    try:
+        return "method" in json.loads(meta.read_bytes()).get("attributes", {})
+    except FileNotFoundError:
+        return False
 
 
 def _open(store: FeatureStore, teacher: str):
@@ -178,7 +185,7 @@ def _open(store: FeatureStore, teacher: str):
     if not has_trust(store, teacher):
         raise StoreError(f"store {store.path} has no trust for teacher {teacher!r}; compute it: "
                          f"mmkd store trust {store.path} --teacher {teacher} --method pair-rank")
-    return zarr.open_group(str(trust_path(store, teacher)), mode="r", zarr_format=3)
+    return zarr.open_group(zarr_location(trust_path(store, teacher), read_only=True), mode="r", zarr_format=3)
 
 
 def read_trust(store: FeatureStore, teacher: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

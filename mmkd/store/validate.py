@@ -18,15 +18,15 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
-
-if TYPE_CHECKING:
-    from mmkd.store.store import FeatureStore
+from mmkd.store.index import fingerprint_tables
+from mmkd.store.store import FeatureStore
 
 NORM_TOLERANCE = 2e-2  # float16 storage keeps unit norms to ~1e-3
 EXIT_CODES = {"sound": 0, "unsound": 1, "empty": 3}
@@ -104,7 +104,7 @@ class ValidationReport:
                 "seconds": self.seconds, "not_read": self.not_read}
 
 
-def validate_store(store: "FeatureStore", deep: bool = False) -> ValidationReport:
+def validate_store(store: FeatureStore, deep: bool = False) -> ValidationReport:
     """Check ``store`` and report every problem found (see the module docstring).
 
     Checks the manifest geometry; the index (readable, length, row numbers, unique
@@ -125,12 +125,12 @@ def validate_store(store: "FeatureStore", deep: bool = False) -> ValidationRepor
     return report
 
 
-def _manifest_problems(store: "FeatureStore", report: ValidationReport) -> None:
+def _manifest_problems(store: FeatureStore, report: ValidationReport) -> None:
     if store.manifest.geometry_error:
         report.add("manifest", store.manifest.geometry_error)
 
 
-def _index_problems(store: "FeatureStore", report: ValidationReport) -> None:
+def _index_problems(store: FeatureStore, report: ValidationReport) -> None:
     fix = "restore index.parquet from a backup, or rebuild the store with `mmkd extract` into a new --store"
     seen: set[str] = set()
     dups: list[str] = []
@@ -163,7 +163,6 @@ def _index_problems(store: "FeatureStore", report: ValidationReport) -> None:
         report.add("manifest", "store.json records no index_fingerprint, so the index cannot be checked; "
                                "rebuild the store with `mmkd extract`")
         return
-    from mmkd.store.index import fingerprint_tables
 
     actual = fingerprint_tables(rows_for_hash)
     if actual != recorded:
@@ -173,7 +172,7 @@ def _index_problems(store: "FeatureStore", report: ValidationReport) -> None:
                    f"or image hash was edited, so features no longer match their rows); {fix}")
 
 
-def _dataset_failure_problems(store: "FeatureStore", report: ValidationReport) -> None:
+def _dataset_failure_problems(store: FeatureStore, report: ValidationReport) -> None:
     try:
         store.dataset_failures()
     except Exception as e:  # a damaged parquet file is a problem to report
@@ -181,7 +180,7 @@ def _dataset_failure_problems(store: "FeatureStore", report: ValidationReport) -
                                "rerun `mmkd extract` into a new store to record the dataset's bad rows again")
 
 
-def _teacher_problems(store: "FeatureStore", teacher: str, report: ValidationReport) -> None:
+def _teacher_problems(store: FeatureStore, teacher: str, report: ValidationReport) -> None:
     try:
         g = store._group(teacher)
         attrs = dict(g.attrs.asdict())
@@ -219,12 +218,12 @@ def _teacher_problems(store: "FeatureStore", teacher: str, report: ValidationRep
             report.add("values", f"teacher {teacher!r}: {len(hits)} {labels[key]}, e.g. (row, kind) {hits[:5]}")
 
 
-def _redo(store: "FeatureStore", teacher: str, block: int) -> str:
+def _redo(store: FeatureStore, teacher: str, block: int) -> str:
     return (f"delete {store.marker_path(teacher, block)} and rerun `mmkd extract --teacher {teacher}` "
             "to redo the block")
 
 
-def _check_block(store: "FeatureStore", teacher: str, b: int, report: ValidationReport) -> np.ndarray | None:
+def _check_block(store: FeatureStore, teacher: str, b: int, report: ValidationReport) -> np.ndarray | None:
     """Marker, chunk sizes and ``valid`` of one done block; its valid mask, or None when unreadable."""
     try:
         marker = json.loads(store.marker_path(teacher, b).read_text(encoding="utf-8"))
@@ -263,7 +262,7 @@ def _check_block(store: "FeatureStore", teacher: str, b: int, report: Validation
     return valid if ok else None
 
 
-def _check_values(store: "FeatureStore", teacher: str, b: int, valid: np.ndarray, normalized: bool,
+def _check_values(store: FeatureStore, teacher: str, b: int, valid: np.ndarray, normalized: bool,
                   report: ValidationReport, counts: dict[str, list]) -> None:
     start, _ = store.block_range(b)
     rows = np.nonzero(valid)[0] + start
@@ -288,9 +287,7 @@ def _check_values(store: "FeatureStore", teacher: str, b: int, valid: np.ndarray
     path = store.path / fmt.FAILURES / teacher / f"{fmt.block_name(b)}.parquet"
     if path.exists():
         try:
-            import pyarrow.parquet as pq
-
-            pq.read_table(path)
+            fmt.read_parquet(path)
         except Exception as e:  # a damaged failures table
             report.add("failures", f"teacher {teacher!r}: failures table {path} is unreadable "
                                    f"({type(e).__name__}: {e}); {_redo(store, teacher, b)}")

@@ -6,10 +6,18 @@ builds a :class:`Teacher` whose ``encode_images`` / ``encode_texts`` return
 L2-normalised float32 embeddings with the teacher's own preprocessing and tokenizer.
 """
 
+import importlib
+from typing import Any
+
+from mmkd.config import load_pipelines
 from mmkd.teachers.spec import (
     LOADERS, TeacherError, TeacherSpec, UnknownTeacherError, get_teacher_spec, teachers_from_config,
 )
 from mmkd.teachers.weights import WeightsNotFoundError, WeightsStatus, weights_status
+
+# The torch-heavy parts load on first use, so reading specs (CLI, Ray driver) stays light.
+_LAZY = {"Teacher": "mmkd.teachers.base", "Preprocessing": "mmkd.teachers.base", "to_mode": "mmkd.teachers.base",
+         "load_teacher": "mmkd.teachers.loaders"}
 
 __all__ = [
     "LOADERS", "Preprocessing", "Teacher", "TeacherError", "TeacherSpec", "UnknownTeacherError",
@@ -18,16 +26,9 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # torch-heavy parts load on first use, so reading specs (CLI, Ray driver) stays light.
-    if name in ("Teacher", "Preprocessing", "to_mode"):
-        from mmkd.teachers import base
-
-        return getattr(base, name)
-    if name == "load_teacher":
-        from mmkd.teachers.loaders import load_teacher
-
-        return load_teacher
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -37,8 +38,6 @@ def list_teachers(cfg: dict | None = None) -> list[dict]:
     Args:
         cfg: a loaded pipelines file; ``None`` loads the default one.
     """
-    from mmkd.config import load_pipelines
-
     specs = teachers_from_config(cfg if cfg is not None else load_pipelines(None))
     rows = []
     for name, spec in specs.items():

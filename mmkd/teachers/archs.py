@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.jsontypes import JSONDict, Pipelines
+from mmkd.teachers.custom_models import build_custom_model
 from mmkd.teachers.spec import TeacherError, TeacherSpec
 from mmkd.teachers.weights import (
     OPEN_CLIP_WEIGHT_FILES, TOKENIZER_FILES, _first_cached, _tokenizer_status, cached_file, checkpoint_missing,
@@ -113,8 +114,6 @@ def build_architecture(spec: TeacherSpec, device: Any = "meta") -> Any:
     import torch
 
     if spec.loader == "custom":
-        from mmkd.teachers.custom_models import build_custom_model
-
         with torch.device(device):
             return build_custom_model(spec.arch, spec.model_config)
     if spec.loader == "open_clip":

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mmkd.jsontypes import JSONDict
+from mmkd.data.images import convert_mode
 from mmkd.teachers.spec import TeacherSpec
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,6 @@ def to_mode(img: Image.Image, mode: str) -> Image.Image:
     transparency composited on white, 16/32-bit and float scaled to 8 bits without
     clipping, CMYK/P/1-bit through Pillow.
     """
-    from mmkd.data.images import convert_mode
-
     return convert_mode(img, mode)
 
 

@@ -11,6 +11,7 @@ import torch
 
 from mmkd.teachers.archs import build_declared_open_clip, declared_open_clip, open_clip_create_kwargs
 from mmkd.teachers.base import Preprocessing, Teacher
+from mmkd.teachers.custom_models import CUSTOM_ARCHS, build_custom_model, load_custom_checkpoint
 from mmkd.teachers.spec import TeacherError, TeacherSpec
 from mmkd.teachers.weights import (
     OPEN_CLIP_WEIGHT_FILES, _first_cached, cache_revision, cached_file, hub_cache_dir, hub_offline, missing_weights_error,
@@ -242,8 +243,6 @@ def _hf_tokenize(tokenizer: Any, ctx: int, *, pad_to_context: bool = True, clean
 
 def _load_custom(spec: TeacherSpec, device: torch.device) -> Teacher:
     from transformers import AutoTokenizer
-
-    from mmkd.teachers.custom_models import CUSTOM_ARCHS, build_custom_model, load_custom_checkpoint
 
     if spec.arch not in CUSTOM_ARCHS:
         raise TeacherError(f"teacher {spec.name!r}: unknown custom arch {spec.arch!r}; valid: {sorted(CUSTOM_ARCHS)}")

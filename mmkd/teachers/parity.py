@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mmkd.jsontypes import JSONDict
+from mmkd.teachers.loaders import load_teacher
 from mmkd.teachers.spec import TeacherError, TeacherSpec
 from mmkd.teachers.weights import CHECKPOINT_SUFFIXES
 
@@ -149,8 +150,6 @@ def check_teacher(folder: str | Path, spec: TeacherSpec, threshold: float = THRE
         ParityError: ``reference.npz`` or a reference image is missing.
     """
     import torch
-
-    from mmkd.teachers.loaders import load_teacher
 
     folder = Path(folder)
     ref_file = folder / "reference.npz"

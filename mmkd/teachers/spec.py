@@ -17,6 +17,7 @@ from typing import Any
 
 from mmkd.errors import MMKDError
 from mmkd.jsontypes import JSON, JSONDict, Pipelines
+from mmkd.config import expand as _expand, load_pipelines, resolve_path, section
 
 LOADERS = ("open_clip", "transformers", "custom")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -125,8 +126,6 @@ def weights_kind(loader: str, weights: str) -> str:
 
 def expand(value: str) -> str:
     """Expand ``${VAR:-default}``, ``$VAR``/``${VAR}`` and ``~`` (:func:`mmkd.config.expand`, one expander)."""
-    from mmkd.config import expand as _expand
-
     return _expand(value)
 
 
@@ -241,8 +240,6 @@ def teachers_from_config(cfg: Pipelines) -> dict[str, TeacherSpec]:
     Raises:
         TeacherError: an entry is malformed; the message names the teacher and key.
     """
-    from mmkd.config import resolve_path, section
-
     # each entry's relative paths resolve against the file that declared it (mmkd.config.resolve_path)
     return {str(name): _from_entry(str(name), entry, resolve_path(cfg, ".", section="teachers", entry=str(name))
                                    if cfg.get("_path") else None)
@@ -274,8 +271,6 @@ def get_teacher_spec(name: str, cfg: Pipelines | None = None) -> TeacherSpec:
     Raises:
         UnknownTeacherError: ``name`` is not declared; the message lists valid names.
     """
-    from mmkd.config import load_pipelines
-
     specs = teachers_from_config(cfg if cfg is not None else load_pipelines(None))
     if name not in specs:
         where = (cfg or {}).get("_path", "the pipelines file")

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mmkd.jsontypes import JSONDict
+import yaml
+
+from mmkd.teachers.custom_models import build_custom_model
 from mmkd.teachers.spec import TeacherSpec
 
 log = logging.getLogger(__name__)
@@ -173,8 +176,6 @@ def tiny_custom_config(arch: str, dim: int = 32, image_size: int = 32) -> JSONDi
 def _custom(folder: Path, name: str, arch: str, seed: int, dim: int, size: int, ctx: int) -> TeacherSpec:
     import torch
 
-    from mmkd.teachers.custom_models import build_custom_model
-
     cfg = tiny_custom_config(arch, dim, size)
     _seed(seed)
     model = build_custom_model(arch, cfg)
@@ -200,8 +201,6 @@ def pipelines_fragment(specs: dict[str, TeacherSpec]) -> JSONDict:
 
 def write_pipelines(path: str | Path, specs: dict[str, TeacherSpec], extra: JSONDict | None = None) -> Path:
     """Write a pipelines file declaring ``specs`` (plus any ``extra`` top-level sections)."""
-    import yaml
-
     path = Path(path)
     data = {"version": 1, **pipelines_fragment(specs), **(extra or {})}
     path.write_text("# Tiny test teachers written by mmkd.teachers.tiny.write_pipelines\n"

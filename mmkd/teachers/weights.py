@@ -164,7 +164,7 @@ def missing_weights_error(spec: TeacherSpec, cause: BaseException | None = None)
     kind = spec.weights_kind
     if kind in ("hf-hub", "hub-id"):
         repo = spec.weights.removeprefix("hf-hub:")
-        how = (f"download them on a machine with internet (`huggingface-cli download {repo}`"
+        how = (f"download them on a machine with internet (`hf download {repo}`"
                + (f" --revision {spec.revision}" if spec.revision else "") + f") and copy {repo_cache_path(repo)} "
                f"into {hub_cache_dir()} here (HF_HUB_CACHE), or point this teacher's weights: at a local folder")
         state = "the hub is offline (HF_HUB_OFFLINE)" if hub_offline() else "the hub could not be reached"

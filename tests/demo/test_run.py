@@ -18,8 +18,7 @@ MODS = ("xray", "histology", "dermoscopy", "fundus")
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _restore_torch_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -81,11 +80,22 @@ def test_cli_refuses_an_out_folder_holding_a_demo(tmp_path) -> None:
 
 def test_tiny_demo_runs_every_stage_and_writes_the_summary(tmp_path) -> None:
     from mmkd.demo.run import run_demo
-    from mmkd.store import FeatureStore
+    from mmkd.store import FeatureStore, validate_store
 
+    lines: list[str] = []
     s = run_demo(tmp_path, quick=True, seed=1, runner="local", threads=1, corpus_per_class=6, eval_per_class=4,
                  expert_per_class=6, expert_steps=2, stage1_steps=2, stage2_steps=2, batch_size=16,
-                 stage2_batch_size=8, eval_resamples=5, num_workers=0, ablation=True)
+                 stage2_batch_size=8, eval_resamples=5, num_workers=0, ablation=True, progress=lines.append)
+    # one line as each phase starts and ends (with its time), one per trained model
+    for phase in ("corpus", "experts", "extract", "trust", "distill", "eval", "claims"):
+        assert sum(line.endswith(f"] {phase} ...") for line in lines) == 1, lines
+        assert sum(f"] {phase} done in " in line for line in lines) == 1, lines
+    trained = [line.split(" trained")[0].split()[-2:] for line in lines if " trained (" in line]
+    for kind, role in (("student", "student"), ("expert", "teacher")):
+        assert sorted(n for k, n in trained if k == kind) == sorted(
+            n for n, v in s["models"].items() if v["role"] == role)
+    assert s["output_bytes"] > 0 and s["output_bytes"] <= sum(
+        f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["models"] == json.loads(json.dumps(s["models"]))
     roles = {k: (v["role"], v.get("kd")) for k, v in s["models"].items()}
@@ -102,7 +112,7 @@ def test_tiny_demo_runs_every_stage_and_writes_the_summary(tmp_path) -> None:
         assert all(0.0 <= v <= 1.0 for v in m["linear_probe_acc"].values())
     store = FeatureStore.open(tmp_path / "store")
     assert sorted(store.teachers) == sorted(["expert_xray_fundus", "expert_histo_derm", "expert_derm_xray"])
-    assert store.n == 6 * 3 * 4 and store.validate() == []
+    assert store.n == 6 * 3 * 4 and validate_store(store).messages == []
     for export in s["artefacts"]["students"].values():
         assert (Path(export) / "open_clip_config.json").is_file()
     results = json.loads((tmp_path / "eval" / "results.json").read_text())

@@ -85,7 +85,7 @@ def test_two_process_gloo_ddp_matches_single_process(tiny_store, student_json, t
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
 
 
-def test_tiny_teachers_extract_then_distill_both_stages(tmp_path, monkeypatch):
+def test_tiny_teachers_extract_then_distill_both_stages(tmp_path):
     """The issue's end-to-end: 2 tiny teachers -> store -> stage 1 -> stage 2 (in a teacher-free process)."""
     from mmkd.teachers import tiny
     from mmkd.extract.runners import run as runners
@@ -94,7 +94,6 @@ def test_tiny_teachers_extract_then_distill_both_stages(tmp_path, monkeypatch):
     from mmkd.extract.runners.job import ExtractJob
     from tests.distill.conftest import TINY_STUDENT, make_image_folder
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     table = make_image_folder(tmp_path / "data", 32)
     specs = tiny.make_tiny_teachers(tmp_path / "teachers", kinds=("open_clip", "transformers"), dim=32)
     pipelines = tiny.write_pipelines(tmp_path / "pipelines.yaml", specs)

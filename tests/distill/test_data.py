@@ -123,3 +123,126 @@ def test_relocated_data_keeps_spec_and_checks_fingerprint(tiny_store, student, t
     (data / "img" / "0003.png").write_bytes(b"not a png")  # another size: another dataset
     with pytest.raises(StoreError, match=r"fingerprint [0-9a-f]{16} != recorded [0-9a-f]{16}"):
         _ds(tiny_store, student, data=str(data / "captions.jsonl"))
+
+
+def test_persistent_workers_follow_set_epoch_and_resume(tiny_store, student):
+    """One loader whose workers live across epochs yields what fresh serial loaders yield, epoch by epoch."""
+    ds = _ds(tiny_store, student)
+    expected = {}
+    for epoch, start in ((0, 0), (1, 0), (2, 3)):
+        ds.set_epoch(epoch, start)
+        expected[epoch] = list(make_loader(ds, 0))
+    loader = make_loader(ds, 2, persistent=True)
+    for epoch, start in ((0, 0), (1, 0), (2, 3)):
+        ds.set_epoch(epoch, start)
+        got = list(loader)
+        assert _rows(got) == _rows(expected[epoch])
+        for a, b in zip(got, expected[epoch]):
+            assert torch.equal(a["image"], b["image"])
+    assert _rows(expected[0]) != _rows(expected[1])
+
+
+def test_reduced_decode_draws_the_plain_transforms_crop(tiny_store, student):
+    """decode=reduced gives a row the same crop as open_clip's transform (same seed, same box), so the
+    two paths' images agree up to resampling; a transform of another shape keeps the plain path."""
+    from torchvision import transforms as T
+
+    fast, full = _ds(tiny_store, student, decode="reduced"), _ds(tiny_store, student, decode="full")
+    assert fast.fast is not None and full.fast is None
+    assert _ds(tiny_store, student).fast is not None  # the default
+    for ds in (fast, full):
+        ds.set_epoch(1)
+    a, b = next(iter(make_loader(fast, 0))), next(iter(make_loader(full, 0)))
+    assert a["rows"].tolist() == b["rows"].tolist() and a["image"].shape == b["image"].shape
+    diff = (a["image"] - b["image"]).abs()
+    assert float(diff.mean()) < 0.05, float(diff.mean())
+    # another row's crop (another seed) is much further away than the two paths are from each other
+    assert float((a["image"] - b["image"].roll(1, 0)).abs().mean()) > 5 * float(diff.mean())
+    custom = T.Compose([T.RandomHorizontalFlip(), student.train_transform])
+    assert StoreBatches(fast.spec, custom, student.tokenizer).fast is None
+    with pytest.raises(ValueError, match="decode 'gpu' is unknown"):
+        _ds(tiny_store, student, decode="gpu")
+
+
+def test_reduced_decode_of_a_large_jpeg_matches_the_full_decode():
+    """On a 1.2 MP JPEG the DCT-reduced path decodes at a fraction of the size and stays close to
+    open_clip's transform on the full image, for the train crop and the eval centre crop."""
+    import io
+
+    from PIL import Image
+
+    from mmkd.distill.images import FastImages
+    from mmkd.distill.student import build_student, resolve_student
+    from tests.distill.conftest import TINY_STUDENT
+
+    cfg = {**TINY_STUDENT, "vision_cfg": {**TINY_STUDENT["vision_cfg"], "image_size": 224}}
+    st = build_student(resolve_student(cfg))
+    yy, xx = np.mgrid[0:900, 0:1344].astype(np.float32)
+    arr = np.stack([128 + 100 * np.sin(xx / 37), 128 + 100 * np.cos(yy / 23), (xx + yy) % 256], -1)
+    buf = io.BytesIO()
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    for transform in (st.train_transform, st.eval_transform):
+        plan = FastImages.plan(transform)
+        assert plan is not None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(5)
+            got = plan.normalize([plan.decode(data)])[0]
+            torch.manual_seed(5)
+            want = transform(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert got.shape == want.shape == (3, 224, 224)
+        cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
+        assert float(cos) > 0.99 and float((got - want).abs().mean()) < 0.05, (float(cos), (got - want).abs().mean())
+
+
+def test_image_cache_written_read_and_same_crops(tiny_store, student, tmp_path, caplog):
+    """`mmkd store images` writes the cache once; distill reads it when it fits, with the same rows, order
+    and crop boxes as from the originals (pixels agree up to the re-encode), and serial == workers."""
+    import logging
+    import hashlib
+    import io
+    import shutil
+    import subprocess
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from mmkd.store.images import ImageCache, cache_path
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_store.parent, root)
+    store = root / tiny_store.name
+    proc = subprocess.run(["mmkd", "store", "images", str(store), "--size", "36"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "48 rows at short side 36" in proc.stdout
+    cache = cache_path(store, 36)
+    table = pq.read_table(cache / "block-000000.parquet")
+    assert table.column("row").to_pylist() == list(range(16))
+    src = (root / "data" / "img" / "0000.png").read_bytes()
+    assert table.column("sha256")[0].as_py() == hashlib.sha256(src).hexdigest()
+    assert (table.column("width")[0].as_py(), table.column("height")[0].as_py()) == (40, 40)
+    data, sizes = ImageCache(cache).read(np.array([0, 17]))
+    assert Image.open(io.BytesIO(data[0])).size == (36, 36) and sizes == [(40, 40), (40, 40)]
+
+    with caplog.at_level(logging.INFO, logger="mmkd.distill.data"):
+        cached = _ds(store, student)
+    assert cached.cache_dir == str(cache) and f"image cache {cache}" in caplog.text
+    orig = _ds(store, student, image_cache="off")
+    assert orig.cache_dir is None
+    assert _ds(store, student, decode="full").cache_dir is None  # the plain transform cannot replay it
+    for ds in (cached, orig):
+        ds.set_epoch(2)
+    a, b = list(make_loader(cached, 0)), list(make_loader(orig, 0))
+    assert _rows(a) == _rows(b)
+    for x, y in zip(a, b):
+        diff = (x["image"] - y["image"]).abs().mean()
+        assert float(diff) < 0.2, float(diff)  # noise images re-encoded as JPEG: the worst case for the cache
+        assert float((x["image"] - y["image"].roll(1, 0)).abs().mean()) > 3 * float(diff)
+    parallel = list(make_loader(cached, 2, persistent=True))
+    assert _rows(parallel) == _rows(a) and all(torch.equal(x["image"], y["image"]) for x, y in zip(a, parallel))
+    # a student larger than the cache reads the originals
+    big = build_student(resolve_student({**TINY_STUDENT, "vision_cfg": {**TINY_STUDENT["vision_cfg"],
+                                                                          "image_size": 48}}))
+    spec = DataSpec(store=str(store), batch_size=8, seed=3)
+    assert StoreBatches(spec, big.train_transform, big.tokenizer).cache_dir is None

@@ -154,14 +154,13 @@ def test_pretrained_tag_and_hf_hub_resolve_through_a_local_cache(tiny_store, stu
     assert torch.equal(student.state_dict()["visual.proj"], src.state_dict()["visual.proj"])
 
 
-def test_hf_text_tower_from_save_pretrained_folder(tmp_path, monkeypatch):
+def test_hf_text_tower_from_save_pretrained_folder(tmp_path):
     """``text: hf`` (or ``hf_model_pretrained: true``) loads the HF model's own weights from a local folder."""
     from transformers import BertConfig, BertModel
 
     from mmkd.distill.student import init_config
     from mmkd.teachers import tiny
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bert = tmp_path / "bert"
     tiny.save_tiny_tokenizer(bert, 16)
     torch.manual_seed(3)

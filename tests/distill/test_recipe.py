@@ -86,6 +86,20 @@ def test_resume_equals_uninterrupted(stage1, tiny_store, student_json, tmp_path)
     assert [r["loss/total"] for r in ma] == [r["loss/total"] for r in mb]
 
 
+def test_persistent_workers_across_epochs_and_resume(stage1, tiny_store, student_json, tmp_path):
+    """Two workers that live across epochs (and a resume in between) train exactly what the
+    in-process loader trains: same rows, order and per-row augmentation in every epoch."""
+    kw = dict(stage=2, kd="mmkd-clip", steps=12, init=str(stage1), checkpoint_every=100)  # 5 batches an epoch
+    distill(_cfg(tiny_store, student_json, tmp_path / "serial", **kw))
+    distill(_cfg(tiny_store, student_json, tmp_path / "workers", stop_at_step=7, num_workers=2, **kw))
+    distill(_cfg(tiny_store, student_json, tmp_path / "workers", resume=True, num_workers=2, **kw))
+    a = torch.load(tmp_path / "serial" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "workers" / "checkpoints" / "last.pt", weights_only=True)
+    assert (a["epoch"], a["batch_in_epoch"]) == (b["epoch"], b["batch_in_epoch"]) == (2, 2)
+    for k, v in a["student"].items():
+        assert torch.equal(v, b["student"][k]), k
+
+
 def test_resume_without_checkpoint_says_so(tiny_store, student_json, tmp_path):
     with pytest.raises(FileNotFoundError, match="without --resume"):
         distill(_cfg(tiny_store, student_json, tmp_path / "none", stage=1, steps=1, resume=True))

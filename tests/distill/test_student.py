@@ -76,7 +76,7 @@ def test_init_from_export_and_mismatch(student_json, tmp_path):
         load_student_weights(s3.model, tmp_path / "nothing.pt")
 
 
-def test_hf_text_tower_student_exports_self_contained(tmp_path, monkeypatch):
+def test_hf_text_tower_student_exports_self_contained(tmp_path):
     """The paper's student shape (HF text tower, MLP proj) at toy size; the export loads offline."""
     import shutil
 
@@ -84,7 +84,6 @@ def test_hf_text_tower_student_exports_self_contained(tmp_path, monkeypatch):
     from transformers import BertConfig
 
     from mmkd.teachers import tiny
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bert = tmp_path / "bert"
     tiny.save_tiny_tokenizer(bert, 16)
     BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,

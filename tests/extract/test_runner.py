@@ -21,14 +21,10 @@ from mmkd.config import load_pipelines
 from mmkd.extract import ExtractError, ExtractJob, job_from_config, run_extract
 from mmkd.data import open_dataset
 from mmkd.teachers import load_teacher
-from mmkd.store import FeatureStore
+from mmkd.store import FeatureStore, validate_store
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +78,7 @@ def test_demo_features_equal_teachers_run_directly(setup, teachers, demo_store):
     assert [t.blocks_run for t in summary.teachers] == [3] * 4
     assert summary.rows == 32 and summary.failures == {}
     assert _check_against_direct(path, teachers, open_dataset(setup["demo"])) == 32
-    assert store.validate() == []
+    assert validate_store(store).messages == []
     for name, teacher in teachers.items():
         attrs = store.attrs(name)
         assert attrs["logit_scale"] == pytest.approx(teacher.logit_scale)
@@ -266,7 +262,7 @@ def test_sigkill_whole_extract_then_rerun_gives_identical_store(setup, tmp_path)
     rerun = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_store(reference, store)
-    assert FeatureStore.open(store).validate() == []
+    assert validate_store(FeatureStore.open(store)).messages == []
     assert snapshot(store)["tiny_transformers"]["failures"] == snapshot(reference)["tiny_transformers"]["failures"]
 
 

@@ -56,7 +56,6 @@ def test_transformers_teacher_builds_at_table_dim(name):
 def test_biomedclip_builds_offline_at_table_dim(tmp_path, monkeypatch):
     from mmkd.teachers.archs import build_architecture
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     spec = SPECS["biomedclip"]
     model = build_architecture(spec, device="cpu").eval()

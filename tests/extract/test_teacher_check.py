@@ -20,10 +20,6 @@ from tests.conftest import REPO_ROOT
 REPO_PIPELINES = REPO_ROOT / "pipelines.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
 
 def test_check_with_empty_cache_reports_three_parts(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))

@@ -12,10 +12,6 @@ from mmkd.teachers.tiny import make_tiny_teachers
 CAPTIONS = ["chest x ray", "brain mri axial view showing a lesion"]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
 
 def _v4_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """MedCLIP's state dict as a transformers-4.2x model saved it (old Swin names, persistent index buffers)."""

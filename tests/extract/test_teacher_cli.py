@@ -16,8 +16,7 @@ from mmkd.teachers.tiny import make_tiny_teachers, write_pipelines
 REPO_PIPELINES = Path(__file__).resolve().parents[2] / "pipelines.yaml"
 
 
-def test_teachers_command_lists_tiny_as_available(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_teachers_command_lists_tiny_as_available(tmp_path):
     specs = make_tiny_teachers(tmp_path / "w", kinds=("open_clip", "transformers", "custom"))
     path = write_pipelines(tmp_path / "p.yaml", specs)
     out = CliRunner().invoke(main, ["teachers", "--pipeline", str(path), "--json"])

@@ -18,23 +18,19 @@ import yaml
 from click.testing import CliRunner
 
 from mmkd.cli import main
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, fixture_absent
 
 TEACHERS = ("medclip", "pmc_clip", "unimedclip")
 COS = 0.9999  # the CLI's gate
 PIXEL_TOL = 1e-4  # |mmkd - upstream| after normalisation; PIL does the resampling on both sides
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
 
 @pytest.fixture(scope="module")
 def parity_dir(fixtures_dir: Path) -> Path:
     path = fixtures_dir / "teacher-parity"
     if not all((path / t / "reference.npz").is_file() for t in TEACHERS):
-        pytest.skip(f"{path} lacks <teacher>/reference.npz for {TEACHERS}; the teacher-parity fixture is absent")
+        fixture_absent(f"{path} lacks <teacher>/reference.npz for {TEACHERS}; the teacher-parity fixture is absent")
     return path
 
 

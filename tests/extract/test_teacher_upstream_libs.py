@@ -27,10 +27,6 @@ CAPTIONS = ["chest x ray showing a mass in the right lung", "brain mri axial vie
             "h e stained tissue with arrows " * 12, "fundus"]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
 
 def _images(folder: Path) -> list[str]:
     """Odd sizes, RGB and grayscale, saved as PNG (relative names, as reference.npz lists them)."""

@@ -21,10 +21,6 @@ from mmkd.teachers.tiny import KINDS, make_tiny_teachers, write_pipelines
 CAPTIONS = ["chest x ray showing a mass in the right lung", "brain mri axial view", "h e stained tissue", ""]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
+
+from tests.conftest import mmkd
 
 REPO = Path(__file__).resolve().parents[2]
 ORGANS = ("lung", "liver", "brain")
 
 
-def mmkd_exe() -> str:
-    """The installed console script beside this interpreter (what a user types)."""
-    exe = Path(sys.executable).parent / "mmkd"
-    if not exe.is_file():
-        pytest.fail(f"the mmkd console script is not installed beside {sys.executable}; pip install -e . first")
-    return str(exe)
-
-
 def run_mmkd(cwd: Path, *args: str, ok: bool = True, timeout: int = 600, env: dict | None = None):
-    """Run ``mmkd ARGS`` in ``cwd``; with ``ok`` assert exit 0 (showing the output when not)."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
-    full_env.pop("MMKD_PIPELINES", None)  # the user's ./pipelines.yaml, as a user has it
-    proc = subprocess.run([mmkd_exe(), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
-    if ok:
-        assert proc.returncode == 0, f"mmkd {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc
+    """Run ``mmkd ARGS`` in ``cwd`` (the shared :func:`tests.conftest.mmkd`), with the user's own ./pipelines.yaml
+    (no ``$MMKD_PIPELINES``); with ``ok`` assert exit 0 (showing the output when not)."""
+    return mmkd(*args, cwd=cwd, ok=ok, timeout=timeout,
+                env={"PYTHONWARNINGS": "ignore", "MMKD_PIPELINES": None, **(env or {})})
 
 
 def write_user_dataset(folder: Path, n: int = 24, seed: int = 0) -> dict[str, Path]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkd.data import Sample
-from mmkd.store import FeatureStore
+from mmkd.store import FeatureStore, validate_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,12 +71,12 @@ def test_sigkill_mid_block_leaves_it_not_done(tmp_path):
     store = FeatureStore.open(path, mode="a")
     assert store.done_blocks("t") == {0}
     assert not store.valid("t")[4:].any()
-    problems = store.validate()
+    problems = validate_store(store).messages
     assert any("2 of 3 blocks not done: 1-2" in p for p in problems), problems
     x = np.full((4, 8), 0.35355339, np.float32)
     for b in store.missing_blocks("t"):
         store.write_block("t", b, x, x, np.ones(4, bool))
-    assert FeatureStore.open(path).validate() == []
+    assert validate_store(FeatureStore.open(path)).messages == []
 
 
 def test_concurrent_writers(tmp_path):
@@ -86,7 +86,7 @@ def test_concurrent_writers(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), t, str(d), bl], env=_env()) for t, d, bl in jobs]
     assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
     store = FeatureStore.open(path)
-    assert store.teachers == ["a", "b"] and store.validate() == []
+    assert store.teachers == ["a", "b"] and validate_store(store).messages == []
     for t, dim in (("a", 16), ("b", 24)):
         rng = np.random.default_rng([dim, 3])
         x = rng.standard_normal((8, dim)).astype(np.float32)

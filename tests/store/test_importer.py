@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmkd.store import StoreError, import_mmkd
+from mmkd.store import StoreError, import_mmkd, validate_store
 from mmkd.store.importer import TEACHER_KEYS
 
 
@@ -22,7 +22,7 @@ def test_import_matches_pt_files(mmkd_demo_dir, tmp_path):
     store = import_mmkd(mmkd_demo_dir, tmp_path / "st", with_projected=True, block_size=3)
     records = [json.loads(line) for line in (mmkd_demo_dir / "meta.jsonl").read_text().splitlines() if line.strip()]
     assert store.sample_ids == [r["id"] for r in records]
-    assert store.validate() == []
+    assert validate_store(store).messages == []
     for suffix, fname in (("", "clips_output.pt"), ("_proj512", "clips_project_output.pt")):
         for key, name in TEACHER_KEYS.items():
             t = name + suffix

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +12,8 @@ from mmkd.store import FeatureStore
 from mmkd.data import Sample
 from mmkd.store.format import StoreError
 from mmkd.store.projection import fit_projection, list_projections, load_projection
+from tests.conftest import mmkd
 
-REPO = Path(__file__).resolve().parents[2]
-MMKD = Path(sys.executable).parent / "mmkd"
 RANK, DIM, IN_DIM, ROWS = 6, 8, 24, 600
 
 
@@ -93,8 +90,7 @@ def test_projection_errors(lr_store):
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.run([str(MMKD), *args], capture_output=True, text=True, env=env, timeout=300)
+    return mmkd(*args, env={"OMP_NUM_THREADS": "1"})
 
 
 def test_store_project_cli_and_info(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmkd.data import Sample
-from mmkd.store import FeatureStore, StoreError
+from mmkd.store import FeatureStore, StoreError, store_info, validate_store
 
 
 def _samples(n: int) -> list[Sample]:
@@ -46,7 +46,7 @@ def test_round_trip_and_reopen(tmp_path):
         want = np.where(ref["valid"][rows, None], ref[kind][rows], 0).astype(np.float16)
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(again.rows(["s7", "s0"]), [7, 0])
-    assert again.done_blocks("t1") == set(range(5)) and again.validate() == []
+    assert again.done_blocks("t1") == set(range(5)) and validate_store(again).messages == []
     idx = again.index
     assert idx.column("row").to_pylist() == list(range(23))
     assert json.loads(idx.column("labels")[4].as_py()) == {"label": 1}
@@ -111,7 +111,7 @@ def test_validate_reports_every_problem(tmp_path):
     img[3] *= 3.0
     store.write_block("t", 0, img, ref["text"][0:4], np.ones(4, bool))
     (tmp_path / "st" / "_progress" / "t" / "block-000002.done").unlink()
-    problems = "\n".join(FeatureStore.open(tmp_path / "st").validate(deep=True))
+    problems = "\n".join(validate_store(FeatureStore.open(tmp_path / "st"), deep=True).messages)
     assert "1 of 3 blocks not done: 2" in problems
     assert "1 valid rows with NaN/Inf" in problems and "(1, 'image')" in problems
     assert "1 valid rows with zero norm" in problems and "(2, 'image')" in problems
@@ -128,7 +128,7 @@ def test_stats_and_info(tmp_path):
     v = ref["valid"]
     np.testing.assert_allclose(a["image_mean"], ref["image"][v].astype(np.float16).astype(np.float64).mean(0), atol=1e-4)
     np.testing.assert_allclose(a["text_std"], ref["text"][v].astype(np.float16).astype(np.float64).std(0), atol=1e-4)
-    info = store.info()
+    info = store_info(store)
     assert info["teachers"]["t"] == {"dim": 6, "dtype": "float16", "blocks_done": 3, "blocks_total": 3,
                                      "valid_rows": int(v.sum()), "failures": 0, "complete": True}
     assert info["size_bytes"] > 20 * 6 * 2 * 2

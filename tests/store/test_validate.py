@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmkd.data import Sample
-from mmkd.store import FeatureStore
+from mmkd.store import FeatureStore, validate_store
 from mmkd.store.synthetic import make_synthetic_store
 from mmkd.store.validate import EXIT_CODES
 
@@ -38,7 +38,7 @@ def test_sound_store_exits_0(store, run_mmkd):
     assert res.returncode == 0 and f"{store}: OK (values not read: --deep reads them; 2 teacher(s)" in res.stdout, res.stderr
     deep = run_mmkd("store", "validate", store, "--deep")
     assert deep.returncode == 0 and f"{store}: OK (2 teacher(s)" in deep.stdout and "not read" not in deep.stdout
-    assert FeatureStore.open(store).validate_report().status == "sound"
+    assert validate_store(FeatureStore.open(store)).status == "sound"
 
 
 @pytest.mark.parametrize("deep", [False, True])
@@ -100,7 +100,7 @@ def test_deep_reads_every_chunk_and_checks_values(store):
     x = s.read("T", np.arange(32, 64)).astype(np.float32)
     x[3] = np.nan
     s.write_block("T", 1, x, x, np.ones(32, bool))
-    fast, deep = FeatureStore.open(store).validate_report(), FeatureStore.open(store).validate_report(deep=True)
+    fast, deep = validate_store(FeatureStore.open(store)), validate_store(FeatureStore.open(store), deep=True)
     assert fast.status == "sound" and fast.chunks_read == 2 * 4  # only the valid chunks
     assert fast.chunks_checked == deep.chunks_checked == 2 * 4 * 2
     assert deep.chunks_read == 2 * 4 * 3 and deep.counts == {"values": 1}
@@ -111,4 +111,4 @@ def test_marker_count_disagreeing_with_valid_chunk(store):
     marker = store / "_progress" / "T" / "block-000000.done"
     m = json.loads(marker.read_text())
     marker.write_text(json.dumps({**m, "valid": m["valid"] - 1}))
-    assert FeatureStore.open(store).validate_report().counts == {"valid_count": 1}
+    assert validate_store(FeatureStore.open(store)).counts == {"valid_count": 1}

@@ -101,7 +101,8 @@ class BaseRunner(ABC):
         if not blocks:
             finish_complete_teacher(store, spec.name)
             return
-        record = {"job": run.job.to_dict(), "teacher": spec.to_dict(), "dataset": run.config.dataset,
+        dataset = {k: v for k, v in run.config.dataset.items() if k != "storage_options"}  # may hold credentials
+        record = {"job": run.job.to_dict(), "teacher": spec.to_dict(), "dataset": dataset,
                   "store": {"path": str(store.path), "num_samples": store.n, "block_size": store.block_size},
                   "runner": self.name, "blocks": blocks, "status": "running"}
         write_job_record(store.path, spec.name, record, run.stamp)

@@ -22,10 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from mmkd.config import ConfigError
+from mmkd.config import resolve_device as resolve_config_device
+from mmkd.data import open_dataset
 from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, decode_image
+from mmkd.data.remote import storage_retries
 from mmkd.extract.device_decode import DeviceJpeg, decode_batch, device_decodable
 from mmkd.extract.runners.job import ExtractError
 from mmkd.extract.runners.summary import BlockResult
+from mmkd.store import FeatureStore, StoreError
+from mmkd.teachers import TeacherSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +71,8 @@ class WorkerConfig:
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu`` (:func:`mmkd.config.resolve_device`, as every stage)."""
-    from mmkd.config import ConfigError
-    from mmkd.config import resolve_device as resolve
-
     try:
-        return resolve(device)
+        return resolve_config_device(device)
     except ConfigError as e:
         raise ExtractError(str(e)) from e
 
@@ -83,9 +86,8 @@ class BlockWorker:
     """
 
     def __init__(self, spec: Any, config: WorkerConfig) -> None:
-        from mmkd.data import open_dataset
-        from mmkd.teachers import TeacherSpec, load_teacher
-        from mmkd.store import FeatureStore
+        # torch, open_clip, transformers load here, in the worker: the Ray driver imports this module too
+        from mmkd.teachers.loaders import load_teacher
 
         self.spec = TeacherSpec.from_dict(spec) if isinstance(spec, dict) else spec
         self.config = config
@@ -136,7 +138,7 @@ class BlockWorker:
                 batches are decoded while this block is written, so the model does not
                 wait for images at block boundaries.
         """
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, r0 = time.perf_counter(), time.process_time(), storage_retries()
         start, stop = self.store.block_range(block)
         rows, pending = self._take_prefetched(block)
         ids, captions, refs = rows or self._block_rows(start, stop)
@@ -168,6 +170,7 @@ class BlockWorker:
             forward_s=timings["forward_s"], write_s=timings["write_s"],
             wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0,
             device=self.device, pid=os.getpid(), host=socket.gethostname(),
+            storage_retries=storage_retries() - r0,
         )
 
     def _batches(self, n: int) -> list[range]:
@@ -198,8 +201,6 @@ class BlockWorker:
             self._next = None
 
     def _block_rows(self, start: int, stop: int) -> tuple[list[str], list[str], list[str]]:
-        from mmkd.store import StoreError
-
         # Row groups are block-aligned, so this reads about one row group (through the store's index LRU).
         try:
             table = self.store.index_rows(start, stop, ("row", "sample_id", "caption", "image"))

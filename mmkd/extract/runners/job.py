@@ -17,6 +17,11 @@ from mmkd.jsontypes import JSON, JSONDict, Pipelines
 if TYPE_CHECKING:
     from mmkd.teachers import TeacherSpec
 
+from mmkd.config import ConfigError, load_pipelines, merge_entry, resolve_path, section
+from mmkd.data import open_dataset, resolve_data
+from mmkd.teachers import get_teacher_spec
+from mmkd.teachers.spec import teachers_in_scope
+
 RUNNERS = ("ray", "local")
 PRECISIONS = ("fp32", "fp16", "bf16")
 DECODES = ("full", "reduced", "gpu")
@@ -145,8 +150,6 @@ def job_from_config(cfg: Pipelines | None = None, run: str | None = None, **over
         ExtractError: unknown run name (the message lists the valid ones), unknown
             keys in the entry, or an invalid resulting job.
     """
-    from mmkd.config import ConfigError, load_pipelines, merge_entry
-
     if cfg is None:
         cfg = load_pipelines(overrides.get("pipeline"))
     try:
@@ -168,9 +171,6 @@ def job_from_config(cfg: Pipelines | None = None, run: str | None = None, **over
 
 def _entry_data(cfg: Pipelines, run: str, value: JSON) -> JSON:
     """An entry's ``data:``: a declared name stays a name; paths resolve against the declaring file."""
-    from mmkd.config import resolve_path, section
-    from mmkd.data import resolve_data
-
     if isinstance(value, str):
         return value if value in section(cfg, "datasets") else str(resolve_path(cfg, value, section="extract", entry=run))
     return resolve_data(value, cfg, base=resolve_path(cfg, ".", section="extract", entry=run))
@@ -182,9 +182,6 @@ def resolve_teachers(job: ExtractJob, cfg: Pipelines) -> list[TeacherSpec]:
     Raises:
         UnknownTeacherError: a name is not declared (the message lists the valid names).
     """
-    from mmkd.teachers import get_teacher_spec
-    from mmkd.teachers.spec import teachers_in_scope
-
     if ALL_TEACHERS in job.teachers:
         specs = list(teachers_in_scope(cfg).values())  # the user's own teachers, else every shipped one
         if not specs:
@@ -199,8 +196,6 @@ def resolve_dataset(job: ExtractJob, cfg: Pipelines):
     Raises:
         DatasetError: the dataset cannot be opened, or ``data`` names nothing (the message says why).
     """
-    from mmkd.data import open_dataset, resolve_data
-
     ds = open_dataset(resolve_data(job.data, cfg))
     if hasattr(ds, "on_bad_row"):  # a run policy, not part of the dataset spec
         ds.on_bad_row = job.on_bad_row

@@ -15,15 +15,37 @@ import os
 import socket
 from pathlib import Path
 
+from mmkd.config import as_path, is_remote
 from mmkd.data import Dataset
 from mmkd.extract.runners.job import ExtractError, ExtractJob
 from mmkd.jsontypes import JSONDict
 from mmkd.store import FeatureStore
+from mmkd.store import format as fmt
+from mmkd.store.format import atomic_write_json
 from mmkd.store.manifest import check_dataset
 
 log = logging.getLogger(__name__)
 
 JOBS_DIR = "_jobs"
+
+
+def store_exists(store: str | os.PathLike) -> bool:
+    """Whether the job's store is there: a folder, or on object storage a ``store.json``.
+
+    Raises:
+        StoreError: an object-storage URL cannot be reached (bucket, endpoint, credentials).
+    """
+    path = as_path(store)
+    if not is_remote(path):
+        return path.exists()
+    return fmt.probe(path / fmt.MANIFEST) is not None
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """``path`` as workers on other machines open it: an absolute local path, or the URL as is."""
+    return str(path) if is_remote(path) else str(Path(path).resolve())
+
+
 def open_or_create_store(job: ExtractJob, ds: Dataset) -> tuple[FeatureStore, bool]:
     """Open the job's store, or create it from the dataset's samples.
 
@@ -34,9 +56,9 @@ def open_or_create_store(job: ExtractJob, ds: Dataset) -> tuple[FeatureStore, bo
         ExtractError: the store exists but was made from another dataset (or
             another ``--limit``); the message says what differs and what to do.
     """
-    path = Path(job.store)
+    path = as_path(job.store)
     fp = ds.fingerprint(job.limit)
-    if not path.exists():
+    if not store_exists(path):
         samples = ds.samples() if job.limit is None else itertools.islice(ds.samples(), job.limit)
         kwargs = {} if job.block_size is None else {"block_size": job.block_size}
         store = FeatureStore.create(path, samples, dataset_uri=ds.uri, dataset_fingerprint=fp,
@@ -59,9 +81,7 @@ def _check_same_dataset(store: FeatureStore, ds: Dataset, fp: str, job: ExtractJ
 
 def write_job_record(store_path: str | Path, teacher: str, record: JSONDict, stamp: str) -> Path:
     """Save the resolved job (and later its summary) as ``<store>/_jobs/<stamp>-<teacher>.json``."""
-    from mmkd.store.format import atomic_write_json
-
-    path = Path(store_path) / JOBS_DIR / f"{stamp}-{teacher}.json"
+    path = as_path(store_path) / JOBS_DIR / f"{stamp}-{teacher}.json"
     atomic_write_json(path, {"host": socket.gethostname(), "pid": os.getpid(), **record})
     return path
 

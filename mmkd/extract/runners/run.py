@@ -5,18 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mmkd.config import load_pipelines
 from mmkd.extract.runners.base import BlockCallback, Runner, TeacherRun, blocks_to_do
 from mmkd.extract.runners.block import WorkerConfig
 from mmkd.extract.runners.job import ExtractJob, resolve_dataset, resolve_teachers
 from mmkd.extract.runners.local import LocalRunner
-from mmkd.extract.runners.prepare import open_or_create_store, utc_stamp, write_job_record
+from mmkd.extract.runners.prepare import absolute, open_or_create_store, store_exists, utc_stamp, write_job_record
 from mmkd.extract.runners.summary import BlockResult, ExtractSummary, TeacherSummary
-
-if TYPE_CHECKING:
-    from mmkd.teachers import TeacherSpec
+from mmkd.teachers import TeacherSpec, weights_status
+from mmkd.teachers.weights import hub_offline, missing_weights_error
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +41,11 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
         ExtractError: dataset/store mismatch, a worker failure, a bad job.
         UnknownTeacherError, WeightsNotFoundError, DatasetError: as their names say.
     """
-    from mmkd.config import load_pipelines
-
     t0 = time.perf_counter()
     cfg = load_pipelines(job.pipeline)
     specs = resolve_teachers(job, cfg)
     ds = resolve_dataset(job, cfg)
-    if not Path(job.store).exists():
+    if not store_exists(job.store):
         _precheck_weights(job, specs)  # before creating a store nothing could fill
     store, created = open_or_create_store(job, ds)
     stamp = utc_stamp()
@@ -59,7 +56,7 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
         write_job_record(store.path, "_create", {"job": job.to_dict(), "dataset": ds.spec().to_dict()}, stamp)
     else:
         _precheck_weights(job, [s for s in specs if todo[s.name]])
-    config = WorkerConfig(dataset=ds.spec().to_dict(), store=str(Path(store.path).resolve()), batch_size=job.batch_size,
+    config = WorkerConfig(dataset=ds.spec().to_dict(with_storage_options=True), store=absolute(store.path), batch_size=job.batch_size,
                           precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
                           decode=job.decode)
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None
@@ -116,9 +113,6 @@ def _precheck_weights(job: ExtractJob, specs: list[TeacherSpec]) -> None:
     Skipped when joining a remote Ray cluster, whose nodes may hold weights this
     machine lacks.
     """
-    from mmkd.teachers import weights_status
-    from mmkd.teachers.weights import hub_offline, missing_weights_error
-
     if job.runner == "ray" and (job.address or os.environ.get("RAY_ADDRESS")):
         return
     for spec in specs:

@@ -23,6 +23,7 @@ class BlockResult:
         wall_s, cpu_s: wall and CPU seconds of the block.
         device, pid, host: where it ran.
         actor: the Ray actor's name (``""`` in the local runner).
+        storage_retries: object-storage requests the client libraries retried (throttled or dropped).
     """
 
     teacher: str
@@ -40,6 +41,7 @@ class BlockResult:
     pid: int
     host: str
     actor: str = ""
+    storage_retries: int = 0
 
     def to_dict(self) -> JSONDict:
         return dataclasses.asdict(self)
@@ -65,6 +67,8 @@ class TeacherSummary:
         devices: devices the blocks ran on.
         workers: distinct worker processes (pids) that ran blocks; more than the
             number of actors means some were restarted.
+        storage_retries: object-storage requests of the workers' blocks that the client
+            library retried (throttling: S3 503 SlowDown; dropped connections).
     """
 
     teacher: str
@@ -79,6 +83,7 @@ class TeacherSummary:
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     devices: list[str] = field(default_factory=list)
     workers: int = 0
+    storage_retries: int = 0
     _pids: set = field(default_factory=set, repr=False)
 
     def add(self, block: BlockResult) -> None:
@@ -92,6 +97,7 @@ class TeacherSummary:
             self.stages[s] += getattr(block, s)
         if block.device not in self.devices:
             self.devices.append(block.device)
+        self.storage_retries += block.storage_retries
         self._pids.add((block.host, block.pid))
         self.workers = len(self._pids)
 
@@ -190,6 +196,9 @@ class ExtractSummary:
                 (f"    wall {t.wall_s:.2f}s, worker CPU {t.cpu_s:.2f}s; stages: read+decode "
                  f"{st['read_decode_s']:.2f}s (thread time), waiting for decode {st['wait_s']:.2f}s, "
                  f"forward {st['forward_s']:.2f}s, write {st['write_s']:.2f}s")]
+            if t.storage_retries:
+                lines.append(f"    object storage: {t.storage_retries} request(s) throttled or dropped and retried "
+                             "by the client")
         lines.append(self._total_line())
         return "\n".join(lines)
 

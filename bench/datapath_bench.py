@@ -1,0 +1,188 @@
+"""The student data path alone, in images per second per core, side by side in one run.
+
+    python bench/datapath_bench.py [--fixtures ../shared/fixtures] [--rows 96] [--batch-size 32]
+                                   [--image-size 224] [--repeats 3] [--workers 1] [--json PATH]
+
+Images: every JPEG of the shared fixtures upscaled to about 1.2 MP and re-encoded at quality 90
+(as bench/decode_bench.py), repeated to --rows rows of an image folder, with a feature store over
+it. The student is open_clip's transform at --image-size. One process, one torch thread, rows
+read from disk each time (the page cache holds them); each figure is the best of --repeats
+alternating passes over all rows:
+
+  plain PIL + transform   read, full PIL decode, open_clip's train transform, one image at a
+                          time (the baseline the issue names)
+  data path, full         StoreBatches.load (captions, tokens, per-row seeded transform, batch
+                          assembly) with --decode full: what distill did before
+  data path, reduced      the same with --decode reduced (the default now)
+  data path, cache S      the same reading the store's student image cache (``mmkd store images``)
+                          when one of short side >= --image-size is present
+  loader, W workers       wall img/s of one persistent DataLoader with --workers workers over two
+                          epochs (the main process only collects), reduced decode
+
+Prints the table (img/s per core and the ratio to the baseline) and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+
+
+def make_images(fixtures: Path, rows: int, root: Path) -> Path:
+    """An image folder of ``rows`` ~1.2 MP JPEGs (the fixture JPEGs upscaled) with captions.jsonl."""
+    from PIL import Image
+
+    files = sorted(p for p in fixtures.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    if not files:
+        raise SystemExit(f"no JPEGs under {fixtures}; pass --fixtures DIR (the shared fixtures folder)")
+    big = []
+    for p in files:
+        img = Image.open(p).convert("RGB")
+        scale = (1.2e6 / (img.width * img.height)) ** 0.5
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        big.append(buf.getvalue())
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    with open(root / "captions.jsonl", "w") as f:
+        for i in range(rows):
+            (root / "img" / f"{i:05d}.jpg").write_bytes(big[i % len(big)])
+            f.write(json.dumps({"id": f"r{i:05d}", "image": f"img/{i:05d}.jpg", "caption": f"figure {i}"}) + "\n")
+    return root / "captions.jsonl"
+
+
+def make_store(table: Path, out: Path) -> Path:
+    from mmkd.data import open_dataset
+    from mmkd.store import FeatureStore
+
+    ds = open_dataset(str(table))
+    FeatureStore.create(out, ds.samples(), block_size=64, dataset_uri=ds.uri, dataset_fingerprint=ds.fingerprint(),
+                        dataset_spec=ds.spec().to_dict())
+    return out
+
+
+def student(image_size: int):
+    from mmkd.distill.student import build_student, resolve_student
+
+    return build_student(resolve_student({"embed_dim": 32, "text_cfg": TINY_TEXT, "vision_cfg": {
+        "image_size": image_size, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16}}))
+
+
+def plain(table: Path, transform) -> int:
+    """Baseline pass: one image at a time, full decode + open_clip's transform."""
+    from PIL import Image
+
+    n = 0
+    for line in open(table):
+        ref = json.loads(line)["image"]
+        transform(Image.open(io.BytesIO((table.parent / ref).read_bytes())).convert("RGB"))
+        n += 1
+    return n
+
+
+def datapath(ds, batch_size: int) -> int:
+    """One pass of StoreBatches.load over every row, in batches, in this process."""
+    n = 0
+    for start in range(0, ds.n, batch_size):
+        rows = np.arange(start, min(start + batch_size, ds.n), dtype=np.int64)
+        batch = ds.load(rows, epoch=0)
+        n += int(batch["ok"].sum())
+    return n
+
+
+def loader_rate(ds, workers: int) -> float:
+    """Wall img/s of one persistent loader over two epochs (first batch of each left out)."""
+    from mmkd.distill.data import make_loader
+
+    loader = make_loader(ds, workers, persistent=True, prefetch=4)
+    n, spent = 0, 0.0
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        it = iter(loader)
+        next(it)
+        t0 = time.perf_counter()
+        for batch in it:
+            n += len(batch["rows"])
+        spent += time.perf_counter() - t0
+    return n / spent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fixtures", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"))
+    ap.add_argument("--rows", type=int, default=96)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1, help="loader row: DataLoader workers (0: skip the row)")
+    ap.add_argument("--cache-size", type=int, default=256, help="short side of the image cache to write and read")
+    ap.add_argument("--no-cache", action="store_true", help="skip the image cache row")
+    ap.add_argument("--dir", default=None, help="scratch folder (default: a temp dir)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from mmkd.distill.data import DataSpec, StoreBatches
+
+    work = Path(tempfile.mkdtemp(prefix="datapath-bench-", dir=args.dir))
+    table = make_images(Path(args.fixtures), args.rows, work / "data")
+    store = make_store(table, work / "store")
+    st = student(args.image_size)
+    spec = dict(store=str(store), batch_size=args.batch_size, seed=0)
+    orig = dict(spec, image_cache="off")
+    runs = {  # the originals' rows read the originals: image_cache="off"
+        "plain PIL + transform": lambda: plain(table, st.train_transform),
+        "data path, full": (lambda ds: lambda: datapath(ds, args.batch_size))(
+            StoreBatches(DataSpec(**orig, decode="full"), st.train_transform, st.tokenizer)),
+        "data path, reduced": (lambda ds: lambda: datapath(ds, args.batch_size))(
+            StoreBatches(DataSpec(**orig, decode="reduced"), st.train_transform, st.tokenizer)),
+    }
+    if not args.no_cache:
+        from mmkd.store.images import write_image_cache
+
+        t0 = time.perf_counter()
+        write_image_cache(store, args.cache_size)
+        print(f"image cache (short side {args.cache_size}) written in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
+        cached = StoreBatches(DataSpec(**spec, decode="reduced", image_cache="auto"), st.train_transform, st.tokenizer)
+        if cached.cache_dir is None:
+            raise SystemExit(f"the s{args.cache_size} cache does not serve {args.image_size} px; raise --cache-size")
+        runs[f"data path, cache {args.cache_size}"] = (lambda ds: lambda: datapath(ds, args.batch_size))(cached)
+    best = {k: 0.0 for k in runs}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            n = fn()
+            best[name] = max(best[name], n / (time.perf_counter() - t0))
+    base = best["plain PIL + transform"]
+    rows = [{"path": k, "img_per_s_per_core": round(v, 1), "vs_plain": round(v / base, 2)} for k, v in best.items()]
+    if args.workers:
+        ds = StoreBatches(DataSpec(**orig, decode="reduced"), st.train_transform, st.tokenizer)
+        rate = loader_rate(ds, args.workers)
+        rows.append({"path": f"loader, {args.workers} worker(s), reduced", "img_per_s_per_core": None,
+                     "img_per_s": round(rate, 1), "vs_plain": round(rate / base, 2)})
+    load = os.getloadavg()[0]
+    print(f"{args.rows} rows of ~1.2 MP JPEG -> {args.image_size} px, batch {args.batch_size}, 1 torch thread, "
+          f"best of {args.repeats}; load average {load:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'path':<34} {'img/s':>8} {'x plain':>8}")
+    for r in rows:
+        rate = r["img_per_s_per_core"] if r["img_per_s_per_core"] is not None else r["img_per_s"]
+        print(f"{r['path']:<34} {rate:>8.1f} {r['vs_plain']:>8.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "load_average": load, "args": vars(args)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

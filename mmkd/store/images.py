@@ -1,0 +1,190 @@
+"""A student-resolution image cache beside a store, written once (``mmkd store images STORE --size S``).
+
+Layout: ``STORE/image_cache/s<S>/`` holds one Parquet file per store block,
+``block-<b:06d>.parquet``, with columns ``row`` (int64), ``id`` (the sample id), ``sha256`` (hex digest
+of the source image bytes, checked against the index's ``image_sha256`` where extract recorded one), ``width``/``height`` (the source's size), and ``jpeg`` (the image with its
+short side reduced to S, re-encoded as JPEG; null when the source could not be read, with the
+reason in ``error``). ``cache.json`` is written last and says what the folder holds (size,
+quality, rows, the store's dataset fingerprint); a folder without it is not a cache. Blocks are
+written tmp-then-rename, so an interrupted write resumes where it stopped.
+
+The originals stay the truth: distill reads a cache only when the student's transform is one it
+can replay on it (:mod:`mmkd.distill.images`), the cache's short side is at least the student's
+input size and the cache covers the store's rows from the same dataset; the crop box is still
+drawn in the source's pixel frame (the recorded width/height), so a row gets the same crop either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmkd.data.images import REASONS, BadSample, decode_image
+from mmkd.store.dataset import open_store_dataset
+from mmkd.store.format import StoreError
+from mmkd.store.store import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR = "image_cache"
+META = "cache.json"
+FORMAT = "mmkd-image-cache"
+VERSION = 1
+_SCHEMA = pa.schema([("row", pa.int64()), ("id", pa.string()), ("sha256", pa.string()), ("width", pa.int32()),
+                     ("height", pa.int32()), ("jpeg", pa.binary()), ("error", pa.string())])
+
+
+def cache_path(store_path: str | os.PathLike, size: int) -> Path:
+    return Path(store_path) / CACHE_DIR / f"s{int(size)}"
+
+
+def _encode(data: Any, size: int, quality: int) -> tuple[bytes | None, int, int, str | None]:
+    """(jpeg, source width, source height, error) for one source image."""
+    from PIL import Image
+
+    try:
+        if isinstance(data, BaseException):
+            raise data
+        img = decode_image(data, reduce_to=(size, "shortest"))
+        w0, h0 = Image.open(io.BytesIO(data)).size
+    except BadSample as e:
+        return None, 0, 0, str(e)
+    w, h = img.size
+    if min(w, h) > size:
+        scale = size / min(w, h)
+        new = (size, round(h * scale)) if w <= h else (round(w * scale), size)
+        img = img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue(), w0, h0, None
+
+
+def write_image_cache(store: Any, size: int, *, quality: int = 90, data: str | None = None,
+                      progress: Callable[[int], None] | None = None) -> Path:
+    """Write (or finish) the image cache of short side ``size`` for ``store`` (a path or FeatureStore).
+
+    Args:
+        size: short side of the cached images (at least the students' input size, e.g. 256 for 224 px).
+        quality: JPEG quality of the re-encoded images.
+        data: where the store's dataset is now, if it moved (as ``mmkd distill --data``).
+        progress: called with the number of rows done after each block.
+
+    Returns:
+        The cache folder.
+    """
+    if isinstance(store, (str, os.PathLike)):
+        store = FeatureStore.open(store)
+    if size < 16:
+        raise ValueError(f"image cache size {size} is too small; give the short side in pixels, e.g. --size 256")
+    out = cache_path(store.path, size)
+    if (out / META).exists():
+        logger.info("image cache %s already complete", out)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    reader = open_store_dataset(store, data)
+    failed = 0
+    for b in range(store.num_blocks):
+        target = out / f"block-{b:06d}.parquet"
+        start, end = store.block_range(b)
+        if target.exists():
+            failed += pq.read_table(target, columns=["jpeg"]).column("jpeg").null_count
+        else:
+            rows = np.arange(start, end, dtype=np.int64)
+            meta = store.index_columns(rows, ("sample_id", "image", "image_sha256"))
+            raw = reader.read_many(list(meta["image"]), on_error="return")
+            sha = [hashlib.sha256(d).hexdigest() if isinstance(d, (bytes, bytearray)) else None for d in raw]
+            for r, have, want in zip(rows.tolist(), sha, meta["image_sha256"]):
+                if have is not None and want and have != want:
+                    raise StoreError(f"row {r} (image {meta['image'][r - start]!r}): sha256 {have[:16]} != "
+                                     f"{want[:16]} recorded in store {store.path}; the dataset changed since "
+                                     "extract: point --data at the original images")
+            enc = [_encode(d, size, quality) for d in raw]
+            table = pa.table({"row": rows, "id": list(meta["sample_id"]), "sha256": sha,
+                              "width": [e[1] for e in enc], "height": [e[2] for e in enc],
+                              "jpeg": [e[0] for e in enc], "error": [e[3] for e in enc]}, schema=_SCHEMA)
+            failed += sum(e[0] is None for e in enc)
+            tmp = target.with_suffix(".tmp")
+            pq.write_table(table, tmp, compression="none")
+            os.replace(tmp, target)
+        if progress is not None:
+            progress(end)
+    meta = {"format": FORMAT, "version": VERSION, "size": int(size), "quality": int(quality), "rows": store.n,
+            "block_size": store.block_size, "blocks": store.num_blocks, "failed": failed,
+            "dataset_fingerprint": store.manifest.dataset.fingerprint}
+    tmp = out / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / META)
+    logger.info("image cache %s: %d rows, %d failed", out, store.n, failed)
+    return out
+
+
+def find_image_cache(store: Any, min_size: int) -> Path | None:
+    """The smallest complete cache of ``store`` with short side >= ``min_size`` from the store's own
+    dataset and rows, or None."""
+    root = Path(store.path) / CACHE_DIR
+    found = []
+    fp = store.manifest.dataset.fingerprint
+    for meta_path in root.glob(f"s*/{META}") if root.is_dir() else []:
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            continue
+        if meta.get("rows") != store.n or meta.get("block_size") != store.block_size or \
+                meta.get("dataset_fingerprint", "") != fp:
+            logger.warning("image cache %s does not match store %s (rows, blocks or dataset differ); not used",
+                           meta_path.parent, store.path)
+            continue
+        if int(meta["size"]) >= min_size:
+            found.append((int(meta["size"]), meta_path.parent))
+    return min(found)[1] if found else None
+
+
+class ImageCache:
+    """Reads a cache folder row by row, one block (Parquet file) at a time through a small LRU."""
+
+    def __init__(self, path: str | os.PathLike, blocks: int = 4):
+        self.path = Path(path)
+        self.meta = json.loads((self.path / META).read_text())
+        self.size = int(self.meta["size"])
+        self.block_size = int(self.meta["block_size"])
+        self._lru: OrderedDict[int, dict[str, list]] = OrderedDict()
+        self._blocks = max(1, blocks)
+
+    def _block(self, b: int) -> dict[str, list]:
+        hit = self._lru.get(b)
+        if hit is None:
+            t = pq.read_table(self.path / f"block-{b:06d}.parquet", columns=["jpeg", "width", "height", "error"])
+            hit = {c: t.column(c).to_pylist() for c in t.column_names}
+            self._lru[b] = hit
+            while len(self._lru) > self._blocks:
+                self._lru.popitem(last=False)
+        else:
+            self._lru.move_to_end(b)
+        return hit
+
+    def read(self, rows: np.ndarray) -> tuple[list[bytes | BadSample], list[tuple[int, int]]]:
+        """Per row: the cached JPEG bytes (or the BadSample its source raised) and the source's (width, height)."""
+        data, sizes = [], []
+        for r in np.asarray(rows, dtype=np.int64).tolist():
+            blk = self._block(r // self.block_size)
+            k = r % self.block_size
+            jpeg = blk["jpeg"][k]
+            if jpeg is None:
+                reason = str(blk["error"][k]).split(":")[0]
+                jpeg = BadSample(reason if reason in REASONS else "corrupt", f"(image cache) {blk['error'][k]}")
+            data.append(jpeg)
+            sizes.append((int(blk["width"][k]), int(blk["height"][k])))
+        return data, sizes
