@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmkd.config import is_remote
 from mmkd.data.images import REASONS, BadSample, decode_image
 from mmkd.store.dataset import open_store_dataset
 from mmkd.store.format import StoreError
@@ -131,7 +132,9 @@ def write_image_cache(store: Any, size: int, *, quality: int = 90, data: str | N
 
 def find_image_cache(store: Any, min_size: int) -> Path | None:
     """The smallest complete cache of ``store`` with short side >= ``min_size`` from the store's own
-    dataset and rows, or None."""
+    dataset and rows, or None (always None on object storage: the cache is written on local disk only)."""
+    if is_remote(store.path):
+        return None
     root = Path(store.path) / CACHE_DIR
     found = []
     fp = store.manifest.dataset.fingerprint
