@@ -12,6 +12,9 @@ Run by ``bench/gpu_check.sh`` (under 8 minutes on one H100/H200). Prints and wri
   distill   a stage-2 ``mmkd-clip`` step reading 9 teachers' features (real dims 512/768)
             from a store, divided by a plain stage-1 CLIP step, ViT-B/16 student, bf16
             (target <= 1.10)
+  multi     one ``mmkd extract`` pass with three ViT-B/16-class teachers on one GPU (each image
+            read and decoded once, ``--decode reduced``) vs the same pass with one teacher: wall
+            ratio (1.0 = the extra teachers are free; 3.0 = no better than three passes), and peak GPU memory
   eval      ``mmkd eval`` retrieval on the extract images with the exported student: images/s
   memory    peak GPU memory of each part
 
@@ -80,6 +83,35 @@ def check_extract(work: Path, a: argparse.Namespace, device: str) -> dict[str, A
         out["modes"][decode] = {"pipeline_img_s": ts.rows / block_wall, "ratio_to_forward": fwd_s / block_wall,
                                 "decode_img_s_per_thread": ts.decode_per_core_s, "wall_side": ts.wall_side}
     out["peak_gpu_gib"] = _peak_gib(device)
+    return out
+
+
+def check_multi(work: Path, a: argparse.Namespace, device: str) -> dict[str, Any]:
+    """Three ViT-B/16-class teachers in one pass on one GPU vs one teacher, same images and settings."""
+    import dataclasses
+
+    from extract_bench import make_teacher
+
+    from mmkd.extract import ExtractJob, run_extract
+    from mmkd.teachers.tiny import write_pipelines
+
+    base = make_teacher(work / "teachers", a.model)
+    specs = {f"{base.name}_{i}": dataclasses.replace(base, name=f"{base.name}_{i}") for i in range(3)}
+    pipelines = write_pipelines(work / "pipelines-multi.yaml", specs)
+    precision = "fp16" if device.startswith("cuda") else "fp32"
+    out: dict[str, Any] = {"rows": a.rows, "teachers": list(specs), "decode": "reduced"}
+    for key, names in (("one_teacher", list(specs)[:1]), ("three_teachers", list(specs))):
+        _peak_reset(device)
+        job = ExtractJob(data=str(work / "data" / "data.jsonl"), teachers=names, store=str(work / f"store-{key}"),
+                         runner="local", pipeline=str(pipelines), batch_size=a.batch_size, block_size=a.block_size,
+                         workers=a.workers, device=device, precision=precision, decode="reduced")
+        t = time.perf_counter()
+        summary = run_extract(job)
+        wall = time.perf_counter() - t
+        out[key] = {"wall_s": wall, "teacher_rows_s": summary.rows / wall, "decoded": summary.decoded,
+                    "peak_gpu_gib": _peak_gib(device)}
+    out["wall_ratio"] = out["three_teachers"]["wall_s"] / out["one_teacher"]["wall_s"]
+    out["peak_gpu_gib"] = out["three_teachers"]["peak_gpu_gib"]
     return out
 
 
@@ -162,6 +194,7 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         report["extract"] = check_extract(work, a, device)
+        report["multi"] = check_multi(work, a, device)
         report["distill"] = check_distill(work, a, device)
         report["eval"] = check_eval(work, a, device, report["distill"].pop("export"))
         report["wall_s"] = time.perf_counter() - t0
@@ -176,11 +209,15 @@ def main() -> None:
     for mode, m in ex["modes"].items():
         print(f"  --decode {mode:<8} pipeline {m['pipeline_img_s']:.0f} img/s = {m['ratio_to_forward']:.2f} of the "
               f"forward; decode {m['decode_img_s_per_thread']:.0f} img/s per thread; wall: {m['wall_side']}")
+    mu = report["multi"]
+    print(f"multi    3 {ex['model']} teachers in one pass {mu['three_teachers']['wall_s']:.1f} s vs one teacher "
+          f"{mu['one_teacher']['wall_s']:.1f} s = {mu['wall_ratio']:.2f}x ({mu['three_teachers']['decoded']} images "
+          f"decoded for {3 * mu['rows']} teacher-rows; peak {mu['three_teachers']['peak_gpu_gib']} GiB)")
     print(f"distill  stage-2 store step {di['kd_step_ms']:.1f} ms / CLIP step {di['clip_step_ms']:.1f} ms = "
           f"{di['ratio']:.2f} (batch {di['batch']})")
     print(f"eval     {ev['img_s']:.0f} img/s over {ev['images']} images (retrieval, whole mmkd eval run)")
-    print("peak GPU memory (GiB): " + ", ".join(f"{k} {report[k]['peak_gpu_gib']}" for k in ("extract", "distill",
-                                                                                             "eval")))
+    print("peak GPU memory (GiB): " + ", ".join(f"{k} {report[k]['peak_gpu_gib']}" for k in ("extract", "multi",
+                                                                                             "distill", "eval")))
     print(f"written: {a.out}")
 
 

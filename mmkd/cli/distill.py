@@ -20,7 +20,25 @@ OVERRIDES = (
     "clip_weight", "icl_scale", "device", "data", "targets", "projection",
     "init_image", "init_text", "init_min_share", "init_cache_dir", "teacher_mask", "teacher_weight", "teacher_drop",
     "decode", "image_cache",
+    "on_nonfinite",
 )
+
+
+class Finite(click.FloatRange):
+    """A float range that also refuses NaN and infinity (``--lr inf`` would train a NaN student)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        out = super().convert(value, param, ctx)
+        if not math.isfinite(out):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return out
+
+
+POSITIVE = Finite(min=0, min_open=True)
+NON_NEGATIVE = Finite(min=0)
+
 # `mmkd distill --help` in sections (click has no option groups): section -> option names (param names).
 SECTIONS = {
     "Required (here or in the --run entry)": ("store", "student", "out"),
@@ -28,7 +46,8 @@ SECTIONS = {
     "Length and optimizer": ("steps", "epochs", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps",
                              "grad_clip", "precision"),
     "Start from weights": ("init", "init_image", "init_text", "init_partial", "init_min_share", "init_cache_dir"),
-    "Checkpoints and resume": ("resume", "stop_at_step", "checkpoint_every", "log_every"),
+    "Checkpoints and resume": ("resume", "overwrite", "stop_at_step", "checkpoint_every", "log_every",
+                               "on_nonfinite"),
     "Data loading": ("num_workers", "buffer_blocks", "augment", "decode", "image_cache"),
     "Stage 2: teachers and targets": ("teacher_mask", "teacher_weight", "teacher_drop", "targets", "projection",
                                       "projection_file", "projections_old", "normalize_targets", "standardize", "head"),
@@ -65,10 +84,10 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs to run (instead of --steps).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Rows per GPU per micro-batch.")
 @click.option("--grad-accum", type=click.IntRange(min=1), help="Micro-batches per optimizer step.")
-@click.option("--lr", type=float, help="Peak learning rate (default 5e-5 stage 1, 1e-6 stage 2).")
-@click.option("--weight-decay", type=float, help="AdamW weight decay (default 0.2).")
+@click.option("--lr", type=POSITIVE, help="Peak learning rate (default 5e-5 stage 1, 1e-6 stage 2).")
+@click.option("--weight-decay", type=NON_NEGATIVE, help="AdamW weight decay (default 0.2).")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warmup steps (default 2000).")
-@click.option("--grad-clip", type=float, help="Max gradient norm (0: off; default 1.0).")
+@click.option("--grad-clip", type=NON_NEGATIVE, help="Max gradient norm (0: off; default 1.0).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), help="auto: bf16 autocast on CUDA.")
 @click.option("--init", metavar="SOURCE", help=f"Start both towers from {INIT_HELP}; loaded non-strictly, reported in "
               "<out>/init_report.json.")
@@ -81,7 +100,10 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
               "load (default 0.9).")
 @click.option("--init-cache-dir", type=click.Path(file_okay=False), help="Download cache of open_clip pretrained tags "
               "(default: the Hugging Face cache, or ~/.cache/clip for URL-only tags).")
-@click.option("--resume", is_flag=True, default=None, help="Continue from <out>/checkpoints/last.pt exactly.")
+@click.option("--resume", is_flag=True, default=None, help="Continue from <out>/checkpoints/last.pt exactly (also done "
+              "without it when --out holds a run with the same settings).")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace the run in --out when its settings differ "
+              "(without it such a rerun is refused and nothing is written).")
 @click.option("--stop-at-step", type=click.IntRange(min=1), help="End this invocation after this step.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), help="Steps between checkpoints.")
 @click.option("--log-every", type=click.IntRange(min=1), help="Steps between metric records.")
@@ -114,19 +136,24 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--image-cache", type=click.Choice(["auto", "off"]), help="auto (default): read the store's student "
               "image cache (`mmkd store images`) when one fits the student's size; off: the originals.")
 @click.option("--standardize/--no-standardize", default=None, help="multi: standardise targets by store stats.")
-@click.option("--fd-weight", type=float, help="Feature-distillation weight (default 50).")
-@click.option("--icl-weight", type=float, help="ICL weight (default 1).")
-@click.option("--clip-weight", type=float, help="CLIP term weight (default 1).")
+@click.option("--fd-weight", type=NON_NEGATIVE, help="Feature-distillation weight (default 50).")
+@click.option("--icl-weight", type=NON_NEGATIVE, help="ICL weight (default 1).")
+@click.option("--clip-weight", type=NON_NEGATIVE, help="CLIP term weight (default 1).")
 @click.option("--icl-scale", metavar="NUMBER|learned",
               help="ICL logit multiplier: the official fixed ln(1/0.07) ~ 2.66 (default), another number "
               "(14.3 = 1/0.07), or 'learned' (the student's own logit scale, as CLIP-KD).")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
-@click.option("--data", metavar="PATH", help="Where the store's dataset is now, if it moved (its spec is kept and its "
-              "fingerprint checked).")
+@click.option("--data", metavar="PATH_OR_NAME", help="Where the store's dataset is now, if it moved: a path (its spec "
+              "is kept, the image root found beside it or where it was) or a `datasets:` name (its spec, with its "
+              "root, is used); the fingerprint is checked.")
+@click.option("--on-nonfinite", type=click.Choice(["stop", "skip"]), help="A NaN/Inf loss or gradient: stop (default: "
+              "one line naming the step and batch rows, nothing exported) or skip that step's update. Rows with "
+              "NaN/Inf teacher targets are always left out (counted, warned once).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--run", "run_name", help="Name of the distill: entry in the pipelines file.")
 @click.option("--pipeline", type=click.Path(exists=True, dir_okay=False), help="Pipelines file (default: pipelines.yaml).")
 def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str, ...], resume: bool | None,
+                overwrite: bool | None,
                 standardize: bool | None, augment: bool | None, no_progress: bool, init_partial: bool | None,
                 normalize_targets: bool | None, projections_old: str | None, **flags) -> None:
     """Train a student from a feature store; no teacher is ever loaded.
@@ -145,7 +172,8 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
         click.echo("--projections is deprecated: use --projection-file", err=True)
         flags["projection_file"] = flags.get("projection_file") or projections_old
     overrides = {k: flags.get(k) for k in OVERRIDES}
-    overrides.update(resume=resume, standardize=standardize, augment=augment, init_partial=init_partial,
+    overrides.update(resume=resume, overwrite=overwrite, standardize=standardize, augment=augment,
+                     init_partial=init_partial,
                      normalize_targets=normalize_targets,
                      teachers=list(teachers) or None,
                      progress=False if no_progress else None)
@@ -158,7 +186,7 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
     except MMKDError as e:
         raise click.ClickException(str(e)) from e
     report = RunDir(summary.out).init_report
-    if not cfg.resume and report.is_file():
+    if not cfg.resume and not summary.noop and report.is_file():
         for line in summary_lines(json.loads(report.read_text())):
             click.echo(line, err=True)
     click.echo(json.dumps(summary.to_dict()))

@@ -38,9 +38,12 @@ def _open(path: str):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_cmd(path: str, as_json: bool) -> None:
     """What the store at PATH holds: samples, teachers, dims, progress, size."""
-    from mmkd.store import store_info
+    from mmkd.store import StoreError, store_info
 
-    info = store_info(_open(path))
+    try:
+        info = store_info(_open(path))
+    except StoreError as e:
+        raise click.ClickException(str(e)) from e
     if as_json:
         from mmkd.store.projection import list_projections
 

@@ -73,6 +73,15 @@ def path_id(ref: str) -> str:
     return hashlib.sha256(ref.encode("utf-8")).hexdigest()[:20]
 
 
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the numbers inside names by value: ``shard-2`` before ``shard-10``.
+
+    Shards and tables found by a folder or a glob are read in this order (sorted as
+    strings, ``0, 1, 10, 11, ..., 2`` would change which samples fall in which fold).
+    """
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 def sha256_hex(data: bytes) -> str:
     """Hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -32,6 +33,25 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS (about 9459 x 9
 _TARGET_MODES = ("RGB", "L")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+class _DecodeCounter:
+    """Images decoded by :func:`decode_image` in this process (thread-safe); read by benchmarks and tests."""
+
+    def __init__(self) -> None:
+        self._lock, self.count = threading.Lock(), 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+DECODES = _DecodeCounter()
+
+
+def decode_count() -> int:
+    """How many images this process has decoded (or tried to) so far: a counter in the decode path, not an estimate."""
+    return DECODES.count
 
 
 class BadSample(MMKDError):
@@ -67,7 +87,7 @@ def check_caption(text: object) -> str:
 
 
 def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB",
-                 reduce_to: tuple[int, str] | None = None) -> Image.Image:
+                 reduce_to: tuple[int, str] | list[tuple[int, str]] | None = None) -> Image.Image:
     """Decode image bytes and convert them to ``mode``.
 
     Args:
@@ -82,7 +102,9 @@ def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, mo
             teacher's resize will use them (``fit``: ``shortest`` short side, ``longest``
             long side, ``squash`` both sides). The teacher's own resize then runs on the
             smaller image: several times faster on large JPEGs, pixels differ slightly
-            (``mmkd extract --decode reduced``). Other formats decode in full.
+            (``mmkd extract --decode reduced``). Other formats decode in full. A list
+            of ``(side, fit)`` decodes at the scale that covers every one of them
+            (one decode feeding several teachers).
 
     Returns:
         A loaded image in ``mode``.
@@ -94,10 +116,28 @@ def decode_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, mo
     """
     if mode not in _TARGET_MODES:
         raise ValueError(f"decode_image mode {mode!r} not supported; use one of {list(_TARGET_MODES)}")
+    return convert_mode(decode_loaded(data, max_pixels=max_pixels, reduce_to=reduce_to), mode)
+
+
+def decode_loaded(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  reduce_to: tuple[int, str] | list[tuple[int, str]] | None = None) -> Image.Image:
+    """Decode image bytes, in the file's own mode (:func:`decode_image` without the mode conversion).
+
+    One decode can then be converted to each mode its teachers need (:func:`convert_mode`),
+    with the same pixels :func:`decode_image` gives for each. Every call is counted in
+    :func:`decode_count` (also one that finds the data damaged).
+
+    Raises:
+        BadSample: as :func:`decode_image`.
+    """
+    DECODES.add()
     img = open_image(data, max_pixels=max_pixels)
     if reduce_to is not None and img.format == "JPEG":
-        img.draft(None, draft_size(img.size, *reduce_to))
-    return load_image(img, data, mode)
+        covers = [reduce_to] if isinstance(reduce_to, tuple) else list(reduce_to)
+        sizes = [draft_size(img.size, *c) for c in covers]
+        # draft picks the largest scale with both sides >= the request: the side-wise max covers every teacher
+        img.draft(None, (max(w for w, _ in sizes), max(h for _, h in sizes)))
+    return _load(img, data)
 
 
 def open_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -120,13 +160,17 @@ def load_image(img: Image.Image, data: bytes, mode: str = "RGB") -> Image.Image:
     Raises:
         BadSample: ``corrupt``, ``truncated``, ``decompression_bomb`` or ``unsupported_mode``.
     """
+    return convert_mode(_load(img, data), mode)
+
+
+def _load(img: Image.Image, data: bytes) -> Image.Image:
     try:
         img.load()
     except Image.DecompressionBombError as e:
         raise BadSample("decompression_bomb", str(e)) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadSample(_damage_reason(data, e), f"{type(e).__name__}: {e}") from e
-    return convert_mode(img, mode)
+    return img
 
 
 def draft_size(size: tuple[int, int], side: int, fit: str) -> tuple[int, int]:

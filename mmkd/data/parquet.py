@@ -28,6 +28,7 @@ from mmkd.data.base import (
     DatasetError,
     Entry,
     Sample,
+    natural_key,
     path_id,
     relative_ref,
     resolve_ref,
@@ -56,7 +57,8 @@ class ParquetDataset(BadRowsMixin, ContainerDataset):
     ) -> None:
         path = resolved(path, storage_options)
         if path.is_dir():
-            root, files = path, sorted(path.rglob("*.parquet"), key=lambda p: relative_ref(path, p))
+            root = path
+            files = sorted(path.rglob("*.parquet"), key=lambda p: natural_key(relative_ref(path, p)))
         elif path.is_file():
             root, files = path.parent, [path]
         else:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.config import as_path, expand, is_remote, is_url, resolve_path, section
-from mmkd.data.base import REF_SEP, Dataset, DatasetError, resolved
+from mmkd.data.base import REF_SEP, Dataset, DatasetError, natural_key, resolved
 from mmkd.data.sample import Sample
 from mmkd.data.spec import DatasetSpec
 from mmkd.data.parquet import ParquetDataset
@@ -91,7 +91,8 @@ def _table_file(folder: Path) -> Path | None:
     for name in _TABLE_NAMES:
         if (folder / name).is_file():
             return folder / name
-    tables = sorted(folder.glob("*.jsonl")) + sorted(folder.glob("*.csv"))
+    tables = sorted(folder.glob("*.jsonl"), key=lambda p: natural_key(p.name)) + sorted(
+        folder.glob("*.csv"), key=lambda p: natural_key(p.name))
     if len(tables) > 1:
         raise DatasetError(
             f"folder {str(folder)!r} holds several tables {[t.name for t in tables]}; give the file path instead"

@@ -179,8 +179,11 @@ class DatasetSpec:
     def relocated(self, new_path: str | os.PathLike) -> DatasetSpec:
         """The same dataset read from ``new_path`` (moved to another mount).
 
-        A ``root`` inside the old dataset folder moves with it; a ``root`` elsewhere
-        is kept (give a spec with a new ``root`` when the images moved separately).
+        The ``root`` keeps its place relative to the table's folder when it is found
+        there (``scans/tables/x.jsonl`` with ``scans/pixels`` moved together as one
+        folder, a root inside the table's folder); else the old ``root`` is kept when it
+        still exists (only the table moved); else the moved place is used, and the
+        reader names it. Give a spec with a new ``root`` when the images moved elsewhere.
         """
         new = str(new_path)
         if is_url(new) or is_url(self.path):
@@ -188,14 +191,10 @@ class DatasetSpec:
         if not any(ch in new for ch in "{*?["):
             new = str(Path(new).expanduser().resolve())
         root = self.root
-        if root is not None:
-            old_dir = _folder(self.path)
-            try:
-                rel = Path(root).relative_to(old_dir)
-            except ValueError:
-                rel = None
-            if rel is not None:
-                root = str(_folder(new) / rel)
+        if root is not None and "://" not in root and "://" not in self.path:
+            moved = os.path.normpath(_folder(new) / os.path.relpath(root, _folder(self.path)))
+            local = "://" not in new
+            root = moved if (not local or Path(moved).is_dir() or not Path(root).is_dir()) else root
         return DatasetSpec(path=new, format=self.format, name=self.name, root=root, fields=dict(self.fields),
                            options=dict(self.options), storage_options=dict(self.storage_options))
 

@@ -11,6 +11,7 @@ A line that is not UTF-8, not valid JSON/CSV or not a record is a bad row
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -154,6 +155,8 @@ class JsonlDataset(TableDataset):
         """(line number, JSON object) of every usable line; the others go to :meth:`_bad_row`."""
         with self.table.open("rb") as f:
             for lineno, raw in enumerate(f, 1):
+                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):  # a Windows export's byte-order mark
+                    raw = raw[len(codecs.BOM_UTF8):]
                 if not raw.strip():
                     continue
                 try:
@@ -265,7 +268,7 @@ class MmkdClipDataset(JsonlDataset):
 def is_mmkd_clip_table(path: Path) -> bool:
     """True when the first record of a JSONL file has the official ``imgpath``/``txt`` keys."""
     try:
-        with path.open("r", encoding="utf-8") as f:
+        with path.open("r", encoding="utf-8-sig") as f:
             for line in f:
                 if line.strip():
                     first = json.loads(line)

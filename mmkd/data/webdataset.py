@@ -36,6 +36,7 @@ from mmkd.data.base import (
     ContainerDataset,
     DatasetError,
     Entry,
+    natural_key,
     pick_labels,
     relative_ref,
     resolve_ref,
@@ -73,7 +74,7 @@ def find_shards(path: str, storage_options: Mapping[str, Any] | None = None) -> 
     p = Path(path)
     if p.is_dir():
         root = p.resolve()
-        return root, sorted(root.rglob("*.tar"), key=lambda s: s.relative_to(root).as_posix())
+        return root, sorted(root.rglob("*.tar"), key=lambda s: natural_key(s.relative_to(root).as_posix()))
     if p.is_file():
         return p.resolve().parent, [p.resolve()]
     if not any(ch in path for ch in "{*?["):
@@ -82,7 +83,7 @@ def find_shards(path: str, storage_options: Mapping[str, Any] | None = None) -> 
     root = Path(literal if literal.endswith(("/", "\\")) else Path(literal).parent or ".").resolve()
     shards: list[Path] = []
     for pat in expand_braces(path):
-        matches = sorted(glob.glob(pat)) if any(ch in pat for ch in "*?[") else [pat]
+        matches = sorted(glob.glob(pat), key=natural_key) if any(ch in pat for ch in "*?[") else [pat]
         for m in matches:
             if not Path(m).is_file():
                 raise DatasetError(f"shard {m!r} of pattern {path!r} not found")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmkd.config import ConfigError, merge_entry, resolve_path, section
+from mmkd.data import resolve_data
 from mmkd.errors import DistillError
 from mmkd.jsontypes import JSON, JSONDict, Pipelines
 
@@ -153,6 +154,7 @@ class OptimConfig:
 
 KD_MODES = ("mmkd-clip", "multi")
 TEACHER_MASKS = ("valid", "trusted")
+ON_NONFINITE = ("stop", "skip")
 TEACHER_WEIGHTINGS = ("none", "trust")
 
 
@@ -224,8 +226,17 @@ class DistillConfig:
         max_logit_scale: clamp of the learnable logit scale's exp.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         data: where the store's dataset is now, when it moved from where the store
-            records it (format, root and field map are kept; the fingerprint is checked).
+            records it: a path (format and field map are kept, the root found beside it or
+            where it was), or a ``datasets:`` name / spec mapping (used whole, so it can give a
+            new ``root``); the fingerprint is checked either way.
         progress: show a tqdm bar (rank 0).
+        on_nonfinite: what a NaN/Inf does. Rows whose teacher targets are not finite are
+            always left out of that teacher's terms (counted, warned once). ``stop`` (default):
+            a non-finite loss or gradient ends the run with an error naming the step and the
+            batch rows, before the update and without exporting. ``skip``: that step makes no
+            update (counted, warned once); the run goes on.
+        overwrite: replace the run already in ``out`` when its settings differ (without it
+            such a rerun is refused; with the same settings it resumes: :mod:`mmkd.distill.rundir`).
     """
 
     store: str = ""
@@ -263,8 +274,10 @@ class DistillConfig:
     teachers_cfg: TeacherUse = field(default_factory=TeacherUse)
     max_logit_scale: float = 100.0
     device: str = "auto"
-    data: str | None = None
+    data: str | dict[str, Any] | None = None
     progress: bool = True
+    on_nonfinite: str = "stop"
+    overwrite: bool = False
     students_section: dict[str, Any] = field(default_factory=dict, repr=False)
     students_base_dir: str | None = field(default=None, repr=False)
 
@@ -295,6 +308,9 @@ class DistillConfig:
                 raise ConfigError(f"distill: {name} must be positive, got {getattr(self, name)}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"distill: precision {self.precision!r} is unknown; use auto, bf16 or fp32")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ConfigError(f"distill: on_nonfinite {self.on_nonfinite!r} is unknown; use one of "
+                              f"{list(ON_NONFINITE)}")
         if self.decode not in ("reduced", "full"):
             raise ConfigError(f"distill: decode {self.decode!r} is unknown; use reduced or full")
         if self.image_cache not in ("auto", "off"):
@@ -437,6 +453,8 @@ def load_distill_config(pipelines: Pipelines | None, run: str | None,
     if overrides.get("epochs") is not None:
         values["steps"] = None
     _nest_init(values, pipelines, run, {k for k, v in overrides.items() if v is not None})
+    if isinstance(values.get("data"), str) and values["data"] in section(pipelines, "datasets"):
+        values["data"] = resolve_data(values["data"], pipelines).to_dict()
     cfg = DistillConfig(**_nest(values))
     cfg.students_section = section(pipelines, "students")
     if pipelines.get("_path"):

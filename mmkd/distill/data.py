@@ -45,6 +45,7 @@ from mmkd.distill.images import FastImages
 from mmkd.errors import DistillError
 from mmkd.jsontypes import JSONDict
 from mmkd.store import FeatureStore, chunk_shuffled_batches, num_batches
+from mmkd.store.content import has_hashes, recorded_hashes, sha256_of
 from mmkd.store.dataset import open_store_dataset
 from mmkd.store.images import ImageCache, find_image_cache
 from mmkd.store.masks import untrainable_rows
@@ -125,7 +126,7 @@ class SyntheticImages:
         return out
 
 
-def images_source(store: FeatureStore, data: str | None = None) -> JSONDict | str:
+def images_source(store: FeatureStore, data: str | JSONDict | None = None) -> JSONDict | str:
     """What a worker opens to read ``store``'s images: the recorded dataset spec (relocated to ``data`` and
     fingerprint-checked when given), or ``synthetic://`` for synthetic stores."""
     uri = store.manifest.dataset.uri
@@ -156,7 +157,7 @@ class DataSpec:
     rank: int = 0
     world_size: int = 1
     buffer_blocks: int = 8
-    data: str | None = None
+    data: str | dict[str, Any] | None = None
     with_features: bool = False
     teacher_mask: str = "valid"
     teacher_weight: str = "none"
@@ -170,7 +171,8 @@ class StoreBatches(IterableDataset):
     Each item is a dict: ``rows`` (B,) int64, ``image`` (B,3,H,W) float, ``text``
     (B,ctx) long, ``ok`` (B,) bool (False: image unreadable, row to be ignored); with
     features also ``feats`` {teacher: {"image","text": (B,D_t) float32}},
-    ``valid`` (B,T) bool and ``choice`` (B,) long (random valid teacher, -1 none).
+    ``valid`` (B,T) bool, ``choice`` (B,) long (random valid teacher, -1 none) and
+    ``nonfinite`` (B,T) bool (valid at extract, but a NaN/Inf target: left out, as not valid).
     """
 
     def __init__(self, spec: DataSpec, transform: Callable, tokenizer: Callable):
@@ -184,6 +186,11 @@ class StoreBatches(IterableDataset):
         self.dims = {t: store.dim(t) for t in spec.teachers}
         self.images = images_source(store, spec.data)
         self.uri = self.images if isinstance(self.images, str) else self.images["path"]
+        synthetic = isinstance(self.images, str)
+        self.verify = not synthetic and has_hashes(store)
+        if not self.verify and not synthetic:
+            logger.warning("store %s records no image hashes (made before extract recorded them): the images read "
+                           "are not verified against the ones extracted", spec.store)
         excluded = untrainable_rows(store)
         self.exclude = excluded.mask if excluded.total else None
         if excluded.total:
@@ -196,6 +203,8 @@ class StoreBatches(IterableDataset):
                                  f"the trust of every teacher; store {spec.store!r} has none for {missing}: compute "
                                  f"it with `mmkd store trust {spec.store} " + " ".join(f"--teacher {t}" for t in
                                                                                         missing) + "`")
+        if not synthetic:
+            self._probe_images(store)
         self.unreadable: set[int] = set()  # rows whose image failed at train time (warned once)
         self.batches_per_epoch = num_batches(self.n, spec.batch_size, spec.world_size, exclude=self.exclude)
         if self.batches_per_epoch == 0:
@@ -209,6 +218,20 @@ class StoreBatches(IterableDataset):
         # (epoch, start batch) in shared memory: persistent workers read what set_epoch wrote
         self._position = multiprocessing.get_context().RawArray("q", 2)
         self._state: dict[str, Any] | None = None
+
+    def _probe_images(self, store: Any) -> None:
+        """Read one image before anything is written: images that moved or were removed are named at once, not
+        after the first batches (nor as a worker's traceback)."""
+        rows = np.flatnonzero(~self.exclude)[:1] if self.exclude is not None else np.arange(min(1, self.n))
+        if not rows.size:
+            return
+        ref = store.index_columns(rows, ("image",))["image"][0]
+        data = open_images(self.images).read_many([ref], on_error="return")[0]
+        if isinstance(data, BaseException) and getattr(data, "reason", "") == "missing":
+            raise FileNotFoundError(f"store {self.spec.store}: the image of row {int(rows[0])} is not where the "
+                                    f"dataset {self.uri} says ({data}); the images moved or were removed: pass --data "
+                                    "with where they are now (a path, or a `datasets:` name whose `root` is their "
+                                    "folder)")
 
     def _find_cache(self, store: Any) -> str | None:
         """The image cache to read (``mmkd store images``), or None: the originals; says which."""
@@ -277,23 +300,27 @@ class StoreBatches(IterableDataset):
         epoch = self.epoch if epoch is None else int(epoch)
         st = self._open()
         meta = st["store"].index_columns(rows, ("caption", "image"))
-        images, ok = self._images(st, meta["image"], rows, epoch)
+        images, ok, changed = self._images(st, meta["image"], rows, epoch)
         batch: dict[str, Any] = {
             "rows": torch.from_numpy(rows.copy()),
             "image": images,
             "text": self.tokenizer([c or "" for c in meta["caption"]]),
             "ok": torch.from_numpy(ok),
         }
+        if changed:
+            batch["content_changed"] = changed  # raised by the loader in the main process (one line there)
         if self.spec.with_features:
             batch.update(self._features(st, rows, epoch))
         return batch
 
     def _images(self, st: dict[str, Any], refs: list[str], rows: np.ndarray, epoch: int
-                ) -> tuple[torch.Tensor, np.ndarray]:
-        if "cache" in st:
+                ) -> tuple[torch.Tensor, np.ndarray, str | None]:
+        changed = None
+        if "cache" in st:  # re-encoded copies: their bytes are not the extracted ones, so not hashed here
             raw, sizes = st["cache"].read(rows)
         else:
             raw, sizes = st["images"].read_many(list(refs), on_error="return"), [None] * len(rows)
+            changed = self._verify(st["store"], raw, rows) if self.verify else None
         seeds = row_hash(self.spec.seed, epoch, rows, salt=1) >> np.uint64(1)
         out, ok = [], np.ones(len(rows), dtype=bool)
         # the CPU generator only: torch.manual_seed would also seed (lazily) every accelerator
@@ -317,16 +344,33 @@ class StoreBatches(IterableDataset):
             raise RuntimeError(f"no image of batch rows {rows[:8].tolist()}... could be read; check the dataset "
                                f"at {self.uri!r}")
         if self.fast is not None:
-            return self.fast.normalize(out), ok
-        return torch.stack([x if x is not None else torch.zeros(shape) for x in out]), ok
+            return self.fast.normalize(out), ok, changed
+        return torch.stack([x if x is not None else torch.zeros(shape) for x in out]), ok, changed
+
+    def _verify(self, store: Any, raw: list, rows: np.ndarray) -> str | None:
+        """The error for the first image whose bytes differ from the ones extracted (``None`` when all match)."""
+        recorded = recorded_hashes(store, rows)
+        for i, data in enumerate(raw):
+            if isinstance(data, bytes) and recorded[i] is not None:
+                now = sha256_of(data)
+                if now != recorded[i]:
+                    sid = store.index_columns(rows[i:i + 1], ("sample_id",))["sample_id"][0]
+                    return (f"row {int(rows[i])} (sample {sid!r}): its image is not the one extracted: sha256 {now} "
+                            f"!= recorded {recorded[i]} (in {self.uri}); point --data at the images the store "
+                            "was extracted from, or extract a new store from these")
+        return None
 
     def _features(self, st: dict[str, Any], rows: np.ndarray, epoch: int) -> dict[str, Any]:
         store = st["store"]
         valid = np.stack([st["store"].read(t, rows, kind="valid") for t in self.spec.teachers], axis=1)
         feats = {}
+        nonfinite = np.zeros_like(valid)
         for j, t in enumerate(self.spec.teachers):
             img = store.read(t, rows, "image").astype(np.float32)
             txt = store.read(t, rows, "text").astype(np.float32)
+            # a NaN/Inf target (a store from before extract checked, or edited) leaves the row out of this teacher
+            nonfinite[:, j] = valid[:, j] & ~(np.isfinite(img).all(axis=1) & np.isfinite(txt).all(axis=1))
+            valid[:, j] &= ~nonfinite[:, j]
             img[~valid[:, j]] = 0.0
             txt[~valid[:, j]] = 0.0
             feats[t] = {"image": torch.from_numpy(img), "text": torch.from_numpy(txt)}
@@ -345,7 +389,12 @@ class StoreBatches(IterableDataset):
                 choice = draw_teacher(valid, u)
         else:
             choice = draw_teacher(valid, u)
-        return {"feats": feats, "valid": torch.from_numpy(valid), "choice": torch.from_numpy(choice), **out}
+        return {"feats": feats, "valid": torch.from_numpy(valid), "choice": torch.from_numpy(choice),
+                "nonfinite": torch.from_numpy(nonfinite), **out}
+
+
+class ContentChangedError(DistillError):
+    """An image read now differs from the one its row was extracted from."""
 
 
 class _Loader(DataLoader):
@@ -354,6 +403,8 @@ class _Loader(DataLoader):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in super().__iter__():
+            if "content_changed" in batch:
+                raise ContentChangedError(batch["content_changed"])
             if isinstance(self.dataset, StoreBatches) and not bool(batch["ok"].all()):
                 self.dataset.unreadable.update(batch["rows"][~batch["ok"]].tolist())
             yield batch

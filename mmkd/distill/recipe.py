@@ -29,6 +29,7 @@ from mmkd.distill.init import initialise
 from mmkd.distill.metrics import MetricsLog, plot_losses
 from mmkd.distill.objective import DistillModule, compute_terms
 from mmkd.distill.optim import build_optimizer, build_scheduler
+from mmkd.distill.outdir import clear_run, prepare_out
 from mmkd.distill.rundir import RunDir
 from mmkd.distill.student import (
     build_student,
@@ -38,6 +39,7 @@ from mmkd.distill.student import (
 )
 from mmkd.errors import DistillError
 from mmkd.store import FeatureStore, StoreError
+from mmkd.store.validate import index_problems
 from mmkd.store.projection import load_projection
 
 logger = logging.getLogger(__name__)
@@ -52,15 +54,27 @@ class DistillResult:
         total_steps: steps of the whole run.
         finished: ``step >= total_steps``; the student was exported to ``<out>/export``.
         out: the run folder.
+        noop: the run in ``out`` had already finished with these settings; nothing was trained.
+        nonfinite_targets: store rows left out because a teacher target was NaN/Inf.
+        skipped_steps: steps skipped for a non-finite loss or gradient (``on_nonfinite: skip``).
     """
 
     step: int
     total_steps: int
     finished: bool
     out: str
+    noop: bool = False
+    nonfinite_targets: int = 0
+    skipped_steps: int = 0
 
     def to_dict(self) -> dict[str, int | bool | str]:
-        return dataclasses.asdict(self)
+        """The summary line ``mmkd distill`` prints: the optional fields only when they say something."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k in ("step", "total_steps", "finished", "out") or v}
+
+
+class NonFiniteError(DistillError):
+    """A loss or gradient became NaN/Inf (``on_nonfinite: stop``); nothing was updated or exported."""
 
 
 class DistillRecipe:
@@ -76,6 +90,11 @@ class DistillRecipe:
     def setup(self) -> None:
         """Environment, store, model, optimizer, data, and the resume state."""
         self._setup_env()
+        self.out_state = prepare_out(self.cfg)  # before anything is written; may set cfg.resume
+        if self.env.distributed:
+            torch.distributed.barrier()  # every rank has looked at --out before rank 0 writes there
+        if self.out_state == "finished":
+            return
         self._setup_store()
         self._setup_model()
         self._setup_optimizer()
@@ -94,6 +113,9 @@ class DistillRecipe:
 
     def _setup_store(self) -> None:
         store = FeatureStore.open(self.cfg.store)
+        problems = index_problems(store)
+        if problems:  # features would be paired with other rows' images and captions
+            raise StoreError(f"store {self.cfg.store} is unsound, not trained on: {problems[0]}")
         self.n = store.n
         self.teachers: list[str] = []
         self.dims: dict[str, int] = {}
@@ -200,6 +222,9 @@ class DistillRecipe:
         self.total_steps = c.steps if c.steps is not None else max(1, math.ceil(c.epochs * per_epoch / c.grad_accum))
         self.scheduler = build_scheduler(self.optimizer, self.optim_cfg, self.total_steps)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.nonfinite_targets: set[tuple[int, str]] = set()  # (row, teacher) left out for a NaN/Inf target
+        self.skipped_steps = 0
+        self._bad_step: tuple[str, list[int]] | None = None  # what went NaN/Inf in this step's micro-batches
 
     def _maybe_resume(self) -> None:
         if not self.cfg.resume:
@@ -222,6 +247,8 @@ class DistillRecipe:
                         "model_cfg": self.student.spec.model_cfg, "preprocess_cfg": self.student.preprocess_cfg},
                         "store": {"rows": self.n, "teachers": self.dims}, "total_steps": self.total_steps,
                         "world_size": self.env.world_size}
+            if self.cfg.overwrite and self.run.config.is_file():
+                clear_run(self.out)
             self.run.write_config(resolved)
             if self.init_report is not None:
                 self.run.write_init_report(self.init_report)
@@ -245,8 +272,36 @@ class DistillRecipe:
             return {k: mv(v) for k, v in x.items()} if isinstance(x, dict) else x
         return {k: mv(v) for k, v in batch.items()}
 
+    def _note_nonfinite_targets(self, batch: dict[str, Any]) -> None:
+        bad = batch.get("nonfinite")
+        if bad is None or not bool(bad.any()):
+            return
+        rows = batch["rows"].tolist()
+        new = {(rows[i], self.teachers[j]) for i, j in torch.nonzero(bad).tolist()} - self.nonfinite_targets
+        if new and not self.nonfinite_targets and self.env.is_main:
+            row, teacher = min(new)
+            logger.warning("store %s: teacher %s's features of row %d are NaN/Inf: such rows are left out of that "
+                           "teacher's terms (warned once; counted in the summary; `mmkd store validate --deep` "
+                           "lists them)", self.cfg.store, teacher, row)
+        self.nonfinite_targets |= new
+
+    def _nonfinite(self, what: str, batch_rows: list[int]) -> bool:
+        """Handle a NaN/Inf loss or gradient at this step: raise (stop) or return True (skip the update)."""
+        shown = ", ".join(map(str, batch_rows[:8])) + (f", ... ({len(batch_rows)} rows)" if len(batch_rows) > 8 else "")
+        if self.cfg.on_nonfinite == "stop":
+            raise NonFiniteError(f"distill: {what} is NaN/Inf at step {self.step + 1} (batch rows {shown}); "
+                                 f"stopped before updating, nothing exported (the last checkpoint in {self.out} "
+                                 "is finite). Check the rows with `mmkd store validate --deep`, lower --lr, or "
+                                 "pass --on-nonfinite skip to skip such steps")
+        if not self.skipped_steps:
+            logger.warning("distill: %s is NaN/Inf at step %d (batch rows %s): step skipped, no update "
+                           "(--on-nonfinite skip; warned once, counted in the summary)", what, self.step + 1, shown)
+        self.skipped_steps += 1
+        return True
+
     def _micro_step(self, batch: dict[str, Any], sync: bool) -> dict[str, float]:
         c = self.cfg
+        self._note_nonfinite_targets(batch)
         b = self._to_device(batch)
         no_sync = self.model.no_sync if (self.env.distributed and not sync) else contextlib.nullcontext
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
@@ -260,13 +315,23 @@ class DistillRecipe:
                 drop_u = {t: float(u[j]) for j, t in enumerate(self.teachers)}
             terms = compute_terms(out, b, self.env, self.kd, c.loss, self.teachers, c.teacher_weights,
                                   c.standardize, drop_u=drop_u, drop=drop)
+            if self._bad_step is None and not bool(torch.isfinite(terms["total"].detach())):
+                self._bad_step = ("the loss", batch["rows"].tolist())
+            # backward even so: every DDP rank must join the gradient all-reduce; the step is then refused
             (terms["total"] / c.grad_accum).backward()
         return {k: float(v.detach()) for k, v in terms.items()}
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self, rows: list[int]) -> float:
         c = self.cfg
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip else float("inf"))
+        bad, self._bad_step = self._bad_step, None
+        if bad is None and not bool(torch.isfinite(norm)):
+            bad = ("the gradient norm", rows)
+        if bad is not None and self._nonfinite(*bad):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            return float(norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -277,19 +342,28 @@ class DistillRecipe:
     def train(self) -> DistillResult:
         """Run until ``total_steps`` (or ``stop_at_step``); returns a summary."""
         c = self.cfg
+        if self.out_state == "finished":
+            import yaml
+
+            total = int((yaml.safe_load(self.run.config.read_text()) or {}).get("total_steps") or 0)
+            logger.warning("distill: the run in %s already finished with these settings; nothing to do "
+                           "(--overwrite trains it again)", self.out)
+            return DistillResult(step=total, total_steps=total, finished=True, out=str(self.out), noop=True)
         end = min(self.total_steps, c.stop_at_step) if c.stop_at_step else self.total_steps
         stream = self._batches()
         bar = self._progress(end)
         t0, seen, acc, wait = time.perf_counter(), 0, {}, 0.0
         while self.step < end:
+            rows: list[int] = []
             for micro in range(c.grad_accum):
                 tw = time.perf_counter()
                 batch = next(stream)
                 wait += time.perf_counter() - tw
+                rows += batch["rows"].tolist()
                 terms = self._micro_step(batch, sync=micro == c.grad_accum - 1)
                 for k, v in terms.items():
                     acc[k] = acc.get(k, 0.0) + v / c.grad_accum
-            grad_norm = self._optimizer_step()
+            grad_norm = self._optimizer_step(rows)
             self.step += 1
             seen += c.batch_size * self.env.world_size * c.grad_accum
             if self.step % c.log_every == 0 or self.step == end:
@@ -306,7 +380,8 @@ class DistillRecipe:
         finished = self.step >= self.total_steps
         if finished and self.env.is_main:
             self._finish()
-        return DistillResult(step=self.step, total_steps=self.total_steps, finished=finished, out=str(self.out))
+        return DistillResult(step=self.step, total_steps=self.total_steps, finished=finished, out=str(self.out),
+                             nonfinite_targets=len(self.nonfinite_targets), skipped_steps=self.skipped_steps)
 
     def _progress(self, end: int):
         if not (self.cfg.progress and self.env.is_main):

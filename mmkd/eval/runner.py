@@ -25,6 +25,9 @@ from mmkd.eval.zeroshot import evaluate_zeroshot
 from mmkd.jsontypes import JSONDict, Pipelines
 from mmkd.store import FeatureStore
 from mmkd.teachers import TeacherError
+from mmkd.data.images import BadSample
+from mmkd.eval.encoders import EncoderError
+from mmkd.store.content import has_hashes, recorded_hashes, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +140,7 @@ class _Models:
     def __init__(self, cfg: Pipelines, device: str | None) -> None:
         self.cfg, self.device = cfg, device
         self._built: dict[str, Encoder] = {}
+        self._checked: set[tuple[str, str]] = set()  # (store, eval set) whose images were checked
 
     def base(self, model: str) -> Encoder:
         if model not in self._built:
@@ -164,8 +168,38 @@ class _Models:
             fs = FeatureStore.open(store)
             if enc.name in fs.teachers:
                 log.info("%s on %s: features from store %s", enc.name, evalset.name, store)
+                if (store, evalset.name) not in self._checked:
+                    check_store_images(fs, evalset)
+                    self._checked.add((store, evalset.name))
                 return StoreEncoder(fs, enc.name, prompt_encoder=enc)
         return enc
+
+
+def check_store_images(store: Any, evalset: EvalSet) -> None:
+    """Refuse a store built over other images than the ones ``evalset`` scores (ids and captions may agree).
+
+    Raises:
+        EncoderError: an image's bytes differ from the ones the store recorded (sample, both hashes named).
+    """
+    if not has_hashes(store):
+        log.warning("store %s records no image hashes (made before extract recorded them): its images are not "
+                    "checked against eval set %s", store.path, evalset.name)
+        return
+    try:
+        rows = np.asarray(store.rows(evalset.sample_ids), dtype=np.int64)
+    except KeyError:
+        return  # StoreEncoder names the samples the store lacks
+    for item, recorded in zip(evalset.items, recorded_hashes(store, rows)):
+        if recorded is None:
+            continue
+        try:
+            now = sha256_of(evalset.read_image_bytes(item))
+        except (OSError, ValueError, BadSample):
+            continue  # an unreadable image is skipped and reported by the feature pass
+        if now != recorded:
+            raise EncoderError(f"store {store.path} was built over other images than eval set {evalset.name!r}: "
+                               f"sample {item.sample_id!r} has sha256 {now}, the store recorded {recorded}; "
+                               "extract a store over this set's images, or drop --store")
 
 
 def _labels_report(results: dict, name: str, fn, *args, **kwargs) -> None:

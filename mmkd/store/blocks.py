@@ -23,6 +23,18 @@ from mmkd.store.failures import read_failures_tables, write_failures_table
 from mmkd.store.format import StoreError
 
 
+def block_crc32(data: np.ndarray) -> int:
+    """CRC-32 of a block's values as stored (float16 features, bool valid), in row order.
+
+    Recorded in the block's marker (``crc32``) and recomputed by ``validate --deep`` from
+    the values read back, so a flipped bit in a chunk file is caught whatever the chunk
+    layout; markers without it (older stores) are simply not checked.
+    """
+    import zlib
+
+    return zlib.crc32(np.ascontiguousarray(data).view(np.uint8).reshape(-1))
+
+
 class BlocksMixin:
     """Block reads and writes for :class:`~mmkd.store.FeatureStore`."""
 
@@ -86,6 +98,8 @@ class BlocksMixin:
         self._done_sets.pop(teacher, None)
         fmt.atomic_write_json(marker, {"block": block, "rows": [start, stop], "valid": int(valid.sum()),
                                        "failures": len(failures or []),
+                                       "crc32": {"image": block_crc32(image), "text": block_crc32(text),
+                                                 "valid": block_crc32(valid)},
                                        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat()})
 
     def marker_path(self, teacher: str, block: int) -> Path:
@@ -298,12 +312,11 @@ class BlocksMixin:
 
     def valid(self, teacher: str) -> np.ndarray:
         """``(N,)`` bools: rows holding real features for ``teacher`` (False for blocks not yet done)."""
-        v = self._array(teacher, "valid")[:]
-        done = self.done_blocks(teacher)
-        for b in range(self.num_blocks):
-            if b not in done:
+        v = np.zeros(self.n, dtype=bool)
+        for b in sorted(self.done_blocks(teacher)):
+            if b < self.num_blocks:  # read block by block: a damaged chunk is named (StoreError), not a codec error
                 s, e = self.block_range(b)
-                v[s:e] = False
+                v[s:e] = self.read_block(teacher, b, "valid")
         return v
 
     # ------------------------------------------------------------------ stats

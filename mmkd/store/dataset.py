@@ -10,10 +10,12 @@ mismatched rows.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from mmkd.data import Dataset, DatasetError, DatasetSpec, open_dataset
 from mmkd.data.base import parse_fingerprint
+from mmkd.jsontypes import JSONDict
 from mmkd.store.format import StoreError
 from mmkd.store.manifest import StoreManifest, check_dataset
 
@@ -29,7 +31,8 @@ def recorded_spec(manifest: StoreManifest) -> DatasetSpec | None:
     return DatasetSpec(path=rec.uri) if rec.uri else None
 
 
-def open_store_dataset(store: FeatureStore, data: str | os.PathLike | None = None, *, verify: bool | None = None) -> Dataset:
+def open_store_dataset(store: FeatureStore, data: str | os.PathLike | JSONDict | DatasetSpec | None = None, *,
+                       verify: bool | None = None) -> Dataset:
     """Open the dataset ``store`` was built from.
 
     Args:
@@ -46,8 +49,11 @@ def open_store_dataset(store: FeatureStore, data: str | os.PathLike | None = Non
     spec = recorded_spec(store.manifest)
     if spec is None and data is None:
         raise StoreError(f"store {store.path} records no dataset; pass --data PATH to say where its images are")
-    if data is not None:
+    if isinstance(data, (DatasetSpec, Mapping)):  # a whole spec (a `datasets:` entry): its root and fields win
+        spec = DatasetSpec.parse(data, where="--data")
+    elif data is not None:
         spec = spec.relocated(data) if spec is not None else DatasetSpec(path=str(data))
+    _check_root(store, spec, data)
     try:
         ds = open_dataset(spec)
     except DatasetError as e:
@@ -58,6 +64,17 @@ def open_store_dataset(store: FeatureStore, data: str | os.PathLike | None = Non
     if verify if verify is not None else data is not None:
         check_fingerprint(store, ds)
     return ds
+
+
+def _check_root(store: FeatureStore, spec: DatasetSpec, data: str | os.PathLike | JSONDict | DatasetSpec | None) -> None:
+    """Name a missing image root before anything reads (or writes) a thing."""
+    root = spec.root
+    if root is None or "://" in root or os.path.isdir(root):
+        return
+    how = ("--data moved the table but not the images there" if data is not None else
+           "the images moved or were removed")
+    raise StoreError(f"store {store.path}: the images' root {root} does not exist ({how}); pass --data with a "
+                     f"dataset spec (a `datasets:` name, or a mapping) whose `root` is where the images are now")
 
 
 def check_fingerprint(store: FeatureStore, ds: Dataset) -> None:

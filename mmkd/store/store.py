@@ -143,9 +143,16 @@ class FeatureStore(IndexMixin, BlocksMixin):
                             "see `mmkd store info %s`", path, len(bad), path)
         write_manifest(tmp, manifest)
         if not remote:
-            if path.exists():
+            if path.exists() and overwrite:
                 shutil.rmtree(path)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)  # fails when another process created ``path`` meanwhile (a non-empty folder)
+            except OSError as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if path.exists():
+                    raise StoreError(f"store path {str(path)!r} was created by another process meanwhile; "
+                                     "open it") from e
+                raise
             fmt.fsync_dir(path.parent)
         log.info("created store %s: %d samples, %d blocks of %d", path, n, manifest.num_blocks, block_size)
         return cls.open(path, mode="a")
@@ -202,7 +209,13 @@ class FeatureStore(IndexMixin, BlocksMixin):
             self._reload_manifest()
             if teacher not in self.teachers:
                 raise StoreError(f"teacher {teacher!r} not in store {self.path}; it holds {self.teachers}")
-        return self._root[teacher]
+        try:
+            return self._root[teacher]
+        except KeyError:
+            raise StoreError(f"store {self.path}: teacher {teacher!r} is listed but its arrays "
+                             f"({fmt.FEATURES}/{teacher}) are missing or unreadable; re-extract it with `mmkd extract "
+                             f"--teacher {teacher} --overwrite` (`mmkd store validate {self.path}` lists every "
+                             "problem)") from None
 
     def dim(self, teacher: str) -> int:
         if teacher not in self._dims:

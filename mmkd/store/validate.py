@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
+from mmkd.store.blocks import block_crc32
 from mmkd.store.index import fingerprint_tables
 from mmkd.store.store import FeatureStore
 
@@ -130,6 +131,14 @@ def _manifest_problems(store: FeatureStore, report: ValidationReport) -> None:
         report.add("manifest", store.manifest.geometry_error)
 
 
+def index_problems(store: FeatureStore) -> list[str]:
+    """What is wrong with the store's index (unreadable, rows out of order, duplicate ids, edited after the store
+    was made); empty when it is sound. Reads the index once (what distill checks before training)."""
+    report = ValidationReport(path=str(store.path), deep=False, teachers=store.teachers)
+    _index_problems(store, report)
+    return [p.message for p in report.problems]
+
+
 def _index_problems(store: FeatureStore, report: ValidationReport) -> None:
     fix = "restore index.parquet from a backup, or rebuild the store with `mmkd extract` into a new --store"
     seen: set[str] = set()
@@ -208,9 +217,10 @@ def _teacher_problems(store: FeatureStore, teacher: str, report: ValidationRepor
             report.add("marker", f"teacher {teacher!r}: marker {store.marker_path(teacher, b)} names block {b}, "
                                  f"but the store has {store.num_blocks} blocks; delete it")
             continue
-        valid = _check_block(store, teacher, b, report)
+        valid, marker = _check_block(store, teacher, b, report)
         if report.deep and valid is not None:
-            _check_values(store, teacher, b, valid, bool(attrs.get("normalized", True)), report, counts)
+            _check_values(store, teacher, b, valid, bool(attrs.get("normalized", True)), report, counts,
+                          marker.get("crc32") if isinstance(marker.get("crc32"), dict) else {})
     labels = {"nonfinite": "valid rows with NaN/Inf", "zero_norm": "valid rows with zero norm",
               "bad_norm": f"valid rows with norm off 1 by > {NORM_TOLERANCE} (attrs say normalized)"}
     for key, hits in counts.items():
@@ -223,8 +233,9 @@ def _redo(store: FeatureStore, teacher: str, block: int) -> str:
             "to redo the block")
 
 
-def _check_block(store: FeatureStore, teacher: str, b: int, report: ValidationReport) -> np.ndarray | None:
-    """Marker, chunk sizes and ``valid`` of one done block; its valid mask, or None when unreadable."""
+def _check_block(store: FeatureStore, teacher: str, b: int, report: ValidationReport
+                 ) -> tuple[np.ndarray | None, dict]:
+    """Marker, chunk sizes and ``valid`` of one done block; its valid mask (None when unreadable) and marker."""
     try:
         marker = json.loads(store.marker_path(teacher, b).read_text(encoding="utf-8"))
         if not isinstance(marker, dict):
@@ -255,15 +266,29 @@ def _check_block(store: FeatureStore, teacher: str, b: int, report: ValidationRe
     except Exception as e:  # StoreError or a codec error: report, go on
         report.add("chunk", f"teacher {teacher!r}: valid chunk of block {b} cannot be decoded "
                             f"({type(e).__name__}: {e}); {_redo(store, teacher, b)}")
-        return None
+        return None, marker
     if "valid" in marker and int(marker["valid"]) != int(valid.sum()):
         report.add("valid_count", f"teacher {teacher!r}: block {b} has {int(valid.sum())} valid rows but its "
                                   f"marker says {marker['valid']}; {_redo(store, teacher, b)}")
-    return valid if ok else None
+    crc = marker.get("crc32") if isinstance(marker.get("crc32"), dict) else {}
+    _check_crc(store, teacher, b, "valid", valid, crc, report)
+    return (valid if ok else None), marker
+
+
+def _check_crc(store: "FeatureStore", teacher: str, b: int, kind: str, data: np.ndarray, crc: dict,
+               report: ValidationReport) -> None:
+    """Compare a block's values read back with the CRC-32 its marker recorded (markers of older stores have none)."""
+    if kind not in crc:
+        return
+    have = block_crc32(data)
+    if have != int(crc[kind]):
+        report.add("checksum", f"teacher {teacher!r}: {kind} values of block {b} have CRC-32 {have:08x}, the marker "
+                               f"recorded {int(crc[kind]):08x} (the chunk {store.chunk_path(teacher, kind, b)} changed "
+                               f"after it was written: a flipped bit or an edit); {_redo(store, teacher, b)}")
 
 
 def _check_values(store: FeatureStore, teacher: str, b: int, valid: np.ndarray, normalized: bool,
-                  report: ValidationReport, counts: dict[str, list]) -> None:
+                  report: ValidationReport, counts: dict[str, list], crc: dict) -> None:
     start, _ = store.block_range(b)
     rows = np.nonzero(valid)[0] + start
     for kind in fmt.KINDS:
@@ -274,6 +299,7 @@ def _check_values(store: FeatureStore, teacher: str, b: int, valid: np.ndarray, 
             report.add("chunk", f"teacher {teacher!r}: {kind} chunk of block {b} cannot be read "
                                 f"({type(e).__name__}: {e}); {_redo(store, teacher, b)}")
             continue
+        _check_crc(store, teacher, b, kind, x, crc, report)
         x = x[valid].astype(np.float32)
         if not x.size:
             continue

@@ -126,7 +126,7 @@ def build_architecture(spec: TeacherSpec, device: Any = "meta") -> Any:
                 return open_clip.create_model(spec.arch, device=device, **open_clip_create_kwargs(spec))
         stored, where = _stored_config(spec)
         if stored is None:
-            raise TeacherError(f"teacher {spec.name!r}: architecture not declared and {where} is not here; add "
+            raise _not_here(spec, f"teacher {spec.name!r}: architecture not declared and {where} is not here; add "
                                "'arch' (an open_clip model name) or model_config.model_cfg to pipelines.yaml")
         return build_declared_open_clip(spec, device, stored["model_cfg"])
     from transformers import CLIPConfig, CLIPModel
@@ -136,12 +136,29 @@ def build_architecture(spec: TeacherSpec, device: Any = "meta") -> Any:
     else:
         stored, where = _stored_config(spec)
         if stored is None:
-            raise TeacherError(f"teacher {spec.name!r}: architecture not declared and {where} is not here; add "
+            raise _not_here(spec, f"teacher {spec.name!r}: architecture not declared and {where} is not here; add "
                                "model_config (CLIPConfig keyword arguments) to pipelines.yaml")
         config = CLIPConfig(**{k: v for k, v in stored.items() if k in ("text_config", "vision_config",
                                                                           "projection_dim", "logit_scale_init_value")})
     with torch.device(device):
         return CLIPModel(config)
+
+
+class ArchOnHub(TeacherError):
+    """The architecture is not declared and its config ships with the hub weights, which are not here yet."""
+
+
+def _not_here(spec: TeacherSpec, message: str) -> TeacherError:
+    hub = spec.weights_kind in ("hf-hub", "hub-id")
+    return (ArchOnHub if hub else TeacherError)(message + (" (or download the weights: the config comes with them)"
+                                                           if hub else ""))
+
+
+class _NoRandomInitWarning(logging.Filter):
+    """open_clip warns that a model built without weights is random: that is what --check builds."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
 
 
 @dataclass
@@ -152,6 +169,7 @@ class CheckResult:
         teacher: the teacher's name.
         loader: its loader.
         arch_ok: the architecture built from pipelines.yaml alone.
+        arch_on_hub: not declared, its config comes with the hub weights (not checkable offline; not a failure).
         params: parameter count of the built architecture.
         arch_missing, tokenizer_missing, weights_missing: what is absent, in words ('' when present).
         upstream: the upstream reference the teacher follows ({repo, file, function}).
@@ -165,6 +183,7 @@ class CheckResult:
     tokenizer_missing: str
     weights_missing: str
     upstream: dict[str, str]
+    arch_on_hub: bool = False
 
     def to_dict(self) -> JSONDict:
         """JSON-able form."""
@@ -211,18 +230,25 @@ def check_teachers(specs: dict[str, TeacherSpec]) -> list[CheckResult]:
     """Build every declared architecture offline without weights; list what else is missing."""
     rows = []
     for name, spec in specs.items():
-        params, arch_missing = None, ""
+        params, arch_missing, on_hub = None, "", False
+        quiet = _NoRandomInitWarning()
+        logging.getLogger().addFilter(quiet)
         try:
             model = build_architecture(spec)
             params = sum(p.numel() for p in model.parameters())
             del model
+        except ArchOnHub as e:
+            arch_missing, on_hub = str(e), True
         except TeacherError as e:
             arch_missing = str(e)
         except Exception as e:  # an architecture that does not build is the finding, not a crash
             arch_missing = f"building {spec.loader} architecture failed: {type(e).__name__}: {e}"
+        finally:
+            logging.getLogger().removeFilter(quiet)
         rows.append(CheckResult(teacher=name, loader=spec.loader, arch_ok=not arch_missing, params=params,
                                 arch_missing=arch_missing, tokenizer_missing=tokenizer_missing(spec),
-                                weights_missing=weights_missing(spec), upstream=dict(spec.upstream or {})))
+                                weights_missing=weights_missing(spec), upstream=dict(spec.upstream or {}),
+                                arch_on_hub=on_hub))
     return rows
 
 
@@ -231,13 +257,18 @@ def format_check(rows: list[CheckResult]) -> str:
     width = max([len(r.teacher) for r in rows] + [7])
     lines = [f"{'teacher':<{width}}  {'loader':<12}  {'architecture':<14}  {'tokenizer':<9}  weights"]
     for r in rows:
-        arch = f"ok {r.params / 1e6:.1f}M" if r.arch_ok else "MISSING"
+        arch = f"ok {r.params / 1e6:.1f}M" if r.arch_ok else "from hub" if r.arch_on_hub else "MISSING"
         lines.append(f"{r.teacher:<{width}}  {r.loader:<12}  {arch:<14}  "
                      f"{'ok' if not r.tokenizer_missing else 'MISSING':<9}  "
                      f"{'ok' if not r.weights_missing else 'MISSING'}")
+    on_hub = [r for r in rows if r.arch_on_hub]
+    if on_hub:
+        lines.append(f"\narchitecture comes with the hub weights (not checkable offline) for {len(on_hub)} of "
+                     f"{len(rows)} teachers:")
+        lines.extend(f"  {r.teacher}: {r.arch_missing}" for r in on_hub)
     for part, attr in (("architecture config", "arch_missing"), ("tokenizer", "tokenizer_missing"),
                        ("weights", "weights_missing")):
-        missing = [r for r in rows if getattr(r, attr)]
+        missing = [r for r in rows if getattr(r, attr) and not (attr == "arch_missing" and r.arch_on_hub)]
         if missing:
             lines.append(f"\n{part} missing for {len(missing)} of {len(rows)} teachers:")
             lines.extend(f"  {r.teacher}: {getattr(r, attr)}" for r in missing)

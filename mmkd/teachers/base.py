@@ -51,6 +51,17 @@ class Preprocessing:
         """A torchvision transform: PIL image (already in :attr:`mode`) -> (C, H, W) float32."""
         from torchvision import transforms as T
 
+        return T.Compose([self.build_geometry(), self.build_tensor()])
+
+    @property
+    def geometry_key(self) -> tuple:
+        """Equal keys: equal :meth:`build_geometry` (one resized image serves every teacher that has it)."""
+        return self.resize_mode, self.image_size, self.interpolation, self.mode
+
+    def build_geometry(self) -> Callable[[Image.Image], Image.Image]:
+        """The PIL part of :meth:`build`: resize, crop or pad to the model's input."""
+        from torchvision import transforms as T
+
         interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
                   "nearest": T.InterpolationMode.NEAREST}[self.interpolation]
         s = self.image_size
@@ -62,10 +73,16 @@ class Preprocessing:
             resize = [_PadSquare(s), T.Resize((s, s), interpolation=interp), T.CenterCrop(s)]
         else:
             resize = [T.Resize(s, interpolation=interp), T.CenterCrop(s)]
+        return T.Compose(resize)
+
+    def build_tensor(self) -> Callable[[Image.Image], torch.Tensor]:
+        """The tensor part of :meth:`build`: to float (C, H, W) and normalise with the model's mean/std."""
+        from torchvision import transforms as T
+
         channels = 1 if self.grayscale else 3
         mean = self.mean * channels if len(self.mean) == 1 else self.mean
         std = self.std * channels if len(self.std) == 1 else self.std
-        return T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
+        return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
 
 
 class _ResizeLongest:

@@ -64,6 +64,9 @@ class TeacherSpec:
         upstream: the code this teacher reproduces: ``{repo, file, function}`` (the
             authors' repository, the file and the function that computes the embedding),
             and optionally ``commit``.
+        memory: GiB of device memory the teacher needs while extracting (weights and
+            activations); default: estimated from its weights' size (parameter count)
+            and input size. Decides which teachers share a GPU in one extract pass.
     """
 
     name: str
@@ -85,6 +88,7 @@ class TeacherSpec:
     license: str = ""
     source: str = ""
     upstream: dict[str, str] = field(default_factory=dict)
+    memory: float | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -186,6 +190,8 @@ def _validate(s: TeacherSpec) -> None:
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
             raise TeacherError(f"{where}: {key} must be a positive integer, got {v!r}")
     _validate_norm(s, where)
+    if s.memory is not None and (isinstance(s.memory, bool) or not isinstance(s.memory, int | float) or s.memory <= 0):
+        raise TeacherError(f"{where}: memory must be a number of GiB > 0, got {s.memory!r}")
     if s.interpolation is not None and s.interpolation not in INTERPOLATIONS:
         raise TeacherError(f"{where}: interpolation {s.interpolation!r} not in {list(INTERPOLATIONS)}")
     if s.resize_mode is not None and s.resize_mode not in RESIZE_MODES:

@@ -18,4 +18,6 @@ def test_gpu_check_smoke_writes_every_figure(tmp_path):
     report = json.loads(out.read_text())
     assert set(report["extract"]["modes"]) == {"full", "reduced", "gpu"}
     assert all(m["pipeline_img_s"] > 0 and m["ratio_to_forward"] > 0 for m in report["extract"]["modes"].values())
+    multi = report["multi"]
+    assert multi["wall_ratio"] > 0 and multi["three_teachers"]["decoded"] == multi["one_teacher"]["decoded"] == 24
     assert report["distill"]["ratio"] > 0 and report["eval"]["img_s"] > 0 and report["eval"]["images"] == 24

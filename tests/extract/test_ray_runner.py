@@ -47,6 +47,8 @@ def test_ray_store_equals_local_bit_for_bit(ray_session, setup, local_store):
     path = setup["root"] / "ray"
     summary = run_extract(_job(setup, path, runner="ray"))
     assert summary.runner == "ray" and summary.num_samples == 16
+    assert summary.decoded == 15  # one pass: each image with bytes (15; one is missing) decoded once for both teachers
+    assert [p["teachers"] for p in summary.placement] == [TEACHERS] and len(summary.placement[0]["memory"]) == 2
     for t in summary.teachers:
         assert t.blocks_run == 8 and t.valid == 12 and t.workers == 2  # both actors took blocks
         assert t.failures == {"missing": 1, "corrupt": 1, "truncated": 1, "empty_caption": 1}

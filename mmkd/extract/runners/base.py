@@ -56,13 +56,29 @@ class TeacherRun:
     stamp: str
 
 
+@dataclass
+class PassResult:
+    """What a runner's :meth:`BaseRunner.run_pass` returns.
+
+    Attributes:
+        attrs: store attributes of every teacher that loaded, by name.
+        load_errors: teachers that failed to load (name -> error); the others ran.
+        memory: what the workers held (:meth:`BlockWorker.memory` per worker).
+    """
+
+    attrs: dict[str, JSONDict]
+    load_errors: dict[str, str]
+    memory: list[JSONDict]
+
+
 class Runner(Protocol):
     """What :func:`~mmkd.extract.runners.run.run_extract` needs from an executor."""
 
     name: str
 
-    def extract_teacher(self, run: TeacherRun, on_block: BlockCallback) -> None:
-        """Extract the teacher's blocks left to do, then finish the teacher in the store."""
+    def extract_pass(self, runs: list[TeacherRun], on_block: BlockCallback, fail_fast: bool = False) -> PassResult:
+        """Extract the blocks the teachers of one pass have left (each image read and decoded once per block),
+        then finish each teacher in the store."""
 
     def close(self) -> None:
         """Release workers (and a Ray instance the runner started)."""
@@ -88,55 +104,105 @@ class BaseRunner(ABC):
     name: ClassVar[str]
 
     def extract_teacher(self, run: TeacherRun, on_block: BlockCallback) -> None:
-        """Run the teacher's remaining blocks, then write its attributes, stats and job record.
+        """One teacher alone: a pass of one (:meth:`extract_pass`)."""
+        self.extract_pass([run], on_block, fail_fast=True)
 
-        Done blocks are never redone (unless the job overwrites); a block is marked
-        done by the worker only after its rows are durable, so a failure at any point
-        leaves a store the next run resumes.
+    def extract_pass(self, runs: list[TeacherRun], on_block: BlockCallback, fail_fast: bool = False) -> PassResult:
+        """Run the remaining blocks of every teacher in ``runs`` in one pass, then write each teacher's
+        attributes, stats and job record.
+
+        A block is read and decoded once for all teachers that still need it; done blocks are
+        never redone (unless the job overwrites); a block is marked done per teacher by the worker
+        only after its rows are durable, so a failure at any point leaves a store the next run
+        resumes. A teacher that fails to load is recorded (its summary's ``error``, its job record)
+        and the others go on, unless ``fail_fast``.
 
         Raises:
-            ExtractError: a worker failed, or blocks are still missing afterwards.
+            ExtractError: a worker failed, a teacher failed to load with ``fail_fast``, or blocks
+                are still missing afterwards.
         """
-        store, spec, blocks = run.store, run.spec, run.blocks
-        if not blocks:
-            finish_complete_teacher(store, spec.name)
-            return
-        dataset = {k: v for k, v in run.config.dataset.items() if k != "storage_options"}  # may hold credentials
-        record = {"job": run.job.to_dict(), "teacher": spec.to_dict(), "dataset": dataset,
-                  "store": {"path": str(store.path), "num_samples": store.n, "block_size": store.block_size},
-                  "runner": self.name, "blocks": blocks, "status": "running"}
-        write_job_record(store.path, spec.name, record, run.stamp)
-        log.info("teacher %s: %d of %d blocks to do (%s runner)", spec.name, len(blocks), store.num_blocks, self.name)
+        result = PassResult({}, {}, [])
+        active = []
+        for run in runs:
+            if run.blocks:
+                active.append(run)
+            else:
+                finish_complete_teacher(run.store, run.spec.name)
+        if not active:
+            return result
+        by_name = {run.spec.name: run for run in active}
+        records = {}
+        for run in active:
+            store, spec = run.store, run.spec
+            dataset = {k: v for k, v in run.config.dataset.items() if k != "storage_options"}  # may hold credentials
+            records[spec.name] = {"job": run.job.to_dict(), "teacher": spec.to_dict(), "dataset": dataset,
+                                  "store": {"path": str(store.path), "num_samples": store.n,
+                                            "block_size": store.block_size},
+                                  "runner": self.name, "blocks": run.blocks, "status": "running",
+                                  "pass": [r.spec.name for r in runs]}
+            write_job_record(store.path, spec.name, records[spec.name], run.stamp)
+            log.info("teacher %s: %d of %d blocks to do (%s runner)", spec.name, len(run.blocks), store.num_blocks,
+                     self.name)
 
-        def fold(manifest: BlockResult) -> None:
-            run.summary.add(manifest)
-            on_block(manifest)
+        def fold(result: BlockResult) -> None:
+            by_name[result.teacher].summary.add(result)
+            on_block(result)
 
         t0 = time.perf_counter()
         try:
-            attrs = self.run_blocks(spec, blocks, run.config, fold)
+            result = self.run_pass([r.spec for r in active], {r.spec.name: r.blocks for r in active}, active[0].config,
+                                   fold, fail_fast)
         except BaseException as e:
-            write_job_record(store.path, spec.name, {**record, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                                                     "summary": run.summary.to_dict()}, run.stamp)
+            for run in active:
+                write_job_record(run.store.path, run.spec.name,
+                                 {**records[run.spec.name], "status": "failed", "error": f"{type(e).__name__}: {e}",
+                                  "summary": run.summary.to_dict()}, run.stamp)
             raise
-        run.summary.wall_s = time.perf_counter() - t0
-        missing = store.missing_blocks(spec.name)
-        if missing:  # cannot happen unless another process removed markers meanwhile
-            raise ExtractError(f"teacher {spec.name!r}: blocks {missing[:10]} are still not done in {store.path}; "
-                               "rerun the same command to do them")
-        store.update_attrs(spec.name, **attrs)
-        store.compute_stats(spec.name)
-        write_job_record(store.path, spec.name, {**record, "status": "done", "summary": run.summary.to_dict()},
-                         run.stamp)
+        wall = time.perf_counter() - t0
+        for run in active:
+            run.summary.wall_s = wall
+            name, store = run.spec.name, run.store
+            if name in result.load_errors:
+                run.summary.error = f"failed to load: {result.load_errors[name]}"
+                write_job_record(store.path, name, {**records[name], "status": "failed", "error": run.summary.error,
+                                                    "summary": run.summary.to_dict()}, run.stamp)
+                continue
+            missing = store.missing_blocks(name)
+            if missing:  # cannot happen unless another process removed markers meanwhile
+                raise ExtractError(f"teacher {name!r}: blocks {missing[:10]} are still not done in {store.path}; "
+                                   "rerun the same command to do them")
+            store.update_attrs(name, **result.attrs[name])
+            store.compute_stats(name)
+            write_job_record(store.path, name, {**records[name], "status": "done", "summary": run.summary.to_dict()},
+                             run.stamp)
+        return result
 
     @abstractmethod
-    def run_blocks(self, spec: TeacherSpec, blocks: list[int], config: WorkerConfig,
-                   on_block: BlockCallback) -> JSONDict:
-        """Extract ``blocks`` of one teacher, calling ``on_block`` with each manifest in the driver.
+    def run_pass(self, specs: list[TeacherSpec], todo: dict[str, list[int]], config: WorkerConfig,
+                 on_block: BlockCallback, fail_fast: bool) -> PassResult:
+        """Extract every block some teacher of ``specs`` still needs (``todo``: name -> blocks), reading and
+        decoding each block's images once for the teachers that need it; call ``on_block`` with each teacher's
+        block manifest in the driver.
 
-        Returns:
-            The teacher's store attributes (:meth:`BlockWorker.attrs`).
+        Raises:
+            ExtractError: a teacher failed to load and ``fail_fast`` (or every teacher failed), a block failed.
         """
 
     def close(self) -> None:
         """Release what the runner holds; nothing by default."""
+
+
+def pass_queue(todo: dict[str, list[int]]) -> list[tuple[int, tuple[str, ...]]]:
+    """The pass's blocks in order, each with the teachers that still need it."""
+    blocks = sorted({b for blocks in todo.values() for b in blocks})
+    need = {name: set(blocks) for name, blocks in todo.items()}
+    return [(b, tuple(n for n in todo if b in need[n])) for b in blocks]
+
+
+def check_loaded(todo: dict[str, list[int]], load_errors: dict[str, str], fail_fast: bool) -> dict[str, list[int]]:
+    """``todo`` without the teachers that failed to load; raises when ``fail_fast`` or when none loaded."""
+    if load_errors and (fail_fast or len(load_errors) == len(todo)):
+        what = "; ".join(f"{n}: {e}" for n, e in load_errors.items())
+        why = "--fail-fast" if fail_fast and len(load_errors) < len(todo) else "no teacher of the pass loaded"
+        raise ExtractError(f"teacher(s) failed to load ({why}): {what}")
+    return {n: b for n, b in todo.items() if n not in load_errors}

@@ -1,11 +1,15 @@
-"""The unit of work: one teacher over one store block. Both runners run this code.
+"""The unit of work: one store block for every teacher of a pass. Both runners run this code.
 
-A :class:`BlockWorker` is built from *specs* (teacher spec, dataset spec, store
-path), loads the teacher itself once, and then for each block: reads the block's
-rows from the store index, reads + decodes + preprocesses images on a thread pool
-(the next batch is prepared while the current one runs), encodes images and
-captions, writes the block, and returns a small manifest dict. Features never
-leave the worker except into the store.
+A :class:`BlockWorker` is built from *specs* (teacher specs, dataset spec, store
+path) and loads its teachers itself once; a teacher that fails to load is recorded
+in :attr:`BlockWorker.load_errors` and the others go on (unless ``fail_fast``).
+Then for each block: it reads the block's rows from the store index and its images'
+bytes once, decodes each image once, and gives the one decoded image to every
+teacher that still needs the block, each applying its own resize/crop/normalise
+(teachers with the same resize/crop share that step; on a thread pool; the next batch is prepared while the current one runs);
+captions are read once and tokenised per teacher. Each teacher's block is written
+and a small manifest per teacher returned. Features never leave the worker except
+into the store.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import socket
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -25,13 +30,16 @@ import numpy as np
 from mmkd.config import ConfigError
 from mmkd.config import resolve_device as resolve_config_device
 from mmkd.data import open_dataset
-from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, decode_image
+from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, convert_mode, decode_loaded
 from mmkd.data.remote import storage_retries
 from mmkd.extract.device_decode import DeviceJpeg, decode_batch, device_decodable
 from mmkd.extract.runners.job import ExtractError
 from mmkd.extract.runners.summary import BlockResult
+from mmkd.jsontypes import JSONDict
 from mmkd.store import FeatureStore, StoreError
 from mmkd.teachers import TeacherSpec
+from mmkd.store.content import record_block_hashes, sha256_of
+from mmkd.store.format import FEATURE_DTYPE
 
 log = logging.getLogger(__name__)
 
@@ -77,51 +85,124 @@ def resolve_device(device: str) -> str:
         raise ExtractError(str(e)) from e
 
 
+@dataclass
+class _Slot:
+    """One loaded teacher of a worker, with what its blocks need."""
+
+    spec: Any
+    teacher: Any
+    attrs: dict[str, Any]
+    autocast: str | None
+    param_bytes: int
+    geometry: Any = None  # the teacher's resize/crop (PIL); equal ``geometry_key`` -> one resize for all of them
+    tensorize: Any = None  # its to-tensor + normalise
+
+    def __post_init__(self) -> None:
+        pp = self.teacher.preprocessing
+        self.geometry_key, self.geometry, self.tensorize = pp.geometry_key, pp.build_geometry(), pp.build_tensor()
+
+
+def _param_bytes(model: Any) -> int:
+    try:
+        return int(sum(p.numel() * p.element_size() for p in model.parameters()))
+    except (AttributeError, TypeError):
+        return 0
+
+
 class BlockWorker:
-    """Runs one teacher over store blocks (see the module docstring).
+    """Runs the teachers of one pass over store blocks (see the module docstring).
 
     Args:
-        spec: the teacher spec (a :class:`~mmkd.teachers.TeacherSpec` or its dict).
+        specs: a teacher spec or a list of them (:class:`~mmkd.teachers.TeacherSpec` or dicts).
         config: the worker settings.
+        fail_fast: a teacher that fails to load raises (default for one teacher); otherwise
+            its error is kept in :attr:`load_errors` and the other teachers run.
     """
 
-    def __init__(self, spec: Any, config: WorkerConfig) -> None:
+    def __init__(self, specs: Any, config: WorkerConfig, fail_fast: bool = True) -> None:
+        specs = specs if isinstance(specs, (list, tuple)) else [specs]
+        self.specs = [TeacherSpec.from_dict(s) if isinstance(s, dict) else s for s in specs]
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dataset = open_dataset(config.dataset)
+        self.store = FeatureStore.open(config.store, mode="a")
+        self.slots: dict[str, _Slot] = {}
+        self.load_errors: dict[str, str] = {}
+        for spec in self.specs:
+            self._load(spec, fail_fast)
+        pps = [s.teacher.preprocessing for s in self.slots.values()]
+        # one decode covers the largest input of the pass (every teacher then resizes from it)
+        self._reduce_to = [(pp.image_size, pp.resize_mode) for pp in pps] if config.decode == "reduced" else None
+        self._on_device = config.decode == "gpu"
+        if self._on_device and not self.device.startswith("cuda"):
+            log.warning("--decode gpu: teachers %s run on %s, so JPEGs are decoded there by torchvision's CPU "
+                        "decoder (the same code path as on a GPU)", list(self.slots), self.device)
+        self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="mmkd-decode")
+        self._next: tuple[int, tuple[str, ...], tuple, deque] | None = None  # (block, teachers, rows, futures)
+
+    def _load(self, spec: Any, fail_fast: bool) -> None:
         # torch, open_clip, transformers load here, in the worker: the Ray driver imports this module too
         from mmkd.teachers.loaders import load_teacher
 
-        self.spec = TeacherSpec.from_dict(spec) if isinstance(spec, dict) else spec
-        self.config = config
-        self.device = resolve_device(config.device)
-        self.autocast = config.precision if self.device.startswith("cuda") and config.precision != "fp32" else None
-        self.teacher = load_teacher(self.spec, self.device)
-        self.dataset = open_dataset(config.dataset)
-        self.store = FeatureStore.open(config.store, mode="a")
-        self.attrs = {**self.teacher.store_attrs(), "decode": config.decode}
-        pp = self.teacher.preprocessing
-        self._reduce_to = (pp.image_size, pp.resize_mode) if config.decode == "reduced" else None
-        self._on_device = config.decode == "gpu"
-        if self._on_device and not self.device.startswith("cuda"):
-            log.warning("--decode gpu: teacher %s runs on %s, so JPEGs are decoded there by torchvision's CPU "
-                        "decoder (the same code path as on a GPU)", self.spec.name, self.device)
-        self._add_teacher()
-        self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=f"mmkd-decode-{self.spec.name}")
-        self._next: tuple[int, tuple, deque] | None = None  # (block, its index rows, decode futures)
+        try:
+            teacher = load_teacher(spec, self.device)
+            attrs = {**teacher.store_attrs(), "decode": self.config.decode}
+            self._add_teacher(spec.name, teacher.dim, attrs)
+        except ExtractError:
+            raise  # the store refuses this teacher's settings: never a per-teacher load failure
+        except Exception as e:  # noqa: BLE001 - any loader error; the pass goes on without this teacher
+            if len(self.specs) == 1:
+                raise
+            if fail_fast:
+                raise ExtractError(f"teacher {spec.name!r} failed to load, and --fail-fast stops the pass: "
+                                   f"{type(e).__name__}: {e}") from e
+            self.load_errors[spec.name] = f"{type(e).__name__}: {e}"
+            log.warning("teacher %s failed to load (%s); the pass goes on without it", spec.name, e)
+            return
+        autocast = self.config.precision if self.device.startswith("cuda") and self.config.precision != "fp32" else None
+        self.slots[spec.name] = _Slot(spec, teacher, attrs, autocast, _param_bytes(teacher.model))
+
+    # single-teacher views (a worker with one teacher, as the tests and older callers use it)
+    @property
+    def spec(self) -> Any:
+        return self.specs[0]
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self.specs[0].name
 
-    def _add_teacher(self) -> None:
-        store, name = self.store, self.spec.name
+    @property
+    def teacher(self) -> Any:
+        return self.slots[self.name].teacher
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.slots[self.name].attrs
+
+    def teacher_attrs(self) -> dict[str, dict[str, Any]]:
+        """Store attributes of every loaded teacher, by name."""
+        return {name: slot.attrs for name, slot in self.slots.items()}
+
+    def memory(self) -> dict[str, Any]:
+        """What the loaded teachers hold: parameter bytes per teacher, and the device's peak when it is CUDA."""
+        out: dict[str, Any] = {"params_bytes": {n: s.param_bytes for n, s in self.slots.items()}}
+        if self.device.startswith("cuda"):
+            import torch
+
+            out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+        return out
+
+    def _add_teacher(self, name: str, dim: int, attrs: dict[str, Any]) -> None:
+        store = self.store
         if name in store.teachers and store.done_blocks(name):
-            old, now = store.attrs(name), json.loads(json.dumps(self.attrs))  # tuples -> lists, as stored
+            old, now = store.attrs(name), json.loads(json.dumps(attrs))  # tuples -> lists, as stored
             diff = [k for k in _FEATURE_ATTRS if None not in (old.get(k), now.get(k)) and old.get(k) != now.get(k)]
             if diff and not self.config.overwrite:
                 raise ExtractError(
                     f"teacher {name!r} in store {store.path} was extracted with other {diff} "
                     f"(store: {[old.get(k) for k in diff]}, now: {[now.get(k) for k in diff]}); resuming "
                     "would mix features of two models: pass --overwrite to redo every block, or use a new store")
-        store.add_teacher(name, self.teacher.dim, self.attrs)
+        store.add_teacher(name, dim, attrs)
 
     def close(self) -> None:
         """Stop the decode threads."""
@@ -130,64 +211,114 @@ class BlockWorker:
 
     # ------------------------------------------------------------------ one block
     def run_block(self, block: int, next_block: int | None = None) -> BlockResult:
-        """Extract and write ``block``; return its manifest (counts, failures by reason, timings).
+        """Extract and write ``block`` for the worker's first teacher; return its result (see :meth:`run_pass_block`)."""
+        names = (self.name,)
+        return self.run_pass_block(block, names, None if next_block is None else (next_block, names))[0]
+
+    def run_pass_block(self, block: int, teachers: Sequence[str] | None = None,
+                       next_block: tuple[int, Sequence[str]] | None = None) -> list[BlockResult]:
+        """Extract and write ``block`` for ``teachers``, reading and decoding its images once.
 
         Args:
             block: the block to do.
-            next_block: the block this worker will be given next, if known: its first
-                batches are decoded while this block is written, so the model does not
-                wait for images at block boundaries.
+            teachers: names of the loaded teachers that still need it (default: all loaded).
+            next_block: ``(block, teachers)`` this worker will be given next, if known: its first
+                batches are decoded while this block is written, so the models do not wait
+                for images at block boundaries.
+
+        Returns:
+            one result per teacher, in ``teachers`` order (counts, failures by reason, timings;
+            ``read_decode_s`` and ``wait_s`` are the block's shared ones); the first also carries the
+            images decoded, bytes read and storage retries of the block (once for all its teachers).
         """
         t0, c0, r0 = time.perf_counter(), time.process_time(), storage_retries()
+        names = self._names(teachers)
         start, stop = self.store.block_range(block)
-        rows, pending = self._take_prefetched(block)
+        rows, pending = self._take_prefetched(block, names)
         ids, captions, refs = rows or self._block_rows(start, stop)
-        n, dim = stop - start, self.teacher.dim
-        image = np.zeros((n, dim), np.float32)
-        text = np.zeros((n, dim), np.float32)
-        valid = np.zeros(n, bool)
-        failures: list[dict[str, Any]] = []
+        n = stop - start
+        out = {name: _BlockOut(n, self.slots[name].teacher.dim) for name in names}
+        hashes: list[str | None] = [None] * n
         timings = Counter()
         batches = self._batches(n)
         for k in range(len(batches)):
             while len(pending) < PREFETCH_BATCHES and k + len(pending) < len(batches):
-                pending.append(self._submit(batches[k + len(pending)], captions, refs))
+                pending.append(self._submit(batches[k + len(pending)], captions, refs, names))
             t = time.perf_counter()
             chunks = [fut.result() for fut in pending.popleft()]
             timings["wait_s"] += time.perf_counter() - t
-            timings["read_decode_s"] += sum(seconds for _, seconds in chunks)
-            prepared = [item for items, _ in chunks for item in items]
-            self._forward(prepared, image, text, valid, failures, timings, ids, start)
+            for items, seconds, decoded, nbytes, read in chunks:
+                timings["read_decode_s"] += seconds
+                timings["decoded"] += decoded
+                timings["bytes_read"] += nbytes
+                for r, h in read:
+                    hashes[r] = h
+            prepared = [item for items, *_ in chunks for item in items]
+            for name in names:
+                self._forward(name, prepared, out[name], ids, start)
         if next_block is not None:
-            self._prefetch(next_block)
-        t = time.perf_counter()
-        self.store.write_block(self.name, block, image, text, valid, failures)
-        timings["write_s"] += time.perf_counter() - t
-        return BlockResult(
-            teacher=self.name, block=block, rows=n, valid=int(valid.sum()),
-            failures=dict(Counter(f["reason"] for f in failures)),
-            read_decode_s=timings["read_decode_s"], wait_s=timings["wait_s"],
-            forward_s=timings["forward_s"], write_s=timings["write_s"],
-            wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0,
-            device=self.device, pid=os.getpid(), host=socket.gethostname(),
-            storage_retries=storage_retries() - r0,
-        )
+            self._prefetch(next_block[0], self._names(next_block[1]))
+        # the block's image hashes recorded (or compared with those recorded) once, for every teacher of the pass
+        changed = record_block_hashes(self.store, block, hashes)
+        results: list[BlockResult] = []
+        for name in names:
+            o = out[name]
+            t = time.perf_counter()
+            self._fail_changed(name, changed, ids, start, o.valid, o.failures)
+            self.store.write_block(name, block, o.image, o.text, o.valid, o.failures)
+            o.timings["write_s"] += time.perf_counter() - t
+            first = not results  # the block's decodes, bytes and object-storage retries are counted once, on it
+            results.append(BlockResult(
+                teacher=name, block=block, rows=n, valid=int(o.valid.sum()),
+                failures=dict(Counter(f["reason"] for f in o.failures)),
+                read_decode_s=timings["read_decode_s"], wait_s=timings["wait_s"],
+                forward_s=o.timings["forward_s"], write_s=o.timings["write_s"],
+                wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0,
+                device=self.device, pid=os.getpid(), host=socket.gethostname(),
+                pass_teachers=len(names),
+                storage_retries=storage_retries() - r0 if first else 0,
+                decoded=int(timings["decoded"]) if first else 0,
+                bytes_read=int(timings["bytes_read"]) if first else 0,
+            ))
+        return results
+
+    def _names(self, teachers: Sequence[str] | None) -> tuple[str, ...]:
+        names = tuple(self.slots) if teachers is None else tuple(teachers)
+        unknown = [n for n in names if n not in self.slots]
+        if unknown:
+            raise ExtractError(f"block worker: teachers {unknown} are not loaded here (loaded: {list(self.slots)}; "
+                               f"failed to load: {self.load_errors or 'none'})")
+        return names
+
+    @staticmethod
+    def _fail_changed(name: str, changed: list[tuple[int, str, str]], ids: list[str], start: int,
+                      valid: np.ndarray, failures: list[JSONDict]) -> None:
+        """Fail, for teacher ``name``, the rows whose image bytes differ from the hashes recorded before (another
+        teacher, the dataset; :func:`record_block_hashes`): their features would describe other images."""
+        for row, old, new in changed:
+            if valid[row - start]:
+                valid[row - start] = False
+                failures.append({"sample_id": ids[row - start], "row": row, "reason": "content_changed",
+                                 "detail": f"image bytes sha256 {new[:16]}... but {old[:16]}... was recorded "
+                                           "(the image changed since the store recorded it)"})
+            log.warning("teacher %s, row %d (%s): image changed since the store recorded it (sha256 %s != recorded "
+                        "%s); the row is invalid for this teacher", name, row, ids[row - start], new, old)
 
     def _batches(self, n: int) -> list[range]:
         bs = self.config.batch_size
         return [range(i, min(i + bs, n)) for i in range(0, n, bs)]
 
-    def _prefetch(self, block: int) -> None:
-        """Start decoding the first batches of ``block`` (picked up by the next :meth:`run_block`)."""
+    def _prefetch(self, block: int, names: tuple[str, ...]) -> None:
+        """Start decoding the first batches of ``block`` (picked up by the next :meth:`run_pass_block`)."""
         self._drop_prefetched()
         start, stop = self.store.block_range(block)
         rows = self._block_rows(start, stop)
         batches = self._batches(stop - start)[:PREFETCH_BATCHES]
-        self._next = (block, rows, deque(self._submit(b, rows[1], rows[2]) for b in batches))
+        self._next = (block, names, rows, deque(self._submit(b, rows[1], rows[2], names) for b in batches))
 
-    def _take_prefetched(self, block: int) -> tuple[tuple | None, deque]:
-        if self._next is not None and self._next[0] == block:
-            _, rows, pending = self._next
+    def _take_prefetched(self, block: int, names: tuple[str, ...]) -> tuple[tuple | None, deque]:
+        if self._next is not None and self._next[0] == block and self._next[1] == names:
+            _, _, rows, pending = self._next
             self._next = None
             return rows, pending
         self._drop_prefetched()
@@ -195,7 +326,7 @@ class BlockWorker:
 
     def _drop_prefetched(self) -> None:
         if self._next is not None:
-            for futures in self._next[2]:
+            for futures in self._next[3]:
                 for f in futures:
                     f.cancel()
             self._next = None
@@ -214,82 +345,142 @@ class BlockWorker:
         return (table.column("sample_id").to_pylist(), table.column("caption").to_pylist(),
                 table.column("image").to_pylist())
 
-    def _submit(self, rows: range, captions: list[str], refs: list[str]) -> list[Future]:
+    def _submit(self, rows: range, captions: list[str], refs: list[str], names: tuple[str, ...]) -> list[Future]:
         """Split a batch into one chunk per thread (a reader opens each shard once per chunk)."""
         rows = list(rows)
         step = -(-len(rows) // self.config.workers)
-        return [self._pool.submit(self._prepare, rows[i:i + step], captions, refs) for i in range(0, len(rows), step)]
+        return [self._pool.submit(self._prepare, rows[i:i + step], captions, refs, names)
+                for i in range(0, len(rows), step)]
 
-    def _prepare(self, rows: list[int], captions: list[str], refs: list[str]) -> tuple[list[tuple], float]:
-        """Read, decode and preprocess ``rows``.
+    def _prepare(self, rows: list[int], captions: list[str], refs: list[str],
+                 names: tuple[str, ...]) -> tuple[list[tuple], float, int, int, list[tuple[int, str]]]:
+        """Read and decode ``rows`` once; preprocess each image for every teacher in ``names``.
 
         Returns:
-            ``[(row, tensor, caption) or (row, BadSample, None)]`` and the seconds it took.
+            ``[(row, {teacher: tensor | DeviceJpeg | BadSample}, caption | BadSample)]``, the seconds
+            it took, the images decoded, the bytes read, and ``(row, sha256)`` of each image's bytes read.
         """
         t = time.perf_counter()
         datas = self.dataset.read_many([refs[r] for r in rows], on_error="return")
-        out = []
+        out, decoded, nbytes, hashes = [], 0, 0, []
         for r, data in zip(rows, datas):
             try:
-                if isinstance(data, BadSample):
-                    raise data
-                if self._on_device and device_decodable(data, self.teacher.preprocessing, self.config.max_pixels):
-                    out.append((r, DeviceJpeg(data), check_caption(captions[r])))  # decoded in _forward's batch
-                    continue
-                pixels = self._cpu_pixels(data)
-                out.append((r, pixels, check_caption(captions[r])))
+                caption = check_caption(captions[r])
             except BadSample as e:
-                out.append((r, e, None))
-        return out, time.perf_counter() - t
+                caption = e
+            if isinstance(data, BadSample):
+                out.append((r, dict.fromkeys(names, data), caption))
+                continue
+            nbytes += len(data)
+            hashes.append((r, sha256_of(data)))
+            pixels: dict[str, Any] = {}
+            cpu = []
+            for name in names:
+                pp = self.slots[name].teacher.preprocessing
+                if self._on_device and device_decodable(data, pp, self.config.max_pixels):
+                    pixels[name] = DeviceJpeg(data)  # decoded in _forward's batch, on this teacher's device
+                else:
+                    cpu.append(name)
+            if cpu:
+                decoded += 1
+                pixels.update(self._cpu_pixels(data, cpu))
+            out.append((r, pixels, caption))
+        return out, time.perf_counter() - t, decoded, nbytes, hashes
 
-    def _cpu_pixels(self, data: bytes):
-        """Decode + the teacher's transform on the CPU (BadSample with the reason when that fails)."""
-        pil = decode_image(data, max_pixels=self.config.max_pixels, mode=self.teacher.image_mode,
-                           reduce_to=self._reduce_to)
+    def _cpu_pixels(self, data: bytes, names: list[str]) -> dict[str, Any]:
+        """Decode once, then each teacher's mode and transform on the CPU (a BadSample per teacher when that fails)."""
         try:
-            return self.teacher.preprocess(pil)
-        except (ValueError, OSError, RuntimeError) as e:
-            raise BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}") from e
-
-    def _device_pixels(self, prepared: list[tuple]) -> list[tuple]:
-        """Decode the batch's :class:`DeviceJpeg` items on the teacher's device; what it refuses goes through the
-        CPU path (same bad-sample reasons)."""
-        jobs = [i for i, (_, x, _) in enumerate(prepared) if isinstance(x, DeviceJpeg)]
-        if not jobs:
-            return prepared
-        decoded = decode_batch([prepared[i][1].data for i in jobs], self.teacher.preprocessing, self.teacher.device)
-        out = list(prepared)
-        for i, pixels in zip(jobs, decoded):
-            r, jpeg, caption = prepared[i]
-            if pixels is None:
+            img = decode_loaded(data, max_pixels=self.config.max_pixels, reduce_to=self._reduce_to)
+        except BadSample as e:
+            return dict.fromkeys(names, e)
+        by_mode: dict[str, Any] = {}
+        resized: dict[tuple, Any] = {}  # teachers with the same resize/crop share it (the same op on the same image)
+        out: dict[str, Any] = {}
+        for name in names:
+            slot = self.slots[name]
+            mode = slot.teacher.image_mode
+            try:
+                if mode not in by_mode:
+                    try:
+                        by_mode[mode] = convert_mode(img, mode)
+                    except BadSample as e:
+                        by_mode[mode] = e
+                if isinstance(by_mode[mode], BadSample):
+                    raise by_mode[mode]
                 try:
-                    pixels = self._cpu_pixels(jpeg.data)
-                except BadSample as e:
-                    out[i] = (r, e, None)
-                    continue
-            out[i] = (r, pixels, caption)
+                    if slot.geometry_key not in resized:
+                        resized[slot.geometry_key] = slot.geometry(by_mode[mode])
+                    out[name] = slot.tensorize(resized[slot.geometry_key])
+                except (ValueError, OSError, RuntimeError) as e:
+                    raise BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}") from e
+            except BadSample as e:
+                out[name] = e
         return out
 
-    def _forward(self, prepared: list[tuple], image: np.ndarray, text: np.ndarray, valid: np.ndarray,
-                 failures: list[dict], timings: Counter, ids: list[str], start: int) -> None:
+    def _device_pixels(self, name: str, prepared: list[tuple]) -> list[tuple]:
+        """Decode the batch's :class:`DeviceJpeg` items of teacher ``name`` on its device; what it refuses goes
+        through the CPU path (same bad-sample reasons). Returns ``[(row, pixels | BadSample, caption)]``."""
+        teacher = self.slots[name].teacher
+        items = [(r, px[name], caption) for r, px, caption in prepared]
+        jobs = [i for i, (_, x, _) in enumerate(items) if isinstance(x, DeviceJpeg)]
+        if not jobs:
+            return items
+        decoded = decode_batch([items[i][1].data for i in jobs], teacher.preprocessing, teacher.device)
+        for i, pixels in zip(jobs, decoded):
+            r, jpeg, caption = items[i]
+            items[i] = (r, pixels if pixels is not None else self._cpu_pixels(jpeg.data, [name])[name], caption)
+        return items
+
+    def _forward(self, name: str, prepared: list[tuple], o: "_BlockOut", ids: list[str], start: int) -> None:
         import torch
 
+        slot = self.slots[name]
+        t = time.perf_counter()
+        items = self._device_pixels(name, prepared) if self._on_device else \
+            [(r, px[name], caption) for r, px, caption in prepared]
         if self._on_device:  # JPEGs decoded on the device count as forward time
-            t = time.perf_counter()
-            prepared = self._device_pixels(prepared)
-            timings["forward_s"] += time.perf_counter() - t
+            o.timings["forward_s"] += time.perf_counter() - t
         good = []
-        for r, x, caption in prepared:
-            if isinstance(x, BadSample):
-                failures.append({"sample_id": ids[r], "row": start + r, "reason": x.reason, "detail": x.detail})
+        for r, x, caption in items:
+            bad = x if isinstance(x, BadSample) else caption if isinstance(caption, BadSample) else None
+            if bad is not None:
+                o.failures.append({"sample_id": ids[r], "row": start + r, "reason": bad.reason, "detail": bad.detail})
             else:
                 good.append((r, x, caption))
         if not good:
             return
         t = time.perf_counter()
         rows = np.array([g[0] for g in good])
-        pixels = torch.stack([g[1].to(self.teacher.device) for g in good])
-        image[rows] = self.teacher.encode_images(pixels, autocast=self.autocast).numpy()
-        text[rows] = self.teacher.encode_texts([g[2] for g in good], autocast=self.autocast).numpy()
-        valid[rows] = True
-        timings["forward_s"] += time.perf_counter() - t
+        pixels = torch.stack([g[1].to(slot.teacher.device) for g in good])
+        o.image[rows] = slot.teacher.encode_images(pixels, autocast=slot.autocast).numpy()
+        o.text[rows] = slot.teacher.encode_texts([g[2] for g in good], autocast=slot.autocast).numpy()
+        finite = _finite_rows(o.image[rows], o.text[rows], o.failures, [ids[r] for r in rows], rows + start)
+        o.valid[rows[finite]] = True
+        o.timings["forward_s"] += time.perf_counter() - t
+
+
+class _BlockOut:
+    """One teacher's arrays, failures and timings for the block being run."""
+
+    def __init__(self, n: int, dim: int) -> None:
+        self.image = np.zeros((n, dim), np.float32)
+        self.text = np.zeros((n, dim), np.float32)
+        self.valid = np.zeros(n, bool)
+        self.failures: list[dict[str, Any]] = []
+        self.timings: Counter = Counter()
+
+
+def _finite_rows(image: np.ndarray, text: np.ndarray, failures: list[dict], ids: list[str],
+                 rows: np.ndarray) -> np.ndarray:
+    """Which rows' features stay finite once stored; the others are recorded as failures (reason ``nonfinite``).
+
+    Checked in the store's dtype (float16), so a float32 value past float16's range (an overflow) counts too.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        nonfinite = {kind: ~np.isfinite(x.astype(FEATURE_DTYPE)) for kind, x in (("image", image), ("text", text))}
+    bad = nonfinite["image"].any(axis=1) | nonfinite["text"].any(axis=1)
+    for i in np.flatnonzero(bad):
+        detail = "; ".join(f"{kind} features: {int(m[i].sum())} of {m.shape[1]} values NaN/Inf in {FEATURE_DTYPE}"
+                           for kind, m in nonfinite.items() if m[i].any())
+        failures.append({"sample_id": ids[i], "row": int(rows[i]), "reason": "nonfinite", "detail": detail})
+    return ~bad

@@ -67,6 +67,11 @@ class ExtractJob:
             Recorded in the teacher's attrs.
         liveness_timeout: Ray runner: seconds without a finished block and without an
             answer from any actor before the job fails (finished blocks stay; rerun resumes).
+        fail_fast: with several teachers, a teacher that fails to load stops the job
+            (default: the others go on, the failure is in the summary, a rerun does what
+            is missing).
+        gpu_memory: GiB of memory of one GPU, for placing the pass's teachers on workers
+            (default: read from this machine's GPU when extracting on CUDA; no limit otherwise).
     """
 
     data: str | dict[str, Any] | Any
@@ -87,6 +92,8 @@ class ExtractJob:
     on_bad_row: str = "record"
     decode: str = "full"
     liveness_timeout: float = 300.0
+    fail_fast: bool = False
+    gpu_memory: float | None = None
     name: str | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -128,6 +135,11 @@ def _check_job(job: ExtractJob) -> None:
         raise ExtractError(f"{where}: on_bad_row {job.on_bad_row!r} not in ['record', 'fail']")
     if not isinstance(job.max_restarts, int) or job.max_restarts < 0:
         raise ExtractError(f"{where}: max_restarts must be an integer >= 0, got {job.max_restarts!r}")
+    if not isinstance(job.fail_fast, bool):
+        raise ExtractError(f"{where}: fail_fast must be true or false, got {job.fail_fast!r}")
+    if job.gpu_memory is not None and (isinstance(job.gpu_memory, bool) or not isinstance(job.gpu_memory, int | float)
+                                       or not job.gpu_memory > 0):
+        raise ExtractError(f"{where}: gpu_memory must be a number of GiB > 0, got {job.gpu_memory!r}")
     if isinstance(job.liveness_timeout, bool) or not isinstance(job.liveness_timeout, int | float) \
             or not job.liveness_timeout > 0:
         raise ExtractError(f"{where}: liveness_timeout must be a number of seconds > 0, got {job.liveness_timeout!r}")

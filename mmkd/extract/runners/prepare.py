@@ -19,10 +19,10 @@ from mmkd.config import as_path, is_remote
 from mmkd.data import Dataset
 from mmkd.extract.runners.job import ExtractError, ExtractJob
 from mmkd.jsontypes import JSONDict
-from mmkd.store import FeatureStore
+from mmkd.store import FeatureStore, StoreError
 from mmkd.store import format as fmt
 from mmkd.store.format import atomic_write_json
-from mmkd.store.manifest import check_dataset
+from mmkd.store.manifest import check_dataset, short_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,18 @@ def open_or_create_store(job: ExtractJob, ds: Dataset) -> tuple[FeatureStore, bo
     if not store_exists(path):
         samples = ds.samples() if job.limit is None else itertools.islice(ds.samples(), job.limit)
         kwargs = {} if job.block_size is None else {"block_size": job.block_size}
-        store = FeatureStore.create(path, samples, dataset_uri=ds.uri, dataset_fingerprint=fp,
-                                    dataset_spec=ds.spec().to_dict(),
-                                    dataset_failures=lambda: getattr(ds, "bad_rows", []), **kwargs)
-        log.info("created store %s from %s (%d samples)", path, ds.uri, store.n)
-        return store, True
+        try:
+            store = FeatureStore.create(path, samples, dataset_uri=ds.uri, dataset_fingerprint=fp,
+                                        dataset_spec=ds.spec().to_dict(),
+                                        dataset_failures=lambda: getattr(ds, "bad_rows", []), **kwargs)
+        except StoreError:
+            if not path.exists():
+                raise
+            # another extract (say, of another teacher) created it first: use that one, as a later run would
+            log.info("store %s was created by another extract meanwhile; using it", path)
+        else:
+            log.info("created store %s from %s (%d samples)", path, ds.uri, store.n)
+            return store, True
     store = FeatureStore.open(path, mode="a")
     _check_same_dataset(store, ds, fp, job)
     if job.block_size is not None and job.block_size != store.block_size:

@@ -1,9 +1,12 @@
 """The Ray runner: block tasks on a pool of Ray actors, one per GPU (or per CPU slot).
 
-Each actor gets the teacher *spec*, the dataset spec and the store path, loads the
-model itself once, and per task runs :meth:`BlockWorker.run_block`, which writes
-the block into the store and returns a small manifest: no features travel through
-the object store.
+Each actor gets the *specs* of every teacher of the pass (those that fit one GPU
+together: :mod:`mmkd.extract.runners.placement`), the dataset spec and the store
+path, loads the models itself once, and per task gets only a block id and the names
+of the teachers that still need it: it reads the block's images once, runs every
+such teacher on the same decoded batch (:meth:`BlockWorker.run_pass_block`), writes
+the rows itself and returns small block results. The driver hands out block ids and
+collects those; no features travel through the object store.
 
 Faults are left to Ray where Ray handles them: a dead actor is restarted by Ray
 (``max_restarts``) and the block it was running is retried on it
@@ -38,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from mmkd.extract.runners.base import BaseRunner, BlockCallback
+from mmkd.extract.runners.base import BaseRunner, BlockCallback, PassResult, check_loaded, pass_queue
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig
 from mmkd.extract.runners.job import ExtractError
 from mmkd.extract.runners.summary import BlockResult
@@ -61,36 +64,47 @@ NODE_QUERY_S = 5.0  # longest the error path waits for the GCS to list nodes
 
 @ray.remote(concurrency_groups={"health": 1})
 class BlockActor:
-    """Ray actor body: holds one :class:`BlockWorker` at a time.
+    """Ray actor body: holds one :class:`BlockWorker` (every teacher of a pass) at a time.
 
-    The actor outlives teachers (its process imports torch once); the teacher named
-    in a task is loaded on first use, so an actor Ray restarts after a crash
-    reloads the teacher of the task it retries. :meth:`ping` runs on its own thread.
+    The actor outlives passes (its process imports torch once); the teachers named in
+    a task are loaded on first use, so an actor Ray restarts after a crash reloads the
+    pass of the task it retries. :meth:`ping` runs on its own thread.
     """
 
     def __init__(self, config: WorkerConfig, name: str) -> None:
         self.config, self.name = config, name
         self.worker: BlockWorker | None = None
+        self._specs: list[JSONDict] | None = None
 
-    def load(self, spec: JSONDict) -> JSONDict:
-        if self.worker is None or self.worker.spec.to_dict() != spec:
+    def load(self, specs: list[JSONDict], fail_fast: bool = True) -> JSONDict:
+        if self.worker is None or self._specs != specs:
             if self.worker is not None:
                 self.worker.close()
-            self.worker = None  # free the old model before loading the next
-            self.worker = BlockWorker(spec, self.config)
-        return {"actor": self.name, "pid": os.getpid(), "device": self.worker.device}
+            self.worker = None  # free the old models before loading the next
+            self.worker = BlockWorker(specs, self.config, fail_fast=fail_fast)
+            self._specs = specs
+        return {"actor": self.name, "pid": os.getpid(), "device": self.worker.device,
+                "load_errors": dict(self.worker.load_errors), "memory": self.worker.memory()}
 
-    def run_block(self, spec: JSONDict, block: int, next_block: int | None = None) -> BlockResult:
-        self.load(spec)
-        return dataclasses.replace(self.worker.run_block(block, next_block), actor=self.name)
+    def run_block(self, specs: list[JSONDict], block: int, teachers: list[str],
+                  next_block: tuple[int, list[str]] | None = None, fail_fast: bool = True) -> list[BlockResult]:
+        self.load(specs, fail_fast)
+        return [dataclasses.replace(r, actor=self.name) for r in self.worker.run_pass_block(block, teachers, next_block)]
 
-    def store_attrs(self, spec: JSONDict) -> JSONDict:
-        self.load(spec)
-        return self.worker.attrs
+    def store_attrs(self, specs: list[JSONDict], fail_fast: bool = True) -> dict[str, JSONDict]:
+        self.load(specs, fail_fast)
+        return self.worker.teacher_attrs()
 
     @ray.method(concurrency_group="health", max_task_retries=0)
     def ping(self) -> int:
         return os.getpid()
+
+
+class _PassName:
+    """Names a pass in errors the way a teacher's name did (``spec.name``)."""
+
+    def __init__(self, specs: list[Any]) -> None:
+        self.name = specs[0].name if len(specs) == 1 else "+".join(s.name for s in specs)
 
 
 class RayRunner(BaseRunner):
@@ -140,7 +154,13 @@ class RayRunner(BaseRunner):
         self._initialised = True
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-        except BaseException:  # an error or a signal while starting: stop whatever started
+        except Exception as e:  # Ray could not start (a raylet that died while starting, a bad address): one line
+            self.close()
+            where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
+            raise ExtractError(f"could not {where}: {_short(e)}; rerun the same command (finished blocks are kept), "
+                               "check `ray status` or the Ray logs under /tmp/ray/session_latest/logs, or use "
+                               "--runner local") from e
+        except BaseException:  # a signal while starting: stop whatever started
             self.close()
             raise
         self._install_handlers()
@@ -277,37 +297,45 @@ class RayRunner(BaseRunner):
         return ray.get(refs)
 
     # ------------------------------------------------------------------ scheduling
-    def run_blocks(self, spec: TeacherSpec, blocks: list[int], config: WorkerConfig,
-                   on_block: BlockCallback) -> JSONDict:
-        """Extract ``blocks`` of one teacher on the pool; return the teacher's store attrs.
+    def run_pass(self, specs: list[TeacherSpec], todo: dict[str, list[int]], config: WorkerConfig,
+                 on_block: BlockCallback, fail_fast: bool) -> PassResult:
+        """Extract the pass's blocks on the pool (every actor holds every teacher of the pass).
 
         Raises:
-            ExtractError: an actor failed to load the teacher, a block raised an error,
-                a block lost its actor more than ``max_restarts`` times, or nothing
-                moved for ``liveness_timeout`` seconds.
+            ExtractError: an actor failed to start, a teacher failed to load with ``fail_fast`` (or
+                all did), a block raised an error, a block lost its actor more than ``max_restarts``
+                times, or nothing moved for ``liveness_timeout`` seconds.
         """
         self._connect()
-        self._ensure_actors(len(blocks), config)
-        payload = spec.to_dict()
+        queue = pass_queue(todo)
+        self._ensure_actors(len(queue), config)
+        payload = [s.to_dict() for s in specs]
+        who = _PassName(specs)
         self._last_alive, self._next_ping = time.monotonic(), 0.0
         try:
-            info = self._gather([a.load.remote(payload) for a in self._actors], spec, "loading the teacher")
+            info = self._gather([a.load.remote(payload, fail_fast) for a in self._actors], who, "loading the teachers")
         except ray.exceptions.RayError as e:
-            raise ExtractError(f"teacher {spec.name!r}: a Ray worker failed to load it (teacher, dataset or "
+            raise ExtractError(f"teacher {who.name!r}: a Ray worker failed to load it (teacher, dataset or "
                                f"store): {_root_cause(e)}") from e
-        log.info("teacher %s: %d actors ready on %s", spec.name, len(info), sorted({i["device"] for i in info}))
-        self._schedule(spec, payload, blocks, on_block)
+        errors: dict[str, str] = {}
+        for i in info:
+            errors.update(i["load_errors"])
+        todo = check_loaded(todo, errors, fail_fast)
+        log.info("pass %s: %d actors ready on %s", [s.name for s in specs], len(info), sorted({i["device"] for i in info}))
+        self._schedule(who, payload, pass_queue(todo), on_block, fail_fast)
         try:
-            return self._gather([self._actors[0].store_attrs.remote(payload)], spec, "reading its attributes")[0]
+            attrs = self._gather([self._actors[0].store_attrs.remote(payload, fail_fast)], who,
+                                 "reading its attributes")[0]
         except ray.exceptions.RayError as e:
-            raise ExtractError(f"teacher {spec.name!r}: every block is done, but reading the teacher's attributes "
+            raise ExtractError(f"teacher {who.name!r}: every block is done, but reading the teachers' attributes "
                                f"from a Ray worker failed: {_root_cause(e)}; rerun the same command to finish") from e
+        return PassResult(attrs, errors, [{**i["memory"], "actor": i["actor"]} for i in info])
 
-    def _schedule(self, spec: TeacherSpec, payload: JSONDict, blocks: list[int],
-                  on_block: BlockCallback) -> None:
+    def _schedule(self, spec: _PassName, payload: list[JSONDict], blocks: list[tuple[int, tuple[str, ...]]],
+                  on_block: BlockCallback, fail_fast: bool) -> None:
         queue, idle = deque(blocks), deque(range(len(self._actors)))
-        inflight: dict[ObjectRef, tuple[int, int]] = {}
-        reserved: dict[int, int] = {}  # actor -> the block it gets next (told in advance, so it can prefetch)
+        inflight: dict[ObjectRef, tuple[int, tuple]] = {}
+        reserved: dict[int, tuple] = {}  # actor -> the block it gets next (told in advance, so it can prefetch)
         lost: dict[int, int] = {}
         while queue or inflight or reserved:
             for i in list(idle):
@@ -318,21 +346,21 @@ class RayRunner(BaseRunner):
                 nb = queue.popleft() if queue else None
                 if nb is not None:
                     reserved[i] = nb
-                inflight[self._actors[i].run_block.remote(payload, b, nb)] = (i, b)
+                inflight[self._actors[i].run_block.remote(payload, b[0], list(b[1]), nb, fail_fast)] = (i, b)
             ref = self._wait_one(list(inflight), spec, f"running {len(queue) + len(inflight) + len(reserved)} blocks")
             i, b = inflight.pop(ref)
             try:
-                manifest = ray.get(ref)
+                out = ray.get(ref)
             except ray.exceptions.RayTaskError as e:  # the block itself raised: a real error, not a lost worker
-                raise ExtractError(f"teacher {spec.name!r}, block {b}: {_root_cause(e)}") from e
+                raise ExtractError(f"teacher {spec.name!r}, block {b[0]}: {_root_cause(e)}") from e
             except ray.exceptions.RayError as e:  # the actor is gone for good (Ray's restarts used up)
-                lost[b] = lost.get(b, 0) + 1
-                if lost[b] > self.max_restarts:
-                    raise ExtractError(f"teacher {spec.name!r}, block {b}: lost its Ray worker {lost[b]} times "
+                lost[b[0]] = lost.get(b[0], 0) + 1
+                if lost[b[0]] > self.max_restarts:
+                    raise ExtractError(f"teacher {spec.name!r}, block {b[0]}: lost its Ray worker {lost[b[0]]} times "
                                        f"(max_restarts {self.max_restarts}); last: {self._names[i]}: {_short(e)}. "
                                        "Finished blocks stay in the store: rerun to resume") from e
-                log.warning("teacher %s: actor %s died for good (%s); replacing it, block %d re-queued",
-                            spec.name, self._names[i], type(e).__name__, b)
+                log.warning("pass %s: actor %s died for good (%s); replacing it, block %d re-queued",
+                            spec.name, self._names[i], type(e).__name__, b[0])
                 self._replace(i, e)
                 if i in reserved:
                     queue.appendleft(reserved.pop(i))
@@ -341,7 +369,8 @@ class RayRunner(BaseRunner):
                 continue
             idle.append(i)
             self._done_blocks += 1
-            on_block(manifest)
+            for result in out:
+                on_block(result)
 
 
 def _describe_nodes() -> str:

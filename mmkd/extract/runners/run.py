@@ -1,27 +1,40 @@
-"""``run_extract``: one extract job, teacher after teacher, on the local or the Ray runner."""
+"""``run_extract``: one extract job, all its teachers in one pass over the images, on the local or the Ray runner."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
-from mmkd.config import load_pipelines
+from mmkd.config import is_remote, load_pipelines
 from mmkd.extract.runners.base import BlockCallback, Runner, TeacherRun, blocks_to_do
 from mmkd.extract.runners.block import WorkerConfig
-from mmkd.extract.runners.job import ExtractJob, resolve_dataset, resolve_teachers
+from mmkd.extract.runners.job import ExtractError, ExtractJob, resolve_dataset, resolve_teachers
 from mmkd.extract.runners.local import LocalRunner
+from mmkd.extract.runners.placement import device_capacity, plan_passes
 from mmkd.extract.runners.prepare import absolute, open_or_create_store, store_exists, utc_stamp, write_job_record
 from mmkd.extract.runners.summary import BlockResult, ExtractSummary, TeacherSummary
 from mmkd.teachers import TeacherSpec, weights_status
 from mmkd.teachers.weights import hub_offline, missing_weights_error
+from mmkd.store import FeatureStore, StoreError
+from mmkd.store.locks import LOCKS, TeacherLocked, teacher_locks
 
 log = logging.getLogger(__name__)
 
 
 def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallback | None = None) -> ExtractSummary:
     """Run an extract job: every requested teacher over every missing block of the store.
+
+    The teachers run in one pass: each block's images are read and decoded once and
+    fed to every teacher that still needs the block (a block done for A but not for B
+    runs only B). Teachers that do not fit one GPU together are split into passes
+    (:mod:`mmkd.extract.runners.placement`), stated in the summary; a teacher no GPU
+    can hold is refused before anything starts. A teacher that fails to load is in
+    the summary and the others go on, unless ``job.fail_fast``.
 
     The first extract into a new store creates it from the dataset; later ones
     check that the dataset is the same (:mod:`mmkd.extract.runners.prepare`). Done
@@ -45,9 +58,48 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     cfg = load_pipelines(job.pipeline)
     specs = resolve_teachers(job, cfg)
     ds = resolve_dataset(job, cfg)
+    capacity = device_capacity(job.gpu_memory, job.device)
+    passes = plan_passes(specs, job.batch_size, capacity)  # before anything is created or started
     if not store_exists(job.store):
         _precheck_weights(job, specs)  # before creating a store nothing could fill
     store, created = open_or_create_store(job, ds)
+    try:
+        with teacher_locks(store.path, [s.name for s in specs]):
+            try:
+                return _run_locked(job, specs, ds, store, created, progress, on_block, t0, passes, capacity)
+            except BaseException:
+                if created:
+                    _drop_if_empty(store)
+                raise
+    except TeacherLocked as e:
+        raise ExtractError(str(e)) from None
+
+
+def _drop_if_empty(store: Any) -> None:
+    """Remove a store this run created when it failed before any block was done (the first teacher could not
+    start: a hub that cannot be reached, a wrong ``dim``), unless another extract is using it meanwhile."""
+    try:
+        now = FeatureStore.open(store.path)
+        if any(now.done_blocks(t) for t in now.teachers):
+            return
+        for lock in (Path(store.path) / LOCKS).glob("*.lock"):
+            if lock.read_text().strip() and not _ours(lock):  # another extract holds a teacher of this store
+                return
+    except (StoreError, OSError):
+        return
+    shutil.rmtree(store.path, ignore_errors=True)
+    log.info("removed store %s: it was created by this run and holds no finished block", store.path)
+
+
+def _ours(lock: Path) -> bool:
+    try:
+        return int(json.loads(lock.read_text())["pid"]) == os.getpid()
+    except (ValueError, KeyError, TypeError, OSError):
+        return False
+
+
+def _run_locked(job: ExtractJob, specs: list[Any], ds: Any, store: Any, created: bool, progress: bool,
+                on_block: BlockCallback | None, t0: float, passes: list[Any], capacity: Any) -> ExtractSummary:
     stamp = utc_stamp()
     todo = {s.name: blocks_to_do(store, s.name, job.overwrite) for s in specs}
     summary = ExtractSummary(store=str(store.path), dataset=ds.uri, runner=job.runner, created_store=created,
@@ -56,19 +108,26 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
         write_job_record(store.path, "_create", {"job": job.to_dict(), "dataset": ds.spec().to_dict()}, stamp)
     else:
         _precheck_weights(job, [s for s in specs if todo[s.name]])
-    config = WorkerConfig(dataset=ds.spec().to_dict(with_storage_options=True), store=absolute(store.path), batch_size=job.batch_size,
-                          precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
+    config = WorkerConfig(dataset=ds.spec().to_dict(with_storage_options=True), store=absolute(store.path),
+                          batch_size=job.batch_size, precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
                           decode=job.decode)
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None
     # Nothing to schedule: the local runner finishes complete teachers without starting Ray.
     runner = _make_runner(job, stamp) if any(todo.values()) else LocalRunner()
+    runs = {}
+    for spec in specs:
+        ts = TeacherSummary(spec.name, blocks_total=store.num_blocks,
+                            blocks_skipped=store.num_blocks - len(todo[spec.name]))
+        summary.teachers.append(ts)
+        runs[spec.name] = TeacherRun(store, spec, todo[spec.name], config, ts, job, stamp)
+    callback = _fan_out(summary, bar, on_block)
     try:
-        for spec in specs:
-            ts = TeacherSummary(spec.name, blocks_total=store.num_blocks,
-                                blocks_skipped=store.num_blocks - len(todo[spec.name]))
-            summary.teachers.append(ts)
-            run = TeacherRun(store, spec, todo[spec.name], config, ts, job, stamp)
-            runner.extract_teacher(run, _fan_out(ts, bar, on_block))
+        for i, p in enumerate(passes):
+            result = runner.extract_pass([runs[s.name] for s in p.teachers], callback, fail_fast=job.fail_fast)
+            if result.memory:
+                summary.placement.append({"pass": i, "teachers": [s.name for s in p.teachers],
+                                          "estimated_bytes": p.estimated_bytes, "capacity_bytes": capacity,
+                                          "memory": result.memory})
     finally:
         runner.close()
         if bar is not None:
@@ -79,16 +138,19 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     return summary
 
 
-def _fan_out(ts: TeacherSummary, bar: Any, on_block: BlockCallback | None) -> BlockCallback:
+def _fan_out(summary: ExtractSummary, bar: Any, on_block: BlockCallback | None) -> BlockCallback:
     start = time.perf_counter()
 
-    def callback(manifest: BlockResult) -> None:  # the runner has folded it into ``ts`` already
+    def callback(result: BlockResult) -> None:  # the runner has folded it into its teacher's summary already
+        summary.decoded += result.decoded
+        summary.bytes_read += result.bytes_read
         if bar is not None:
             bar.update(1)
-            rate = ts.rows / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix_str(f"{ts.teacher} {rate:.1f} rows/s, {ts.rows - ts.valid} bad")
+            rows = sum(t.rows for t in summary.teachers)
+            rate = rows / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"{result.teacher} {rate:.1f} teacher-rows/s")
         if on_block is not None:
-            on_block(manifest)
+            on_block(result)
     return callback
 
 

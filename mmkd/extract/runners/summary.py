@@ -24,6 +24,10 @@ class BlockResult:
         device, pid, host: where it ran.
         actor: the Ray actor's name (``""`` in the local runner).
         storage_retries: object-storage requests the client libraries retried (throttled or dropped).
+        pass_teachers: teachers of the pass that shared this block's decoded images.
+        decoded, bytes_read: images decoded and image bytes read for the block; one pass reads a
+            block once for all its teachers, so only the block's first result carries them
+            (the others say 0), as with ``storage_retries``.
     """
 
     teacher: str
@@ -42,6 +46,9 @@ class BlockResult:
     host: str
     actor: str = ""
     storage_retries: int = 0
+    pass_teachers: int = 1
+    decoded: int = 0
+    bytes_read: int = 0
 
     def to_dict(self) -> JSONDict:
         return dataclasses.asdict(self)
@@ -69,6 +76,8 @@ class TeacherSummary:
             number of actors means some were restarted.
         storage_retries: object-storage requests of the workers' blocks that the client
             library retried (throttling: S3 503 SlowDown; dropped connections).
+        error: why the teacher did not run in a multi-teacher pass (it failed to load;
+            the other teachers went on, a rerun does what is missing), else ``None``.
     """
 
     teacher: str
@@ -84,6 +93,7 @@ class TeacherSummary:
     devices: list[str] = field(default_factory=list)
     workers: int = 0
     storage_retries: int = 0
+    error: str | None = None
     _pids: set = field(default_factory=set, repr=False)
 
     def add(self, block: BlockResult) -> None:
@@ -142,6 +152,12 @@ class ExtractSummary:
         wall_s: wall-clock seconds of the whole run.
         bad_rows: dataset rows that never became samples (not UTF-8, not valid
             JSON/CSV), recorded in ``<store>/_failures/dataset.parquet``.
+        decoded: images decoded by this run (counted in the workers' decode path; one
+            pass decodes each image once for all its teachers).
+        bytes_read: image bytes read by this run.
+        placement: the passes, each ``{"pass", "teachers", "estimated_bytes",
+            "capacity_bytes", "memory"}``: which teachers share a worker (a GPU), the
+            memory they were estimated to need, and what the workers then held.
     """
 
     store: str
@@ -152,11 +168,19 @@ class ExtractSummary:
     teachers: list[TeacherSummary] = field(default_factory=list)
     wall_s: float = 0.0
     bad_rows: int = 0
+    decoded: int = 0
+    bytes_read: int = 0
+    placement: list[JSONDict] = field(default_factory=list)
 
     @property
     def noop(self) -> bool:
         """Nothing was left to do: every block of every teacher was already done."""
-        return all(t.blocks_run == 0 for t in self.teachers)
+        return all(t.blocks_run == 0 and t.error is None for t in self.teachers)
+
+    @property
+    def failed_teachers(self) -> dict[str, str]:
+        """Teachers that did not run (failed to load), with why."""
+        return {t.teacher: t.error for t in self.teachers if t.error}
 
     @property
     def rows(self) -> int:
@@ -170,7 +194,8 @@ class ExtractSummary:
         return {"store": self.store, "dataset": self.dataset, "runner": self.runner,
                 "created_store": self.created_store, "num_samples": self.num_samples, "noop": self.noop,
                 "rows": self.rows, "failures": self.failures, "bad_rows": self.bad_rows, "wall_s": self.wall_s,
-                "teachers": [t.to_dict() for t in self.teachers]}
+                "decoded": self.decoded, "bytes_read": self.bytes_read, "placement": self.placement,
+                "failed_teachers": self.failed_teachers, "teachers": [t.to_dict() for t in self.teachers]}
 
     def format(self) -> str:
         """A human-readable report (what the CLI prints)."""
@@ -180,7 +205,13 @@ class ExtractSummary:
                     f"({self.num_samples} samples); pass --overwrite to redo them") + self._bad_rows_line("\n")
         lines = [f"store {self.store}: {self.num_samples} samples from {self.dataset}"
                  + (" (store created)" if self.created_store else "") + self._bad_rows_line("\n  ")]
+        for p in self.placement:
+            lines.append(_placement_line(p))
         for t in self.teachers:
+            if t.error:
+                lines.append(f"  {t.teacher}: FAILED, {t.error}; the other teachers went on, rerun the same "
+                             "command to do what is missing")
+                continue
             if t.blocks_run == 0:
                 lines.append(f"  {t.teacher}: already complete ({t.blocks_total} blocks), skipped")
                 continue
@@ -199,6 +230,11 @@ class ExtractSummary:
             if t.storage_retries:
                 lines.append(f"    object storage: {t.storage_retries} request(s) throttled or dropped and retried "
                              "by the client")
+        rows = sum(t.rows for t in self.teachers)
+        if rows and self.decoded:
+            lines.append(f"read: {self.decoded} images decoded for {rows} teacher-rows "
+                         f"({self.decoded / rows:.2f} decodes per teacher-row), {self.bytes_read / 1e6:.1f} MB of "
+                         "image bytes read")
         lines.append(self._total_line())
         return "\n".join(lines)
 
@@ -216,3 +252,13 @@ class ExtractSummary:
             return ""
         return (f"{sep}dataset: {self.bad_rows} bad row(s) (not UTF-8 / not valid JSON or CSV) skipped, not in the "
                 f"store; listed in {self.store}/_failures/dataset.parquet (`mmkd store info {self.store}`)")
+
+
+def _placement_line(p: JSONDict) -> str:
+    gib = 1 << 30
+    cap = f" of {p['capacity_bytes'] / gib:.1f} GiB" if p.get("capacity_bytes") else ""
+    held = [m.get("cuda_max_allocated_bytes") or sum(m.get("params_bytes", {}).values()) for m in p.get("memory", [])]
+    used = (f"; held {max(held) / gib:.2f} GiB per worker ({'CUDA peak' if any('cuda_max_allocated_bytes' in m for m in p['memory']) else 'parameters'})"
+            if held else "")
+    return (f"  pass {p['pass']}: teachers {', '.join(p['teachers'])} share each worker; estimated "
+            f"{p['estimated_bytes'] / gib:.2f} GiB{cap}{used}")

@@ -1,0 +1,174 @@
+"""One pass over the images for every teacher vs one pass per teacher, in one run.
+
+    python bench/scale_bench.py [--images 60] [--mp 1.2] [--teachers 9] [--sizes 224,336,384]
+                                [--decode full|reduced] [--workers 2] [--tiny] [--json PATH]
+
+Builds IMAGES JPEGs of about MP megapixels (smooth noise, about a photo's entropy) and
+TEACHERS simulated teachers: random-weight open_clip models whose input sizes cycle
+through SIZES and whose normalisations cycle through OpenAI / ImageNet / 0.5, with a
+cheap forward (16 patches, width 32, one layer) so that, as on a GPU node, reading,
+decoding and resizing are the cost. ``--tiny`` uses the three tiny test teachers
+(open_clip, transformers, custom; 32 px) instead, as a new user's journey does.
+
+Then, on the same images, with the local runner:
+
+  one pass      ``mmkd extract`` with every teacher at once
+  per teacher   one ``mmkd extract`` per teacher into one store (what every run did before)
+  one teacher   the first teacher alone (the floor a one-pass run is compared with)
+
+and prints wall seconds and their ratios, images decoded per teacher-row (read from the
+counter in the decode path, :func:`mmkd.data.images.decode_count`), bytes of images read,
+and what one image costs on one core here: decode, each distinct resize/crop (shared by
+the teachers of a pass that have the same one), and each to-tensor + normalise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+NORMS = [((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),  # OpenAI CLIP
+         ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
+         ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+
+
+def make_teachers(root: Path, n: int, sizes: list[int], tiny: bool) -> dict[str, Any]:
+    """``n`` simulated teachers (input sizes cycling through ``sizes``), or the three tiny test teachers."""
+    import dataclasses
+
+    from mmkd.teachers import tiny as tiny_teachers
+
+    if tiny:
+        return tiny_teachers.make_tiny_teachers(root, kinds=("open_clip", "transformers", "custom"))
+    specs = {}
+    for i in range(n):
+        size = sizes[i % len(sizes)]
+        name = f"sim{i}_{size}px"
+        # the tiny open_clip builder at another input size: patch = size / 4, so 16 patches whatever the size
+        spec = tiny_teachers._open_clip(root / name, name, "open_clip", i, 32, size, 16)
+        mean, std = NORMS[(i // len(sizes)) % len(NORMS)]
+        specs[name] = dataclasses.replace(spec, mean=mean, std=std, image_size=size)
+    return specs
+
+
+def unit_costs(jsonl: Path, specs: dict[str, Any]) -> dict[str, float]:
+    """Milliseconds on one core for one image of the set: its decode, each distinct resize/crop, and each
+    to-tensor + normalise (the part every teacher does for itself)."""
+    from PIL import Image
+
+    from mmkd.teachers.base import Preprocessing
+
+    first = json.loads(jsonl.read_text().splitlines()[0])
+    data = (jsonl.parent / first["image"]).read_bytes()
+
+    def ms(fn, n: int = 5) -> float:
+        fn()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t) / n * 1e3
+
+    out = {"decode_ms": ms(lambda: Image.open(io.BytesIO(data)).convert("RGB"))}
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    for spec in specs.values():
+        size = spec.image_size or 32
+        key = f"resize_{size}px_ms"
+        if key not in out:
+            pp = Preprocessing(image_size=size, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic",
+                               resize_mode="shortest")
+            out[key] = ms(lambda pp=pp: pp.build_geometry()(img))
+            small = pp.build_geometry()(img)
+            out[f"tensor_{size}px_ms"] = ms(lambda pp=pp, small=small: pp.build_tensor()(small))
+    return out
+
+
+def run(jsonl: Path, pipelines: Path, store: Path, teachers: list[str], a: argparse.Namespace,
+        limit: int | None = None) -> dict[str, Any]:
+    """One ``run_extract`` call; wall seconds, images decoded (process counter), bytes read, teacher-rows."""
+    from mmkd.data.images import decode_count
+    from mmkd.extract import ExtractJob, run_extract
+
+    job = ExtractJob(data=str(jsonl), teachers=teachers, store=str(store), runner="local", pipeline=str(pipelines),
+                     batch_size=a.batch_size, block_size=a.block_size, workers=a.workers, decode=a.decode,
+                     device="cpu", limit=limit)
+    d0, t0 = decode_count(), time.perf_counter()
+    summary = run_extract(job)
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "decoded": decode_count() - d0, "bytes_read": summary.bytes_read,
+            "teacher_rows": summary.rows, "summary_decoded": summary.decoded}
+
+
+def add(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {k: sum(r[k] for r in runs) for k in runs[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=60)
+    ap.add_argument("--mp", type=float, default=1.2, help="megapixels per image")
+    ap.add_argument("--teachers", type=int, default=9)
+    ap.add_argument("--sizes", default="224,336,384", help="teacher input sizes, cycled over the teachers")
+    ap.add_argument("--tiny", action="store_true", help="the three tiny test teachers (32 px) instead")
+    ap.add_argument("--decode", default="full", choices=["full", "reduced"])
+    ap.add_argument("--workers", type=int, default=2, help="decode threads")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--dir", default=None, help="scratch folder (default: a temp dir, removed after)")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from extract_bench import make_dataset
+
+    from mmkd.teachers.tiny import write_pipelines
+
+    scratch = Path(a.dir or tempfile.mkdtemp(prefix="mmkd-scale-bench-"))
+    try:
+        t = time.perf_counter()
+        px = round((a.mp * 1e6) ** 0.5)
+        jsonl = make_dataset(scratch / "data", a.images, px)
+        specs = make_teachers(scratch / "teachers", a.teachers, [int(s) for s in a.sizes.split(",")], a.tiny)
+        pipelines = write_pipelines(scratch / "pipelines.yaml", specs)
+        names = list(specs)
+        print(f"setup: {a.images} JPEGs of {px}x{px} ({px * px / 1e6:.2f} MP), {len(names)} teachers "
+              f"{names}, --decode {a.decode}, {a.workers} decode threads, {os.cpu_count()} cores "
+              f"({time.perf_counter() - t:.1f}s)")
+        costs = unit_costs(jsonl, specs)
+        run(jsonl, pipelines, scratch / "warm-up", names, a, limit=2)  # imports and first-call costs, not measured
+        one = run(jsonl, pipelines, scratch / "one-pass", names, a)
+        each = add([run(jsonl, pipelines, scratch / "per-teacher", [n], a) for n in names])
+        alone = run(jsonl, pipelines, scratch / "one-teacher", names[:1], a)
+        report = {"images": a.images, "megapixels": px * px / 1e6, "teachers": names, "decode": a.decode,
+                  "workers": a.workers, "cores": os.cpu_count(), "unit_costs_ms": costs, "one_pass": one,
+                  "per_teacher": each, "one_teacher": alone,
+                  "speedup_one_pass_vs_per_teacher": each["wall_s"] / one["wall_s"],
+                  "one_pass_vs_one_teacher": one["wall_s"] / alone["wall_s"]}
+        for key in ("one_pass", "per_teacher", "one_teacher"):
+            r = report[key]
+            print(f"{key:12s} wall {r['wall_s']:7.2f}s  {r['decoded']:5d} images decoded for {r['teacher_rows']:5d} "
+                  f"teacher-rows ({r['decoded'] / max(r['teacher_rows'], 1):.3f} per teacher-row), "
+                  f"{r['bytes_read'] / 1e6:7.1f} MB read")
+        print(f"one pass is {report['speedup_one_pass_vs_per_teacher']:.2f}x faster than one pass per teacher; "
+              f"it takes {report['one_pass_vs_one_teacher']:.2f}x the wall of one teacher alone")
+        print("one image on one core: " + ", ".join(f"{k.removesuffix('_ms')} {v:.1f} ms" for k, v in costs.items()))
+        if a.json:
+            Path(a.json).write_text(json.dumps(report, indent=2))
+    finally:
+        if not a.dir:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

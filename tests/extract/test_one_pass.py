@@ -1,0 +1,134 @@
+"""One pass, many teachers: each image read and decoded once, bit-identical to per-teacher runs, per-teacher
+resume, a teacher failing to load, and placement on a GPU's memory (declared, so it runs on CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_runner_support import assert_same_store, modality_dataset
+
+from mmkd.data.images import decode_count
+from mmkd.extract import ExtractError, ExtractJob, run_extract
+from mmkd.store import FeatureStore
+from mmkd.teachers.tiny import make_tiny_teachers, write_pipelines
+
+KINDS = ("open_clip", "transformers", "unimed_clip", "medclip")
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, mmkd_demo_dir, modality_dir):
+    """Tiny teachers of every loader at 32 px, plus an open_clip one at 64 px (another input size)."""
+    root = tmp_path_factory.mktemp("onepass")
+    specs = make_tiny_teachers(root / "t32", kinds=KINDS, seed=0, dim=24, image_size=32, context_length=16)
+    big = make_tiny_teachers(root / "t64", kinds=("open_clip",), seed=1, dim=24, image_size=64, context_length=16)
+    specs["tiny_open_clip_64"] = dataclasses.replace(big["tiny_open_clip"], name="tiny_open_clip_64")
+    jsonl = modality_dataset(modality_dir, root / "modality")  # mode variants and bad samples
+    datasets = {"demo": {"path": str(mmkd_demo_dir), "format": "mmkd-clip"},
+                "modality": {"path": str(jsonl), "format": "jsonl"}}
+    pipelines = write_pipelines(root / "pipelines.yaml", specs, extra={"datasets": datasets})
+    return {"root": root, "pipelines": str(pipelines), "specs": specs}
+
+
+def _job(setup, store, **kw) -> ExtractJob:
+    values = dict(data="demo", teachers=["all"], store=str(store), runner="local", pipeline=setup["pipelines"],
+                  block_size=3, batch_size=2, workers=2)
+    return ExtractJob(**{**values, **kw})
+
+
+@pytest.mark.parametrize("data", ["demo", "modality"])
+def test_one_pass_equals_per_teacher_runs_bit_for_bit_and_decodes_once(setup, tmp_path, data):
+    names = list(setup["specs"])
+    before = decode_count()
+    one = run_extract(_job(setup, tmp_path / "one", data=data))
+    decoded_one = decode_count() - before
+    before = decode_count()
+    for name in names:  # the same store, one teacher after another (what every run did before one pass)
+        run_extract(_job(setup, tmp_path / "each", data=data, teachers=[name]))
+    decoded_each = decode_count() - before
+    assert_same_store(tmp_path / "one", tmp_path / "each")
+    store = FeatureStore.open(tmp_path / "one")
+    assert sorted(store.teachers) == sorted(names) and all(store.is_complete(n) for n in names)
+    # every readable image decoded once for all teachers, against once per teacher
+    assert one.decoded == decoded_one and decoded_one > 0
+    assert decoded_each == len(names) * decoded_one
+    assert one.bytes_read > 0 and len(one.placement) == 1 and one.placement[0]["teachers"] == names
+    assert "decodes per teacher-row" in one.format()
+
+
+def test_block_done_for_one_teacher_runs_only_the_other(setup, tmp_path):
+    a, b = "tiny_open_clip", "tiny_open_clip_64"
+    run_extract(_job(setup, tmp_path / "s", teachers=[a]))
+    (tmp_path / "s" / "_progress" / a / "block-000001.done").unlink()  # A misses block 1; B misses all 3
+    summary = run_extract(_job(setup, tmp_path / "s", teachers=[a, b]))
+    by = {t.teacher: t for t in summary.teachers}
+    assert (by[a].blocks_run, by[a].blocks_skipped, by[b].blocks_run) == (1, 2, 3)
+    assert summary.decoded == 8  # 8 samples: block 1 decoded once for both teachers, blocks 0 and 2 for B only
+    run_extract(_job(setup, tmp_path / "ref", teachers=[a, b]))
+    assert_same_store(tmp_path / "ref", tmp_path / "s")
+    assert run_extract(_job(setup, tmp_path / "s", teachers=[a, b])).noop
+
+
+def _broken_pipelines(setup, tmp_path, dim: int) -> str:
+    import yaml
+
+    cfg = yaml.safe_load(Path(setup["pipelines"]).read_text())
+    cfg["teachers"]["tiny_transformers"]["dim"] = dim  # the model outputs 24: loading fails when dim != 24
+    path = tmp_path / f"pipelines-{dim}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_teacher_failing_to_load_others_go_on_and_rerun_does_what_is_missing(setup, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-c", "from mmkd.cli import main; main()", "extract", "--teacher", "tiny_open_clip", "--teacher", "tiny_transformers",
+           "--data", "demo", "--store", str(tmp_path / "s"), "--runner", "local", "--block-size", "3",
+           "--no-progress"]
+    broken = _broken_pipelines(setup, tmp_path, 99)
+    run = subprocess.run([*cmd, "--pipeline", broken], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 1, run.stderr
+    assert "tiny_transformers: FAILED, failed to load" in run.stdout and "dim 99" in run.stdout
+    assert "1 teacher(s) failed to load: tiny_transformers" in run.stderr
+    store = FeatureStore.open(tmp_path / "s")
+    assert store.is_complete("tiny_open_clip") and "tiny_transformers" not in store.teachers
+
+    with pytest.raises(ExtractError, match=r"'tiny_transformers' failed to load, and --fail-fast stops.*dim 99"):
+        run_extract(_job({"pipelines": broken}, tmp_path / "f", teachers=["tiny_open_clip", "tiny_transformers"],
+                         fail_fast=True))
+    assert not (tmp_path / "f").exists()  # a store this run created, with no finished block, is removed
+
+    summary = run_extract(_job(setup, tmp_path / "s", teachers=["tiny_open_clip", "tiny_transformers"]))
+    by = {t.teacher: t for t in summary.teachers}
+    assert by["tiny_open_clip"].blocks_run == 0 and by["tiny_transformers"].blocks_run == 3
+    run_extract(_job(setup, tmp_path / "ref", teachers=["tiny_open_clip", "tiny_transformers"]))
+    assert_same_store(tmp_path / "ref", tmp_path / "s")
+
+
+def test_placement_splits_passes_and_refuses_a_teacher_no_gpu_holds(setup, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load(Path(setup["pipelines"]).read_text())
+    for name, gib in (("tiny_open_clip", 0.6), ("tiny_open_clip_64", 0.6), ("tiny_medclip", 0.3)):
+        cfg["teachers"][name]["memory"] = gib
+    pipelines = tmp_path / "pipelines.yaml"
+    pipelines.write_text(yaml.safe_dump(cfg))
+    names = ["tiny_open_clip", "tiny_open_clip_64", "tiny_medclip"]
+    job = _job({"pipelines": str(pipelines)}, tmp_path / "s", teachers=names, gpu_memory=1.0)
+    summary = run_extract(job)
+    assert [p["teachers"] for p in summary.placement] == [["tiny_open_clip", "tiny_medclip"], ["tiny_open_clip_64"]]
+    assert [round(p["estimated_bytes"] / 2**30, 2) for p in summary.placement] == [0.9, 0.6]
+    assert all(FeatureStore.open(tmp_path / "s").is_complete(n) for n in names)
+    assert "teachers tiny_open_clip, tiny_medclip share each worker; estimated 0.90 GiB of 1.0 GiB" in summary.format()
+    with pytest.raises(ExtractError, match=r"tiny_open_clip needs 0.60 GiB \(declared memory\).*0.50 GiB of one GPU"
+                                           r".*nothing was started"):
+        run_extract(_job({"pipelines": str(pipelines)}, tmp_path / "new", teachers=names, gpu_memory=0.5))
+    assert not (tmp_path / "new").exists()
