@@ -20,12 +20,21 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import yaml
 
 from mmkd.errors import MMKDError
 from mmkd.jsontypes import JSON, JSONDict, Pipelines
+
+
+if TYPE_CHECKING:
+    from upath import UPath
+
+# what :func:`as_path` answers: a local ``Path``, or a ``UPath`` over fsspec for a URL
+AnyPath: TypeAlias = "Path | UPath"
+# fsspec ``storage_options`` (endpoint, credentials, client settings), as a dataset spec holds them
+StorageOptions: TypeAlias = "Mapping[str, object]"
 
 KNOWN_SECTIONS = ("version", "teachers", "datasets", "extract", "students", "distill", "eval_sets", "eval")
 # what a user's file inherits from the shipped one: the registries, not the example jobs
@@ -143,13 +152,13 @@ def fixtures_root() -> Path:
     return Path(expand(env)) if env else SHIPPED.parents[2] / "shared" / "fixtures"
 
 
-def is_url(value: Any) -> bool:
+def is_url(value: object) -> bool:
     """True for an fsspec URL (``s3://``, ``gs://``, ``memory://``...); ``file://`` and plain paths are local."""
     m = _URL.match(str(value)) if isinstance(value, (str, os.PathLike)) else None
     return bool(m) and m.group(1).lower() not in ("file", "local", *NOT_FSSPEC)
 
 
-def as_path(value: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> Any:
+def as_path(value: str | os.PathLike, storage_options: StorageOptions | None = None) -> AnyPath:
     """A local ``Path``, or a ``upath.UPath`` over fsspec for a URL (``s3://bucket/key``).
 
     A ``UPath`` has the ``pathlib`` API (``/``, ``read_bytes``, ``exists``, ``glob``...)
@@ -169,7 +178,7 @@ def as_path(value: str | os.PathLike, storage_options: Mapping[str, Any] | None 
     return UPath(text, **dict(storage_options or {}))
 
 
-def is_remote(path: Any) -> bool:
+def is_remote(path: object) -> bool:
     """True when ``path`` (from :func:`as_path`) lives on an fsspec filesystem other than local disk."""
     return not isinstance(path, Path) and hasattr(path, "protocol")
 

@@ -22,12 +22,12 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmkd.config import as_path, is_remote, is_url
+from mmkd.config import AnyPath, StorageOptions, as_path, is_remote, is_url
 from mmkd.data.errors import DatasetError
 from mmkd.data.images import BadSample
 from mmkd.data.sample import Sample
@@ -109,7 +109,7 @@ class Dataset(abc.ABC):
     format: str = ""
 
     def __init__(self, uri: str, root: Path, *, name: str | None = None, options: JSONDict | None = None,
-                 storage_options: Mapping[str, Any] | None = None) -> None:
+                 storage_options: StorageOptions | None = None) -> None:
         self.uri = uri
         self.root = root
         self.name = name or self.format
@@ -285,11 +285,11 @@ class ContainerDataset(Dataset):
         return out  # type: ignore[return-value]
 
     @abc.abstractmethod
-    def _split(self, ref: str) -> tuple[str, Any]:
+    def _split(self, ref: str) -> tuple[str, str | int]:
         """``(container, key inside it)`` of a reference; DatasetError when malformed."""
 
     @abc.abstractmethod
-    def _read_container(self, rel: str, wanted: list[tuple[int, Any]], out: list) -> None:
+    def _read_container(self, rel: str, wanted: list[tuple[int, str | int]], out: list) -> None:
         """Fill ``out[i]`` with bytes or a BadSample for each ``(i, key)`` of container ``rel``."""
 
 
@@ -306,7 +306,7 @@ def split_ref(ref: str, what: str) -> tuple[str, str]:
     return container, inner
 
 
-def resolved(value: Any, storage_options: Mapping[str, Any] | None = None) -> Any:
+def resolved(value: str | os.PathLike, storage_options: StorageOptions | None = None) -> AnyPath:
     """An absolute local ``Path``, or a ``UPath`` for an object-storage URL (``s3://...``)."""
     p = as_path(value, storage_options)
     return p if is_remote(p) else Path(p).resolve()

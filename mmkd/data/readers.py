@@ -16,11 +16,10 @@ into a spec. Usage: see :mod:`mmkd.data`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
-from mmkd.config import as_path, expand, is_remote, is_url, resolve_path, section
+from mmkd.config import StorageOptions, as_path, expand, is_remote, is_url, resolve_path, section
 from mmkd.data.base import REF_SEP, Dataset, DatasetError, natural_key, resolved
 from mmkd.data.sample import Sample
 from mmkd.data.spec import DatasetSpec
@@ -51,7 +50,7 @@ __all__ = [
 ]
 
 
-def detect_format(path: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> str:
+def detect_format(path: str | os.PathLike, storage_options: StorageOptions | None = None) -> str:
     """Guess the format of a dataset path (see :data:`FORMATS`).
 
     Raises:
@@ -167,7 +166,7 @@ def datasets_from_config(cfg: Pipelines) -> dict[str, DatasetSpec]:
     return out
 
 
-def _resolved(spec: DatasetSpec, resolve: Any) -> DatasetSpec:
+def _resolved(spec: DatasetSpec, resolve: Callable[[str], str | os.PathLike]) -> DatasetSpec:
     raw = spec.path
     path = str(resolve(raw))
     if ("{" in raw or "*" in raw) and not is_url(path):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mmkd.config import is_url
+from mmkd.config import StorageOptions, is_url
 from mmkd.data.errors import DatasetError
 from mmkd.jsontypes import JSON, JSONDict
 
@@ -70,7 +70,7 @@ class DatasetSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     # fsspec options of an object-storage dataset (endpoint_url, key, secret, profile...): may hold
     # credentials, so never in repr() and left out of to_dict() (store.json, job records) unless asked
-    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    storage_options: StorageOptions = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def parse(cls, value: DatasetSpec | str | os.PathLike | Mapping[str, JSON], *,
@@ -123,7 +123,7 @@ class DatasetSpec:
                    root=None if raw.get("root") is None else str(raw["root"]), fields=fields, options=options,
                    storage_options=dict(storage))
 
-    def reader_kwargs(self, fmt: str) -> dict[str, Any]:
+    def reader_kwargs(self, fmt: str) -> dict[str, object]:
         """Keyword arguments of the ``fmt`` reader for this spec.
 
         Raises:
@@ -153,7 +153,7 @@ class DatasetSpec:
             kwargs["storage_options"] = dict(self.storage_options)
         return kwargs
 
-    def with_storage_options(self, storage_options: Mapping[str, Any]) -> DatasetSpec:
+    def with_storage_options(self, storage_options: StorageOptions) -> DatasetSpec:
         """The same spec with these fsspec ``storage_options``."""
         return replace(self, storage_options=dict(storage_options))
 

@@ -24,7 +24,6 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +49,7 @@ def cache_path(store_path: str | os.PathLike, size: int) -> Path:
     return Path(store_path) / CACHE_DIR / f"s{int(size)}"
 
 
-def _encode(data: Any, size: int, quality: int) -> tuple[bytes | None, int, int, str | None]:
+def _encode(data: bytes | BadSample, size: int, quality: int) -> tuple[bytes | None, int, int, str | None]:
     """(jpeg, source width, source height, error) for one source image."""
     from PIL import Image
 
@@ -71,7 +70,7 @@ def _encode(data: Any, size: int, quality: int) -> tuple[bytes | None, int, int,
     return buf.getvalue(), w0, h0, None
 
 
-def write_image_cache(store: Any, size: int, *, quality: int = 90, data: str | None = None,
+def write_image_cache(store: FeatureStore, size: int, *, quality: int = 90, data: str | None = None,
                       progress: Callable[[int], None] | None = None) -> Path:
     """Write (or finish) the image cache of short side ``size`` for ``store`` (a path or FeatureStore).
 
@@ -130,7 +129,7 @@ def write_image_cache(store: Any, size: int, *, quality: int = 90, data: str | N
     return out
 
 
-def find_image_cache(store: Any, min_size: int) -> Path | None:
+def find_image_cache(store: FeatureStore, min_size: int) -> Path | None:
     """The smallest complete cache of ``store`` with short side >= ``min_size`` from the store's own
     dataset and rows, or None (always None on object storage: the cache is written on local disk only)."""
     if is_remote(store.path):

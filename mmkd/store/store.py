@@ -25,11 +25,11 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from mmkd.config import as_path, is_remote
+from mmkd.config import AnyPath, as_path, is_remote
 from mmkd.data import Sample
 from mmkd.data.badrows import BadRow
 from mmkd.jsontypes import JSON, JSONDict
@@ -39,6 +39,9 @@ from mmkd.store.failures import read_dataset_failures, write_dataset_failures
 from mmkd.store.format import StoreError
 from mmkd.store.index import DEFAULT_INDEX_CACHE_GROUPS, IndexMixin, index_schema, sample_rows
 from mmkd.store.manifest import DatasetRecord, StoreManifest, read_manifest, write_manifest
+
+if TYPE_CHECKING:
+    from zarr.storage import FsspecStore
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +293,7 @@ class FeatureStore(IndexMixin, BlocksMixin):
         return f"FeatureStore({str(self.path)!r}, n={self.n}, teachers={self.teachers})"
 
 
-def zarr_location(path: Any, read_only: bool = False) -> Any:
+def zarr_location(path: AnyPath, read_only: bool = False) -> str | FsspecStore:
     """What ``zarr.open_group`` takes for ``path``: the folder as a string, or zarr's fsspec store for a URL."""
     if not is_remote(path):
         return str(path)

@@ -22,7 +22,7 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmkd.jsontypes import JSONDict, Pipelines
 from mmkd.teachers.custom_models import build_custom_model
@@ -31,6 +31,9 @@ from mmkd.teachers.weights import (
     OPEN_CLIP_WEIGHT_FILES, TOKENIZER_FILES, _first_cached, _tokenizer_status, cached_file, checkpoint_missing,
     repo_cache_path, weights_status,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,8 @@ def _stored_config(spec: TeacherSpec) -> tuple[dict[str, Any] | None, str]:
     return None, where
 
 
-def build_declared_open_clip(spec: TeacherSpec, device: Any = "cpu", cfg: Pipelines | None = None) -> Any:
+def build_declared_open_clip(spec: TeacherSpec, device: str | torch.device = "cpu",
+                             cfg: Pipelines | None = None) -> torch.nn.Module:
     """Build an open_clip model from the ``model_cfg`` declared in the spec, offline and without weights.
 
     A Hugging Face text tower (``text_cfg.hf_model_name``) is built from
@@ -104,7 +108,7 @@ def build_declared_open_clip(spec: TeacherSpec, device: Any = "cpu", cfg: Pipeli
                            f"{type(e).__name__}: {e}") from e
 
 
-def build_architecture(spec: TeacherSpec, device: Any = "meta") -> Any:
+def build_architecture(spec: TeacherSpec, device: str | torch.device = "meta") -> torch.nn.Module:
     """The teacher's model with random (``meta``: no) weights, from what ``pipelines.yaml`` declares.
 
     Raises:

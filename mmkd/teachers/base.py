@@ -7,7 +7,7 @@ import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,9 @@ from PIL import Image
 from mmkd.jsontypes import JSONDict
 from mmkd.data.images import convert_mode
 from mmkd.teachers.spec import TeacherSpec
+
+if TYPE_CHECKING:
+    from torchvision.transforms import InterpolationMode
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,7 @@ class Preprocessing:
 
 
 class _ResizeLongest:
-    def __init__(self, size: int, interpolation: Any) -> None:
+    def __init__(self, size: int, interpolation: InterpolationMode) -> None:
         self.size, self.interpolation = size, interpolation
 
     def __call__(self, img: Image.Image) -> Image.Image:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -75,7 +75,7 @@ def _preprocessing(spec: TeacherSpec, size: int | Sequence[int], mean: Sequence[
         resize_mode=spec.resize_mode or resize_mode or "shortest", grayscale=spec.grayscale)
 
 
-def _infer_dim(spec: TeacherSpec, model_fn: Any, pp: Preprocessing, device: torch.device) -> int:
+def _infer_dim(spec: TeacherSpec, model_fn: Callable[[torch.Tensor], object], pp: Preprocessing, device: torch.device) -> int:
     channels = 1 if pp.grayscale else 3
     with torch.inference_mode():
         out = model_fn(torch.zeros(1, channels, pp.image_size, pp.image_size, device=device))
@@ -155,7 +155,7 @@ def _open_clip_weights_file(spec: TeacherSpec) -> str | None:
     return None  # hub weights are pinned by their commit (revision) instead
 
 
-def _features(out: Any) -> torch.Tensor:
+def _features(out: object) -> torch.Tensor:
     """transformers 5 returns a ModelOutput from get_*_features; older versions a tensor."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 

@@ -23,7 +23,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,11 @@ from mmkd.store import FeatureStore, StoreError
 from mmkd.teachers import TeacherSpec
 from mmkd.store.content import record_block_hashes, sha256_of
 from mmkd.store.format import FEATURE_DTYPE
+
+if TYPE_CHECKING:
+    import torch
+
+    from mmkd.teachers import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +107,7 @@ class _Slot:
         self.geometry_key, self.geometry, self.tensorize = pp.geometry_key, pp.build_geometry(), pp.build_tensor()
 
 
-def _param_bytes(model: Any) -> int:
+def _param_bytes(model: torch.nn.Module) -> int:
     try:
         return int(sum(p.numel() * p.element_size() for p in model.parameters()))
     except (AttributeError, TypeError):
@@ -119,7 +124,7 @@ class BlockWorker:
             its error is kept in :attr:`load_errors` and the other teachers run.
     """
 
-    def __init__(self, specs: Any, config: WorkerConfig, fail_fast: bool = True) -> None:
+    def __init__(self, specs: TeacherSpec | JSONDict | Sequence[TeacherSpec | JSONDict], config: WorkerConfig, fail_fast: bool = True) -> None:
         specs = specs if isinstance(specs, (list, tuple)) else [specs]
         self.specs = [TeacherSpec.from_dict(s) if isinstance(s, dict) else s for s in specs]
         self.config = config
@@ -140,7 +145,7 @@ class BlockWorker:
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="mmkd-decode")
         self._next: tuple[int, tuple[str, ...], tuple, deque] | None = None  # (block, teachers, rows, futures)
 
-    def _load(self, spec: Any, fail_fast: bool) -> None:
+    def _load(self, spec: TeacherSpec, fail_fast: bool) -> None:
         # torch, open_clip, transformers load here, in the worker: the Ray driver imports this module too
         from mmkd.teachers.loaders import load_teacher
 
@@ -164,7 +169,7 @@ class BlockWorker:
 
     # single-teacher views (a worker with one teacher, as the tests and older callers use it)
     @property
-    def spec(self) -> Any:
+    def spec(self) -> TeacherSpec:
         return self.specs[0]
 
     @property
@@ -172,18 +177,18 @@ class BlockWorker:
         return self.specs[0].name
 
     @property
-    def teacher(self) -> Any:
+    def teacher(self) -> Teacher:
         return self.slots[self.name].teacher
 
     @property
-    def attrs(self) -> dict[str, Any]:
+    def attrs(self) -> JSONDict:
         return self.slots[self.name].attrs
 
-    def teacher_attrs(self) -> dict[str, dict[str, Any]]:
+    def teacher_attrs(self) -> dict[str, JSONDict]:
         """Store attributes of every loaded teacher, by name."""
         return {name: slot.attrs for name, slot in self.slots.items()}
 
-    def memory(self) -> dict[str, Any]:
+    def memory(self) -> JSONDict:
         """What the loaded teachers hold: parameter bytes per teacher, and the device's peak when it is CUDA."""
         out: dict[str, Any] = {"params_bytes": {n: s.param_bytes for n, s in self.slots.items()}}
         if self.device.startswith("cuda"):
@@ -192,7 +197,7 @@ class BlockWorker:
             out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
         return out
 
-    def _add_teacher(self, name: str, dim: int, attrs: dict[str, Any]) -> None:
+    def _add_teacher(self, name: str, dim: int, attrs: JSONDict) -> None:
         store = self.store
         if name in store.teachers and store.done_blocks(name):
             old, now = store.attrs(name), json.loads(json.dumps(attrs))  # tuples -> lists, as stored

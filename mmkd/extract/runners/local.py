@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from mmkd.extract.runners.base import BaseRunner, BlockCallback, PassResult, check_loaded, pass_queue
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig
-from mmkd.jsontypes import JSONDict
 
 if TYPE_CHECKING:
     from mmkd.teachers import TeacherSpec

@@ -22,7 +22,7 @@ from mmkd.jsontypes import JSONDict
 from mmkd.store import FeatureStore, StoreError
 from mmkd.store import format as fmt
 from mmkd.store.format import atomic_write_json
-from mmkd.store.manifest import check_dataset, short_fingerprint
+from mmkd.store.manifest import check_dataset
 
 log = logging.getLogger(__name__)
 
