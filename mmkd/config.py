@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import yaml
 
 from mmkd.errors import MMKDError
-from mmkd.jsontypes import JSON, JSONDict, Pipelines
+from mmkd.jsontypes import JSON, JSONDict
 
 
 if TYPE_CHECKING:
@@ -35,6 +36,51 @@ if TYPE_CHECKING:
 AnyPath: TypeAlias = "Path | UPath"
 # fsspec ``storage_options`` (endpoint, credentials, client settings), as a dataset spec holds them
 StorageOptions: TypeAlias = "Mapping[str, object]"
+
+@dataclass(frozen=True)
+class Pipelines(Mapping[str, JSON]):
+    """A parsed pipelines file: its sections of named entries, and where each entry came from.
+
+    Reads as the mapping the YAML holds (``cfg["teachers"]``, ``cfg.get("datasets")``);
+    what the merge of the shipped file and the user's knows besides sits in fields,
+    not in keys of that mapping.
+
+    Attributes:
+        sections: top-level key -> value (``version``, and each section's name -> entry).
+        path: the user's file (the shipped one when there is none); ``None`` for a
+            mapping built in code.
+        bases: ``(section, entry)`` -> the folder that entry's relative paths resolve
+            against (its file's folder; the working directory for shipped entries, whose
+            relative paths are outputs such as ``stores/...``).
+        own: section -> the entry names the user's own file declares.
+    """
+
+    sections: dict[str, JSON] = field(default_factory=dict)
+    path: Path | None = None
+    bases: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
+    own: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def __getitem__(self, key: str) -> JSON:
+        return self.sections[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sections)
+
+    def __len__(self) -> int:
+        return len(self.sections)
+
+    @classmethod
+    def of(cls, value: Mapping[str, JSON] | None) -> Pipelines:
+        """``value`` as a :class:`Pipelines`: kept when it is one, else a mapping built in code (no file)."""
+        if isinstance(value, Pipelines):
+            return value
+        return cls(dict(value or {}))
+
+    @property
+    def where(self) -> str:
+        """The file, for messages."""
+        return str(self.path) if self.path is not None else "the pipelines given"
+
 
 KNOWN_SECTIONS = ("version", "teachers", "datasets", "extract", "students", "distill", "eval_sets", "eval")
 # what a user's file inherits from the shipped one: the registries, not the example jobs
@@ -68,11 +114,8 @@ def load_pipelines(path: str | os.PathLike | None = None) -> Pipelines:
         path: the user's file; ``None`` picks :func:`default_pipelines_path`.
 
     Returns:
-        The merged mapping. ``_path`` is the user's file (the shipped one when there
-        is none); ``_bases`` maps ``(section, entry)`` to the folder that entry's
-        relative paths resolve against (its file's folder; the working directory for
-        shipped entries, whose relative paths are outputs such as ``stores/...``);
-        ``_own`` maps each section to the entry names the user's file declares.
+        The merged file: each entry from the file that declares it last, with that file's
+        folder as its base for relative paths (:class:`Pipelines`).
 
     Raises:
         ConfigError: the file is absent, not YAML, or has unknown top-level keys.
@@ -80,7 +123,9 @@ def load_pipelines(path: str | os.PathLike | None = None) -> Pipelines:
     user = Path(path) if path is not None else default_pipelines_path()
     if user is not None and not user.is_file():
         raise ConfigError(f"pipelines file {str(user)!r} not found; pass --pipeline FILE or create {DEFAULT_NAME}")
-    merged: dict[str, Any] = {"_bases": {}, "_own": {}}
+    merged: dict[str, JSON] = {}
+    bases: dict[tuple[str, str], Path] = {}
+    own: dict[str, list[str]] = {}
     files = [SHIPPED] if SHIPPED.is_file() else []
     if user is not None and (not files or user.resolve() != SHIPPED):
         files.append(user)
@@ -97,13 +142,12 @@ def load_pipelines(path: str | os.PathLike | None = None) -> Pipelines:
             if shipped_only and key not in INHERITED:
                 continue
             if p == files[-1]:
-                merged["_own"][key] = [str(n) for n in (value or {})]
+                own[key] = [str(n) for n in (value or {})]
             into = merged.setdefault(key, {})
             for name, entry in (value or {}).items():
                 into[name] = entry
-                merged["_bases"][(key, str(name))] = base
-    merged["_path"] = str(files[-1].resolve())
-    return merged
+                bases[(key, str(name))] = base
+    return Pipelines(merged, path=files[-1].resolve(), bases=bases, own=own)
 
 
 def _read_pipelines(p: Path) -> Pipelines:
@@ -201,11 +245,11 @@ def resolve_path(cfg: Pipelines | None, value: str | os.PathLike, *, section: st
     if p.is_absolute():
         return p
     if base is None and cfg is not None:
-        bases = cfg.get("_bases") or {}
-        if section is not None and entry is not None and (section, entry) in bases:
-            base = bases[(section, entry)]
-        elif "_path" in cfg:
-            base = Path(cfg["_path"]).parent
+        cfg = Pipelines.of(cfg)
+        if section is not None and entry is not None and (section, entry) in cfg.bases:
+            base = cfg.bases[(section, entry)]
+        elif cfg.path is not None:
+            base = cfg.path.parent
     return (base or Path.cwd()) / p
 
 
@@ -218,7 +262,7 @@ def named_entry(cfg: Pipelines, section_name: str, name: str, *, what: str | Non
     entries = section(cfg, section_name)
     if name not in entries:
         raise ConfigError(f"unknown {what or section_name} {name!r}; entries under `{section_name}:` "
-                          f"in {cfg.get('_path')}: {sorted(entries)}")
+                          f"in {Pipelines.of(cfg).where}: {sorted(entries)}")
     entry = entries[name]
     if entry is not None and not isinstance(entry, dict):
         raise ConfigError(f"`{section_name}: {name}` must be a mapping, got {entry!r}")

@@ -10,5 +10,3 @@ from typing import TypeAlias
 JSONScalar: TypeAlias = "str | int | float | bool | None"
 JSON: TypeAlias = "JSONScalar | list[JSON] | dict[str, JSON]"
 JSONDict: TypeAlias = "dict[str, JSON]"
-# the parsed pipelines file (mmkd.config.load_pipelines): sections of named entries
-Pipelines: TypeAlias = "dict[str, JSON]"

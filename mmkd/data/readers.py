@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from mmkd.config import StorageOptions, as_path, expand, is_remote, is_url, resolve_path, section
+from mmkd.config import Pipelines, StorageOptions, as_path, expand, is_remote, is_url, resolve_path, section
 from mmkd.data.base import REF_SEP, Dataset, DatasetError, natural_key, resolved
 from mmkd.data.sample import Sample
 from mmkd.data.spec import DatasetSpec
@@ -32,7 +32,7 @@ from mmkd.data.tables import (
     is_mmkd_clip_table,
 )
 from mmkd.data.webdataset import WebDataset
-from mmkd.jsontypes import JSON, JSONDict, Pipelines
+from mmkd.jsontypes import JSON, JSONDict
 
 FORMATS: dict[str, type[Dataset]] = {
     "mmkd-clip": MmkdClipDataset,

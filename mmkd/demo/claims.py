@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from mmkd.errors import DemoError
-from mmkd.jsontypes import JSONDict, Pipelines
+from mmkd.config import Pipelines
+from mmkd.jsontypes import JSONDict
 from mmkd.eval.features import FeatureCache, set_features
 from mmkd.eval.runner import _Models
 from mmkd.eval.sets import load_eval_set

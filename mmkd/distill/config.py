@@ -13,13 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmkd.config import ConfigError, merge_entry, resolve_path, section
+from mmkd.config import ConfigError, Pipelines, merge_entry, resolve_path, section
 from mmkd.data import resolve_data
 from mmkd.errors import DistillError
-from mmkd.jsontypes import JSON, JSONDict, Pipelines
+from mmkd.jsontypes import JSON, JSONDict
 
 if TYPE_CHECKING:
     import torch
@@ -457,6 +456,6 @@ def load_distill_config(pipelines: Pipelines | None, run: str | None,
         values["data"] = resolve_data(values["data"], pipelines).to_dict()
     cfg = DistillConfig(**_nest(values))
     cfg.students_section = section(pipelines, "students")
-    if pipelines.get("_path"):
-        cfg.students_base_dir = str(Path(pipelines["_path"]).parent)
+    if Pipelines.of(pipelines).path is not None:
+        cfg.students_base_dir = str(Pipelines.of(pipelines).path.parent)
     return cfg.validate()

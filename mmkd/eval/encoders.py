@@ -24,7 +24,8 @@ import numpy as np
 
 from mmkd.errors import MMKDError
 from mmkd.eval.zeroshot import l2_normalize
-from mmkd.jsontypes import JSON, Pipelines
+from mmkd.config import Pipelines
+from mmkd.jsontypes import JSON
 from mmkd.store import FeatureStore
 from mmkd.teachers import get_teacher_spec
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mmkd.config import ConfigError, merge_entry, resolve_path, section
+from mmkd.config import ConfigError, Pipelines, merge_entry, resolve_path, section
 from mmkd.errors import MMKDError
 from mmkd.eval.clip_benchmark import write_clip_benchmark_csv
 from mmkd.eval.encoders import Encoder, StoreEncoder, StudentEncoder, TeacherEncoder
@@ -22,7 +22,7 @@ from mmkd.eval.sets import EvalSet, eval_set_from_data, load_eval_set
 from mmkd.eval.splits import TaskNotApplicable
 from mmkd.eval.tasksets import check_task_sets, run_task_set
 from mmkd.eval.zeroshot import evaluate_zeroshot
-from mmkd.jsontypes import JSONDict, Pipelines
+from mmkd.jsontypes import JSONDict
 from mmkd.store import FeatureStore
 from mmkd.teachers import TeacherError
 from mmkd.data.images import BadSample

@@ -40,12 +40,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mmkd.config import ConfigError, fixtures_root, read_yaml_mapping, resolve_path, section
+from mmkd.config import ConfigError, Pipelines, fixtures_root, read_yaml_mapping, resolve_path, section
 from mmkd.data import DatasetError, open_dataset, resolve_data
 from mmkd.eval.tasksets import build_task_set
 from mmkd.eval.types import EvalItem, EvalSet  # noqa: F401  (EvalItem: re-exported, the item type of a set)
 from mmkd.eval.zeroshot import DEFAULT_TEMPLATES
-from mmkd.jsontypes import JSONDict, Pipelines
+from mmkd.jsontypes import JSONDict
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmkd.jsontypes import JSONDict, Pipelines
+from mmkd.config import Pipelines
+from mmkd.jsontypes import JSONDict
 from mmkd.teachers.custom_models import build_custom_model
 from mmkd.teachers.spec import TeacherError, TeacherSpec
 from mmkd.teachers.weights import (

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.errors import MMKDError
-from mmkd.jsontypes import JSON, JSONDict, Pipelines
-from mmkd.config import expand as _expand, load_pipelines, resolve_path, section
+from mmkd.jsontypes import JSON, JSONDict
+from mmkd.config import Pipelines, expand as _expand, load_pipelines, resolve_path, section
 
 LOADERS = ("open_clip", "transformers", "custom")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -248,7 +248,7 @@ def teachers_from_config(cfg: Pipelines) -> dict[str, TeacherSpec]:
     """
     # each entry's relative paths resolve against the file that declared it (mmkd.config.resolve_path)
     return {str(name): _from_entry(str(name), entry, resolve_path(cfg, ".", section="teachers", entry=str(name))
-                                   if cfg.get("_path") else None)
+                                   if Pipelines.of(cfg).path is not None else None)
             for name, entry in section(cfg, "teachers").items()}
 
 
@@ -263,7 +263,7 @@ def teachers_in_scope(cfg: Pipelines, names: list[str] | tuple[str, ...] = ()) -
     specs = teachers_from_config(cfg)
     if names:
         return {n: get_teacher_spec(n, cfg) for n in dict.fromkeys(names)}
-    own = (cfg.get("_own") or {}).get("teachers")
+    own = Pipelines.of(cfg).own.get("teachers")
     return {n: s for n, s in specs.items() if not own or n in own}
 
 
@@ -279,7 +279,7 @@ def get_teacher_spec(name: str, cfg: Pipelines | None = None) -> TeacherSpec:
     """
     specs = teachers_from_config(cfg if cfg is not None else load_pipelines(None))
     if name not in specs:
-        where = (cfg or {}).get("_path", "the pipelines file")
+        where = Pipelines.of(cfg).where
         raise UnknownTeacherError(
             f"unknown teacher {name!r}; teachers declared in {where}: {sorted(specs)}. "
             "Add an entry under 'teachers:' or pick one of these.")

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mmkd.errors import MMKDError
-from mmkd.jsontypes import JSON, JSONDict, Pipelines
+from mmkd.jsontypes import JSON, JSONDict
 
 if TYPE_CHECKING:
     from mmkd.teachers import TeacherSpec
 
-from mmkd.config import ConfigError, load_pipelines, merge_entry, resolve_path, section
+from mmkd.config import ConfigError, Pipelines, load_pipelines, merge_entry, resolve_path, section
 from mmkd.data import open_dataset, resolve_data
 from mmkd.teachers import get_teacher_spec
 from mmkd.teachers.spec import teachers_in_scope
@@ -171,7 +171,7 @@ def job_from_config(cfg: Pipelines | None = None, run: str | None = None, **over
         raise ExtractError(str(e)) from e
     if run is not None and isinstance(values.get("data"), (str, dict)) and "data" not in overrides:
         values["data"] = _entry_data(cfg, run, values["data"])
-    values.setdefault("pipeline", cfg.get("_path"))
+    values.setdefault("pipeline", str(Pipelines.of(cfg).path or "") or None)
     values.setdefault("name", run)
     for key in ("data", "teachers", "store"):
         values.setdefault(key, None)
@@ -197,7 +197,7 @@ def resolve_teachers(job: ExtractJob, cfg: Pipelines) -> list[TeacherSpec]:
     if ALL_TEACHERS in job.teachers:
         specs = list(teachers_in_scope(cfg).values())  # the user's own teachers, else every shipped one
         if not specs:
-            raise ExtractError(f"--all-teachers: no teachers declared in {cfg.get('_path')}")
+            raise ExtractError(f"--all-teachers: no teachers declared in {Pipelines.of(cfg).where}")
         return specs
     return [get_teacher_spec(name, cfg) for name in dict.fromkeys(job.teachers)]
 
