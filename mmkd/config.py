@@ -178,9 +178,9 @@ def read_yaml_mapping(path: Path, what: str) -> JSONDict:
     return data
 
 
-def section(cfg: Pipelines, name: str) -> JSONDict:
+def section(pipelines: Pipelines, name: str) -> JSONDict:
     """One top-level section (empty mapping when absent)."""
-    return dict(cfg.get(name) or {})
+    return dict(pipelines.get(name) or {})
 
 
 def expand(value: str) -> str:
@@ -227,7 +227,7 @@ def is_remote(path: object) -> bool:
     return not isinstance(path, Path) and hasattr(path, "protocol")
 
 
-def resolve_path(cfg: Pipelines | None, value: str | os.PathLike, *, section: str | None = None,
+def resolve_path(pipelines: Pipelines | None, value: str | os.PathLike, *, section: str | None = None,
                  entry: str | None = None, base: Path | None = None) -> Path:
     """Resolve a path written in a pipelines file (or a spec file), the one way every stage does it.
 
@@ -244,32 +244,32 @@ def resolve_path(cfg: Pipelines | None, value: str | os.PathLike, *, section: st
     p = Path(text)
     if p.is_absolute():
         return p
-    if base is None and cfg is not None:
-        cfg = Pipelines.of(cfg)
-        if section is not None and entry is not None and (section, entry) in cfg.bases:
-            base = cfg.bases[(section, entry)]
-        elif cfg.path is not None:
-            base = cfg.path.parent
+    if base is None and pipelines is not None:
+        pipelines = Pipelines.of(pipelines)
+        if section is not None and entry is not None and (section, entry) in pipelines.bases:
+            base = pipelines.bases[(section, entry)]
+        elif pipelines.path is not None:
+            base = pipelines.path.parent
     return (base or Path.cwd()) / p
 
 
-def named_entry(cfg: Pipelines, section_name: str, name: str, *, what: str | None = None) -> JSONDict:
+def named_entry(pipelines: Pipelines, section_name: str, name: str, *, what: str | None = None) -> JSONDict:
     """The entry ``name`` of a section, as a new dict.
 
     Raises:
         ConfigError: no such entry (the message lists the declared ones and where).
     """
-    entries = section(cfg, section_name)
+    entries = section(pipelines, section_name)
     if name not in entries:
         raise ConfigError(f"unknown {what or section_name} {name!r}; entries under `{section_name}:` "
-                          f"in {Pipelines.of(cfg).where}: {sorted(entries)}")
+                          f"in {Pipelines.of(pipelines).where}: {sorted(entries)}")
     entry = entries[name]
     if entry is not None and not isinstance(entry, dict):
         raise ConfigError(f"`{section_name}: {name}` must be a mapping, got {entry!r}")
     return dict(entry or {})
 
 
-def merge_entry(cfg: Pipelines | None, section_name: str, name: str | None, flags: Mapping[str, JSON], *,
+def merge_entry(pipelines: Pipelines | None, section_name: str, name: str | None, flags: Mapping[str, JSON], *,
                 allowed: Iterable[str], path_keys: Iterable[str] = (), what: str | None = None) -> JSONDict:
     """A named entry merged with command-line flags: the one merge every stage uses.
 
@@ -284,13 +284,13 @@ def merge_entry(cfg: Pipelines | None, section_name: str, name: str | None, flag
     values: dict[str, Any] = {}
     label = what or section_name
     if name is not None:
-        values = named_entry(cfg or {}, section_name, name, what=what)
+        values = named_entry(pipelines or {}, section_name, name, what=what)
         unknown = sorted(set(values) - allowed)
         if unknown:
             raise ConfigError(f"{label} {name!r}: unknown keys {unknown}; valid keys: {sorted(allowed)}")
         for key in path_keys:
             if isinstance(values.get(key), str) and values[key]:
-                values[key] = str(resolve_path(cfg, values[key], section=section_name, entry=name))
+                values[key] = str(resolve_path(pipelines, values[key], section=section_name, entry=name))
     given = {k: v for k, v in flags.items() if v is not None}
     unknown = sorted(set(given) - allowed)
     if unknown:

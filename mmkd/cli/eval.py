@@ -91,7 +91,7 @@ def eval_cmd(pipeline, run, models, sets, data, label, tasks, out, stores, cache
         plan = plan_eval(cfg, run, flags)
         plan.config.device = resolve_device(plan.config.device)
         plan.config.progress = True
-        results = evaluate(plan.models, plan.sets, plan.out, cfg=cfg, ecfg=plan.config,
+        results = evaluate(plan.models, plan.sets, plan.out, pipelines=cfg, ecfg=plan.config,
                            csv=Path(plan.out) / "results.csv" if "csv" in formats else None)
     except MMKDError as e:
         raise click.ClickException(str(e)) from e

@@ -151,18 +151,18 @@ def _open_table(cls: type[Dataset], path: Path, options: JSONDict) -> Dataset:
     return cls(path, uri=uri, **options)
 
 
-def datasets_from_config(cfg: Pipelines) -> dict[str, DatasetSpec]:
+def datasets_from_config(pipelines: Pipelines) -> dict[str, DatasetSpec]:
     """The ``datasets:`` section as ``name -> spec``, paths resolved against the file that declared each.
 
     Raises:
         DatasetError: an entry is not a mapping, has no ``path`` or has an unknown key.
     """
     out: dict[str, DatasetSpec] = {}
-    for name, entry in section(cfg, "datasets").items():
+    for name, entry in section(pipelines, "datasets").items():
         if not isinstance(entry, dict):
             raise DatasetError(f"datasets entry {name!r} must be a mapping with a 'path' (got {entry!r})")
         spec = DatasetSpec.parse({"name": name, **entry}, where=f"datasets entry {name!r}")
-        out[name] = _resolved(spec, lambda v, n=name: resolve_path(cfg, v, section="datasets", entry=n))
+        out[name] = _resolved(spec, lambda v, n=name: resolve_path(pipelines, v, section="datasets", entry=n))
     return out
 
 
@@ -176,7 +176,7 @@ def _resolved(spec: DatasetSpec, resolve: Callable[[str], str | os.PathLike]) ->
                        options=dict(spec.options), storage_options=dict(spec.storage_options))
 
 
-def resolve_data(value: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, cfg: Pipelines | None = None, *,
+def resolve_data(value: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, pipelines: Pipelines | None = None, *,
                  base: Path | None = None) -> DatasetSpec:
     """What ``--data VALUE`` names, as a spec: a ``datasets:`` name, a path or pattern, or a spec mapping.
 
@@ -187,15 +187,15 @@ def resolve_data(value: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, cf
         DatasetError: not a declared name and not an existing path (the message
             lists the declared names), or a malformed mapping.
     """
-    cfg = cfg or {}
+    pipelines = Pipelines.of(pipelines)
     if isinstance(value, DatasetSpec):
         return value
     if isinstance(value, Mapping):
         return _resolved(DatasetSpec.parse(value), lambda v: resolve_path(None, v, base=base or Path.cwd()))
     text = str(value)
-    declared = section(cfg, "datasets")
+    declared = section(pipelines, "datasets")
     if text in declared:
-        return datasets_from_config(cfg)[text]
+        return datasets_from_config(pipelines)[text]
     resolved = resolve_path(None, text, base=base or Path.cwd())
     if not resolved.exists() and not any(ch in text for ch in "{*?["):
         raise DatasetError(f"--data {text!r}: no such file or folder ({resolved}), and no dataset of that name is "
@@ -207,13 +207,13 @@ def resolve_data(value: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, cf
     return DatasetSpec(path=path)
 
 
-def get_dataset(name: str, cfg: Pipelines, **overrides: JSON) -> Dataset:
+def get_dataset(name: str, pipelines: Pipelines, **overrides: JSON) -> Dataset:
     """Open the dataset named ``name`` in the ``datasets:`` section (``overrides`` win over the entry).
 
     Raises:
         DatasetError: unknown name (the message lists the valid ones), or the dataset fails to open.
     """
-    specs = datasets_from_config(cfg)
+    specs = datasets_from_config(pipelines)
     if name not in specs:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {sorted(specs)} (see the datasets: section)")
     return open_dataset(specs[name], **overrides)

@@ -213,7 +213,7 @@ def evaluate_all(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str,
                       resamples=cfg.eval_resamples, seed=cfg.seed, batch_size=256, device="cpu")
     models = list(cfg.experts) + list(exports.values())
     sets = list(corpus["eval_sets"].values()) + list(corpus.get("task_sets", {}).values())
-    return evaluate(models, sets, out / "eval", cfg=load_pipelines(pipelines), ecfg=ecfg)
+    return evaluate(models, sets, out / "eval", pipelines=load_pipelines(pipelines), ecfg=ecfg)
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = "ray",

@@ -133,12 +133,12 @@ class TeacherEncoder:
 
     Args:
         name: the teacher's key.
-        cfg: the loaded pipelines mapping.
+        pipelines: the loaded pipelines file.
         device: torch device (default: cuda when available).
     """
 
-    def __init__(self, name: str, cfg: Pipelines | None = None, device: str | None = None) -> None:
-        self.spec = get_teacher_spec(name, cfg)
+    def __init__(self, name: str, pipelines: Pipelines | None = None, device: str | None = None) -> None:
+        self.spec = get_teacher_spec(name, pipelines)
         self.name = name
         self.model_id = f"teacher-{_digest(self.spec.to_dict(), _weights_stamp(self.spec.weights))}"
         self._device = device

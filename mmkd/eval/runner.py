@@ -102,7 +102,7 @@ class EvalPlan:
     config: EvalConfig
 
 
-def plan_eval(cfg: Pipelines, run: str | None, flags: JSONDict) -> EvalPlan:
+def plan_eval(pipelines: Pipelines, run: str | None, flags: JSONDict) -> EvalPlan:
     """Merge a named ``eval:`` entry with command-line flags (:func:`mmkd.config.merge_entry`) into a plan.
 
     ``flags`` uses the entry's keys; list values (``models``, ``sets``, ``data``)
@@ -115,9 +115,9 @@ def plan_eval(cfg: Pipelines, run: str | None, flags: JSONDict) -> EvalPlan:
     """
     given = {k: (v or None) if isinstance(v, (list, tuple, dict)) else v for k, v in flags.items()}
     cli_stores = given.pop("stores", None) or {}
-    entry = merge_entry(cfg, "eval", run, given, allowed=JOB_KEYS, path_keys=("out", "cache_dir"), what="eval run")
+    entry = merge_entry(pipelines, "eval", run, given, allowed=JOB_KEYS, path_keys=("out", "cache_dir"), what="eval run")
     if run is not None and entry.get("stores"):
-        entry["stores"] = {k: str(resolve_path(cfg, v, section="eval", entry=run)) for k, v in entry["stores"].items()}
+        entry["stores"] = {k: str(resolve_path(pipelines, v, section="eval", entry=run)) for k, v in entry["stores"].items()}
     entry["stores"] = {**(entry.get("stores") or {}), **cli_stores}
     if "probe" in entry and isinstance(entry["probe"], dict):
         entry["probe"] = ProbeConfig(**{k: tuple(v) if k == "l2_grid" else v for k, v in entry["probe"].items()})
@@ -125,9 +125,9 @@ def plan_eval(cfg: Pipelines, run: str | None, flags: JSONDict) -> EvalPlan:
         raise ConfigError("eval: give --out DIR (or a --run whose entry has `out:`)")
     data_sets = []
     for value in entry.get("data") or []:
-        if run is not None and "data" not in given and isinstance(value, str) and value not in section(cfg, "datasets"):
-            value = str(resolve_path(cfg, value, section="eval", entry=run))
-        data_sets.append(eval_set_from_data(value, cfg, label_key=entry.get("label")))
+        if run is not None and "data" not in given and isinstance(value, str) and value not in section(pipelines, "datasets"):
+            value = str(resolve_path(pipelines, value, section="eval", entry=run))
+        data_sets.append(eval_set_from_data(value, pipelines, label_key=entry.get("label")))
     settings = {k: v for k, v in entry.items() if k not in _RUN_ONLY}
     ecfg = EvalConfig(tasks=parse_tasks(entry.get("tasks")), **settings)
     return EvalPlan(models=list(entry.get("models") or []), sets=list(entry.get("sets") or []) + data_sets,
@@ -137,8 +137,8 @@ def plan_eval(cfg: Pipelines, run: str | None, flags: JSONDict) -> EvalPlan:
 class _Models:
     """Builds each model once per run; picks the store encoder where a set's store holds the teacher."""
 
-    def __init__(self, cfg: Pipelines, device: str | None) -> None:
-        self.cfg, self.device = cfg, device
+    def __init__(self, pipelines: Pipelines, device: str | None) -> None:
+        self.pipelines, self.device = pipelines, device
         self._built: dict[str, Encoder] = {}
         self._checked: set[tuple[str, str]] = set()  # (store, eval set) whose images were checked
 
@@ -151,7 +151,7 @@ class _Models:
                 raise EvalError(f"model {model!r} is a path but not a student export (no open_clip_config.json)")
             else:
                 try:
-                    self._built[model] = TeacherEncoder(model, self.cfg, self.device)
+                    self._built[model] = TeacherEncoder(model, self.pipelines, self.device)
                 except TeacherError as e:
                     raise EvalError(f"model {model!r} is neither a student export folder (with "
                                     f"open_clip_config.json) nor a usable teacher: {e}") from e
@@ -229,7 +229,7 @@ def run_tasks(feats: SetFeatures, evalset: EvalSet, ecfg: EvalConfig) -> dict[st
     return out
 
 
-def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, *, cfg: Pipelines | None = None,
+def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, *, pipelines: Pipelines | None = None,
              ecfg: EvalConfig | None = None, csv: str | Path | None = None) -> Results:
     """Evaluate models on eval sets and write ``results.json``, ``results.md`` and ``results.png`` to ``out``.
 
@@ -238,7 +238,7 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
         datasets: eval-set names or spec paths (see :mod:`mmkd.eval.sets`), or built
             :class:`EvalSet` objects (``mmkd eval --data``: :func:`mmkd.eval.sets.eval_set_from_data`).
         out: output folder.
-        cfg: the loaded pipelines mapping.
+        pipelines: the loaded pipelines mapping.
         ecfg: run settings.
         csv: also write the clip_benchmark ``build`` rows here (:mod:`mmkd.eval.rows`).
 
@@ -248,12 +248,12 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
     Raises:
         EvalError: no models / sets, or no task applied to any set.
     """
-    cfg, ecfg = cfg or {}, ecfg or EvalConfig()
+    pipelines, ecfg = pipelines or {}, ecfg or EvalConfig()
     if not models or not datasets:
         raise EvalError(f"need at least one --model and one --set or --data; got models={models} sets={datasets}")
     out = Path(out)
     cache = FeatureCache(ecfg.cache_dir or out / "cache")
-    sets = [d if isinstance(d, EvalSet) else load_eval_set(d, cfg, split=ecfg.split) for d in datasets]
+    sets = [d if isinstance(d, EvalSet) else load_eval_set(d, pipelines, split=ecfg.split) for d in datasets]
     bench_names = {s.name: s.benchmark_name for s in sets if getattr(s, "benchmark_name", "")}  # task sets have none
     if ecfg.split and not bench_names:
         raise EvalError(f"--split {ecfg.split} chooses the split of a clip_benchmark set, and none of the sets "
@@ -264,7 +264,7 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
         raise EvalError(f"stores given for {stray}, which are not among the eval sets {[s.name for s in sets]}; "
                         "write --store <set name>=<store path>")
     check_task_sets(sets, models)
-    builder = _Models(cfg, ecfg.device)
+    builder = _Models(pipelines, ecfg.device)
     names = [builder.base(m).name for m in models]
     names = [n if names.count(n) == 1 else m for n, m in zip(names, models)]  # two exports named alike
     computed: dict[str, dict[str, SetFeatures]] = {s.name: {} for s in sets}

@@ -65,37 +65,37 @@ def builtin_sets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
 
 
-def load_eval_set(name_or_path: str, cfg: Pipelines | None = None, *, split: str | None = None) -> EvalSet:
+def load_eval_set(name_or_path: str, pipelines: Pipelines | None = None, *, split: str | None = None) -> EvalSet:
     """Load an eval set by name (pipelines ``eval_sets:``, then the shipped sets) or spec-file path.
 
     Args:
         name_or_path: a set name, or a ``.yaml``/``.json`` spec file, or a ``.jsonl`` of samples.
-        cfg: the loaded pipelines mapping (for ``eval_sets:`` and ``datasets:``).
+        pipelines: the loaded pipelines mapping (for ``eval_sets:`` and ``datasets:``).
         split: the split of a clip_benchmark set (its spec's ``split``, default ``test``).
 
     Raises:
         ConfigError: unknown name (lists the known ones), or a malformed spec.
     """
-    cfg = cfg or {}
-    declared = section(cfg, "eval_sets")
+    pipelines = Pipelines.of(pipelines)
+    declared = section(pipelines, "eval_sets")
     if name_or_path in declared:
         spec = dict(declared[name_or_path] or {})
-        base = resolve_path(cfg, ".", section="eval_sets", entry=name_or_path)
+        base = resolve_path(pipelines, ".", section="eval_sets", entry=name_or_path)
         if "spec" in spec:
             ref = str(spec.pop("spec"))
             spec_path = builtin_sets()[ref] if ref in builtin_sets() else resolve_path(
-                cfg, ref, section="eval_sets", entry=name_or_path)
-            return _from_spec_file(spec_path, cfg, name=name_or_path, overrides=spec, split=split)
-        return build_eval_set(name_or_path, spec, base, cfg, split=split)
+                pipelines, ref, section="eval_sets", entry=name_or_path)
+            return _from_spec_file(spec_path, pipelines, name=name_or_path, overrides=spec, split=split)
+        return build_eval_set(name_or_path, spec, base, pipelines, split=split)
     if name_or_path in builtin_sets():
-        return _from_spec_file(builtin_sets()[name_or_path], cfg, name=name_or_path, split=split)
+        return _from_spec_file(builtin_sets()[name_or_path], pipelines, name=name_or_path, split=split)
     path = Path(name_or_path)
     if path.is_file() and path.suffix == ".jsonl":
-        return build_eval_set(path.stem, {"samples": str(path.resolve())}, path.parent, cfg)
+        return build_eval_set(path.stem, {"samples": str(path.resolve())}, path.parent, pipelines)
     if path.is_file():
-        return _from_spec_file(path, cfg, name=path.stem, split=split)
+        return _from_spec_file(path, pipelines, name=path.stem, split=split)
     if path.is_dir() and ((path / "classnames.txt").is_file() or (path / "dataset_type.txt").is_file()):
-        return build_eval_set(path.name, {"clip_benchmark": str(path.resolve())}, path.parent, cfg, split=split)
+        return build_eval_set(path.name, {"clip_benchmark": str(path.resolve())}, path.parent, pipelines, split=split)
     known = sorted(set(declared) | set(builtin_sets()))
     raise ConfigError(f"eval set {name_or_path!r} is neither a declared eval set ({known}) nor an existing "
                       f"spec file (.yaml/.json/.jsonl); declare it under `eval_sets:` in pipelines.yaml")
@@ -230,7 +230,7 @@ def _item(r: JSONDict, classes: list[str], name: str) -> EvalItem:
     return EvalItem(str(r["id"]), str(r["image"]), str(caption) if caption else None, label_idx, split)
 
 
-def eval_set_from_data(data: Any, cfg: Pipelines | None = None, *, label_key: str | None = None,
+def eval_set_from_data(data: Any, pipelines: Pipelines | None = None, *, label_key: str | None = None,
                        name: str | None = None) -> EvalSet:
     """An eval set over any image-caption data ``mmkd extract --data`` takes (``mmkd eval --data``).
 
@@ -247,4 +247,4 @@ def eval_set_from_data(data: Any, cfg: Pipelines | None = None, *, label_key: st
     spec: dict[str, Any] = {"data": data}
     if label_key:
         spec["label_key"] = label_key
-    return build_eval_set(name, spec, Path.cwd(), cfg or {}, source=str(data))
+    return build_eval_set(name, spec, Path.cwd(), pipelines or {}, source=str(data))

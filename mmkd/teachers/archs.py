@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmkd.config import Pipelines
 from mmkd.jsontypes import JSONDict
 from mmkd.teachers.custom_models import build_custom_model
 from mmkd.teachers.spec import TeacherError, TeacherSpec
@@ -67,7 +66,7 @@ def _stored_config(spec: TeacherSpec) -> tuple[dict[str, Any] | None, str]:
 
 
 def build_declared_open_clip(spec: TeacherSpec, device: str | torch.device = "cpu",
-                             cfg: Pipelines | None = None) -> torch.nn.Module:
+                             model_cfg: JSONDict | None = None) -> torch.nn.Module:
     """Build an open_clip model from the ``model_cfg`` declared in the spec, offline and without weights.
 
     A Hugging Face text tower (``text_cfg.hf_model_name``) is built from
@@ -81,7 +80,7 @@ def build_declared_open_clip(spec: TeacherSpec, device: str | torch.device = "cp
     import torch
     from open_clip.model import CLIP, CustomTextCLIP
 
-    cfg = copy.deepcopy(cfg) if cfg is not None else declared_open_clip(spec)
+    cfg = copy.deepcopy(model_cfg) if model_cfg is not None else declared_open_clip(spec)
     if cfg is None:
         raise TeacherError(f"teacher {spec.name!r}: no model_config.model_cfg declared")
     text = cfg.get("text_cfg", {})

@@ -233,11 +233,11 @@ def _validate_norm(s: TeacherSpec, where: str) -> None:
         raise TeacherError(f"{where}: give both mean and std, or neither")
 
 
-def teachers_from_config(cfg: Pipelines) -> dict[str, TeacherSpec]:
+def teachers_from_config(pipelines: Pipelines) -> dict[str, TeacherSpec]:
     """Parse and validate the ``teachers:`` section of a loaded pipelines file.
 
     Args:
-        cfg: output of :func:`mmkd.config.load_pipelines` (relative weights paths
+        pipelines: output of :func:`mmkd.config.load_pipelines` (relative weights paths
             resolve against that file's folder).
 
     Returns:
@@ -247,12 +247,12 @@ def teachers_from_config(cfg: Pipelines) -> dict[str, TeacherSpec]:
         TeacherError: an entry is malformed; the message names the teacher and key.
     """
     # each entry's relative paths resolve against the file that declared it (mmkd.config.resolve_path)
-    return {str(name): _from_entry(str(name), entry, resolve_path(cfg, ".", section="teachers", entry=str(name))
-                                   if Pipelines.of(cfg).path is not None else None)
-            for name, entry in section(cfg, "teachers").items()}
+    return {str(name): _from_entry(str(name), entry, resolve_path(pipelines, ".", section="teachers", entry=str(name))
+                                   if Pipelines.of(pipelines).path is not None else None)
+            for name, entry in section(pipelines, "teachers").items()}
 
 
-def teachers_in_scope(cfg: Pipelines, names: list[str] | tuple[str, ...] = ()) -> dict[str, TeacherSpec]:
+def teachers_in_scope(pipelines: Pipelines, names: list[str] | tuple[str, ...] = ()) -> dict[str, TeacherSpec]:
     """The teachers a command covers: ``names`` when given; else the ones the user's own pipelines
     file declares; else every declared (shipped) one. What ``--all-teachers`` and ``mmkd teachers --check``
     cover.
@@ -260,26 +260,26 @@ def teachers_in_scope(cfg: Pipelines, names: list[str] | tuple[str, ...] = ()) -
     Raises:
         UnknownTeacherError: a name is not declared.
     """
-    specs = teachers_from_config(cfg)
+    specs = teachers_from_config(pipelines)
     if names:
-        return {n: get_teacher_spec(n, cfg) for n in dict.fromkeys(names)}
-    own = Pipelines.of(cfg).own.get("teachers")
+        return {n: get_teacher_spec(n, pipelines) for n in dict.fromkeys(names)}
+    own = Pipelines.of(pipelines).own.get("teachers")
     return {n: s for n, s in specs.items() if not own or n in own}
 
 
-def get_teacher_spec(name: str, cfg: Pipelines | None = None) -> TeacherSpec:
+def get_teacher_spec(name: str, pipelines: Pipelines | None = None) -> TeacherSpec:
     """One teacher spec by name.
 
     Args:
         name: the teacher's key in ``teachers:``.
-        cfg: a loaded pipelines file; ``None`` loads the default one.
+        pipelines: a loaded pipelines file; ``None`` loads the default one.
 
     Raises:
         UnknownTeacherError: ``name`` is not declared; the message lists valid names.
     """
-    specs = teachers_from_config(cfg if cfg is not None else load_pipelines(None))
+    specs = teachers_from_config(pipelines if pipelines is not None else load_pipelines(None))
     if name not in specs:
-        where = Pipelines.of(cfg).where
+        where = Pipelines.of(pipelines).where
         raise UnknownTeacherError(
             f"unknown teacher {name!r}; teachers declared in {where}: {sorted(specs)}. "
             "Add an entry under 'teachers:' or pick one of these.")

@@ -148,11 +148,11 @@ def _check_job(job: ExtractJob) -> None:
 JOB_KEYS = tuple(f.name for f in dataclasses.fields(ExtractJob) if f.name not in ("pipeline", "name"))
 
 
-def job_from_config(cfg: Pipelines | None = None, run: str | None = None, **overrides: JSON) -> ExtractJob:
+def job_from_config(pipelines: Pipelines | None = None, run: str | None = None, **overrides: JSON) -> ExtractJob:
     """Build a job from a named ``extract:`` entry and/or explicit values.
 
     Args:
-        cfg: a loaded pipelines file (:func:`mmkd.config.load_pipelines`); ``None``
+        pipelines: a loaded pipelines file (:func:`mmkd.config.load_pipelines`); ``None``
             loads the one named by ``overrides["pipeline"]`` (or the default).
         run: name of an entry in the ``extract:`` section, or ``None``.
         **overrides: :class:`ExtractJob` fields; ``None`` values are ignored, so CLI
@@ -162,16 +162,16 @@ def job_from_config(cfg: Pipelines | None = None, run: str | None = None, **over
         ExtractError: unknown run name (the message lists the valid ones), unknown
             keys in the entry, or an invalid resulting job.
     """
-    if cfg is None:
-        cfg = load_pipelines(overrides.get("pipeline"))
+    if pipelines is None:
+        pipelines = load_pipelines(overrides.get("pipeline"))
     try:
-        values = merge_entry(cfg, "extract", run, overrides, allowed=JOB_KEYS + ("pipeline",),
+        values = merge_entry(pipelines, "extract", run, overrides, allowed=JOB_KEYS + ("pipeline",),
                              path_keys=("store",), what="extract run")
     except ConfigError as e:
         raise ExtractError(str(e)) from e
     if run is not None and isinstance(values.get("data"), (str, dict)) and "data" not in overrides:
-        values["data"] = _entry_data(cfg, run, values["data"])
-    values.setdefault("pipeline", str(Pipelines.of(cfg).path or "") or None)
+        values["data"] = _entry_data(pipelines, run, values["data"])
+    values.setdefault("pipeline", str(Pipelines.of(pipelines).path or "") or None)
     values.setdefault("name", run)
     for key in ("data", "teachers", "store"):
         values.setdefault(key, None)
@@ -181,34 +181,34 @@ def job_from_config(cfg: Pipelines | None = None, run: str | None = None, **over
         raise ExtractError(f"bad extract job values {sorted(values)}: {e}") from e
 
 
-def _entry_data(cfg: Pipelines, run: str, value: JSON) -> JSON:
+def _entry_data(pipelines: Pipelines, run: str, value: JSON) -> JSON:
     """An entry's ``data:``: a declared name stays a name; paths resolve against the declaring file."""
     if isinstance(value, str):
-        return value if value in section(cfg, "datasets") else str(resolve_path(cfg, value, section="extract", entry=run))
-    return resolve_data(value, cfg, base=resolve_path(cfg, ".", section="extract", entry=run))
+        return value if value in section(pipelines, "datasets") else str(resolve_path(pipelines, value, section="extract", entry=run))
+    return resolve_data(value, pipelines, base=resolve_path(pipelines, ".", section="extract", entry=run))
 
 
-def resolve_teachers(job: ExtractJob, cfg: Pipelines) -> list[TeacherSpec]:
+def resolve_teachers(job: ExtractJob, pipelines: Pipelines) -> list[TeacherSpec]:
     """The job's teacher specs, in the order given (``all`` = every declared teacher).
 
     Raises:
         UnknownTeacherError: a name is not declared (the message lists the valid names).
     """
     if ALL_TEACHERS in job.teachers:
-        specs = list(teachers_in_scope(cfg).values())  # the user's own teachers, else every shipped one
+        specs = list(teachers_in_scope(pipelines).values())  # the user's own teachers, else every shipped one
         if not specs:
-            raise ExtractError(f"--all-teachers: no teachers declared in {Pipelines.of(cfg).where}")
+            raise ExtractError(f"--all-teachers: no teachers declared in {Pipelines.of(pipelines).where}")
         return specs
-    return [get_teacher_spec(name, cfg) for name in dict.fromkeys(job.teachers)]
+    return [get_teacher_spec(name, pipelines) for name in dict.fromkeys(job.teachers)]
 
 
-def resolve_dataset(job: ExtractJob, cfg: Pipelines):
+def resolve_dataset(job: ExtractJob, pipelines: Pipelines):
     """Open the job's dataset (a ``datasets:`` name, a path, or a spec) with the job's ``on_bad_row``.
 
     Raises:
         DatasetError: the dataset cannot be opened, or ``data`` names nothing (the message says why).
     """
-    ds = open_dataset(resolve_data(job.data, cfg))
+    ds = open_dataset(resolve_data(job.data, pipelines))
     if hasattr(ds, "on_bad_row"):  # a run policy, not part of the dataset spec
         ds.on_bad_row = job.on_bad_row
     return ds
