@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
 from PIL import Image
+
+from mmkd.jsontypes import JSONDict
 
 VIEWS_VERSION = 1
 HASH_SCHEME = "splitmix64(splitmix64(splitmix64(seed ^ 0x5649455753) + row) + view * 256 + j) >> 11 / 2**53"
@@ -101,14 +101,14 @@ class ViewRecipe:
         object.__setattr__(self, "ratio", (rlo, rhi))
         object.__setattr__(self, "seed", int(self.seed))
 
-    def to_attrs(self) -> dict[str, Any]:
+    def to_attrs(self) -> JSONDict:
         """The JSON value stored as the teacher attribute ``views``."""
         return {"k": self.k, "scale": list(self.scale), "ratio": list(self.ratio), "flip": self.flip,
                 "seed": self.seed, "version": self.version, "hash": HASH_SCHEME, "frame": "original image pixels",
                 "resize": "crop box squashed to the model's square input, then flipped"}
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> ViewRecipe:
+    def from_attrs(cls, attrs: JSONDict) -> ViewRecipe:
         """The recipe from a teacher's ``views`` attribute.
 
         Raises:
