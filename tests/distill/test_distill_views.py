@@ -180,7 +180,7 @@ def _cfg(store, student_json, out, **kw):
 def test_stage2_with_views_trains_in_both_kd_modes(views_store, student_json, tmp_path, kd):
     out = tmp_path / kd
     summary = distill(_cfg(views_store, student_json, out, kd=kd, steps=4))
-    assert summary["finished"] is True
+    assert summary.finished is True
     m = read_metrics(out)
     assert len(m) == 4 and all(np.isfinite(r["loss/total"]) for r in m)
     assert "loss/fd_img" in m[0]
