@@ -114,7 +114,7 @@ class FastImages:
         sx, sy = w / nw, h / nh
         return left * sx, top * sy, (left + side) * sx, (top + side) * sy
 
-    def decode(self, data: bytes, source_size: tuple[int, int] | None = None) -> torch.Tensor:
+    def decode(self, data: bytes, source_size: tuple[int, int] | None = None) -> np.ndarray:
         """One image as (H, W, 3) uint8 at the output size (the crop box drawn from the current RNG).
 
         Args:
@@ -150,7 +150,7 @@ class FastImages:
         fx, fy = full[0] / frame[0], full[1] / frame[1]
         return left * fx, top * fy, right * fx, bottom * fy
 
-    def normalize(self, images: Sequence[torch.Tensor | np.ndarray | None]) -> torch.Tensor:
+    def normalize(self, images: Sequence[np.ndarray | None]) -> torch.Tensor:
         """(B, 3, H, W) float32, ``ToTensor`` + ``Normalize`` on the whole batch; ``None`` entries are zeros.
 
         Each (H, W, 3) uint8 image is copied channel-first into one uint8 batch (numpy's strided copy: several
@@ -242,7 +242,7 @@ def _decode_jpeg(data: bytes, full: tuple[int, int], box: tuple[float, float, fl
 
 
 def _resized_crop(pixels: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int],
-                  mode: str) -> torch.Tensor:
+                  mode: str) -> np.ndarray:
     """``box`` of ``pixels`` (rounded to whole pixels) resized to ``size`` (height, width), as (H, W, 3) uint8."""
     h, w = pixels.shape[:2]
     left, right = _span(box[0], box[2], w)
@@ -254,7 +254,7 @@ def _resized_crop(pixels: np.ndarray, box: tuple[float, float, float, float], si
     x = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0)
     method, antialias = _FILTERS[mode]
     y = F.interpolate(x, size=size, mode=method, antialias=antialias) if (bottom - top, right - left) != size else x
-    return y[0].permute(1, 2, 0)
+    return y[0].permute(1, 2, 0).numpy()  # channels-last memory: a contiguous (H, W, 3) array, no copy
 
 
 def _span(lo: float, hi: float, n: int) -> tuple[int, int]:
