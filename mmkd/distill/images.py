@@ -247,10 +247,10 @@ def _resized_crop(pixels: np.ndarray, box: tuple[float, float, float, float], si
     h, w = pixels.shape[:2]
     left, right = _span(box[0], box[2], w)
     top, bottom = _span(box[1], box[3], h)
-    # (1, 3, h, w) in channels-last memory: the layout torch's vectorised uint8 antialiased kernel reads
     crop = pixels[top:bottom, left:right]
     if not (crop.flags.c_contiguous and crop.flags.writeable):  # Pillow's arrays are read-only
         crop = crop.copy()
+    # (1, 3, h, w) in channels-last memory: the layout torch's vectorised uint8 antialiased kernel reads
     x = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0)
     method, antialias = _FILTERS[mode]
     y = F.interpolate(x, size=size, mode=method, antialias=antialias) if (bottom - top, right - left) != size else x
