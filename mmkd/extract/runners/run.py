@@ -19,7 +19,7 @@ from mmkd.extract.runners.placement import device_capacity, plan_passes
 from mmkd.extract.runners.prepare import absolute, open_or_create_store, store_exists, utc_stamp, write_job_record
 from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
 from mmkd.teachers import weights_status
-from mmkd.teachers.weights import hub_offline, missing_weights_error
+from mmkd.teachers.weights import hub_download_impossible, missing_weights_error
 from mmkd.store import FeatureStore, StoreError
 from mmkd.store.locks import LOCKS, TeacherLocked, teacher_locks
 
@@ -179,5 +179,5 @@ def _precheck_weights(job: ExtractJob, specs: list[Any]) -> None:
         return
     for spec in specs:
         status = weights_status(spec)
-        if not status.available and (hub_offline() or spec.weights_kind not in ("hf-hub", "hub-id")):
+        if not status.available and hub_download_impossible(spec):
             raise missing_weights_error(spec)
