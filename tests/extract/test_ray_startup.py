@@ -46,6 +46,7 @@ def test_joining_an_address_where_nothing_listens_is_one_line(setup, run_mmkd, t
     assert not (tmp_path / "st").exists()
 
 
+@pytest.mark.slow  # ~40 s on 2 loaded cores: a local extract, then Ray failing to start
 def test_local_ray_that_cannot_start_leaves_the_store_as_it_was(setup, run_mmkd, tmp_path):
     store = tmp_path / "st"
     assert _extract(run_mmkd, setup, store, "tiny_open_clip", "local", tmp_path).returncode == 0
@@ -58,6 +59,26 @@ def test_local_ray_that_cannot_start_leaves_the_store_as_it_was(setup, run_mmkd,
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith("Error: could not start a local Ray instance: NotADirectoryError"), line
     assert f"Ray logs under {not_a_dir}/ray/session_latest/logs" in line and "--runner local" in line, line
+    # every byte kept; added: the new teacher's lock file (an empty flock target, as every extract leaves) and
+    # this run's job record, which says it failed and why
     after = _files(store)
-    assert {k: v for k, v in after.items() if not k.startswith("_jobs")} == \
-        {k: v for k, v in before.items() if not k.startswith("_jobs")}
+    assert "_locks/tiny_open_clip.lock" in before
+    added = {k: v for k, v in after.items() if k not in before}
+    record = next(k for k in added if k.startswith("_jobs/") and k.endswith("tiny_transformers.json"))
+    assert json.loads(added[record])["status"] == "failed" and "could not start a local Ray" in added[record].decode()
+    assert set(added) == {record, "_locks/tiny_transformers.lock"}
+    assert {k: after[k] for k in before} == before
+
+
+def test_liveness_message_never_calls_a_node_alive(monkeypatch):
+    """The GCS lists a node whose raylet just died as alive for a while: the message says "listed alive" and why."""
+    from mmkd.extract.runners import ray_runner
+
+    nodes = [{"NodeManagerAddress": "10.0.0.1", "NodeID": "aaaaaaaa11", "Alive": True},
+             {"NodeManagerAddress": "10.0.0.2", "NodeID": "bbbbbbbb22", "Alive": False,
+              "DeathReasonMessage": "raylet died"}]
+    monkeypatch.setattr(ray_runner.ray, "nodes", lambda: nodes)
+    text = ray_runner._describe_nodes()
+    assert text.startswith("10.0.0.1 (node aaaaaaaa) listed alive; 10.0.0.2 (node bbbbbbbb) DEAD (raylet died) (the "
+                           "GCS lists a node whose raylet just died as alive until its health checks time out"), text
+    assert " alive;" not in text.replace("listed alive;", "")
