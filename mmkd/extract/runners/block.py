@@ -257,13 +257,13 @@ class BlockWorker:
         if next_block is not None:
             self._prefetch(next_block[0], self._names(next_block[1]))
         # the block's image hashes recorded (or compared with those recorded) once, for every teacher of the pass
-        changed = record_block_hashes(self.store, block, hashes)
+        changed, content = record_block_hashes(self.store, block, hashes)
         manifests = []
         for name in names:
             o = out[name]
             t = time.perf_counter()
             self._fail_changed(name, changed, ids, start, o.valid, o.failures)
-            self.store.write_block(name, block, o.image, o.text, o.valid, o.failures)
+            self.store.write_block(name, block, o.image, o.text, o.valid, o.failures, content_sha256=content)
             o.timings["write_s"] += time.perf_counter() - t
             manifests.append({
                 "teacher": name, "block": block, "rows": n, "valid": int(o.valid.sum()),
