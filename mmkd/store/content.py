@@ -123,3 +123,19 @@ def has_hashes(store: Any) -> bool:
     if folder.is_dir() and any(folder.glob("block-*.parquet")):
         return True
     return any(t.column("image_sha256").null_count < t.num_rows for t in store.iter_index(("image_sha256",)))
+
+
+def hashes_lost(store: Any) -> bool:
+    """True when the store records no image hash but its blocks were written with them (a done marker holds a
+    ``content_sha256``): ``_content/`` was deleted, not a store from before hashes were recorded. Reads one marker."""
+    import json
+
+    for teacher in store.teachers:
+        done = sorted(store.done_blocks(teacher))
+        if done:
+            try:
+                marker = json.loads(store.marker_path(teacher, done[0]).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return False
+            return isinstance(marker, dict) and bool(marker.get("content_sha256"))
+    return False

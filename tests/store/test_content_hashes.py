@@ -127,3 +127,21 @@ def test_store_from_before_the_digest_still_validates(store, run_mmkd, tmp_path)
     shutil.rmtree(st / "_content")  # and no hashes at all
     res = run_mmkd("store", "validate", st, cwd=tmp_path)
     assert res.returncode == 0 and "PROBLEM" not in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+def test_distill_refuses_a_store_whose_hashes_are_gone(store, run_mmkd, tmp_path):
+    from tests.distill.conftest import TINY_STUDENT
+
+    st = _copy(store, tmp_path)
+    shutil.rmtree(st / "_content")  # the markers still say the blocks were written with hashes
+    student = tmp_path / "tiny.json"
+    student.write_text(json.dumps(TINY_STUDENT))
+    before = _files(st)
+    res = run_mmkd("distill", "--store", st, "--stage", "1", "--student", student, "--out", tmp_path / "run",
+                   "--steps", "1", "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--no-progress",
+                   cwd=tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    line = res.stderr.strip().splitlines()[-1]
+    assert f"store {st}: its image hashes ({st}/_content/) are gone" in line and "mmkd store validate" in line, line
+    assert "not verified" not in res.stderr  # not mistaken for a store from before hashes were recorded
+    assert not (tmp_path / "run").exists() and _files(st) == before
