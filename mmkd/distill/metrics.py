@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+
+from mmkd.jsontypes import JSON, JSONDict
 
 from mmkd.distill.rundir import RunDir
 from mmkd.store.format import atomic_write_bytes
@@ -35,7 +36,7 @@ class MetricsLog:
         keep = [json.dumps(r) for r in _records(self.path) if r.get("step", 0) <= step]
         atomic_write_bytes(self.path, "".join(line + "\n" for line in keep).encode())
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: JSONDict) -> None:
         """Write one record (must hold ``step``)."""
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -49,7 +50,7 @@ class MetricsLog:
             self._tb.close()
 
 
-def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+def read_metrics(out: str | Path) -> list[JSONDict]:
     """Records of ``<out>/metrics.jsonl``."""
     path = RunDir(out).metrics
     if not path.is_file():
@@ -57,7 +58,7 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
     return _records(path)
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
+def _records(path: Path) -> list[JSONDict]:
     """The complete records of a metrics file; a line cut short (a full disk, a kill mid-write) is left out."""
     out = []
     for i, line in enumerate(path.read_text().splitlines(), 1):

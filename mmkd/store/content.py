@@ -32,12 +32,15 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mmkd.config import as_path, is_remote
 from mmkd.store import format as fmt
+
+if TYPE_CHECKING:
+    from mmkd.store.store import FeatureStore
 
 CONTENT = "_content"
 
@@ -58,7 +61,7 @@ def content_digest(hashes: Sequence[str | None]) -> str:
     return hashlib.sha256("\n".join(h or "-" for h in hashes).encode()).hexdigest()
 
 
-def record_block_hashes(store: Any, block: int,
+def record_block_hashes(store: FeatureStore, block: int,
                         hashes: Sequence[str | None]) -> tuple[list[tuple[int, str, str]], str]:
     """Record the hashes of ``block``'s images read now, or compare them with those already recorded.
 
@@ -72,8 +75,6 @@ def record_block_hashes(store: Any, block: int,
         :func:`content_digest` of the hashes the store holds for the block afterwards.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
-
     start, stop = store.block_range(block)
     recorded = recorded_hashes(store, np.arange(start, stop))
     if all(h is None for h in recorded):
@@ -86,7 +87,7 @@ def record_block_hashes(store: Any, block: int,
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            pq.write_table(table, tmp)
+            fmt.write_parquet(table, tmp)
             fmt.fsync_tree(tmp)
             os.replace(tmp, path)  # two teachers writing the same block write the same bytes
         except BaseException:
@@ -98,10 +99,8 @@ def record_block_hashes(store: Any, block: int,
     return changed, content_digest(recorded)
 
 
-def recorded_hashes(store: Any, rows: np.ndarray) -> list[str | None]:
+def recorded_hashes(store: FeatureStore, rows: np.ndarray) -> list[str | None]:
     """The recorded sha256 of ``rows``' images (``None`` for a row with none recorded)."""
-    import pyarrow.parquet as pq
-
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     out = store.index_columns(rows, ("image_sha256",))["image_sha256"]
     blocks = {}
@@ -117,7 +116,7 @@ def recorded_hashes(store: Any, rows: np.ndarray) -> list[str | None]:
     return out
 
 
-def has_hashes(store: Any) -> bool:
+def has_hashes(store: FeatureStore) -> bool:
     """Whether the store records any image hash (a store made before they were recorded has none)."""
     folder = as_path(store.path) / CONTENT
     if folder.is_dir() and any(folder.glob("block-*.parquet")):
@@ -125,7 +124,7 @@ def has_hashes(store: Any) -> bool:
     return any(t.column("image_sha256").null_count < t.num_rows for t in store.iter_index(("image_sha256",)))
 
 
-def hashes_lost(store: Any) -> bool:
+def hashes_lost(store: FeatureStore) -> bool:
     """True when the store records no image hash but its blocks were written with them (a done marker holds a
     ``content_sha256``): ``_content/`` was deleted, not a store from before hashes were recorded. Reads one marker."""
     import json

@@ -18,10 +18,17 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
-from mmkd.config import is_remote
-from mmkd.data.sample import Sample  # noqa: F401  (re-exported: the row type of the store's index)
+from mmkd.config import AnyPath, is_remote
+from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSON, JSONDict
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from fsspec import AbstractFileSystem
+    from upath import UPath
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,7 @@ KINDS = ("image", "text")
 DEFAULT_BLOCK_SIZE = 2048
 
 
-class StoreError(RuntimeError):
+class StoreError(MMKDError, RuntimeError):
     """A store is missing, malformed, or asked to do something unsound."""
 
 
@@ -122,7 +129,7 @@ def disk_full(e: BaseException) -> OSError | None:
     return None
 
 
-def disk_full_error(e: OSError, folder: Any, what: str, then: str) -> DiskFullError:
+def disk_full_error(e: OSError, folder: str | os.PathLike[str], what: str, then: str) -> DiskFullError:
     """One line for a full disk: which folder, how much is free on it now, what to free, and what a rerun does.
 
     Args:
@@ -156,11 +163,11 @@ def _mount_point(path: Path) -> Path:
     return path
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: Path, obj: JSON) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def probe(path: Any) -> dict[str, Any] | None:
+def probe(path: UPath) -> dict[str, object] | None:
     """The object ``path``'s info (``None``: absent), asked afresh; a provider error becomes one clear line.
 
     The first call on a store URL goes through here, so a missing bucket, refused
@@ -183,7 +190,7 @@ def probe(path: Any) -> dict[str, Any] | None:
         raise StoreError(storage_error(path, e)) from e
 
 
-def storage_error(path: Any, e: BaseException) -> str:
+def storage_error(path: object, e: BaseException) -> str:
     """One line for a failed object-storage call: the URL, the provider's error, what to check (never a secret)."""
     detail = str(e).splitlines()[0] if str(e) else ""
     if isinstance(e, FileNotFoundError):
@@ -192,7 +199,7 @@ def storage_error(path: Any, e: BaseException) -> str:
             "(AWS_ENDPOINT_URL or storage_options) and the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE)")
 
 
-def write_parquet(table: Any, path: Any, **kwargs: Any) -> None:
+def write_parquet(table: pa.Table, path: AnyPath, **kwargs: object) -> None:
     """``pyarrow.parquet.write_table`` to a local path, or through a URL's fsspec filesystem (one PUT)."""
     import pyarrow.parquet as pq
 
@@ -202,7 +209,7 @@ def write_parquet(table: Any, path: Any, **kwargs: Any) -> None:
         pq.write_table(table, path, **kwargs)
 
 
-def read_parquet(path: Any, **kwargs: Any) -> Any:
+def read_parquet(path: AnyPath, **kwargs: object) -> pa.Table:
     """``pyarrow.parquet.read_table`` of a local path or a URL."""
     import pyarrow.parquet as pq
 
@@ -211,7 +218,7 @@ def read_parquet(path: Any, **kwargs: Any) -> Any:
     return pq.read_table(path, **kwargs)
 
 
-def parquet_file(path: Any) -> Any:
+def parquet_file(path: AnyPath) -> pq.ParquetFile:
     """``pyarrow.parquet.ParquetFile`` of a local path or a URL (row groups read on demand)."""
     import pyarrow.parquet as pq
 
@@ -270,7 +277,7 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def object_lock(path: Any, expiry_s: float = LOCK_EXPIRY_S, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+def object_lock(path: UPath, expiry_s: float = LOCK_EXPIRY_S, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """An exclusive lock on object storage: the object ``path``, created only if absent.
 
     The object is written with a conditional create (S3 ``If-None-Match: *``), so of
@@ -311,7 +318,7 @@ def object_lock(path: Any, expiry_s: float = LOCK_EXPIRY_S, wait_s: float = LOCK
                 fs.rm_file(key)
 
 
-def _read_lock(fs: Any, key: str) -> dict[str, Any] | None:
+def _read_lock(fs: AbstractFileSystem, key: str) -> JSONDict | None:
     try:
         fs.invalidate_cache(key)
         out = json.loads(fs.cat_file(key))

@@ -64,7 +64,7 @@ def _assert_disk_full_line(run: dict, target: Path, then: str) -> None:
     line = lines[-1]
     # the one line: no other says what went wrong (notes about the data, unrelated to the disk, may come before)
     assert not [ln for ln in lines[:-1] if "space" in ln or "Errno" in ln or "ERROR" in ln], lines
-    assert line.startswith(f"Error: disk full while writing ") and str(target) in line, line
+    assert line.startswith("Error: disk full while writing ") and str(target) in line, line
     assert f"No space left on device on the filesystem mounted at {target.parent}" in line, line
     assert "MiB free there now" in line and f"du -xsh {target.parent}/*" in line and then in line, line
 
