@@ -31,6 +31,8 @@ def main(verbose: int, fixtures: str | None) -> None:
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # huggingface_hub gives its logger a handler of its own: propagating too would print each of its lines twice
+    logging.getLogger("huggingface_hub").propagate = False
     set_fixtures(fixtures)
 
 

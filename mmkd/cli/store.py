@@ -77,7 +77,9 @@ def info_cmd(path: str, as_json: bool) -> None:
     click.echo(f"{'teacher':<24}{'dim':>6} {'dtype':>8} {'blocks':>13} {'valid rows':>12} {'failures':>9}")
     for t, d in info["teachers"].items():
         blocks = f"{d['blocks_done']}/{d['blocks_total']}"
-        click.echo(f"{t:<24}{d['dim']:>6} {d['dtype']:>8} {blocks:>13} {d['valid_rows']:>12} {d['failures']:>9}")
+        reasons = ", ".join(f"{r} {c}" for r, c in d["failure_reasons"].items())
+        click.echo(f"{t:<24}{d['dim']:>6} {d['dtype']:>8} {blocks:>13} {d['valid_rows']:>12} {d['failures']:>9}"
+                   + (f"  ({reasons})" if reasons else ""))
         if d.get("views"):
             r = d.get("view_recipe") or {}
             click.echo(f"  views        {d['views']} per row (scale {r.get('scale')}, flip {r.get('flip')}, seed "

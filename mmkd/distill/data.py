@@ -47,10 +47,10 @@ from mmkd.data.views import ViewRecipe
 from mmkd.distill.images import FastImages
 from mmkd.errors import DistillError
 from mmkd.jsontypes import JSONDict
-from mmkd.store import FeatureStore, chunk_shuffled_batches, num_batches
+from mmkd.store import FeatureStore, StoreError, chunk_shuffled_batches, num_batches
+from mmkd.store.content import has_hashes, hashes_lost, recorded_hashes, sha256_of
 from mmkd.store.format import VIEWS
 from mmkd.store.sampler import fetched_ahead
-from mmkd.store.content import has_hashes, recorded_hashes, sha256_of
 from mmkd.store.dataset import open_store_dataset
 from mmkd.store.images import ImageCache, find_image_cache
 from mmkd.store.masks import untrainable_rows
@@ -204,6 +204,10 @@ class StoreBatches(IterableDataset):
         self.uri = self.images if isinstance(self.images, str) else self.images["path"]
         synthetic = isinstance(self.images, str)
         self.verify = not synthetic and has_hashes(store)
+        if not self.verify and not synthetic and hashes_lost(store):
+            raise StoreError(f"store {spec.store}: its image hashes ({store.path}/_content/) are gone, though its "
+                             "blocks were written with them, so the images read cannot be verified: restore "
+                             f"_content/ from a backup, or see `mmkd store validate {spec.store}`")
         if not self.verify and not synthetic:
             logger.warning("store %s records no image hashes (made before extract recorded them): the images read "
                            "are not verified against the ones extracted", spec.store)

@@ -9,6 +9,7 @@ from pathlib import Path
 from mmkd.jsontypes import JSON, JSONDict
 
 from mmkd.distill.rundir import RunDir
+from mmkd.store.format import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +33,8 @@ class MetricsLog:
         """Drop records past ``step`` (a resumed run rewrites them)."""
         if not self.path.is_file():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [json.dumps(r) for r in _records(self.path) if r.get("step", 0) <= step]
+        atomic_write_bytes(self.path, "".join(line + "\n" for line in keep).encode())
 
     def log(self, record: JSONDict) -> None:
         """Write one record (must hold ``step``)."""
@@ -55,7 +55,20 @@ def read_metrics(out: str | Path) -> list[JSONDict]:
     path = RunDir(out).metrics
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _records(path)
+
+
+def _records(path: Path) -> list[JSONDict]:
+    """The complete records of a metrics file; a line cut short (a full disk, a kill mid-write) is left out."""
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            logger.warning("%s line %d is incomplete (cut short by a full disk or a kill); left out", path, i)
+    return out
 
 
 def plot_losses(out: str | Path) -> Path | None:

@@ -39,6 +39,7 @@ from mmkd.distill.student import (
 )
 from mmkd.errors import DistillError
 from mmkd.store import FeatureStore, StoreError
+from mmkd.store.format import disk_full, disk_full_error
 from mmkd.store.validate import index_problems
 from mmkd.store.projection import load_projection
 
@@ -433,7 +434,10 @@ class DistillRecipe:
     def cleanup(self) -> None:
         """Close logs and leave the process group."""
         if getattr(self, "metrics", None) is not None:
-            self.metrics.close()
+            try:
+                self.metrics.close()
+            except OSError as e:  # the TensorBoard flush on a full disk: the run's own error is what matters
+                logger.warning("closing the metrics log failed: %s", e)
         cleanup_distributed()
 
 
@@ -443,5 +447,12 @@ def distill(cfg: DistillConfig) -> DistillResult:
     try:
         recipe.setup()
         return recipe.train()
+    except Exception as e:  # a full disk surfaces from torch.save, the metrics log or the export: one line
+        full = disk_full(e)
+        if full is None or not cfg.out:
+            raise
+        last = RunDir(cfg.out).last_checkpoint
+        then = f"the run resumes from {last}" if last.is_file() else "the run starts again (no checkpoint yet)"
+        raise disk_full_error(full, cfg.out, "run folder", then) from e
     finally:
         recipe.cleanup()

@@ -28,6 +28,7 @@ from mmkd.distill.config import InitConfig
 from mmkd.distill.rundir import EXPORT_CONFIG, EXPORT_WEIGHTS, RunDir
 from mmkd.errors import MMKDError
 from mmkd.jsontypes import JSONDict
+from mmkd.store.format import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -264,9 +265,14 @@ def export_student(student: Student, out_dir: str | Path) -> Path:
         model_cfg["text_cfg"]["hf_model_name"] = str(out.resolve())
     config = {"model_cfg": model_cfg, "preprocess_cfg": student.preprocess_cfg}
     state = {k: v.detach().cpu().contiguous() for k, v in student.model.state_dict().items()}
+    # the config first, the weights last: their presence is what marks a run finished (distill/outdir.py)
+    atomic_write_bytes(out / EXPORT_CONFIG, json.dumps(config, indent=2).encode())
     tmp = out / (EXPORT_WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(out / EXPORT_WEIGHTS)
-    (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2))
+    try:
+        save_file(state, str(tmp))
+        tmp.replace(out / EXPORT_WEIGHTS)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written weights
+        raise
     logger.info("exported student to %s", out)
     return out

@@ -65,6 +65,7 @@ class BlocksMixin:
         text: np.ndarray,
         valid: np.ndarray,
         failures: list[JSONDict] | None = None,
+        content_sha256: str | None = None,
         views: np.ndarray | None = None,
     ) -> None:
         """Write one block of features; the block is marked done only once durable.
@@ -81,6 +82,9 @@ class BlocksMixin:
             valid: ``(rows,)`` bools, False where the sample failed.
             failures: dicts with at least ``sample_id`` and ``reason`` (``row``
                 and ``detail`` optional) for this block's bad samples.
+            content_sha256: digest of the block's recorded image hashes
+                (:func:`mmkd.store.content.content_digest`), kept in the marker so that
+                ``validate`` can tell when ``_content/`` lost or changed them.
             views: ``(rows, K, dim)`` image embeddings of the K views of each row; required
                 when the teacher has an ``image_views`` array (:meth:`ensure_views`), so a
                 block is marked done only with its views.
@@ -110,6 +114,7 @@ class BlocksMixin:
                                        "crc32": {"image": block_crc32(image), "text": block_crc32(text),
                                                  "valid": block_crc32(valid),
                                                  **({fmt.VIEWS: block_crc32(views)} if views is not None else {})},
+                                       **({"content_sha256": content_sha256} if content_sha256 else {}),
                                        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat()})
 
     def marker_path(self, teacher: str, block: int) -> Path:

@@ -14,6 +14,16 @@ can be checked against theirs, and ``hashlib`` computes it at ~1-2 GB/s per core
 
 Stores made before this have neither: they still open, with a one-line note that
 their images are not verified.
+
+The recorded hashes are themselves protected: each teacher's done marker of a block
+records ``content_sha256``, a digest of the block's recorded hashes
+(:func:`content_digest`), and ``mmkd store validate`` checks that ``_content/`` still
+holds them (markers of older stores have no digest: not checked). The dataset
+fingerprint (``store.json``) does not cover these hashes, on purpose: it is computed
+from the table and the image files' sizes without reading any image, so distill and
+eval can check a dataset (or a moved copy of it) in seconds; each image's bytes are
+checked against its recorded hash when it is read instead. Folding the hashes into
+that fingerprint would change it for every existing store (all would then fail to open).
 """
 
 from __future__ import annotations
@@ -45,7 +55,14 @@ def block_hashes_path(store_path: str | Path, block: int) -> Path:
     return as_path(store_path) / CONTENT / f"{fmt.block_name(block)}.parquet"
 
 
-def record_block_hashes(store: FeatureStore, block: int, hashes: Sequence[str | None]) -> list[tuple[int, str, str]]:
+def content_digest(hashes: Sequence[str | None]) -> str:
+    """sha256 over a block's recorded image hashes in row order (``-`` for a row with none): what a block's
+    done markers record as ``content_sha256``."""
+    return hashlib.sha256("\n".join(h or "-" for h in hashes).encode()).hexdigest()
+
+
+def record_block_hashes(store: FeatureStore, block: int,
+                        hashes: Sequence[str | None]) -> tuple[list[tuple[int, str, str]], str]:
     """Record the hashes of ``block``'s images read now, or compare them with those already recorded.
 
     Args:
@@ -54,7 +71,8 @@ def record_block_hashes(store: FeatureStore, block: int, hashes: Sequence[str | 
         hashes: per row of the block, the sha256 of the bytes read (``None``: not read).
 
     Returns:
-        ``(row, recorded, now)`` for each row whose bytes differ from the recorded ones.
+        ``(row, recorded, now)`` for each row whose bytes differ from the recorded ones, and the
+        :func:`content_digest` of the hashes the store holds for the block afterwards.
     """
     import pyarrow as pa
     start, stop = store.block_range(block)
@@ -65,15 +83,20 @@ def record_block_hashes(store: FeatureStore, block: int, hashes: Sequence[str | 
                           "image_sha256": pa.array(list(hashes), pa.string())})
         if is_remote(path):
             fmt.write_parquet(table, path)  # one PUT: atomic
-            return []
+            return [], content_digest(hashes)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        fmt.write_parquet(table, tmp)
-        fmt.fsync_tree(tmp)
-        os.replace(tmp, path)  # two teachers writing the same block write the same bytes
-        return []
-    return [(start + i, old, new) for i, (old, new) in enumerate(zip(recorded, hashes))
-            if old is not None and new is not None and old != new]
+        try:
+            fmt.write_parquet(table, tmp)
+            fmt.fsync_tree(tmp)
+            os.replace(tmp, path)  # two teachers writing the same block write the same bytes
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return [], content_digest(hashes)
+    changed = [(start + i, old, new) for i, (old, new) in enumerate(zip(recorded, hashes))
+               if old is not None and new is not None and old != new]
+    return changed, content_digest(recorded)
 
 
 def recorded_hashes(store: FeatureStore, rows: np.ndarray) -> list[str | None]:
@@ -99,3 +122,19 @@ def has_hashes(store: FeatureStore) -> bool:
     if folder.is_dir() and any(folder.glob("block-*.parquet")):
         return True
     return any(t.column("image_sha256").null_count < t.num_rows for t in store.iter_index(("image_sha256",)))
+
+
+def hashes_lost(store: FeatureStore) -> bool:
+    """True when the store records no image hash but its blocks were written with them (a done marker holds a
+    ``content_sha256``): ``_content/`` was deleted, not a store from before hashes were recorded. Reads one marker."""
+    import json
+
+    for teacher in store.teachers:
+        done = sorted(store.done_blocks(teacher))
+        if done:
+            try:
+                marker = json.loads(store.marker_path(teacher, done[0]).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return False
+            return isinstance(marker, dict) and bool(marker.get("content_sha256"))
+    return False

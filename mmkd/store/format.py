@@ -7,11 +7,13 @@ projects) can import the names cheaply.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -93,12 +95,74 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no debris beside the file
+        raise
     fsync_dir(path.parent)
+
+
+class DiskFullError(StoreError):
+    """A write failed because the filesystem is full (or over quota); the message names where and what to do."""
+
+
+def disk_full(e: BaseException) -> OSError | None:
+    """The "no space left" / "quota exceeded" error in ``e``'s chain (causes, contexts, Ray's ``cause``), if any.
+
+    zarr, pyarrow and torch raise it from their own frames, often wrapped: the chain is searched.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        if isinstance(err, OSError) and "[Errno 28]" in str(err):  # pyarrow's IOError carries the errno in its text
+            return err
+        todo += [err.__cause__, err.__context__, getattr(err, "cause", None)]
+    return None
+
+
+def disk_full_error(e: OSError, folder: str | os.PathLike[str], what: str, then: str) -> DiskFullError:
+    """One line for a full disk: which folder, how much is free on it now, what to free, and what a rerun does.
+
+    Args:
+        e: the ENOSPC/EDQUOT error (:func:`disk_full`).
+        folder: the folder being written (a store, a run folder).
+        what: what was being written, in words (``"store"``, ``"run folder"``).
+        then: what the rerun does once space is freed.
+    """
+    folder = Path(str(folder))
+    mount = _mount_point(next((p for p in (folder, *folder.parents) if p.exists()), Path("/")))
+    try:
+        free = f"{shutil.disk_usage(mount).free / 2**20:.1f} MiB free there now"
+    except OSError:
+        free = "free space unknown"
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    return DiskFullError(
+        f"disk full while writing {what} {folder}{where}: {e.strerror or e} on the filesystem mounted at {mount} "
+        f"({free}); free space there (`du -xsh {mount}/*` shows what is large) or point the output at another "
+        f"disk, then rerun the same command: {then}")
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the filesystem holding ``path`` (the last folder up on the same device)."""
+    path = path.resolve()
+    try:
+        dev = path.stat().st_dev
+        while path.parent != path and path.parent.stat().st_dev == dev:
+            path = path.parent
+    except OSError:
+        pass
+    return path
 
 
 def atomic_write_json(path: Path, obj: JSON) -> None:

@@ -6,6 +6,7 @@ Whether it is sound is :func:`mmkd.store.validate.validate_store`.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 from mmkd.config import is_remote
@@ -33,13 +34,16 @@ def store_info(store: FeatureStore) -> JSONDict:
     teachers = {}
     for t in store.teachers:
         done = store.done_blocks(t)
+        failures = store.failures(t)
+        reasons = Counter(failures.column("reason").to_pylist()) if failures.num_rows else Counter()
         teachers[t] = {
             "dim": store.dim(t),
             "dtype": fmt.FEATURE_DTYPE,
             "blocks_done": len(done),
             "blocks_total": store.num_blocks,
             "valid_rows": int(store.valid(t).sum()),
-            "failures": store.failures(t).num_rows,
+            "failures": failures.num_rows,
+            "failure_reasons": dict(sorted(reasons.items())),
             "complete": len(done) == store.num_blocks,
             "views": store.num_views(t),  # K image views per row (extract --views K); 0: the plain view only
         }

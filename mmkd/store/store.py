@@ -46,6 +46,36 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+_ZARR_EXIT_HOOK: list[bool] = []
+
+
+def _stop_zarr_loop_at_exit() -> None:
+    """Stop zarr's I/O event loop at exit with time to finish, before zarr's own exit hook runs.
+
+    zarr's hook waits 0.2 s for its loop thread, then closes the loop even if it still runs, which
+    prints "Cannot close a running event loop" with a traceback after an otherwise clean command
+    on a loaded machine. Registered after zarr's (atexit runs the last registered first); a
+    zarr without these internals is left to its own hook.
+    """
+    if _ZARR_EXIT_HOOK:
+        return
+    _ZARR_EXIT_HOOK.append(True)
+    import atexit
+
+    def stop() -> None:
+        try:
+            from zarr.core import sync
+
+            loop, thread = sync.loop[0], sync.iothread[0]
+            if loop is not None and thread is not None and thread.is_alive():
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(timeout=10)
+        except (ImportError, AttributeError, IndexError, TypeError, RuntimeError):
+            pass
+
+    atexit.register(stop)
+
+
 class FeatureStore(IndexMixin, BlocksMixin):
     """A feature store on local (or network-mounted) disk, or on object storage (any fsspec URL).
 
@@ -61,6 +91,8 @@ class FeatureStore(IndexMixin, BlocksMixin):
     def __init__(self, path: Path, mode: str, cache_bytes: int,
                  index_cache_groups: int = DEFAULT_INDEX_CACHE_GROUPS) -> None:
         import zarr
+
+        _stop_zarr_loop_at_exit()
 
         self.path = as_path(path)
         self.mode = mode

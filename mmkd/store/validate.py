@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.blocks import block_crc32
+from mmkd.store.content import block_hashes_path, content_digest, recorded_hashes
 from mmkd.store.index import fingerprint_tables
 from mmkd.store.store import FeatureStore
 
@@ -40,7 +41,7 @@ class Problem:
     Attributes:
         kind: a short class (``index``, ``index_fingerprint``, ``manifest``, ``teacher``,
             ``blocks_not_done``, ``marker``, ``chunk``, ``valid_count``, ``failures``,
-            ``values``).
+            ``values``, ``checksum``, ``content``).
         message: what is wrong, where, and what to do.
     """
 
@@ -120,8 +121,10 @@ def validate_store(store: FeatureStore, deep: bool = False) -> ValidationReport:
     _manifest_problems(store, report)
     _index_problems(store, report)
     _dataset_failure_problems(store, report)
+    digests: dict[int, dict[str, str]] = {}  # block -> teacher -> content_sha256 its marker recorded
     for teacher in store.teachers:
-        _teacher_problems(store, teacher, report)
+        _teacher_problems(store, teacher, report, digests)
+    _content_problems(store, digests, report)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -189,7 +192,8 @@ def _dataset_failure_problems(store: FeatureStore, report: ValidationReport) -> 
                                "rerun `mmkd extract` into a new store to record the dataset's bad rows again")
 
 
-def _teacher_problems(store: FeatureStore, teacher: str, report: ValidationReport) -> None:
+def _teacher_problems(store: FeatureStore, teacher: str, report: ValidationReport,
+                      digests: dict[int, dict[str, str]]) -> None:
     try:
         g = store._group(teacher)
         attrs = dict(g.attrs.asdict())
@@ -219,6 +223,8 @@ def _teacher_problems(store: FeatureStore, teacher: str, report: ValidationRepor
                                  f"but the store has {store.num_blocks} blocks; delete it")
             continue
         valid, marker = _check_block(store, teacher, b, report)
+        if isinstance(marker.get("content_sha256"), str):
+            digests.setdefault(b, {})[teacher] = marker["content_sha256"]
         if report.deep and valid is not None:
             _check_values(store, teacher, b, valid, bool(attrs.get("normalized", True)), report, counts,
                           marker.get("crc32") if isinstance(marker.get("crc32"), dict) else {})
@@ -232,6 +238,36 @@ def _teacher_problems(store: FeatureStore, teacher: str, report: ValidationRepor
 def _kinds(store: FeatureStore, teacher: str) -> tuple[str, ...]:
     """The teacher's feature arrays: image, text, and image_views when it has views (``extract --views``)."""
     return (*fmt.KINDS, fmt.VIEWS) if store.num_views(teacher) else fmt.KINDS
+
+
+def _content_problems(store: FeatureStore, digests: dict[int, dict[str, str]], report: ValidationReport) -> None:
+    """The image hashes recorded for each done block (``_content/``, or the index's ``image_sha256``) are still
+    the ones its teachers' markers recorded a digest of (:mod:`mmkd.store.content`); older markers have none."""
+    for b, by_teacher in sorted(digests.items()):
+        start, stop = store.block_range(b)
+        path = block_hashes_path(store.path, b)
+        try:
+            now = content_digest(recorded_hashes(store, np.arange(start, stop)))
+        except Exception as e:  # a damaged parquet file is a problem to report
+            report.add("content", f"{path} (the image hashes of block {b}) cannot be read ({type(e).__name__}: "
+                                  f"{e}); {_rehash(store, b, by_teacher)}")
+            continue
+        # a teacher that read no image of the block (all unreadable then) depends on none of its hashes
+        none_read = content_digest([None] * (stop - start))
+        differ = sorted(t for t, d in by_teacher.items() if d != now and d != none_read)
+        if not differ:
+            continue
+        state = "is missing" if not path.exists() and now == none_read else "holds other hashes"
+        report.add("content", f"{path} {state}: the image hashes of block {b} are not the ones recorded when "
+                              f"teacher(s) {differ} wrote it (digest {now[:16]} != {by_teacher[differ[0]][:16]} in "
+                              "the marker), so distill and eval cannot verify those images; restore the file from "
+                              f"a backup, or {_rehash(store, b, by_teacher)}")
+
+
+def _rehash(store: FeatureStore, b: int, by_teacher: dict[str, str]) -> str:
+    markers = ", ".join(str(store.marker_path(t, b)) for t in sorted(by_teacher))
+    return (f"delete it and the block's done markers ({markers}) and rerun `mmkd extract` for those teachers to "
+            "hash the images again and redo the block")
 
 
 def _redo(store: FeatureStore, teacher: str, block: int) -> str:

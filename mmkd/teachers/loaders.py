@@ -14,8 +14,8 @@ from mmkd.teachers.base import Preprocessing, Teacher
 from mmkd.teachers.custom_models import CUSTOM_ARCHS, build_custom_model, load_custom_checkpoint
 from mmkd.teachers.spec import TeacherError, TeacherSpec
 from mmkd.teachers.weights import (
-    OPEN_CLIP_WEIGHT_FILES, _first_cached, cache_revision, cached_file, hub_cache_dir, hub_offline, missing_weights_error,
-    resolve_checkpoint, weights_status,
+    OPEN_CLIP_WEIGHT_FILES, _first_cached, cache_revision, cached_file, hub_cache_dir, hub_download_impossible,
+    hub_offline, missing_weights_error, resolve_checkpoint, weights_status,
 )
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def load_teacher(spec: TeacherSpec, device: str | torch.device = "cpu") -> Teach
 def _precheck(spec: TeacherSpec) -> None:
     """Fail before any hub call when files are absent and nothing could fetch them."""
     status = weights_status(spec)
-    if not status.available and (hub_offline() or spec.weights_kind not in ("hf-hub", "hub-id")):
+    if not status.available and hub_download_impossible(spec):
         raise missing_weights_error(spec)
 
 

@@ -5,8 +5,11 @@ Nothing here downloads: hub ids are looked up in the local Hugging Face cache on
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,9 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.
                    "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+# One HEAD to the hub before downloading: an unreachable hub is then one error in seconds, not
+# huggingface_hub's five retries per file (about a minute and ~45 log lines for one teacher).
+HUB_PROBE_TIMEOUT_S = 5.0
 # Names one custom checkpoint is published under; a spec naming one also finds the others in the same folder.
 CHECKPOINT_ALIASES: dict[str, tuple[str, ...]] = {
     # UniMed-CLIP README: unimed_clip_vit_b16.pt; Hugging Face hub / public demo: unimed-clip-vit-b16.pt
@@ -47,6 +53,32 @@ def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to a true value."""
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+@functools.lru_cache(maxsize=None)
+def hub_unreachable() -> str:
+    """Why the Hugging Face hub cannot be reached ('' when it answers), asked once per process.
+
+    One HEAD to the endpoint huggingface_hub uses (``HF_ENDPOINT`` honoured; proxies from the
+    environment, as huggingface_hub), with a short timeout. Any HTTP answer counts as reachable:
+    the download then reports what the hub said.
+    """
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return ""
+    except (OSError, ValueError) as e:  # URLError, a timeout, a refused connection, a malformed HF_ENDPOINT
+        why = getattr(e, "reason", None) or e
+        return f"{endpoint} gave no answer: {why}"
+    return ""
+
+
+def hub_download_impossible(spec: TeacherSpec) -> bool:
+    """True when ``spec``'s absent files cannot be downloaded: offline, not a hub id, or the hub unreachable."""
+    return hub_offline() or spec.weights_kind not in ("hf-hub", "hub-id") or bool(hub_unreachable())
 
 
 def hub_cache_dir() -> str:
@@ -167,7 +199,9 @@ def missing_weights_error(spec: TeacherSpec, cause: BaseException | None = None)
         how = (f"download them on a machine with internet (`hf download {repo}`"
                + (f" --revision {spec.revision}" if spec.revision else "") + f") and copy {repo_cache_path(repo)} "
                f"into {hub_cache_dir()} here (HF_HUB_CACHE), or point this teacher's weights: at a local folder")
-        state = "the hub is offline (HF_HUB_OFFLINE)" if hub_offline() else "the hub could not be reached"
+        state = ("the hub is offline (HF_HUB_OFFLINE)" if hub_offline() else
+                 f"the hub could not be reached ({hub_unreachable() or 'the download failed'}; set HF_HUB_OFFLINE=1 "
+                 "not to try it)")
     else:
         how = f"put the files at {status.where}" + (f" ({spec.source})" if spec.source else "")
         state = "they are not on this machine"

@@ -130,7 +130,7 @@ def test_stats_and_info(tmp_path):
     np.testing.assert_allclose(a["text_std"], ref["text"][v].astype(np.float16).astype(np.float64).std(0), atol=1e-4)
     info = store_info(store)
     assert info["teachers"]["t"] == {"dim": 6, "dtype": "float16", "blocks_done": 3, "blocks_total": 3,
-                                     "valid_rows": int(v.sum()), "failures": 0, "complete": True,
+                                     "valid_rows": int(v.sum()), "failures": 0, "failure_reasons": {}, "complete": True,
                                      "views": 0}
     assert info["size_bytes"] > 20 * 6 * 2 * 2
 

@@ -23,6 +23,7 @@ from mmkd.extract.runners.job import ExtractError, ExtractJob
 from mmkd.extract.runners.prepare import write_job_record
 from mmkd.extract.runners.summary import BlockResult, TeacherSummary
 from mmkd.jsontypes import JSONDict
+from mmkd.store.format import disk_full
 
 if TYPE_CHECKING:
     from mmkd.teachers import TeacherSpec
@@ -154,9 +155,15 @@ class BaseRunner(ABC):
                                    fold, fail_fast)
         except BaseException as e:
             for run in active:
-                write_job_record(run.store.path, run.spec.name,
-                                 {**records[run.spec.name], "status": "failed", "error": f"{type(e).__name__}: {e}",
-                                  "summary": run.summary.to_dict()}, run.stamp)
+                try:
+                    write_job_record(run.store.path, run.spec.name,
+                                     {**records[run.spec.name], "status": "failed",
+                                      "error": f"{type(e).__name__}: {e}", "summary": run.summary.to_dict()},
+                                     run.stamp)
+                except OSError as record_error:  # e.g. the disk that just filled up: the run's own error matters
+                    (log.info if disk_full(record_error) else log.warning)(
+                        "teacher %s: could not record the failure under %s/_jobs (%s)", run.spec.name,
+                        run.store.path, record_error)
             raise
         wall = time.perf_counter() - t0
         for run in active:

@@ -285,13 +285,14 @@ class BlockWorker:
         if next_block is not None:
             self._prefetch(next_block[0], self._names(next_block[1]))
         # the block's image hashes recorded (or compared with those recorded) once, for every teacher of the pass
-        changed = record_block_hashes(self.store, block, hashes)
+        changed, content = record_block_hashes(self.store, block, hashes)
         results: list[BlockResult] = []
         for name in names:
             o = out[name]
             t = time.perf_counter()
             self._fail_changed(name, changed, ids, start, o.valid, o.failures)
-            self.store.write_block(name, block, o.image, o.text, o.valid, o.failures, views=o.views)
+            self.store.write_block(name, block, o.image, o.text, o.valid, o.failures, content_sha256=content,
+                                   views=o.views)
             o.timings["write_s"] += time.perf_counter() - t
             first = not results  # the block's decodes, bytes and object-storage retries are counted once, on it
             results.append(BlockResult(

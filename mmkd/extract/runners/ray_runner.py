@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -60,6 +61,8 @@ PROPAGATED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_
                   "OPEN_CLIP_CACHE_DIR", "TORCH_HOME")
 TICK_S = 0.5  # longest the driver blocks in ray.wait, so signals and the liveness clock are seen
 NODE_QUERY_S = 5.0  # longest the error path waits for the GCS to list nodes
+# ray.init(address=H:P) with nothing at H:P retries for minutes; one TCP connect first says so in seconds
+ADDRESS_PROBE_S = 5.0
 
 
 @ray.remote(concurrency_groups={"health": 1})
@@ -150,6 +153,8 @@ class RayRunner(BaseRunner):
                 log.warning("ray is already initialised in this process; ignoring address %r", self.address)
             return
         address = self.address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            _probe_address(address)
         self._save_handlers()  # before ray.init, which installs its own SIGTERM handler
         self._initialised = True
         try:
@@ -158,8 +163,7 @@ class RayRunner(BaseRunner):
             self.close()
             where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
             raise ExtractError(f"could not {where}: {_short(e)}; rerun the same command (finished blocks are kept), "
-                               "check `ray status` or the Ray logs under /tmp/ray/session_latest/logs, or use "
-                               "--runner local") from e
+                               f"check `ray status` or the Ray logs under {_ray_logs()}, or use --runner local") from e
         except BaseException:  # a signal while starting: stop whatever started
             self.close()
             raise
@@ -373,19 +377,48 @@ class RayRunner(BaseRunner):
                 on_block(result)
 
 
+def _probe_address(address: str) -> None:
+    """Fail in seconds, naming the address, when nothing accepts a connection at a ``host:port`` Ray address
+    (``auto``, ``local`` and other forms go to ``ray.init`` as they are)."""
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_PROBE_S).close()
+    except OSError as e:
+        raise ExtractError(f"could not join the Ray cluster at {address}: nothing accepts connections at "
+                           f"{host}:{port} ({e.strerror or type(e).__name__}); check the address (`ray status` on the "
+                           "head node prints it) or use --runner local") from e
+
+
+def _ray_logs() -> str:
+    """Where Ray writes the logs of its latest session (``RAY_TMPDIR`` honoured)."""
+    return os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp", "ray", "session_latest", "logs")
+
+
 def _describe_nodes() -> str:
-    """The cluster's nodes and whether they are alive, asked of the GCS with a time limit."""
+    """The cluster's nodes as the GCS lists them, asked with a time limit.
+
+    The GCS lists a node whose raylet just died as alive until its health checks time out, so a node is
+    called "listed alive", never "alive", and the note says so.
+    """
     out: list[str] = []
 
     def ask() -> None:
         for n in ray.nodes():
-            state = "alive" if n.get("Alive") else f"DEAD ({n.get('DeathReasonMessage') or 'no reason given'})"
+            state = "listed alive" if n.get("Alive") else f"DEAD ({n.get('DeathReasonMessage') or 'no reason given'})"
             out.append(f"{n.get('NodeManagerAddress', '?')} (node {str(n.get('NodeID', '?'))[:8]}) {state}")
 
     t = threading.Thread(target=ask, daemon=True)
     t.start()
     t.join(NODE_QUERY_S)
-    return "; ".join(out) if out else f"unknown (the GCS did not list them within {NODE_QUERY_S:g} s)"
+    if not out:
+        return f"unknown (the GCS did not list them within {NODE_QUERY_S:g} s)"
+    listed = "; ".join(out)
+    if "listed alive" in listed:
+        listed += (" (the GCS lists a node whose raylet just died as alive until its health checks time out: "
+                   "actors not answering on a node listed alive may still mean a dead raylet)")
+    return listed
 
 
 def _short(e: BaseException) -> str:

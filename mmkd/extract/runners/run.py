@@ -20,8 +20,9 @@ from mmkd.extract.runners.placement import device_capacity, plan_passes
 from mmkd.extract.runners.prepare import absolute, open_or_create_store, store_exists, utc_stamp, write_job_record
 from mmkd.extract.runners.summary import BlockResult, ExtractSummary, TeacherSummary
 from mmkd.teachers import TeacherSpec, weights_status
-from mmkd.teachers.weights import hub_offline, missing_weights_error
+from mmkd.teachers.weights import hub_download_impossible, missing_weights_error
 from mmkd.store import FeatureStore, StoreError
+from mmkd.store.format import disk_full, disk_full_error
 from mmkd.store.locks import LOCKS, TeacherLocked, teacher_locks
 from mmkd.jsontypes import JSONDict
 
@@ -70,8 +71,8 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
     passes = plan_passes(specs, job.batch_size, capacity)  # before anything is created or started
     if not store_exists(job.store):
         _precheck_weights(job, specs)  # before creating a store nothing could fill
-    store, created = open_or_create_store(job, ds)
     try:
+        store, created = open_or_create_store(job, ds)
         with teacher_locks(store.path, [s.name for s in specs]):
             try:
                 return _run_locked(job, specs, ds, store, created, progress, on_block, t0, passes, capacity)
@@ -81,6 +82,12 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
                 raise
     except TeacherLocked as e:
         raise ExtractError(str(e)) from None
+    except Exception as e:  # a full disk surfaces from zarr, pyarrow or json writes, often wrapped: one line
+        full = None if is_remote(job.store) else disk_full(e)
+        if full is None:
+            raise
+        raise disk_full_error(full, job.store, "store", "the blocks already marked done are kept and only the "
+                              "others are extracted") from e
 
 
 def _drop_if_empty(store: FeatureStore) -> None:
@@ -189,7 +196,7 @@ def _precheck_weights(job: ExtractJob, specs: list[TeacherSpec]) -> None:
         return
     for spec in specs:
         status = weights_status(spec)
-        if not status.available and (hub_offline() or spec.weights_kind not in ("hf-hub", "hub-id")):
+        if not status.available and hub_download_impossible(spec):
             raise missing_weights_error(spec)
 
 
