@@ -1,7 +1,8 @@
 """One pass over the images for every teacher vs one pass per teacher, in one run.
 
     python bench/scale_bench.py [--images 60] [--mp 1.2] [--teachers 9] [--sizes 224,336,384]
-                                [--decode full|reduced] [--workers 2] [--tiny] [--json PATH]
+                                [--decode full|reduced] [--resize own|cascade] [--workers 2] [--tiny]
+                                [--json PATH]
 
 Builds IMAGES JPEGs of about MP megapixels (smooth noise, about a photo's entropy) and
 TEACHERS simulated teachers: random-weight open_clip models whose input sizes cycle
@@ -16,10 +17,16 @@ Then, on the same images, with the local runner:
   per teacher   one ``mmkd extract`` per teacher into one store (what every run did before)
   one teacher   the first teacher alone (the floor a one-pass run is compared with)
 
-and prints wall seconds and their ratios, images decoded per teacher-row (read from the
+Every run uses the same ``--decode`` and ``--resize``. With ``--resize own`` (default) every
+teacher of the one pass gets the pixels of its own run (``--decode full``: bit for bit); with
+``--resize cascade`` the teachers of a pass resize from its largest input (a recorded mode whose
+smaller inputs' pixels differ slightly; a per-teacher run then is the same as ``own``).
+
+Prints wall seconds and their ratios, images decoded per teacher-row (read from the
 counter in the decode path, :func:`mmkd.data.images.decode_count`), bytes of images read,
-and what one image costs on one core here: decode, each distinct resize/crop (shared by
-the teachers of a pass that have the same one), and each to-tensor + normalise.
+the machine's load average, and what one image costs on one core here: decode, each
+distinct resize/crop (shared by the teachers of a pass that have the same one), and each
+to-tensor + normalise.
 """
 
 from __future__ import annotations
@@ -101,7 +108,7 @@ def run(jsonl: Path, pipelines: Path, store: Path, teachers: list[str], a: argpa
 
     job = ExtractJob(data=str(jsonl), teachers=teachers, store=str(store), runner="local", pipeline=str(pipelines),
                      batch_size=a.batch_size, block_size=a.block_size, workers=a.workers, decode=a.decode,
-                     device="cpu", limit=limit)
+                     resize=a.resize, device="cpu", limit=limit)
     d0, t0 = decode_count(), time.perf_counter()
     summary = run_extract(job)
     wall = time.perf_counter() - t0
@@ -121,6 +128,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="224,336,384", help="teacher input sizes, cycled over the teachers")
     ap.add_argument("--tiny", action="store_true", help="the three tiny test teachers (32 px) instead")
     ap.add_argument("--decode", default="full", choices=["full", "reduced"])
+    ap.add_argument("--resize", default="own", choices=["own", "cascade"])
     ap.add_argument("--workers", type=int, default=2, help="decode threads")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--block-size", type=int, default=32)
@@ -143,7 +151,7 @@ def main() -> None:
         pipelines = write_pipelines(scratch / "pipelines.yaml", specs)
         names = list(specs)
         print(f"setup: {a.images} JPEGs of {px}x{px} ({px * px / 1e6:.2f} MP), {len(names)} teachers "
-              f"{names}, --decode {a.decode}, {a.workers} decode threads, {os.cpu_count()} cores "
+              f"{names}, --decode {a.decode} --resize {a.resize}, {a.workers} decode threads, {os.cpu_count()} cores "
               f"({time.perf_counter() - t:.1f}s)")
         costs = unit_costs(jsonl, specs)
         run(jsonl, pipelines, scratch / "warm-up", names, a, limit=2)  # imports and first-call costs, not measured
@@ -151,6 +159,7 @@ def main() -> None:
         each = add([run(jsonl, pipelines, scratch / "per-teacher", [n], a) for n in names])
         alone = run(jsonl, pipelines, scratch / "one-teacher", names[:1], a)
         report = {"images": a.images, "megapixels": px * px / 1e6, "teachers": names, "decode": a.decode,
+                  "resize": a.resize, "load_average": os.getloadavg(),
                   "workers": a.workers, "cores": os.cpu_count(), "unit_costs_ms": costs, "one_pass": one,
                   "per_teacher": each, "one_teacher": alone,
                   "speedup_one_pass_vs_per_teacher": each["wall_s"] / one["wall_s"],
@@ -162,6 +171,7 @@ def main() -> None:
                   f"{r['bytes_read'] / 1e6:7.1f} MB read")
         print(f"one pass is {report['speedup_one_pass_vs_per_teacher']:.2f}x faster than one pass per teacher; "
               f"it takes {report['one_pass_vs_one_teacher']:.2f}x the wall of one teacher alone")
+        print("load average (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in report["load_average"]))
         print("one image on one core: " + ", ".join(f"{k.removesuffix('_ms')} {v:.1f} ms" for k, v in costs.items()))
         if a.json:
             Path(a.json).write_text(json.dumps(report, indent=2))

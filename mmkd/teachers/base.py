@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -82,6 +83,30 @@ class Preprocessing:
         mean = self.mean * channels if len(self.mean) == 1 else self.mean
         std = self.std * channels if len(self.std) == 1 else self.std
         return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+
+    def to_tensor_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        """:meth:`build_tensor` of a batch of resized images (all :attr:`image_size` square, in :attr:`mode`) in one op.
+
+        The same values bit for bit as the per-image transform: ``ToTensor`` is ``uint8 -> float32, / 255`` and
+        ``Normalize`` is ``- mean, / std`` per channel, elementwise float32 operations in the same order, which
+        batching does not change (``tests/extract/test_one_pass.py`` compares them).
+
+        Returns:
+            ``(B, C, H, W)`` float32.
+
+        Raises:
+            ValueError: the images' sizes or modes differ.
+        """
+        arrays = [np.asarray(im, dtype=np.uint8) for im in images]
+        if len({a.shape for a in arrays}) != 1:
+            raise ValueError(f"images of different sizes in one batch: {sorted({a.shape for a in arrays})}")
+        x = torch.from_numpy(np.stack(arrays))
+        x = x.unsqueeze(-1) if x.ndim == 3 else x  # L images: (B, H, W) -> (B, H, W, 1)
+        channels = x.shape[-1]
+        mean = torch.as_tensor(self.mean * channels if len(self.mean) == 1 else self.mean, dtype=torch.float32)
+        std = torch.as_tensor(self.std * channels if len(self.std) == 1 else self.std, dtype=torch.float32)
+        x = x.permute(0, 3, 1, 2).to(torch.float32).div(255)
+        return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
 
 class _ResizeLongest:
@@ -174,6 +199,7 @@ class Teacher:
         self._transform = preprocessing.build()
         self._revision, self._weights_file, self._sha256 = revision, weights_file, None
         self.text_encoding = dict(text_encoding or {})
+        self.tokenizer_key: tuple | None = None  # teachers with equal keys tokenise to equal tokens (loaders set it)
 
     @property
     def image_mode(self) -> str:
@@ -198,9 +224,14 @@ class Teacher:
             feats = self._image_fn(pixels.to(self.device, non_blocking=True))
         return self._finish(feats)
 
-    def encode_texts(self, captions: list[str], autocast: torch.dtype | str | None = None) -> torch.Tensor:
-        """Text embeddings: B captions -> (B, dim) L2-normalised float32 on CPU."""
-        tokens = self.tokenize(captions)
+    def encode_texts(self, captions: list[str], autocast: torch.dtype | str | None = None,
+                     tokens: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Text embeddings: B captions -> (B, dim) L2-normalised float32 on CPU.
+
+        ``tokens``: :meth:`tokenize` of ``captions`` done already (by a teacher with the same
+        :attr:`tokenizer_key`: an extract pass tokenises a batch once for all such teachers).
+        """
+        tokens = self.tokenize(captions) if tokens is None else tokens
         with torch.inference_mode(), autocast_context(self.device, autocast):
             feats = self._text_fn({k: v.to(self.device, non_blocking=True) for k, v in tokens.items()})
         return self._finish(feats)

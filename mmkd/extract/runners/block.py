@@ -22,7 +22,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,12 +38,15 @@ from mmkd.teachers import TeacherSpec
 from mmkd.store.content import record_block_hashes, sha256_of
 from mmkd.store.format import FEATURE_DTYPE
 
+if TYPE_CHECKING:  # torch-heavy: the Ray driver imports this module and never needs it
+    from mmkd.teachers.base import Preprocessing
+
 log = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 2
 # Attributes that change the features; a resumed run must not mix blocks made with different ones.
 _FEATURE_ATTRS = ("weights_sha256", "revision", "preprocessing", "context_length", "tokenizer", "dim", "decode",
-                  "text_encoding")
+                  "text_encoding", "resize")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class WorkerConfig:
         max_pixels: larger images are refused as decompression bombs.
         decode: ``full``, ``reduced`` (JPEG DCT-scaled decode; see :func:`mmkd.data.decode_image`) or
             ``gpu`` (JPEG batches decoded on the teacher's device: :mod:`mmkd.extract.device_decode`).
+        resize: ``own`` (each teacher resizes the decoded image itself: the pixels of a run of that teacher
+            alone) or ``cascade`` (:func:`cascade_sources`: smaller inputs resized from the largest one).
     """
 
     dataset: dict[str, Any]
@@ -72,6 +77,7 @@ class WorkerConfig:
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode: str = "full"
+    resize: str = "own"
 
 
 def resolve_device(device: str) -> str:
@@ -80,6 +86,29 @@ def resolve_device(device: str) -> str:
         return resolve_config_device(device)
     except ConfigError as e:
         raise ExtractError(str(e)) from e
+
+
+def cascade_sources(pps: dict[str, Preprocessing]) -> dict[str, Preprocessing]:
+    """For ``--resize cascade``: which teachers resize from another teacher's input instead of the decoded image.
+
+    Teachers with the same resize mode and image mode form a family; the family's largest input is
+    resized from the decoded image (its pixels are those of a run of it alone), and each smaller one
+    applies its own resize/crop to that image. One large resize per family instead of one per
+    distinct size: at 1.2 MP a resize costs about a decode whatever the output size, and a second
+    from 384 px costs a few percent of it. The smaller inputs' pixels differ slightly from their own
+    transform's (a two-step downscale); the worker records ``resize: cascade from <side>px`` in their
+    attributes, ``own`` in the others'.
+
+    Returns:
+        ``{teacher: the Preprocessing whose output it resizes from}``, for the cascaded teachers only.
+    """
+    largest: dict[tuple[str, str], Preprocessing] = {}
+    for pp in pps.values():
+        family = (pp.resize_mode, pp.mode)
+        if family not in largest or pp.image_size > largest[family].image_size:
+            largest[family] = pp
+    return {name: largest[(pp.resize_mode, pp.mode)] for name, pp in pps.items()
+            if pp.image_size < largest[(pp.resize_mode, pp.mode)].image_size}
 
 
 @dataclass
@@ -91,12 +120,10 @@ class _Slot:
     attrs: dict[str, Any]
     autocast: str | None
     param_bytes: int
-    geometry: Any = None  # the teacher's resize/crop (PIL); equal ``geometry_key`` -> one resize for all of them
-    tensorize: Any = None  # its to-tensor + normalise
+    tensor_batch: Any = None  # its to-tensor + normalise of a batch of resized images (Preprocessing.to_tensor_batch)
 
     def __post_init__(self) -> None:
-        pp = self.teacher.preprocessing
-        self.geometry_key, self.geometry, self.tensorize = pp.geometry_key, pp.build_geometry(), pp.build_tensor()
+        self.tensor_batch = self.teacher.preprocessing.to_tensor_batch
 
 
 def _param_bytes(model: Any) -> int:
@@ -125,11 +152,18 @@ class BlockWorker:
         self.store = FeatureStore.open(config.store, mode="a")
         self.slots: dict[str, _Slot] = {}
         self.load_errors: dict[str, str] = {}
+        tokenizers: dict[tuple, Any] = {}  # teachers of the pass with the same tokenizer load it once
         for spec in self.specs:
-            self._load(spec, fail_fast)
+            self._load(spec, fail_fast, tokenizers)
         pps = [s.teacher.preprocessing for s in self.slots.values()]
         # one decode covers the largest input of the pass (every teacher then resizes from it)
         self._reduce_to = [(pp.image_size, pp.resize_mode) for pp in pps] if config.decode == "reduced" else None
+        self._sources = cascade_sources({n: s.teacher.preprocessing for n, s in self.slots.items()}) \
+            if config.resize == "cascade" else {}
+        for name in list(self.slots):
+            self._register(name, fail_fast)
+        # one resize/crop transform per geometry key, built here (the decode threads only read this)
+        self._geometries = {pp.geometry_key: pp.build_geometry() for pp in pps + list(self._sources.values())}
         self._on_device = config.decode == "gpu"
         if self._on_device and not self.device.startswith("cuda"):
             log.warning("--decode gpu: teachers %s run on %s, so JPEGs are decoded there by torchvision's CPU "
@@ -137,27 +171,40 @@ class BlockWorker:
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="mmkd-decode")
         self._next: tuple[int, tuple[str, ...], tuple, deque] | None = None  # (block, teachers, rows, futures)
 
-    def _load(self, spec: Any, fail_fast: bool) -> None:
+    def _load(self, spec: Any, fail_fast: bool, tokenizers: dict[tuple, Any]) -> None:
         # torch, open_clip, transformers load here, in the worker: the Ray driver imports this module too
         from mmkd.teachers.loaders import load_teacher
 
         try:
-            teacher = load_teacher(spec, self.device)
-            attrs = {**teacher.store_attrs(), "decode": self.config.decode}
-            self._add_teacher(spec.name, teacher.dim, attrs)
-        except ExtractError:
-            raise  # the store refuses this teacher's settings: never a per-teacher load failure
+            teacher = load_teacher(spec, self.device, tokenizers=tokenizers)
         except Exception as e:  # noqa: BLE001 - any loader error; the pass goes on without this teacher
-            if len(self.specs) == 1:
-                raise
-            if fail_fast:
-                raise ExtractError(f"teacher {spec.name!r} failed to load, and --fail-fast stops the pass: "
-                                   f"{type(e).__name__}: {e}") from e
-            self.load_errors[spec.name] = f"{type(e).__name__}: {e}"
-            log.warning("teacher %s failed to load (%s); the pass goes on without it", spec.name, e)
+            self._load_failed(spec.name, e, fail_fast)
             return
+        attrs = {**teacher.store_attrs(), "decode": self.config.decode}
         autocast = self.config.precision if self.device.startswith("cuda") and self.config.precision != "fp32" else None
         self.slots[spec.name] = _Slot(spec, teacher, attrs, autocast, _param_bytes(teacher.model))
+
+    def _register(self, name: str, fail_fast: bool) -> None:
+        """Add a loaded teacher to the store, with the resize it gets (known once every teacher is loaded)."""
+        slot = self.slots[name]
+        source = self._sources.get(name)
+        slot.attrs["resize"] = "own" if source is None else f"cascade from {source.image_size}px"
+        try:
+            self._add_teacher(name, slot.teacher.dim, slot.attrs)
+        except ExtractError:
+            raise  # the store refuses this teacher's settings: never a per-teacher load failure
+        except Exception as e:  # noqa: BLE001
+            del self.slots[name]
+            self._load_failed(name, e, fail_fast)
+
+    def _load_failed(self, name: str, e: Exception, fail_fast: bool) -> None:
+        if len(self.specs) == 1:
+            raise e
+        if fail_fast:
+            raise ExtractError(f"teacher {name!r} failed to load, and --fail-fast stops the pass: "
+                               f"{type(e).__name__}: {e}") from e
+        self.load_errors[name] = f"{type(e).__name__}: {e}"
+        log.warning("teacher %s failed to load (%s); the pass goes on without it", name, e)
 
     # single-teacher views (a worker with one teacher, as the tests and older callers use it)
     @property
@@ -252,8 +299,9 @@ class BlockWorker:
                 for r, h in read:
                     hashes[r] = h
             prepared = [item for items, *_ in chunks for item in items]
+            tokens: dict[tuple, Any] = {}  # this batch's tokens, once per tokenizer shared by teachers of the pass
             for name in names:
-                self._forward(name, prepared, out[name], ids, start)
+                self._forward(name, prepared, out[name], ids, start, tokens)
         if next_block is not None:
             self._prefetch(next_block[0], self._names(next_block[1]))
         # the block's image hashes recorded (or compared with those recorded) once, for every teacher of the pass
@@ -380,12 +428,41 @@ class BlockWorker:
                     cpu.append(name)
             if cpu:
                 decoded += 1
-                pixels.update(self._cpu_pixels(data, cpu))
+                pixels.update(self._cpu_geometry(data, cpu))
             out.append((r, pixels, caption))
+        for name in names:
+            self._to_tensors(name, [px for _, px, _ in out])
         return out, time.perf_counter() - t, decoded, nbytes, hashes
 
     def _cpu_pixels(self, data: bytes, names: list[str]) -> dict[str, Any]:
         """Decode once, then each teacher's mode and transform on the CPU (a BadSample per teacher when that fails)."""
+        out = [self._cpu_geometry(data, names)]
+        for name in names:
+            self._to_tensors(name, out)
+        return out[0]
+
+    def _to_tensors(self, name: str, pixels: list[dict[str, Any]]) -> None:
+        """Replace teacher ``name``'s resized PIL images in ``pixels`` by its normalised tensors, in one batched op
+        (:meth:`Preprocessing.to_tensor_batch`: the values of its own per-image to-tensor + normalise)."""
+        from PIL import Image
+
+        todo = [px for px in pixels if isinstance(px.get(name), Image.Image)]
+        if not todo:
+            return
+        try:
+            batch = self.slots[name].tensor_batch([px[name] for px in todo])
+        except (ValueError, RuntimeError):  # sizes differ within the batch: one by one, each its own error
+            for px in todo:
+                try:
+                    px[name] = self.slots[name].tensor_batch([px[name]])[0]
+                except (ValueError, RuntimeError) as e:
+                    px[name] = BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}")
+            return
+        for px, x in zip(todo, batch):
+            px[name] = x
+
+    def _cpu_geometry(self, data: bytes, names: list[str]) -> dict[str, Any]:
+        """Decode once, then each teacher's mode and resize/crop (a PIL image, or a BadSample per teacher)."""
         try:
             img = decode_loaded(data, max_pixels=self.config.max_pixels, reduce_to=self._reduce_to)
         except BadSample as e:
@@ -405,14 +482,25 @@ class BlockWorker:
                 if isinstance(by_mode[mode], BadSample):
                     raise by_mode[mode]
                 try:
-                    if slot.geometry_key not in resized:
-                        resized[slot.geometry_key] = slot.geometry(by_mode[mode])
-                    out[name] = slot.tensorize(resized[slot.geometry_key])
+                    out[name] = self._resized(slot.teacher.preprocessing, self._sources.get(name), by_mode[mode],
+                                              resized)
                 except (ValueError, OSError, RuntimeError) as e:
                     raise BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}") from e
             except BadSample as e:
                 out[name] = e
         return out
+
+    def _resized(self, pp: Preprocessing, source: Preprocessing | None, img: Any, resized: dict[tuple, Any]) -> Any:
+        """``pp``'s resize/crop of ``img``, or of ``source``'s (``--resize cascade``); each computed once per image."""
+        key = (pp.geometry_key, source and source.geometry_key)
+        if key not in resized:
+            if source is not None:
+                img = self._resized(source, None, img, resized)
+            resized[key] = self._geometry(pp)(img)
+        return resized[key]
+
+    def _geometry(self, pp: Preprocessing) -> Any:
+        return self._geometries[pp.geometry_key]
 
     def _device_pixels(self, name: str, prepared: list[tuple]) -> list[tuple]:
         """Decode the batch's :class:`DeviceJpeg` items of teacher ``name`` on its device; what it refuses goes
@@ -428,7 +516,8 @@ class BlockWorker:
             items[i] = (r, pixels if pixels is not None else self._cpu_pixels(jpeg.data, [name])[name], caption)
         return items
 
-    def _forward(self, name: str, prepared: list[tuple], o: "_BlockOut", ids: list[str], start: int) -> None:
+    def _forward(self, name: str, prepared: list[tuple], o: "_BlockOut", ids: list[str], start: int,
+                 tokens: dict[tuple, Any]) -> None:
         import torch
 
         slot = self.slots[name]
@@ -450,7 +539,14 @@ class BlockWorker:
         rows = np.array([g[0] for g in good])
         pixels = torch.stack([g[1].to(slot.teacher.device) for g in good])
         o.image[rows] = slot.teacher.encode_images(pixels, autocast=slot.autocast).numpy()
-        o.text[rows] = slot.teacher.encode_texts([g[2] for g in good], autocast=slot.autocast).numpy()
+        captions = [g[2] for g in good]
+        key = slot.teacher.tokenizer_key
+        if key is not None:
+            key = (key, tuple(rows.tolist()))  # the same tokenizer on the same captions
+            if key not in tokens:
+                tokens[key] = slot.teacher.tokenize(captions)
+        o.text[rows] = slot.teacher.encode_texts(captions, autocast=slot.autocast,
+                                                 tokens=tokens[key] if key is not None else None).numpy()
         finite = _finite_rows(o.image[rows], o.text[rows], o.failures, [ids[r] for r in rows], rows + start)
         o.valid[rows[finite]] = True
         o.timings["forward_s"] += time.perf_counter() - t

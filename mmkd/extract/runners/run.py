@@ -110,7 +110,7 @@ def _run_locked(job: ExtractJob, specs: list[Any], ds: Any, store: Any, created:
         _precheck_weights(job, [s for s in specs if todo[s.name]])
     config = WorkerConfig(dataset=ds.spec().to_dict(with_storage_options=True), store=absolute(store.path),
                           batch_size=job.batch_size, precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
-                          decode=job.decode)
+                          decode=job.decode, resize=job.resize)
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None
     # Nothing to schedule: the local runner finishes complete teachers without starting Ray.
     runner = _make_runner(job, stamp) if any(todo.values()) else LocalRunner()
