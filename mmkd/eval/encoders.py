@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from mmkd.eval.zeroshot import l2_normalize
+from mmkd.config import is_remote
 from mmkd.store import FeatureStore
 from mmkd.teachers import get_teacher_spec
 
@@ -188,7 +189,8 @@ class StoreEncoder:
         self.name, self.teacher = teacher, teacher
         attrs = self.store.attrs(teacher)
         manifest = self.store.manifest
-        self.model_id = "store-" + _digest(str(Path(self.store.path).resolve()), manifest.get("index_fingerprint"),
+        where = str(self.store.path) if is_remote(self.store.path) else str(Path(self.store.path).resolve())
+        self.model_id = "store-" + _digest(where, manifest.get("index_fingerprint"),
                                            teacher, attrs.get("weights_sha256"),
                                            sorted(self.store.done_blocks(teacher)))
         self.logit_scale = float(attrs.get("logit_scale") or 100.0)

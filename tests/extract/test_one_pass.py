@@ -178,3 +178,25 @@ def test_teachers_of_a_pass_share_one_clip_tokenizer(setup):
     assert len(cache) == 1 and a.tokenizer_key == b.tokenizer_key is not None
     caps = ["a chest x-ray", "an axial ct slice of the liver"]
     assert a.encode_texts(caps).equal(a.encode_texts(caps, tokens=b.tokenize(caps)))
+
+
+def test_an_error_in_one_teachers_step_of_a_pass_names_that_teacher(setup, tmp_path, monkeypatch):
+    """The block worker marks the error with the teacher whose step raised; it survives pickling (a Ray task
+    error carries it to the driver, whose message then names that teacher: tests/extract/test_ray_runner.py)."""
+    import pickle
+
+    from mmkd.extract.runners.block import failed_teacher
+    from mmkd.teachers.base import Teacher
+
+    encode = Teacher.encode_images
+
+    def broken(self, pixels, autocast=None):
+        if self.name == "tiny_open_clip_64":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return encode(self, pixels, autocast)
+
+    monkeypatch.setattr(Teacher, "encode_images", broken)
+    with pytest.raises(RuntimeError, match="illegal memory access") as err:
+        run_extract(_job(setup, tmp_path / "s", teachers=["tiny_open_clip", "tiny_open_clip_64"]))
+    assert failed_teacher(err.value) == "tiny_open_clip_64"
+    assert failed_teacher(pickle.loads(pickle.dumps(err.value))) == "tiny_open_clip_64"

@@ -14,12 +14,14 @@ into the store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -201,8 +203,10 @@ class BlockWorker:
         if len(self.specs) == 1:
             raise e
         if fail_fast:
-            raise ExtractError(f"teacher {name!r} failed to load, and --fail-fast stops the pass: "
-                               f"{type(e).__name__}: {e}") from e
+            err = ExtractError(f"teacher {name!r} failed to load, and --fail-fast stops the pass: "
+                               f"{type(e).__name__}: {e}")
+            err.failed_teacher = name  # named by the runner's message (failed_teacher)
+            raise err from e
         self.load_errors[name] = f"{type(e).__name__}: {e}"
         log.warning("teacher %s failed to load (%s); the pass goes on without it", name, e)
 
@@ -301,7 +305,8 @@ class BlockWorker:
             prepared = [item for items, *_ in chunks for item in items]
             tokens: dict[tuple, Any] = {}  # this batch's tokens, once per tokenizer shared by teachers of the pass
             for name in names:
-                self._forward(name, prepared, out[name], ids, start, tokens)
+                with _blame(name):
+                    self._forward(name, prepared, out[name], ids, start, tokens)
         if next_block is not None:
             self._prefetch(next_block[0], self._names(next_block[1]))
         # the block's image hashes recorded (or compared with those recorded) once, for every teacher of the pass
@@ -311,7 +316,8 @@ class BlockWorker:
             o = out[name]
             t = time.perf_counter()
             self._fail_changed(name, changed, ids, start, o.valid, o.failures)
-            self.store.write_block(name, block, o.image, o.text, o.valid, o.failures)
+            with _blame(name):
+                self.store.write_block(name, block, o.image, o.text, o.valid, o.failures)
             o.timings["write_s"] += time.perf_counter() - t
             manifests.append({
                 "teacher": name, "block": block, "rows": n, "valid": int(o.valid.sum()),
@@ -550,6 +556,28 @@ class BlockWorker:
         finite = _finite_rows(o.image[rows], o.text[rows], o.failures, [ids[r] for r in rows], rows + start)
         o.valid[rows[finite]] = True
         o.timings["forward_s"] += time.perf_counter() - t
+
+
+@contextlib.contextmanager
+def _blame(teacher: str) -> Iterator[None]:
+    """Mark an error raised by one teacher's step of a pass block with that teacher (``failed_teacher``),
+    so a runner's message names it rather than the whole pass; the error keeps its type."""
+    try:
+        yield
+    except Exception as e:
+        if getattr(e, "failed_teacher", None) is None:
+            e.failed_teacher = teacher  # pickled with the exception (its __dict__) through Ray
+        raise
+
+
+def failed_teacher(e: BaseException) -> str | None:
+    """The teacher an error of :meth:`BlockWorker.run_pass_block` came from, when one did (see :func:`_blame`)."""
+    while e is not None:
+        name = getattr(e, "failed_teacher", None)
+        if name is not None:
+            return name
+        e = getattr(e, "cause", None) or e.__cause__  # a Ray task error holds the worker's own one in .cause
+    return None
 
 
 class _BlockOut:

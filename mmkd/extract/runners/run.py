@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from mmkd.config import is_remote, load_pipelines
@@ -21,7 +19,7 @@ from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
 from mmkd.teachers import weights_status
 from mmkd.teachers.weights import hub_offline, missing_weights_error
 from mmkd.store import FeatureStore, StoreError
-from mmkd.store.locks import LOCKS, TeacherLocked, teacher_locks
+from mmkd.store.locks import TeacherLocked, teacher_lock_holders, teacher_locks
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +75,26 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
 
 def _drop_if_empty(store: Any) -> None:
     """Remove a store this run created when it failed before any block was done (the first teacher could not
-    start: a hub that cannot be reached, a wrong ``dim``), unless another extract is using it meanwhile."""
+    start: a hub that cannot be reached, a wrong ``dim``), unless another extract is using it meanwhile. On
+    object storage too: every object under the store's prefix is deleted."""
     try:
         now = FeatureStore.open(store.path)
         if any(now.done_blocks(t) for t in now.teachers):
             return
-        for lock in (Path(store.path) / LOCKS).glob("*.lock"):
-            if lock.read_text().strip() and not _ours(lock):  # another extract holds a teacher of this store
-                return
+        if teacher_lock_holders(store.path):  # another extract holds a teacher of this store
+            return
     except (StoreError, OSError):
         return
-    shutil.rmtree(store.path, ignore_errors=True)
+    if is_remote(store.path):
+        try:
+            store.path.fs.rm(store.path.path, recursive=True)
+        except OSError as e:
+            log.warning("store %s was created by this run and holds no finished block, but removing it failed "
+                        "(%s); delete it before reusing the URL", store.path, e)
+            return
+    else:
+        shutil.rmtree(store.path, ignore_errors=True)
     log.info("removed store %s: it was created by this run and holds no finished block", store.path)
-
-
-def _ours(lock: Path) -> bool:
-    try:
-        return int(json.loads(lock.read_text())["pid"]) == os.getpid()
-    except (ValueError, KeyError, TypeError, OSError):
-        return False
 
 
 def _run_locked(job: ExtractJob, specs: list[Any], ds: Any, store: Any, created: bool, progress: bool,
