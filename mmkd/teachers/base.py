@@ -85,7 +85,7 @@ class Preprocessing:
         return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
 
     def to_tensor_batch(self, images: list[Image.Image]) -> torch.Tensor:
-        """:meth:`build_tensor` of a batch of resized images (all :attr:`image_size` square, in :attr:`mode`) in one op.
+        """:meth:`build_tensor` of a batch of resized images in one op: ``normalize_batch(to_unit_batch(images))``.
 
         The same values bit for bit as the per-image transform: ``ToTensor`` is ``uint8 -> float32, / 255`` and
         ``Normalize`` is ``- mean, / std`` per channel, elementwise float32 operations in the same order, which
@@ -97,16 +97,25 @@ class Preprocessing:
         Raises:
             ValueError: the images' sizes or modes differ.
         """
+        return self.normalize_batch(self.to_unit_batch(images))
+
+    @staticmethod
+    def to_unit_batch(images: list[Image.Image]) -> torch.Tensor:
+        """``ToTensor`` of a batch of equal-size 8-bit images: ``(B, C, H, W)`` float32 in [0, 1]. Teachers whose
+        resize/crop gave the same images share it; each then applies :meth:`normalize_batch` to a copy."""
         arrays = [np.asarray(im, dtype=np.uint8) for im in images]
         if len({a.shape for a in arrays}) != 1:
             raise ValueError(f"images of different sizes in one batch: {sorted({a.shape for a in arrays})}")
         x = torch.from_numpy(np.stack(arrays))
         x = x.unsqueeze(-1) if x.ndim == 3 else x  # L images: (B, H, W) -> (B, H, W, 1)
-        channels = x.shape[-1]
+        return x.permute(0, 3, 1, 2).to(torch.float32).div_(255)
+
+    def normalize_batch(self, unit: torch.Tensor) -> torch.Tensor:
+        """``Normalize`` with this model's mean/std of a :meth:`to_unit_batch` (a new tensor; ``unit`` is kept)."""
+        channels = unit.shape[1]
         mean = torch.as_tensor(self.mean * channels if len(self.mean) == 1 else self.mean, dtype=torch.float32)
         std = torch.as_tensor(self.std * channels if len(self.std) == 1 else self.std, dtype=torch.float32)
-        x = x.permute(0, 3, 1, 2).to(torch.float32).div(255)
-        return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+        return unit.sub(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
 
 class _ResizeLongest:

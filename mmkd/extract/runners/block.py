@@ -5,8 +5,10 @@ path) and loads its teachers itself once; a teacher that fails to load is record
 in :attr:`BlockWorker.load_errors` and the others go on (unless ``fail_fast``).
 Then for each block: it reads the block's rows from the store index and its images'
 bytes once, decodes each image once, and gives the one decoded image to every
-teacher that still needs the block, each applying its own resize/crop/normalise
-(teachers with the same resize/crop share that step; on a thread pool; the next batch is prepared while the current one runs);
+teacher that still needs the block, each applying its own resize/crop (teachers with
+the same resize/crop share that step; ``--resize cascade`` resizes smaller inputs from
+the largest; on a thread pool; the next batch is prepared while the current one runs)
+and then its own to-tensor + normalise, one op per batch;
 captions are read once and tokenised per teacher. Each teacher's block is written
 and a small manifest per teacher returned. Features never leave the worker except
 into the store.
@@ -122,10 +124,6 @@ class _Slot:
     attrs: dict[str, Any]
     autocast: str | None
     param_bytes: int
-    tensor_batch: Any = None  # its to-tensor + normalise of a batch of resized images (Preprocessing.to_tensor_batch)
-
-    def __post_init__(self) -> None:
-        self.tensor_batch = self.teacher.preprocessing.to_tensor_batch
 
 
 def _param_bytes(model: Any) -> int:
@@ -303,10 +301,10 @@ class BlockWorker:
                 for r, h in read:
                     hashes[r] = h
             prepared = [item for items, *_ in chunks for item in items]
-            tokens: dict[tuple, Any] = {}  # this batch's tokens, once per tokenizer shared by teachers of the pass
+            shared: dict[tuple, Any] = {}  # this batch's tokens and [0, 1] pixels, once for the teachers that share them
             for name in names:
                 with _blame(name):
-                    self._forward(name, prepared, out[name], ids, start, tokens)
+                    self._forward(name, prepared, out[name], ids, start, shared)
         if next_block is not None:
             self._prefetch(next_block[0], self._names(next_block[1]))
         # the block's image hashes recorded (or compared with those recorded) once, for every teacher of the pass
@@ -436,36 +434,18 @@ class BlockWorker:
                 decoded += 1
                 pixels.update(self._cpu_geometry(data, cpu))
             out.append((r, pixels, caption))
-        for name in names:
-            self._to_tensors(name, [px for _, px, _ in out])
         return out, time.perf_counter() - t, decoded, nbytes, hashes
 
     def _cpu_pixels(self, data: bytes, names: list[str]) -> dict[str, Any]:
-        """Decode once, then each teacher's mode and transform on the CPU (a BadSample per teacher when that fails)."""
-        out = [self._cpu_geometry(data, names)]
-        for name in names:
-            self._to_tensors(name, out)
-        return out[0]
-
-    def _to_tensors(self, name: str, pixels: list[dict[str, Any]]) -> None:
-        """Replace teacher ``name``'s resized PIL images in ``pixels`` by its normalised tensors, in one batched op
-        (:meth:`Preprocessing.to_tensor_batch`: the values of its own per-image to-tensor + normalise)."""
-        from PIL import Image
-
-        todo = [px for px in pixels if isinstance(px.get(name), Image.Image)]
-        if not todo:
-            return
-        try:
-            batch = self.slots[name].tensor_batch([px[name] for px in todo])
-        except (ValueError, RuntimeError):  # sizes differ within the batch: one by one, each its own error
-            for px in todo:
+        """Decode once, then each teacher's mode and transform on the CPU (a tensor, or a BadSample per teacher)."""
+        out = self._cpu_geometry(data, names)
+        for name, img in out.items():
+            if not isinstance(img, BadSample):
                 try:
-                    px[name] = self.slots[name].tensor_batch([px[name]])[0]
+                    out[name] = self.slots[name].teacher.preprocessing.to_tensor_batch([img])[0]
                 except (ValueError, RuntimeError) as e:
-                    px[name] = BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}")
-            return
-        for px, x in zip(todo, batch):
-            px[name] = x
+                    out[name] = BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}")
+        return out
 
     def _cpu_geometry(self, data: bytes, names: list[str]) -> dict[str, Any]:
         """Decode once, then each teacher's mode and resize/crop (a PIL image, or a BadSample per teacher)."""
@@ -523,9 +503,7 @@ class BlockWorker:
         return items
 
     def _forward(self, name: str, prepared: list[tuple], o: "_BlockOut", ids: list[str], start: int,
-                 tokens: dict[tuple, Any]) -> None:
-        import torch
-
+                 shared: dict[tuple, Any]) -> None:
         slot = self.slots[name]
         t = time.perf_counter()
         items = self._device_pixels(name, prepared) if self._on_device else \
@@ -543,19 +521,34 @@ class BlockWorker:
             return
         t = time.perf_counter()
         rows = np.array([g[0] for g in good])
-        pixels = torch.stack([g[1].to(slot.teacher.device) for g in good])
-        o.image[rows] = slot.teacher.encode_images(pixels, autocast=slot.autocast).numpy()
+        pixels = self._pixel_batch(slot.teacher.preprocessing, [g[1] for g in good], shared)
+        o.image[rows] = slot.teacher.encode_images(pixels.to(slot.teacher.device), autocast=slot.autocast).numpy()
         captions = [g[2] for g in good]
         key = slot.teacher.tokenizer_key
         if key is not None:
-            key = (key, tuple(rows.tolist()))  # the same tokenizer on the same captions
-            if key not in tokens:
-                tokens[key] = slot.teacher.tokenize(captions)
+            key = ("tokens", key, tuple(rows.tolist()))  # the same tokenizer on the same captions
+            if key not in shared:
+                shared[key] = slot.teacher.tokenize(captions)
         o.text[rows] = slot.teacher.encode_texts(captions, autocast=slot.autocast,
-                                                 tokens=tokens[key] if key is not None else None).numpy()
+                                                 tokens=shared[key] if key is not None else None).numpy()
         finite = _finite_rows(o.image[rows], o.text[rows], o.failures, [ids[r] for r in rows], rows + start)
         o.valid[rows[finite]] = True
         o.timings["forward_s"] += time.perf_counter() - t
+
+    @staticmethod
+    def _pixel_batch(pp: Preprocessing, xs: list[Any], shared: dict[tuple, Any]) -> Any:
+        """The model input of a batch: resized PIL images (CPU decode) made into one normalised tensor, the
+        ``[0, 1]`` conversion done once for teachers given the very same images (same resize/crop); tensors
+        (decoded on the device, or the CPU fallback of that path) stacked."""
+        import torch
+        from PIL import Image
+
+        if all(isinstance(x, Image.Image) for x in xs):
+            key = ("unit", *map(id, xs))  # the same image objects (alive while the batch runs): the same values
+            if key not in shared:
+                shared[key] = pp.to_unit_batch(xs)
+            return pp.normalize_batch(shared[key])
+        return torch.stack([pp.to_tensor_batch([x])[0] if isinstance(x, Image.Image) else x for x in xs])
 
 
 @contextlib.contextmanager
