@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
@@ -85,11 +86,7 @@ class Preprocessing:
         return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
 
     def to_tensor_batch(self, images: list[Image.Image]) -> torch.Tensor:
-        """:meth:`build_tensor` of a batch of resized images in one op: ``normalize_batch(to_unit_batch(images))``.
-
-        The same values bit for bit as the per-image transform: ``ToTensor`` is ``uint8 -> float32, / 255`` and
-        ``Normalize`` is ``- mean, / std`` per channel, elementwise float32 operations in the same order, which
-        batching does not change (``tests/extract/test_one_pass.py`` compares them).
+        """:meth:`build_tensor` of a batch of resized images in one op: ``normalize_uint8(stack_uint8(images))``.
 
         Returns:
             ``(B, C, H, W)`` float32.
@@ -97,25 +94,43 @@ class Preprocessing:
         Raises:
             ValueError: the images' sizes or modes differ.
         """
-        return self.normalize_batch(self.to_unit_batch(images))
+        return self.normalize_uint8(self.stack_uint8(images))
 
     @staticmethod
-    def to_unit_batch(images: list[Image.Image]) -> torch.Tensor:
-        """``ToTensor`` of a batch of equal-size 8-bit images: ``(B, C, H, W)`` float32 in [0, 1]. Teachers whose
-        resize/crop gave the same images share it; each then applies :meth:`normalize_batch` to a copy."""
+    def stack_uint8(images: list[Image.Image]) -> np.ndarray:
+        """Equal-size 8-bit images as one ``(B, H, W, C)`` uint8 array (``C`` = 1 for ``L``). Teachers whose
+        resize/crop gave the same images share it; each then applies :meth:`normalize_uint8`."""
         arrays = [np.asarray(im, dtype=np.uint8) for im in images]
         if len({a.shape for a in arrays}) != 1:
             raise ValueError(f"images of different sizes in one batch: {sorted({a.shape for a in arrays})}")
-        x = torch.from_numpy(np.stack(arrays))
-        x = x.unsqueeze(-1) if x.ndim == 3 else x  # L images: (B, H, W) -> (B, H, W, 1)
-        return x.permute(0, 3, 1, 2).to(torch.float32).div_(255)
+        out = np.stack(arrays)
+        return out[..., None] if out.ndim == 3 else out
 
-    def normalize_batch(self, unit: torch.Tensor) -> torch.Tensor:
-        """``Normalize`` with this model's mean/std of a :meth:`to_unit_batch` (a new tensor; ``unit`` is kept)."""
-        channels = unit.shape[1]
-        mean = torch.as_tensor(self.mean * channels if len(self.mean) == 1 else self.mean, dtype=torch.float32)
-        std = torch.as_tensor(self.std * channels if len(self.std) == 1 else self.std, dtype=torch.float32)
-        return unit.sub(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    def normalize_uint8(self, pixels: np.ndarray) -> torch.Tensor:
+        """``ToTensor`` then ``Normalize`` of a :meth:`stack_uint8` batch, through a table of the 256 values.
+
+        ``ToTensor`` is ``uint8 -> float32, / 255`` and ``Normalize`` ``- mean, / std`` per channel: elementwise
+        float32 operations, so a byte value always maps to the same float. The table applies exactly those
+        operations (torch, float32, same order) to 0..255 per channel, and the batch is looked up in it: the
+        same values bit for bit as the per-image transform (``tests/extract/test_one_pass.py`` compares them),
+        in one pass over the pixels instead of three.
+        """
+        table = _normalize_table(self.mean, self.std, pixels.shape[-1])
+        out = np.empty((pixels.shape[0], pixels.shape[-1], *pixels.shape[1:3]), np.float32)
+        for c in range(pixels.shape[-1]):
+            np.take(table[c], pixels[..., c], out=out[:, c])
+        return torch.from_numpy(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> np.ndarray:
+    """``(channels, 256)`` float32: ``Normalize(mean, std)(ToTensor()(byte))`` for every byte value and channel."""
+    mean = mean * channels if len(mean) == 1 else mean
+    std = std * channels if len(std) == 1 else std
+    unit = torch.arange(256, dtype=torch.uint8).to(torch.float32).div(255)  # ToTensor
+    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1)  # Normalize: as_tensor(mean, dtype=float32)
+    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1)
+    return unit.view(1, 256).expand(len(mean), 256).sub(m).div(s).numpy()
 
 
 class _ResizeLongest:

@@ -164,7 +164,9 @@ def test_batched_to_tensor_equals_the_teachers_per_image_transform(mode):
     pp = Preprocessing(image_size=24, mean=(0.48145466, 0.4578275, 0.40821073) if mode == "RGB" else (0.586,),
                        std=(0.26862954, 0.26130258, 0.27577711) if mode == "RGB" else (0.2795,), grayscale=mode == "L")
     shape = (24, 24, 3) if mode == "RGB" else (24, 24)
-    images = [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode) for _ in range(5)]
+    images = [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode) for _ in range(4)]
+    every_byte = (np.arange(int(np.prod(shape))) % 256).astype(np.uint8).reshape(shape)  # each value, each channel
+    images.append(Image.fromarray(every_byte, mode))
     one_by_one = torch.stack([pp.build_tensor()(im) for im in images])
     assert pp.to_tensor_batch(images).numpy().tobytes() == one_by_one.numpy().tobytes()
 

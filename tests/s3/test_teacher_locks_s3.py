@@ -23,8 +23,12 @@ pytestmark = pytest.mark.usefixtures("s3_env")
 
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory):
+    import dataclasses
+
     root = tmp_path_factory.mktemp("s3locks")
-    specs = make_tiny_teachers(root / "t", kinds=("open_clip", "transformers"), dim=24)
+    specs = make_tiny_teachers(root / "a", kinds=("open_clip",), dim=24)
+    other = make_tiny_teachers(root / "b", kinds=("open_clip",), dim=24, seed=1)["tiny_open_clip"]
+    specs["tiny_other"] = dataclasses.replace(other, name="tiny_other")
     return write_pipelines(root / "pipelines.yaml", specs)
 
 
@@ -36,14 +40,14 @@ def _job(pipelines, data, store, teachers, **kw) -> ExtractJob:
 def test_second_extract_of_a_teacher_is_refused_naming_the_owner_another_teacher_goes_on(
         bucket, pipelines, mmkd_demo_dir):
     store = f"{bucket}/st"
-    run_extract(_job(pipelines, mmkd_demo_dir, store, ["tiny_transformers"], limit=4))  # the store exists
+    run_extract(_job(pipelines, mmkd_demo_dir, store, ["tiny_other"], limit=4))  # the store exists
     with teacher_locks(as_path(store), ["tiny_open_clip"]):  # an extract of tiny_open_clip running meanwhile
         lock = json.loads(as_path(f"{store}/_locks/tiny_open_clip.lock").read_bytes())
         assert lock["pid"] == os.getpid() and lock["host"] == socket.gethostname() and lock["expires"] > 0
         with pytest.raises(ExtractError, match=rf"teacher 'tiny_open_clip' in store {store} is being extracted by "
                                                rf"pid {os.getpid()} on {socket.gethostname()}.*expires at"):
             run_extract(_job(pipelines, mmkd_demo_dir, store, ["tiny_open_clip"], limit=4))
-        summary = run_extract(_job(pipelines, mmkd_demo_dir, store, ["tiny_transformers"], limit=4, overwrite=True))
+        summary = run_extract(_job(pipelines, mmkd_demo_dir, store, ["tiny_other"], limit=4, overwrite=True))
         assert summary.teachers[0].blocks_run == 1  # another teacher of the same store is not held up
     assert not as_path(f"{store}/_locks/tiny_open_clip.lock").exists()  # released on exit
     with teacher_locks(as_path(store), ["tiny_open_clip"]):  # and free for the next extract

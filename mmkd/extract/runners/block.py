@@ -537,17 +537,17 @@ class BlockWorker:
 
     @staticmethod
     def _pixel_batch(pp: Preprocessing, xs: list[Any], shared: dict[tuple, Any]) -> Any:
-        """The model input of a batch: resized PIL images (CPU decode) made into one normalised tensor, the
-        ``[0, 1]`` conversion done once for teachers given the very same images (same resize/crop); tensors
+        """The model input of a batch: resized PIL images (CPU decode) made into one normalised tensor, their
+        8-bit stack built once for the teachers given the very same images (same resize/crop); tensors
         (decoded on the device, or the CPU fallback of that path) stacked."""
         import torch
         from PIL import Image
 
         if all(isinstance(x, Image.Image) for x in xs):
-            key = ("unit", *map(id, xs))  # the same image objects (alive while the batch runs): the same values
+            key = ("uint8", *map(id, xs))  # the same image objects (alive while the batch runs): the same bytes
             if key not in shared:
-                shared[key] = pp.to_unit_batch(xs)
-            return pp.normalize_batch(shared[key])
+                shared[key] = pp.stack_uint8(xs)
+            return pp.normalize_uint8(shared[key])
         return torch.stack([pp.to_tensor_batch([x])[0] if isinstance(x, Image.Image) else x for x in xs])
 
 
