@@ -125,6 +125,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from mmkd.extract import ExtractJob, run_extract
+    from mmkd.extract.runners.summary import BlockResult
     from mmkd.data import open_dataset
     from mmkd.teachers.tiny import write_pipelines
 
@@ -143,13 +144,13 @@ def main() -> None:
         best = {"fwd": float("inf"), "ext": float("inf"), "run": float("inf")}
         for rep in range(args.repeats):  # interleaved, best of each: the two see the same machine load
             fwd_s, n = forward()
-            manifests: list[dict] = []
+            manifests: list[BlockResult] = []
             job.overwrite = rep > 0
             summary = run_extract(job, on_block=manifests.append)
             ts = summary.teachers[0]
             # Local blocks run one after another: their summed wall is the pipeline's time without
             # model load; Ray blocks overlap, so there the teacher's wall (with actor start-up) is used.
-            block_wall = sum(m["wall_s"] for m in manifests) if args.runner == "local" else ts.wall_s
+            block_wall = sum(m.wall_s for m in manifests) if args.runner == "local" else ts.wall_s
             if block_wall < best["ext"]:
                 best_ts = ts
             best = {"fwd": min(best["fwd"], fwd_s), "ext": min(best["ext"], block_wall),

@@ -62,6 +62,7 @@ def check_extract(work: Path, a: argparse.Namespace, device: str) -> dict[str, A
 
     from mmkd.data import open_dataset
     from mmkd.extract import ExtractJob, run_extract
+    from mmkd.extract.runners.summary import BlockResult
     from mmkd.teachers.tiny import write_pipelines
 
     jsonl = make_dataset(work / "data", a.rows, a.image_px)
@@ -73,13 +74,13 @@ def check_extract(work: Path, a: argparse.Namespace, device: str) -> dict[str, A
     out: dict[str, Any] = {"rows": n, "image_px": a.image_px, "model": a.model, "precision": precision,
                            "forward_img_s": n / fwd_s, "modes": {}}
     for decode in ("full", "reduced", "gpu"):  # gpu: nvJPEG on CUDA; torchvision's CPU decoder in --smoke on CPU
-        manifests: list[dict] = []
+        manifests: list[BlockResult] = []
         job = ExtractJob(data=str(jsonl), teachers=[spec.name], store=str(work / f"store-{decode}"), runner="local",
                          pipeline=str(pipelines), batch_size=a.batch_size, block_size=a.block_size,
                          workers=a.workers, device=device, precision=precision, decode=decode)
         summary = run_extract(job, on_block=manifests.append)
         ts = summary.teachers[0]
-        block_wall = sum(m["wall_s"] for m in manifests)
+        block_wall = sum(m.wall_s for m in manifests)
         out["modes"][decode] = {"pipeline_img_s": ts.rows / block_wall, "ratio_to_forward": fwd_s / block_wall,
                                 "decode_img_s_per_thread": ts.decode_per_core_s, "wall_side": ts.wall_side}
     out["peak_gpu_gib"] = _peak_gib(device)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmkd.store import FeatureStore, Sample, chunk_shuffled_batches
+from mmkd.data import Sample
+from mmkd.store import FeatureStore, chunk_shuffled_batches
 
 
 def _timed(fn) -> float:

@@ -18,11 +18,69 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import yaml
+
+from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSON, JSONDict
+
+
+if TYPE_CHECKING:
+    from upath import UPath
+
+# what :func:`as_path` answers: a local ``Path``, or a ``UPath`` over fsspec for a URL
+AnyPath: TypeAlias = "Path | UPath"
+# fsspec ``storage_options`` (endpoint, credentials, client settings), as a dataset spec holds them
+StorageOptions: TypeAlias = "Mapping[str, object]"
+
+@dataclass(frozen=True)
+class Pipelines(Mapping[str, JSON]):
+    """A parsed pipelines file: its sections of named entries, and where each entry came from.
+
+    Reads as the mapping the YAML holds (``cfg["teachers"]``, ``cfg.get("datasets")``);
+    what the merge of the shipped file and the user's knows besides sits in fields,
+    not in keys of that mapping.
+
+    Attributes:
+        sections: top-level key -> value (``version``, and each section's name -> entry).
+        path: the user's file (the shipped one when there is none); ``None`` for a
+            mapping built in code.
+        bases: ``(section, entry)`` -> the folder that entry's relative paths resolve
+            against (its file's folder; the working directory for shipped entries, whose
+            relative paths are outputs such as ``stores/...``).
+        own: section -> the entry names the user's own file declares.
+    """
+
+    sections: dict[str, JSON] = field(default_factory=dict)
+    path: Path | None = None
+    bases: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
+    own: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def __getitem__(self, key: str) -> JSON:
+        return self.sections[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sections)
+
+    def __len__(self) -> int:
+        return len(self.sections)
+
+    @classmethod
+    def of(cls, value: Mapping[str, JSON] | None) -> Pipelines:
+        """``value`` as a :class:`Pipelines`: kept when it is one, else a mapping built in code (no file)."""
+        if isinstance(value, Pipelines):
+            return value
+        return cls(dict(value or {}))
+
+    @property
+    def where(self) -> str:
+        """The file, for messages."""
+        return str(self.path) if self.path is not None else "the pipelines given"
+
 
 KNOWN_SECTIONS = ("version", "teachers", "datasets", "extract", "students", "distill", "eval_sets", "eval")
 # what a user's file inherits from the shipped one: the registries, not the example jobs
@@ -36,7 +94,7 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 NOT_FSSPEC = ("synthetic", "http", "https")
 
 
-class ConfigError(ValueError):
+class ConfigError(MMKDError, ValueError):
     """A pipelines file is missing, unreadable or malformed, or a value in it is invalid."""
 
 
@@ -49,18 +107,15 @@ def default_pipelines_path() -> Path | None:
     return cwd if cwd.is_file() else None
 
 
-def load_pipelines(path: str | os.PathLike | None = None) -> dict[str, Any]:
+def load_pipelines(path: str | os.PathLike | None = None) -> Pipelines:
     """Read the shipped pipelines file and the user's, the user's extending the shipped one.
 
     Args:
         path: the user's file; ``None`` picks :func:`default_pipelines_path`.
 
     Returns:
-        The merged mapping. ``_path`` is the user's file (the shipped one when there
-        is none); ``_bases`` maps ``(section, entry)`` to the folder that entry's
-        relative paths resolve against (its file's folder; the working directory for
-        shipped entries, whose relative paths are outputs such as ``stores/...``);
-        ``_own`` maps each section to the entry names the user's file declares.
+        The merged file: each entry from the file that declares it last, with that file's
+        folder as its base for relative paths (:class:`Pipelines`).
 
     Raises:
         ConfigError: the file is absent, not YAML, or has unknown top-level keys.
@@ -68,7 +123,9 @@ def load_pipelines(path: str | os.PathLike | None = None) -> dict[str, Any]:
     user = Path(path) if path is not None else default_pipelines_path()
     if user is not None and not user.is_file():
         raise ConfigError(f"pipelines file {str(user)!r} not found; pass --pipeline FILE or create {DEFAULT_NAME}")
-    merged: dict[str, Any] = {"_bases": {}, "_own": {}}
+    merged: dict[str, JSON] = {}
+    bases: dict[tuple[str, str], Path] = {}
+    own: dict[str, list[str]] = {}
     files = [SHIPPED] if SHIPPED.is_file() else []
     if user is not None and (not files or user.resolve() != SHIPPED):
         files.append(user)
@@ -85,16 +142,15 @@ def load_pipelines(path: str | os.PathLike | None = None) -> dict[str, Any]:
             if shipped_only and key not in INHERITED:
                 continue
             if p == files[-1]:
-                merged["_own"][key] = [str(n) for n in (value or {})]
+                own[key] = [str(n) for n in (value or {})]
             into = merged.setdefault(key, {})
             for name, entry in (value or {}).items():
                 into[name] = entry
-                merged["_bases"][(key, str(name))] = base
-    merged["_path"] = str(files[-1].resolve())
-    return merged
+                bases[(key, str(name))] = base
+    return Pipelines(merged, path=files[-1].resolve(), bases=bases, own=own)
 
 
-def _read_pipelines(p: Path) -> dict[str, Any]:
+def _read_pipelines(p: Path) -> Pipelines:
     data = read_yaml_mapping(p, "pipelines file")
     unknown = sorted(set(data) - set(KNOWN_SECTIONS))
     if unknown:
@@ -107,7 +163,7 @@ def _read_pipelines(p: Path) -> dict[str, Any]:
     return data
 
 
-def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str) -> JSONDict:
     """Parse a YAML (or JSON) file that must hold a mapping; an empty file is ``{}``.
 
     Raises:
@@ -122,9 +178,9 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+def section(pipelines: Pipelines, name: str) -> JSONDict:
     """One top-level section (empty mapping when absent)."""
-    return dict(cfg.get(name) or {})
+    return dict(pipelines.get(name) or {})
 
 
 def expand(value: str) -> str:
@@ -140,13 +196,13 @@ def fixtures_root() -> Path:
     return Path(expand(env)) if env else SHIPPED.parents[2] / "shared" / "fixtures"
 
 
-def is_url(value: Any) -> bool:
+def is_url(value: object) -> bool:
     """True for an fsspec URL (``s3://``, ``gs://``, ``memory://``...); ``file://`` and plain paths are local."""
     m = _URL.match(str(value)) if isinstance(value, (str, os.PathLike)) else None
     return bool(m) and m.group(1).lower() not in ("file", "local", *NOT_FSSPEC)
 
 
-def as_path(value: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> Any:
+def as_path(value: str | os.PathLike, storage_options: StorageOptions | None = None) -> AnyPath:
     """A local ``Path``, or a ``upath.UPath`` over fsspec for a URL (``s3://bucket/key``).
 
     A ``UPath`` has the ``pathlib`` API (``/``, ``read_bytes``, ``exists``, ``glob``...)
@@ -166,12 +222,12 @@ def as_path(value: str | os.PathLike, storage_options: Mapping[str, Any] | None 
     return UPath(text, **dict(storage_options or {}))
 
 
-def is_remote(path: Any) -> bool:
+def is_remote(path: object) -> bool:
     """True when ``path`` (from :func:`as_path`) lives on an fsspec filesystem other than local disk."""
     return not isinstance(path, Path) and hasattr(path, "protocol")
 
 
-def resolve_path(cfg: dict[str, Any] | None, value: str | os.PathLike, *, section: str | None = None,
+def resolve_path(pipelines: Pipelines | None, value: str | os.PathLike, *, section: str | None = None,
                  entry: str | None = None, base: Path | None = None) -> Path:
     """Resolve a path written in a pipelines file (or a spec file), the one way every stage does it.
 
@@ -188,33 +244,33 @@ def resolve_path(cfg: dict[str, Any] | None, value: str | os.PathLike, *, sectio
     p = Path(text)
     if p.is_absolute():
         return p
-    if base is None and cfg is not None:
-        bases = cfg.get("_bases") or {}
-        if section is not None and entry is not None and (section, entry) in bases:
-            base = bases[(section, entry)]
-        elif "_path" in cfg:
-            base = Path(cfg["_path"]).parent
+    if base is None and pipelines is not None:
+        pipelines = Pipelines.of(pipelines)
+        if section is not None and entry is not None and (section, entry) in pipelines.bases:
+            base = pipelines.bases[(section, entry)]
+        elif pipelines.path is not None:
+            base = pipelines.path.parent
     return (base or Path.cwd()) / p
 
 
-def named_entry(cfg: dict[str, Any], section_name: str, name: str, *, what: str | None = None) -> dict[str, Any]:
+def named_entry(pipelines: Pipelines, section_name: str, name: str, *, what: str | None = None) -> JSONDict:
     """The entry ``name`` of a section, as a new dict.
 
     Raises:
         ConfigError: no such entry (the message lists the declared ones and where).
     """
-    entries = section(cfg, section_name)
+    entries = section(pipelines, section_name)
     if name not in entries:
         raise ConfigError(f"unknown {what or section_name} {name!r}; entries under `{section_name}:` "
-                          f"in {cfg.get('_path')}: {sorted(entries)}")
+                          f"in {Pipelines.of(pipelines).where}: {sorted(entries)}")
     entry = entries[name]
     if entry is not None and not isinstance(entry, dict):
         raise ConfigError(f"`{section_name}: {name}` must be a mapping, got {entry!r}")
     return dict(entry or {})
 
 
-def merge_entry(cfg: dict[str, Any] | None, section_name: str, name: str | None, flags: Mapping[str, Any], *,
-                allowed: Iterable[str], path_keys: Iterable[str] = (), what: str | None = None) -> dict[str, Any]:
+def merge_entry(pipelines: Pipelines | None, section_name: str, name: str | None, flags: Mapping[str, JSON], *,
+                allowed: Iterable[str], path_keys: Iterable[str] = (), what: str | None = None) -> JSONDict:
     """A named entry merged with command-line flags: the one merge every stage uses.
 
     Later wins: the entry's values, then each flag that was given (not ``None``).
@@ -228,13 +284,13 @@ def merge_entry(cfg: dict[str, Any] | None, section_name: str, name: str | None,
     values: dict[str, Any] = {}
     label = what or section_name
     if name is not None:
-        values = named_entry(cfg or {}, section_name, name, what=what)
+        values = named_entry(pipelines or {}, section_name, name, what=what)
         unknown = sorted(set(values) - allowed)
         if unknown:
             raise ConfigError(f"{label} {name!r}: unknown keys {unknown}; valid keys: {sorted(allowed)}")
         for key in path_keys:
             if isinstance(values.get(key), str) and values[key]:
-                values[key] = str(resolve_path(cfg, values[key], section=section_name, entry=name))
+                values[key] = str(resolve_path(pipelines, values[key], section=section_name, entry=name))
     given = {k: v for k, v in flags.items() if v is not None}
     unknown = sorted(set(given) - allowed)
     if unknown:

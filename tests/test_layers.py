@@ -30,20 +30,24 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "mmkd"
 
+# leaf modules every package may import: the version, the error base, the JSON value types
+BASE = {"mmkd", "mmkd.errors", "mmkd.jsontypes"}
 # package -> the mmkd packages it may import (itself always allowed)
 ALLOWED: dict[str, set[str]] = {
     "mmkd": set(),
-    "mmkd.config": {"mmkd"},
-    "mmkd.data": {"mmkd", "mmkd.config"},
-    "mmkd.store": {"mmkd", "mmkd.config", "mmkd.data"},
-    "mmkd.teachers": {"mmkd", "mmkd.config", "mmkd.data"},
-    "mmkd.extract": {"mmkd", "mmkd.config", "mmkd.data", "mmkd.store", "mmkd.teachers"},
-    "mmkd.eval": {"mmkd", "mmkd.config", "mmkd.data", "mmkd.store", "mmkd.teachers"},
-    "mmkd.distill": {"mmkd", "mmkd.config", "mmkd.data", "mmkd.store"},
-    "mmkd.demo": {"mmkd", "mmkd.config", "mmkd.data", "mmkd.store", "mmkd.teachers", "mmkd.extract",
-                  "mmkd.eval", "mmkd.distill"},
-    "mmkd.cli": {"mmkd", "mmkd.config", "mmkd.data", "mmkd.store", "mmkd.teachers", "mmkd.extract",
-                 "mmkd.eval", "mmkd.distill", "mmkd.demo"},
+    "mmkd.errors": set(),
+    "mmkd.jsontypes": set(),
+    "mmkd.config": BASE,
+    "mmkd.data": BASE | {"mmkd.config"},
+    "mmkd.store": BASE | {"mmkd.config", "mmkd.data"},
+    "mmkd.teachers": BASE | {"mmkd.config", "mmkd.data"},
+    "mmkd.extract": BASE | {"mmkd.config", "mmkd.data", "mmkd.store", "mmkd.teachers"},
+    "mmkd.eval": BASE | {"mmkd.config", "mmkd.data", "mmkd.store", "mmkd.teachers"},
+    "mmkd.distill": BASE | {"mmkd.config", "mmkd.data", "mmkd.store"},
+    "mmkd.demo": BASE | {"mmkd.config", "mmkd.data", "mmkd.store", "mmkd.teachers", "mmkd.extract",
+                         "mmkd.eval", "mmkd.distill"},
+    "mmkd.cli": BASE | {"mmkd.config", "mmkd.data", "mmkd.store", "mmkd.teachers", "mmkd.extract",
+                        "mmkd.eval", "mmkd.distill", "mmkd.demo"},
 }
 # entry points: `python -m mmkd.distill` is the `mmkd distill` command
 ENTRY_POINTS = {"mmkd.distill.__main__": {"mmkd.cli"}}

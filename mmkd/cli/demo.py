@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from mmkd.errors import MMKDError
+
 
 @click.command("demo")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (must be fresh).")
@@ -49,7 +51,7 @@ def demo_cmd(out: str, quick: bool, seed: int, runner: str, threads: int | None,
             try:
                 runs.append(run_demo(Path(out) / f"seed-{s}", quick=quick, seed=s, runner=runner, threads=threads,
                                      progress=_progress, **extra))
-            except (ValueError, FileExistsError) as e:
+            except MMKDError as e:
                 raise click.ClickException(str(e)) from e
             click.echo(f"seed {s}:\n" + table_markdown(runs[-1]) + claims_text(runs[-1]["claims"])
                        + gain_text(runs[-1]["claims"]))
@@ -61,7 +63,7 @@ def demo_cmd(out: str, quick: bool, seed: int, runner: str, threads: int | None,
         return
     try:
         summary = run_demo(out, quick=quick, seed=seed, runner=runner, threads=threads, progress=_progress, **extra)
-    except (ValueError, FileExistsError) as e:
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
     art = summary["artefacts"]
     click.echo(f"corpus:    {art['corpus']['train']} (+ eval sets in {out}/corpus/eval)")

@@ -11,11 +11,12 @@ import json
 import click
 
 from mmkd.cli.paths import PathOrURL
+from mmkd.errors import MMKDError
 
 OVERRIDES = (
     "store", "stage", "student", "out", "kd", "steps", "epochs", "batch_size", "grad_accum", "lr",
     "weight_decay", "warmup_steps", "grad_clip", "precision", "init", "stop_at_step", "checkpoint_every",
-    "log_every", "seed", "num_workers", "buffer_blocks", "projections", "head", "fd_weight", "icl_weight",
+    "log_every", "seed", "num_workers", "buffer_blocks", "projection_file", "head", "fd_weight", "icl_weight",
     "clip_weight", "icl_scale", "device", "data", "targets", "projection",
     "init_image", "init_text", "init_min_share", "init_cache_dir", "teacher_mask", "teacher_weight", "teacher_drop",
     "decode", "image_cache",
@@ -49,7 +50,7 @@ SECTIONS = {
                                "on_nonfinite"),
     "Data loading": ("num_workers", "buffer_blocks", "augment", "decode", "image_cache"),
     "Stage 2: teachers and targets": ("teacher_mask", "teacher_weight", "teacher_drop", "targets", "projection",
-                                      "projections", "normalize_targets", "standardize", "head"),
+                                      "projection_file", "projections_old", "normalize_targets", "standardize", "head"),
     "Stage 2: loss weights": ("fd_weight", "icl_weight", "clip_weight", "icl_scale"),
 }
 REQUIRED = SECTIONS["Required (here or in the --run entry)"]
@@ -111,8 +112,10 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 @click.option("--buffer-blocks", type=click.IntRange(min=1), help="Store blocks shuffled together.")
 @click.option("--teacher", "teachers", multiple=True, metavar="NAME",
               help="Teacher to distil from (repeatable; default: every teacher in the store).")
-@click.option("--projections", type=click.Path(exists=True, dir_okay=False),
-              help="mmkd-clip: per-teacher projection weights file.")
+@click.option("--projection-file", type=click.Path(exists=True, dir_okay=False),
+              help="mmkd-clip: per-teacher projection weights file (instead of --projection).")
+@click.option("--projections", "projections_old", type=click.Path(exists=True, dir_okay=False), hidden=True,
+              help="Deprecated name of --projection-file.")
 @click.option("--targets", type=click.Choice(["raw", "projected"]), help="mmkd-clip: raw store features mapped by "
               "--projection (default), or the imported official <teacher>_proj512 copies as they are.")
 @click.option("--projection", type=click.Choice(["random", "pca", "ae"]), help="mmkd-clip, raw targets: random "
@@ -152,20 +155,22 @@ INIT_HELP = ("a stage-1 run, export folder, checkpoint file, open_clip ARCH:TAG 
 def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str, ...], resume: bool | None,
                 overwrite: bool | None,
                 standardize: bool | None, augment: bool | None, no_progress: bool, init_partial: bool | None,
-                normalize_targets: bool | None, **flags) -> None:
+                normalize_targets: bool | None, projections_old: str | None, **flags) -> None:
     """Train a student from a feature store; no teacher is ever loaded.
 
     \b
     mmkd distill --store STORE --stage 1 --student NAME --out runs/s1 --steps 10000
     mmkd distill --store STORE --stage 2 --student NAME --init runs/s1 --out runs/s2 --steps 10000
     """
-    from mmkd.config import ConfigError, load_pipelines
+    from mmkd.config import load_pipelines
     from mmkd.distill.config import load_distill_config
-    from mmkd.distill.init import InitError, summary_lines
+    from mmkd.distill.init import summary_lines
     from mmkd.distill.recipe import distill
     from mmkd.distill.rundir import RunDir
-    from mmkd.store import StoreError
 
+    if projections_old is not None:
+        click.echo("--projections is deprecated: use --projection-file", err=True)
+        flags["projection_file"] = flags.get("projection_file") or projections_old
     overrides = {k: flags.get(k) for k in OVERRIDES}
     overrides.update(resume=resume, overwrite=overwrite, standardize=standardize, augment=augment,
                      init_partial=init_partial,
@@ -174,17 +179,17 @@ def distill_cmd(run_name: str | None, pipeline: str | None, teachers: tuple[str,
                      progress=False if no_progress else None)
     try:
         cfg = load_distill_config(load_pipelines(pipeline), run_name, overrides)
-    except ConfigError as e:
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
     try:
         summary = distill(cfg)
-    except (InitError, ValueError, FileNotFoundError, StoreError) as e:
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
-    report = RunDir(summary["out"]).init_report
-    if not cfg.resume and not summary.get("noop") and report.is_file():
+    report = RunDir(summary.out).init_report
+    if not cfg.resume and not summary.noop and report.is_file():
         for line in summary_lines(json.loads(report.read_text())):
             click.echo(line, err=True)
-    click.echo(json.dumps(summary))
+    click.echo(json.dumps(summary.to_dict()))
 
 
 def register(main: click.Group) -> None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from mmkd.errors import MMKDError
+
 TASK_CHOICES = ("zeroshot", "linear", "retrieval", "knn", "diagnosis", "survival", "vqa", "all")
 
 
@@ -57,13 +59,15 @@ def _stores(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--knn-k", type=int, default=None, help="Neighbours for kNN classification (default 20).")
 @click.option("--format", "formats", multiple=True, type=click.Choice(("csv",)),
               help="Also write results.csv with the columns `clip_benchmark build` writes.")
+@click.option("--split", default=None, metavar="SPLIT",
+              help="Split of clip_benchmark sets to evaluate (a folder under the set, e.g. train; default test).")
 @click.option("--fixtures", type=click.Path(file_okay=False), default=None,
               help="Folder that `fixtures:` paths of the shipped sets point into (sets $MMKD_FIXTURES).")
 @click.option("--strict", is_flag=True, default=None,
               help="An unreadable eval image is an error (exit 1). Default: it is skipped for every model, "
                    "counted and listed in results.json and under the table of results.md.")
 def eval_cmd(pipeline, run, models, sets, data, label, tasks, out, stores, cache_dir, device, batch_size, resamples,
-             seed, knn_k, formats, fixtures, strict) -> None:
+             seed, knn_k, formats, fixtures, strict, split) -> None:
     """Zero-shot, linear probe, retrieval, kNN, slide diagnosis, survival and VQA for students and teachers.
 
     \b
@@ -73,27 +77,24 @@ def eval_cmd(pipeline, run, models, sets, data, label, tasks, out, stores, cache
     mmkd eval --model runs/s2/export --set /data/wds_pcam --format csv --out runs/eval-cb
     """
     from mmkd.cli import set_fixtures
-    from mmkd.config import ConfigError, load_pipelines, resolve_device
-    from mmkd.eval.encoders import EncoderError
+    from mmkd.config import load_pipelines, resolve_device
     from mmkd.eval.report import summary_text
-    from mmkd.eval.runner import EvalError, evaluate, plan_eval
+    from mmkd.eval.runner import evaluate, plan_eval
 
     set_fixtures(fixtures)
     flags = {"models": list(models), "sets": list(sets), "data": list(data), "label": label, "tasks": list(tasks),
              "out": out, "stores": _stores(stores), "cache_dir": cache_dir, "device": device,
-             "batch_size": batch_size, "resamples": resamples, "seed": seed, "knn_k": knn_k, "strict": strict}
+             "batch_size": batch_size, "resamples": resamples, "seed": seed, "knn_k": knn_k, "strict": strict,
+             "split": split}
     try:
         cfg = load_pipelines(pipeline)
         plan = plan_eval(cfg, run, flags)
         plan.config.device = resolve_device(plan.config.device)
         plan.config.progress = True
-        results = evaluate(plan.models, plan.sets, plan.out, cfg=cfg, ecfg=plan.config)
-    except (ConfigError, EvalError, EncoderError) as e:
+        results = evaluate(plan.models, plan.sets, plan.out, pipelines=cfg, ecfg=plan.config,
+                           csv=Path(plan.out) / "results.csv" if "csv" in formats else None)
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
-    if "csv" in formats:
-        from mmkd.eval.clip_benchmark import write_clip_benchmark_csv
-
-        write_clip_benchmark_csv(results, Path(plan.out) / "results.csv")
     click.echo(summary_text(results))
     click.echo(f"results: {plan.out}/results.json  table: {plan.out}/results.md  chart: {plan.out}/results.png")
 

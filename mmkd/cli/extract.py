@@ -10,6 +10,7 @@ import json
 import click
 
 from mmkd.cli.paths import PathOrURL
+from mmkd.errors import MMKDError
 
 PIPELINE_OPTION = click.option(
     "--pipeline", "pipeline", type=click.Path(dir_okay=False), default=None,
@@ -34,8 +35,8 @@ def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, ch
     mmkd teachers --check                       # architectures build offline? what is missing?
     mmkd teachers --parity ../shared/fixtures/teacher-parity
     """
-    from mmkd.config import ConfigError, load_pipelines
-    from mmkd.teachers import TeacherError, get_teacher_spec, list_teachers
+    from mmkd.config import load_pipelines
+    from mmkd.teachers import get_teacher_spec, list_teachers
 
     if parity_dir and check:
         raise click.UsageError("give --parity DIR or --check, not both")
@@ -57,7 +58,7 @@ def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, ch
         for n in names:
             get_teacher_spec(n, cfg)  # an unknown name: the registry's error, listing the valid ones
         rows = [r for r in list_teachers(cfg) if not names or r["name"] in names]
-    except (ConfigError, TeacherError) as e:
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -134,11 +135,7 @@ def extract_cmd(run: str | None, teachers: tuple[str, ...], all_teachers: bool |
     mmkd extract --teacher a --teacher b --data d.jsonl --store s   # one pass: each image decoded once
     mmkd extract --run mmkd-clip-demo-all --limit 4 --store /tmp/trial
     """
-    from mmkd.config import ConfigError
-    from mmkd.extract import ExtractError, job_from_config, run_extract
-    from mmkd.data import DatasetError
-    from mmkd.teachers import TeacherError
-    from mmkd.store import StoreError
+    from mmkd.extract import job_from_config, run_extract
 
     if teachers and all_teachers:
         raise click.UsageError("give --teacher NAME (repeatable) or --all-teachers, not both")
@@ -147,7 +144,7 @@ def extract_cmd(run: str | None, teachers: tuple[str, ...], all_teachers: bool |
     try:
         job = job_from_config(None, run, **overrides)
         summary = run_extract(job, progress=not (no_progress or as_json))
-    except (ConfigError, ExtractError, DatasetError, TeacherError, StoreError) as e:
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
     click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.format())
     if summary.failed_teachers:

@@ -8,6 +8,7 @@ import sys
 import click
 
 from mmkd.cli.paths import PathOrURL
+from mmkd.errors import MMKDError
 
 
 @click.group("store")
@@ -24,11 +25,11 @@ def _human(n: float) -> str:
 
 
 def _open(path: str):
-    from mmkd.store import FeatureStore, StoreError
+    from mmkd.store import FeatureStore
 
     try:
         return FeatureStore.open(path, mode="r")
-    except StoreError as e:  # ClickException exits 1, as an unsound store does
+    except MMKDError as e:  # ClickException exits 1, as an unsound store does
         raise click.ClickException(str(e)) from e
 
 
@@ -56,7 +57,7 @@ def info_cmd(path: str, as_json: bool) -> None:
     ds = info["dataset"]
     click.echo(f"store      {info['path']}  (format v{info['format_version']}, created {info['created_at']})")
     click.echo(f"samples    {info['num_samples']}  in {info['num_blocks']} blocks of {info['block_size']}")
-    from mmkd.store.dataset import short_fingerprint
+    from mmkd.store.manifest import short_fingerprint
 
     click.echo(f"dataset    {ds.get('uri') or '-'}  fingerprint {short_fingerprint(ds.get('fingerprint') or '') or '-'}")
     spec = ds.get("spec") or {}
@@ -121,16 +122,15 @@ def validate_cmd(path: str, deep: bool, as_json: bool) -> None:
         click.echo(f"PROBLEM [{p.kind}]: {p.message}", err=True)
     checked = (f"{report.chunks_checked} chunk files sized, {report.chunks_read} chunks read, "
                f"{report.seconds:.2f}s{', deep' if deep else ''}")
-    if not deep:
-        checked += "; feature values not read (NaN/Inf, norms): --deep reads them"
+    unread = f"{report.not_read}; " if report.not_read else ""
     if report.status == "unsound":
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items()))
-        click.echo(f"{path}: UNSOUND, {len(report.problems)} problem(s) ({kinds}); {checked}", err=True)
+        click.echo(f"{path}: UNSOUND, {len(report.problems)} problem(s) ({kinds}); {unread}{checked}", err=True)
     elif report.status == "empty":
         click.echo(f"{path}: EMPTY: the index is sound but no teacher was added (the first extract never ran "
-                   f"or was killed before adding one); run `mmkd extract --store {path}`; {checked}", err=True)
+                   f"or was killed before adding one); run `mmkd extract --store {path}`; {unread}{checked}", err=True)
     else:
-        click.echo(f"{path}: OK ({len(report.teachers)} teacher(s); {checked})")
+        click.echo(f"{path}: OK ({unread}{len(report.teachers)} teacher(s); {checked})")
     sys.exit(EXIT_CODES[report.status])
 
 
@@ -142,11 +142,11 @@ def validate_cmd(path: str, deep: bool, as_json: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at DST.")
 def import_cmd(src: str, dst: str, with_projected: bool, block_size: int, overwrite: bool) -> None:
     """Convert the official MMKD-CLIP layout at SRC (meta.jsonl + .pt files) into a store at DST."""
-    from mmkd.store import StoreError, import_mmkd
+    from mmkd.store import import_mmkd
 
     try:
         store = import_mmkd(src, dst, with_projected=with_projected, block_size=block_size, overwrite=overwrite)
-    except StoreError as e:
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"imported {store.n} samples, teachers {', '.join(store.teachers)} -> {dst}")
 
@@ -161,7 +161,6 @@ def import_cmd(src: str, dst: str, with_projected: bool, block_size: int, overwr
 @click.option("--overwrite", is_flag=True)
 def synth_cmd(path: str, rows: int, teachers: tuple[str, ...], block_size: int, seed: int, overwrite: bool) -> None:
     """Create a store at PATH with random unit-norm features (for trials and benchmarks)."""
-    from mmkd.store import StoreError
     from mmkd.store.synthetic import make_synthetic_store
 
     spec = {}
@@ -172,7 +171,7 @@ def synth_cmd(path: str, rows: int, teachers: tuple[str, ...], block_size: int, 
         spec[name] = int(dim)
     try:
         make_synthetic_store(path, rows, spec, block_size=block_size, seed=seed, overwrite=overwrite)
-    except StoreError as e:
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"created synthetic store {path}: {rows} rows, teachers {spec}")
 
@@ -191,19 +190,18 @@ def synth_cmd(path: str, rows: int, teachers: tuple[str, ...], block_size: int, 
 def project_cmd(path: str, teachers: tuple[str, ...], dim: int, method: str, epochs: int, lr: float, seed: int,
                 overwrite: bool) -> None:
     """Fit per-teacher linear maps to DIM on the store's own features; saved in the store (read block by block)."""
-    from mmkd.store import StoreError
     from mmkd.store.projection import check_request, fit_projection
 
     store = _open(path)
     try:
         for t in teachers:
             check_request(store, t, dim, method, overwrite)
-    except StoreError as e:
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
     for t in teachers:
         try:
             meta = fit_projection(store, t, dim, method, epochs=epochs, lr=lr, seed=seed, overwrite=overwrite)
-        except StoreError as e:
+        except MMKDError as e:
             raise click.ClickException(str(e)) from e
         click.echo(f"{t}: {method}-{dim} from {meta['fit_rows']} rows, R² {meta['r2']:.4f} (image "
                    f"{meta['r2_image']:.4f}, text {meta['r2_text']:.4f}) -> {meta['path']}")
@@ -227,7 +225,6 @@ def trust_cmd(path: str, teachers: tuple[str, ...], method: str, threshold: floa
     Writes <PATH>/trust/<teacher>.zarr (trust float16, trusted bool); `valid` is
     untouched. Distill uses it with --teacher-mask trusted / --teacher-weight trust.
     """
-    from mmkd.store import StoreError
     from mmkd.store.trust import compute_trust
 
     store = _open(path)
@@ -238,7 +235,7 @@ def trust_cmd(path: str, teachers: tuple[str, ...], method: str, threshold: floa
     for t in names:
         try:
             meta = compute_trust(store, t, method, threshold, reference=reference, seed=seed)
-        except StoreError as e:
+        except MMKDError as e:
             raise click.ClickException(str(e)) from e
         click.echo(f"{t}: {method} >= {meta['threshold']:g}: {meta['trusted']} of {meta['scored']} valid rows "
                    f"trusted ({100 * meta['coverage']:.1f}%) -> {meta['path']}")
@@ -266,7 +263,6 @@ def images_cmd(path: str, size: int, quality: int, data: str | None) -> None:
     """
     from tqdm import tqdm
 
-    from mmkd.store import StoreError
     from mmkd.store.images import write_image_cache
 
     store = _open(path)
@@ -277,7 +273,7 @@ def images_cmd(path: str, size: int, quality: int, data: str | None) -> None:
 
     try:
         out = write_image_cache(store, size, quality=quality, data=data, progress=advance)
-    except StoreError as e:
+    except MMKDError as e:
         raise click.ClickException(str(e)) from e
     finally:
         bar.close()

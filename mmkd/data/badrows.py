@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any
+
+from mmkd.jsontypes import JSONDict
 
 from mmkd.data.errors import DatasetError
 
@@ -43,7 +44,7 @@ class BadRow:
     def where(self) -> str:
         return self.file if self.line is None else f"{self.file}:{self.line}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return asdict(self)
 
 

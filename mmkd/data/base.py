@@ -1,6 +1,6 @@
 """The reader interface shared by every dataset format.
 
-A :class:`Dataset` yields :class:`~mmkd.store.Sample` records whose ``image`` field
+A :class:`Dataset` yields :class:`~mmkd.data.Sample` records whose ``image`` field
 is a *reference* the same dataset can resolve again later
 (:meth:`Dataset.read_image_bytes`): a path relative to the dataset root, or
 ``<shard.tar>::<member>``, or ``<file.parquet>::<row>``.
@@ -22,16 +22,17 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmkd.config import as_path, is_remote, is_url
+from mmkd.config import AnyPath, StorageOptions, as_path, is_remote, is_url
 from mmkd.data.errors import DatasetError
 from mmkd.data.images import BadSample
 from mmkd.data.sample import Sample
 from mmkd.data.spec import DatasetSpec
+from mmkd.jsontypes import JSONDict
 
 REF_SEP = "::"
 FINGERPRINT_VERSION = "mmkd-dataset-fp/1"
@@ -107,8 +108,8 @@ class Dataset(abc.ABC):
 
     format: str = ""
 
-    def __init__(self, uri: str, root: Path, *, name: str | None = None, options: dict[str, Any] | None = None,
-                 storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, uri: str, root: Path, *, name: str | None = None, options: JSONDict | None = None,
+                 storage_options: StorageOptions | None = None) -> None:
         self.uri = uri
         self.root = root
         self.name = name or self.format
@@ -284,11 +285,11 @@ class ContainerDataset(Dataset):
         return out  # type: ignore[return-value]
 
     @abc.abstractmethod
-    def _split(self, ref: str) -> tuple[str, Any]:
+    def _split(self, ref: str) -> tuple[str, str | int]:
         """``(container, key inside it)`` of a reference; DatasetError when malformed."""
 
     @abc.abstractmethod
-    def _read_container(self, rel: str, wanted: list[tuple[int, Any]], out: list) -> None:
+    def _read_container(self, rel: str, wanted: list[tuple[int, str | int]], out: list) -> None:
         """Fill ``out[i]`` with bytes or a BadSample for each ``(i, key)`` of container ``rel``."""
 
 
@@ -305,7 +306,7 @@ def split_ref(ref: str, what: str) -> tuple[str, str]:
     return container, inner
 
 
-def resolved(value: Any, storage_options: Mapping[str, Any] | None = None) -> Any:
+def resolved(value: str | os.PathLike, storage_options: StorageOptions | None = None) -> AnyPath:
     """An absolute local ``Path``, or a ``UPath`` for an object-storage URL (``s3://...``)."""
     p = as_path(value, storage_options)
     return p if is_remote(p) else Path(p).resolve()

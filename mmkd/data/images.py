@@ -26,6 +26,8 @@ import threading
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mmkd.errors import MMKDError
+
 REASONS = ("missing", "corrupt", "truncated", "decompression_bomb", "unsupported_mode", "empty_caption", "bad_row")
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS (about 9459 x 9459)
 _TARGET_MODES = ("RGB", "L")
@@ -52,7 +54,7 @@ def decode_count() -> int:
     return DECODES.count
 
 
-class BadSample(Exception):
+class BadSample(MMKDError):
     """One sample cannot be used; ``reason`` says why in one word from :data:`REASONS`.
 
     Attributes:

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from mmkd.config import is_remote
+from mmkd.config import StorageOptions, is_remote
 from mmkd.data.badrows import BadRowsMixin
 from mmkd.data.images import BadSample
 from mmkd.data.base import (
@@ -53,7 +52,7 @@ class ParquetDataset(BadRowsMixin, ContainerDataset):
         batch_rows: int = 1024,
         name: str | None = None,
         on_bad_row: str = "record",
-        storage_options: Mapping[str, Any] | None = None,
+        storage_options: StorageOptions | None = None,
     ) -> None:
         path = resolved(path, storage_options)
         if path.is_dir():

@@ -16,12 +16,12 @@ into a spec. Usage: see :mod:`mmkd.data`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
-from mmkd.config import as_path, expand, is_remote, is_url, resolve_path, section
-from mmkd.data.base import REF_SEP, Dataset, DatasetError, Sample, natural_key, resolved
+from mmkd.config import Pipelines, StorageOptions, as_path, expand, is_remote, is_url, resolve_path, section
+from mmkd.data.base import REF_SEP, Dataset, DatasetError, natural_key, resolved
+from mmkd.data.sample import Sample
 from mmkd.data.spec import DatasetSpec
 from mmkd.data.parquet import ParquetDataset
 from mmkd.data.tables import (
@@ -32,6 +32,7 @@ from mmkd.data.tables import (
     is_mmkd_clip_table,
 )
 from mmkd.data.webdataset import WebDataset
+from mmkd.jsontypes import JSON, JSONDict
 
 FORMATS: dict[str, type[Dataset]] = {
     "mmkd-clip": MmkdClipDataset,
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 
-def detect_format(path: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> str:
+def detect_format(path: str | os.PathLike, storage_options: StorageOptions | None = None) -> str:
     """Guess the format of a dataset path (see :data:`FORMATS`).
 
     Raises:
@@ -98,8 +99,8 @@ def _table_file(folder: Path) -> Path | None:
     return tables[0] if tables else None
 
 
-def open_dataset(path: str | os.PathLike | Mapping[str, Any] | DatasetSpec, format: str | None = None,
-                 **options: Any) -> Dataset:
+def open_dataset(path: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, format: str | None = None,
+                 **options: JSON) -> Dataset:
     """Open a dataset.
 
     Args:
@@ -138,7 +139,7 @@ def open_dataset(path: str | os.PathLike | Mapping[str, Any] | DatasetSpec, form
         raise DatasetError(f"bad options {sorted(kwargs)} for {fmt} dataset {spec.path!r}: {e}") from e
 
 
-def _open_table(cls: type[Dataset], path: Path, options: dict[str, Any]) -> Dataset:
+def _open_table(cls: type[Dataset], path: Path, options: JSONDict) -> Dataset:
     if not path.exists():
         raise DatasetError(f"dataset path {str(path)!r} not found")
     uri = str(resolved(path))
@@ -150,22 +151,22 @@ def _open_table(cls: type[Dataset], path: Path, options: dict[str, Any]) -> Data
     return cls(path, uri=uri, **options)
 
 
-def datasets_from_config(cfg: dict[str, Any]) -> dict[str, DatasetSpec]:
+def datasets_from_config(pipelines: Pipelines) -> dict[str, DatasetSpec]:
     """The ``datasets:`` section as ``name -> spec``, paths resolved against the file that declared each.
 
     Raises:
         DatasetError: an entry is not a mapping, has no ``path`` or has an unknown key.
     """
     out: dict[str, DatasetSpec] = {}
-    for name, entry in section(cfg, "datasets").items():
+    for name, entry in section(pipelines, "datasets").items():
         if not isinstance(entry, dict):
             raise DatasetError(f"datasets entry {name!r} must be a mapping with a 'path' (got {entry!r})")
         spec = DatasetSpec.parse({"name": name, **entry}, where=f"datasets entry {name!r}")
-        out[name] = _resolved(spec, lambda v, n=name: resolve_path(cfg, v, section="datasets", entry=n))
+        out[name] = _resolved(spec, lambda v, n=name: resolve_path(pipelines, v, section="datasets", entry=n))
     return out
 
 
-def _resolved(spec: DatasetSpec, resolve: Any) -> DatasetSpec:
+def _resolved(spec: DatasetSpec, resolve: Callable[[str], str | os.PathLike]) -> DatasetSpec:
     raw = spec.path
     path = str(resolve(raw))
     if ("{" in raw or "*" in raw) and not is_url(path):
@@ -175,7 +176,7 @@ def _resolved(spec: DatasetSpec, resolve: Any) -> DatasetSpec:
                        options=dict(spec.options), storage_options=dict(spec.storage_options))
 
 
-def resolve_data(value: str | os.PathLike | Mapping[str, Any] | DatasetSpec, cfg: dict[str, Any] | None = None, *,
+def resolve_data(value: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, pipelines: Pipelines | None = None, *,
                  base: Path | None = None) -> DatasetSpec:
     """What ``--data VALUE`` names, as a spec: a ``datasets:`` name, a path or pattern, or a spec mapping.
 
@@ -186,15 +187,15 @@ def resolve_data(value: str | os.PathLike | Mapping[str, Any] | DatasetSpec, cfg
         DatasetError: not a declared name and not an existing path (the message
             lists the declared names), or a malformed mapping.
     """
-    cfg = cfg or {}
+    pipelines = Pipelines.of(pipelines)
     if isinstance(value, DatasetSpec):
         return value
     if isinstance(value, Mapping):
         return _resolved(DatasetSpec.parse(value), lambda v: resolve_path(None, v, base=base or Path.cwd()))
     text = str(value)
-    declared = section(cfg, "datasets")
+    declared = section(pipelines, "datasets")
     if text in declared:
-        return datasets_from_config(cfg)[text]
+        return datasets_from_config(pipelines)[text]
     resolved = resolve_path(None, text, base=base or Path.cwd())
     if not resolved.exists() and not any(ch in text for ch in "{*?["):
         raise DatasetError(f"--data {text!r}: no such file or folder ({resolved}), and no dataset of that name is "
@@ -206,13 +207,13 @@ def resolve_data(value: str | os.PathLike | Mapping[str, Any] | DatasetSpec, cfg
     return DatasetSpec(path=path)
 
 
-def get_dataset(name: str, cfg: dict[str, Any], **overrides: Any) -> Dataset:
+def get_dataset(name: str, pipelines: Pipelines, **overrides: JSON) -> Dataset:
     """Open the dataset named ``name`` in the ``datasets:`` section (``overrides`` win over the entry).
 
     Raises:
         DatasetError: unknown name (the message lists the valid ones), or the dataset fails to open.
     """
-    specs = datasets_from_config(cfg)
+    specs = datasets_from_config(pipelines)
     if name not in specs:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {sorted(specs)} (see the datasets: section)")
     return open_dataset(specs[name], **overrides)

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmkd.jsontypes import JSONDict
+
 
 @dataclass
 class Sample:
@@ -28,7 +30,7 @@ class Sample:
     source: str = ""
     labels: dict[str, Any] | None = field(default=None)
 
-    def to_row(self) -> dict[str, Any]:
+    def to_row(self) -> JSONDict:
         # (dataclasses.asdict deep-copies: 50x slower on millions of samples)
         return {"sample_id": self.sample_id, "caption": self.caption, "image": self.image,
                 "image_sha256": self.image_sha256, "source": self.source,

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mmkd.config import is_url
+from mmkd.config import StorageOptions, is_url
 from mmkd.data.errors import DatasetError
+from mmkd.jsontypes import JSON, JSONDict
 
 FIELD_KEYS = ("image", "caption", "id", "labels")
 TABLE_FORMATS = ("mmkd-clip", "jsonl", "csv")
@@ -69,10 +70,10 @@ class DatasetSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     # fsspec options of an object-storage dataset (endpoint_url, key, secret, profile...): may hold
     # credentials, so never in repr() and left out of to_dict() (store.json, job records) unless asked
-    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    storage_options: StorageOptions = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def parse(cls, value: DatasetSpec | str | os.PathLike | Mapping[str, Any], *,
+    def parse(cls, value: DatasetSpec | str | os.PathLike | Mapping[str, JSON], *,
               where: str = "dataset spec") -> DatasetSpec:
         """A spec from a path, a mapping (written form or reader keywords) or a spec.
 
@@ -122,7 +123,7 @@ class DatasetSpec:
                    root=None if raw.get("root") is None else str(raw["root"]), fields=fields, options=options,
                    storage_options=dict(storage))
 
-    def reader_kwargs(self, fmt: str) -> dict[str, Any]:
+    def reader_kwargs(self, fmt: str) -> dict[str, object]:
         """Keyword arguments of the ``fmt`` reader for this spec.
 
         Raises:
@@ -152,13 +153,11 @@ class DatasetSpec:
             kwargs["storage_options"] = dict(self.storage_options)
         return kwargs
 
-    def with_storage_options(self, storage_options: Mapping[str, Any]) -> DatasetSpec:
+    def with_storage_options(self, storage_options: StorageOptions) -> DatasetSpec:
         """The same spec with these fsspec ``storage_options``."""
-        from dataclasses import replace
-
         return replace(self, storage_options=dict(storage_options))
 
-    def to_dict(self, *, with_storage_options: bool = False) -> dict[str, Any]:
+    def to_dict(self, *, with_storage_options: bool = False) -> JSONDict:
         """The written form (JSON/YAML-safe; empty parts left out).
 
         Args:

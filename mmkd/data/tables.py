@@ -14,11 +14,11 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmkd.config import is_url
+from mmkd.config import StorageOptions, is_url
 from mmkd.data.badrows import BadRowsMixin
 from mmkd.data.images import BadSample
 from mmkd.data.base import (
@@ -26,7 +26,6 @@ from mmkd.data.base import (
     Dataset,
     DatasetError,
     Entry,
-    Sample,
     file_size,
     path_id,
     pick_labels,
@@ -34,6 +33,8 @@ from mmkd.data.base import (
     resolve_ref,
     sha256_hex,
 )
+from mmkd.data.sample import Sample
+from mmkd.jsontypes import JSON, JSONDict
 
 
 class TableDataset(BadRowsMixin, Dataset):
@@ -56,7 +57,7 @@ class TableDataset(BadRowsMixin, Dataset):
         name: str | None = None,
         uri: str | None = None,
         on_bad_row: str = "record",
-        storage_options: Mapping[str, Any] | None = None,
+        storage_options: StorageOptions | None = None,
     ) -> None:
         table = resolved(table, storage_options)
         if not table.is_file():
@@ -74,7 +75,7 @@ class TableDataset(BadRowsMixin, Dataset):
         self.hash_images = hash_images
         self._init_bad_rows(on_bad_row)
 
-    def _rows(self) -> Iterator[tuple[dict[str, Any], str]]:
+    def _rows(self) -> Iterator[tuple[JSONDict, str]]:
         """Yield (row mapping, location) pairs."""
         raise NotImplementedError
 
@@ -100,7 +101,7 @@ class TableDataset(BadRowsMixin, Dataset):
         for row, location in self._rows():
             yield self._entry(row, location, hashes and self.hash_images)
 
-    def _entry(self, row: dict[str, Any], location: str, hashes: bool) -> Entry:
+    def _entry(self, row: JSONDict, location: str, hashes: bool) -> Entry:
         ref = self._ref(row.get(self.image_column))
         sid = row.get(self.id_column) if self.id_column else None
         sid = str(sid) if sid not in (None, "") else path_id(ref)
@@ -114,7 +115,7 @@ class TableDataset(BadRowsMixin, Dataset):
                         image_sha256=sha, source=self.source, labels=labels)
         return Entry(sample, size, f"{location} (image {ref!r})")
 
-    def _extra_labels(self, row: dict[str, Any], labels: dict | None) -> dict | None:
+    def _extra_labels(self, row: JSONDict, labels: dict | None) -> dict | None:
         return labels
 
     def _ref(self, value: object) -> str:
@@ -142,7 +143,7 @@ class JsonlDataset(TableDataset):
 
     format = "jsonl"
 
-    def _rows(self) -> Iterator[tuple[dict[str, Any], str]]:
+    def _rows(self) -> Iterator[tuple[JSONDict, str]]:
         checked = False
         for lineno, row in self._records():
             if not checked:
@@ -150,7 +151,7 @@ class JsonlDataset(TableDataset):
                 checked = True
             yield row, f"{self.table.name} line {lineno}"
 
-    def _records(self) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _records(self) -> Iterator[tuple[int, JSONDict]]:
         """(line number, JSON object) of every usable line; the others go to :meth:`_bad_row`."""
         with self.table.open("rb") as f:
             for lineno, raw in enumerate(f, 1):
@@ -183,7 +184,7 @@ class CsvDataset(TableDataset):
 
     format = "csv"
 
-    def _rows(self) -> Iterator[tuple[dict[str, Any], str]]:
+    def _rows(self) -> Iterator[tuple[JSONDict, str]]:
         # surrogateescape keeps going past bytes that are not UTF-8; the rows holding
         # them are then told apart and recorded as bad rows.
         with self.table.open("r", newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
@@ -238,7 +239,7 @@ class MmkdClipDataset(JsonlDataset):
 
     format = "mmkd-clip"
 
-    def __init__(self, table: Path, *, meta_labels: bool = True, **kwargs: Any) -> None:
+    def __init__(self, table: Path, *, meta_labels: bool = True, **kwargs: JSON) -> None:
         kwargs.setdefault("image_column", "imgpath")
         kwargs.setdefault("caption_column", "txt")
         kwargs.setdefault("id_column", "id")
@@ -246,7 +247,7 @@ class MmkdClipDataset(JsonlDataset):
         self.meta_labels = meta_labels
         self.options["meta_labels"] = meta_labels
 
-    def _extra_labels(self, row: dict[str, Any], labels: dict | None) -> dict | None:
+    def _extra_labels(self, row: JSONDict, labels: dict | None) -> dict | None:
         if row.get("available_clips") is not None:  # the teachers the official data marks available
             labels = {**(labels or {}), "available_clips": row["available_clips"]}
         metapath = row.get("metapath")

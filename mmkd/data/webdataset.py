@@ -24,11 +24,10 @@ import re
 import tarfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-from mmkd.config import as_path, is_remote, is_url
+from mmkd.config import AnyPath, StorageOptions, as_path, is_remote, is_url
 
 from mmkd.data.badrows import BadRowsMixin
 from mmkd.data.images import BadSample
@@ -36,7 +35,6 @@ from mmkd.data.base import (
     ContainerDataset,
     DatasetError,
     Entry,
-    Sample,
     natural_key,
     pick_labels,
     relative_ref,
@@ -44,6 +42,7 @@ from mmkd.data.base import (
     sha256_hex,
     split_ref,
 )
+from mmkd.data.sample import Sample
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp")
 _BRACE = re.compile(r"\{([^{}]*)\}")
@@ -67,7 +66,7 @@ def expand_braces(pattern: str) -> list[str]:
     return [out for c in choices for out in expand_braces(head + c + tail)]
 
 
-def find_shards(path: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Path, list[Path]]:
+def find_shards(path: str, storage_options: StorageOptions | None = None) -> tuple[Path, list[Path]]:
     """(root, shard files) for a folder, a tar file, or a brace/glob pattern of shards (local or a URL)."""
     if is_url(path):
         return _find_remote_shards(path, storage_options or {})
@@ -91,7 +90,7 @@ def find_shards(path: str, storage_options: Mapping[str, Any] | None = None) -> 
     return root, list(dict.fromkeys(shards))
 
 
-def _find_remote_shards(path: str, storage_options: Mapping[str, Any]) -> tuple[Any, list[Any]]:
+def _find_remote_shards(path: str, storage_options: StorageOptions) -> tuple[AnyPath, list[AnyPath]]:
     """:func:`find_shards` on object storage: fsspec lists and globs the bucket."""
     p = as_path(path, storage_options)
     if not any(ch in path for ch in "{*?["):
@@ -103,7 +102,7 @@ def _find_remote_shards(path: str, storage_options: Mapping[str, Any]) -> tuple[
     literal = re.split(r"[{*?\[]", path, maxsplit=1)[0]
     root = as_path(literal.rstrip("/") if literal.endswith("/") else literal.rsplit("/", 1)[0], storage_options)
     protocol = path.split("://", 1)[0]
-    shards: list[Any] = []
+    shards: list[AnyPath] = []
     for pat in expand_braces(path):
         if any(ch in pat for ch in "*?["):
             matches = [f"{protocol}://{m}" for m in sorted(p.fs.glob(pat))]
@@ -118,7 +117,7 @@ def _find_remote_shards(path: str, storage_options: Mapping[str, Any]) -> tuple[
 
 
 @contextlib.contextmanager
-def _open_tar(path: Any) -> Iterator[tarfile.TarFile]:
+def _open_tar(path: AnyPath) -> Iterator[tarfile.TarFile]:
     """A shard opened for random access (on object storage through fsspec's read-ahead file)."""
     if not is_remote(path):
         with tarfile.open(path, "r:") as tf:
@@ -150,7 +149,7 @@ class WebDataset(BadRowsMixin, ContainerDataset):
         hash_images: bool = False,
         name: str | None = None,
         on_bad_row: str = "record",
-        storage_options: Mapping[str, Any] | None = None,
+        storage_options: StorageOptions | None = None,
     ) -> None:
         spec_path = str(path)
         root, shards = find_shards(spec_path, storage_options)

@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from mmkd.errors import DemoError
+from mmkd.config import Pipelines
+from mmkd.jsontypes import JSONDict
 from mmkd.eval.features import FeatureCache, set_features
 from mmkd.eval.runner import _Models
 from mmkd.eval.sets import load_eval_set
@@ -23,7 +26,7 @@ from mmkd.eval.sets import load_eval_set
 log = logging.getLogger(__name__)
 
 
-def zeroshot_correct(model: str, sets: dict[str, str], pipelines: dict[str, Any], cache_dir: str | Path,
+def zeroshot_correct(model: str, sets: dict[str, str], pipelines: Pipelines, cache_dir: str | Path,
                      device: str = "cpu") -> dict[str, np.ndarray]:
     """Per modality, a bool per eval image: the model's zero-shot prediction is right.
 
@@ -43,14 +46,14 @@ def zeroshot_correct(model: str, sets: dict[str, str], pipelines: dict[str, Any]
         pred = np.argmax(np.asarray(feats.image) @ np.asarray(feats.classes).T, axis=1)
         labels = np.asarray(evalset.labels)
         if feats.kept is not None and len(feats.kept) != len(labels):
-            raise ValueError(f"eval set {path}: {len(labels) - len(feats.kept)} image(s) unreadable under {model}; "
+            raise DemoError(f"eval set {path}: {len(labels) - len(feats.kept)} image(s) unreadable under {model}; "
                              "a paired comparison needs every image (regenerate the demo's eval sets)")
         out[mod] = pred == labels
     return out
 
 
 def paired_gain(a: dict[str, np.ndarray], b: dict[str, np.ndarray], resamples: int = 1000,
-                seed: int = 0) -> dict[str, Any]:
+                seed: int = 0) -> JSONDict:
     """Mean over modalities of ``acc_a - acc_b``, with a paired percentile bootstrap 95 % interval.
 
     Args:
@@ -65,7 +68,7 @@ def paired_gain(a: dict[str, np.ndarray], b: dict[str, np.ndarray], resamples: i
         ValueError: the two models were scored on different modalities or image counts.
     """
     if set(a) != set(b) or any(len(a[m]) != len(b[m]) for m in a):
-        raise ValueError(f"paired gain needs the same eval images for both models; got modalities {sorted(a)} vs "
+        raise DemoError(f"paired gain needs the same eval images for both models; got modalities {sorted(a)} vs "
                          f"{sorted(b)} with sizes {[len(a[m]) for m in sorted(a)]} vs {[len(b[m]) for m in sorted(b)]}")
     rng = np.random.default_rng(seed)
     diffs = {m: a[m].astype(np.float64) - b[m].astype(np.float64) for m in a}
@@ -79,13 +82,13 @@ def paired_gain(a: dict[str, np.ndarray], b: dict[str, np.ndarray], resamples: i
     return {"value": value, "ci95": [lo, hi], "holds": lo > 0}
 
 
-def _gain_over_seeds(per: list[dict[str, Any]]) -> dict[str, Any]:
+def _gain_over_seeds(per: list[JSONDict]) -> JSONDict:
     """One gain (``{value, ci95, holds}`` per seed): its mean, worst value, worst CI low end, holds on every seed."""
     return {"mean": float(np.mean([p["value"] for p in per])), "worst": float(min(p["value"] for p in per)),
             "worst_ci95_lo": float(min(p["ci95"][0] for p in per)), "holds_every_seed": all(p["holds"] for p in per)}
 
 
-def aggregate_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+def aggregate_seeds(summaries: list[JSONDict]) -> JSONDict:
     """Each claim's mean and worst case over seeds (booleans: share of seeds where it holds, and all)."""
     out: dict[str, Any] = {}
     for kd in ("multi", "mmkd-clip", "trusted_vs_valid", "best_student"):
@@ -111,7 +114,7 @@ def aggregate_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def gain_text(claims: dict[str, Any]) -> str:
+def gain_text(claims: JSONDict) -> str:
     """The gains as readable lines."""
     lines = []
     for kd in ("multi", "mmkd-clip"):

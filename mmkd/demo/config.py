@@ -8,9 +8,11 @@ from typing import Any
 
 from mmkd.demo.corpus import MODALITIES
 from mmkd.demo.experts import DEFAULT_EXPERTS, clip_config
+from mmkd.errors import DemoError
+from mmkd.jsontypes import JSON, JSONDict
 
 
-def student_config() -> dict[str, Any]:
+def student_config() -> JSONDict:
     """The demo student: an open_clip ViT a little wider than each expert."""
     return clip_config(width=96, layers=2, embed_dim=64, text_width=64, text_layers=1, context_length=24)
 
@@ -88,7 +90,7 @@ class DemoConfig:
     trust_threshold: float = 0.9
 
     @classmethod
-    def preset(cls, quick: bool = False, **overrides: Any) -> DemoConfig:
+    def preset(cls, quick: bool = False, **overrides: JSON) -> DemoConfig:
         """The full preset, or the ``--quick`` one (smaller corpus, fewer steps), with ``overrides``."""
         base: dict[str, Any] = {}
         if quick:
@@ -96,32 +98,32 @@ class DemoConfig:
                     "stage1_steps": 60, "stage2_steps": 240, "eval_resamples": 100}
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"unknown demo settings {unknown}; valid: {[f.name for f in dataclasses.fields(cls)]}")
+            raise DemoError(f"unknown demo settings {unknown}; valid: {[f.name for f in dataclasses.fields(cls)]}")
         cfg = cls(**{**base, **overrides})
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad setting."""
+        """Raise ``DemoError`` (a ValueError) naming the first bad setting."""
         if self.runner not in ("ray", "local"):
-            raise ValueError(f"demo runner {self.runner!r} is unknown; use ray or local")
+            raise DemoError(f"demo runner {self.runner!r} is unknown; use ray or local")
         bad = [m for m in self.modalities if m not in MODALITIES]
         bad += [m for mods in self.experts.values() for m in mods if m not in self.modalities]
         if bad:
-            raise ValueError(f"demo modalities {sorted(set(bad))} are not in {list(self.modalities)}")
+            raise DemoError(f"demo modalities {sorted(set(bad))} are not in {list(self.modalities)}")
         if not 0.0 <= self.vague < 1.0:
-            raise ValueError(f"vague must be in [0, 1), got {self.vague}")
+            raise DemoError(f"vague must be in [0, 1), got {self.vague}")
         for name in ("corpus_per_class", "eval_per_class", "expert_per_class", "expert_steps",
                      "expert_batch_size", "stage1_steps", "stage2_steps", "batch_size", "jobs"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"demo setting {name} must be positive, got {getattr(self, name)}")
+                raise DemoError(f"demo setting {name} must be positive, got {getattr(self, name)}")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """JSON-able values (saved as ``<out>/demo_config.json``)."""
         return dataclasses.asdict(self)
 
 
-def student_runs(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
+def student_runs(cfg: DemoConfig) -> dict[str, JSONDict]:
     """The stage-2 students trained from the stage-1 checkpoint: run name -> ``kd`` and extra distill settings.
 
     Every run shares the stage-1 start, the data order, the step count, the batch

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from mmkd.demo.corpus import Batch, get_modality, make_batch
+from mmkd.errors import DemoError
+from mmkd.jsontypes import JSONDict
 from mmkd.distill.config import OptimConfig
 from mmkd.distill.optim import build_optimizer, build_scheduler
 from mmkd.teachers.spec import TeacherSpec
@@ -36,7 +38,7 @@ PREPROCESS_CFG = {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubi
 
 
 def clip_config(image_size: int = 48, patch: int = 8, width: int = 64, layers: int = 2, embed_dim: int = 64,
-                text_width: int = 64, text_layers: int = 1, context_length: int = 24) -> dict[str, Any]:
+                text_width: int = 64, text_layers: int = 1, context_length: int = 24) -> JSONDict:
     """An open_clip CLIP ``model_cfg`` for a tiny ViT image tower and transformer text tower."""
     return {"embed_dim": embed_dim,
             "vision_cfg": {"image_size": image_size, "patch_size": patch, "width": width, "layers": layers,
@@ -169,7 +171,7 @@ def zeroshot_accuracy(model, modality: str, data: Batch) -> float:
     mod = get_modality(modality)
     sel = np.array([m == modality for m in data.modalities])
     if not sel.any():
-        raise ValueError(f"no {modality!r} samples in the data (has {sorted(set(data.modalities))})")
+        raise DemoError(f"no {modality!r} samples in the data (has {sorted(set(data.modalities))})")
     ctx = int(model.context_length)
     tok = open_clip.tokenizer.SimpleTokenizer(context_length=ctx)
     with torch.inference_mode():
@@ -183,7 +185,7 @@ def zeroshot_accuracy(model, modality: str, data: Batch) -> float:
 
 
 def expert_job(spec: ExpertSpec, folder: str, modalities: tuple[str, ...], seed: int, image_size: int,
-               threads: int) -> dict[str, Any]:
+               threads: int) -> JSONDict:
     """Train, save and check one expert (in a pool process, which imports this module only)."""
     import torch
 

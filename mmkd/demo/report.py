@@ -10,6 +10,8 @@ from typing import Any
 
 from mmkd.demo.claims import gain_text
 from mmkd.demo.config import DemoConfig, student_runs
+from mmkd.eval.rows import Results
+from mmkd.jsontypes import JSONDict
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +21,8 @@ def _metric(results: dict, model: str, dataset: str, task: str, key: str) -> flo
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
-def summarize(results: dict[str, Any], cfg: DemoConfig, exports: dict[str, str],
-              experts: dict[str, Any]) -> dict[str, Any]:
+def summarize(results: Results, cfg: DemoConfig, exports: dict[str, str],
+              experts: JSONDict) -> JSONDict:
     """Build ``summary.json`` from ``mmkd eval`` results.
 
     Args:
@@ -52,14 +54,14 @@ def summarize(results: dict[str, Any], cfg: DemoConfig, exports: dict[str, str],
             "config": cfg.to_dict()}
 
 
-def check_claims(models: dict[str, Any], modalities: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def check_claims(models: JSONDict, modalities: list[str] | tuple[str, ...]) -> JSONDict:
     """The issue's claims, each with the numbers behind it (nothing here is tuned to pass)."""
     teachers = {k: v for k, v in models.items() if v["role"] == "teacher"}
     best_teacher = max(v["mean_zeroshot_acc"] for v in teachers.values())
     best_per_mod = {m: max(v["zeroshot_acc"][m] for v in teachers.values()) for m in modalities}
     out: dict[str, Any] = {"best_teacher_mean_zeroshot_acc": best_teacher, "best_expert_per_modality": best_per_mod}
 
-    def against_experts(s: dict[str, Any]) -> dict[str, Any]:
+    def against_experts(s: JSONDict) -> JSONDict:
         """Claims (a) and (b) of one student: beats every teacher's mean; >= 90 % of the best expert everywhere."""
         ratio = {m: s["zeroshot_acc"][m] / best_per_mod[m] if best_per_mod[m] > 0 else math.nan for m in modalities}
         return {"beats_every_teacher_on_mean": s["mean_zeroshot_acc"] > best_teacher, "ratio_to_best_expert": ratio,
@@ -79,7 +81,7 @@ def check_claims(models: dict[str, Any], modalities: list[str] | tuple[str, ...]
     return out
 
 
-def table_markdown(summary: dict[str, Any]) -> str:
+def table_markdown(summary: JSONDict) -> str:
     """Zero-shot accuracy per modality, mean, linear-probe mean and retrieval mean, one row per model."""
     mods = summary["modalities"]
     head = ["model", "role", "kd", *mods, "mean zero-shot", "mean linear", "mean i2t R@1"]
@@ -93,7 +95,7 @@ def table_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def claims_text(claims: dict[str, Any]) -> str:
+def claims_text(claims: JSONDict) -> str:
     """The claims as readable lines."""
     lines = [f"best teacher mean zero-shot: {claims['best_teacher_mean_zeroshot_acc']:.3f}"]
     for kd in ("multi", "mmkd-clip"):
@@ -113,7 +115,7 @@ def claims_text(claims: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(summary: dict[str, Any], path: Path) -> Path:
+def bar_chart(summary: JSONDict, path: Path) -> Path:
     """Grouped bars: zero-shot accuracy per modality (and the mean) for every model."""
     import matplotlib
 
@@ -142,7 +144,7 @@ def bar_chart(summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def write_summary(summary: dict[str, Any], out: Path) -> None:
+def write_summary(summary: JSONDict, out: Path) -> None:
     """``summary.json``, ``summary.md`` (table + claims) and ``summary.png`` under ``out``."""
     out = Path(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -38,6 +38,8 @@ import numpy as np
 from mmkd.config import load_pipelines
 from mmkd.demo.claims import paired_gain, zeroshot_correct
 from mmkd.demo.config import ABLATION_RUNS, DemoConfig, needs_trust, student_runs
+from mmkd.errors import DemoError
+from mmkd.jsontypes import JSON, JSONDict
 from mmkd.demo.corpus import make_batch, write_eval_set, write_jsonl_dataset
 from mmkd.demo.experts import PREPROCESS_CFG, ExpertSpec, expert_job, teacher_spec
 from mmkd.demo.report import summarize, write_summary
@@ -51,7 +53,12 @@ from mmkd.teachers.tiny import write_pipelines
 
 log = logging.getLogger(__name__)
 
-def build_corpus(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+
+class DemoOutExistsError(DemoError, FileExistsError):
+    """The demo's --out folder holds a store from an earlier run."""
+
+
+def build_corpus(out: Path, cfg: DemoConfig) -> JSONDict:
     """Write the distillation corpus and the per-modality eval sets; returns their paths."""
     batch = make_batch(cfg.modalities, cfg.corpus_per_class, cfg.seed, cfg.image_size, vague=cfg.vague)
     table = write_jsonl_dataset(out / "corpus" / "train", batch, prefix="train")
@@ -91,7 +98,7 @@ def _finished(futures: dict[str, Any], what: str, progress: Progress | None) -> 
     return {n: done[n] for n in futures}
 
 
-def build_experts(out: Path, cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any]:
+def build_experts(out: Path, cfg: DemoConfig, progress: Progress | None = None) -> JSONDict:
     """Train and save every expert (``cfg.jobs`` at a time), write ``pipelines.yaml`` declaring them."""
     specs = {name: ExpertSpec(name, tuple(mods), n_per_class=cfg.expert_per_class, steps=cfg.expert_steps,
                               batch_size=cfg.expert_batch_size, seed=cfg.seed * 100 + i)
@@ -107,7 +114,7 @@ def build_experts(out: Path, cfg: DemoConfig, progress: Progress | None = None) 
     return {"pipelines": str(pipelines), "experts": info}
 
 
-def extract_teachers(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: str) -> dict[str, Any]:
+def extract_teachers(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str) -> JSONDict:
     """Every expert over the corpus into ``out/store`` (what ``mmkd extract`` runs)."""
     job = ExtractJob(data={"path": corpus["train"], "format": "jsonl", "fields": {"labels": ["modality", "label"]}},
                      teachers=list(cfg.experts), store=str(out / "store"), runner=cfg.runner, pipeline=pipelines,
@@ -122,7 +129,7 @@ def _distill_settings(cfg: DemoConfig) -> dict[str, Any]:
             "num_workers": cfg.num_workers, "fd_weight": cfg.fd_weight, "icl_weight": cfg.icl_weight}
 
 
-def train_students(out: Path, cfg: DemoConfig, store: str, progress: Progress | None = None) -> dict[str, Any]:
+def train_students(out: Path, cfg: DemoConfig, store: str, progress: Progress | None = None) -> JSONDict:
     """Stage 1, then from its checkpoint every :func:`student_runs` run, ``cfg.jobs`` at a time.
 
     Each run trains in a fresh (spawned) process that never imports a teacher, as
@@ -162,15 +169,15 @@ def train_students(out: Path, cfg: DemoConfig, store: str, progress: Progress | 
     return {"exports": exports, "teachers_imported_by_distill": False}
 
 
-def score_trust(store: str, cfg: DemoConfig) -> dict[str, Any]:
+def score_trust(store: str, cfg: DemoConfig) -> JSONDict:
     """``mmkd store trust`` (pair-rank) of every expert over the corpus; coverage per teacher."""
     fs = FeatureStore.open(store)
     return {t: round(compute_trust(fs, t, "pair-rank", cfg.trust_threshold, seed=cfg.seed)["coverage"], 3)
             for t in cfg.experts}
 
 
-def add_gains(summary: dict[str, Any], out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: str,
-              exports: dict[str, str], trust: dict[str, Any]) -> None:
+def add_gains(summary: JSONDict, out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str,
+              exports: dict[str, str], trust: JSONDict) -> None:
     """Add ``kd_gain_over_no_kd`` per KD mode (and ``trusted_vs_valid``) to ``summary["claims"]``."""
     pcfg = load_pipelines(pipelines)
     correct = {n: zeroshot_correct(exports[n], corpus["eval_sets"], pcfg, out / "eval" / "cache")
@@ -199,18 +206,18 @@ def _preprocess() -> dict[str, Any]:
     return dict(PREPROCESS_CFG)
 
 
-def evaluate_all(out: Path, cfg: DemoConfig, corpus: dict[str, Any], pipelines: str,
-                 exports: dict[str, str]) -> dict[str, Any]:
+def evaluate_all(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str,
+                 exports: dict[str, str]) -> JSONDict:
     """Zero-shot, linear probe, retrieval per modality, slide diagnosis / survival and VQA, for every model."""
     ecfg = EvalConfig(tasks=("zeroshot", "linear", "retrieval", "diagnosis", "survival", "vqa"),
                       resamples=cfg.eval_resamples, seed=cfg.seed, batch_size=256, device="cpu")
     models = list(cfg.experts) + list(exports.values())
     sets = list(corpus["eval_sets"].values()) + list(corpus.get("task_sets", {}).values())
-    return evaluate(models, sets, out / "eval", cfg=load_pipelines(pipelines), ecfg=ecfg)
+    return evaluate(models, sets, out / "eval", pipelines=load_pipelines(pipelines), ecfg=ecfg)
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = "ray",
-             progress: Progress | None = None, **overrides: Any) -> dict[str, Any]:
+             progress: Progress | None = None, **overrides: JSON) -> JSONDict:
     """Run the demo into ``out``; returns the summary (also written to ``out/summary.json``).
 
     Args:
@@ -228,7 +235,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
         torch.set_num_threads(cfg.threads)
     out = Path(out)
     if (out / "store").exists():
-        raise FileExistsError(f"{out}/store exists from an earlier demo; pass a fresh --out folder")
+        raise DemoOutExistsError(f"{out}/store exists from an earlier demo; pass a fresh --out folder")
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     times: dict[str, float] = {}

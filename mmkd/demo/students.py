@@ -36,8 +36,8 @@ def distill_run(store: str, out: Path, student: str, stage: int, steps: int, bas
         overrides["standardize"] = False
     overrides.update(extra)
     summary = distill(load_distill_config(None, None, overrides))
-    if not summary["finished"]:
-        raise RuntimeError(f"distill run {out} stopped at step {summary['step']} of {summary['total_steps']}")
+    if not summary.finished:
+        raise RuntimeError(f"distill run {out} stopped at step {summary.step} of {summary.total_steps}")
     return str(RunDir(out).export)
 
 

@@ -21,6 +21,8 @@ import yaml
 
 from mmkd.demo.config import DemoConfig
 from mmkd.demo.corpus import _png, draw_images, get_modality
+from mmkd.eval.rows import Results
+from mmkd.jsontypes import JSONDict
 
 PATCHES = 6
 
@@ -98,7 +100,7 @@ def write_task_sets(folder: str | Path, cfg: DemoConfig) -> dict[str, str]:
     return out
 
 
-def task_summary(results: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+def task_summary(results: Results, names: list[str]) -> dict[str, JSONDict]:
     """Per model, the headline of each task set: diagnosis AUC (ABMIL, mean pool), C-index, VQA accuracies."""
     keys = {"diagnosis": "macro_auc", "diagnosis_meanpool": "macro_auc", "survival": "c_index",
             "survival_meanpool": "c_index", "vqa": "accuracy"}

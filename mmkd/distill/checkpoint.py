@@ -11,17 +11,25 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 
 from mmkd.distill.rundir import RunDir
+from mmkd.errors import DistillError
+
+# what a checkpoint holds: tensors, optimizer and RNG states, counters, the run's settings
+State: TypeAlias = "dict[str, object]"
 
 logger = logging.getLogger(__name__)
 
 
-def rng_state() -> dict[str, Any]:
+class NoCheckpointError(DistillError, FileNotFoundError):
+    """``--resume`` found no checkpoint in the run folder."""
+
+
+def rng_state() -> State:
     """The Python, NumPy, torch (and CUDA, when present) RNG states."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     # plain types and tensors only, so checkpoints load with torch.load(weights_only=True)
@@ -32,7 +40,7 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: State) -> None:
     """Restore what :func:`rng_state` captured."""
     random.setstate(state["python"])
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -42,7 +50,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
+def save_atomic(obj: State, path: str | Path) -> Path:
     """``torch.save`` to ``<path>.tmp``, fsync, then rename over ``path``."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -65,15 +73,15 @@ def save_checkpoint(out: str | Path, state: dict[str, Any], keep_step_copy: bool
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> State:
     """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain types only).
 
     Raises:
-        FileNotFoundError: no checkpoint at ``path``; start without ``--resume``.
+        NoCheckpointError: (a FileNotFoundError) no checkpoint at ``path``; start without ``--resume``.
     """
     p = Path(path)
     if p.is_dir():
         p = RunDir(p).last_checkpoint
     if not p.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(p)!r}; run without --resume to start fresh")
+        raise NoCheckpointError(f"no checkpoint at {str(p)!r}; run without --resume to start fresh")
     return torch.load(p, map_location="cpu", weights_only=True)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmkd.config import ConfigError, merge_entry, resolve_path, section
+from mmkd.config import ConfigError, Pipelines, merge_entry, resolve_path, section
 from mmkd.data import resolve_data
+from mmkd.errors import DistillError
+from mmkd.jsontypes import JSON, JSONDict
 
 if TYPE_CHECKING:
     import torch
@@ -115,7 +116,7 @@ def parse_icl_scale(value: float | str) -> float | str:
     """``"learned"`` or a positive number (from a flag or a YAML entry).
 
     Raises:
-        ValueError: anything else (the message names the value and the valid forms).
+        DistillError: anything else (the message names the value and the valid forms).
     """
     if isinstance(value, str) and value.strip().lower() == "learned":
         return "learned"
@@ -124,7 +125,7 @@ def parse_icl_scale(value: float | str) -> float | str:
     except (TypeError, ValueError):
         number = math.nan
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"icl_scale {value!r} is not valid: give a positive number (the official 2.659 = ln(1/0.07), "
+        raise DistillError(f"icl_scale {value!r} is not valid: give a positive number (the official 2.659 = ln(1/0.07), "
                          "or 14.29 = 1/0.07) or 'learned' (the student's own logit scale)")
     return number
 
@@ -218,7 +219,8 @@ class DistillConfig:
         targets: ``mmkd-clip``: target features (``TargetConfig``: ``source`` raw|projected,
             ``projection`` random|pca|ae for raw ones, ``normalize``); flat names
             ``targets``, ``projection``, ``normalize_targets``.
-        projections: ``mmkd-clip``: file with ``<teacher>.weight`` maps (overrides ``targets.projection``).
+        projection_file: ``mmkd-clip``: file with ``<teacher>.weight`` maps (overrides ``targets.projection``;
+            ``projections``, its old name, is still read in entries).
         train_projections: ``mmkd-clip``: learn the maps jointly instead of freezing them.
         max_logit_scale: clamp of the learnable logit scale's exp.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -266,7 +268,7 @@ class DistillConfig:
     standardize: bool = False
     head: str = "linear"
     targets: TargetConfig = field(default_factory=TargetConfig)
-    projections: str | None = None
+    projection_file: str | None = None
     train_projections: bool = False
     teachers_cfg: TeacherUse = field(default_factory=TeacherUse)
     max_logit_scale: float = 100.0
@@ -343,7 +345,7 @@ class DistillConfig:
             self.optim.lr = STAGE_LR[self.stage]
         return self
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """Plain values, nested as the fields are (for ``config.yaml`` and checkpoints)."""
         d = dataclasses.asdict(self)
         d.pop("students_section")
@@ -361,17 +363,18 @@ INIT_KEYS = {"init_image": "image", "init_text": "text", "init_partial": "partia
 TARGET_KEYS = {"projection": "projection", "normalize_targets": "normalize"}
 TEACHER_USE_KEYS = {"teacher_mask": "mask", "teacher_weight": "weight", "teacher_drop": "drop"}
 FIELDS |= set(INIT_KEYS) | set(TARGET_KEYS) | set(TEACHER_USE_KEYS)
-PATH_FIELDS = ("store", "out", "projections", "data")
+PATH_FIELDS = ("store", "out", "projection_file", "projections", "data")
+DEPRECATED_KEYS = {"projections": "projection_file"}  # old name -> name
 
 
-def _init_path(pipelines: dict[str, Any], value: Any, run: str | None, from_entry: bool) -> Any:
+def _init_path(pipelines: Pipelines, value: JSON, run: str | None, from_entry: bool) -> JSON:
     """Resolve an init source written as a path in an entry (references like ``ARCH:TAG`` stay as they are)."""
     if not isinstance(value, str) or not value or is_reference(value) or not from_entry:
         return value
     return str(resolve_path(pipelines, value, section="distill", entry=run))
 
 
-def _nest_init(values: dict[str, Any], pipelines: dict[str, Any], run: str | None, flags: set[str]) -> None:
+def _nest_init(values: dict[str, Any], pipelines: Pipelines, run: str | None, flags: set[str]) -> None:
     """Fold ``init`` (string or mapping) and the flat ``init_*`` keys into one :class:`InitConfig`."""
     raw = values.pop("init", None)
     init = dict(raw) if isinstance(raw, dict) else {"source": raw}
@@ -421,8 +424,8 @@ def _nest(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def load_distill_config(pipelines: dict[str, Any] | None, run: str | None,
-                        overrides: dict[str, Any]) -> DistillConfig:
+def load_distill_config(pipelines: Pipelines | None, run: str | None,
+                        overrides: JSONDict) -> DistillConfig:
     """Resolve a run's config from a parsed pipelines file, a ``distill:`` entry name and overrides.
 
     Args:
@@ -434,8 +437,11 @@ def load_distill_config(pipelines: dict[str, Any] | None, run: str | None,
         ConfigError: unknown entry or key, or invalid values.
     """
     pipelines = pipelines or {}
-    values = merge_entry(pipelines, "distill", run, overrides, allowed=FIELDS | {"optim", "loss"},
+    values = merge_entry(pipelines, "distill", run, overrides, allowed=FIELDS | {"optim", "loss"} | set(DEPRECATED_KEYS),
                          path_keys=PATH_FIELDS, what="distill")
+    for old, new in DEPRECATED_KEYS.items():
+        if old in values:
+            values.setdefault(new, values.pop(old))
     student = values.get("student")
     if run is not None and student and student not in section(pipelines, "students") and str(student).endswith(
             ".json") and "student" not in {k for k, v in overrides.items() if v is not None}:
@@ -450,6 +456,6 @@ def load_distill_config(pipelines: dict[str, Any] | None, run: str | None,
         values["data"] = resolve_data(values["data"], pipelines).to_dict()
     cfg = DistillConfig(**_nest(values))
     cfg.students_section = section(pipelines, "students")
-    if pipelines.get("_path"):
-        cfg.students_base_dir = str(Path(pipelines["_path"]).parent)
+    if Pipelines.of(pipelines).path is not None:
+        cfg.students_base_dir = str(Pipelines.of(pipelines).path.parent)
     return cfg.validate()

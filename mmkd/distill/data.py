@@ -42,6 +42,8 @@ from mmkd.config import as_path, is_remote
 from mmkd.data import open_dataset
 from mmkd.data.images import BadSample, decode_image
 from mmkd.distill.images import FastImages
+from mmkd.errors import DistillError
+from mmkd.jsontypes import JSONDict
 from mmkd.store import FeatureStore, chunk_shuffled_batches, num_batches
 from mmkd.store.content import has_hashes, recorded_hashes, sha256_of
 from mmkd.store.dataset import open_store_dataset
@@ -124,16 +126,16 @@ class SyntheticImages:
         return out
 
 
-def images_source(store: Any, data: str | dict[str, Any] | None = None) -> dict[str, Any] | str:
+def images_source(store: FeatureStore, data: str | JSONDict | None = None) -> JSONDict | str:
     """What a worker opens to read ``store``'s images: the recorded dataset spec (relocated to ``data`` and
     fingerprint-checked when given), or ``synthetic://`` for synthetic stores."""
-    uri = str((store.manifest.get("dataset") or {}).get("uri") or "")
+    uri = store.manifest.dataset.uri
     if uri.startswith("synthetic://") and data is None:
         return uri
     return open_store_dataset(store, data).spec().to_dict()
 
 
-def open_images(source: dict[str, Any] | str):
+def open_images(source: JSONDict | str):
     """A reader from :func:`images_source`'s value (opened in the process that reads)."""
     if isinstance(source, str) and source.startswith("synthetic://"):
         return SyntheticImages()
@@ -197,7 +199,7 @@ class StoreBatches(IterableDataset):
         if spec.with_features and (spec.teacher_mask == "trusted" or spec.teacher_weight == "trust"):
             missing = [t for t in spec.teachers if not has_trust(store, t)]
             if missing:
-                raise ValueError(f"--teacher-mask {spec.teacher_mask} / --teacher-weight {spec.teacher_weight} need "
+                raise DistillError(f"--teacher-mask {spec.teacher_mask} / --teacher-weight {spec.teacher_weight} need "
                                  f"the trust of every teacher; store {spec.store!r} has none for {missing}: compute "
                                  f"it with `mmkd store trust {spec.store} " + " ".join(f"--teacher {t}" for t in
                                                                                         missing) + "`")
@@ -206,18 +208,18 @@ class StoreBatches(IterableDataset):
         self.unreadable: set[int] = set()  # rows whose image failed at train time (warned once)
         self.batches_per_epoch = num_batches(self.n, spec.batch_size, spec.world_size, exclude=self.exclude)
         if self.batches_per_epoch == 0:
-            raise ValueError(f"store {spec.store!r} has {self.n - excluded.total} usable rows ({excluded.describe()} "
+            raise DistillError(f"store {spec.store!r} has {self.n - excluded.total} usable rows ({excluded.describe()} "
                              f"left out), fewer than one global batch of {spec.batch_size} x {spec.world_size} "
                              "ranks; lower --batch-size")
         if spec.decode not in DECODES:
-            raise ValueError(f"decode {spec.decode!r} is unknown; use one of {list(DECODES)}")
+            raise DistillError(f"decode {spec.decode!r} is unknown; use one of {list(DECODES)}")
         self.fast = FastImages.plan(transform) if spec.decode == "reduced" else None
         self.cache_dir = self._find_cache(store)
         # (epoch, start batch) in shared memory: persistent workers read what set_epoch wrote
         self._position = multiprocessing.get_context().RawArray("q", 2)
         self._state: dict[str, Any] | None = None
 
-    def _probe_images(self, store: Any) -> None:
+    def _probe_images(self, store: FeatureStore) -> None:
         """Read one image before anything is written: images that moved or were removed are named at once, not
         after the first batches (nor as a worker's traceback)."""
         rows = np.flatnonzero(~self.exclude)[:1] if self.exclude is not None else np.arange(min(1, self.n))
@@ -226,15 +228,15 @@ class StoreBatches(IterableDataset):
         ref = store.index_columns(rows, ("image",))["image"][0]
         data = open_images(self.images).read_many([ref], on_error="return")[0]
         if isinstance(data, BaseException) and getattr(data, "reason", "") == "missing":
-            raise FileNotFoundError(f"store {self.spec.store}: the image of row {int(rows[0])} is not where the "
+            raise ImagesMissingError(f"store {self.spec.store}: the image of row {int(rows[0])} is not where the "
                                     f"dataset {self.uri} says ({data}); the images moved or were removed: pass --data "
                                     "with where they are now (a path, or a `datasets:` name whose `root` is their "
                                     "folder)")
 
-    def _find_cache(self, store: Any) -> str | None:
+    def _find_cache(self, store: FeatureStore) -> str | None:
         """The image cache to read (``mmkd store images``), or None: the originals; says which."""
         if self.spec.image_cache not in ("auto", "off"):
-            raise ValueError(f"image_cache {self.spec.image_cache!r} is unknown; use auto or off")
+            raise DistillError(f"image_cache {self.spec.image_cache!r} is unknown; use auto or off")
         found = None
         if self.spec.image_cache == "auto":
             if self.fast is not None:
@@ -339,13 +341,13 @@ class StoreBatches(IterableDataset):
                     out.append(None)
         shape = next((x.shape for x in out if x is not None), None)
         if shape is None:
-            raise RuntimeError(f"no image of batch rows {rows[:8].tolist()}... could be read; check the dataset "
+            raise DistillError(f"no image of batch rows {rows[:8].tolist()}... could be read; check the dataset "
                                f"at {self.uri!r}")
         if self.fast is not None:
             return self.fast.normalize(out), ok, changed
         return torch.stack([x if x is not None else torch.zeros(shape) for x in out]), ok, changed
 
-    def _verify(self, store: Any, raw: list, rows: np.ndarray) -> str | None:
+    def _verify(self, store: FeatureStore, raw: list, rows: np.ndarray) -> str | None:
         """The error for the first image whose bytes differ from the ones extracted (``None`` when all match)."""
         recorded = recorded_hashes(store, rows)
         for i, data in enumerate(raw):
@@ -391,8 +393,12 @@ class StoreBatches(IterableDataset):
                 "nonfinite": torch.from_numpy(nonfinite), **out}
 
 
-class ContentChangedError(ValueError):
+class ContentChangedError(DistillError):
     """An image read now differs from the one its row was extracted from."""
+
+
+class ImagesMissingError(DistillError, FileNotFoundError):
+    """The store's images are not where its dataset says (moved or removed); nothing was written."""
 
 
 class _Loader(DataLoader):

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmkd.errors import DistillError
+
 _PROJ_COPY = re.compile(r"^(?P<base>.+)_proj(?P<dim>\d+)$")
 
 
@@ -78,7 +80,7 @@ class TeacherProjections(nn.Module):
             lin = self.proj[_key(t)]
             if w is None or tuple(w.shape) != tuple(lin.weight.shape):
                 have = None if w is None else tuple(w.shape)
-                raise ValueError(f"projection file {str(p)!r}: '{t}.weight' is {have}, need "
+                raise DistillError(f"projection file {str(p)!r}: '{t}.weight' is {have}, need "
                                  f"{tuple(lin.weight.shape)} (student_dim, teacher_dim)")
             with torch.no_grad():
                 lin.weight.copy_(w)
@@ -95,7 +97,7 @@ class TeacherProjections(nn.Module):
         lin = self.proj[_key(teacher)]
         w = torch.as_tensor(weight, dtype=torch.float32)
         if tuple(w.shape) != tuple(lin.weight.shape):
-            raise ValueError(f"projection of teacher {teacher!r} is {tuple(w.shape)}, the run needs "
+            raise DistillError(f"projection of teacher {teacher!r} is {tuple(w.shape)}, the run needs "
                              f"{tuple(lin.weight.shape)} (student_dim, teacher_dim); fit one with --dim "
                              f"{lin.weight.shape[0]}")
         trainable = lin.weight.requires_grad
@@ -138,7 +140,7 @@ class TeacherHeads(nn.Module):
     def __init__(self, teacher_dims: dict[str, int], student_dim: int, *, kind: str = "linear"):
         super().__init__()
         if kind not in ("linear", "mlp"):
-            raise ValueError(f"head kind {kind!r} is unknown; use 'linear' or 'mlp'")
+            raise DistillError(f"head kind {kind!r} is unknown; use 'linear' or 'mlp'")
         self.teachers = list(teacher_dims)
         self.image = nn.ModuleDict({_key(t): self._head(student_dim, d, kind) for t, d in teacher_dims.items()})
         self.text = nn.ModuleDict({_key(t): self._head(student_dim, d, kind) for t, d in teacher_dims.items()})

@@ -32,13 +32,15 @@ import torch
 
 from mmkd.distill.config import InitConfig, is_reference
 from mmkd.distill.rundir import EXPORT_WEIGHTS, RunDir
+from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSONDict
 
 logger = logging.getLogger(__name__)
 
 TOWERS = ("image", "text")
 
 
-class InitError(ValueError):
+class InitError(MMKDError, ValueError):
     """An init source cannot be resolved or loads too little of a tower."""
 
 
@@ -264,7 +266,7 @@ def _check(reports: dict[str, TowerReport], cfg: InitConfig) -> None:
                         f"accept it with --init-partial")
 
 
-def initialise(model: torch.nn.Module, cfg: InitConfig) -> dict[str, Any]:
+def initialise(model: torch.nn.Module, cfg: InitConfig) -> JSONDict:
     """Load every tower from its source into ``model`` (in place); nothing is changed when refused.
 
     Returns:
@@ -303,7 +305,7 @@ def initialise(model: torch.nn.Module, cfg: InitConfig) -> dict[str, Any]:
             "partial": cfg.partial}
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
+def summary_lines(report: JSONDict) -> list[str]:
     """One line per tower, for the console."""
     lines = []
     for t, r in report["towers"].items():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+
+from mmkd.jsontypes import JSON, JSONDict
 
 from mmkd.distill.rundir import RunDir
 
@@ -35,7 +36,7 @@ class MetricsLog:
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         self.path.write_text("".join(line + "\n" for line in keep))
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: JSONDict) -> None:
         """Write one record (must hold ``step``)."""
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -49,7 +50,7 @@ class MetricsLog:
             self._tb.close()
 
 
-def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+def read_metrics(out: str | Path) -> list[JSONDict]:
     """Records of ``<out>/metrics.jsonl``."""
     path = RunDir(out).metrics
     if not path.is_file():

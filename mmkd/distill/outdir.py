@@ -22,6 +22,7 @@ import yaml
 
 from mmkd.distill.config import PATH_FIELDS, DistillConfig
 from mmkd.distill.rundir import CONFIG, EXPORT_WEIGHTS, RunDir
+from mmkd.errors import DistillError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ FREE = frozenset({"resume", "stop_at_step", "progress", "num_workers", "checkpoi
                   "keep_checkpoints", "device", "data", "on_nonfinite", "overwrite"})
 
 
-class RunExistsError(ValueError):
+class RunExistsError(DistillError):
     """``--out`` holds another run (or other files); nothing was written."""
 
 

@@ -8,9 +8,11 @@ nodes (``python -m mmkd.distill ...``); one process runs on one device.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from mmkd.distill.student import (
     init_config,
     resolve_student,
 )
+from mmkd.errors import DistillError
 from mmkd.store import FeatureStore, StoreError
 from mmkd.store.validate import index_problems
 from mmkd.store.projection import load_projection
@@ -42,7 +45,35 @@ from mmkd.store.projection import load_projection
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteError(ValueError):
+@dataclass(frozen=True)
+class DistillResult:
+    """Where a distill run stands when :func:`distill` returns.
+
+    Attributes:
+        step: optimizer steps done so far (over every invocation of the run).
+        total_steps: steps of the whole run.
+        finished: ``step >= total_steps``; the student was exported to ``<out>/export``.
+        out: the run folder.
+        noop: the run in ``out`` had already finished with these settings; nothing was trained.
+        nonfinite_targets: store rows left out because a teacher target was NaN/Inf.
+        skipped_steps: steps skipped for a non-finite loss or gradient (``on_nonfinite: skip``).
+    """
+
+    step: int
+    total_steps: int
+    finished: bool
+    out: str
+    noop: bool = False
+    nonfinite_targets: int = 0
+    skipped_steps: int = 0
+
+    def to_dict(self) -> dict[str, int | bool | str]:
+        """The summary line ``mmkd distill`` prints: the optional fields only when they say something."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k in ("step", "total_steps", "finished", "out") or v}
+
+
+class NonFiniteError(DistillError):
     """A loss or gradient became NaN/Inf (``on_nonfinite: stop``); nothing was updated or exported."""
 
 
@@ -96,7 +127,7 @@ class DistillRecipe:
         self.teachers = list(self.cfg.teachers or base)
         unknown = [t for t in self.teachers if t not in have]
         if not self.teachers or unknown:
-            raise ValueError(f"store {self.cfg.store!r} holds teachers {base}; stage 2 asked for "
+            raise DistillError(f"store {self.cfg.store!r} holds teachers {base}; stage 2 asked for "
                              f"{self.teachers} (unknown: {unknown}). Extract them first with `mmkd extract`")
         self.store_obj = store
         if self.kd == "mmkd-clip" and self.cfg.targets.source == "projected":
@@ -113,7 +144,7 @@ class DistillRecipe:
             return teacher
         copies = sorted(h for h in have if projected_copy(h, have) == teacher)
         if not copies:
-            raise ValueError(f"--targets projected: store {self.cfg.store!r} holds no projected copy of teacher "
+            raise DistillError(f"--targets projected: store {self.cfg.store!r} holds no projected copy of teacher "
                              f"{teacher!r} (<teacher>_proj512); import the official features with `mmkd store "
                              f"import-mmkd SRC DST --with-projected`, or use --targets raw")
         return copies[0]
@@ -148,17 +179,17 @@ class DistillRecipe:
         if c.targets.source == "projected":
             for t, d in self.dims.items():
                 if d != embed_dim:
-                    raise ValueError(f"--targets projected: {t} holds {d}-d features but the student embeds in "
+                    raise DistillError(f"--targets projected: {t} holds {d}-d features but the student embeds in "
                                      f"{embed_dim}-d; use a {d}-d student or --targets raw")
                 proj.set_identity(t)
-        elif c.projections:
-            proj.load_file(c.projections)
+        elif c.projection_file:
+            proj.load_file(c.projection_file)
         elif c.targets.projection != "random":
             for t in self.teachers:
                 try:
                     w, b, meta = load_projection(self.store_obj, t, c.targets.projection, embed_dim)
                 except StoreError as e:
-                    raise ValueError(str(e)) from e
+                    raise DistillError(str(e)) from e
                 proj.set_map(t, torch.from_numpy(w), torch.from_numpy(b))
                 logger.info("teacher %s: %s projection (R² %.4f over %d rows)", t, c.targets.projection,
                             meta["r2"], meta["fit_rows"])
@@ -168,7 +199,7 @@ class DistillRecipe:
             for kind in ("image", "text"):
                 mean, std = self.stats[t].get(f"{kind}_mean"), self.stats[t].get(f"{kind}_std")
                 if mean is None or std is None:
-                    raise ValueError(f"teacher {t!r} in store {self.cfg.store!r} has no {kind}_mean/{kind}_std "
+                    raise DistillError(f"teacher {t!r} in store {self.cfg.store!r} has no {kind}_mean/{kind}_std "
                                      f"attrs; compute them (FeatureStore.compute_stats) or drop --standardize")
                 heads.set_stats(t, kind, torch.tensor(mean), torch.tensor(std))
 
@@ -308,7 +339,7 @@ class DistillRecipe:
             self.module.student.logit_scale.clamp_(0, math.log(c.max_logit_scale))
         return float(norm)
 
-    def train(self) -> dict[str, Any]:
+    def train(self) -> DistillResult:
         """Run until ``total_steps`` (or ``stop_at_step``); returns a summary."""
         c = self.cfg
         if self.out_state == "finished":
@@ -317,7 +348,7 @@ class DistillRecipe:
             total = int((yaml.safe_load(self.run.config.read_text()) or {}).get("total_steps") or 0)
             logger.warning("distill: the run in %s already finished with these settings; nothing to do "
                            "(--overwrite trains it again)", self.out)
-            return {"step": total, "total_steps": total, "finished": True, "out": str(self.out), "noop": True}
+            return DistillResult(step=total, total_steps=total, finished=True, out=str(self.out), noop=True)
         end = min(self.total_steps, c.stop_at_step) if c.stop_at_step else self.total_steps
         stream = self._batches()
         bar = self._progress(end)
@@ -349,12 +380,8 @@ class DistillRecipe:
         finished = self.step >= self.total_steps
         if finished and self.env.is_main:
             self._finish()
-        summary = {"step": self.step, "total_steps": self.total_steps, "finished": finished, "out": str(self.out)}
-        if self.nonfinite_targets:
-            summary["nonfinite_targets"] = len(self.nonfinite_targets)
-        if self.skipped_steps:
-            summary["skipped_steps"] = self.skipped_steps
-        return summary
+        return DistillResult(step=self.step, total_steps=self.total_steps, finished=finished, out=str(self.out),
+                             nonfinite_targets=len(self.nonfinite_targets), skipped_steps=self.skipped_steps)
 
     def _progress(self, end: int):
         if not (self.cfg.progress and self.env.is_main):
@@ -410,12 +437,8 @@ class DistillRecipe:
         cleanup_distributed()
 
 
-def distill(cfg: DistillConfig) -> dict[str, Any]:
-    """Run a distill job end to end (setup, train, cleanup); see :class:`DistillRecipe`.
-
-    Returns:
-        ``{"step", "total_steps", "finished", "out"}``.
-    """
+def distill(cfg: DistillConfig) -> DistillResult:
+    """Run a distill job end to end (setup, train, cleanup); see :class:`DistillRecipe`."""
     recipe = DistillRecipe(cfg)
     try:
         recipe.setup()

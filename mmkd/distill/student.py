@@ -26,11 +26,13 @@ import torch
 
 from mmkd.distill.config import InitConfig
 from mmkd.distill.rundir import EXPORT_CONFIG, EXPORT_WEIGHTS, RunDir
+from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSONDict
 
 logger = logging.getLogger(__name__)
 
 
-class StudentError(ValueError):
+class StudentError(MMKDError, ValueError):
     """A student spec cannot be resolved, built or loaded."""
 
 
@@ -61,7 +63,7 @@ class Student:
     preprocess_cfg: dict[str, Any]
 
 
-def _split_cfg(name: str, data: dict[str, Any]) -> StudentSpec:
+def _split_cfg(name: str, data: JSONDict) -> StudentSpec:
     if "model_cfg" in data:
         model_cfg, pp = data["model_cfg"], data.get("preprocess_cfg") or {}
     else:
@@ -76,7 +78,7 @@ def _split_cfg(name: str, data: dict[str, Any]) -> StudentSpec:
     return StudentSpec(name=name, model_cfg=copy.deepcopy(model_cfg), preprocess_cfg=dict(pp))
 
 
-def resolve_student(value: str | dict[str, Any], students: dict[str, Any] | None = None,
+def resolve_student(value: str | JSONDict, students: JSONDict | None = None,
                     base_dir: Path | None = None) -> StudentSpec:
     """Turn ``--student`` (entry name, JSON path, architecture name or dict) into a spec.
 
@@ -127,7 +129,7 @@ def resolve_student(value: str | dict[str, Any], students: dict[str, Any] | None
     return StudentSpec(name=value, model_cfg=cfg)
 
 
-def _is_hf_text(model_cfg: dict[str, Any]) -> bool:
+def _is_hf_text(model_cfg: JSONDict) -> bool:
     return "hf_model_name" in (model_cfg.get("text_cfg") or {})
 
 
@@ -178,7 +180,7 @@ def build_tokenizer(spec: StudentSpec) -> Callable[..., torch.Tensor]:
     return SimpleTokenizer(context_length=context_length, **kwargs)
 
 
-def resolved_preprocess_cfg(spec: StudentSpec, model: torch.nn.Module) -> dict[str, Any]:
+def resolved_preprocess_cfg(spec: StudentSpec, model: torch.nn.Module) -> JSONDict:
     """open_clip's default preprocessing, sized to the model's image tower, with spec overrides."""
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 

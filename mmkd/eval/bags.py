@@ -19,13 +19,16 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmkd.config import ConfigError
 from mmkd.eval.features import set_features
 from mmkd.eval.types import EvalItem, EvalSet
+
+if TYPE_CHECKING:
+    from mmkd.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +147,7 @@ class StoreBags(BagSource):
         BagError: rows without a slide id (counted, first ones named), or invalid rows.
     """
 
-    def __init__(self, store: Any, teacher: str, slide_key: str = "slide_id", memo_bytes: int = 0) -> None:
+    def __init__(self, store: FeatureStore, teacher: str, slide_key: str = "slide_id", memo_bytes: int = 0) -> None:
         super().__init__(memo_bytes)
         self.store, self.teacher = store, teacher
         self.kind = f"store {store.path} ({teacher})"

@@ -14,7 +14,9 @@ A clip_benchmark folder (github:LAION-AI/CLIP_benchmark, ``build_wds_dataset``):
 linear probe and kNN, retrieval folders Recall@k (each caption line is a caption of
 its image). ``mmkd eval --format csv`` writes ``results.csv`` with the columns
 ``clip_benchmark build`` writes (metrics, dataset, model, pretrained, task, language,
-model_fullname) under clip_benchmark's metric names where one exists.
+model_fullname) for the tasks clip_benchmark runs (zero-shot classification, linear
+probe, retrieval), under its metric and dataset names (``wds/<set>``), so rows of both
+tools join; ``--split`` picks the folder's split (default ``test``).
 """
 
 from __future__ import annotations
@@ -24,23 +26,16 @@ import json
 import logging
 import tarfile
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any
 
 from mmkd.config import ConfigError, resolve_path
+from mmkd.eval.rows import ClipBenchmarkRow
 from mmkd.eval.types import EvalItem, EvalSet
+from mmkd.jsontypes import JSONDict
 
 log = logging.getLogger(__name__)
 
 CB_KEYS = {"clip_benchmark", "split", "description", "store", "class_prompts"}
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
-# mmkd task -> (clip_benchmark task, {mmkd metric: clip_benchmark metric})
-_CB_NAMES = {
-    "zeroshot": ("zeroshot_classification", {"accuracy": "acc1", "balanced_accuracy": "mean_per_class_recall"}),
-    "linear": ("linear_probe", {"accuracy": "lp_acc1", "balanced_accuracy": "lp_mean_per_class_recall"}),
-    "retrieval": ("zeroshot_retrieval", {**{f"text_to_image_R@{k}": f"image_retrieval_recall@{k}" for k in (1, 5, 10)},
-                                         **{f"image_to_text_R@{k}": f"text_retrieval_recall@{k}" for k in (1, 5, 10)}}),
-}
 
 
 class TarMembers:
@@ -94,7 +89,7 @@ def _shards(root: Path, split: str, name: str) -> list[Path]:
     return shards
 
 
-def build_clip_benchmark_set(name: str, spec: Mapping[str, Any], base: Path) -> EvalSet:
+def build_clip_benchmark_set(name: str, spec: JSONDict, base: Path) -> EvalSet:
     """An :class:`~mmkd.eval.sets.EvalSet` over a clip_benchmark webdataset folder.
 
     Raises:
@@ -140,7 +135,7 @@ def build_clip_benchmark_set(name: str, spec: Mapping[str, Any], base: Path) -> 
     if not items:
         raise ConfigError(f"eval set {name!r}: no samples in the shards of {str(root)!r}")
     prompts = spec.get("class_prompts") or {}
-    out = EvalSet(name=name, items=items, class_names=classes, prompt_names=[str(prompts.get(c, c)) for c in classes],
+    out = EvalSet(name=name, benchmark_name=f"wds/{name}", items=items, class_names=classes, prompt_names=[str(prompts.get(c, c)) for c in classes],
                   reader=reader, source=str(root), store=resolve_path(None, str(spec["store"]), base=base)
                   if spec.get("store") else None)
     if templates:
@@ -148,36 +143,16 @@ def build_clip_benchmark_set(name: str, spec: Mapping[str, Any], base: Path) -> 
     return out
 
 
-def clip_benchmark_rows(results: dict, pretrained: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """One row per (model, dataset, task), as ``clip_benchmark build`` flattens its result JSONs.
-
-    Scalar metrics only; clip_benchmark's names where one exists (``acc1``,
-    ``mean_per_class_recall``, ``image_retrieval_recall@k`` ...), mmkd's otherwise.
-    """
-    rows = []
-    for model, per_set in results.items():
-        for dataset, tasks in per_set.items():
-            for task, metrics in tasks.items():
-                cb_task, names = _CB_NAMES.get(task, (task, {}))
-                row = {names.get(k, k): v for k, v in metrics.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                pre = (pretrained or {}).get(model, "")
-                row.update(dataset=dataset, model=model, pretrained=pre, task=cb_task, language="en",
-                           model_fullname=f"{model} {pre}")
-                rows.append(row)
-    return rows
-
-
-def write_clip_benchmark_csv(results: dict, path: str | Path, pretrained: dict[str, str] | None = None) -> Path:
-    """Write :func:`clip_benchmark_rows` to ``path`` (a header of every field, as ``csv.DictWriter`` there)."""
-    rows = clip_benchmark_rows(results, pretrained)
+def write_clip_benchmark_csv(rows: list[ClipBenchmarkRow], path: str | Path) -> Path:
+    """Write ``rows`` to ``path`` as ``clip_benchmark build`` does (a header of every field, ``csv.DictWriter``)."""
+    dicts = [r.to_dict() for r in rows]
     fields: list[str] = []
-    for r in rows:
+    for r in dicts:
         fields += [k for k in r if k not in fields]
     path = Path(path)
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
-        w.writerows(rows)
-    log.info("wrote %s (%d rows)", path, len(rows))
+        w.writerows(dicts)
+    log.info("wrote %s (%d rows)", path, len(dicts))
     return path

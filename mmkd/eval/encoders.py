@@ -18,19 +18,21 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from mmkd.errors import MMKDError
 from mmkd.eval.zeroshot import l2_normalize
-from mmkd.config import is_remote
+from mmkd.config import Pipelines, is_remote
+from mmkd.jsontypes import JSON
 from mmkd.store import FeatureStore
 from mmkd.teachers import get_teacher_spec
 
 log = logging.getLogger(__name__)
 
 
-class EncoderError(RuntimeError):
+class EncoderError(MMKDError, RuntimeError):
     """A model cannot be loaded or cannot produce the features asked for."""
 
 
@@ -55,7 +57,7 @@ class Encoder(Protocol):
         """Strings -> (n, D) L2-normalised float32."""
 
 
-def _digest(*parts: Any) -> str:
+def _digest(*parts: JSON) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -131,12 +133,12 @@ class TeacherEncoder:
 
     Args:
         name: the teacher's key.
-        cfg: the loaded pipelines mapping.
+        pipelines: the loaded pipelines file.
         device: torch device (default: cuda when available).
     """
 
-    def __init__(self, name: str, cfg: dict[str, Any] | None = None, device: str | None = None) -> None:
-        self.spec = get_teacher_spec(name, cfg)
+    def __init__(self, name: str, pipelines: Pipelines | None = None, device: str | None = None) -> None:
+        self.spec = get_teacher_spec(name, pipelines)
         self.name = name
         self.model_id = f"teacher-{_digest(self.spec.to_dict(), _weights_stamp(self.spec.weights))}"
         self._device = device
@@ -181,16 +183,15 @@ class StoreEncoder:
             clear error unless the prompts are already in the feature cache.
     """
 
-    def __init__(self, store: Any, teacher: str, prompt_encoder: Encoder | None = None) -> None:
+    def __init__(self, store: FeatureStore | str, teacher: str, prompt_encoder: Encoder | None = None) -> None:
         self.store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
         if teacher not in self.store.teachers:
             raise EncoderError(f"store {self.store.path} holds no features of teacher {teacher!r}; it holds "
                                f"{self.store.teachers}. Run `mmkd extract --teacher {teacher}` over the eval set")
         self.name, self.teacher = teacher, teacher
         attrs = self.store.attrs(teacher)
-        manifest = self.store.manifest
         where = str(self.store.path) if is_remote(self.store.path) else str(Path(self.store.path).resolve())
-        self.model_id = "store-" + _digest(where, manifest.get("index_fingerprint"),
+        self.model_id = "store-" + _digest(where, self.store.manifest.index_fingerprint,
                                            teacher, attrs.get("weights_sha256"),
                                            sorted(self.store.done_blocks(teacher)))
         self.logit_scale = float(attrs.get("logit_scale") or 100.0)

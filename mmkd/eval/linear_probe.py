@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmkd.eval.metrics import classification_report
+from mmkd.eval.metrics import classification_report, with_top5
 from mmkd.eval.splits import check_probe_labels, split_masks, stratified_folds, stratified_holdout
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,8 @@ def evaluate_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes:
         check_probe_labels(labels[train], "linear probe")
         with _threads_for(features):
             prob = train_and_predict(features[train], labels[train], features[test], num_classes, cfg)
-        return classification_report(labels[test], prob, resamples=resamples, seed=seed)
+        return with_top5(classification_report(labels[test], prob, resamples=resamples, seed=seed), labels[test], prob)
     check_probe_labels(labels, "linear probe")
     with _threads_for(features):
         prob = crossfit_predict(features, labels, num_classes, cfg)
-    return classification_report(labels, prob, resamples=resamples, seed=seed)
+    return with_top5(classification_report(labels, prob, resamples=resamples, seed=seed), labels, prob)

@@ -160,6 +160,23 @@ def bootstrap_ci(y_true: np.ndarray, scores: np.ndarray, *, resamples: int = DEF
     return out
 
 
+def top5_accuracy(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Share of samples whose label is among the 5 highest scores; NaN with fewer than 5 classes
+    (as clip_benchmark's ``acc5``)."""
+    y, s = np.asarray(y_true), np.asarray(scores)
+    if s.ndim != 2 or s.shape[1] < 5 or len(y) == 0:
+        return float("nan")
+    top = np.argpartition(-s, 4, axis=1)[:, :5]
+    return float((top == y[:, None]).any(axis=1).mean())
+
+
+def with_top5(report: dict[str, float | list[float]], y_true: np.ndarray,
+              scores: np.ndarray) -> dict[str, float | list[float]]:
+    """``report`` with ``top5_accuracy`` added (zero-shot and linear probe, so ``acc5`` exists in csv rows)."""
+    report["top5_accuracy"] = top5_accuracy(y_true, scores)
+    return report
+
+
 def classification_report(y_true: np.ndarray, scores: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES,
                           seed: int = DEFAULT_SEED) -> dict[str, float | list[float]]:
     """Point estimates and ``<metric>_ci95`` pairs, as written into results.json."""

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mmkd.jsontypes import JSONDict
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def _heatmap(ax, results: dict, models: list[str], task: str, metric: str, sets:
     ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
 
 
-def bar_chart(results: dict, path: Path, run_info: dict[str, Any] | None = None) -> None:
+def bar_chart(results: dict, path: Path, run_info: JSONDict | None = None) -> None:
     """Small multiples: one panel per (task, headline metric), datasets grouped, models as bars.
 
     Error bars are the 95% CIs (else +- std over folds) where results hold them; a
@@ -266,7 +267,7 @@ def results_json(results: dict) -> str:
     return json.dumps(clean(results), indent=2)
 
 
-def write_report(results: dict, out: str | Path, run_info: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_report(results: dict, out: str | Path, run_info: JSONDict | None = None) -> dict[str, Path]:
     """Write results.json, results.md, results.png (and eval_run.json with the run settings) into ``out``.
 
     Returns:

@@ -9,16 +9,20 @@ from typing import Any
 
 import numpy as np
 
-from mmkd.config import ConfigError, merge_entry, resolve_path, section
+from mmkd.config import ConfigError, Pipelines, merge_entry, resolve_path, section
+from mmkd.errors import MMKDError
+from mmkd.eval.clip_benchmark import write_clip_benchmark_csv
 from mmkd.eval.encoders import Encoder, StoreEncoder, StudentEncoder, TeacherEncoder
 from mmkd.eval.features import FeatureCache, SetFeatures, set_features
 from mmkd.eval.linear_probe import ProbeConfig, evaluate_linear_probe
 from mmkd.eval.report import write_report
 from mmkd.eval.retrieval import evaluate_knn, evaluate_retrieval
+from mmkd.eval.rows import Metrics, Results, clip_benchmark_rows, result_rows
 from mmkd.eval.sets import EvalSet, eval_set_from_data, load_eval_set
 from mmkd.eval.splits import TaskNotApplicable
 from mmkd.eval.tasksets import check_task_sets, run_task_set
 from mmkd.eval.zeroshot import evaluate_zeroshot
+from mmkd.jsontypes import JSONDict
 from mmkd.store import FeatureStore
 from mmkd.teachers import TeacherError
 from mmkd.data.images import BadSample
@@ -28,10 +32,9 @@ from mmkd.store.content import has_hashes, recorded_hashes, sha256_of
 log = logging.getLogger(__name__)
 
 TASKS = ("zeroshot", "linear", "retrieval", "knn", "diagnosis", "survival", "vqa")
-Results = dict[str, dict[str, dict[str, dict[str, Any]]]]
 
 
-class EvalError(RuntimeError):
+class EvalError(MMKDError, RuntimeError):
     """Nothing could be evaluated, or the request is contradictory."""
 
 
@@ -53,6 +56,7 @@ class EvalConfig:
         strict: an unreadable eval image is an error; by default it is skipped, and
             every model is evaluated on the items all of them could read (the skipped
             ones are listed in results.json and under the table of results.md).
+        split: the split of clip_benchmark sets (default: each spec's, else ``test``).
     """
 
     tasks: tuple[str, ...] = TASKS
@@ -66,6 +70,7 @@ class EvalConfig:
     stores: dict[str, str] = field(default_factory=dict)
     progress: bool = False
     strict: bool = False
+    split: str | None = None
 
     def __post_init__(self) -> None:
         bad = [t for t in self.tasks if t not in TASKS]
@@ -83,7 +88,7 @@ def parse_tasks(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, .
 
 
 JOB_KEYS = ("models", "sets", "data", "label", "tasks", "out", "resamples", "seed", "knn_k", "batch_size", "device",
-            "cache_dir", "stores", "probe", "strict")
+            "cache_dir", "stores", "probe", "strict", "split")
 _RUN_ONLY = ("models", "sets", "data", "label", "tasks", "out")
 
 
@@ -97,7 +102,7 @@ class EvalPlan:
     config: EvalConfig
 
 
-def plan_eval(cfg: dict[str, Any], run: str | None, flags: dict[str, Any]) -> EvalPlan:
+def plan_eval(pipelines: Pipelines, run: str | None, flags: JSONDict) -> EvalPlan:
     """Merge a named ``eval:`` entry with command-line flags (:func:`mmkd.config.merge_entry`) into a plan.
 
     ``flags`` uses the entry's keys; list values (``models``, ``sets``, ``data``)
@@ -110,9 +115,9 @@ def plan_eval(cfg: dict[str, Any], run: str | None, flags: dict[str, Any]) -> Ev
     """
     given = {k: (v or None) if isinstance(v, (list, tuple, dict)) else v for k, v in flags.items()}
     cli_stores = given.pop("stores", None) or {}
-    entry = merge_entry(cfg, "eval", run, given, allowed=JOB_KEYS, path_keys=("out", "cache_dir"), what="eval run")
+    entry = merge_entry(pipelines, "eval", run, given, allowed=JOB_KEYS, path_keys=("out", "cache_dir"), what="eval run")
     if run is not None and entry.get("stores"):
-        entry["stores"] = {k: str(resolve_path(cfg, v, section="eval", entry=run)) for k, v in entry["stores"].items()}
+        entry["stores"] = {k: str(resolve_path(pipelines, v, section="eval", entry=run)) for k, v in entry["stores"].items()}
     entry["stores"] = {**(entry.get("stores") or {}), **cli_stores}
     if "probe" in entry and isinstance(entry["probe"], dict):
         entry["probe"] = ProbeConfig(**{k: tuple(v) if k == "l2_grid" else v for k, v in entry["probe"].items()})
@@ -120,9 +125,9 @@ def plan_eval(cfg: dict[str, Any], run: str | None, flags: dict[str, Any]) -> Ev
         raise ConfigError("eval: give --out DIR (or a --run whose entry has `out:`)")
     data_sets = []
     for value in entry.get("data") or []:
-        if run is not None and "data" not in given and isinstance(value, str) and value not in section(cfg, "datasets"):
-            value = str(resolve_path(cfg, value, section="eval", entry=run))
-        data_sets.append(eval_set_from_data(value, cfg, label_key=entry.get("label")))
+        if run is not None and "data" not in given and isinstance(value, str) and value not in section(pipelines, "datasets"):
+            value = str(resolve_path(pipelines, value, section="eval", entry=run))
+        data_sets.append(eval_set_from_data(value, pipelines, label_key=entry.get("label")))
     settings = {k: v for k, v in entry.items() if k not in _RUN_ONLY}
     ecfg = EvalConfig(tasks=parse_tasks(entry.get("tasks")), **settings)
     return EvalPlan(models=list(entry.get("models") or []), sets=list(entry.get("sets") or []) + data_sets,
@@ -132,8 +137,8 @@ def plan_eval(cfg: dict[str, Any], run: str | None, flags: dict[str, Any]) -> Ev
 class _Models:
     """Builds each model once per run; picks the store encoder where a set's store holds the teacher."""
 
-    def __init__(self, cfg: dict[str, Any], device: str | None) -> None:
-        self.cfg, self.device = cfg, device
+    def __init__(self, pipelines: Pipelines, device: str | None) -> None:
+        self.pipelines, self.device = pipelines, device
         self._built: dict[str, Encoder] = {}
         self._checked: set[tuple[str, str]] = set()  # (store, eval set) whose images were checked
 
@@ -146,11 +151,16 @@ class _Models:
                 raise EvalError(f"model {model!r} is a path but not a student export (no open_clip_config.json)")
             else:
                 try:
-                    self._built[model] = TeacherEncoder(model, self.cfg, self.device)
+                    self._built[model] = TeacherEncoder(model, self.pipelines, self.device)
                 except TeacherError as e:
                     raise EvalError(f"model {model!r} is neither a student export folder (with "
                                     f"open_clip_config.json) nor a usable teacher: {e}") from e
         return self._built[model]
+
+    def pretrained(self, model: str) -> str:
+        """What clip_benchmark's ``--pretrained`` names for ``model``: a student's export folder, a teacher's weights."""
+        enc = self.base(model)
+        return enc.spec.weights if isinstance(enc, TeacherEncoder) else model
 
     def for_set(self, model: str, evalset: EvalSet, store: str | None) -> Encoder:
         enc = self.base(model)
@@ -199,7 +209,7 @@ def _labels_report(results: dict, name: str, fn, *args, **kwargs) -> None:
         log.warning("skipping %s: %s", name, e)
 
 
-def run_tasks(feats: SetFeatures, evalset: EvalSet, ecfg: EvalConfig) -> dict[str, dict[str, Any]]:
+def run_tasks(feats: SetFeatures, evalset: EvalSet, ecfg: EvalConfig) -> dict[str, Metrics]:
     """Every requested task this set supports, on precomputed features."""
     out: dict[str, dict[str, Any]] = {}
     boot = {"resamples": ecfg.resamples, "seed": ecfg.seed}
@@ -219,8 +229,8 @@ def run_tasks(feats: SetFeatures, evalset: EvalSet, ecfg: EvalConfig) -> dict[st
     return out
 
 
-def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, *, cfg: dict[str, Any] | None = None,
-             ecfg: EvalConfig | None = None) -> Results:
+def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, *, pipelines: Pipelines | None = None,
+             ecfg: EvalConfig | None = None, csv: str | Path | None = None) -> Results:
     """Evaluate models on eval sets and write ``results.json``, ``results.md`` and ``results.png`` to ``out``.
 
     Args:
@@ -228,8 +238,9 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
         datasets: eval-set names or spec paths (see :mod:`mmkd.eval.sets`), or built
             :class:`EvalSet` objects (``mmkd eval --data``: :func:`mmkd.eval.sets.eval_set_from_data`).
         out: output folder.
-        cfg: the loaded pipelines mapping.
+        pipelines: the loaded pipelines mapping.
         ecfg: run settings.
+        csv: also write the clip_benchmark ``build`` rows here (:mod:`mmkd.eval.rows`).
 
     Returns:
         ``{model: {dataset: {task: {metric: value}}}}``.
@@ -237,19 +248,23 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
     Raises:
         EvalError: no models / sets, or no task applied to any set.
     """
-    cfg, ecfg = cfg or {}, ecfg or EvalConfig()
+    pipelines, ecfg = pipelines or {}, ecfg or EvalConfig()
     if not models or not datasets:
         raise EvalError(f"need at least one --model and one --set or --data; got models={models} sets={datasets}")
     out = Path(out)
     cache = FeatureCache(ecfg.cache_dir or out / "cache")
-    sets = [d if isinstance(d, EvalSet) else load_eval_set(d, cfg) for d in datasets]
+    sets = [d if isinstance(d, EvalSet) else load_eval_set(d, pipelines, split=ecfg.split) for d in datasets]
+    bench_names = {s.name: s.benchmark_name for s in sets if getattr(s, "benchmark_name", "")}  # task sets have none
+    if ecfg.split and not bench_names:
+        raise EvalError(f"--split {ecfg.split} chooses the split of a clip_benchmark set, and none of the sets "
+                        f"{[s.name for s in sets]} is one; drop --split")
     datasets = [s.name if isinstance(d, EvalSet) else d for d, s in zip(datasets, sets)]
     stray = sorted(set(ecfg.stores) - {s.name for s in sets})
     if stray:
         raise EvalError(f"stores given for {stray}, which are not among the eval sets {[s.name for s in sets]}; "
                         "write --store <set name>=<store path>")
     check_task_sets(sets, models)
-    builder = _Models(cfg, ecfg.device)
+    builder = _Models(pipelines, ecfg.device)
     names = [builder.base(m).name for m in models]
     names = [n if names.count(n) == 1 else m for n, m in zip(names, models)]  # two exports named alike
     computed: dict[str, dict[str, SetFeatures]] = {s.name: {} for s in sets}
@@ -290,6 +305,10 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
                                   "skipped": len(skipped_by_set.get(s.name, [])),
                                   "classes": len(getattr(s, "class_names", None) or [])} for s in sets}}
     write_report(results, out, run_info)
+    if csv is not None:
+        pretrained = {name: builder.pretrained(model) for model, name in zip(models, names)}
+        write_clip_benchmark_csv(clip_benchmark_rows(result_rows(results), pretrained,
+                                                     bench_names), csv)
     return results
 
 

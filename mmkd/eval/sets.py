@@ -40,11 +40,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mmkd.config import ConfigError, fixtures_root, read_yaml_mapping, resolve_path, section
+from mmkd.config import ConfigError, Pipelines, fixtures_root, read_yaml_mapping, resolve_path, section
 from mmkd.data import DatasetError, open_dataset, resolve_data
 from mmkd.eval.tasksets import build_task_set
 from mmkd.eval.types import EvalItem, EvalSet  # noqa: F401  (EvalItem: re-exported, the item type of a set)
 from mmkd.eval.zeroshot import DEFAULT_TEMPLATES
+from mmkd.jsontypes import JSONDict
 
 log = logging.getLogger(__name__)
 
@@ -64,56 +65,60 @@ def builtin_sets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
 
 
-def load_eval_set(name_or_path: str, cfg: dict[str, Any] | None = None) -> EvalSet:
+def load_eval_set(name_or_path: str, pipelines: Pipelines | None = None, *, split: str | None = None) -> EvalSet:
     """Load an eval set by name (pipelines ``eval_sets:``, then the shipped sets) or spec-file path.
 
     Args:
         name_or_path: a set name, or a ``.yaml``/``.json`` spec file, or a ``.jsonl`` of samples.
-        cfg: the loaded pipelines mapping (for ``eval_sets:`` and ``datasets:``).
+        pipelines: the loaded pipelines mapping (for ``eval_sets:`` and ``datasets:``).
+        split: the split of a clip_benchmark set (its spec's ``split``, default ``test``).
 
     Raises:
         ConfigError: unknown name (lists the known ones), or a malformed spec.
     """
-    cfg = cfg or {}
-    declared = section(cfg, "eval_sets")
+    pipelines = Pipelines.of(pipelines)
+    declared = section(pipelines, "eval_sets")
     if name_or_path in declared:
         spec = dict(declared[name_or_path] or {})
-        base = resolve_path(cfg, ".", section="eval_sets", entry=name_or_path)
+        base = resolve_path(pipelines, ".", section="eval_sets", entry=name_or_path)
         if "spec" in spec:
             ref = str(spec.pop("spec"))
             spec_path = builtin_sets()[ref] if ref in builtin_sets() else resolve_path(
-                cfg, ref, section="eval_sets", entry=name_or_path)
-            return _from_spec_file(spec_path, cfg, name=name_or_path, overrides=spec)
-        return build_eval_set(name_or_path, spec, base, cfg)
+                pipelines, ref, section="eval_sets", entry=name_or_path)
+            return _from_spec_file(spec_path, pipelines, name=name_or_path, overrides=spec, split=split)
+        return build_eval_set(name_or_path, spec, base, pipelines, split=split)
     if name_or_path in builtin_sets():
-        return _from_spec_file(builtin_sets()[name_or_path], cfg, name=name_or_path)
+        return _from_spec_file(builtin_sets()[name_or_path], pipelines, name=name_or_path, split=split)
     path = Path(name_or_path)
     if path.is_file() and path.suffix == ".jsonl":
-        return build_eval_set(path.stem, {"samples": str(path.resolve())}, path.parent, cfg)
+        return build_eval_set(path.stem, {"samples": str(path.resolve())}, path.parent, pipelines)
     if path.is_file():
-        return _from_spec_file(path, cfg, name=path.stem)
+        return _from_spec_file(path, pipelines, name=path.stem, split=split)
     if path.is_dir() and ((path / "classnames.txt").is_file() or (path / "dataset_type.txt").is_file()):
-        return build_eval_set(path.name, {"clip_benchmark": str(path.resolve())}, path.parent, cfg)
+        return build_eval_set(path.name, {"clip_benchmark": str(path.resolve())}, path.parent, pipelines, split=split)
     known = sorted(set(declared) | set(builtin_sets()))
     raise ConfigError(f"eval set {name_or_path!r} is neither a declared eval set ({known}) nor an existing "
                       f"spec file (.yaml/.json/.jsonl); declare it under `eval_sets:` in pipelines.yaml")
 
 
-def _from_spec_file(path: Path, cfg: dict, *, name: str, overrides: dict | None = None) -> EvalSet:
+def _from_spec_file(path: Path, cfg: dict, *, name: str, overrides: dict | None = None,
+                    split: str | None = None) -> EvalSet:
     if not path.is_file():
         raise ConfigError(f"eval set spec {str(path)!r} not found")
     spec = read_yaml_mapping(path, "eval set spec")
     spec.update(overrides or {})
-    return build_eval_set(name, spec, path.parent, cfg, source=str(path))
+    return build_eval_set(name, spec, path.parent, cfg, source=str(path), split=split)
 
 
-def build_eval_set(name: str, spec: dict[str, Any], base: Path, cfg: dict | None = None, *,
-                   source: str = "") -> EvalSet:
+def build_eval_set(name: str, spec: JSONDict, base: Path, cfg: dict | None = None, *,
+                   source: str = "", split: str | None = None) -> EvalSet:
     """Build an :class:`EvalSet` from a spec mapping; relative paths resolve against ``base``.
 
     A spec with ``task:`` (diagnosis, survival, vqa) or ``clip_benchmark:`` is built
-    by :func:`mmkd.eval.tasksets.build_task_set` instead.
+    by :func:`mmkd.eval.tasksets.build_task_set` instead; ``split`` replaces a clip_benchmark spec's ``split``.
     """
+    if split and "clip_benchmark" in spec:
+        spec = {**spec, "split": split}
     if "task" in spec or "clip_benchmark" in spec:
         return build_task_set(name, spec, base, source=source)
     unknown = sorted(set(spec) - SPEC_KEYS)
@@ -156,7 +161,7 @@ def _missing_hint() -> str:
             f"`mmkd --fixtures DIR eval ...` (or `mmkd eval --fixtures DIR`) to the folder holding them")
 
 
-def _check_images(name: str, root: Path, raw: list[dict[str, Any]], source: str) -> None:
+def _check_images(name: str, root: Path, raw: list[JSONDict], source: str) -> None:
     """Refuse a set whose image files are absent, naming them (a wrong root or fixtures folder)."""
     missing = [str(root / r["image"]) for r in raw if not (root / str(r["image"])).is_file()]
     if missing and len(missing) == len(raw):
@@ -167,7 +172,7 @@ def _check_images(name: str, root: Path, raw: list[dict[str, Any]], source: str)
                     name, len(missing), len(raw), missing[0])
 
 
-def _read_jsonl(path: Path, name: str, fields: dict[str, str]) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, name: str, fields: dict[str, str]) -> list[JSONDict]:
     if not path.is_file():
         raise ConfigError(f"eval set {name!r}: samples file {str(path)!r} not found; {_missing_hint()}")
     rows = []
@@ -207,7 +212,7 @@ def _read_dataset(spec: dict, cfg: dict, name: str, base: Path) -> tuple[Any, li
     return dataset, rows
 
 
-def _item(r: dict[str, Any], classes: list[str], name: str) -> EvalItem:
+def _item(r: JSONDict, classes: list[str], name: str) -> EvalItem:
     label = r.get("label")
     if label is not None:
         if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(classes):
@@ -225,7 +230,7 @@ def _item(r: dict[str, Any], classes: list[str], name: str) -> EvalItem:
     return EvalItem(str(r["id"]), str(r["image"]), str(caption) if caption else None, label_idx, split)
 
 
-def eval_set_from_data(data: Any, cfg: dict[str, Any] | None = None, *, label_key: str | None = None,
+def eval_set_from_data(data: Any, pipelines: Pipelines | None = None, *, label_key: str | None = None,
                        name: str | None = None) -> EvalSet:
     """An eval set over any image-caption data ``mmkd extract --data`` takes (``mmkd eval --data``).
 
@@ -242,4 +247,4 @@ def eval_set_from_data(data: Any, cfg: dict[str, Any] | None = None, *, label_ke
     spec: dict[str, Any] = {"data": data}
     if label_key:
         spec["label_key"] = label_key
-    return build_eval_set(name, spec, Path.cwd(), cfg or {}, source=str(data))
+    return build_eval_set(name, spec, Path.cwd(), pipelines or {}, source=str(data))

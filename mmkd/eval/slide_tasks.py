@@ -16,6 +16,7 @@ from mmkd.eval.encoders import Encoder
 from mmkd.eval.cv import check_group_folds, group_folds
 from mmkd.eval.metrics import bootstrap_ci, classification_metrics, softmax
 from mmkd.eval.mil import MILConfig, build_head, predict, train_head
+from mmkd.eval.rows import Metrics
 from mmkd.eval.slides import SlideSet, bag_source
 from mmkd.eval.survival import concordance_index, cox_loss
 from mmkd.eval.types import RunOptions
@@ -30,7 +31,7 @@ def _mean_bags(load: Callable[[int], np.ndarray], n: int) -> np.ndarray:
     return np.stack([load(i).mean(axis=0) for i in range(n)]).astype(np.float32)
 
 
-def _fold_stats(values: list[float], name: str) -> dict[str, Any]:
+def _fold_stats(values: list[float], name: str) -> Metrics:
     v = np.asarray(values, dtype=np.float64)
     ok = v[~np.isnan(v)]
     return {f"{name}_folds": [None if np.isnan(x) else float(x) for x in v],
@@ -53,7 +54,7 @@ def patient_bootstrap(y: np.ndarray, scores: np.ndarray, patients: list[str], *,
 
 
 def run_diagnosis(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int = 0,
-                  resamples: int = 1000) -> dict[str, dict[str, Any]]:
+                  resamples: int = 1000) -> dict[str, Metrics]:
     """Out-of-fold slide classification with ABMIL and mean pooling.
 
     Returns:
@@ -101,7 +102,7 @@ def run_diagnosis(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int =
     return out
 
 
-def run_survival(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int = 0) -> dict[str, dict[str, Any]]:
+def run_survival(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int = 0) -> dict[str, Metrics]:
     """Patient-level survival with a Cox loss; Harrell's C-index per fold.
 
     A patient's bag is the concatenation of their slides' patches (loaded one
@@ -149,7 +150,7 @@ def run_survival(src: BagSource, sset: SlideSet, cfg: MILConfig, *, seed: int = 
     return out
 
 
-def run_slide_set(encoder: Encoder, sset: SlideSet, opts: RunOptions = RunOptions()) -> dict[str, dict[str, Any]]:
+def run_slide_set(encoder: Encoder, sset: SlideSet, opts: RunOptions = RunOptions()) -> dict[str, Metrics]:
     """The set's task (diagnosis or survival) on ``encoder``'s patch features."""
     src = bag_source(sset, encoder, opts.cache, opts.batch_size)
     cfg = replace(sset.mil, folds=sset.folds, device=opts.device)

@@ -45,6 +45,7 @@ from mmkd.eval.features import FeatureCache
 from mmkd.eval.mil import MILConfig
 from mmkd.eval.survival import SurvivalDataError, check_survival
 from mmkd.eval.tables import column, read_rows
+from mmkd.jsontypes import JSON, JSONDict
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class SlideSet:
         return h.hexdigest()[:16]
 
 
-def _mil_config(name: str, raw: Any) -> MILConfig:
+def _mil_config(name: str, raw: JSON) -> MILConfig:
     raw = raw or {}
     valid = {f.name for f in fields(MILConfig)} - {"folds", "device"}
     if not isinstance(raw, dict) or set(raw) - valid:
@@ -96,7 +97,7 @@ def _mil_config(name: str, raw: Any) -> MILConfig:
     return MILConfig(**raw)
 
 
-def build_slide_set(name: str, spec: Mapping[str, Any], base: Path) -> SlideSet:
+def build_slide_set(name: str, spec: JSONDict, base: Path) -> SlideSet:
     """A :class:`SlideSet` from a spec mapping; relative paths resolve against ``base``.
 
     Raises:
@@ -164,7 +165,7 @@ def _survival_columns(out: SlideSet, rows: list[dict], spec: Mapping[str, Any], 
     out.time, out.event = t, e
 
 
-def _num(v: Any) -> float:
+def _num(v: JSON) -> float:
     try:
         return float(v)
     except (TypeError, ValueError):

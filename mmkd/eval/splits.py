@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmkd.errors import MMKDError
 
-class TaskNotApplicable(ValueError):
+
+class TaskNotApplicable(MMKDError, ValueError):
     """A task cannot run on a data set (e.g. no captions for retrieval); the runner skips it."""
 
 

@@ -13,10 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mmkd.errors import MMKDError
+
 _CHUNK = 2048  # rows of the pair matrix per step: bounds memory at _CHUNK x n
 
 
-class SurvivalDataError(ValueError):
+class SurvivalDataError(MMKDError, ValueError):
     """Times or events that cannot be survival data (negative, NaN, events outside {0, 1})."""
 
 

@@ -10,9 +10,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from mmkd.config import ConfigError
+from mmkd.jsontypes import JSONDict
 
 
-def read_rows(path: Path, what: str) -> list[dict[str, Any]]:
+def read_rows(path: Path, what: str) -> list[JSONDict]:
     """Rows of a ``.csv`` / ``.tsv`` / ``.jsonl`` / ``.parquet`` table as dicts (csv values stay strings).
 
     Raises:
@@ -41,7 +42,7 @@ def read_rows(path: Path, what: str) -> list[dict[str, Any]]:
     return rows
 
 
-def column(rows: list[dict[str, Any]], field: str, what: str, path: Path) -> list[Any]:
+def column(rows: list[JSONDict], field: str, what: str, path: Path) -> list[Any]:
     """Values of ``field`` in every row.
 
     Raises:

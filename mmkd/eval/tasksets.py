@@ -10,18 +10,20 @@ and how its task runs; a new kind of task set is one entry here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mmkd.config import ConfigError
 from mmkd.eval.clip_benchmark import build_clip_benchmark_set
 from mmkd.eval.encoders import Encoder
 from mmkd.eval.features import FeatureCache
+from mmkd.eval.rows import Metrics
 from mmkd.eval.slide_tasks import run_slide_set
 from mmkd.eval.slides import SlideSet, build_slide_set, check_models
 from mmkd.eval.types import EvalSet, RunOptions, SetKind, TaskSet
 from mmkd.eval.vqa import build_vqa_set, run_vqa
+from mmkd.jsontypes import JSONDict
 
 if TYPE_CHECKING:
     from mmkd.eval.runner import EvalConfig
@@ -34,7 +36,7 @@ SET_KINDS: dict[str, SetKind] = {task: kind for kind in (_SLIDES, _VQA) for task
 SET_TASKS = tuple(SET_KINDS)
 
 
-def build_task_set(name: str, spec: Mapping[str, Any], base: Path, *, source: str = "") -> TaskSet | EvalSet:
+def build_task_set(name: str, spec: JSONDict, base: Path, *, source: str = "") -> TaskSet | EvalSet:
     """A slide set, VQA set or clip_benchmark set from a spec mapping.
 
     Raises:
@@ -57,7 +59,7 @@ def check_task_sets(sets: Sequence[TaskSet | EvalSet], models: list[str]) -> Non
 
 
 def run_task_set(encoder: Encoder, tset: TaskSet, ecfg: EvalConfig,
-                 cache: FeatureCache | None) -> dict[str, dict[str, Any]]:
+                 cache: FeatureCache | None) -> dict[str, Metrics]:
     """Run ``tset``'s task on ``encoder`` when ``ecfg.tasks`` asks for it (else ``{}``)."""
     if tset.task not in ecfg.tasks:
         log.warning("eval set %s is a %s set; skipped (tasks asked: %s)", tset.name, tset.task, list(ecfg.tasks))

@@ -58,6 +58,7 @@ class EvalSet:
     root: Path | None = None
     store: Path | None = None
     source: str = ""
+    benchmark_name: str = ""  # clip_benchmark's dataset name (wds/<name>) for a clip_benchmark folder
     reader: ImageReader | None = None  # an mmkd.data Dataset for `data:` sets
 
     @property
@@ -82,7 +83,7 @@ class EvalSet:
         return np.array(s) if all(s) else None
 
     def store_samples(self) -> list[Sample]:
-        """The items as :class:`mmkd.store.Sample` rows, to build a feature store over this set."""
+        """The items as :class:`mmkd.data.Sample` rows, to build a feature store over this set."""
         return [Sample(it.sample_id, it.caption or "", it.image, source=f"eval:{self.name}",
                        labels=None if it.label is None else {"label": self.class_names[it.label]})
                 for it in self.items]

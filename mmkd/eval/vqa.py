@@ -25,7 +25,6 @@ import json
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -34,8 +33,10 @@ from mmkd.config import ConfigError, resolve_path
 from mmkd.eval.cv import group_folds
 from mmkd.eval.encoders import Encoder
 from mmkd.eval.features import _encode_texts, set_features
+from mmkd.eval.rows import Metrics
 from mmkd.eval.tables import read_rows
 from mmkd.eval.types import EvalItem, EvalSet, RunOptions
+from mmkd.jsontypes import JSONDict
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class VqaSet:
         return EvalSet(name=f"{self.name}-vqa", items=items, root=self.root, source=self.source)
 
 
-def build_vqa_set(name: str, spec: Mapping[str, Any], base: Path) -> VqaSet:
+def build_vqa_set(name: str, spec: JSONDict, base: Path) -> VqaSet:
     """A :class:`VqaSet` from a spec mapping.
 
     Raises:
@@ -165,7 +166,7 @@ def fuse(image: np.ndarray, question: np.ndarray) -> np.ndarray:
 
 def evaluate_vqa_features(image: np.ndarray, question: np.ndarray, answers: list[str], closed: np.ndarray,
                           fold: np.ndarray, cfg: VqaHeadConfig, *, seed: int = 0, resamples: int = 1000,
-                          device: str | None = None) -> dict[str, Any]:
+                          device: str | None = None) -> Metrics:
     """Train the fusion head on every fold but one, answer the held-out fold; pooled accuracies.
 
     Args:
@@ -232,7 +233,7 @@ def vqa_folds(vset: VqaSet, seed: int = 0) -> np.ndarray:
     return group_folds([r.image for r in vset.rows], vset.folds, seed=seed)
 
 
-def run_vqa(encoder: Encoder, vset: VqaSet, opts: RunOptions = RunOptions()) -> dict[str, dict[str, Any]]:
+def run_vqa(encoder: Encoder, vset: VqaSet, opts: RunOptions = RunOptions()) -> dict[str, Metrics]:
     """``{"vqa": {...}}`` for ``encoder`` on ``vset`` (features from the eval feature cache when there)."""
     iset = vset.image_set()
     from_store = hasattr(encoder, "lookup_images")  # a store holds images, not these questions

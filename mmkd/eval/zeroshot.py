@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from mmkd.eval.metrics import classification_report, softmax
+from mmkd.eval.metrics import classification_report, softmax, with_top5
 
 DEFAULT_TEMPLATES = (
     "a photo of {}.",
@@ -74,4 +74,4 @@ def evaluate_zeroshot(image_features: np.ndarray, labels: np.ndarray, class_feat
         raise ValueError(f"image features are {image_features.shape[1]}-d but class embeddings "
                          f"{class_features.shape[1]}-d; they must come from the same model")
     scores = zeroshot_scores(image_features, class_features, logit_scale)
-    return classification_report(labels, scores, resamples=resamples, seed=seed)
+    return with_top5(classification_report(labels, scores, resamples=resamples, seed=seed), labels, scores)

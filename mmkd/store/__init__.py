@@ -7,7 +7,7 @@ any one extractor or student, and other projects read it with plain zarr/pyarrow
 import importlib
 from typing import Any
 
-from mmkd.store.format import FORMAT_VERSION, Sample, StoreError
+from mmkd.store.format import FORMAT_VERSION, StoreError
 from mmkd.store.sampler import chunk_shuffled_batches, num_batches
 from mmkd.store.reports import store_info
 from mmkd.store.store import FeatureStore
@@ -16,7 +16,7 @@ from mmkd.store.validate import ValidationReport, validate_store
 # the official MMKD-CLIP importer needs torch: on first use
 _LAZY = {"import_mmkd": "mmkd.store.importer"}
 
-__all__ = ["FORMAT_VERSION", "FeatureStore", "Sample", "StoreError", "ValidationReport", "chunk_shuffled_batches",
+__all__ = ["FORMAT_VERSION", "FeatureStore", "StoreError", "ValidationReport", "chunk_shuffled_batches",
            "num_batches", "store_info", "validate_store", *_LAZY]
 
 

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mmkd.config import is_remote
+from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.failures import read_failures_tables, write_failures_table
 from mmkd.store.format import StoreError
@@ -60,7 +61,7 @@ class BlocksMixin:
         image: np.ndarray,
         text: np.ndarray,
         valid: np.ndarray,
-        failures: list[dict[str, Any]] | None = None,
+        failures: list[JSONDict] | None = None,
     ) -> None:
         """Write one block of features; the block is marked done only once durable.
 
@@ -144,7 +145,7 @@ class BlocksMixin:
         text = np.where(valid[:, None], text, 0).astype(np.float16)
         return image, text, valid
 
-    def _write_failures(self, teacher: str, block: int, failures: list[dict[str, Any]]) -> None:
+    def _write_failures(self, teacher: str, block: int, failures: list[JSONDict]) -> None:
         path = self.path / fmt.FAILURES / teacher / f"{fmt.block_name(block)}.parquet"
         if not failures:
             path.unlink(missing_ok=True)

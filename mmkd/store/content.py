@@ -22,12 +22,15 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mmkd.config import as_path, is_remote
 from mmkd.store import format as fmt
+
+if TYPE_CHECKING:
+    from mmkd.store.store import FeatureStore
 
 CONTENT = "_content"
 
@@ -42,7 +45,7 @@ def block_hashes_path(store_path: str | Path, block: int) -> Path:
     return as_path(store_path) / CONTENT / f"{fmt.block_name(block)}.parquet"
 
 
-def record_block_hashes(store: Any, block: int, hashes: Sequence[str | None]) -> list[tuple[int, str, str]]:
+def record_block_hashes(store: FeatureStore, block: int, hashes: Sequence[str | None]) -> list[tuple[int, str, str]]:
     """Record the hashes of ``block``'s images read now, or compare them with those already recorded.
 
     Args:
@@ -54,8 +57,6 @@ def record_block_hashes(store: Any, block: int, hashes: Sequence[str | None]) ->
         ``(row, recorded, now)`` for each row whose bytes differ from the recorded ones.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
-
     start, stop = store.block_range(block)
     recorded = recorded_hashes(store, np.arange(start, stop))
     if all(h is None for h in recorded):
@@ -67,7 +68,7 @@ def record_block_hashes(store: Any, block: int, hashes: Sequence[str | None]) ->
             return []
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
+        fmt.write_parquet(table, tmp)
         fmt.fsync_tree(tmp)
         os.replace(tmp, path)  # two teachers writing the same block write the same bytes
         return []
@@ -75,10 +76,8 @@ def record_block_hashes(store: Any, block: int, hashes: Sequence[str | None]) ->
             if old is not None and new is not None and old != new]
 
 
-def recorded_hashes(store: Any, rows: np.ndarray) -> list[str | None]:
+def recorded_hashes(store: FeatureStore, rows: np.ndarray) -> list[str | None]:
     """The recorded sha256 of ``rows``' images (``None`` for a row with none recorded)."""
-    import pyarrow.parquet as pq
-
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     out = store.index_columns(rows, ("image_sha256",))["image_sha256"]
     blocks = {}
@@ -94,7 +93,7 @@ def recorded_hashes(store: Any, rows: np.ndarray) -> list[str | None]:
     return out
 
 
-def has_hashes(store: Any) -> bool:
+def has_hashes(store: FeatureStore) -> bool:
     """Whether the store records any image hash (a store made before they were recorded has none)."""
     folder = as_path(store.path) / CONTENT
     if folder.is_dir() and any(folder.glob("block-*.parquet")):

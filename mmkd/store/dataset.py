@@ -9,34 +9,30 @@ mismatched rows.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mmkd.data import Dataset, DatasetError, DatasetSpec, open_dataset
 from mmkd.data.base import parse_fingerprint
+from mmkd.jsontypes import JSONDict
 from mmkd.store.format import StoreError
+from mmkd.store.manifest import StoreManifest, check_dataset
 
-log = logging.getLogger(__name__)
-
-def short_fingerprint(fp: str) -> str:
-    """A fingerprint as mmkd prints it everywhere: the first 16 hex digits (after any ``first-N:``)."""
-    limit, digest = parse_fingerprint(fp)
-    return digest[:16] if limit is None else f"first-{limit}:{digest[:16]}"
+if TYPE_CHECKING:
+    from mmkd.store.store import FeatureStore
 
 
-def recorded_spec(manifest: dict[str, Any]) -> DatasetSpec | None:
+def recorded_spec(manifest: StoreManifest) -> DatasetSpec | None:
     """The dataset spec a store manifest records (stores from before specs: the bare URI), ``None`` when none."""
-    rec = manifest.get("dataset") or {}
-    if isinstance(rec, dict) and rec.get("spec"):
-        return DatasetSpec.parse(rec["spec"], where="the store's dataset spec")
-    uri = rec.get("uri") if isinstance(rec, dict) else None
-    uri = uri or manifest.get("dataset_uri")
-    return DatasetSpec(path=str(uri)) if uri else None
+    rec = manifest.dataset
+    if rec.spec:
+        return DatasetSpec.parse(rec.spec, where="the store's dataset spec")
+    return DatasetSpec(path=rec.uri) if rec.uri else None
 
 
-def open_store_dataset(store: Any, data: str | os.PathLike | None = None, *, verify: bool | None = None) -> Dataset:
+def open_store_dataset(store: FeatureStore, data: str | os.PathLike | JSONDict | DatasetSpec | None = None, *,
+                       verify: bool | None = None) -> Dataset:
     """Open the dataset ``store`` was built from.
 
     Args:
@@ -70,7 +66,7 @@ def open_store_dataset(store: Any, data: str | os.PathLike | None = None, *, ver
     return ds
 
 
-def _check_root(store: Any, spec: DatasetSpec, data: Any) -> None:
+def _check_root(store: FeatureStore, spec: DatasetSpec, data: str | os.PathLike | JSONDict | DatasetSpec | None) -> None:
     """Name a missing image root before anything reads (or writes) a thing."""
     root = spec.root
     if root is None or "://" in root or os.path.isdir(root):
@@ -81,20 +77,12 @@ def _check_root(store: Any, spec: DatasetSpec, data: Any) -> None:
                      f"dataset spec (a `datasets:` name, or a mapping) whose `root` is where the images are now")
 
 
-def check_fingerprint(store: Any, ds: Dataset) -> None:
+def check_fingerprint(store: FeatureStore, ds: Dataset) -> None:
     """Refuse a dataset whose samples are not the ones the store's rows were extracted from.
 
     Raises:
         StoreError: the fingerprints differ; the message names both.
     """
-    recorded = str((store.manifest.get("dataset") or {}).get("fingerprint") or "")
-    if not recorded:
-        log.warning("store %s records no dataset fingerprint; cannot check that %s holds its samples",
-                    store.path, ds.uri)
-        return
-    now = ds.fingerprint(parse_fingerprint(recorded)[0])
-    if now != recorded:
-        raise StoreError(
-            f"dataset {ds.uri} is not the one store {store.path} was built from: its fingerprint "
-            f"{short_fingerprint(now)} != recorded {short_fingerprint(recorded)} (samples added, removed, reordered "
-            f"or edited, or another dataset); point --data at the dataset the store was extracted from")
+    recorded = store.manifest.dataset
+    now = ds.fingerprint(parse_fingerprint(recorded.fingerprint)[0]) if recorded.fingerprint else ""
+    check_dataset(store.path, recorded, ds.uri, now, fix="point --data at the dataset the store was extracted from")

@@ -15,19 +15,20 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmkd.config import as_path, is_remote
+from mmkd.data.badrows import BadRow
+from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.format import StoreError
 
 DATASET_FAILURE_COLUMNS = ("file", "line", "reason", "detail")
 
 
-def _write_atomic(path: Path, table: Any) -> None:
+def _write_atomic(path: Path, table: pa.Table) -> None:
     if is_remote(path):
         fmt.write_parquet(table, path)  # one PUT: atomic
         return
@@ -38,7 +39,7 @@ def _write_atomic(path: Path, table: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_failures_table(path: Path, failures: Sequence[dict[str, Any]]) -> None:
+def write_failures_table(path: Path, failures: Sequence[JSONDict]) -> None:
     """Write one block's bad samples durably (tmp, fsync, rename)."""
     _write_atomic(path, pa.table({
         "sample_id": [str(f["sample_id"]) for f in failures],
@@ -61,7 +62,7 @@ def dataset_failures_path(store: Path) -> Path:
     return as_path(store) / fmt.FAILURES / fmt.DATASET_FAILURES
 
 
-def write_dataset_failures(store: Path, failures: Iterable[Any]) -> int:
+def write_dataset_failures(store: Path, failures: Iterable[BadRow | JSONDict]) -> int:
     """Record dataset rows that never became samples; returns how many (no file when none).
 
     Args:

@@ -17,10 +17,17 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from mmkd.config import is_remote
-from mmkd.data.sample import Sample  # noqa: F401  (re-exported: the row type of the store's index)
+from mmkd.config import AnyPath, is_remote
+from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSON, JSONDict
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from fsspec import AbstractFileSystem
+    from upath import UPath
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ KINDS = ("image", "text")
 DEFAULT_BLOCK_SIZE = 2048
 
 
-class StoreError(RuntimeError):
+class StoreError(MMKDError, RuntimeError):
     """A store is missing, malformed, or asked to do something unsound."""
 
 
@@ -93,11 +100,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: Path, obj: JSON) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def probe(path: Any) -> dict[str, Any] | None:
+def probe(path: UPath) -> dict[str, object] | None:
     """The object ``path``'s info (``None``: absent), asked afresh; a provider error becomes one clear line.
 
     The first call on a store URL goes through here, so a missing bucket, refused
@@ -120,7 +127,7 @@ def probe(path: Any) -> dict[str, Any] | None:
         raise StoreError(storage_error(path, e)) from e
 
 
-def storage_error(path: Any, e: BaseException) -> str:
+def storage_error(path: object, e: BaseException) -> str:
     """One line for a failed object-storage call: the URL, the provider's error, what to check (never a secret)."""
     detail = str(e).splitlines()[0] if str(e) else ""
     if isinstance(e, FileNotFoundError):
@@ -129,7 +136,7 @@ def storage_error(path: Any, e: BaseException) -> str:
             "(AWS_ENDPOINT_URL or storage_options) and the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE)")
 
 
-def write_parquet(table: Any, path: Any, **kwargs: Any) -> None:
+def write_parquet(table: pa.Table, path: AnyPath, **kwargs: object) -> None:
     """``pyarrow.parquet.write_table`` to a local path, or through a URL's fsspec filesystem (one PUT)."""
     import pyarrow.parquet as pq
 
@@ -139,7 +146,7 @@ def write_parquet(table: Any, path: Any, **kwargs: Any) -> None:
         pq.write_table(table, path, **kwargs)
 
 
-def read_parquet(path: Any, **kwargs: Any) -> Any:
+def read_parquet(path: AnyPath, **kwargs: object) -> pa.Table:
     """``pyarrow.parquet.read_table`` of a local path or a URL."""
     import pyarrow.parquet as pq
 
@@ -148,7 +155,7 @@ def read_parquet(path: Any, **kwargs: Any) -> Any:
     return pq.read_table(path, **kwargs)
 
 
-def parquet_file(path: Any) -> Any:
+def parquet_file(path: AnyPath) -> pq.ParquetFile:
     """``pyarrow.parquet.ParquetFile`` of a local path or a URL (row groups read on demand)."""
     import pyarrow.parquet as pq
 
@@ -206,21 +213,21 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-class LockHeld(TimeoutError):
+class LockHeld(MMKDError, TimeoutError):
     """A lock object is held by another owner that is alive (or not known to be dead) and has not expired.
 
     Attributes:
         holder: what the holder wrote into the lock object (``owner``, ``expires``, and its ``info``).
     """
 
-    def __init__(self, message: str, holder: dict[str, Any]) -> None:
+    def __init__(self, message: str, holder: JSONDict) -> None:
         super().__init__(message)
         self.holder = holder
 
 
 @contextlib.contextmanager
-def object_lock(path: Any, expiry_s: float = LOCK_EXPIRY_S, wait_s: float = LOCK_WAIT_S,
-                info: dict[str, Any] | None = None, renew_s: float | None = None) -> Iterator[None]:
+def object_lock(path: UPath, expiry_s: float = LOCK_EXPIRY_S, wait_s: float = LOCK_WAIT_S,
+                info: JSONDict | None = None, renew_s: float | None = None) -> Iterator[None]:
     """An exclusive lock on object storage: the object ``path``, created only if absent.
 
     The object is written with a conditional create (S3 ``If-None-Match: *``), so of
@@ -279,7 +286,8 @@ def object_lock(path: Any, expiry_s: float = LOCK_EXPIRY_S, wait_s: float = LOCK
                 fs.rm_file(key)
 
 
-def _renew(fs: Any, key: str, owner: str, body: Any, every_s: float, stop: threading.Event) -> None:
+def _renew(fs: AbstractFileSystem, key: str, owner: str, body: Callable[[], bytes], every_s: float,
+           stop: threading.Event) -> None:
     """Rewrite the lock object with a later expiry while it is still ``owner``'s (not taken over, not deleted)."""
     while not stop.wait(every_s):
         try:
@@ -293,13 +301,13 @@ def _renew(fs: Any, key: str, owner: str, body: Any, every_s: float, stop: threa
             log.warning("renewing lock object %s failed: %s", key, e)
 
 
-def lock_owner_is_us(holder: dict[str, Any]) -> bool:
+def lock_owner_is_us(holder: JSONDict) -> bool:
     """The lock object was written by this process."""
     host, pid = _owner_host_pid(holder)
     return host == socket.gethostname() and pid == os.getpid()
 
 
-def _owner_host_pid(holder: dict[str, Any]) -> tuple[str | None, int | None]:
+def _owner_host_pid(holder: JSONDict) -> tuple[str | None, int | None]:
     try:
         host, pid, _ = str(holder.get("owner", "")).rsplit(":", 2)
         return host, int(pid)
@@ -307,7 +315,7 @@ def _owner_host_pid(holder: dict[str, Any]) -> tuple[str | None, int | None]:
         return None, None
 
 
-def lock_is_stale(holder: dict[str, Any]) -> bool:
+def lock_is_stale(holder: JSONDict) -> bool:
     """Past its expiry, or written by a process of this host that no longer exists."""
     if float(holder.get("expires", 0)) < time.time():
         return True
@@ -323,7 +331,7 @@ def lock_is_stale(holder: dict[str, Any]) -> bool:
     return False
 
 
-def read_lock(fs: Any, key: str) -> dict[str, Any] | None:
+def read_lock(fs: AbstractFileSystem, key: str) -> JSONDict | None:
     """What the lock object ``key`` holds (``{}`` when unreadable), or None when there is none."""
     try:
         fs.invalidate_cache(key)

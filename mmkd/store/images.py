@@ -24,7 +24,6 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +49,7 @@ def cache_path(store_path: str | os.PathLike, size: int) -> Path:
     return Path(store_path) / CACHE_DIR / f"s{int(size)}"
 
 
-def _encode(data: Any, size: int, quality: int) -> tuple[bytes | None, int, int, str | None]:
+def _encode(data: bytes | BadSample, size: int, quality: int) -> tuple[bytes | None, int, int, str | None]:
     """(jpeg, source width, source height, error) for one source image."""
     from PIL import Image
 
@@ -71,7 +70,7 @@ def _encode(data: Any, size: int, quality: int) -> tuple[bytes | None, int, int,
     return buf.getvalue(), w0, h0, None
 
 
-def write_image_cache(store: Any, size: int, *, quality: int = 90, data: str | None = None,
+def write_image_cache(store: FeatureStore, size: int, *, quality: int = 90, data: str | None = None,
                       progress: Callable[[int], None] | None = None) -> Path:
     """Write (or finish) the image cache of short side ``size`` for ``store`` (a path or FeatureStore).
 
@@ -122,7 +121,7 @@ def write_image_cache(store: Any, size: int, *, quality: int = 90, data: str | N
             progress(end)
     meta = {"format": FORMAT, "version": VERSION, "size": int(size), "quality": int(quality), "rows": store.n,
             "block_size": store.block_size, "blocks": store.num_blocks, "failed": failed,
-            "dataset_fingerprint": str((store.manifest.get("dataset") or {}).get("fingerprint") or "")}
+            "dataset_fingerprint": store.manifest.dataset.fingerprint}
     tmp = out / (META + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, out / META)
@@ -130,14 +129,14 @@ def write_image_cache(store: Any, size: int, *, quality: int = 90, data: str | N
     return out
 
 
-def find_image_cache(store: Any, min_size: int) -> Path | None:
+def find_image_cache(store: FeatureStore, min_size: int) -> Path | None:
     """The smallest complete cache of ``store`` with short side >= ``min_size`` from the store's own
     dataset and rows, or None (always None on object storage: the cache is written on local disk only)."""
     if is_remote(store.path):
         return None
     root = Path(store.path) / CACHE_DIR
     found = []
-    fp = str((store.manifest.get("dataset") or {}).get("fingerprint") or "")
+    fp = store.manifest.dataset.fingerprint
     for meta_path in root.glob(f"s*/{META}") if root.is_dir() else []:
         try:
             meta = json.loads(meta_path.read_text())

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmkd.data import DatasetError, open_dataset
-from mmkd.store.format import DEFAULT_BLOCK_SIZE, Sample, StoreError
+from mmkd.data import DatasetError, Sample, open_dataset
+from mmkd.store.format import DEFAULT_BLOCK_SIZE, StoreError
 from mmkd.store.store import FeatureStore
 
 log = logging.getLogger(__name__)

@@ -13,14 +13,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmkd.data import Sample
 from mmkd.store import format as fmt
-from mmkd.store.format import Sample, StoreError
+from mmkd.store.format import StoreError
 
 INDEX_COLUMNS = ("sample_id", "row", "caption", "image", "image_sha256", "source", "labels")
 DEFAULT_INDEX_CACHE_GROUPS = 16
@@ -172,7 +173,7 @@ class IndexMixin:
             yield pf.read_row_group(g, columns=cols)
 
 
-def index_schema(pa: Any) -> "pa.Schema":
+def index_schema(pa: ModuleType) -> "pa.Schema":
     """The Arrow schema of ``index.parquet``."""
     return pa.schema([
         ("sample_id", pa.string()), ("row", pa.int64()), ("caption", pa.string()), ("image", pa.string()),
@@ -190,7 +191,7 @@ def sample_rows(samples: Iterable[Sample]) -> dict[str, list]:
     seen: dict[str, int] = {}
     for i, s in enumerate(samples):
         if not isinstance(s, Sample):
-            raise StoreError(f"sample {i} is a {type(s).__name__}, expected mmkd.store.Sample")
+            raise StoreError(f"sample {i} is a {type(s).__name__}, expected mmkd.data.Sample")
         if not s.sample_id:
             raise StoreError(f"sample {i} has an empty sample_id")
         if s.sample_id in seen:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from mmkd.config import as_path, is_remote
+from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.store import FeatureStore, StoreError, zarr_location
 
@@ -163,7 +164,7 @@ def check_request(store: FeatureStore, teacher: str, dim: int, method: str, over
 
 
 def fit_projection(store: FeatureStore, teacher: str, dim: int = 512, method: str = "pca", *, epochs: int = 20,
-                   lr: float = 1e-3, batch_rows: int = 1024, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+                   lr: float = 1e-3, batch_rows: int = 1024, seed: int = 0, overwrite: bool = False) -> JSONDict:
     """Fit a ``teacher`` -> ``dim`` linear map on the store's valid rows and save it in the store.
 
     Args:
@@ -209,7 +210,7 @@ def fit_projection(store: FeatureStore, teacher: str, dim: int = 512, method: st
     return {"path": str(path), **meta}
 
 
-def _save(path: Path, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, meta: dict[str, Any]) -> None:
+def _save(path: Path, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, meta: JSONDict) -> None:
     from safetensors.numpy import save_file
 
     tmp = path.with_suffix(".tmp")
@@ -229,7 +230,7 @@ def _save(path: Path, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, me
 
 
 def load_projection(store: FeatureStore, teacher: str, method: str, dim: int) -> tuple[np.ndarray, np.ndarray,
-                                                                                       dict[str, Any]]:
+                                                                                       JSONDict]:
     """``(weight (dim, D), bias (dim,), metadata)`` of a saved projection.
 
     Raises:
@@ -251,7 +252,7 @@ def load_projection(store: FeatureStore, teacher: str, method: str, dim: int) ->
         return f.get_tensor("weight"), f.get_tensor("bias"), meta
 
 
-def list_projections(store: FeatureStore, teacher: str) -> list[dict[str, Any]]:
+def list_projections(store: FeatureStore, teacher: str) -> list[JSONDict]:
     """Metadata of every projection saved for ``teacher`` (for ``mmkd store info``)."""
     from safetensors import safe_open
 

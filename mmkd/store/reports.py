@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from mmkd.config import is_remote
+from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.store import FeatureStore
 
@@ -28,7 +28,7 @@ def disk_usage(path: Path) -> int:
     return total
 
 
-def store_info(store: FeatureStore) -> dict[str, Any]:
+def store_info(store: FeatureStore) -> JSONDict:
     """A summary: samples, blocks, dataset bad rows, and per teacher its dim, progress, valid rows, failures."""
     teachers = {}
     for t in store.teachers:
@@ -45,12 +45,12 @@ def store_info(store: FeatureStore) -> dict[str, Any]:
     bad = store.dataset_failures()
     return {
         "path": str(store.path),
-        "format_version": store.manifest["format_version"],
-        "created_at": store.manifest["created_at"],
+        "format_version": store.manifest.format_version,
+        "created_at": store.manifest.created_at,
         "num_samples": store.n,
         "block_size": store.block_size,
         "num_blocks": store.num_blocks,
-        "dataset": store.manifest.get("dataset", {}),
+        "dataset": store.manifest.dataset.to_dict(),
         "dataset_bad_rows": bad.num_rows,
         "dataset_bad_rows_sample": bad.slice(0, 5).to_pylist(),
         "teachers": teachers,

@@ -19,25 +19,29 @@ This module holds creation, opening, geometry and teachers; the index accessor i
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from mmkd import __version__
-from mmkd.config import as_path, is_remote
+from mmkd.config import AnyPath, as_path, is_remote
+from mmkd.data import Sample
+from mmkd.data.badrows import BadRow
+from mmkd.jsontypes import JSON, JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.blocks import BlocksMixin
 from mmkd.store.failures import read_dataset_failures, write_dataset_failures
-from mmkd.store.format import Sample, StoreError
+from mmkd.store.format import StoreError
 from mmkd.store.index import DEFAULT_INDEX_CACHE_GROUPS, IndexMixin, index_schema, sample_rows
+from mmkd.store.manifest import DatasetRecord, StoreManifest, read_manifest, write_manifest
+
+if TYPE_CHECKING:
+    from zarr.storage import FsspecStore
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +64,7 @@ class FeatureStore(IndexMixin, BlocksMixin):
 
         self.path = as_path(path)
         self.mode = mode
-        self.manifest: dict[str, Any] = self._load_manifest()
-        self._check_manifest()
+        self.manifest: StoreManifest = read_manifest(self.path)
         try:
             self._root = zarr.open_group(zarr_location(self.path / fmt.FEATURES, read_only=mode == "r"),
                                          mode="r" if mode == "r" else "a", zarr_format=3)
@@ -86,9 +89,9 @@ class FeatureStore(IndexMixin, BlocksMixin):
         block_size: int = fmt.DEFAULT_BLOCK_SIZE,
         dataset_uri: str = "",
         dataset_fingerprint: str = "",
-        dataset_spec: dict[str, Any] | None = None,
+        dataset_spec: JSONDict | None = None,
         overwrite: bool = False,
-        dataset_failures: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
+        dataset_failures: Iterable[BadRow] | Callable[[], Iterable[BadRow]] | None = None,
     ) -> "FeatureStore":
         """Create a store for ``samples`` (their order fixes the rows).
 
@@ -133,28 +136,15 @@ class FeatureStore(IndexMixin, BlocksMixin):
         zarr.open_group(zarr_location(tmp / fmt.FEATURES), mode="w", zarr_format=3).attrs.update(
             {"format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION}
         )
-        manifest = {
-            "format": fmt.FORMAT_NAME,
-            "format_version": fmt.FORMAT_VERSION,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "mmkd_version": __version__,
-            "num_samples": n,
-            "block_size": block_size,
-            "num_blocks": -(-n // block_size),
-            "feature_dtype": fmt.FEATURE_DTYPE,
-            "dataset": {"uri": dataset_uri, "fingerprint": dataset_fingerprint,
-                        **({"spec": dataset_spec} if dataset_spec else {})},
-            "index_fingerprint": fmt.index_fingerprint(
-                zip(rows["sample_id"], rows["caption"], rows["image"], rows["image_sha256"])
-            ),
-            "teachers": [],
-        }
+        manifest = StoreManifest.new(
+            n, block_size, DatasetRecord(uri=dataset_uri, fingerprint=dataset_fingerprint, spec=dataset_spec),
+            fmt.index_fingerprint(zip(rows["sample_id"], rows["caption"], rows["image"], rows["image_sha256"])))
         if dataset_failures is not None:
             bad = list(dataset_failures() if callable(dataset_failures) else dataset_failures)
             if write_dataset_failures(tmp, bad):
                 log.warning("store %s: %d dataset row(s) could not be read and are not in the index; "
                             "see `mmkd store info %s`", path, len(bad), path)
-        fmt.atomic_write_json(tmp / fmt.MANIFEST, manifest)
+        write_manifest(tmp, manifest)
         if not remote:
             if path.exists() and overwrite:
                 shutil.rmtree(path)
@@ -167,7 +157,7 @@ class FeatureStore(IndexMixin, BlocksMixin):
                                      "open it") from e
                 raise
             fmt.fsync_dir(path.parent)
-        log.info("created store %s: %d samples, %d blocks of %d", path, n, manifest["num_blocks"], block_size)
+        log.info("created store %s: %d samples, %d blocks of %d", path, n, manifest.num_blocks, block_size)
         return cls.open(path, mode="a")
 
     @classmethod
@@ -192,39 +182,18 @@ class FeatureStore(IndexMixin, BlocksMixin):
             )
         return cls(path, mode, cache_bytes, index_cache_groups)
 
-    def _load_manifest(self) -> dict[str, Any]:
-        where = self.path / fmt.MANIFEST
-        try:
-            manifest = json.loads(where.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise StoreError(f"{where} is unreadable ({type(e).__name__}: {e}); the store is damaged: "
-                             "restore store.json from a backup or rebuild the store with `mmkd extract`") from e
-        if not isinstance(manifest, dict):
-            raise StoreError(f"{where} holds a {type(manifest).__name__}, not a JSON object; the store is damaged")
-        return manifest
-
-    def _check_manifest(self) -> None:
-        m = self.manifest
-        if m.get("format") != fmt.FORMAT_NAME:
-            raise StoreError(f"{self.path}/store.json: format is {m.get('format')!r}, expected {fmt.FORMAT_NAME!r}")
-        if m.get("format_version") not in fmt.SUPPORTED_VERSIONS:
-            raise StoreError(
-                f"{self.path}/store.json: unknown format_version {m.get('format_version')!r}; this mmkd "
-                f"({__version__}) reads versions {list(fmt.SUPPORTED_VERSIONS)}: upgrade mmkd"
-            )
-
     # ------------------------------------------------------------------ geometry
     @property
     def n(self) -> int:
-        return int(self.manifest["num_samples"])
+        return self.manifest.num_samples
 
     @property
     def block_size(self) -> int:
-        return int(self.manifest["block_size"])
+        return self.manifest.block_size
 
     @property
     def num_blocks(self) -> int:
-        return int(self.manifest["num_blocks"])
+        return self.manifest.num_blocks
 
     def block_range(self, block: int) -> tuple[int, int]:
         """Rows ``[start, stop)`` of ``block``."""
@@ -236,7 +205,7 @@ class FeatureStore(IndexMixin, BlocksMixin):
     # ------------------------------------------------------------------ teachers
     @property
     def teachers(self) -> list[str]:
-        return list(self.manifest.get("teachers", []))
+        return list(self.manifest.teachers)
 
     def _group(self, teacher: str):
         if teacher not in self._root:
@@ -256,14 +225,14 @@ class FeatureStore(IndexMixin, BlocksMixin):
             self._dims[teacher] = int(self._group(teacher).attrs["dim"])
         return self._dims[teacher]
 
-    def attrs(self, teacher: str) -> dict[str, Any]:
+    def attrs(self, teacher: str) -> JSONDict:
         """The teacher's attributes (an older store's ``normalised`` is read as ``normalized``)."""
         out = dict(self._group(teacher).attrs.asdict())
         if "normalised" in out:
             out.setdefault("normalized", out.pop("normalised"))
         return out
 
-    def add_teacher(self, teacher: str, dim: int, attrs: dict[str, Any] | None = None) -> None:
+    def add_teacher(self, teacher: str, dim: int, attrs: JSONDict | None = None) -> None:
         """Pre-size the arrays of ``teacher`` (idempotent for the same ``dim``).
 
         Raises:
@@ -285,11 +254,11 @@ class FeatureStore(IndexMixin, BlocksMixin):
             else:
                 self._create_arrays(teacher, int(dim), attrs or {})
             self._reload_manifest()
-            if teacher not in self.manifest["teachers"]:
-                self.manifest["teachers"] = sorted(self.manifest["teachers"] + [teacher])
-                fmt.atomic_write_json(self.path / fmt.MANIFEST, self.manifest)
+            if teacher not in self.manifest.teachers:
+                self.manifest.teachers = sorted(self.manifest.teachers + [teacher])
+                write_manifest(self.path, self.manifest)
 
-    def _create_arrays(self, teacher: str, dim: int, attrs: dict[str, Any]) -> None:
+    def _create_arrays(self, teacher: str, dim: int, attrs: JSONDict) -> None:
         import zarr
 
         g = self._root.create_group(teacher)
@@ -306,7 +275,7 @@ class FeatureStore(IndexMixin, BlocksMixin):
         g.attrs.update({**attrs, "dim": dim, "dtype": fmt.FEATURE_DTYPE,
                         "normalized": bool(attrs.get("normalized", True if legacy is None else legacy))})
 
-    def update_attrs(self, teacher: str, /, **attrs: Any) -> None:
+    def update_attrs(self, teacher: str, /, **attrs: JSON) -> None:
         """Merge ``attrs`` into the teacher's attributes (JSON-serialisable values)."""
         self._writable()
         with fmt.file_lock(self.path / fmt.LOCK):
@@ -314,7 +283,7 @@ class FeatureStore(IndexMixin, BlocksMixin):
             g.attrs.update(json.loads(json.dumps(attrs)))
 
     def _reload_manifest(self) -> None:
-        self.manifest = self._load_manifest()
+        self.manifest = read_manifest(self.path)
 
     def _writable(self) -> None:
         if self.mode != "a":
@@ -324,7 +293,7 @@ class FeatureStore(IndexMixin, BlocksMixin):
         return f"FeatureStore({str(self.path)!r}, n={self.n}, teachers={self.teachers})"
 
 
-def zarr_location(path: Any, read_only: bool = False) -> Any:
+def zarr_location(path: AnyPath, read_only: bool = False) -> str | FsspecStore:
     """What ``zarr.open_group`` takes for ``path``: the folder as a string, or zarr's fsspec store for a URL."""
     if not is_remote(path):
         return str(path)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmkd.store.format import DEFAULT_BLOCK_SIZE, Sample
+from mmkd.data import Sample
+from mmkd.store.format import DEFAULT_BLOCK_SIZE
 from mmkd.store.store import FeatureStore
 
 

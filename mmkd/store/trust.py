@@ -26,11 +26,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from mmkd.config import as_path, is_remote
+from mmkd.jsontypes import JSONDict
 from mmkd.store.store import FeatureStore, StoreError, zarr_location
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def score_block(img: np.ndarray, txt: np.ndarray, rows: np.ndarray, ref_rows: np
 
 
 def compute_trust(store: FeatureStore, teacher: str, method: str = "pair-rank", threshold: float | None = None, *,
-                  reference: int = 1024, seed: int = 0) -> dict[str, Any]:
+                  reference: int = 1024, seed: int = 0) -> JSONDict:
     """Score every valid row of ``teacher``, write ``trust`` and ``trusted`` to the store; return the metadata.
 
     Args:
@@ -209,7 +209,7 @@ def read_trust(store: FeatureStore, teacher: str, rows: np.ndarray) -> tuple[np.
     return t, m
 
 
-def trust_info(store: FeatureStore, teacher: str) -> dict[str, Any] | None:
+def trust_info(store: FeatureStore, teacher: str) -> JSONDict | None:
     """The saved metadata of ``teacher``'s trust (for ``mmkd store info``), or ``None``."""
     if not has_trust(store, teacher):
         return None

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from mmkd.jsontypes import JSONDict
 from mmkd.store import format as fmt
 from mmkd.store.blocks import block_crc32
 from mmkd.store.index import fingerprint_tables
@@ -89,14 +90,19 @@ class ValidationReport:
         """Problems by kind."""
         return dict(Counter(p.kind for p in self.problems))
 
+    @property
+    def not_read(self) -> str:
+        """What this pass did not read: the default pass sizes feature chunks without decoding them."""
+        return "" if self.deep else "values not read: --deep reads them"
+
     def add(self, kind: str, message: str) -> None:
         self.problems.append(Problem(kind, message))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return {"path": self.path, "status": self.status, "exit_code": self.exit_code, "deep": self.deep,
                 "teachers": self.teachers, "problems": [p.__dict__ for p in self.problems],
                 "counts": self.counts, "chunks_checked": self.chunks_checked, "chunks_read": self.chunks_read,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "not_read": self.not_read}
 
 
 def validate_store(store: FeatureStore, deep: bool = False) -> ValidationReport:
@@ -121,15 +127,8 @@ def validate_store(store: FeatureStore, deep: bool = False) -> ValidationReport:
 
 
 def _manifest_problems(store: FeatureStore, report: ValidationReport) -> None:
-    m = store.manifest
-    try:
-        n, bs, nb = int(m["num_samples"]), int(m["block_size"]), int(m["num_blocks"])
-    except (KeyError, TypeError, ValueError) as e:
-        report.add("manifest", f"store.json lacks a valid num_samples/block_size/num_blocks ({e!r})")
-        return
-    if bs <= 0 or nb != -(-n // bs):
-        report.add("manifest", f"store.json says num_blocks={nb}, but ceil(num_samples {n} / block_size {bs}) "
-                               f"= {-(-n // max(bs, 1))}")
+    if store.manifest.geometry_error:
+        report.add("manifest", store.manifest.geometry_error)
 
 
 def index_problems(store: FeatureStore) -> list[str]:
@@ -168,7 +167,7 @@ def _index_problems(store: FeatureStore, report: ValidationReport) -> None:
                             f"{first_bad_row}); {fix}")
     if dups:
         report.add("index", f"index.parquet has {len(dups)} duplicate sample ids, e.g. {dups[:3]}; {fix}")
-    recorded = store.manifest.get("index_fingerprint")
+    recorded = store.manifest.index_fingerprint
     if not recorded:
         report.add("manifest", "store.json records no index_fingerprint, so the index cannot be checked; "
                                "rebuild the store with `mmkd extract`")

@@ -9,7 +9,8 @@ L2-normalised float32 embeddings with the teacher's own preprocessing and tokeni
 import importlib
 from typing import Any
 
-from mmkd.config import load_pipelines
+from mmkd.config import Pipelines, load_pipelines
+from mmkd.jsontypes import JSONDict
 from mmkd.teachers.spec import (
     LOADERS, TeacherError, TeacherSpec, UnknownTeacherError, get_teacher_spec, teachers_from_config,
 )
@@ -32,13 +33,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def list_teachers(cfg: dict | None = None) -> list[dict]:
+def list_teachers(pipelines: Pipelines | None = None) -> list[JSONDict]:
     """One row per declared teacher: name, loader, weights, dim, available, where, missing.
 
     Args:
-        cfg: a loaded pipelines file; ``None`` loads the default one.
+        pipelines: a loaded pipelines file; ``None`` loads the default one.
     """
-    specs = teachers_from_config(cfg if cfg is not None else load_pipelines(None))
+    specs = teachers_from_config(pipelines if pipelines is not None else load_pipelines(None))
     rows = []
     for name, spec in specs.items():
         status = weights_status(spec)

@@ -22,8 +22,9 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mmkd.jsontypes import JSONDict
 from mmkd.teachers.custom_models import build_custom_model
 from mmkd.teachers.spec import TeacherError, TeacherSpec
 from mmkd.teachers.weights import (
@@ -31,12 +32,15 @@ from mmkd.teachers.weights import (
     repo_cache_path, weights_status,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
 OPEN_CLIP_DECLARED_KEYS = ("model_cfg", "text_config", "preprocess_cfg")
 
 
-def declared_open_clip(spec: TeacherSpec) -> dict[str, Any] | None:
+def declared_open_clip(spec: TeacherSpec) -> JSONDict | None:
     """The open_clip ``model_cfg`` declared in ``spec.model_config``, or None."""
     cfg = spec.model_config.get("model_cfg") if spec.loader == "open_clip" else None
     return copy.deepcopy(cfg) if cfg else None
@@ -61,7 +65,8 @@ def _stored_config(spec: TeacherSpec) -> tuple[dict[str, Any] | None, str]:
     return None, where
 
 
-def build_declared_open_clip(spec: TeacherSpec, device: Any = "cpu", cfg: dict[str, Any] | None = None) -> Any:
+def build_declared_open_clip(spec: TeacherSpec, device: str | torch.device = "cpu",
+                             model_cfg: JSONDict | None = None) -> torch.nn.Module:
     """Build an open_clip model from the ``model_cfg`` declared in the spec, offline and without weights.
 
     A Hugging Face text tower (``text_cfg.hf_model_name``) is built from
@@ -75,7 +80,7 @@ def build_declared_open_clip(spec: TeacherSpec, device: Any = "cpu", cfg: dict[s
     import torch
     from open_clip.model import CLIP, CustomTextCLIP
 
-    cfg = copy.deepcopy(cfg) if cfg is not None else declared_open_clip(spec)
+    cfg = copy.deepcopy(model_cfg) if model_cfg is not None else declared_open_clip(spec)
     if cfg is None:
         raise TeacherError(f"teacher {spec.name!r}: no model_config.model_cfg declared")
     text = cfg.get("text_cfg", {})
@@ -103,7 +108,7 @@ def build_declared_open_clip(spec: TeacherSpec, device: Any = "cpu", cfg: dict[s
                            f"{type(e).__name__}: {e}") from e
 
 
-def build_architecture(spec: TeacherSpec, device: Any = "meta") -> Any:
+def build_architecture(spec: TeacherSpec, device: str | torch.device = "meta") -> torch.nn.Module:
     """The teacher's model with random (``meta``: no) weights, from what ``pipelines.yaml`` declares.
 
     Raises:
@@ -184,7 +189,7 @@ class CheckResult:
     upstream: dict[str, str]
     arch_on_hub: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """JSON-able form."""
         return asdict(self)
 

@@ -8,15 +8,19 @@ import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mmkd.jsontypes import JSONDict
 from mmkd.data.images import convert_mode
 from mmkd.teachers.spec import TeacherSpec
+
+if TYPE_CHECKING:
+    from torchvision.transforms import InterpolationMode
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +138,7 @@ def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...], channels: 
 
 
 class _ResizeLongest:
-    def __init__(self, size: int, interpolation: Any) -> None:
+    def __init__(self, size: int, interpolation: InterpolationMode) -> None:
         self.size, self.interpolation = size, interpolation
 
     def __call__(self, img: Image.Image) -> Image.Image:
@@ -214,7 +218,7 @@ class Teacher:
                  tokenize_fn: Callable[[list[str]], dict[str, torch.Tensor]],
                  text_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], device: torch.device,
                  revision: str | None = None, weights_file: str | None = None, model: Any = None,
-                 text_encoding: dict[str, Any] | None = None) -> None:
+                 text_encoding: JSONDict | None = None) -> None:
         self.spec, self.name, self.dim = spec, spec.name, dim
         self.logit_scale = float(logit_scale)
         self.preprocessing, self.context_length, self.tokenizer_id = preprocessing, context_length, tokenizer_id
@@ -265,7 +269,7 @@ class Teacher:
             raise RuntimeError(f"teacher {self.name!r} returned dim {feats.shape[-1]}, expected {self.dim}")
         return F.normalize(feats.float(), dim=-1).cpu()
 
-    def store_attrs(self) -> dict[str, Any]:
+    def store_attrs(self) -> JSONDict:
         """JSON-able description of this teacher for the feature store."""
         if self._weights_file and self._sha256 is None:
             self._sha256 = sha256_file(self._weights_file)

@@ -54,12 +54,13 @@ import html
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from mmkd.jsontypes import JSONDict
 from mmkd.teachers.checkpoints import CheckpointError, convert_hf_keys, match_state_dict, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def unimed_clean_text(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _bert(cfg: dict[str, Any], add_pooling_layer: bool) -> nn.Module:
+def _bert(cfg: JSONDict, add_pooling_layer: bool) -> nn.Module:
     from transformers import BertConfig, BertModel
 
     conf = BertConfig(**{**BERT_BASE, **(cfg or {})})
@@ -218,7 +219,7 @@ _IGNORED = {"pmc_clip": ("fusion_module.", "mlm_projection", "img_special_token"
 _CONFIG_KEYS = ("embed_dim", "vision", "text", "quick_gelu", "ignore_keys")
 
 
-def build_custom_model(arch: str, config: dict[str, Any]) -> nn.Module:
+def build_custom_model(arch: str, config: JSONDict) -> nn.Module:
     """Build a custom architecture (random weights) from its config.
 
     Raises:
@@ -236,7 +237,7 @@ def build_custom_model(arch: str, config: dict[str, Any]) -> nn.Module:
     return CUSTOM_ARCHS[arch](**kwargs)
 
 
-def load_custom_checkpoint(model: nn.Module, arch: str, path: str | Path, config: dict[str, Any],
+def load_custom_checkpoint(model: nn.Module, arch: str, path: str | Path, config: JSONDict,
                            teacher: str | None = None) -> None:
     """Load ``path`` into ``model`` strictly (ignoring the documented training-only keys).
 

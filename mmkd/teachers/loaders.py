@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -72,8 +73,8 @@ def _reraise(spec: TeacherSpec, e: Exception) -> TeacherError:
                         f"{type(e).__name__}: {e}")
 
 
-def _preprocessing(spec: TeacherSpec, size: Any, mean: Any, std: Any, interpolation: Any = None,
-                   resize_mode: Any = None) -> Preprocessing:
+def _preprocessing(spec: TeacherSpec, size: int | Sequence[int], mean: Sequence[float], std: Sequence[float],
+                   interpolation: str | None = None, resize_mode: str | None = None) -> Preprocessing:
     size = size[0] if isinstance(size, (tuple, list)) else size
     return Preprocessing(
         image_size=int(spec.image_size or size), mean=tuple(spec.mean or mean), std=tuple(spec.std or std),
@@ -81,7 +82,7 @@ def _preprocessing(spec: TeacherSpec, size: Any, mean: Any, std: Any, interpolat
         resize_mode=spec.resize_mode or resize_mode or "shortest", grayscale=spec.grayscale)
 
 
-def _infer_dim(spec: TeacherSpec, model_fn: Any, pp: Preprocessing, device: torch.device) -> int:
+def _infer_dim(spec: TeacherSpec, model_fn: Callable[[torch.Tensor], object], pp: Preprocessing, device: torch.device) -> int:
     channels = 1 if pp.grayscale else 3
     with torch.inference_mode():
         out = model_fn(torch.zeros(1, channels, pp.image_size, pp.image_size, device=device))
@@ -203,7 +204,7 @@ def _open_clip_weights_file(spec: TeacherSpec) -> str | None:
     return None  # hub weights are pinned by their commit (revision) instead
 
 
-def _features(out: Any) -> torch.Tensor:
+def _features(out: object) -> torch.Tensor:
     """transformers 5 returns a ModelOutput from get_*_features; older versions a tensor."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mmkd.jsontypes import JSONDict
 from mmkd.teachers.loaders import load_teacher
 from mmkd.teachers.spec import TeacherError, TeacherSpec
 from mmkd.teachers.weights import CHECKPOINT_SUFFIXES
@@ -71,7 +72,7 @@ class ParityResult:
     extra: dict[str, list[float]] = field(default_factory=dict)
     error: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """JSON-able form."""
         return asdict(self)
 

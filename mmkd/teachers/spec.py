@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmkd.config import expand as _expand, load_pipelines, resolve_path, section
+from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSON, JSONDict
+from mmkd.config import Pipelines, expand as _expand, load_pipelines, resolve_path, section
 
 LOADERS = ("open_clip", "transformers", "custom")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -23,7 +25,7 @@ RESIZE_MODES = ("shortest", "longest", "squash", "pad_square")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
-class TeacherError(ValueError):
+class TeacherError(MMKDError, ValueError):
     """A teacher spec is invalid, or a teacher cannot be built from it."""
 
 
@@ -96,7 +98,7 @@ class TeacherSpec:
         """``hf-hub``, ``local-dir``, ``file``, ``hub-id`` (transformers) or ``dir`` (transformers)."""
         return weights_kind(self.loader, self.weights)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """A JSON-able dict that :meth:`from_dict` turns back into an equal spec."""
         d = dataclasses.asdict(self)
         for key in ("mean", "std"):
@@ -105,7 +107,7 @@ class TeacherSpec:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TeacherSpec":
+    def from_dict(cls, data: JSONDict) -> "TeacherSpec":
         """Build a spec from :meth:`to_dict` output (or a pipelines entry plus ``name``)."""
         return _from_entry(str(data.get("name", "")), {k: v for k, v in data.items() if k != "name"}, None)
 
@@ -143,7 +145,7 @@ def _resolve_weights(loader: str, weights: str, base: Path | None) -> str:
     return prefix + str(path)
 
 
-def _from_entry(name: str, entry: Any, base: Path | None) -> TeacherSpec:
+def _from_entry(name: str, entry: JSON, base: Path | None) -> TeacherSpec:
     if not isinstance(entry, dict):
         raise TeacherError(f"teacher {name!r}: entry must be a mapping with at least loader and weights, got {entry!r}")
     unknown = sorted(set(entry) - set(FIELDS))
@@ -231,11 +233,11 @@ def _validate_norm(s: TeacherSpec, where: str) -> None:
         raise TeacherError(f"{where}: give both mean and std, or neither")
 
 
-def teachers_from_config(cfg: dict[str, Any]) -> dict[str, TeacherSpec]:
+def teachers_from_config(pipelines: Pipelines) -> dict[str, TeacherSpec]:
     """Parse and validate the ``teachers:`` section of a loaded pipelines file.
 
     Args:
-        cfg: output of :func:`mmkd.config.load_pipelines` (relative weights paths
+        pipelines: output of :func:`mmkd.config.load_pipelines` (relative weights paths
             resolve against that file's folder).
 
     Returns:
@@ -245,12 +247,12 @@ def teachers_from_config(cfg: dict[str, Any]) -> dict[str, TeacherSpec]:
         TeacherError: an entry is malformed; the message names the teacher and key.
     """
     # each entry's relative paths resolve against the file that declared it (mmkd.config.resolve_path)
-    return {str(name): _from_entry(str(name), entry, resolve_path(cfg, ".", section="teachers", entry=str(name))
-                                   if cfg.get("_path") else None)
-            for name, entry in section(cfg, "teachers").items()}
+    return {str(name): _from_entry(str(name), entry, resolve_path(pipelines, ".", section="teachers", entry=str(name))
+                                   if Pipelines.of(pipelines).path is not None else None)
+            for name, entry in section(pipelines, "teachers").items()}
 
 
-def teachers_in_scope(cfg: dict[str, Any], names: list[str] | tuple[str, ...] = ()) -> dict[str, TeacherSpec]:
+def teachers_in_scope(pipelines: Pipelines, names: list[str] | tuple[str, ...] = ()) -> dict[str, TeacherSpec]:
     """The teachers a command covers: ``names`` when given; else the ones the user's own pipelines
     file declares; else every declared (shipped) one. What ``--all-teachers`` and ``mmkd teachers --check``
     cover.
@@ -258,26 +260,26 @@ def teachers_in_scope(cfg: dict[str, Any], names: list[str] | tuple[str, ...] = 
     Raises:
         UnknownTeacherError: a name is not declared.
     """
-    specs = teachers_from_config(cfg)
+    specs = teachers_from_config(pipelines)
     if names:
-        return {n: get_teacher_spec(n, cfg) for n in dict.fromkeys(names)}
-    own = (cfg.get("_own") or {}).get("teachers")
+        return {n: get_teacher_spec(n, pipelines) for n in dict.fromkeys(names)}
+    own = Pipelines.of(pipelines).own.get("teachers")
     return {n: s for n, s in specs.items() if not own or n in own}
 
 
-def get_teacher_spec(name: str, cfg: dict[str, Any] | None = None) -> TeacherSpec:
+def get_teacher_spec(name: str, pipelines: Pipelines | None = None) -> TeacherSpec:
     """One teacher spec by name.
 
     Args:
         name: the teacher's key in ``teachers:``.
-        cfg: a loaded pipelines file; ``None`` loads the default one.
+        pipelines: a loaded pipelines file; ``None`` loads the default one.
 
     Raises:
         UnknownTeacherError: ``name`` is not declared; the message lists valid names.
     """
-    specs = teachers_from_config(cfg if cfg is not None else load_pipelines(None))
+    specs = teachers_from_config(pipelines if pipelines is not None else load_pipelines(None))
     if name not in specs:
-        where = (cfg or {}).get("_path", "the pipelines file")
+        where = Pipelines.of(pipelines).where
         raise UnknownTeacherError(
             f"unknown teacher {name!r}; teachers declared in {where}: {sorted(specs)}. "
             "Add an entry under 'teachers:' or pick one of these.")

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
+from mmkd.jsontypes import JSONDict
 import yaml
 
 from mmkd.teachers.custom_models import build_custom_model
@@ -155,7 +156,7 @@ def _transformers(folder: Path, name: str, kind: str, seed: int, dim: int, size:
                        license="test-only", source="mmkd.teachers.tiny: random seeded weights")
 
 
-def tiny_custom_config(arch: str, dim: int = 32, image_size: int = 32) -> dict[str, Any]:
+def tiny_custom_config(arch: str, dim: int = 32, image_size: int = 32) -> JSONDict:
     """A toy ``model_config`` for a custom architecture (see :mod:`mmkd.teachers.custom_models`)."""
     bert = {"vocab_size": len(_word_vocab()), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
             "intermediate_size": 64, "max_position_embeddings": 64}
@@ -188,7 +189,7 @@ def _custom(folder: Path, name: str, arch: str, seed: int, dim: int, size: int, 
                        license="test-only", source="mmkd.teachers.tiny: random seeded weights")
 
 
-def pipelines_fragment(specs: dict[str, TeacherSpec]) -> dict[str, Any]:
+def pipelines_fragment(specs: dict[str, TeacherSpec]) -> JSONDict:
     """``{"teachers": {...}}`` for ``specs``, with default-valued fields left out."""
     defaults = TeacherSpec(name="x", loader="open_clip", weights="hf-hub:x/y").to_dict()
     out = {}
@@ -198,7 +199,7 @@ def pipelines_fragment(specs: dict[str, TeacherSpec]) -> dict[str, Any]:
     return {"teachers": out}
 
 
-def write_pipelines(path: str | Path, specs: dict[str, TeacherSpec], extra: dict[str, Any] | None = None) -> Path:
+def write_pipelines(path: str | Path, specs: dict[str, TeacherSpec], extra: JSONDict | None = None) -> Path:
     """Write a pipelines file declaring ``specs`` (plus any ``extra`` top-level sections)."""
     path = Path(path)
     data = {"version": 1, **pipelines_fragment(specs), **(extra or {})}

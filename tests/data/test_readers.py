@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmkd.config import load_pipelines
+from mmkd.config import Pipelines, load_pipelines
 from mmkd.data.images import BadSample
 from mmkd.data import (
     DatasetError,
@@ -244,7 +244,7 @@ def test_pipelines_datasets_section(mmkd_demo_dir: Path, tmp_path: Path) -> None
             assert get_dataset(name, cfg).format == (spec.format or detect_format(spec.path))
     with pytest.raises(DatasetError, match="valid names: .*mmkd-clip-demo"):
         get_dataset("nope", cfg)
-    local = {"_path": str(tmp_path / "p.yaml"), "datasets": {"x": {"path": "d", "format": "jsonl"}}}
+    local = Pipelines({"datasets": {"x": {"path": "d", "format": "jsonl"}}}, path=tmp_path / "p.yaml")
     assert datasets_from_config(local)["x"].path == str(tmp_path / "d")
 
 
@@ -264,7 +264,8 @@ def test_readers_pickle_and_read_from_threads(fmt: str, tmp_path: Path, referenc
 
 
 def test_store_created_from_a_reader(tmp_path: Path, mmkd_demo_dir: Path) -> None:
-    from mmkd.store import FeatureStore, Sample
+    from mmkd.data import Sample
+    from mmkd.store import FeatureStore
 
     ds = open_dataset(mmkd_demo_dir)
     assert all(isinstance(s, Sample) for s in ds.samples())

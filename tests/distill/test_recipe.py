@@ -28,7 +28,7 @@ def _mean(records, key, sl):
 def stage1(tiny_store, student_json, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "s1"
     summary = distill(_cfg(tiny_store, student_json, out, stage=1, steps=12, checkpoint_every=6))
-    assert summary == {"step": 12, "total_steps": 12, "finished": True, "out": str(out)}
+    assert summary.to_dict() == {"step": 12, "total_steps": 12, "finished": True, "out": str(out)}
     return out
 
 
@@ -73,7 +73,7 @@ def test_resume_equals_uninterrupted(stage1, tiny_store, student_json, tmp_path)
     kw = dict(stage=2, kd="mmkd-clip", steps=5, grad_accum=2, init=str(stage1), checkpoint_every=100)
     distill(_cfg(tiny_store, student_json, tmp_path / "a", **kw))
     first = distill(_cfg(tiny_store, student_json, tmp_path / "b", stop_at_step=2, **kw))
-    assert first["finished"] is False and not (tmp_path / "b" / "export").exists()
+    assert first.finished is False and not (tmp_path / "b" / "export").exists()
     distill(_cfg(tiny_store, student_json, tmp_path / "b", resume=True, **kw))
     a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)
@@ -121,7 +121,7 @@ def test_stage2_on_imported_fixture_store(mmkd_demo_dir, student_json, tmp_path)
         out = tmp_path / kd
         summary = distill(_cfg(tmp_path / "store", student_json, out, stage=2, kd=kd, steps=2, batch_size=4,
                                augment=False))
-        assert summary["finished"]
+        assert summary.finished
         m = read_metrics(out)
         assert len(m) == 2 and all(r["loss/fd_img"] > 0 and r["loss/icl"] > 0 for r in m)
         cfg = (out / "config.yaml").read_text()

@@ -45,7 +45,8 @@ def write_clam(root: Path, bags: dict[str, np.ndarray], kind: str = "pt") -> Pat
 def write_patch_store(path: Path, bags: dict[str, np.ndarray], teacher: str = "biomedclip",
                       unassigned: int = 0):
     """A feature store whose rows are the patches; each row's labels name its slide."""
-    from mmkd.store import FeatureStore, Sample
+    from mmkd.data import Sample
+    from mmkd.store import FeatureStore
 
     samples, feats = [], []
     for s, x in bags.items():

@@ -94,11 +94,28 @@ def test_cli_clip_benchmark_set_and_csv_and_vqa(tmp_path):
     assert vqa["n_questions"] == 24 and vqa["n_closed"] == 12 and vqa["n_open"] == 12
     assert 0 <= vqa["accuracy"] <= 1 and len(vqa["accuracy_folds"]) == 3
     with (tmp_path / "out" / "results.csv").open() as f:
-        rows = {(r["dataset"], r["task"]): r for r in csv.DictReader(f)}
-    zs = rows[("organs", "zeroshot_classification")]
+        reader = csv.DictReader(f)
+        rows = {(r["dataset"], r["task"]): r for r in reader}
+    # clip_benchmark build's columns: the result JSON's metrics, its keys, model_fullname; nothing of mmkd's own
+    zs_cols = {"acc1", "acc5", "mean_per_class_recall", "lp_acc1", "lp_acc5", "lp_mean_per_class_recall"}
+    ret_cols = {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
+    assert set(reader.fieldnames) == zs_cols | ret_cols | {"dataset", "model", "pretrained", "task", "language",
+                                                             "model_fullname"}
+    assert set(rows) == {("wds/organs", "zeroshot_classification"), ("wds/organs", "linear_probe"),
+                         ("wds/captions", "zeroshot_retrieval")}  # vqa and knn have no clip_benchmark task
+    zs = rows[("wds/organs", "zeroshot_classification")]
     assert float(zs["acc1"]) == pytest.approx(res["organs"]["zeroshot"]["accuracy"])
+    assert zs["acc5"] == "nan"  # three classes: clip_benchmark writes NaN below five
     assert float(zs["mean_per_class_recall"]) == pytest.approx(res["organs"]["zeroshot"]["balanced_accuracy"])
-    assert zs["model"] == "tiny-student" and zs["language"] == "en"
-    ret = rows[("captions", "zeroshot_retrieval")]
+    assert zs["model"] == "tiny-student" and zs["language"] == "en" and zs["pretrained"] == str(student)
+    assert zs["model_fullname"] == f"tiny-student {student}"
+    ret = rows[("wds/captions", "zeroshot_retrieval")]
     assert float(ret["image_retrieval_recall@5"]) == pytest.approx(res["captions"]["retrieval"]["text_to_image_R@5"])
-    assert ("vqa", "vqa") in rows
+
+
+def test_split_chooses_the_clip_benchmark_folder_split(tmp_path):
+    root = write_cb_folder(tmp_path / "cb", n=6)
+    (root / "test").rename(root / "val")
+    assert len(load_eval_set(str(root), split="val").items) == 6
+    with pytest.raises(ConfigError, match="test"):
+        load_eval_set(str(root))

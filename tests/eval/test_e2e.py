@@ -52,7 +52,7 @@ def test_student_export_end_to_end_via_cli(student_dir, modality_dir, mmkd_demo_
     assert set(data) == {"tiny-student"}
     assert set(data["tiny-student"]) == {"modality9", "mmkd_demo"}
     assert set(data["tiny-student"]["modality9"]) == {"zeroshot"}  # one image per class: no probes
-    assert set(data["tiny-student"]["modality9"]["zeroshot"]) == CLASSIFICATION
+    assert set(data["tiny-student"]["modality9"]["zeroshot"]) == CLASSIFICATION | {"top5_accuracy"}
     assert set(data["tiny-student"]["mmkd_demo"]) == {"retrieval"}
     assert set(data["tiny-student"]["mmkd_demo"]["retrieval"]) == RETRIEVAL
     assert data["tiny-student"]["mmkd_demo"]["retrieval"]["image_to_text_R@10"] == 1.0  # 8 captions < 10
@@ -121,13 +121,13 @@ def test_teacher_from_store_equals_teacher_loaded_directly(tiny_teacher_setup, m
     root, cfg = tiny_teacher_setup
     store = _build_store(root, cfg, "tiny_open_clip")
     ecfg = dict(resamples=200, knn_k=3)
-    direct = evaluate(["tiny_open_clip"], ["mod"], root / "direct", cfg=cfg, ecfg=EvalConfig(**ecfg))
+    direct = evaluate(["tiny_open_clip"], ["mod"], root / "direct", pipelines=cfg, ecfg=EvalConfig(**ecfg))
 
     def no_images(*a, **k):
         raise AssertionError("the store run must not encode images")
 
     monkeypatch.setattr(encoders.TeacherEncoder, "encode_images", no_images)
-    stored = evaluate(["tiny_open_clip"], ["mod"], root / "stored", cfg=cfg,
+    stored = evaluate(["tiny_open_clip"], ["mod"], root / "stored", pipelines=cfg,
                       ecfg=EvalConfig(**ecfg, stores={"mod": str(store)}))
     assert set(direct["tiny_open_clip"]["mod"]) == {"zeroshot", "linear", "knn", "retrieval"}
     assert _close(stored, direct)
@@ -135,7 +135,7 @@ def test_teacher_from_store_equals_teacher_loaded_directly(tiny_teacher_setup, m
 
     # Prompts are cached with the store features: a rerun needs no teacher at all.
     monkeypatch.setattr(encoders.TeacherEncoder, "encode_texts", no_images)
-    again = evaluate(["tiny_open_clip"], ["mod"], root / "stored", cfg=cfg,
+    again = evaluate(["tiny_open_clip"], ["mod"], root / "stored", pipelines=cfg,
                      ecfg=EvalConfig(**ecfg, stores={"mod": str(store)}))
     assert again == stored
 
@@ -166,14 +166,14 @@ def test_real_teacher_features_from_imported_store(mmkd_demo_dir, tmp_path):
 
     import_mmkd(mmkd_demo_dir, tmp_path / "store")
     cfg = load_pipelines(Path(__file__).resolve().parents[2] / "pipelines.yaml")
-    res = evaluate(["biomedclip", "quiltnet"], ["mmkd_demo"], tmp_path / "out", cfg=cfg,
+    res = evaluate(["biomedclip", "quiltnet"], ["mmkd_demo"], tmp_path / "out", pipelines=cfg,
                    ecfg=EvalConfig(tasks=("retrieval",), stores={"mmkd_demo": str(tmp_path / "store")}))
     for teacher in ("biomedclip", "quiltnet"):
         r = res[teacher]["mmkd_demo"]["retrieval"]
         assert r["image_to_text_R@1"] == 1.0 and r["text_to_image_R@1"] == 1.0, (teacher, r)
     # pmc_clip has features for one demo sample only: refusing beats a silent subset.
     with pytest.raises(encoders.EncoderError, match="no valid 'pmc_clip' features for 7 samples"):
-        evaluate(["pmc_clip"], ["mmkd_demo"], tmp_path / "out2", cfg=cfg,
+        evaluate(["pmc_clip"], ["mmkd_demo"], tmp_path / "out2", pipelines=cfg,
                  ecfg=EvalConfig(tasks=("retrieval",), stores={"mmkd_demo": str(tmp_path / "store")}))
 
 

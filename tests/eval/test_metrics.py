@@ -105,3 +105,11 @@ def test_recall_at_k_sets_and_single():
     ranked = np.array([[2, 0, 1], [1, 2, 0], [0, 1, 2]])
     assert recall_at_k(ranked, np.array([0, 1, 2]), (1, 2, 3)) == {1: 1 / 3, 2: 2 / 3, 3: 1.0}
     assert recall_at_k(ranked, [{0, 2}, {0}, {5}], (1, 3)) == {1: 1 / 3, 3: 2 / 3}
+
+
+def test_top5_accuracy_counts_labels_among_the_five_best_and_is_nan_below_five_classes():
+    from mmkd.eval.metrics import top5_accuracy
+
+    s = np.tile(np.arange(7, dtype=float), (3, 1))  # class 6 best, then 5, 4, 3, 2
+    assert top5_accuracy(np.array([6, 2, 1]), s) == pytest.approx(2 / 3)
+    assert np.isnan(top5_accuracy(np.array([0, 1]), np.eye(2)))

@@ -59,13 +59,13 @@ def test_patch_store_gives_the_results_of_the_same_clam_folder(tmp_path, monkeyp
     via_clam = _spec(tmp_path / "clam_set.yaml", task="diagnosis", slides="slides.csv", patches="clam")
     via_store = _spec(tmp_path / "store_set.yaml", task="diagnosis", slides="slides.csv", store="store")
     ecfg = EvalConfig(resamples=10, device="cpu")
-    res = evaluate(["biomedclip"], [via_clam, via_store], tmp_path / "out", cfg=cfg, ecfg=ecfg)["biomedclip"]
+    res = evaluate(["biomedclip"], [via_clam, via_store], tmp_path / "out", pipelines=cfg, ecfg=ecfg)["biomedclip"]
     assert res["clam_set"] == res["store_set"]
     student = export_tiny_student(tmp_path / "m")
     with pytest.raises(ConfigError, match="has no features in the patch store"):
-        evaluate([str(student)], [via_store], tmp_path / "out2", cfg=cfg, ecfg=ecfg)
+        evaluate([str(student)], [via_store], tmp_path / "out2", pipelines=cfg, ecfg=ecfg)
     with pytest.raises(ConfigError, match="holds one extractor's features, but 2 models"):
-        evaluate(["biomedclip", str(student)], [via_clam], tmp_path / "out3", cfg=cfg, ecfg=ecfg)
+        evaluate(["biomedclip", str(student)], [via_clam], tmp_path / "out3", pipelines=cfg, ecfg=ecfg)
 
 
 def test_task_filter_skips_slide_sets(tmp_path, monkeypatch):
@@ -78,5 +78,5 @@ def test_task_filter_skips_slide_sets(tmp_path, monkeypatch):
     write_slide_table(tmp_path / "slides.csv", list(bags), list(y))
     spec = _spec(tmp_path / "d.yaml", task="diagnosis", slides="slides.csv", patches="clam")
     with pytest.raises(EvalError, match="no task"):
-        evaluate(["biomedclip"], [spec], tmp_path / "out", cfg=load_pipelines(None),
+        evaluate(["biomedclip"], [spec], tmp_path / "out", pipelines=load_pipelines(None),
                  ecfg=EvalConfig(tasks=("zeroshot",), device="cpu"))

@@ -66,8 +66,8 @@ def test_killed_actor_is_replaced_and_store_identical(ray_session, setup, local_
     killed: dict[str, int] = {}
 
     def kill_other_actor(manifest):
-        pids.setdefault(manifest["actor"], []).append(manifest["pid"])
-        others = [a for a in pids if a != manifest["actor"]]
+        pids.setdefault(manifest.actor, []).append(manifest.pid)
+        others = [a for a in pids if a != manifest.actor]
         if not killed and others:  # kill an actor whose process we know, while the queue still holds blocks
             victim = others[0]
             ray_session.kill(ray_session.get_actor(victim), no_restart=False)  # Ray restarts it, retries its task

@@ -37,7 +37,7 @@ def test_mismatch_error_and_store_info_show_the_same_fingerprint_prefix(modality
     job = ExtractJob(data=str(jsonl), teachers=["any"], store=str(tmp_path / "store"), runner="local")
     store, created = open_or_create_store(job, open_dataset(jsonl))
     assert created
-    recorded = store.manifest["dataset"]["fingerprint"]
+    recorded = store.manifest.dataset.fingerprint
     info = CliRunner().invoke(main, ["store", "info", str(tmp_path / "store")])
     assert info.exit_code == 0, info.output
     shown = re.search(r"fingerprint (\S+)", info.output).group(1)

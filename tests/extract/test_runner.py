@@ -280,7 +280,7 @@ def test_block_worker_prefetch_hint_out_of_order(setup, demo_store, tmp_path):
         manifests = [worker.run_block(2, next_block=0), worker.run_block(1, next_block=0), worker.run_block(0)]
     finally:
         worker.close()
-    assert [m["block"] for m in manifests] == [2, 1, 0] and [m["rows"] for m in manifests] == [2, 3, 3]
+    assert [m.block for m in manifests] == [2, 1, 0] and [m.rows for m in manifests] == [2, 3, 3]
     assert_same_store(path, copy)
 
 

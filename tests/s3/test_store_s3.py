@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mmkd.config import as_path
-from mmkd.store import FeatureStore, Sample, StoreError, store_info, validate_store
+from mmkd.data import Sample
+from mmkd.store import FeatureStore, StoreError, store_info, validate_store
 from mmkd.store import format as fmt
 
 pytestmark = pytest.mark.usefixtures("s3_env")

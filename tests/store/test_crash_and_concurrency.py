@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmkd.store import FeatureStore, Sample, validate_store
+from mmkd.data import Sample
+from mmkd.store import FeatureStore, validate_store
 
 REPO = Path(__file__).resolve().parents[2]
 

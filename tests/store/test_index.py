@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmkd.store import FeatureStore, Sample, StoreError
+from mmkd.data import Sample
+from mmkd.store import FeatureStore, StoreError
 
 
 @pytest.fixture(scope="module")

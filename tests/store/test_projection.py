@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mmkd.store import FeatureStore
-from mmkd.store.format import Sample, StoreError
+from mmkd.data import Sample
+from mmkd.store.format import StoreError
 from mmkd.store.projection import fit_projection, list_projections, load_projection
 from tests.conftest import mmkd
 

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mmkd.store import FeatureStore, Sample, StoreError, store_info, validate_store
+from mmkd.data import Sample
+from mmkd.store import FeatureStore, StoreError, store_info, validate_store
 
 
 def _samples(n: int) -> list[Sample]:
@@ -49,7 +50,7 @@ def test_round_trip_and_reopen(tmp_path):
     idx = again.index
     assert idx.column("row").to_pylist() == list(range(23))
     assert json.loads(idx.column("labels")[4].as_py()) == {"label": 1}
-    assert again.manifest["dataset"] == {"uri": "mem://x", "fingerprint": "fp"}
+    assert again.manifest.dataset.to_dict() == {"uri": "mem://x", "fingerprint": "fp"}
 
 
 def test_idempotent_rewrite(tmp_path):

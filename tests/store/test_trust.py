@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from mmkd.store import FeatureStore
-from mmkd.store.format import Sample, StoreError
+from mmkd.data import Sample
+from mmkd.store.format import StoreError
 from mmkd.store.trust import compute_trust, read_trust, score_block, trust_info
 
 REPO = Path(__file__).resolve().parents[2]

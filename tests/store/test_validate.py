@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmkd.store import FeatureStore, Sample, validate_store
+from mmkd.data import Sample
+from mmkd.store import FeatureStore, validate_store
 from mmkd.store.synthetic import make_synthetic_store
 from mmkd.store.validate import EXIT_CODES
 
@@ -34,7 +35,9 @@ def _no_traceback(res) -> None:
 
 def test_sound_store_exits_0(store, run_mmkd):
     res = run_mmkd("store", "validate", store)
-    assert res.returncode == 0 and f"{store}: OK (2 teacher(s)" in res.stdout, res.stderr
+    assert res.returncode == 0 and f"{store}: OK (values not read: --deep reads them; 2 teacher(s)" in res.stdout, res.stderr
+    deep = run_mmkd("store", "validate", store, "--deep")
+    assert deep.returncode == 0 and f"{store}: OK (2 teacher(s)" in deep.stdout and "not read" not in deep.stdout
     assert validate_store(FeatureStore.open(store)).status == "sound"
 
 

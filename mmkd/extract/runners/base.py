@@ -16,12 +16,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from mmkd.extract.runners.block import WorkerConfig
 from mmkd.extract.runners.job import ExtractError, ExtractJob
 from mmkd.extract.runners.prepare import write_job_record
-from mmkd.extract.runners.summary import TeacherSummary
+from mmkd.extract.runners.summary import BlockResult, TeacherSummary
+from mmkd.jsontypes import JSONDict
 
 if TYPE_CHECKING:
     from mmkd.teachers import TeacherSpec
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BlockCallback = Callable[[dict[str, Any]], None]
+BlockCallback = Callable[[BlockResult], None]
 
 
 @dataclass
@@ -65,9 +66,9 @@ class PassResult:
         memory: what the workers held (:meth:`BlockWorker.memory` per worker).
     """
 
-    attrs: dict[str, dict[str, Any]]
+    attrs: dict[str, JSONDict]
     load_errors: dict[str, str]
-    memory: list[dict[str, Any]]
+    memory: list[JSONDict]
 
 
 class Runner(Protocol):
@@ -143,9 +144,9 @@ class BaseRunner(ABC):
             log.info("teacher %s: %d of %d blocks to do (%s runner)", spec.name, len(run.blocks), store.num_blocks,
                      self.name)
 
-        def fold(manifest: dict[str, Any]) -> None:
-            by_name[manifest["teacher"]].summary.add(manifest)
-            on_block(manifest)
+        def fold(result: BlockResult) -> None:
+            by_name[result.teacher].summary.add(result)
+            on_block(result)
 
         t0 = time.perf_counter()
         try:

@@ -23,7 +23,7 @@ import os
 import socket
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,12 +37,17 @@ from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, check_caption, conve
 from mmkd.data.remote import storage_retries
 from mmkd.extract.device_decode import DeviceJpeg, decode_batch, device_decodable
 from mmkd.extract.runners.job import ExtractError
+from mmkd.extract.runners.summary import BlockResult
+from mmkd.jsontypes import JSONDict
 from mmkd.store import FeatureStore, StoreError
 from mmkd.teachers import TeacherSpec
 from mmkd.store.content import record_block_hashes, sha256_of
 from mmkd.store.format import FEATURE_DTYPE
 
-if TYPE_CHECKING:  # torch-heavy: the Ray driver imports this module and never needs it
+if TYPE_CHECKING:  # torch-heavy: the Ray driver imports this module and never needs them
+    import torch
+
+    from mmkd.teachers import Teacher
     from mmkd.teachers.base import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -126,7 +131,7 @@ class _Slot:
     param_bytes: int
 
 
-def _param_bytes(model: Any) -> int:
+def _param_bytes(model: torch.nn.Module) -> int:
     try:
         return int(sum(p.numel() * p.element_size() for p in model.parameters()))
     except (AttributeError, TypeError):
@@ -143,7 +148,7 @@ class BlockWorker:
             its error is kept in :attr:`load_errors` and the other teachers run.
     """
 
-    def __init__(self, specs: Any, config: WorkerConfig, fail_fast: bool = True) -> None:
+    def __init__(self, specs: TeacherSpec | JSONDict | Sequence[TeacherSpec | JSONDict], config: WorkerConfig, fail_fast: bool = True) -> None:
         specs = specs if isinstance(specs, (list, tuple)) else [specs]
         self.specs = [TeacherSpec.from_dict(s) if isinstance(s, dict) else s for s in specs]
         self.config = config
@@ -171,7 +176,7 @@ class BlockWorker:
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="mmkd-decode")
         self._next: tuple[int, tuple[str, ...], tuple, deque] | None = None  # (block, teachers, rows, futures)
 
-    def _load(self, spec: Any, fail_fast: bool, tokenizers: dict[tuple, Any]) -> None:
+    def _load(self, spec: TeacherSpec, fail_fast: bool, tokenizers: dict[tuple, Any]) -> None:
         # torch, open_clip, transformers load here, in the worker: the Ray driver imports this module too
         from mmkd.teachers.loaders import load_teacher
 
@@ -210,7 +215,7 @@ class BlockWorker:
 
     # single-teacher views (a worker with one teacher, as the tests and older callers use it)
     @property
-    def spec(self) -> Any:
+    def spec(self) -> TeacherSpec:
         return self.specs[0]
 
     @property
@@ -218,18 +223,18 @@ class BlockWorker:
         return self.specs[0].name
 
     @property
-    def teacher(self) -> Any:
+    def teacher(self) -> Teacher:
         return self.slots[self.name].teacher
 
     @property
-    def attrs(self) -> dict[str, Any]:
+    def attrs(self) -> JSONDict:
         return self.slots[self.name].attrs
 
-    def teacher_attrs(self) -> dict[str, dict[str, Any]]:
+    def teacher_attrs(self) -> dict[str, JSONDict]:
         """Store attributes of every loaded teacher, by name."""
         return {name: slot.attrs for name, slot in self.slots.items()}
 
-    def memory(self) -> dict[str, Any]:
+    def memory(self) -> JSONDict:
         """What the loaded teachers hold: parameter bytes per teacher, and the device's peak when it is CUDA."""
         out: dict[str, Any] = {"params_bytes": {n: s.param_bytes for n, s in self.slots.items()}}
         if self.device.startswith("cuda"):
@@ -238,7 +243,7 @@ class BlockWorker:
             out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
         return out
 
-    def _add_teacher(self, name: str, dim: int, attrs: dict[str, Any]) -> None:
+    def _add_teacher(self, name: str, dim: int, attrs: JSONDict) -> None:
         store = self.store
         if name in store.teachers and store.done_blocks(name):
             old, now = store.attrs(name), json.loads(json.dumps(attrs))  # tuples -> lists, as stored
@@ -256,14 +261,13 @@ class BlockWorker:
         self._pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ one block
-    def run_block(self, block: int, next_block: int | None = None) -> dict[str, Any]:
-        """Extract and write ``block`` for the worker's first teacher; return its manifest (see :meth:`run_pass_block`)."""
+    def run_block(self, block: int, next_block: int | None = None) -> BlockResult:
+        """Extract and write ``block`` for the worker's first teacher; return its result (see :meth:`run_pass_block`)."""
         names = (self.name,)
-        out = self.run_pass_block(block, names, None if next_block is None else (next_block, names))
-        return out["manifests"][0]
+        return self.run_pass_block(block, names, None if next_block is None else (next_block, names))[0]
 
-    def run_pass_block(self, block: int, teachers: Any = None,
-                       next_block: tuple[int, Any] | None = None) -> dict[str, Any]:
+    def run_pass_block(self, block: int, teachers: Sequence[str] | None = None,
+                       next_block: tuple[int, Sequence[str]] | None = None) -> list[BlockResult]:
         """Extract and write ``block`` for ``teachers``, reading and decoding its images once.
 
         Args:
@@ -274,9 +278,9 @@ class BlockWorker:
                 for images at block boundaries.
 
         Returns:
-            ``{"block", "decoded", "bytes_read", "manifests"}``: images decoded and bytes read for
-            the block (once for all its teachers), and one manifest per teacher (counts, failures by
-            reason, timings; ``read_decode_s`` and ``wait_s`` are the block's shared ones).
+            one result per teacher, in ``teachers`` order (counts, failures by reason, timings;
+            ``read_decode_s`` and ``wait_s`` are the block's shared ones); the first also carries the
+            images decoded, bytes read and storage retries of the block (once for all its teachers).
         """
         t0, c0, r0 = time.perf_counter(), time.process_time(), storage_retries()
         names = self._names(teachers)
@@ -301,7 +305,7 @@ class BlockWorker:
                 for r, h in read:
                     hashes[r] = h
             prepared = [item for items, *_ in chunks for item in items]
-            shared: dict[tuple, Any] = {}  # this batch's tokens and [0, 1] pixels, once for the teachers that share them
+            shared: dict[tuple, Any] = {}  # this batch's tokens and 8-bit pixels, once for the teachers that share them
             for name in names:
                 with _blame(name):
                     self._forward(name, prepared, out[name], ids, start, shared)
@@ -309,7 +313,7 @@ class BlockWorker:
             self._prefetch(next_block[0], self._names(next_block[1]))
         # the block's image hashes recorded (or compared with those recorded) once, for every teacher of the pass
         changed = record_block_hashes(self.store, block, hashes)
-        manifests = []
+        results: list[BlockResult] = []
         for name in names:
             o = out[name]
             t = time.perf_counter()
@@ -317,21 +321,22 @@ class BlockWorker:
             with _blame(name):
                 self.store.write_block(name, block, o.image, o.text, o.valid, o.failures)
             o.timings["write_s"] += time.perf_counter() - t
-            manifests.append({
-                "teacher": name, "block": block, "rows": n, "valid": int(o.valid.sum()),
-                "failures": dict(Counter(f["reason"] for f in o.failures)),
-                "read_decode_s": timings["read_decode_s"], "wait_s": timings["wait_s"],
-                "forward_s": o.timings["forward_s"], "write_s": o.timings["write_s"],
-                "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                "device": self.device, "pid": os.getpid(), "host": socket.gethostname(),
-                "pass_teachers": len(names),
-                # the block's object-storage retries, counted once (on its first teacher)
-                "storage_retries": storage_retries() - r0 if not manifests else 0,
-            })
-        return {"block": block, "decoded": int(timings["decoded"]), "bytes_read": int(timings["bytes_read"]),
-                "manifests": manifests}
+            first = not results  # the block's decodes, bytes and object-storage retries are counted once, on it
+            results.append(BlockResult(
+                teacher=name, block=block, rows=n, valid=int(o.valid.sum()),
+                failures=dict(Counter(f["reason"] for f in o.failures)),
+                read_decode_s=timings["read_decode_s"], wait_s=timings["wait_s"],
+                forward_s=o.timings["forward_s"], write_s=o.timings["write_s"],
+                wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0,
+                device=self.device, pid=os.getpid(), host=socket.gethostname(),
+                pass_teachers=len(names),
+                storage_retries=storage_retries() - r0 if first else 0,
+                decoded=int(timings["decoded"]) if first else 0,
+                bytes_read=int(timings["bytes_read"]) if first else 0,
+            ))
+        return results
 
-    def _names(self, teachers: Any) -> tuple[str, ...]:
+    def _names(self, teachers: Sequence[str] | None) -> tuple[str, ...]:
         names = tuple(self.slots) if teachers is None else tuple(teachers)
         unknown = [n for n in names if n not in self.slots]
         if unknown:
@@ -341,7 +346,7 @@ class BlockWorker:
 
     @staticmethod
     def _fail_changed(name: str, changed: list[tuple[int, str, str]], ids: list[str], start: int,
-                      valid: np.ndarray, failures: list[dict]) -> None:
+                      valid: np.ndarray, failures: list[JSONDict]) -> None:
         """Fail, for teacher ``name``, the rows whose image bytes differ from the hashes recorded before (another
         teacher, the dataset; :func:`record_block_hashes`): their features would describe other images."""
         for row, old, new in changed:

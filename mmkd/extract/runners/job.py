@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mmkd.config import ConfigError, load_pipelines, merge_entry, resolve_path, section
+from mmkd.errors import MMKDError
+from mmkd.jsontypes import JSON, JSONDict
+
+if TYPE_CHECKING:
+    from mmkd.teachers import TeacherSpec
+
+from mmkd.config import ConfigError, Pipelines, load_pipelines, merge_entry, resolve_path, section
 from mmkd.data import open_dataset, resolve_data
 from mmkd.teachers import get_teacher_spec
 from mmkd.teachers.spec import teachers_in_scope
@@ -24,7 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 ALL_TEACHERS = "all"
 
 
-class ExtractError(RuntimeError):
+class ExtractError(MMKDError, RuntimeError):
     """An extract job cannot run as asked (bad job, dataset/store mismatch, worker failure)."""
 
 
@@ -104,7 +110,7 @@ class ExtractJob:
         self.store = "" if self.store is None else str(self.store)
         _check_job(self)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """A JSON-able copy (saved into the store with every run)."""
         out = dataclasses.asdict(self)
         if hasattr(self.data, "to_dict"):
@@ -151,11 +157,11 @@ def _check_job(job: ExtractJob) -> None:
 JOB_KEYS = tuple(f.name for f in dataclasses.fields(ExtractJob) if f.name not in ("pipeline", "name"))
 
 
-def job_from_config(cfg: dict[str, Any] | None = None, run: str | None = None, **overrides: Any) -> ExtractJob:
+def job_from_config(pipelines: Pipelines | None = None, run: str | None = None, **overrides: JSON) -> ExtractJob:
     """Build a job from a named ``extract:`` entry and/or explicit values.
 
     Args:
-        cfg: a loaded pipelines file (:func:`mmkd.config.load_pipelines`); ``None``
+        pipelines: a loaded pipelines file (:func:`mmkd.config.load_pipelines`); ``None``
             loads the one named by ``overrides["pipeline"]`` (or the default).
         run: name of an entry in the ``extract:`` section, or ``None``.
         **overrides: :class:`ExtractJob` fields; ``None`` values are ignored, so CLI
@@ -165,16 +171,16 @@ def job_from_config(cfg: dict[str, Any] | None = None, run: str | None = None, *
         ExtractError: unknown run name (the message lists the valid ones), unknown
             keys in the entry, or an invalid resulting job.
     """
-    if cfg is None:
-        cfg = load_pipelines(overrides.get("pipeline"))
+    if pipelines is None:
+        pipelines = load_pipelines(overrides.get("pipeline"))
     try:
-        values = merge_entry(cfg, "extract", run, overrides, allowed=JOB_KEYS + ("pipeline",),
+        values = merge_entry(pipelines, "extract", run, overrides, allowed=JOB_KEYS + ("pipeline",),
                              path_keys=("store",), what="extract run")
     except ConfigError as e:
         raise ExtractError(str(e)) from e
     if run is not None and isinstance(values.get("data"), (str, dict)) and "data" not in overrides:
-        values["data"] = _entry_data(cfg, run, values["data"])
-    values.setdefault("pipeline", cfg.get("_path"))
+        values["data"] = _entry_data(pipelines, run, values["data"])
+    values.setdefault("pipeline", str(Pipelines.of(pipelines).path or "") or None)
     values.setdefault("name", run)
     for key in ("data", "teachers", "store"):
         values.setdefault(key, None)
@@ -184,34 +190,34 @@ def job_from_config(cfg: dict[str, Any] | None = None, run: str | None = None, *
         raise ExtractError(f"bad extract job values {sorted(values)}: {e}") from e
 
 
-def _entry_data(cfg: dict[str, Any], run: str, value: Any) -> Any:
+def _entry_data(pipelines: Pipelines, run: str, value: JSON) -> JSON:
     """An entry's ``data:``: a declared name stays a name; paths resolve against the declaring file."""
     if isinstance(value, str):
-        return value if value in section(cfg, "datasets") else str(resolve_path(cfg, value, section="extract", entry=run))
-    return resolve_data(value, cfg, base=resolve_path(cfg, ".", section="extract", entry=run))
+        return value if value in section(pipelines, "datasets") else str(resolve_path(pipelines, value, section="extract", entry=run))
+    return resolve_data(value, pipelines, base=resolve_path(pipelines, ".", section="extract", entry=run))
 
 
-def resolve_teachers(job: ExtractJob, cfg: dict[str, Any]) -> list[Any]:
+def resolve_teachers(job: ExtractJob, pipelines: Pipelines) -> list[TeacherSpec]:
     """The job's teacher specs, in the order given (``all`` = every declared teacher).
 
     Raises:
         UnknownTeacherError: a name is not declared (the message lists the valid names).
     """
     if ALL_TEACHERS in job.teachers:
-        specs = list(teachers_in_scope(cfg).values())  # the user's own teachers, else every shipped one
+        specs = list(teachers_in_scope(pipelines).values())  # the user's own teachers, else every shipped one
         if not specs:
-            raise ExtractError(f"--all-teachers: no teachers declared in {cfg.get('_path')}")
+            raise ExtractError(f"--all-teachers: no teachers declared in {Pipelines.of(pipelines).where}")
         return specs
-    return [get_teacher_spec(name, cfg) for name in dict.fromkeys(job.teachers)]
+    return [get_teacher_spec(name, pipelines) for name in dict.fromkeys(job.teachers)]
 
 
-def resolve_dataset(job: ExtractJob, cfg: dict[str, Any]):
+def resolve_dataset(job: ExtractJob, pipelines: Pipelines):
     """Open the job's dataset (a ``datasets:`` name, a path, or a spec) with the job's ``on_bad_row``.
 
     Raises:
         DatasetError: the dataset cannot be opened, or ``data`` names nothing (the message says why).
     """
-    ds = open_dataset(resolve_data(job.data, cfg))
+    ds = open_dataset(resolve_data(job.data, pipelines))
     if hasattr(ds, "on_bad_row"):  # a run policy, not part of the dataset spec
         ds.on_bad_row = job.on_bad_row
     return ds

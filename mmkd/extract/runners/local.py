@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mmkd.extract.runners.base import BaseRunner, BlockCallback, PassResult, check_loaded, pass_queue
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig
@@ -28,10 +28,8 @@ class LocalRunner(BaseRunner):
             todo = check_loaded(todo, worker.load_errors, fail_fast)
             queue = pass_queue(todo)
             for i, (block, names) in enumerate(queue):
-                out = worker.run_pass_block(block, names, queue[i + 1] if i + 1 < len(queue) else None)
-                for manifest in out["manifests"]:
-                    on_block({**manifest, "decoded": out["decoded"] if manifest is out["manifests"][0] else 0,
-                              "bytes_read": out["bytes_read"] if manifest is out["manifests"][0] else 0})
+                for result in worker.run_pass_block(block, names, queue[i + 1] if i + 1 < len(queue) else None):
+                    on_block(result)
             return PassResult(worker.teacher_attrs(), dict(worker.load_errors), [worker.memory()])
         finally:
             worker.close()

@@ -14,10 +14,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmkd.extract.runners.job import ExtractError
 from mmkd.teachers.weights import repo_cache_path, resolve_checkpoint
+
+if TYPE_CHECKING:
+    from mmkd.teachers import TeacherSpec
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class Pass:
         return sum(self.need.values())
 
 
-def weights_bytes(spec: Any) -> int:
+def weights_bytes(spec: TeacherSpec) -> int:
     """Bytes of the teacher's weights on disk (about 4 per parameter), or the ViT-B/16 default when unknown."""
 
     try:
@@ -58,7 +61,7 @@ def weights_bytes(spec: Any) -> int:
         return DEFAULT_WEIGHTS_BYTES
 
 
-def teacher_memory(spec: Any, batch_size: int) -> int:
+def teacher_memory(spec: TeacherSpec, batch_size: int) -> int:
     """Device bytes the teacher needs: its declared ``memory``, else weights + one batch of activations."""
     if spec.memory is not None:
         return int(spec.memory * GIB)
@@ -84,7 +87,7 @@ def device_capacity(gpu_memory: float | None, device: str) -> int | None:
     return None
 
 
-def plan_passes(specs: list[Any], batch_size: int, capacity: int | None) -> list[Pass]:
+def plan_passes(specs: list[TeacherSpec], batch_size: int, capacity: int | None) -> list[Pass]:
     """Pack teachers into passes whose teachers fit one worker's device together.
 
     Raises:

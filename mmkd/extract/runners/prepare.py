@@ -14,15 +14,15 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 from mmkd.config import as_path, is_remote
-from mmkd.data.base import parse_fingerprint
+from mmkd.data import Dataset
 from mmkd.extract.runners.job import ExtractError, ExtractJob
+from mmkd.jsontypes import JSONDict
 from mmkd.store import FeatureStore, StoreError
-from mmkd.store.dataset import short_fingerprint
 from mmkd.store import format as fmt
 from mmkd.store.format import atomic_write_json
+from mmkd.store.manifest import check_dataset
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,12 @@ def store_exists(store: str | os.PathLike) -> bool:
     return fmt.probe(path / fmt.MANIFEST) is not None
 
 
-def absolute(path: Any) -> str:
+def absolute(path: str | os.PathLike) -> str:
     """``path`` as workers on other machines open it: an absolute local path, or the URL as is."""
     return str(path) if is_remote(path) else str(Path(path).resolve())
 
 
-def open_or_create_store(job: ExtractJob, ds: Any):
+def open_or_create_store(job: ExtractJob, ds: Dataset) -> tuple[FeatureStore, bool]:
     """Open the job's store, or create it from the dataset's samples.
 
     Returns:
@@ -81,31 +81,12 @@ def open_or_create_store(job: ExtractJob, ds: Any):
     return store, False
 
 
-def _check_same_dataset(store: Any, ds: Any, fp: str, job: ExtractJob) -> None:
-    recorded = store.manifest.get("dataset", {})
-    old_fp, old_uri = recorded.get("fingerprint", ""), recorded.get("uri", "")
-    if old_fp == fp:
-        if old_uri != ds.uri:
-            log.info("dataset moved: store %s was made from %s, now reading the same samples at %s",
-                     store.path, old_uri, ds.uri)
-        return
-    old_limit, _ = parse_fingerprint(old_fp)
-    new_limit = job.limit
+def _check_same_dataset(store: FeatureStore, ds: Dataset, fp: str, job: ExtractJob) -> None:
     fix = f"extract into a new --store, or delete {store.path} to rebuild it"
-    if old_limit != new_limit:
-        def said(n: int | None) -> str:
-            return "all samples" if n is None else f"the first {n} samples (--limit {n})"
-        raise ExtractError(
-            f"store {store.path} holds {said(old_limit)} of {old_uri}, but this run asks for {said(new_limit)}; "
-            f"rerun with {'no --limit' if old_limit is None else f'--limit {old_limit}'}, or {fix}")
-    where = f"dataset {ds.uri}" if old_uri == ds.uri else f"dataset {ds.uri} (the store was made from {old_uri})"
-    raise ExtractError(
-        f"{where} does not match store {store.path}: dataset fingerprint {short_fingerprint(fp)} != recorded {short_fingerprint(old_fp)} "
-        f"(samples were added, removed, reordered or edited since the store was created); rows would no longer "
-        f"line up with their samples: {fix}")
+    check_dataset(store.path, store.manifest.dataset, ds.uri, fp, fix=fix, error=ExtractError)
 
 
-def write_job_record(store_path: str | Path, teacher: str, record: dict[str, Any], stamp: str) -> Path:
+def write_job_record(store_path: str | Path, teacher: str, record: JSONDict, stamp: str) -> Path:
     """Save the resolved job (and later its summary) as ``<store>/_jobs/<stamp>-<teacher>.json``."""
     path = as_path(store_path) / JOBS_DIR / f"{stamp}-{teacher}.json"
     atomic_write_json(path, {"host": socket.gethostname(), "pid": os.getpid(), **record})

@@ -5,8 +5,8 @@ together: :mod:`mmkd.extract.runners.placement`), the dataset spec and the store
 path, loads the models itself once, and per task gets only a block id and the names
 of the teachers that still need it: it reads the block's images once, runs every
 such teacher on the same decoded batch (:meth:`BlockWorker.run_pass_block`), writes
-the rows itself and returns small manifests. The driver hands out block ids and
-collects manifests; no features travel through the object store.
+the rows itself and returns small block results. The driver hands out block ids and
+collects those; no features travel through the object store.
 
 Faults are left to Ray where Ray handles them: a dead actor is restarted by Ray
 (``max_restarts``) and the block it was running is retried on it
@@ -30,6 +30,7 @@ exactly as if it had run once. What Ray cannot know is handled here:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -43,6 +44,8 @@ import ray
 from mmkd.extract.runners.base import BaseRunner, BlockCallback, PassResult, check_loaded, pass_queue
 from mmkd.extract.runners.block import BlockWorker, WorkerConfig, failed_teacher
 from mmkd.extract.runners.job import ExtractError
+from mmkd.extract.runners.summary import BlockResult
+from mmkd.jsontypes import JSONDict
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -71,9 +74,9 @@ class BlockActor:
     def __init__(self, config: WorkerConfig, name: str) -> None:
         self.config, self.name = config, name
         self.worker: BlockWorker | None = None
-        self._specs: list[dict[str, Any]] | None = None
+        self._specs: list[JSONDict] | None = None
 
-    def load(self, specs: list[dict[str, Any]], fail_fast: bool = True) -> dict[str, Any]:
+    def load(self, specs: list[JSONDict], fail_fast: bool = True) -> JSONDict:
         if self.worker is None or self._specs != specs:
             if self.worker is not None:
                 self.worker.close()
@@ -83,13 +86,12 @@ class BlockActor:
         return {"actor": self.name, "pid": os.getpid(), "device": self.worker.device,
                 "load_errors": dict(self.worker.load_errors), "memory": self.worker.memory()}
 
-    def run_block(self, specs: list[dict[str, Any]], block: int, teachers: list[str],
-                  next_block: tuple[int, list[str]] | None = None, fail_fast: bool = True) -> dict[str, Any]:
+    def run_block(self, specs: list[JSONDict], block: int, teachers: list[str],
+                  next_block: tuple[int, list[str]] | None = None, fail_fast: bool = True) -> list[BlockResult]:
         self.load(specs, fail_fast)
-        out = self.worker.run_pass_block(block, teachers, next_block)
-        return {**out, "manifests": [{**m, "actor": self.name} for m in out["manifests"]]}
+        return [dataclasses.replace(r, actor=self.name) for r in self.worker.run_pass_block(block, teachers, next_block)]
 
-    def store_attrs(self, specs: list[dict[str, Any]], fail_fast: bool = True) -> dict[str, dict[str, Any]]:
+    def store_attrs(self, specs: list[JSONDict], fail_fast: bool = True) -> dict[str, JSONDict]:
         self.load(specs, fail_fast)
         return self.worker.teacher_attrs()
 
@@ -337,7 +339,7 @@ class RayRunner(BaseRunner):
                                f"from a Ray worker failed: {_root_cause(e)}; rerun the same command to finish") from e
         return PassResult(attrs, errors, [{**i["memory"], "actor": i["actor"]} for i in info])
 
-    def _schedule(self, who: _PassName, payload: list[dict[str, Any]], blocks: list[tuple[int, tuple[str, ...]]],
+    def _schedule(self, who: _PassName, payload: list[JSONDict], blocks: list[tuple[int, tuple[str, ...]]],
                   on_block: BlockCallback, fail_fast: bool) -> None:
         queue, idle = deque(blocks), deque(range(len(self._actors)))
         inflight: dict[ObjectRef, tuple[int, tuple]] = {}
@@ -375,9 +377,8 @@ class RayRunner(BaseRunner):
                 continue
             idle.append(i)
             self._done_blocks += 1
-            for k, manifest in enumerate(out["manifests"]):
-                on_block({**manifest, "decoded": out["decoded"] if k == 0 else 0,
-                          "bytes_read": out["bytes_read"] if k == 0 else 0})
+            for result in out:
+                on_block(result)
 
 
 def _describe_nodes() -> str:

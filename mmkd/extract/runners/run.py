@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mmkd.config import is_remote, load_pipelines
 from mmkd.extract.runners.base import BlockCallback, Runner, TeacherRun, blocks_to_do
@@ -15,11 +15,17 @@ from mmkd.extract.runners.job import ExtractError, ExtractJob, resolve_dataset, 
 from mmkd.extract.runners.local import LocalRunner
 from mmkd.extract.runners.placement import device_capacity, plan_passes
 from mmkd.extract.runners.prepare import absolute, open_or_create_store, store_exists, utc_stamp, write_job_record
-from mmkd.extract.runners.summary import ExtractSummary, TeacherSummary
-from mmkd.teachers import weights_status
+from mmkd.extract.runners.summary import BlockResult, ExtractSummary, TeacherSummary
+from mmkd.teachers import TeacherSpec, weights_status
 from mmkd.teachers.weights import hub_offline, missing_weights_error
 from mmkd.store import FeatureStore, StoreError
 from mmkd.store.locks import TeacherLocked, teacher_lock_holders, teacher_locks
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from mmkd.data import Dataset
+    from mmkd.extract.runners.placement import Pass
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +79,7 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
         raise ExtractError(str(e)) from None
 
 
-def _drop_if_empty(store: Any) -> None:
+def _drop_if_empty(store: FeatureStore) -> None:
     """Remove a store this run created when it failed before any block was done (the first teacher could not
     start: a hub that cannot be reached, a wrong ``dim``), unless another extract is using it meanwhile. On
     object storage too: every object under the store's prefix is deleted."""
@@ -97,8 +103,9 @@ def _drop_if_empty(store: Any) -> None:
     log.info("removed store %s: it was created by this run and holds no finished block", store.path)
 
 
-def _run_locked(job: ExtractJob, specs: list[Any], ds: Any, store: Any, created: bool, progress: bool,
-                on_block: BlockCallback | None, t0: float, passes: list[Any], capacity: Any) -> ExtractSummary:
+def _run_locked(job: ExtractJob, specs: list[TeacherSpec], ds: Dataset, store: FeatureStore, created: bool,
+                progress: bool, on_block: BlockCallback | None, t0: float, passes: list[Pass],
+                capacity: int | None) -> ExtractSummary:
     stamp = utc_stamp()
     todo = {s.name: blocks_to_do(store, s.name, job.overwrite) for s in specs}
     summary = ExtractSummary(store=str(store.path), dataset=ds.uri, runner=job.runner, created_store=created,
@@ -137,23 +144,23 @@ def _run_locked(job: ExtractJob, specs: list[Any], ds: Any, store: Any, created:
     return summary
 
 
-def _fan_out(summary: ExtractSummary, bar: Any, on_block: BlockCallback | None) -> BlockCallback:
+def _fan_out(summary: ExtractSummary, bar: tqdm | None, on_block: BlockCallback | None) -> BlockCallback:
     start = time.perf_counter()
 
-    def callback(manifest: dict[str, Any]) -> None:  # the runner has folded it into its teacher's summary already
-        summary.decoded += manifest.get("decoded", 0)
-        summary.bytes_read += manifest.get("bytes_read", 0)
+    def callback(result: BlockResult) -> None:  # the runner has folded it into its teacher's summary already
+        summary.decoded += result.decoded
+        summary.bytes_read += result.bytes_read
         if bar is not None:
             bar.update(1)
             rows = sum(t.rows for t in summary.teachers)
             rate = rows / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix_str(f"{manifest['teacher']} {rate:.1f} teacher-rows/s")
+            bar.set_postfix_str(f"{result.teacher} {rate:.1f} teacher-rows/s")
         if on_block is not None:
-            on_block(manifest)
+            on_block(result)
     return callback
 
 
-def _progress_bar(total: int) -> Any:
+def _progress_bar(total: int) -> tqdm:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="block", desc="extract", dynamic_ncols=True)
@@ -168,7 +175,7 @@ def _make_runner(job: ExtractJob, stamp: str) -> Runner:
                      run_id=f"{stamp[:15]}-{os.getpid()}", liveness_timeout=job.liveness_timeout)
 
 
-def _precheck_weights(job: ExtractJob, specs: list[Any]) -> None:
+def _precheck_weights(job: ExtractJob, specs: list[TeacherSpec]) -> None:
     """Fail on the driver, before any worker starts, when weights are absent here.
 
     Skipped when joining a remote Ray cluster, whose nodes may hold weights this

@@ -5,9 +5,53 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+
+from mmkd.jsontypes import JSONDict
 
 STAGES = ("read_decode_s", "wait_s", "forward_s", "write_s")
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """What a worker returns for one block it extracted and wrote (no features: those are in the store).
+
+    Attributes:
+        teacher, block: which block of which teacher.
+        rows, valid: rows in the block, and those with features.
+        failures: bad samples by reason.
+        read_decode_s, wait_s, forward_s, write_s: seconds per stage (:data:`STAGES`).
+        wall_s, cpu_s: wall and CPU seconds of the block.
+        device, pid, host: where it ran.
+        actor: the Ray actor's name (``""`` in the local runner).
+        storage_retries: object-storage requests the client libraries retried (throttled or dropped).
+        pass_teachers: teachers of the pass that shared this block's decoded images.
+        decoded, bytes_read: images decoded and image bytes read for the block; one pass reads a
+            block once for all its teachers, so only the block's first result carries them
+            (the others say 0), as with ``storage_retries``.
+    """
+
+    teacher: str
+    block: int
+    rows: int
+    valid: int
+    failures: dict[str, int]
+    read_decode_s: float
+    wait_s: float
+    forward_s: float
+    write_s: float
+    wall_s: float
+    cpu_s: float
+    device: str
+    pid: int
+    host: str
+    actor: str = ""
+    storage_retries: int = 0
+    pass_teachers: int = 1
+    decoded: int = 0
+    bytes_read: int = 0
+
+    def to_dict(self) -> JSONDict:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -52,19 +96,19 @@ class TeacherSummary:
     error: str | None = None
     _pids: set = field(default_factory=set, repr=False)
 
-    def add(self, manifest: dict[str, Any]) -> None:
-        """Fold one block manifest in."""
+    def add(self, block: BlockResult) -> None:
+        """Fold one block's result in."""
         self.blocks_run += 1
-        self.rows += manifest["rows"]
-        self.valid += manifest["valid"]
-        self.failures = dict(Counter(self.failures) + Counter(manifest["failures"]))
-        self.cpu_s += manifest["cpu_s"]
+        self.rows += block.rows
+        self.valid += block.valid
+        self.failures = dict(Counter(self.failures) + Counter(block.failures))
+        self.cpu_s += block.cpu_s
         for s in STAGES:
-            self.stages[s] += manifest[s]
-        if manifest["device"] not in self.devices:
-            self.devices.append(manifest["device"])
-        self.storage_retries += int(manifest.get("storage_retries", 0))
-        self._pids.add((manifest["host"], manifest["pid"]))
+            self.stages[s] += getattr(block, s)
+        if block.device not in self.devices:
+            self.devices.append(block.device)
+        self.storage_retries += block.storage_retries
+        self._pids.add((block.host, block.pid))
         self.workers = len(self._pids)
 
     @property
@@ -87,7 +131,7 @@ class TeacherSummary:
         than it computed, else ``forward``."""
         return "decode" if self.stages["wait_s"] > self.stages["forward_s"] else "forward"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
         d.update(rows_per_s=self.rows_per_s, decode_per_core_s=self.decode_per_core_s,
                  forward_per_s=self.forward_per_s, wall_side=self.wall_side)
@@ -126,7 +170,7 @@ class ExtractSummary:
     bad_rows: int = 0
     decoded: int = 0
     bytes_read: int = 0
-    placement: list[dict[str, Any]] = field(default_factory=list)
+    placement: list[JSONDict] = field(default_factory=list)
 
     @property
     def noop(self) -> bool:
@@ -146,7 +190,7 @@ class ExtractSummary:
     def failures(self) -> dict[str, int]:
         return dict(sum((Counter(t.failures) for t in self.teachers), Counter()))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return {"store": self.store, "dataset": self.dataset, "runner": self.runner,
                 "created_store": self.created_store, "num_samples": self.num_samples, "noop": self.noop,
                 "rows": self.rows, "failures": self.failures, "bad_rows": self.bad_rows, "wall_s": self.wall_s,
@@ -210,7 +254,7 @@ class ExtractSummary:
                 f"store; listed in {self.store}/_failures/dataset.parquet (`mmkd store info {self.store}`)")
 
 
-def _placement_line(p: dict[str, Any]) -> str:
+def _placement_line(p: JSONDict) -> str:
     gib = 1 << 30
     cap = f" of {p['capacity_bytes'] / gib:.1f} GiB" if p.get("capacity_bytes") else ""
     held = [m.get("cuda_max_allocated_bytes") or sum(m.get("params_bytes", {}).values()) for m in p.get("memory", [])]
