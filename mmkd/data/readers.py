@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mmkd.config import Pipelines, StorageOptions, as_path, expand, is_remote, is_url, resolve_path, section
 from mmkd.data.base import REF_SEP, Dataset, DatasetError, natural_key, resolved
+from mmkd.data.remote import storage_error
 from mmkd.data.sample import Sample
 from mmkd.data.spec import DatasetSpec
 from mmkd.data.parquet import ParquetDataset
@@ -124,19 +125,26 @@ def open_dataset(path: str | os.PathLike | Mapping[str, JSON] | DatasetSpec, for
         if format:
             extra["format"] = format
         spec = DatasetSpec.parse({**base, **extra})
-    fmt = spec.format or detect_format(spec.path, spec.storage_options)
-    if fmt not in FORMATS:
-        raise DatasetError(f"unknown dataset format {fmt!r}; valid formats: {sorted(FORMATS)}")
-    cls = FORMATS[fmt]
-    kwargs = spec.reader_kwargs(fmt)
-    if on_bad_row is not None:
-        kwargs["on_bad_row"] = on_bad_row
     try:
-        if issubclass(cls, TableDataset):
-            return _open_table(cls, as_path(spec.path, spec.storage_options), kwargs)
-        return cls(spec.path, **kwargs)
-    except TypeError as e:
-        raise DatasetError(f"bad options {sorted(kwargs)} for {fmt} dataset {spec.path!r}: {e}") from e
+        fmt = spec.format or detect_format(spec.path, spec.storage_options)
+        if fmt not in FORMATS:
+            raise DatasetError(f"unknown dataset format {fmt!r}; valid formats: {sorted(FORMATS)}")
+        cls = FORMATS[fmt]
+        kwargs = spec.reader_kwargs(fmt)
+        if on_bad_row is not None:
+            kwargs["on_bad_row"] = on_bad_row
+        try:
+            if issubclass(cls, TableDataset):
+                return _open_table(cls, as_path(spec.path, spec.storage_options), kwargs)
+            return cls(spec.path, **kwargs)
+        except TypeError as e:
+            raise DatasetError(f"bad options {sorted(kwargs)} for {fmt} dataset {spec.path!r}: {e}") from e
+    except DatasetError:
+        raise
+    except Exception as e:  # on object storage: botocore/aiohttp/gcsfs raise many types, all "cannot reach"
+        if not is_url(spec.path):
+            raise
+        raise DatasetError(f"dataset {spec.path}: {storage_error(spec.path, e)}") from e
 
 
 def _open_table(cls: type[Dataset], path: Path, options: JSONDict) -> Dataset:

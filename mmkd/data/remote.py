@@ -27,6 +27,15 @@ _count = 0
 _installed = False
 
 
+
+def storage_error(path: object, e: BaseException) -> str:
+    """One line for a failed object-storage call: the URL, the provider's error, what to check (never a secret)."""
+    detail = str(e).splitlines()[0] if str(e) else ""
+    if isinstance(e, FileNotFoundError):
+        detail = f"bucket not found: {detail}"
+    return (f"{path} cannot be reached ({type(e).__name__}: {detail}); check the bucket name, the endpoint "
+            "(AWS_ENDPOINT_URL or storage_options) and the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE)")
+
 class _RetryCounter(logging.Handler):
     def __init__(self, prefixes: tuple[str, ...], passthrough_level: int) -> None:
         super().__init__(logging.DEBUG)

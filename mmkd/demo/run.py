@@ -43,7 +43,7 @@ from mmkd.jsontypes import JSON, JSONDict
 from mmkd.demo.corpus import make_batch, write_eval_set, write_jsonl_dataset
 from mmkd.demo.experts import PREPROCESS_CFG, ExpertSpec, expert_job, teacher_spec
 from mmkd.demo.report import summarize, write_summary
-from mmkd.demo.students import student_job
+from mmkd.demo.students import student_job, warm_job
 from mmkd.demo.tasks import task_summary, write_task_sets
 from mmkd.eval.runner import EvalConfig, evaluate
 from mmkd.extract import ExtractJob, run_extract
@@ -148,14 +148,19 @@ def train_students(out: Path, cfg: DemoConfig, store: str, progress: Progress | 
     with _pool(cfg) as pool:
         base = _distill_settings(cfg)
         t0 = time.perf_counter()
-        stage1, imported = pool.submit(student_job, store, str(runs / "stage1"), str(student), base, 1,
-                                       cfg.stage1_steps, cfg.batch_size, cfg.threads or threads * cfg.jobs,
-                                       {}).result()
+        first = pool.submit(student_job, store, str(runs / "stage1"), str(student), base, 1, cfg.stage1_steps,
+                            cfg.batch_size, cfg.threads or threads * cfg.jobs, {})
+        # the pool's other processes start and import while stage 1 trains (it leaves most of a core idle:
+        # tiny models use a second thread poorly), not after it, when every student waits for them
+        warm = [pool.submit(warm_job) for _ in range(cfg.jobs - 1)]
+        stage1, imported = first.result()
         if progress is not None:
             progress(f"  student stage1 trained (+{time.perf_counter() - t0:.0f}s)")
-        exports, loaded = {"stage1": stage1}, {"stage1": imported}
+        exports, loaded = {"stage1": stage1}, {"stage1": imported, "pool warm-up": any(w.result() for w in warm)}
         futures = {}
-        for name, settings in student_runs(cfg).items():
+        # the KD runs (which also read teacher features) first, the no-KD baseline last: the pool ends sooner
+        runs_by_cost = sorted(student_runs(cfg).items(), key=lambda item: item[1].get("kd") is None)
+        for name, settings in runs_by_cost:
             settings = dict(settings)
             kd = settings.pop("kd")
             futures[name] = pool.submit(student_job, store, str(runs / name), str(student), base, 2 if kd else 1,
@@ -163,6 +168,7 @@ def train_students(out: Path, cfg: DemoConfig, store: str, progress: Progress | 
                                         {"kd": kd, "init": str(runs / "stage1"), **settings})
         for name, (export, imported) in _finished(futures, "student", progress).items():
             exports[name], loaded[name] = export, imported
+        exports = {"stage1": exports["stage1"], **{n: exports[n] for n in student_runs(cfg)}}  # the config's order
     bad = sorted(n for n, v in loaded.items() if v)
     if bad:
         raise RuntimeError(f"distill runs {bad} imported the teacher registry; the student must never see a teacher")

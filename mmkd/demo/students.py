@@ -47,3 +47,16 @@ def student_job(store: str, out: str, student: str, base: dict[str, Any], stage:
     torch.set_num_threads(threads)
     export = distill_run(store, Path(out), student, stage, steps, base, batch_size=batch_size, **settings)
     return export, "mmkd.teachers" in sys.modules
+
+
+def warm_job() -> bool:
+    """Import what a distill run imports (the recipe, open_clip, matplotlib for the loss curve) in a pool process
+    before its first run; returns whether the process imported a teacher (it must not)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import open_clip  # noqa: F401
+
+    return "mmkd.teachers" in sys.modules
+

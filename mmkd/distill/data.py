@@ -45,6 +45,7 @@ from mmkd.distill.images import FastImages
 from mmkd.errors import DistillError
 from mmkd.jsontypes import JSONDict
 from mmkd.store import FeatureStore, chunk_shuffled_batches, num_batches
+from mmkd.store.sampler import fetched_ahead
 from mmkd.store.content import has_hashes, recorded_hashes, sha256_of
 from mmkd.store.dataset import open_store_dataset
 from mmkd.store.images import ImageCache, find_image_cache
@@ -52,6 +53,7 @@ from mmkd.store.masks import untrainable_rows
 from mmkd.store.trust import has_trust, read_trust
 
 logger = logging.getLogger(__name__)
+READ_AHEAD_BATCHES = 16  # object storage: batches whose feature blocks are fetched ahead of the one trained on
 
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -283,17 +285,18 @@ class StoreBatches(IterableDataset):
             self.n, self.block_size, s.batch_size, seed=s.seed, epoch=epoch, rank=s.rank,
             world_size=s.world_size, worker_id=wid, num_workers=nw, buffer_blocks=s.buffer_blocks,
             start_batch=self.start_batch, exclude=self.exclude)
-        ahead = s.with_features and is_remote(as_path(s.store))
-        it = iter(batches)
-        nxt = next(it, None)
-        while nxt is not None:
-            rows, nxt = np.asarray(nxt, dtype=np.int64), next(it, None)
-            if ahead and nxt is not None:
-                # object storage: fetch the next batch's feature blocks while this one is built and trained on
-                store = self._open()["store"]
+        if s.with_features and is_remote(as_path(s.store)):
+            # object storage: the feature blocks of the batches READ_AHEAD_BATCHES ahead are fetched in the
+            # background while this one is built and trained on
+            store = self._open()["store"]
+
+            def fetch(rows: np.ndarray) -> None:
                 for t in s.teachers:
-                    store.read_ahead(t, nxt, ("image", "text", "valid"))
-            yield self.load(rows, epoch)
+                    store.read_ahead(t, rows, ("image", "text", "valid"))
+
+            batches = fetched_ahead(batches, fetch, READ_AHEAD_BATCHES)
+        for rows in batches:
+            yield self.load(np.asarray(rows, dtype=np.int64), epoch)
 
     def load(self, rows: np.ndarray, epoch: int | None = None) -> dict[str, Any]:
         """Build the batch for ``rows`` of ``epoch`` (default: the one set; see the class docstring)."""

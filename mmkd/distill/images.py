@@ -1,39 +1,51 @@
-"""The student's image path: JPEG decoded at a DCT-reduced size, cropped and resized in one PIL call,
-normalised as one batch.
+"""The student's image path: a JPEG decoded at the smallest DCT scale that still covers the crop, cropped and
+resized by one antialiased uint8 kernel, normalised as one batch.
 
 open_clip builds the student's transforms as ``RandomResizedCrop -> RGB -> ToTensor -> Normalize``
 (train) or ``Resize(shortest) -> CenterCrop -> RGB -> ToTensor -> Normalize`` (eval). Run as is,
 each image is decoded in full (~1.2 MP for a typical figure) only to be shrunk to 224 px.
 :class:`FastImages` recognises those two shapes and does the same work cheaper:
 
-1. the crop box is drawn from the image *header* with the transform's own ``get_params``, under
-   the same per-row seed, so a row gets the same crop box as the plain transform gives it;
-2. the JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8; Pillow's ``draft``, the
-   mechanism of ``mmkd extract --decode reduced``) that still leaves the crop box at least the
-   student's size, so nothing is upsampled that the plain path would not upsample;
-3. crop and resize are one ``Image.resize(box=...)`` with the transform's filter;
-4. ``ToTensor`` + ``Normalize`` run once on the stacked uint8 batch.
+1. the crop box is drawn from the image *header* with the same torch RNG calls, in the same order,
+   as the transform's ``RandomResizedCrop.get_params`` (:func:`crop_params`, tested box for box
+   against it), under the same per-row seed, so a row gets the same crop box as the plain transform
+   gives it;
+2. a JPEG is decoded by libjpeg-turbo (``simplejpeg``) at the smallest scale M/8 (M = 1..8, the
+   IDCT's own scaled outputs) that still leaves the crop box at least the student's size, so nothing
+   is upsampled that the plain path would not upsample, and the resize that follows shrinks by less
+   than M/(M-1) (for M > 1) where Pillow's ``draft`` (1/2, 1/4, 1/8 only) left up to 2x; other formats, CMYK JPEGs and JPEGs libjpeg-turbo's strict mode
+   refuses go through Pillow (``draft`` at 1/2, 1/4, 1/8), which also names what is wrong with a
+   damaged file;
+3. the crop box is rounded to whole pixels of the decoded image, cut out, and resized by torch's uint8
+   antialiased kernel with the transform's filter (bicubic: Pillow's a = -0.5 kernel and support; within
+   2 grey levels of Pillow's crop-then-resize, which is what torchvision's ``resized_crop`` does to a PIL
+   image, and several times faster);
+4. ``ToTensor`` + ``Normalize`` run once on the stacked uint8 batch (one float conversion and an
+   in-place scale per batch).
 
-Pixels differ slightly from the plain path (the DCT scaling is a different low-pass filter than
-bicubic): the same trade extract's ``--decode reduced`` makes, measured in docs/distill-data.md.
-Any other transform (custom augmentations) returns ``None`` from :meth:`FastImages.plan` and the
-plain per-image path runs unchanged.
+Pixels differ slightly from the plain path: the DCT scaling is a different low-pass filter than
+bicubic, and the rounded box moves the crop by less than half a decoded pixel; measured in
+docs/distill-data.md and held by tests/distill/test_data.py and test_images.py. Any other transform (custom
+augmentations) returns ``None`` from :meth:`FastImages.plan` and the plain per-image path runs
+unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import simplejpeg
 import torch
-from PIL import Image
+import torch.nn.functional as F
 
-from mmkd.data.images import BadSample, load_image, open_image
+from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, load_image, open_image
 
-_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-            "nearest": Image.Resampling.NEAREST}
+# the transform's filter -> torch's interpolate mode and antialias flag; "nearest-exact" is Pillow's NEAREST
+_FILTERS = {"bicubic": ("bicubic", True), "bilinear": ("bilinear", True), "nearest": ("nearest-exact", False)}
 
 
 @dataclass
@@ -43,16 +55,17 @@ class FastImages:
     Attributes:
         size: output (height, width).
         mean, std: per-channel normalisation.
-        crop: the train transform's ``RandomResizedCrop`` (its ``get_params`` draws the box); ``None``
-            for the eval shape (shortest-side resize + centre crop).
-        resample: the PIL filter of the transform's resize.
+        crop: the train transform's ``RandomResizedCrop`` (its scale and ratio ranges); ``None`` for the
+            eval shape (shortest-side resize + centre crop).
+        resample: torch's interpolate mode for the transform's filter (``bicubic``, ``bilinear``,
+            ``nearest-exact``).
     """
 
     size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop: object | None
-    resample: int
+    resample: str
 
     @classmethod
     def plan(cls, transform: Callable) -> FastImages | None:
@@ -91,8 +104,7 @@ class FastImages:
         does on an image of that size."""
         w, h = size
         if self.crop is not None:
-            # get_params reads only the dimensions: an expanded 1-element tensor has them, for free
-            i, j, ch, cw = self.crop.get_params(torch.empty(1).expand(3, h, w), self.crop.scale, self.crop.ratio)
+            i, j, ch, cw = crop_params(h, w, self.crop.scale, self.crop.ratio)
             return float(j), float(i), float(j + cw), float(i + ch)
         side = self.size[0]
         short, long_ = (w, h) if w <= h else (h, w)
@@ -113,45 +125,147 @@ class FastImages:
         Raises:
             BadSample: the image cannot be read (as :func:`mmkd.data.images.decode_image`).
         """
-        img = open_image(data)
-        full = img.size
+        oh, ow = self.size
+        full, pixels = _jpeg_size(data), None
+        if full is not None:
+            box = self._source_box(full, source_size)
+            pixels = _decode_jpeg(data, full, box, (ow, oh))
+        if pixels is None:
+            # not a JPEG libjpeg-turbo decodes to RGB, or one it refuses: Pillow decodes it or names the damage
+            img = open_image(data)
+            if full is None:
+                full = img.size
+                box = self._source_box(full, source_size)
+            reduce = min((box[2] - box[0]) / ow, (box[3] - box[1]) / oh)
+            if img.format == "JPEG" and reduce >= 2:
+                img.draft(None, (math.ceil(full[0] / reduce), math.ceil(full[1] / reduce)))
+            pixels = np.asarray(load_image(img, data, "RGB"))
+        sx, sy = full[0] / pixels.shape[1], full[1] / pixels.shape[0]
+        return _resized_crop(pixels, (box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy), self.size, self.resample)
+
+    def _source_box(self, full: tuple[int, int], source_size: tuple[int, int] | None) -> tuple[float, ...]:
+        """The crop box (drawn now) in the pixels of an image of size ``full``, drawn in ``source_size``'s frame."""
         frame = source_size or full
         left, top, right, bottom = self.box(frame)
         fx, fy = full[0] / frame[0], full[1] / frame[1]
-        left, top, right, bottom = left * fx, top * fy, right * fx, bottom * fy
-        oh, ow = self.size
-        reduce = min((right - left) / ow, (bottom - top) / oh)
-        if img.format == "JPEG" and reduce >= 2:
-            img.draft(None, (math.ceil(full[0] / reduce), math.ceil(full[1] / reduce)))
-        img = load_image(img, data, "RGB")
-        sx, sy = full[0] / img.size[0], full[1] / img.size[1]
-        out = img.resize((ow, oh), self.resample, box=(left / sx, top / sy, right / sx, bottom / sy))
-        return np.asarray(out)
+        return left * fx, top * fy, right * fx, bottom * fy
 
     def normalize(self, images: Sequence[np.ndarray | None]) -> torch.Tensor:
         """(B, 3, H, W) float32, ``ToTensor`` + ``Normalize`` on the whole batch; ``None`` entries are zeros.
 
-        The channel transpose runs on uint8 and the scaling as one multiply-add per pixel
-        (``x * 1/(255 std) - mean/std``): the batch is touched twice in float, not four times.
+        Each (H, W, 3) uint8 image is copied channel-first into one uint8 batch (numpy's strided copy: several
+        times faster than torch's for uint8), which is converted to float once and scaled in place
+        (``x * 1/(255 std) - mean/std``).
         """
         oh, ow = self.size
-        batch = np.zeros((len(images), 3, oh, ow), dtype=np.uint8)
+        stacked = np.zeros((len(images), 3, oh, ow), dtype=np.uint8)
         for k, x in enumerate(images):
             if x is not None:
-                batch[k] = x.transpose(2, 0, 1)
+                stacked[k] = np.asarray(x).transpose(2, 0, 1)
         std = np.asarray(self.std, dtype=np.float64)
         scale = torch.from_numpy((1.0 / (255.0 * std)).astype(np.float32)).view(1, 3, 1, 1)
         bias = torch.from_numpy((-np.asarray(self.mean, dtype=np.float64) / std).astype(np.float32)).view(1, 3, 1, 1)
-        out = torch.from_numpy(batch).float().mul_(scale).add_(bias)
+        out = torch.from_numpy(stacked).float().mul_(scale).add_(bias)
         bad = [k for k, x in enumerate(images) if x is None]
         if bad:
             out[bad] = 0.0
         return out
 
 
-def _filter(mode) -> int | None:
+def crop_params(height: int, width: int, scale: Sequence[float], ratio: Sequence[float]) -> tuple[int, int, int, int]:
+    """``RandomResizedCrop.get_params`` for an image of ``height`` x ``width``, without an image.
+
+    The same torch RNG calls in the same order, with the same float32 arithmetic (torchvision 0.29's
+    body; a test compares the two box for box over many seeds and sizes), on one reused 1-element
+    tensor instead of two new ones per attempt: a 0.9-1.0 scale range on a 4:3 figure can take all ten
+    attempts, and the allocations were most of this function's cost.
+
+    Returns:
+        (top, left, height, width) of the crop, as ``get_params``.
+    """
+    area = height * width
+    lo, hi = _log_ratio(tuple(ratio))
+    u = torch.empty(1)
+    for _ in range(10):
+        target_area = area * u.uniform_(scale[0], scale[1]).item()
+        aspect_ratio = u.uniform_(lo, hi).exp_().item()
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            i = torch.randint(0, height - h + 1, size=(1,)).item()
+            j = torch.randint(0, width - w + 1, size=(1,)).item()
+            return i, j, h, w
+    in_ratio = float(width) / float(height)  # fallback: central crop
+    if in_ratio < min(ratio):
+        w = width
+        h = int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        h = height
+        w = int(round(h * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@functools.lru_cache(maxsize=16)
+def _log_ratio(ratio: tuple[float, ...]) -> tuple[float, float]:
+    log_ratio = torch.log(torch.tensor(ratio))  # float32, as get_params computes it
+    return float(log_ratio[0]), float(log_ratio[1])
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG that libjpeg-turbo decodes to RGB (YCbCr, RGB or grey) within the pixel limit,
+    from its header (in C: Pillow's parser in Python costs as much as a small decode); else ``None``."""
+    if not isinstance(data, (bytes, bytearray)) or data[:2] != b"\xff\xd8":
+        return None
+    try:
+        height, width, colour, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colour not in ("YCbCr", "RGB", "Gray") or width <= 0 or height <= 0 or width * height > DEFAULT_MAX_PIXELS:
+        return None
+    return int(width), int(height)
+
+
+def _decode_jpeg(data: bytes, full: tuple[int, int], box: tuple[float, float, float, float],
+                 out: tuple[int, int]) -> np.ndarray | None:
+    """The JPEG as (h, w, 3) uint8 at the smallest scale M/8 that leaves ``box`` (in full-size pixels) at
+    least ``out`` (width, height), or ``None`` when libjpeg-turbo refuses it (the caller's Pillow path
+    then decodes it or names the damage)."""
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    m = next((m for m in range(1, 8) if bw * m >= 8 * out[0] and bh * m >= 8 * out[1]), 8)
+    try:
+        # the smallest scaled size with both sides >= these is exactly M/8 (libjpeg rounds scaled sizes up)
+        return simplejpeg.decode_jpeg(data, "RGB", min_width=-(-full[0] * m // 8), min_height=-(-full[1] * m // 8))
+    except ValueError:
+        return None
+
+
+def _resized_crop(pixels: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int],
+                  mode: str) -> np.ndarray:
+    """``box`` of ``pixels`` (rounded to whole pixels) resized to ``size`` (height, width), as (H, W, 3) uint8."""
+    h, w = pixels.shape[:2]
+    left, right = _span(box[0], box[2], w)
+    top, bottom = _span(box[1], box[3], h)
+    crop = pixels[top:bottom, left:right]
+    if not (crop.flags.c_contiguous and crop.flags.writeable):  # Pillow's arrays are read-only
+        crop = crop.copy()
+    # (1, 3, h, w) in channels-last memory: the layout torch's vectorised uint8 antialiased kernel reads
+    x = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0)
+    method, antialias = _FILTERS[mode]
+    y = F.interpolate(x, size=size, mode=method, antialias=antialias) if (bottom - top, right - left) != size else x
+    return y[0].permute(1, 2, 0).numpy()  # channels-last memory: a contiguous (H, W, 3) array, no copy
+
+
+def _span(lo: float, hi: float, n: int) -> tuple[int, int]:
+    """[lo, hi) rounded to whole pixels within [0, n), never empty."""
+    a = min(max(int(math.floor(lo + 0.5)), 0), n - 1)
+    return a, min(max(int(math.floor(hi + 0.5)), a + 1), n)
+
+
+def _filter(mode) -> str | None:
     name = getattr(mode, "value", str(mode)).lower()
-    return _FILTERS.get(name)
+    return name if name in _FILTERS else None
 
 
-__all__ = ["FastImages", "BadSample"]
+__all__ = ["FastImages", "BadSample", "crop_params"]

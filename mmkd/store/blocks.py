@@ -35,6 +35,9 @@ def block_crc32(data: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(data).view(np.uint8).reshape(-1))
 
 
+REMOTE_READ_THREADS = 16  # reads in flight per store on object storage (each waits on a round trip, not a core)
+MAX_AHEAD = 512  # block reads started ahead and not yet used; the oldest are dropped beyond it
+
 class BlocksMixin:
     """Block reads and writes for :class:`~mmkd.store.FeatureStore`."""
 
@@ -112,7 +115,9 @@ class BlocksMixin:
 
     def _pool(self):
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="mmkd-store")
+            # object storage: each read is a round trip of tens of ms, so many are kept in flight
+            workers = REMOTE_READ_THREADS if is_remote(self.path) else 3
+            self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmkd-store")
         return self._executor
 
     def _array(self, teacher: str, kind: str):
@@ -229,7 +234,7 @@ class BlocksMixin:
                 start, stop = self.block_range(b)
                 self._ahead[key] = self._pool().submit(self._read_rows, teacher, kind, b, start, stop)
                 started += 1
-        while len(self._ahead) > 64:  # never used (the reader went elsewhere): drop the oldest
+        while len(self._ahead) > MAX_AHEAD:  # never used (the reader went elsewhere): drop the oldest
             self._ahead.pop(next(iter(self._ahead)))
         return started
 
@@ -274,8 +279,8 @@ class BlocksMixin:
         path = self.chunk_path(teacher, kind, block)
         rows = stop - start
         try:
-            if is_remote(path):
-                data = np.frombuffer(bytearray(path.read_bytes()), dtype=arr.dtype)
+            if is_remote(path):  # one GET (opening the object as a file would first ask for its size)
+                data = np.frombuffer(bytearray(path.fs.cat_file(path.path)), dtype=arr.dtype)
             else:
                 data = np.fromfile(path, dtype=arr.dtype)
         except FileNotFoundError:  # chunk equal to the fill value everywhere: zarr does not write it

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from mmkd.config import AnyPath, is_remote
+from mmkd.data.remote import storage_error  # noqa: F401  (also re-exported: the store's error lines)
 from mmkd.errors import MMKDError
 from mmkd.jsontypes import JSON, JSONDict
 
@@ -125,15 +126,6 @@ def probe(path: UPath) -> dict[str, object] | None:
         return None
     except Exception as e:  # botocore/aiohttp/gcsfs raise many types: all are "cannot reach"
         raise StoreError(storage_error(path, e)) from e
-
-
-def storage_error(path: object, e: BaseException) -> str:
-    """One line for a failed object-storage call: the URL, the provider's error, what to check (never a secret)."""
-    detail = str(e).splitlines()[0] if str(e) else ""
-    if isinstance(e, FileNotFoundError):
-        detail = f"bucket not found: {detail}"
-    return (f"{path} cannot be reached ({type(e).__name__}: {detail}); check the bucket name, the endpoint "
-            "(AWS_ENDPOINT_URL or storage_options) and the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE)")
 
 
 def write_parquet(table: pa.Table, path: AnyPath, **kwargs: object) -> None:

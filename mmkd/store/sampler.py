@@ -15,6 +15,8 @@ every global batch is still full and split equally across ranks.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Iterator
 
 import numpy as np
@@ -111,3 +113,25 @@ def chunk_shuffled_batches(
         part = np.array_split(carry, world_size)[rank]
         if j >= start_batch and (j - start_batch) % num_workers == worker_id and part.size:
             yield part
+
+
+def fetched_ahead(batches: Iterable[np.ndarray], fetch: Callable[[np.ndarray], object],
+                  horizon: int) -> Iterator[np.ndarray]:
+    """Yield ``batches`` in order, calling ``fetch`` on each one ``horizon`` batches before it is yielded.
+
+    The first ``horizon + 1`` batches are fetched before the first is yielded, so their
+    reads run at once instead of one after another. With ``fetch`` starting background
+    reads (:meth:`FeatureStore.read_ahead`), a reader on object storage finds a batch's
+    blocks fetched when it gets there, as long as the reads of ``horizon`` batches take no
+    longer than the work done on them (``bench/readahead_bench.py``).
+    """
+    window: deque[np.ndarray] = deque()
+    for rows in batches:
+        rows = np.asarray(rows, dtype=np.int64)
+        fetch(rows)
+        window.append(rows)
+        if len(window) > horizon:
+            yield window.popleft()
+    while window:
+        yield window.popleft()
+

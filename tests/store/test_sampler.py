@@ -86,3 +86,18 @@ def test_exclude_mask_drops_rows_keeps_draws_and_equal_rank_batches():
     assert all(a.size == b.size == 2 for a, b in zip(*ranks))
     with pytest.raises(ValueError, match="shape"):
         list(chunk_shuffled_batches(n, bs, 4, seed=5, epoch=1, exclude=np.zeros(3, bool)))
+
+
+def test_fetched_ahead_keeps_order_and_fetches_each_batch_horizon_ahead() -> None:
+    from mmkd.store.sampler import fetched_ahead
+
+    batches = [np.arange(i * 4, i * 4 + 4) for i in range(10)]
+    fetched: list[int] = []
+    yielded = []
+    for rows in fetched_ahead(batches, lambda r: fetched.append(int(r[0]) // 4), horizon=3):
+        # when batch k is handed out, batches up to k + 3 have been asked for (all of them near the end)
+        k = int(rows[0]) // 4
+        assert fetched == list(range(min(k + 4, 10)))
+        yielded.append(rows)
+    assert [r.tolist() for r in yielded] == [b.tolist() for b in batches]
+    assert list(fetched_ahead(iter([]), fetched.append, horizon=2)) == []
