@@ -1,7 +1,8 @@
 """One pass over the images for every teacher vs one pass per teacher, in one run.
 
     python bench/scale_bench.py [--images 60] [--mp 1.2] [--teachers 9] [--sizes 224,336,384]
-                                [--decode full|reduced] [--workers 2] [--tiny] [--json PATH]
+                                [--decode full|reduced] [--resize own|cascade] [--workers 2] [--tiny]
+                                [--json PATH]
 
 Builds IMAGES JPEGs of about MP megapixels (smooth noise, about a photo's entropy) and
 TEACHERS simulated teachers: random-weight open_clip models whose input sizes cycle
@@ -16,10 +17,16 @@ Then, on the same images, with the local runner:
   per teacher   one ``mmkd extract`` per teacher into one store (what every run did before)
   one teacher   the first teacher alone (the floor a one-pass run is compared with)
 
-and prints wall seconds and their ratios, images decoded per teacher-row (read from the
+Every run uses the same ``--decode`` and ``--resize``. With ``--resize own`` (default) every
+teacher of the one pass gets the pixels of its own run (``--decode full``: bit for bit); with
+``--resize cascade`` the teachers of a pass resize from its largest input (a recorded mode whose
+smaller inputs' pixels differ slightly; a per-teacher run then is the same as ``own``).
+
+Prints wall seconds and their ratios, images decoded per teacher-row (read from the
 counter in the decode path, :func:`mmkd.data.images.decode_count`), bytes of images read,
-and what one image costs on one core here: decode, each distinct resize/crop (shared by
-the teachers of a pass that have the same one), and each to-tensor + normalise.
+the machine's load average, and what one image costs on one core here: decode, each
+distinct resize/crop (shared by the teachers of a pass that have the same one), and each
+to-tensor + normalise.
 """
 
 from __future__ import annotations
@@ -63,8 +70,9 @@ def make_teachers(root: Path, n: int, sizes: list[int], tiny: bool) -> dict[str,
 
 
 def unit_costs(jsonl: Path, specs: dict[str, Any]) -> dict[str, float]:
-    """Milliseconds on one core for one image of the set: its decode, each distinct resize/crop, and each
-    to-tensor + normalise (the part every teacher does for itself)."""
+    """Milliseconds on one core for one image of the set: its decode, each distinct resize/crop (from the decoded
+    image, and from the largest input as ``--resize cascade`` does), and each to-tensor + normalise (per image,
+    as the teacher's own transform does; a pass does it per batch)."""
     from PIL import Image
 
     from mmkd.teachers.base import Preprocessing
@@ -81,31 +89,36 @@ def unit_costs(jsonl: Path, specs: dict[str, Any]) -> dict[str, float]:
 
     out = {"decode_ms": ms(lambda: Image.open(io.BytesIO(data)).convert("RGB"))}
     img = Image.open(io.BytesIO(data)).convert("RGB")
-    for spec in specs.values():
-        size = spec.image_size or 32
-        key = f"resize_{size}px_ms"
-        if key not in out:
-            pp = Preprocessing(image_size=size, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic",
-                               resize_mode="shortest")
-            out[key] = ms(lambda pp=pp: pp.build_geometry()(img))
-            small = pp.build_geometry()(img)
-            out[f"tensor_{size}px_ms"] = ms(lambda pp=pp, small=small: pp.build_tensor()(small))
+    sizes = sorted({spec.image_size or 32 for spec in specs.values()})
+
+    def pp(size: int) -> Preprocessing:
+        return Preprocessing(image_size=size, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic",
+                             resize_mode="shortest")
+
+    largest = pp(sizes[-1]).build_geometry()(img)
+    for size in sizes:
+        out[f"resize_{size}px_ms"] = ms(lambda size=size: pp(size).build_geometry()(img))
+        small = pp(size).build_geometry()(img)
+        out[f"tensor_{size}px_ms"] = ms(lambda size=size, small=small: pp(size).build_tensor()(small))
+        if size < sizes[-1]:  # --resize cascade: from the largest input's image
+            out[f"resize_{size}px_from_{sizes[-1]}px_ms"] = ms(lambda size=size: pp(size).build_geometry()(largest))
     return out
 
 
 def run(jsonl: Path, pipelines: Path, store: Path, teachers: list[str], a: argparse.Namespace,
         limit: int | None = None) -> dict[str, Any]:
-    """One ``run_extract`` call; wall seconds, images decoded (process counter), bytes read, teacher-rows."""
+    """One ``run_extract`` call; wall and CPU seconds (every thread of this process: less sensitive than the wall to
+    other users of the cores), images decoded (process counter), bytes read, teacher-rows."""
     from mmkd.data.images import decode_count
     from mmkd.extract import ExtractJob, run_extract
 
     job = ExtractJob(data=str(jsonl), teachers=teachers, store=str(store), runner="local", pipeline=str(pipelines),
                      batch_size=a.batch_size, block_size=a.block_size, workers=a.workers, decode=a.decode,
-                     device="cpu", limit=limit)
-    d0, t0 = decode_count(), time.perf_counter()
+                     resize=a.resize, device="cpu", limit=limit)
+    d0, t0, c0 = decode_count(), time.perf_counter(), time.process_time()
     summary = run_extract(job)
-    wall = time.perf_counter() - t0
-    return {"wall_s": wall, "decoded": decode_count() - d0, "bytes_read": summary.bytes_read,
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"wall_s": wall, "cpu_s": cpu, "decoded": decode_count() - d0, "bytes_read": summary.bytes_read,
             "teacher_rows": summary.rows, "summary_decoded": summary.decoded}
 
 
@@ -121,6 +134,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="224,336,384", help="teacher input sizes, cycled over the teachers")
     ap.add_argument("--tiny", action="store_true", help="the three tiny test teachers (32 px) instead")
     ap.add_argument("--decode", default="full", choices=["full", "reduced"])
+    ap.add_argument("--resize", default="own", choices=["own", "cascade"])
     ap.add_argument("--workers", type=int, default=2, help="decode threads")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--block-size", type=int, default=32)
@@ -143,7 +157,7 @@ def main() -> None:
         pipelines = write_pipelines(scratch / "pipelines.yaml", specs)
         names = list(specs)
         print(f"setup: {a.images} JPEGs of {px}x{px} ({px * px / 1e6:.2f} MP), {len(names)} teachers "
-              f"{names}, --decode {a.decode}, {a.workers} decode threads, {os.cpu_count()} cores "
+              f"{names}, --decode {a.decode} --resize {a.resize}, {a.workers} decode threads, {os.cpu_count()} cores "
               f"({time.perf_counter() - t:.1f}s)")
         costs = unit_costs(jsonl, specs)
         run(jsonl, pipelines, scratch / "warm-up", names, a, limit=2)  # imports and first-call costs, not measured
@@ -151,17 +165,21 @@ def main() -> None:
         each = add([run(jsonl, pipelines, scratch / "per-teacher", [n], a) for n in names])
         alone = run(jsonl, pipelines, scratch / "one-teacher", names[:1], a)
         report = {"images": a.images, "megapixels": px * px / 1e6, "teachers": names, "decode": a.decode,
+                  "resize": a.resize, "load_average": os.getloadavg(),
                   "workers": a.workers, "cores": os.cpu_count(), "unit_costs_ms": costs, "one_pass": one,
                   "per_teacher": each, "one_teacher": alone,
                   "speedup_one_pass_vs_per_teacher": each["wall_s"] / one["wall_s"],
+                  "cpu_ratio_one_pass_vs_per_teacher": each["cpu_s"] / one["cpu_s"],
                   "one_pass_vs_one_teacher": one["wall_s"] / alone["wall_s"]}
         for key in ("one_pass", "per_teacher", "one_teacher"):
             r = report[key]
-            print(f"{key:12s} wall {r['wall_s']:7.2f}s  {r['decoded']:5d} images decoded for {r['teacher_rows']:5d} "
+            print(f"{key:12s} wall {r['wall_s']:7.2f}s  cpu {r['cpu_s']:7.2f}s  {r['decoded']:5d} images decoded for {r['teacher_rows']:5d} "
                   f"teacher-rows ({r['decoded'] / max(r['teacher_rows'], 1):.3f} per teacher-row), "
                   f"{r['bytes_read'] / 1e6:7.1f} MB read")
-        print(f"one pass is {report['speedup_one_pass_vs_per_teacher']:.2f}x faster than one pass per teacher; "
-              f"it takes {report['one_pass_vs_one_teacher']:.2f}x the wall of one teacher alone")
+        print(f"one pass is {report['speedup_one_pass_vs_per_teacher']:.2f}x faster than one pass per teacher "
+              f"(wall; {report['cpu_ratio_one_pass_vs_per_teacher']:.2f}x less CPU); it takes "
+              f"{report['one_pass_vs_one_teacher']:.2f}x the wall of one teacher alone")
+        print("load average (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in report["load_average"]))
         print("one image on one core: " + ", ".join(f"{k.removesuffix('_ms')} {v:.1f} ms" for k, v in costs.items()))
         if a.json:
             Path(a.json).write_text(json.dumps(report, indent=2))

@@ -99,6 +99,11 @@ def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, ch
                    "smallest DCT scale covering the teacher's input size (several times faster on large JPEGs); "
                    "gpu: JPEG batches decoded and preprocessed on the teacher's GPU (nvJPEG). Pixels differ "
                    "slightly from full; the mode is recorded in the store.")
+@click.option("--resize", type=click.Choice(["own", "cascade"]), default=None,
+              help="own (default): each teacher resizes every decoded image itself (features equal a run of that "
+                   "teacher alone); cascade: teachers with the same resize mode resize from the largest input "
+                   "of the pass (one large resize per image; pixels of smaller inputs differ slightly; recorded "
+                   "per teacher).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="only the first N samples (a trial run).")
 @click.option("--overwrite", is_flag=True, default=None, help="redo blocks that are already done.")
 @click.option("--block-size", type=click.IntRange(min=1), default=None,

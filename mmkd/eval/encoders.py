@@ -24,7 +24,7 @@ import numpy as np
 
 from mmkd.errors import MMKDError
 from mmkd.eval.zeroshot import l2_normalize
-from mmkd.config import Pipelines
+from mmkd.config import Pipelines, is_remote
 from mmkd.jsontypes import JSON
 from mmkd.store import FeatureStore
 from mmkd.teachers import get_teacher_spec
@@ -190,7 +190,8 @@ class StoreEncoder:
                                f"{self.store.teachers}. Run `mmkd extract --teacher {teacher}` over the eval set")
         self.name, self.teacher = teacher, teacher
         attrs = self.store.attrs(teacher)
-        self.model_id = "store-" + _digest(str(Path(self.store.path).resolve()), self.store.manifest.index_fingerprint,
+        where = str(self.store.path) if is_remote(self.store.path) else str(Path(self.store.path).resolve())
+        self.model_id = "store-" + _digest(where, self.store.manifest.index_fingerprint,
                                            teacher, attrs.get("weights_sha256"),
                                            sorted(self.store.done_blocks(teacher)))
         self.logit_scale = float(attrs.get("logit_scale") or 100.0)

@@ -15,10 +15,11 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from mmkd.config import AnyPath, is_remote
 from mmkd.data.remote import storage_error  # noqa: F401  (also re-exported: the store's error lines)
@@ -269,49 +270,126 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+class LockHeld(MMKDError, TimeoutError):
+    """A lock object is held by another owner that is alive (or not known to be dead) and has not expired.
+
+    Attributes:
+        holder: what the holder wrote into the lock object (``owner``, ``expires``, and its ``info``).
+    """
+
+    def __init__(self, message: str, holder: JSONDict) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 @contextlib.contextmanager
-def object_lock(path: UPath, expiry_s: float = LOCK_EXPIRY_S, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+def object_lock(path: UPath, expiry_s: float = LOCK_EXPIRY_S, wait_s: float = LOCK_WAIT_S,
+                info: JSONDict | None = None, renew_s: float | None = None) -> Iterator[None]:
     """An exclusive lock on object storage: the object ``path``, created only if absent.
 
     The object is written with a conditional create (S3 ``If-None-Match: *``), so of
-    two writers exactly one gets it; it holds ``owner`` (host, pid, a random id) and
-    ``expires`` (epoch seconds). A waiter polls; a lock past its expiry (its holder
-    died) is deleted and taken. The holder deletes it on exit if it is still its own.
-    Critical sections under it are short (adding a teacher, merging attributes).
+    two writers exactly one gets it; it holds ``owner`` (host, pid, a random id),
+    ``expires`` (epoch seconds) and ``info``. A waiter polls; a lock past its expiry, or
+    whose owner is a process of this host that no longer exists, is deleted and taken.
+    With ``renew_s`` a thread pushes the expiry ``expiry_s`` ahead every ``renew_s``
+    seconds while the lock is held (a long job keeps a short expiry). The holder deletes
+    it on exit if it is still its own.
 
     Raises:
-        TimeoutError: the lock was held by another owner for ``wait_s`` seconds.
+        LockHeld: the lock was held by another owner for ``wait_s`` seconds (0: not waiting).
     """
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     fs, key = path.fs, path.path
+
+    def body() -> bytes:
+        return json.dumps({"owner": owner, **(info or {}), "expires": time.time() + expiry_s}).encode()
+
     deadline = time.monotonic() + wait_s
     while True:
-        body = json.dumps({"owner": owner, "expires": time.time() + expiry_s}).encode()
         try:
-            fs.pipe_file(key, body, mode="create")
+            fs.pipe_file(key, body(), mode="create")
             break
         except FileExistsError:
             pass
-        holder = _read_lock(fs, key)
-        if holder is not None and float(holder.get("expires", 0)) < time.time():
-            log.warning("lock %s held by %s expired; taking it", path, holder.get("owner"))
+        holder = read_lock(fs, key)
+        if holder is not None and lock_is_stale(holder):
+            log.warning("lock %s held by %s is stale (expired, or its process is gone); taking it", path,
+                        holder.get("owner"))
             with contextlib.suppress(FileNotFoundError):
                 fs.rm_file(key)
             continue
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"lock {path} is held by {holder and holder.get('owner')} (expires "
-                               f"{holder and holder.get('expires')}); wait, or delete the object if its holder is gone")
+        if holder is None:
+            time.sleep(0.05)
+            continue  # released meanwhile: try again
+        if time.monotonic() >= deadline:
+            raise LockHeld(f"lock {path} is held by {holder.get('owner')} (expires {holder.get('expires')}); wait, "
+                           "or delete the object if its holder is gone", holder)
         time.sleep(0.2)
+    stop = threading.Event()
+    renewer = None
+    if renew_s:
+        renewer = threading.Thread(target=_renew, args=(fs, key, owner, body, renew_s, stop), daemon=True,
+                                   name=f"mmkd-lock-renew-{path.name}")
+        renewer.start()
     try:
         yield
     finally:
-        holder = _read_lock(fs, key)
+        stop.set()
+        if renewer is not None:
+            renewer.join()
+        holder = read_lock(fs, key)
         if holder is not None and holder.get("owner") == owner:
             with contextlib.suppress(FileNotFoundError):
                 fs.rm_file(key)
 
 
-def _read_lock(fs: AbstractFileSystem, key: str) -> JSONDict | None:
+def _renew(fs: AbstractFileSystem, key: str, owner: str, body: Callable[[], bytes], every_s: float,
+           stop: threading.Event) -> None:
+    """Rewrite the lock object with a later expiry while it is still ``owner``'s (not taken over, not deleted)."""
+    while not stop.wait(every_s):
+        try:
+            holder = read_lock(fs, key)
+            if holder is None or holder.get("owner") != owner:
+                log.warning("lock object %s is no longer ours (now %s); not renewing it", key,
+                            holder and holder.get("owner"))
+                return
+            fs.pipe_file(key, body())
+        except OSError as e:  # a failed renewal is retried at the next tick; the expiry leaves room for it
+            log.warning("renewing lock object %s failed: %s", key, e)
+
+
+def lock_owner_is_us(holder: JSONDict) -> bool:
+    """The lock object was written by this process."""
+    host, pid = _owner_host_pid(holder)
+    return host == socket.gethostname() and pid == os.getpid()
+
+
+def _owner_host_pid(holder: JSONDict) -> tuple[str | None, int | None]:
+    try:
+        host, pid, _ = str(holder.get("owner", "")).rsplit(":", 2)
+        return host, int(pid)
+    except ValueError:
+        return None, None
+
+
+def lock_is_stale(holder: JSONDict) -> bool:
+    """Past its expiry, or written by a process of this host that no longer exists."""
+    if float(holder.get("expires", 0)) < time.time():
+        return True
+    host, pid = _owner_host_pid(holder)
+    if host != socket.gethostname() or pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def read_lock(fs: AbstractFileSystem, key: str) -> JSONDict | None:
+    """What the lock object ``key`` holds (``{}`` when unreadable), or None when there is none."""
     try:
         fs.invalidate_cache(key)
         out = json.loads(fs.cat_file(key))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -86,6 +88,53 @@ class Preprocessing:
         mean = self.mean * channels if len(self.mean) == 1 else self.mean
         std = self.std * channels if len(self.std) == 1 else self.std
         return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+
+    def to_tensor_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        """:meth:`build_tensor` of a batch of resized images in one op: ``normalize_uint8(stack_uint8(images))``.
+
+        Returns:
+            ``(B, C, H, W)`` float32.
+
+        Raises:
+            ValueError: the images' sizes or modes differ.
+        """
+        return self.normalize_uint8(self.stack_uint8(images))
+
+    @staticmethod
+    def stack_uint8(images: list[Image.Image]) -> np.ndarray:
+        """Equal-size 8-bit images as one ``(B, H, W, C)`` uint8 array (``C`` = 1 for ``L``). Teachers whose
+        resize/crop gave the same images share it; each then applies :meth:`normalize_uint8`."""
+        arrays = [np.asarray(im, dtype=np.uint8) for im in images]
+        if len({a.shape for a in arrays}) != 1:
+            raise ValueError(f"images of different sizes in one batch: {sorted({a.shape for a in arrays})}")
+        out = np.stack(arrays)
+        return out[..., None] if out.ndim == 3 else out
+
+    def normalize_uint8(self, pixels: np.ndarray) -> torch.Tensor:
+        """``ToTensor`` then ``Normalize`` of a :meth:`stack_uint8` batch, through a table of the 256 values.
+
+        ``ToTensor`` is ``uint8 -> float32, / 255`` and ``Normalize`` ``- mean, / std`` per channel: elementwise
+        float32 operations, so a byte value always maps to the same float. The table applies exactly those
+        operations (torch, float32, same order) to 0..255 per channel, and the batch is looked up in it: the
+        same values bit for bit as the per-image transform (``tests/extract/test_one_pass.py`` compares them),
+        in one pass over the pixels instead of three.
+        """
+        table = _normalize_table(self.mean, self.std, pixels.shape[-1])
+        out = np.empty((pixels.shape[0], pixels.shape[-1], *pixels.shape[1:3]), np.float32)
+        for c in range(pixels.shape[-1]):
+            np.take(table[c], pixels[..., c], out=out[:, c])
+        return torch.from_numpy(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> np.ndarray:
+    """``(channels, 256)`` float32: ``Normalize(mean, std)(ToTensor()(byte))`` for every byte value and channel."""
+    mean = mean * channels if len(mean) == 1 else mean
+    std = std * channels if len(std) == 1 else std
+    unit = torch.arange(256, dtype=torch.uint8).to(torch.float32).div(255)  # ToTensor
+    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1)  # Normalize: as_tensor(mean, dtype=float32)
+    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1)
+    return unit.view(1, 256).expand(len(mean), 256).sub(m).div(s).numpy()
 
 
 class _ResizeLongest:
@@ -178,6 +227,7 @@ class Teacher:
         self._transform = preprocessing.build()
         self._revision, self._weights_file, self._sha256 = revision, weights_file, None
         self.text_encoding = dict(text_encoding or {})
+        self.tokenizer_key: tuple | None = None  # teachers with equal keys tokenise to equal tokens (loaders set it)
 
     @property
     def image_mode(self) -> str:
@@ -202,9 +252,14 @@ class Teacher:
             feats = self._image_fn(pixels.to(self.device, non_blocking=True))
         return self._finish(feats)
 
-    def encode_texts(self, captions: list[str], autocast: torch.dtype | str | None = None) -> torch.Tensor:
-        """Text embeddings: B captions -> (B, dim) L2-normalised float32 on CPU."""
-        tokens = self.tokenize(captions)
+    def encode_texts(self, captions: list[str], autocast: torch.dtype | str | None = None,
+                     tokens: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Text embeddings: B captions -> (B, dim) L2-normalised float32 on CPU.
+
+        ``tokens``: :meth:`tokenize` of ``captions`` done already (by a teacher with the same
+        :attr:`tokenizer_key`: an extract pass tokenises a batch once for all such teachers).
+        """
+        tokens = self.tokenize(captions) if tokens is None else tokens
         with torch.inference_mode(), autocast_context(self.device, autocast):
             feats = self._text_fn({k: v.to(self.device, non_blocking=True) for k, v in tokens.items()})
         return self._finish(feats)

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from test_runner_support import assert_same_store, modality_dataset
 
 from mmkd.data.images import decode_count
@@ -132,3 +134,71 @@ def test_placement_splits_passes_and_refuses_a_teacher_no_gpu_holds(setup, tmp_p
                                            r".*nothing was started"):
         run_extract(_job({"pipelines": str(pipelines)}, tmp_path / "new", teachers=names, gpu_memory=0.5))
     assert not (tmp_path / "new").exists()
+
+
+def test_resize_cascade_is_a_recorded_mode_and_own_stays_bit_identical(setup, tmp_path):
+    """--resize cascade: the largest input keeps its own pixels (bit for bit), a smaller one resizes from it
+    (close, not equal), each teacher's attrs say which, and a resume in the other mode is refused."""
+    big, small = "tiny_open_clip_64", "tiny_open_clip"  # both shortest-side RGB: one family, 64 px the largest
+    run_extract(_job(setup, tmp_path / "cascade", teachers=[big, small], resize="cascade"))
+    run_extract(_job(setup, tmp_path / "own", teachers=[big, small]))
+    cascade, own = FeatureStore.open(tmp_path / "cascade"), FeatureStore.open(tmp_path / "own")
+    assert cascade.attrs(big)["resize"] == "own" and cascade.attrs(small)["resize"] == "cascade from 64px"
+    assert own.attrs(small)["resize"] == "own"
+    assert_same_store(tmp_path / "cascade", tmp_path / "own", teachers=[big])
+    a, b = cascade.read_block(small, 0, "image"), own.read_block(small, 0, "image")
+    assert a.tobytes() != b.tobytes()  # two-step downscale: other pixels, so other features
+    assert (np.asarray(a, np.float32) * np.asarray(b, np.float32)).sum(1).min() > 0.9  # ... of the same images
+    (tmp_path / "cascade" / "_progress" / small / "block-000001.done").unlink()
+    with pytest.raises(ExtractError, match=r"'tiny_open_clip'.*other \['resize'\].*cascade from 64px"):
+        run_extract(_job(setup, tmp_path / "cascade", teachers=[small]))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_batched_to_tensor_equals_the_teachers_per_image_transform(mode):
+    from PIL import Image
+
+    from mmkd.teachers.base import Preprocessing
+
+    rng = np.random.default_rng(0)
+    pp = Preprocessing(image_size=24, mean=(0.48145466, 0.4578275, 0.40821073) if mode == "RGB" else (0.586,),
+                       std=(0.26862954, 0.26130258, 0.27577711) if mode == "RGB" else (0.2795,), grayscale=mode == "L")
+    shape = (24, 24, 3) if mode == "RGB" else (24, 24)
+    images = [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode) for _ in range(4)]
+    every_byte = (np.arange(int(np.prod(shape))) % 256).astype(np.uint8).reshape(shape)  # each value, each channel
+    images.append(Image.fromarray(every_byte, mode))
+    one_by_one = torch.stack([pp.build_tensor()(im) for im in images])
+    assert pp.to_tensor_batch(images).numpy().tobytes() == one_by_one.numpy().tobytes()
+
+
+def test_teachers_of_a_pass_share_one_clip_tokenizer(setup):
+    from mmkd.teachers.loaders import load_teacher
+
+    cache: dict = {}
+    a = load_teacher(setup["specs"]["tiny_open_clip"], tokenizers=cache)
+    b = load_teacher(setup["specs"]["tiny_open_clip_64"], tokenizers=cache)  # another folder, same BPE tokenizer
+    assert len(cache) == 1 and a.tokenizer_key == b.tokenizer_key is not None
+    caps = ["a chest x-ray", "an axial ct slice of the liver"]
+    assert a.encode_texts(caps).equal(a.encode_texts(caps, tokens=b.tokenize(caps)))
+
+
+def test_an_error_in_one_teachers_step_of_a_pass_names_that_teacher(setup, tmp_path, monkeypatch):
+    """The block worker marks the error with the teacher whose step raised; it survives pickling (a Ray task
+    error carries it to the driver, whose message then names that teacher: tests/extract/test_ray_runner.py)."""
+    import pickle
+
+    from mmkd.extract.runners.block import failed_teacher
+    from mmkd.teachers.base import Teacher
+
+    encode = Teacher.encode_images
+
+    def broken(self, pixels, autocast=None):
+        if self.name == "tiny_open_clip_64":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return encode(self, pixels, autocast)
+
+    monkeypatch.setattr(Teacher, "encode_images", broken)
+    with pytest.raises(RuntimeError, match="illegal memory access") as err:
+        run_extract(_job(setup, tmp_path / "s", teachers=["tiny_open_clip", "tiny_open_clip_64"]))
+    assert failed_teacher(err.value) == "tiny_open_clip_64"
+    assert failed_teacher(pickle.loads(pickle.dumps(err.value))) == "tiny_open_clip_64"

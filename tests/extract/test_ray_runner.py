@@ -239,3 +239,20 @@ def test_runner_restores_signal_handlers_and_shuts_down_only_the_ray_it_started(
     joined._connect()
     joined.close()
     assert len(calls) == 2 and {s: signal.getsignal(s) for s in before} == before
+
+
+def test_errors_of_a_multi_teacher_pass_name_the_teacher_that_failed():
+    from types import SimpleNamespace
+
+    import ray
+
+    from mmkd.extract.runners.ray_runner import _PassName, _root_cause
+
+    who = _PassName([SimpleNamespace(name="a"), SimpleNamespace(name="b")])
+    cause = RuntimeError("CUDA out of memory")
+    cause.failed_teacher = "b"  # what the block worker marks (tests/extract/test_one_pass.py)
+    err = ray.exceptions.RayTaskError("run_block", "Traceback ...", cause)
+    assert f"{who.of(err)}: {_root_cause(err)}" == "teacher 'b': RuntimeError: CUDA out of memory"
+    shared = ray.exceptions.RayTaskError("run_block", "Traceback ...", OSError("disk full"))  # no one teacher's step
+    assert who.of(shared) == who.label == "teachers 'a', 'b' (one pass)"
+    assert _PassName([SimpleNamespace(name="a")]).label == "teacher 'a'"

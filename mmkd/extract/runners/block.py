@@ -5,8 +5,10 @@ path) and loads its teachers itself once; a teacher that fails to load is record
 in :attr:`BlockWorker.load_errors` and the others go on (unless ``fail_fast``).
 Then for each block: it reads the block's rows from the store index and its images'
 bytes once, decodes each image once, and gives the one decoded image to every
-teacher that still needs the block, each applying its own resize/crop/normalise
-(teachers with the same resize/crop share that step; on a thread pool; the next batch is prepared while the current one runs);
+teacher that still needs the block, each applying its own resize/crop (teachers with
+the same resize/crop share that step; ``--resize cascade`` resizes smaller inputs from
+the largest; on a thread pool; the next batch is prepared while the current one runs)
+and then its own to-tensor + normalise, one op per batch;
 captions are read once and tokenised per teacher. Each teacher's block is written
 and a small manifest per teacher returned. Features never leave the worker except
 into the store.
@@ -14,13 +16,14 @@ into the store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,17 +45,18 @@ from mmkd.teachers import TeacherSpec
 from mmkd.store.content import record_block_hashes, sha256_of
 from mmkd.store.format import FEATURE_DTYPE
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch-heavy: the Ray driver imports this module and never needs them
     import torch
 
     from mmkd.teachers import Teacher
+    from mmkd.teachers.base import Preprocessing
 
 log = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 2
 # Attributes that change the features; a resumed run must not mix blocks made with different ones.
 _FEATURE_ATTRS = ("weights_sha256", "revision", "preprocessing", "context_length", "tokenizer", "dim", "decode",
-                  "text_encoding")
+                  "text_encoding", "resize")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class WorkerConfig:
         max_pixels: larger images are refused as decompression bombs.
         decode: ``full``, ``reduced`` (JPEG DCT-scaled decode; see :func:`mmkd.data.decode_image`) or
             ``gpu`` (JPEG batches decoded on the teacher's device: :mod:`mmkd.extract.device_decode`).
+        resize: ``own`` (each teacher resizes the decoded image itself: the pixels of a run of that teacher
+            alone) or ``cascade`` (:func:`cascade_sources`: smaller inputs resized from the largest one).
         views: a :class:`~mmkd.data.views.ViewRecipe` as its ``to_attrs()`` dict: each teacher also
             encodes the recipe's K views of every row (``extract --views K``); ``None``: the plain view only.
     """
@@ -83,6 +89,7 @@ class WorkerConfig:
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode: str = "full"
+    resize: str = "own"
     views: JSONDict | None = None
 
 
@@ -94,6 +101,29 @@ def resolve_device(device: str) -> str:
         raise ExtractError(str(e)) from e
 
 
+def cascade_sources(pps: dict[str, Preprocessing]) -> dict[str, Preprocessing]:
+    """For ``--resize cascade``: which teachers resize from another teacher's input instead of the decoded image.
+
+    Teachers with the same resize mode and image mode form a family; the family's largest input is
+    resized from the decoded image (its pixels are those of a run of it alone), and each smaller one
+    applies its own resize/crop to that image. One large resize per family instead of one per
+    distinct size: at 1.2 MP a resize costs about a decode whatever the output size, and a second
+    from 384 px costs a few percent of it. The smaller inputs' pixels differ slightly from their own
+    transform's (a two-step downscale); the worker records ``resize: cascade from <side>px`` in their
+    attributes, ``own`` in the others'.
+
+    Returns:
+        ``{teacher: the Preprocessing whose output it resizes from}``, for the cascaded teachers only.
+    """
+    largest: dict[tuple[str, str], Preprocessing] = {}
+    for pp in pps.values():
+        family = (pp.resize_mode, pp.mode)
+        if family not in largest or pp.image_size > largest[family].image_size:
+            largest[family] = pp
+    return {name: largest[(pp.resize_mode, pp.mode)] for name, pp in pps.items()
+            if pp.image_size < largest[(pp.resize_mode, pp.mode)].image_size}
+
+
 @dataclass
 class _Slot:
     """One loaded teacher of a worker, with what its blocks need."""
@@ -103,12 +133,6 @@ class _Slot:
     attrs: dict[str, Any]
     autocast: str | None
     param_bytes: int
-    geometry: Any = None  # the teacher's resize/crop (PIL); equal ``geometry_key`` -> one resize for all of them
-    tensorize: Any = None  # its to-tensor + normalise
-
-    def __post_init__(self) -> None:
-        pp = self.teacher.preprocessing
-        self.geometry_key, self.geometry, self.tensorize = pp.geometry_key, pp.build_geometry(), pp.build_tensor()
 
 
 def _param_bytes(model: torch.nn.Module) -> int:
@@ -137,15 +161,22 @@ class BlockWorker:
         self.store = FeatureStore.open(config.store, mode="a")
         self.slots: dict[str, _Slot] = {}
         self.load_errors: dict[str, str] = {}
+        tokenizers: dict[tuple, Any] = {}  # teachers of the pass with the same tokenizer load it once
         self.views = ViewRecipe.from_attrs(config.views) if config.views else None
         if self.views is not None and config.decode == "gpu":
             raise ExtractError("--views with --decode gpu is not supported: the views are cropped on the CPU; "
                                "use --decode reduced or full")
         for spec in self.specs:
-            self._load(spec, fail_fast)
+            self._load(spec, fail_fast, tokenizers)
         pps = [s.teacher.preprocessing for s in self.slots.values()]
         # one decode covers the largest input of the pass (every teacher then resizes from it)
         self._reduce_to = [(pp.image_size, pp.resize_mode) for pp in pps] if config.decode == "reduced" else None
+        self._sources = cascade_sources({n: s.teacher.preprocessing for n, s in self.slots.items()}) \
+            if config.resize == "cascade" else {}
+        for name in list(self.slots):
+            self._register(name, fail_fast)
+        # one resize/crop transform per geometry key, built here (the decode threads only read this)
+        self._geometries = {pp.geometry_key: pp.build_geometry() for pp in pps + list(self._sources.values())}
         self._on_device = config.decode == "gpu"
         if self._on_device and not self.device.startswith("cuda"):
             log.warning("--decode gpu: teachers %s run on %s, so JPEGs are decoded there by torchvision's CPU "
@@ -153,28 +184,43 @@ class BlockWorker:
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="mmkd-decode")
         self._next: tuple[int, tuple[str, ...], tuple, deque] | None = None  # (block, teachers, rows, futures)
 
-    def _load(self, spec: TeacherSpec, fail_fast: bool) -> None:
+    def _load(self, spec: TeacherSpec, fail_fast: bool, tokenizers: dict[tuple, Any]) -> None:
         # torch, open_clip, transformers load here, in the worker: the Ray driver imports this module too
         from mmkd.teachers.loaders import load_teacher
 
         try:
-            teacher = load_teacher(spec, self.device)
-            attrs = {**teacher.store_attrs(), "decode": self.config.decode,
-                     "views": self.views.to_attrs() if self.views is not None else None}
-            self._add_teacher(spec.name, teacher.dim, attrs)
-        except ExtractError:
-            raise  # the store refuses this teacher's settings: never a per-teacher load failure
+            teacher = load_teacher(spec, self.device, tokenizers=tokenizers)
         except Exception as e:  # noqa: BLE001 - any loader error; the pass goes on without this teacher
-            if len(self.specs) == 1:
-                raise
-            if fail_fast:
-                raise ExtractError(f"teacher {spec.name!r} failed to load, and --fail-fast stops the pass: "
-                                   f"{type(e).__name__}: {e}") from e
-            self.load_errors[spec.name] = f"{type(e).__name__}: {e}"
-            log.warning("teacher %s failed to load (%s); the pass goes on without it", spec.name, e)
+            self._load_failed(spec.name, e, fail_fast)
             return
+        attrs = {**teacher.store_attrs(), "decode": self.config.decode,
+                 "views": self.views.to_attrs() if self.views is not None else None}
         autocast = self.config.precision if self.device.startswith("cuda") and self.config.precision != "fp32" else None
         self.slots[spec.name] = _Slot(spec, teacher, attrs, autocast, _param_bytes(teacher.model))
+
+    def _register(self, name: str, fail_fast: bool) -> None:
+        """Add a loaded teacher to the store, with the resize it gets (known once every teacher is loaded)."""
+        slot = self.slots[name]
+        source = self._sources.get(name)
+        slot.attrs["resize"] = "own" if source is None else f"cascade from {source.image_size}px"
+        try:
+            self._add_teacher(name, slot.teacher.dim, slot.attrs)
+        except ExtractError:
+            raise  # the store refuses this teacher's settings: never a per-teacher load failure
+        except Exception as e:  # noqa: BLE001
+            del self.slots[name]
+            self._load_failed(name, e, fail_fast)
+
+    def _load_failed(self, name: str, e: Exception, fail_fast: bool) -> None:
+        if len(self.specs) == 1:
+            raise e
+        if fail_fast:
+            err = ExtractError(f"teacher {name!r} failed to load, and --fail-fast stops the pass: "
+                               f"{type(e).__name__}: {e}")
+            err.failed_teacher = name  # named by the runner's message (failed_teacher)
+            raise err from e
+        self.load_errors[name] = f"{type(e).__name__}: {e}"
+        log.warning("teacher %s failed to load (%s); the pass goes on without it", name, e)
 
     # single-teacher views (a worker with one teacher, as the tests and older callers use it)
     @property
@@ -280,8 +326,10 @@ class BlockWorker:
                 for r, h in read:
                     hashes[r] = h
             prepared = [item for items, *_ in chunks for item in items]
+            shared: dict[tuple, Any] = {}  # this batch's tokens and 8-bit pixels, once for the teachers that share them
             for name in names:
-                self._forward(name, prepared, out[name], ids, start)
+                with _blame(name):
+                    self._forward(name, prepared, out[name], ids, start, shared)
         if next_block is not None:
             self._prefetch(next_block[0], self._names(next_block[1]))
         # the block's image hashes recorded (or compared with those recorded) once, for every teacher of the pass
@@ -291,8 +339,9 @@ class BlockWorker:
             o = out[name]
             t = time.perf_counter()
             self._fail_changed(name, changed, ids, start, o.valid, o.failures)
-            self.store.write_block(name, block, o.image, o.text, o.valid, o.failures, content_sha256=content,
-                                   views=o.views)
+            with _blame(name):
+                self.store.write_block(name, block, o.image, o.text, o.valid, o.failures, content_sha256=content,
+                                       views=o.views)
             o.timings["write_s"] += time.perf_counter() - t
             first = not results  # the block's decodes, bytes and object-storage retries are counted once, on it
             results.append(BlockResult(
@@ -385,8 +434,8 @@ class BlockWorker:
         """Read and decode ``rows`` once; preprocess each image for every teacher in ``names``.
 
         Returns:
-            ``[(row, {teacher: tensor | (tensor, views tensor) | DeviceJpeg | BadSample}, caption | BadSample)]``
-            (the views tensor, (K, C, H, W), when the worker has views), the seconds
+            ``[(row, {teacher: image | (image, [K view images]) | DeviceJpeg | BadSample}, caption | BadSample)]``
+            (the view images when the worker has views), the seconds
             it took, the images decoded, the bytes read, and ``(row, sha256)`` of each image's bytes read.
         """
         t = time.perf_counter()
@@ -412,15 +461,26 @@ class BlockWorker:
                     cpu.append(name)
             if cpu:
                 decoded += 1
-                pixels.update(self._cpu_pixels(data, cpu, start + r))
+                pixels.update(self._cpu_geometry(data, cpu, start + r))
             out.append((r, pixels, caption))
         return out, time.perf_counter() - t, decoded, nbytes, hashes
 
-    def _cpu_pixels(self, data: bytes, names: list[str], row: int) -> dict[str, Any]:
-        """Decode once, then each teacher's mode and transform on the CPU (a BadSample per teacher when that fails).
+    def _cpu_pixels(self, data: bytes, names: list[str]) -> dict[str, Any]:
+        """Decode once, then each teacher's mode and transform on the CPU (a tensor, or a BadSample per teacher)."""
+        out = self._cpu_geometry(data, names, -1)  # row -1: views are refused with --decode gpu (__init__)
+        for name, img in out.items():
+            if not isinstance(img, BadSample):
+                try:
+                    out[name] = self.slots[name].teacher.preprocessing.to_tensor_batch([img])[0]
+                except (ValueError, RuntimeError) as e:
+                    out[name] = BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}")
+        return out
 
-        With views, each teacher also gets the K views of store row ``row``, each cropped from the one
-        decoded image (:func:`mmkd.data.views.render_view`) at the teacher's input size."""
+    def _cpu_geometry(self, data: bytes, names: list[str], row: int) -> dict[str, Any]:
+        """Decode once, then each teacher's mode and resize/crop (a PIL image, or a BadSample per teacher).
+
+        With views, each teacher gets ``(image, [its K views of store row row])``, each view cropped from the
+        one decoded image at the teacher's input size (:func:`mmkd.data.views.render_view`)."""
         boxes, frame, draft = None, None, None
         try:
             if self.views is not None:
@@ -448,23 +508,32 @@ class BlockWorker:
                 if isinstance(by_mode[mode], BadSample):
                     raise by_mode[mode]
                 try:
-                    if slot.geometry_key not in resized:
-                        resized[slot.geometry_key] = slot.geometry(by_mode[mode])
-                    out[name] = slot.tensorize(resized[slot.geometry_key])
+                    out[name] = self._resized(slot.teacher.preprocessing, self._sources.get(name), by_mode[mode],
+                                              resized)
                     if boxes is not None:
                         pp = slot.teacher.preprocessing
                         key = (mode, pp.image_size, pp.interpolation)
                         if key not in viewed:
                             side = (pp.image_size, pp.image_size)
                             viewed[key] = [render_view(by_mode[mode], b, frame, side, pp.interpolation) for b in boxes]
-                        import torch  # the worker process has it (the tensorize above is torchvision)
-
-                        out[name] = (out[name], torch.stack([slot.tensorize(v) for v in viewed[key]]))
+                        out[name] = (out[name], viewed[key])
                 except (ValueError, OSError, RuntimeError) as e:
                     raise BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}") from e
             except BadSample as e:
                 out[name] = e
         return out
+
+    def _resized(self, pp: Preprocessing, source: Preprocessing | None, img: Any, resized: dict[tuple, Any]) -> Any:
+        """``pp``'s resize/crop of ``img``, or of ``source``'s (``--resize cascade``); each computed once per image."""
+        key = (pp.geometry_key, source and source.geometry_key)
+        if key not in resized:
+            if source is not None:
+                img = self._resized(source, None, img, resized)
+            resized[key] = self._geometry(pp)(img)
+        return resized[key]
+
+    def _geometry(self, pp: Preprocessing) -> Any:
+        return self._geometries[pp.geometry_key]
 
     def _device_pixels(self, name: str, prepared: list[tuple]) -> list[tuple]:
         """Decode the batch's :class:`DeviceJpeg` items of teacher ``name`` on its device; what it refuses goes
@@ -477,13 +546,11 @@ class BlockWorker:
         decoded = decode_batch([items[i][1].data for i in jobs], teacher.preprocessing, teacher.device)
         for i, pixels in zip(jobs, decoded):
             r, jpeg, caption = items[i]
-            # row -1: never used, views are refused with --decode gpu (BlockWorker.__init__)
-            items[i] = (r, pixels if pixels is not None else self._cpu_pixels(jpeg.data, [name], -1)[name], caption)
+            items[i] = (r, pixels if pixels is not None else self._cpu_pixels(jpeg.data, [name])[name], caption)
         return items
 
-    def _forward(self, name: str, prepared: list[tuple], o: "_BlockOut", ids: list[str], start: int) -> None:
-        import torch
-
+    def _forward(self, name: str, prepared: list[tuple], o: "_BlockOut", ids: list[str], start: int,
+                 shared: dict[tuple, Any]) -> None:
         slot = self.slots[name]
         t = time.perf_counter()
         items = self._device_pixels(name, prepared) if self._on_device else \
@@ -501,28 +568,70 @@ class BlockWorker:
             return
         t = time.perf_counter()
         rows = np.array([g[0] for g in good])
-        plain = [g[1][0] if isinstance(g[1], tuple) else g[1] for g in good]
-        pixels = torch.stack([x.to(slot.teacher.device) for x in plain])
-        o.image[rows] = slot.teacher.encode_images(pixels, autocast=slot.autocast).numpy()
-        o.text[rows] = slot.teacher.encode_texts([g[2] for g in good], autocast=slot.autocast).numpy()
+        pp = slot.teacher.preprocessing
+        pixels = self._pixel_batch(pp, [g[1][0] if isinstance(g[1], tuple) else g[1] for g in good], shared)
+        o.image[rows] = slot.teacher.encode_images(pixels.to(slot.teacher.device), autocast=slot.autocast).numpy()
+        captions = [g[2] for g in good]
+        key = slot.teacher.tokenizer_key
+        if key is not None:
+            key = ("tokens", key, tuple(rows.tolist()))  # the same tokenizer on the same captions
+            if key not in shared:
+                shared[key] = slot.teacher.tokenize(captions)
+        o.text[rows] = slot.teacher.encode_texts(captions, autocast=slot.autocast,
+                                                 tokens=shared[key] if key is not None else None).numpy()
         if o.views is not None:
-            o.views[rows] = self._encode_views(slot, [g[1][1] for g in good])
+            o.views[rows] = self._encode_views(slot, [g[1][1] for g in good], shared)
         finite = _finite_rows(o.image[rows], o.text[rows], o.failures, [ids[r] for r in rows], rows + start,
                               None if o.views is None else o.views[rows])
         o.valid[rows[finite]] = True
         o.timings["forward_s"] += time.perf_counter() - t
 
-
-    def _encode_views(self, slot: _Slot, views: list[Any]) -> np.ndarray:
-        """(rows, K, dim) image features of every row's K views, in forward batches of ``batch_size`` images."""
+    @staticmethod
+    def _pixel_batch(pp: Preprocessing, xs: list[Any], shared: dict[tuple, Any]) -> Any:
+        """The model input of a batch: resized PIL images (CPU decode) made into one normalised tensor, their
+        8-bit stack built once for the teachers given the very same images (same resize/crop); tensors
+        (decoded on the device, or the CPU fallback of that path) stacked."""
         import torch
+        from PIL import Image
 
-        k = views[0].shape[0]
-        flat = torch.cat(views)
-        bs = self.config.batch_size
-        out = [slot.teacher.encode_images(flat[i:i + bs].to(slot.teacher.device), autocast=slot.autocast).numpy()
-               for i in range(0, flat.shape[0], bs)]
+        if all(isinstance(x, Image.Image) for x in xs):
+            key = ("uint8", *map(id, xs))  # the same image objects (alive while the batch runs): the same bytes
+            if key not in shared:
+                shared[key] = pp.stack_uint8(xs)
+            return pp.normalize_uint8(shared[key])
+        return torch.stack([pp.to_tensor_batch([x])[0] if isinstance(x, Image.Image) else x for x in xs])
+
+
+    def _encode_views(self, slot: _Slot, views: list[list[Any]], shared: dict[tuple, Any]) -> np.ndarray:
+        """(rows, K, dim) image features of every row's K view images, in forward batches of ``batch_size``."""
+        k = len(views[0])
+        flat = [v for row in views for v in row]
+        pp, bs = slot.teacher.preprocessing, self.config.batch_size
+        out = [slot.teacher.encode_images(self._pixel_batch(pp, flat[i:i + bs], shared).to(slot.teacher.device),
+                                          autocast=slot.autocast).numpy() for i in range(0, len(flat), bs)]
         return np.concatenate(out).reshape(len(views), k, -1)
+
+
+@contextlib.contextmanager
+def _blame(teacher: str) -> Iterator[None]:
+    """Mark an error raised by one teacher's step of a pass block with that teacher (``failed_teacher``),
+    so a runner's message names it rather than the whole pass; the error keeps its type."""
+    try:
+        yield
+    except Exception as e:
+        if getattr(e, "failed_teacher", None) is None:
+            e.failed_teacher = teacher  # pickled with the exception (its __dict__) through Ray
+        raise
+
+
+def failed_teacher(e: BaseException) -> str | None:
+    """The teacher an error of :meth:`BlockWorker.run_pass_block` came from, when one did (see :func:`_blame`)."""
+    while e is not None:
+        name = getattr(e, "failed_teacher", None)
+        if name is not None:
+            return name
+        e = getattr(e, "cause", None) or e.__cause__  # a Ray task error holds the worker's own one in .cause
+    return None
 
 
 class _BlockOut:

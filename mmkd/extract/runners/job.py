@@ -27,6 +27,7 @@ from mmkd.teachers.spec import teachers_in_scope
 RUNNERS = ("ray", "local")
 PRECISIONS = ("fp32", "fp16", "bf16")
 DECODES = ("full", "reduced", "gpu")
+RESIZES = ("own", "cascade")
 DEVICES = ("auto", "cpu", "cuda")
 ALL_TEACHERS = "all"
 
@@ -67,6 +68,11 @@ class ExtractJob:
             large JPEGs, see bench/decode_bench.py) or ``gpu`` (JPEG batches decoded and
             preprocessed on the teacher's GPU with nvJPEG; other images on the CPU).
             Recorded in the teacher's attrs.
+        resize: ``own`` (default: each teacher resizes every decoded image itself; with ``decode``
+            ``full`` the features equal a run of that teacher alone, bit for bit) or ``cascade``
+            (teachers of a pass with the same resize mode resize from the largest input among them,
+            one large resize per image instead of one per input size; pixels of the smaller inputs
+            differ slightly; recorded per teacher as ``resize: cascade from <side>px``).
         liveness_timeout: Ray runner: seconds without a finished block and without an
             answer from any actor before the job fails (finished blocks stay; rerun resumes).
         fail_fast: with several teachers, a teacher that fails to load stops the job
@@ -97,6 +103,7 @@ class ExtractJob:
     max_restarts: int = 3
     on_bad_row: str = "record"
     decode: str = "full"
+    resize: str = "own"
     liveness_timeout: float = 300.0
     fail_fast: bool = False
     gpu_memory: float | None = None
@@ -140,6 +147,8 @@ def _check_job(job: ExtractJob) -> None:
             raise ExtractError(f"{where}: {key} must be a positive integer, got {v!r}")
     if job.decode not in DECODES:
         raise ExtractError(f"{where}: decode {job.decode!r} not in {list(DECODES)}")
+    if job.resize not in RESIZES:
+        raise ExtractError(f"{where}: resize {job.resize!r} not in {list(RESIZES)}")
     if job.views is not None:
         if isinstance(job.views, bool) or not isinstance(job.views, int) or job.views <= 0:
             raise ExtractError(f"{where}: views must be a positive integer (views per row), got {job.views!r}")

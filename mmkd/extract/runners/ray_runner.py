@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from mmkd.extract.runners.base import BaseRunner, BlockCallback, PassResult, check_loaded, pass_queue
-from mmkd.extract.runners.block import BlockWorker, WorkerConfig
+from mmkd.extract.runners.block import BlockWorker, WorkerConfig, failed_teacher
 from mmkd.extract.runners.job import ExtractError
 from mmkd.extract.runners.summary import BlockResult
 from mmkd.jsontypes import JSONDict
@@ -104,10 +104,18 @@ class BlockActor:
 
 
 class _PassName:
-    """Names a pass in errors the way a teacher's name did (``spec.name``)."""
+    """Names a pass in errors: ``teacher 'a'`` for one teacher, ``teachers 'a', 'b' (one pass)`` for several
+    (a step that fails for one teacher of the pass names that one: :func:`failed_teacher`)."""
 
     def __init__(self, specs: list[Any]) -> None:
-        self.name = specs[0].name if len(specs) == 1 else "+".join(s.name for s in specs)
+        self.name = "+".join(s.name for s in specs)  # logs
+        self.label = f"teacher {specs[0].name!r}" if len(specs) == 1 else \
+            "teachers " + ", ".join(repr(s.name) for s in specs) + " (one pass)"
+
+    def of(self, e: BaseException) -> str:
+        """``teacher 'x'`` when error ``e`` came from teacher x's step of a block, else :attr:`label`."""
+        name = failed_teacher(e)
+        return f"teacher {name!r}" if name is not None else self.label
 
 
 class RayRunner(BaseRunner):
@@ -254,7 +262,7 @@ class RayRunner(BaseRunner):
         self._start(i)
 
     # ------------------------------------------------------------------ liveness
-    def _wait_one(self, refs: list[ObjectRef], spec: TeacherSpec, doing: str) -> ObjectRef:
+    def _wait_one(self, refs: list[ObjectRef], who: _PassName, doing: str) -> ObjectRef:
         """The first of ``refs`` to finish; meanwhile ping the actors, and fail when nothing moves.
 
         Raises:
@@ -281,23 +289,23 @@ class RayRunner(BaseRunner):
                 self._last_alive = time.monotonic()
                 return ready[0]
             if time.monotonic() - self._last_alive > self.liveness_timeout:
-                raise ExtractError(self._stalled_message(spec, doing))
+                raise ExtractError(self._stalled_message(who, doing))
 
-    def _stalled_message(self, spec: TeacherSpec, doing: str) -> str:
+    def _stalled_message(self, who: _PassName, doing: str) -> str:
         actors = "; ".join(f"{n}: {self._deaths.get(n, 'not answering')}" for n in self._names)
         dead_before = {n: why for n, why in self._deaths.items() if n not in self._names}
         if dead_before:
             actors += "; replaced earlier: " + "; ".join(f"{n}: {why}" for n, why in dead_before.items())
-        return (f"teacher {spec.name!r}: no progress for {self.liveness_timeout:g} s while {doing} "
+        return (f"{who.label}: no progress for {self.liveness_timeout:g} s while {doing} "
                 f"(--liveness-timeout {self.liveness_timeout:g}): no block finished and no Ray actor answered. "
                 f"Actors: {actors}. Ray nodes: {_describe_nodes()}. Blocks finished by this run "
                 f"({self._done_blocks}) stay marked done in the store: rerun the same command to resume (a new "
                 "local Ray instance is started; with --address, check the cluster with `ray status` first)")
 
-    def _gather(self, refs: list[ObjectRef], spec: TeacherSpec, doing: str) -> list[Any]:
+    def _gather(self, refs: list[ObjectRef], who: _PassName, doing: str) -> list[Any]:
         pending = list(refs)
         while pending:
-            pending.remove(self._wait_one(pending, spec, doing))
+            pending.remove(self._wait_one(pending, who, doing))
         return ray.get(refs)
 
     # ------------------------------------------------------------------ scheduling
@@ -319,7 +327,7 @@ class RayRunner(BaseRunner):
         try:
             info = self._gather([a.load.remote(payload, fail_fast) for a in self._actors], who, "loading the teachers")
         except ray.exceptions.RayError as e:
-            raise ExtractError(f"teacher {who.name!r}: a Ray worker failed to load it (teacher, dataset or "
+            raise ExtractError(f"{who.of(e)}: a Ray worker failed to load it (teacher, dataset or "
                                f"store): {_root_cause(e)}") from e
         errors: dict[str, str] = {}
         for i in info:
@@ -331,11 +339,11 @@ class RayRunner(BaseRunner):
             attrs = self._gather([self._actors[0].store_attrs.remote(payload, fail_fast)], who,
                                  "reading its attributes")[0]
         except ray.exceptions.RayError as e:
-            raise ExtractError(f"teacher {who.name!r}: every block is done, but reading the teachers' attributes "
+            raise ExtractError(f"{who.label}: every block is done, but reading the teachers' attributes "
                                f"from a Ray worker failed: {_root_cause(e)}; rerun the same command to finish") from e
         return PassResult(attrs, errors, [{**i["memory"], "actor": i["actor"]} for i in info])
 
-    def _schedule(self, spec: _PassName, payload: list[JSONDict], blocks: list[tuple[int, tuple[str, ...]]],
+    def _schedule(self, who: _PassName, payload: list[JSONDict], blocks: list[tuple[int, tuple[str, ...]]],
                   on_block: BlockCallback, fail_fast: bool) -> None:
         queue, idle = deque(blocks), deque(range(len(self._actors)))
         inflight: dict[ObjectRef, tuple[int, tuple]] = {}
@@ -351,20 +359,20 @@ class RayRunner(BaseRunner):
                 if nb is not None:
                     reserved[i] = nb
                 inflight[self._actors[i].run_block.remote(payload, b[0], list(b[1]), nb, fail_fast)] = (i, b)
-            ref = self._wait_one(list(inflight), spec, f"running {len(queue) + len(inflight) + len(reserved)} blocks")
+            ref = self._wait_one(list(inflight), who, f"running {len(queue) + len(inflight) + len(reserved)} blocks")
             i, b = inflight.pop(ref)
             try:
                 out = ray.get(ref)
             except ray.exceptions.RayTaskError as e:  # the block itself raised: a real error, not a lost worker
-                raise ExtractError(f"teacher {spec.name!r}, block {b[0]}: {_root_cause(e)}") from e
+                raise ExtractError(f"{who.of(e)}, block {b[0]}: {_root_cause(e)}") from e
             except ray.exceptions.RayError as e:  # the actor is gone for good (Ray's restarts used up)
                 lost[b[0]] = lost.get(b[0], 0) + 1
                 if lost[b[0]] > self.max_restarts:
-                    raise ExtractError(f"teacher {spec.name!r}, block {b[0]}: lost its Ray worker {lost[b[0]]} times "
+                    raise ExtractError(f"{who.label}, block {b[0]}: lost its Ray worker {lost[b[0]]} times "
                                        f"(max_restarts {self.max_restarts}); last: {self._names[i]}: {_short(e)}. "
                                        "Finished blocks stay in the store: rerun to resume") from e
                 log.warning("pass %s: actor %s died for good (%s); replacing it, block %d re-queued",
-                            spec.name, self._names[i], type(e).__name__, b[0])
+                            who.name, self._names[i], type(e).__name__, b[0])
                 self._replace(i, e)
                 if i in reserved:
                     queue.appendleft(reserved.pop(i))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmkd.config import is_remote, load_pipelines
@@ -23,7 +21,7 @@ from mmkd.teachers import TeacherSpec, weights_status
 from mmkd.teachers.weights import hub_download_impossible, missing_weights_error
 from mmkd.store import FeatureStore, StoreError
 from mmkd.store.format import disk_full, disk_full_error
-from mmkd.store.locks import LOCKS, TeacherLocked, teacher_locks
+from mmkd.store.locks import TeacherLocked, teacher_lock_holders, teacher_locks
 from mmkd.jsontypes import JSONDict
 
 if TYPE_CHECKING:
@@ -92,25 +90,26 @@ def run_extract(job: ExtractJob, *, progress: bool = False, on_block: BlockCallb
 
 def _drop_if_empty(store: FeatureStore) -> None:
     """Remove a store this run created when it failed before any block was done (the first teacher could not
-    start: a hub that cannot be reached, a wrong ``dim``), unless another extract is using it meanwhile."""
+    start: a hub that cannot be reached, a wrong ``dim``), unless another extract is using it meanwhile. On
+    object storage too: every object under the store's prefix is deleted."""
     try:
         now = FeatureStore.open(store.path)
         if any(now.done_blocks(t) for t in now.teachers):
             return
-        for lock in (Path(store.path) / LOCKS).glob("*.lock"):
-            if lock.read_text().strip() and not _ours(lock):  # another extract holds a teacher of this store
-                return
+        if teacher_lock_holders(store.path):  # another extract holds a teacher of this store
+            return
     except (StoreError, OSError):
         return
-    shutil.rmtree(store.path, ignore_errors=True)
+    if is_remote(store.path):
+        try:
+            store.path.fs.rm(store.path.path, recursive=True)
+        except OSError as e:
+            log.warning("store %s was created by this run and holds no finished block, but removing it failed "
+                        "(%s); delete it before reusing the URL", store.path, e)
+            return
+    else:
+        shutil.rmtree(store.path, ignore_errors=True)
     log.info("removed store %s: it was created by this run and holds no finished block", store.path)
-
-
-def _ours(lock: Path) -> bool:
-    try:
-        return int(json.loads(lock.read_text())["pid"]) == os.getpid()
-    except (ValueError, KeyError, TypeError, OSError):
-        return False
 
 
 def _run_locked(job: ExtractJob, specs: list[TeacherSpec], ds: Dataset, store: FeatureStore, created: bool,
@@ -127,7 +126,8 @@ def _run_locked(job: ExtractJob, specs: list[TeacherSpec], ds: Dataset, store: F
         _precheck_weights(job, [s for s in specs if todo[s.name]])
     config = WorkerConfig(dataset=ds.spec().to_dict(with_storage_options=True), store=absolute(store.path),
                           batch_size=job.batch_size, precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
-                          decode=job.decode, views=_views_attrs(job))
+                          decode=job.decode, resize=job.resize,
+                          views=_views_attrs(job))
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None
     # Nothing to schedule: the local runner finishes complete teachers without starting Ray.
     runner = _make_runner(job, stamp) if any(todo.values()) else LocalRunner()
