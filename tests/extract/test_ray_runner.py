@@ -160,6 +160,7 @@ def driver_cleanup():
             proc.communicate()
 
 
+@pytest.mark.slow  # ~45 s: waits out the liveness timeout of a dead raylet
 def test_dead_raylet_fails_after_liveness_timeout_and_rerun_resumes(ray_session, setup, modality_dir, tmp_path,
                                                                     driver_cleanup):
     """Killing a Ray agent takes the raylet down (it fate-shares); the driver must not wait forever."""
@@ -197,6 +198,7 @@ def test_dead_raylet_fails_after_liveness_timeout_and_rerun_resumes(ray_session,
     assert validate_store(FeatureStore.open(store)).messages == []
 
 
+@pytest.mark.slow  # ~25 s: starts its own Ray in a driver it signals
 def test_sigterm_to_driver_shuts_down_the_ray_it_started(setup, modality_dir, tmp_path, driver_cleanup):
     data = _repeated_dataset(modality_dir, tmp_path / "data", copies=5)
     store = tmp_path / "store"

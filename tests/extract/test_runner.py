@@ -238,6 +238,7 @@ def test_cli_extract_run_and_rerun(setup, tmp_path):
     assert unknown.exit_code == 1 and "unknown teacher 'nope'" in unknown.output and "tiny_open_clip" in unknown.output
 
 
+@pytest.mark.slow  # ~27 s: two extract subprocesses (the S3 variant, tests/s3/test_s3_ray.py, is slow too)
 def test_sigkill_whole_extract_then_rerun_gives_identical_store(setup, tmp_path):
     reference = tmp_path / "reference"
     job = dict(data="modality", teachers=["tiny_open_clip", "tiny_transformers"], block_size=1, batch_size=1)
