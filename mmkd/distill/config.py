@@ -443,7 +443,7 @@ def load_distill_config(pipelines: Pipelines | None, run: str | None,
     Raises:
         ConfigError: unknown entry or key, or invalid values.
     """
-    pipelines = pipelines or {}
+    pipelines = Pipelines.of(pipelines)
     values = merge_entry(pipelines, "distill", run, overrides, allowed=FIELDS | {"optim", "loss"} | set(DEPRECATED_KEYS),
                          path_keys=PATH_FIELDS, what="distill")
     for old, new in DEPRECATED_KEYS.items():
@@ -463,6 +463,6 @@ def load_distill_config(pipelines: Pipelines | None, run: str | None,
         values["data"] = resolve_data(values["data"], pipelines).to_dict()
     cfg = DistillConfig(**_nest(values))
     cfg.students_section = section(pipelines, "students")
-    if Pipelines.of(pipelines).path is not None:
-        cfg.students_base_dir = str(Pipelines.of(pipelines).path.parent)
+    if pipelines.path is not None:
+        cfg.students_base_dir = str(pipelines.path.parent)
     return cfg.validate()

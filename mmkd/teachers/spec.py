@@ -247,8 +247,9 @@ def teachers_from_config(pipelines: Pipelines) -> dict[str, TeacherSpec]:
         TeacherError: an entry is malformed; the message names the teacher and key.
     """
     # each entry's relative paths resolve against the file that declared it (mmkd.config.resolve_path)
+    pipelines = Pipelines.of(pipelines)
     return {str(name): _from_entry(str(name), entry, resolve_path(pipelines, ".", section="teachers", entry=str(name))
-                                   if Pipelines.of(pipelines).path is not None else None)
+                                   if pipelines.path is not None else None)
             for name, entry in section(pipelines, "teachers").items()}
 
 

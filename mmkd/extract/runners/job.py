@@ -216,8 +216,7 @@ def job_from_config(pipelines: Pipelines | None = None, run: str | None = None, 
         ExtractError: unknown run name (the message lists the valid ones), unknown
             keys in the entry, or an invalid resulting job.
     """
-    if pipelines is None:
-        pipelines = load_pipelines(overrides.get("pipeline"))
+    pipelines = load_pipelines(overrides.get("pipeline")) if pipelines is None else Pipelines.of(pipelines)
     try:
         values = merge_entry(pipelines, "extract", run, overrides, allowed=JOB_KEYS + ("pipeline",),
                              path_keys=("store",), what="extract run")
@@ -225,7 +224,7 @@ def job_from_config(pipelines: Pipelines | None = None, run: str | None = None, 
         raise ExtractError(str(e)) from e
     if run is not None and isinstance(values.get("data"), (str, dict)) and "data" not in overrides:
         values["data"] = _entry_data(pipelines, run, values["data"])
-    values.setdefault("pipeline", str(Pipelines.of(pipelines).path or "") or None)
+    values.setdefault("pipeline", None if pipelines.path is None else str(pipelines.path))
     values.setdefault("name", run)
     for key in ("data", "teachers", "store"):
         values.setdefault(key, None)
