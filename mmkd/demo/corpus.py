@@ -80,17 +80,26 @@ def _ellipse(yy: Array, xx: Array, cy: Array, cx: Array, ry: Array, rx: Array, s
 
 def _blobs(yy: Array, xx: Array, count: Array, radius: tuple[float, float], rng: np.random.Generator,
            region: tuple[float, float], max_count: int, aspect: float = 0.0) -> Array:
-    """Union of ``count[i]`` random ellipses per image inside the centred square ``region``: (n, S, S)."""
+    """Union of ``count[i]`` random ellipses per image inside the centred square ``region``: (n, S, S).
+
+    ``yy`` varies along rows only and ``xx`` along columns only (a grid, possibly shifted per
+    image), so each ellipse's x and y terms are computed on one row and one column and
+    broadcast, and the union is taken one ellipse at a time: the same values as the whole
+    (n, max_count, S, S) array at a fraction of its work and memory.
+    """
     n = len(count)
     lo, hi = region
     cy, cx = rng.uniform(lo, hi, (2, n, max_count))
     r = rng.uniform(*radius, (n, max_count))
     stretch = 1.0 + aspect * rng.uniform(0, 1, (n, max_count))
     active = np.arange(max_count)[None] < count[:, None]
-    d = (((xx[:, None] - cx[..., None, None]) / (r * stretch)[..., None, None]) ** 2
-         + ((yy[:, None] - cy[..., None, None]) / (r / stretch)[..., None, None]) ** 2)
-    masks = np.clip((1.0 - d) * 3.0, 0.0, 1.0) * active[..., None, None]
-    return masks.max(axis=1)
+    tx = ((xx[:, None, :1, :] - cx[..., None, None]) / (r * stretch)[..., None, None]) ** 2  # (n, m, 1, S)
+    ty = ((yy[:, None, :, :1] - cy[..., None, None]) / (r / stretch)[..., None, None]) ** 2  # (n, m, S, 1)
+    union = np.zeros((n, *np.broadcast_shapes(xx.shape[1:], yy.shape[1:])))
+    for j in range(max_count):
+        mask = np.clip((1.0 - (tx[:, j] + ty[:, j])) * 3.0, 0.0, 1.0) * active[:, j, None, None]
+        np.maximum(union, mask, out=union)
+    return union
 
 
 def _paint(img: Array, mask: Array, colour: Array | tuple[float, float, float]) -> Array:

@@ -45,7 +45,9 @@ from mmkd.demo.experts import PREPROCESS_CFG, ExpertSpec, expert_job, teacher_sp
 from mmkd.demo.report import summarize, write_summary
 from mmkd.demo.students import student_job, warm_job
 from mmkd.demo.tasks import task_summary, write_task_sets
-from mmkd.eval.runner import EvalConfig, evaluate
+from mmkd.eval.report import write_report
+from mmkd.eval.rows import Results
+from mmkd.eval.runner import EvalConfig, score
 from mmkd.extract import ExtractJob, run_extract
 from mmkd.store import FeatureStore
 from mmkd.store.trust import compute_trust
@@ -69,14 +71,25 @@ def build_corpus(out: Path, cfg: DemoConfig) -> JSONDict:
             "task_sets": write_task_sets(out / "corpus" / "tasks", cfg)}
 
 
-def _pool(cfg: DemoConfig):
-    """A pool of ``cfg.jobs`` fresh (spawned) processes for independent trainings.
+def _pool(cfg: DemoConfig, workers: int | None = None):
+    """A pool of ``workers`` (default ``cfg.jobs``) fresh (spawned) processes for independent trainings.
 
     Tiny models use a second core poorly within one process (2 threads: 1.4x one
     thread), so two trainings side by side, one thread each, finish sooner than
     one after the other with two threads each.
     """
-    return ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(max_workers=workers or cfg.jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _expert_workers(cfg: DemoConfig) -> int:
+    """Processes the experts train in: ``cfg.jobs``, or all of them at once when they do not fill whole rounds.
+
+    Three experts in two jobs would train two, then one alone with a core idle (2 rounds of
+    one expert's time); all three side by side on the two cores take 1.5 rounds and give the
+    same experts (each trains with its own seed and thread count, whatever runs beside it).
+    """
+    n = len(cfg.experts)
+    return n if n % cfg.jobs else cfg.jobs
 
 
 def _job_threads(cfg: DemoConfig) -> int:
@@ -103,7 +116,7 @@ def build_experts(out: Path, cfg: DemoConfig, progress: Progress | None = None) 
     specs = {name: ExpertSpec(name, tuple(mods), n_per_class=cfg.expert_per_class, steps=cfg.expert_steps,
                               batch_size=cfg.expert_batch_size, seed=cfg.seed * 100 + i)
              for i, (name, mods) in enumerate(cfg.experts.items())}
-    with _pool(cfg) as pool:
+    with _pool(cfg, _expert_workers(cfg)) as pool:
         futures = {name: pool.submit(expert_job, spec, str(out / "experts" / name), tuple(cfg.modalities), cfg.seed,
                                      cfg.image_size, _job_threads(cfg)) for name, spec in specs.items()}
         info = _finished(futures, "expert", progress)
@@ -218,17 +231,73 @@ def _preprocess() -> dict[str, Any]:
     return dict(PREPROCESS_CFG)
 
 
+def eval_job(models: list[str], sets: list[str], out: str, pipelines: str, ecfg: EvalConfig,
+             threads: int) -> tuple[Results, JSONDict]:
+    """``mmkd eval``'s scores of some of the models (in a pool process, or in the demo's own)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return score(models, sets, out, pipelines=load_pipelines(pipelines), ecfg=ecfg)
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluate_all(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str,
-                 exports: dict[str, str]) -> JSONDict:
-    """Zero-shot, linear probe, retrieval per modality, slide diagnosis / survival and VQA, for every model."""
+                 exports: dict[str, str], progress: Progress | None = None) -> Results:
+    """Zero-shot, linear probe, retrieval per modality, slide diagnosis / survival and VQA, for every model.
+
+    The models are scored in ``cfg.jobs`` groups side by side (this process and ``jobs - 1``
+    spawned ones, one torch thread each: eval's tiny heads use a second thread poorly),
+    sharing the feature cache, and their results merged into one ``mmkd eval`` report:
+    each model's scores depend on it and the sets alone (:func:`mmkd.eval.runner.score`).
+
+    Raises:
+        DemoError: a model could not read an eval image (the paired claims need every image).
+    """
     ecfg = EvalConfig(tasks=("zeroshot", "linear", "retrieval", "diagnosis", "survival", "vqa"),
                       resamples=cfg.eval_resamples, seed=cfg.seed, batch_size=256, device="cpu")
     models = list(cfg.experts) + list(exports.values())
     sets = list(corpus["eval_sets"].values()) + list(corpus.get("task_sets", {}).values())
-    return evaluate(models, sets, out / "eval", pipelines=load_pipelines(pipelines), ecfg=ecfg)
+    groups = [g for g in (models[i::cfg.jobs] for i in range(cfg.jobs)) if g]
+    args = (sets, str(out / "eval"), pipelines, ecfg, 1 if len(groups) > 1 else _job_threads(cfg) * cfg.jobs)
+    t0, parts = time.perf_counter(), []
+    with _pool(cfg, max(1, len(groups) - 1)) as pool:
+        futures = [pool.submit(eval_job, g, *args) for g in groups[1:]]
+        for k, group in enumerate(groups):
+            parts.append(eval_job(group, *args) if k == 0 else futures[k - 1].result())
+            if progress is not None:
+                shown = ", ".join(Path(m).parent.name if os.sep in m else m for m in group)  # runs/<name>/export
+                progress(f"  eval of {shown} done ({k + 1}/{len(groups)}, +{time.perf_counter() - t0:.0f}s)")
+    return _merge_scores(out / "eval", groups, parts)
 
 
-def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = "ray",
+def _merge_scores(out: Path, groups: list[list[str]], parts: list[tuple[Results, JSONDict]]) -> Results:
+    """One report (``results.*``, ``eval_run.json``) from the groups' scores, the models in their given order.
+
+    ``groups[j]`` is every ``len(groups)``-th model from the ``j``-th: the interleave is undone.
+    """
+    names: list[list[str]] = []
+    for group, (part, info) in zip(groups, parts):
+        skipped = {name: s["skipped"] for name, s in info["sets"].items() if s["skipped"]}
+        if skipped:
+            raise DemoError(f"eval images unreadable (set: count) {skipped}; the demo's claims pair every image "
+                            "across models: regenerate the demo in a fresh --out folder")
+        if len(part) != len(group):
+            raise DemoError(f"eval scored {len(part)} of the models {group}; every demo model needs results")
+        names.append(list(part))  # a group's results are in its models' order
+    n, total = len(groups), sum(len(g) for g in groups)
+    order = [names[i % n][i // n] for i in range(total)]
+    if len(set(order)) != len(order):
+        raise DemoError(f"two demo models share a name in eval ({order}); every teacher and run needs its own")
+    merged = {name: parts[i % n][0][name] for i, name in enumerate(order)}
+    info = {**parts[0][1], "models": [groups[i % n][i // n] for i in range(total)]}
+    write_report(merged, out, info)
+    return merged
+
+
+def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str | None = None,
              progress: Progress | None = None, **overrides: JSON) -> JSONDict:
     """Run the demo into ``out``; returns the summary (also written to ``out/summary.json``).
 
@@ -236,11 +305,11 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
         out: output folder (created; an existing demo there is overwritten piece by piece).
         quick: the small preset (about a third of the work).
         seed: seed of everything.
-        runner: extract runner, ``ray`` or ``local``.
+        runner: extract runner, ``ray`` or ``local`` (None: the preset's, ``local`` for ``quick``, else ``ray``).
         progress: called with one line per phase (start, end with its time) and per trained model.
         **overrides: any :class:`~mmkd.demo.config.DemoConfig` field.
     """
-    cfg = DemoConfig.preset(quick, seed=seed, runner=runner, **overrides)
+    cfg = DemoConfig.preset(quick, seed=seed, **({"runner": runner} if runner else {}), **overrides)
     if cfg.threads:
         import torch
 
@@ -273,7 +342,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str = 
     trust = timed("trust", score_trust, store["store"], cfg) if needs_trust(cfg) else {}
     distilled = timed("distill", train_students, out, cfg, store["store"], progress=say)
     exports = distilled["exports"]
-    results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports)
+    results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports, progress=say)
     summary = summarize(results, cfg, exports, experts["experts"])
     timed("claims", add_gains, summary, out, cfg, corpus, experts["pipelines"], exports, trust)
 

@@ -248,6 +248,40 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
     Raises:
         EvalError: no models / sets, or no task applied to any set.
     """
+    run = _score(models, datasets, out, pipelines, ecfg)
+    write_report(run.results, out, run.run_info)
+    if csv is not None:
+        pretrained = {name: run.models.pretrained(model) for model, name in zip(models, run.names)}
+        write_clip_benchmark_csv(clip_benchmark_rows(result_rows(run.results), pretrained,
+                                                     run.bench_names), csv)
+    return run.results
+
+
+def score(models: list[str], datasets: list[str | EvalSet], out: str | Path, *, pipelines: Pipelines | None = None,
+          ecfg: EvalConfig | None = None) -> tuple[Results, JSONDict]:
+    """What :func:`evaluate` computes, without writing the report: ``(results, run_info)``.
+
+    ``run_info`` is what ``eval_run.json`` records; the feature cache under ``out`` is used
+    and filled as by :func:`evaluate`. Each model's results depend on that model and the
+    sets only (every task is seeded from ``ecfg.seed``), so models scored in separate
+    calls (or processes) and merged give what one call gives, as long as every model
+    read every image (``run_info["sets"][name]["skipped"]`` is 0).
+    """
+    run = _score(models, datasets, out, pipelines, ecfg)
+    return run.results, run.run_info
+
+
+@dataclass
+class _Scored:
+    results: Results
+    run_info: JSONDict
+    models: _Models
+    names: list[str]
+    bench_names: dict[str, str]
+
+
+def _score(models: list[str], datasets: list[str | EvalSet], out: str | Path, pipelines: Pipelines | None,
+           ecfg: EvalConfig | None) -> _Scored:
     pipelines, ecfg = pipelines or {}, ecfg or EvalConfig()
     if not models or not datasets:
         raise EvalError(f"need at least one --model and one --set or --data; got models={models} sets={datasets}")
@@ -304,12 +338,7 @@ def evaluate(models: list[str], datasets: list[str | EvalSet], out: str | Path, 
                 "sets": {s.name: {"source": s.source, "fingerprint": s.fingerprint(), "n": len(s.items),
                                   "skipped": len(skipped_by_set.get(s.name, [])),
                                   "classes": len(getattr(s, "class_names", None) or [])} for s in sets}}
-    write_report(results, out, run_info)
-    if csv is not None:
-        pretrained = {name: builder.pretrained(model) for model, name in zip(models, names)}
-        write_clip_benchmark_csv(clip_benchmark_rows(result_rows(results), pretrained,
-                                                     bench_names), csv)
-    return results
+    return _Scored(results, run_info, builder, names, bench_names)
 
 
 def _common_items(evalset: EvalSet, feats: dict[str, SetFeatures]) -> tuple[np.ndarray | None,
