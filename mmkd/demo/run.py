@@ -143,8 +143,9 @@ def _distill_settings(cfg: DemoConfig) -> dict[str, Any]:
             "num_workers": cfg.num_workers, "fd_weight": cfg.fd_weight, "icl_weight": cfg.icl_weight}
 
 
-def train_students(out: Path, cfg: DemoConfig, store: str, progress: Progress | None = None) -> JSONDict:
-    """Stage 1, then from its checkpoint every :func:`student_runs` run, ``cfg.jobs`` at a time.
+def train_students(out: Path, cfg: DemoConfig, store: str, pool: ProcessPoolExecutor,
+                   progress: Progress | None = None) -> JSONDict:
+    """Stage 1, then from its checkpoint every :func:`student_runs` run, ``cfg.jobs`` at a time in ``pool``.
 
     Each run trains in a fresh (spawned) process that never imports a teacher, as
     on a real distillation machine, and reports whether it did.
@@ -159,30 +160,29 @@ def train_students(out: Path, cfg: DemoConfig, store: str, progress: Progress | 
     student.write_text(json.dumps({"model_cfg": cfg.student, "preprocess_cfg": _preprocess()}, indent=2))
     runs = out / "runs"
     threads = _job_threads(cfg)
-    with _pool(cfg) as pool:
-        base = _distill_settings(cfg)
-        t0 = time.perf_counter()
-        first = pool.submit(student_job, store, str(runs / "stage1"), str(student), base, 1, cfg.stage1_steps,
-                            cfg.batch_size, cfg.threads or threads * cfg.jobs, {})
-        # the pool's other processes start and import while stage 1 trains (it leaves most of a core idle:
-        # tiny models use a second thread poorly), not after it, when every student waits for them
-        warm = [pool.submit(warm_job) for _ in range(cfg.jobs - 1)]
-        stage1, imported = first.result()
-        if progress is not None:
-            progress(f"  student stage1 trained (+{time.perf_counter() - t0:.0f}s)")
-        exports, loaded = {"stage1": stage1}, {"stage1": imported, "pool warm-up": any(w.result() for w in warm)}
-        futures = {}
-        # the KD runs (which also read teacher features) first, the no-KD baseline last: the pool ends sooner
-        runs_by_cost = sorted(student_runs(cfg).items(), key=lambda item: item[1].get("kd") is None)
-        for name, settings in runs_by_cost:
-            settings = dict(settings)
-            kd = settings.pop("kd")
-            futures[name] = pool.submit(student_job, store, str(runs / name), str(student), base, 2 if kd else 1,
-                                        cfg.stage2_steps, cfg.stage2_batch_size or cfg.batch_size, threads,
-                                        {"kd": kd, "init": str(runs / "stage1"), **settings})
-        for name, (export, imported) in _finished(futures, "student", progress).items():
-            exports[name], loaded[name] = export, imported
-        exports = {"stage1": exports["stage1"], **{n: exports[n] for n in student_runs(cfg)}}  # the config's order
+    base = _distill_settings(cfg)
+    t0 = time.perf_counter()
+    first = pool.submit(student_job, store, str(runs / "stage1"), str(student), base, 1, cfg.stage1_steps,
+                        cfg.batch_size, cfg.threads or threads * cfg.jobs, {})
+    # the pool's other processes start and import while stage 1 trains (it leaves most of a core idle:
+    # tiny models use a second thread poorly), not after it, when every student waits for them
+    warm = [pool.submit(warm_job) for _ in range(cfg.jobs - 1)]
+    stage1, imported = first.result()
+    if progress is not None:
+        progress(f"  student stage1 trained (+{time.perf_counter() - t0:.0f}s)")
+    exports, loaded = {"stage1": stage1}, {"stage1": imported, "pool warm-up": any(w.result() for w in warm)}
+    futures = {}
+    # the KD runs (which also read teacher features) first, the no-KD baseline last: the pool ends sooner
+    runs_by_cost = sorted(student_runs(cfg).items(), key=lambda item: item[1].get("kd") is None)
+    for name, settings in runs_by_cost:
+        settings = dict(settings)
+        kd = settings.pop("kd")
+        futures[name] = pool.submit(student_job, store, str(runs / name), str(student), base, 2 if kd else 1,
+                                    cfg.stage2_steps, cfg.stage2_batch_size or cfg.batch_size, threads,
+                                    {"kd": kd, "init": str(runs / "stage1"), **settings})
+    for name, (export, imported) in _finished(futures, "student", progress).items():
+        exports[name], loaded[name] = export, imported
+    exports = {"stage1": exports["stage1"], **{n: exports[n] for n in student_runs(cfg)}}  # the config's order
     bad = sorted(n for n, v in loaded.items() if v)
     if bad:
         raise RuntimeError(f"distill runs {bad} imported the teacher registry; the student must never see a teacher")
@@ -244,12 +244,12 @@ def eval_job(models: list[str], sets: list[str], out: str, pipelines: str, ecfg:
         torch.set_num_threads(before)
 
 
-def evaluate_all(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str,
-                 exports: dict[str, str], progress: Progress | None = None) -> Results:
+def evaluate_all(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str, exports: dict[str, str],
+                 pool: ProcessPoolExecutor, progress: Progress | None = None) -> Results:
     """Zero-shot, linear probe, retrieval per modality, slide diagnosis / survival and VQA, for every model.
 
     The models are scored in ``cfg.jobs`` groups side by side (this process and ``jobs - 1``
-    spawned ones, one torch thread each: eval's tiny heads use a second thread poorly),
+    of ``pool``'s, one torch thread each: eval's tiny heads use a second thread poorly),
     sharing the feature cache, and their results merged into one ``mmkd eval`` report:
     each model's scores depend on it and the sets alone (:func:`mmkd.eval.runner.score`).
 
@@ -263,13 +263,12 @@ def evaluate_all(out: Path, cfg: DemoConfig, corpus: JSONDict, pipelines: str,
     groups = [g for g in (models[i::cfg.jobs] for i in range(cfg.jobs)) if g]
     args = (sets, str(out / "eval"), pipelines, ecfg, 1 if len(groups) > 1 else _job_threads(cfg) * cfg.jobs)
     t0, parts = time.perf_counter(), []
-    with _pool(cfg, max(1, len(groups) - 1)) as pool:
-        futures = [pool.submit(eval_job, g, *args) for g in groups[1:]]
-        for k, group in enumerate(groups):
-            parts.append(eval_job(group, *args) if k == 0 else futures[k - 1].result())
-            if progress is not None:
-                shown = ", ".join(Path(m).parent.name if os.sep in m else m for m in group)  # runs/<name>/export
-                progress(f"  eval of {shown} done ({k + 1}/{len(groups)}, +{time.perf_counter() - t0:.0f}s)")
+    futures = [pool.submit(eval_job, g, *args) for g in groups[1:]]
+    for k, group in enumerate(groups):
+        parts.append(eval_job(group, *args) if k == 0 else futures[k - 1].result())
+        if progress is not None:
+            shown = ", ".join(Path(m).parent.name if os.sep in m else m for m in group)  # runs/<name>/export
+            progress(f"  eval of {shown} done ({k + 1}/{len(groups)}, +{time.perf_counter() - t0:.0f}s)")
     return _merge_scores(out / "eval", groups, parts)
 
 
@@ -340,9 +339,13 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, runner: str | 
     experts = timed("experts", build_experts, out, cfg, progress=say)
     store = timed("extract", extract_teachers, out, cfg, corpus, experts["pipelines"])
     trust = timed("trust", score_trust, store["store"], cfg) if needs_trust(cfg) else {}
-    distilled = timed("distill", train_students, out, cfg, store["store"], progress=say)
-    exports = distilled["exports"]
-    results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports, progress=say)
+    # one pool for the students and then eval: eval's side jobs start in processes that have imported torch
+    # and open_clip already (~7 CPU seconds each); every student job has finished (and reported that it
+    # imported no teacher) before an eval job, which loads teachers, reaches the pool
+    with _pool(cfg) as pool:
+        distilled = timed("distill", train_students, out, cfg, store["store"], pool, progress=say)
+        exports = distilled["exports"]
+        results = timed("eval", evaluate_all, out, cfg, corpus, experts["pipelines"], exports, pool, progress=say)
     summary = summarize(results, cfg, exports, experts["experts"])
     timed("claims", add_gains, summary, out, cfg, corpus, experts["pipelines"], exports, trust)
 
