@@ -199,3 +199,17 @@ def test_eval_data_takes_a_meta_jsonl_folder(student_dir, mmkd_demo_dir, tmp_pat
                                     "--task", "retrieval", "--resamples", "0", "--out", str(tmp_path / "ev2"),
                                     "--device", "cpu"])
     assert res.exit_code == 0, res.output
+
+
+def test_models_scored_apart_equal_one_evaluate_and_write_no_report(tiny_teacher_setup, student_dir):
+    """What the demo's eval groups rely on: a model's scores depend on it and the sets alone."""
+    from mmkd.eval.runner import score
+
+    root, cfg = tiny_teacher_setup
+    ecfg = EvalConfig(resamples=50, knn_k=3)
+    together = evaluate(["tiny_open_clip", str(student_dir)], ["mod"], root / "together", pipelines=cfg, ecfg=ecfg)
+    teacher, info = score(["tiny_open_clip"], ["mod"], root / "apart", pipelines=cfg, ecfg=ecfg)
+    student, _ = score([str(student_dir)], ["mod"], root / "apart", pipelines=cfg, ecfg=ecfg)
+    assert {**teacher, **student} == together
+    assert info["models"] == ["tiny_open_clip"] and info["sets"]["mod"]["skipped"] == 0
+    assert not (root / "apart" / "results.json").exists() and (root / "together" / "results.json").is_file()
