@@ -22,8 +22,9 @@ is printed beside it, and the loader row, two processes, has only that, against 
   normalise only          that trainer-side step alone on this CPU (on a GPU node it runs on the GPU)
   data path, cache S      the same reading the store's student image cache (``mmkd store images``)
                           when one of short side >= --image-size is present (float, and uint8)
-  loader, W workers       wall img/s of one persistent DataLoader with --workers workers over two
-                          epochs (the main process only collects), reduced decode (float, and uint8)
+  loader, W workers       wall img/s of one persistent DataLoader with --workers workers over four
+                          whole epochs after one that starts them (the main process only collects),
+                          reduced decode (float, and uint8)
 
 Prints the table (img/s per core and the ratio to the baseline) and writes it as JSON.
 """
@@ -115,20 +116,19 @@ def normalise(norm, batch, rows: int) -> int:
     return n
 
 
-def loader_rate(ds, workers: int) -> float:
-    """Wall img/s of one persistent loader over two epochs (first batch of each left out)."""
+def loader_rate(ds, workers: int, epochs: int = 4) -> float:
+    """Wall img/s of one persistent loader: an untimed epoch starts its workers, then ``epochs`` epochs are
+    timed whole, from ``set_epoch`` to their last batch in the main process (prefetch does not cross epochs)."""
     from mmkd.distill.data import make_loader
 
     loader = make_loader(ds, workers, persistent=True, prefetch=4)
     n, spent = 0, 0.0
-    for epoch in range(2):
-        ds.set_epoch(epoch)
-        it = iter(loader)
-        next(it)
+    for epoch in range(epochs + 1):
         t0 = time.perf_counter()
-        for batch in it:
-            n += len(batch["rows"])
-        spent += time.perf_counter() - t0
+        ds.set_epoch(epoch)
+        got = sum(len(batch["rows"]) for batch in loader)
+        if epoch:
+            n, spent = n + got, spent + time.perf_counter() - t0
     return n / spent
 
 
