@@ -202,3 +202,21 @@ def test_an_error_in_one_teachers_step_of_a_pass_names_that_teacher(setup, tmp_p
         run_extract(_job(setup, tmp_path / "s", teachers=["tiny_open_clip", "tiny_open_clip_64"]))
     assert failed_teacher(err.value) == "tiny_open_clip_64"
     assert failed_teacher(pickle.loads(pickle.dumps(err.value))) == "tiny_open_clip_64"
+
+
+def test_teachers_with_the_same_preprocessing_share_one_normalised_batch(setup, tmp_path, monkeypatch):
+    """tiny_open_clip and tiny_transformers have the same resize/crop, mode and mean/std: a pass of both
+    normalises each batch once, as a pass of one of them does (their features: the bit-for-bit test above)."""
+    from mmkd.teachers.base import Preprocessing
+
+    calls = []
+    normalize = Preprocessing.normalize_uint8
+    monkeypatch.setattr(Preprocessing, "normalize_uint8", lambda self, px: calls.append(px.shape) or normalize(self, px))
+    run_extract(_job(setup, tmp_path / "one", teachers=["tiny_open_clip"]))
+    alone = list(calls)
+    calls.clear()
+    run_extract(_job(setup, tmp_path / "two", teachers=["tiny_open_clip", "tiny_transformers"]))
+    assert alone and calls == alone
+    calls.clear()
+    run_extract(_job(setup, tmp_path / "three", teachers=["tiny_open_clip", "tiny_medclip"]))  # other mean/std
+    assert len(calls) == 2 * len(alone)

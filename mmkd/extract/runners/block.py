@@ -589,16 +589,21 @@ class BlockWorker:
     @staticmethod
     def _pixel_batch(pp: Preprocessing, xs: list[Any], shared: dict[tuple, Any]) -> Any:
         """The model input of a batch: resized PIL images (CPU decode) made into one normalised tensor, their
-        8-bit stack built once for the teachers given the very same images (same resize/crop); tensors
-        (decoded on the device, or the CPU fallback of that path) stacked."""
+        8-bit stack built once for the teachers given the very same images (same resize/crop), and the
+        normalised tensor once for those that also have the same mean/std (the same elementwise ops on the
+        same bytes: the same floats; models take their input read-only); tensors (decoded on the device, or
+        the CPU fallback of that path) stacked."""
         import torch
         from PIL import Image
 
         if all(isinstance(x, Image.Image) for x in xs):
-            key = ("uint8", *map(id, xs))  # the same image objects (alive while the batch runs): the same bytes
+            images = tuple(map(id, xs))  # the same image objects (alive while the batch runs): the same bytes
+            key = ("float32", tuple(pp.mean), tuple(pp.std), images)
             if key not in shared:
-                shared[key] = pp.stack_uint8(xs)
-            return pp.normalize_uint8(shared[key])
+                if ("uint8", images) not in shared:
+                    shared["uint8", images] = pp.stack_uint8(xs)
+                shared[key] = pp.normalize_uint8(shared["uint8", images])
+            return shared[key]
         return torch.stack([pp.to_tensor_batch([x])[0] if isinstance(x, Image.Image) else x for x in xs])
 
 
