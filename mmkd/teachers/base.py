@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Allocator = Callable[[tuple[int, ...], type], np.ndarray]  # (shape, dtype) -> an array to fill
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -100,16 +102,22 @@ class Preprocessing:
         return self.normalize_uint8(self.stack_uint8(images))
 
     @staticmethod
-    def stack_uint8(images: list[Image.Image]) -> np.ndarray:
+    def stack_uint8(images: list[Image.Image], alloc: Allocator = np.empty) -> np.ndarray:
         """Equal-size 8-bit images as one ``(B, H, W, C)`` uint8 array (``C`` = 1 for ``L``). Teachers whose
-        resize/crop gave the same images share it; each then applies :meth:`normalize_uint8`."""
+        resize/crop gave the same images share it; each then applies :meth:`normalize_uint8`.
+
+        ``alloc(shape, dtype)`` gives the output array (default ``np.empty``; an extract worker reuses its
+        arrays from batch to batch: :class:`mmkd.extract.runners.block.BatchBuffers`)."""
         arrays = [np.asarray(im, dtype=np.uint8) for im in images]
         if len({a.shape for a in arrays}) != 1:
             raise ValueError(f"images of different sizes in one batch: {sorted({a.shape for a in arrays})}")
-        out = np.stack(arrays)
-        return out[..., None] if out.ndim == 3 else out
+        h, w = arrays[0].shape[:2]
+        out = alloc((len(arrays), h, w, arrays[0].shape[2] if arrays[0].ndim == 3 else 1), np.uint8)
+        for i, a in enumerate(arrays):
+            out[i] = a.reshape(out.shape[1:])
+        return out
 
-    def normalize_uint8(self, pixels: np.ndarray) -> torch.Tensor:
+    def normalize_uint8(self, pixels: np.ndarray, alloc: Allocator = np.empty) -> torch.Tensor:
         """``ToTensor`` then ``Normalize`` of a :meth:`stack_uint8` batch: ``(B, H, W, C)`` uint8 -> ``(B, C, H, W)``.
 
         ``ToTensor`` is ``uint8 -> float32, / 255`` and ``Normalize`` ``- mean, / std`` per channel, with mean and
@@ -117,10 +125,11 @@ class Preprocessing:
         float32, one image plane at a time (a plane stays in cache across the three operations): the same values
         bit for bit as the per-image transform (``tests/extract/test_one_pass.py`` compares every byte value), at
         about a third of the CPU of a table lookup (numpy's ``take`` widens each uint8 index to 64 bits first).
+        ``alloc``: as in :meth:`stack_uint8`; the tensor shares the array's memory.
         """
         channels = pixels.shape[-1]
         mean, std = _channel_values(self.mean, self.std, channels)
-        out = np.empty((pixels.shape[0], channels, *pixels.shape[1:3]), np.float32)
+        out = alloc((pixels.shape[0], channels, *pixels.shape[1:3]), np.float32)
         scale = np.float32(255)
         for i in range(pixels.shape[0]):
             for c in range(channels):

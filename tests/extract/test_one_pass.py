@@ -211,7 +211,8 @@ def test_teachers_with_the_same_preprocessing_share_one_normalised_batch(setup, 
 
     calls = []
     normalize = Preprocessing.normalize_uint8
-    monkeypatch.setattr(Preprocessing, "normalize_uint8", lambda self, px: calls.append(px.shape) or normalize(self, px))
+    monkeypatch.setattr(Preprocessing, "normalize_uint8",
+                        lambda self, px, **kw: calls.append(px.shape) or normalize(self, px, **kw))
     run_extract(_job(setup, tmp_path / "one", teachers=["tiny_open_clip"]))
     alone = list(calls)
     calls.clear()
@@ -220,3 +221,18 @@ def test_teachers_with_the_same_preprocessing_share_one_normalised_batch(setup, 
     calls.clear()
     run_extract(_job(setup, tmp_path / "three", teachers=["tiny_open_clip", "tiny_medclip"]))  # other mean/std
     assert len(calls) == 2 * len(alone)
+
+
+def test_batch_buffers_reuse_arrays_and_a_short_batch_takes_the_front_of_a_full_ones():
+    from mmkd.extract.runners.block import BatchBuffers
+
+    pool = BatchBuffers()
+    a, b = pool.take((4, 2, 3), np.float32), pool.take((4, 2, 3), np.float32)
+    assert a.base is not b.base and not np.shares_memory(a, b)  # both taken at once: two arrays
+    pool.release()
+    c = pool.take((3, 2, 3), np.float32)  # a short last batch: the front of a full one
+    assert c.shape == (3, 2, 3) and c.flags.c_contiguous and (np.shares_memory(c, a) or np.shares_memory(c, b))
+    d = pool.take((4, 2, 3), np.uint8)  # another dtype: never an array of the other one
+    assert d.dtype == np.uint8 and not np.shares_memory(d, a) and not np.shares_memory(d, b)
+    e = pool.take((5, 2, 3), np.float32)  # more items than any free one: a new array
+    assert e.shape == (5, 2, 3) and not np.shares_memory(e, a) and not np.shares_memory(e, b)
