@@ -184,7 +184,8 @@ def test_teachers_of_a_pass_share_one_clip_tokenizer(setup):
 
 def test_an_error_in_one_teachers_step_of_a_pass_names_that_teacher(setup, tmp_path, monkeypatch):
     """The block worker marks the error with the teacher whose step raised; it survives pickling (a Ray task
-    error carries it to the driver, whose message then names that teacher: tests/extract/test_ray_runner.py)."""
+    error carries it to the driver, whose message then names that teacher: tests/extract/test_ray_runner.py),
+    and the local runner's error names it the same way."""
     import pickle
 
     from mmkd.extract.runners.block import failed_teacher
@@ -198,8 +199,11 @@ def test_an_error_in_one_teachers_step_of_a_pass_names_that_teacher(setup, tmp_p
         return encode(self, pixels, autocast)
 
     monkeypatch.setattr(Teacher, "encode_images", broken)
-    with pytest.raises(RuntimeError, match="illegal memory access") as err:
+    with pytest.raises(ExtractError) as err:
         run_extract(_job(setup, tmp_path / "s", teachers=["tiny_open_clip", "tiny_open_clip_64"]))
+    # the local runner's one line names the teacher and the block, in the Ray runner's words
+    assert str(err.value) == ("teacher 'tiny_open_clip_64', block 0: RuntimeError: CUDA error: an illegal memory "
+                              "access was encountered")
     assert failed_teacher(err.value) == "tiny_open_clip_64"
     assert failed_teacher(pickle.loads(pickle.dumps(err.value))) == "tiny_open_clip_64"
 
