@@ -240,3 +240,28 @@ def test_batch_buffers_reuse_arrays_and_a_short_batch_takes_the_front_of_a_full_
     assert d.dtype == np.uint8 and not np.shares_memory(d, a) and not np.shares_memory(d, b)
     e = pool.take((5, 2, 3), np.float32)  # more items than any free one: a new array
     assert e.shape == (5, 2, 3) and not np.shares_memory(e, a) and not np.shares_memory(e, b)
+
+
+def test_reduced_decode_of_a_pass_covers_its_largest_input_and_records_the_scales(setup, tmp_path):
+    """--decode reduced: one decode covers the pass's largest input; every teacher's attrs say which inputs were
+    covered, and its summary, job record and block markers how many images were decoded at each DCT scale
+    (the same scales as a run of the largest teacher alone, whose input is the one covered)."""
+    import json
+
+    small, big = "tiny_open_clip", "tiny_open_clip_64"
+    one = run_extract(_job(setup, tmp_path / "one", teachers=[small, big], decode="reduced"))
+    alone = run_extract(_job(setup, tmp_path / "alone", teachers=[big], decode="reduced"))
+    own = run_extract(_job(setup, tmp_path / "own", teachers=[small], decode="reduced"))
+    store = FeatureStore.open(tmp_path / "one")
+    scales = {t.teacher: t.dct_scales for t in one.teachers}
+    assert scales[small] == scales[big] == alone.teachers[0].dct_scales
+    assert sum(scales[big].values()) == one.decoded > 0
+    assert own.teachers[0].dct_scales != scales[small]  # alone, the 32 px teacher's images decode smaller
+    assert store.attrs(small)["decode_covers"] == store.attrs(big)["decode_covers"] == [[32, "shortest"],
+                                                                                         [64, "shortest"]]
+    assert FeatureStore.open(tmp_path / "own").attrs(small)["decode_covers"] == [[32, "shortest"]]
+    markers = sorted((tmp_path / "one" / "_progress" / small).glob("block-*.done"))
+    counts = [json.loads(m.read_text())["decode"]["dct_scales"] for m in markers]
+    assert sum(n for c in counts for n in c.values()) == sum(scales[small].values())
+    record = json.loads(next((tmp_path / "one" / "_jobs").glob(f"*-{small}.json")).read_text())
+    assert record["summary"]["dct_scales"] == scales[small]

@@ -207,7 +207,10 @@ class BlockWorker:
             self._load(spec, fail_fast, tokenizers)
         pps = [s.teacher.preprocessing for s in self.slots.values()]
         # one decode covers the largest input of the pass (every teacher then resizes from it)
-        self._reduce_to = [(pp.image_size, pp.resize_mode) for pp in pps] if config.decode == "reduced" else None
+        self._reduce_to = sorted({(pp.image_size, pp.resize_mode) for pp in pps}) if config.decode == "reduced" \
+            else None
+        for slot in self.slots.values():  # what each teacher's pixels were decoded to cover (with its pass)
+            slot.attrs["decode_covers"] = [list(c) for c in self._reduce_to] if self._reduce_to else None
         self._sources = cascade_sources({n: s.teacher.preprocessing for n, s in self.slots.items()}) \
             if config.resize == "cascade" else {}
         for name in list(self.slots):
@@ -351,6 +354,7 @@ class BlockWorker:
         out = {name: _BlockOut(n, self.slots[name].teacher.dim, views) for name in names}
         hashes: list[str | None] = [None] * n
         timings = Counter()
+        dct_scales: Counter = Counter()  # --decode reduced: images of the block by the DCT scale they were decoded at
         batches = self._batches(n)
         for k in range(len(batches)):
             while len(pending) < PREFETCH_BATCHES and k + len(pending) < len(batches):
@@ -358,7 +362,8 @@ class BlockWorker:
             t = time.perf_counter()
             chunks = [fut.result() for fut in pending.popleft()]
             timings["wait_s"] += time.perf_counter() - t
-            for items, seconds, decoded, nbytes, read in chunks:
+            for items, seconds, decoded, nbytes, read, scales in chunks:
+                dct_scales.update(scales)
                 timings["read_decode_s"] += seconds
                 timings["decoded"] += decoded
                 timings["bytes_read"] += nbytes
@@ -384,7 +389,7 @@ class BlockWorker:
             self._fail_changed(name, changed, ids, start, o.valid, o.failures)
             with _blame(name):
                 self.store.write_block(name, block, o.image, o.text, o.valid, o.failures, content_sha256=content,
-                                       views=o.views)
+                                       views=o.views, decode=self._decode_record(dct_scales))
             o.timings["write_s"] += time.perf_counter() - t
             first = not results  # the block's decodes, bytes and object-storage retries are counted once, on it
             results.append(BlockResult(
@@ -397,9 +402,17 @@ class BlockWorker:
                 pass_teachers=len(names),
                 storage_retries=storage_retries() - r0 if first else 0,
                 decoded=int(timings["decoded"]) if first else 0,
+                dct_scales=_scale_names(dct_scales),
                 bytes_read=int(timings["bytes_read"]) if first else 0,
             ))
         return results
+
+    def _decode_record(self, dct_scales: Counter) -> JSONDict | None:
+        """What a block's marker says of its decode: with ``--decode reduced``, the inputs the decode covered and
+        how many images were decoded at each DCT scale (the pixels a teacher got depend on both)."""
+        if self._reduce_to is None:
+            return None
+        return {"mode": "reduced", "covers": [list(c) for c in self._reduce_to], "dct_scales": _scale_names(dct_scales)}
 
     def _names(self, teachers: Sequence[str] | None) -> tuple[str, ...]:
         names = tuple(self.slots) if teachers is None else tuple(teachers)
@@ -473,17 +486,18 @@ class BlockWorker:
                 for i in range(0, len(rows), step)]
 
     def _prepare(self, rows: list[int], captions: list[str], refs: list[str],
-                 names: tuple[str, ...], start: int) -> tuple[list[tuple], float, int, int, list[tuple[int, str]]]:
+                 names: tuple[str, ...], start: int) -> tuple[list[tuple], float, int, int, list[tuple[int, str]], Counter]:
         """Read and decode ``rows`` once; preprocess each image for every teacher in ``names``.
 
         Returns:
             ``[(row, {teacher: image | (image, [K view images]) | DeviceJpeg | BadSample}, caption | BadSample)]``
             (the view images when the worker has views), the seconds
-            it took, the images decoded, the bytes read, and ``(row, sha256)`` of each image's bytes read.
+            it took, the images decoded, the bytes read, ``(row, sha256)`` of each image's bytes read, and the
+            images decoded by DCT scale (``{s: images}`` for scale 1/s; ``--decode reduced`` only).
         """
         t = time.perf_counter()
         datas = self.dataset.read_many([refs[r] for r in rows], on_error="return")
-        out, decoded, nbytes, hashes = [], 0, 0, []
+        out, decoded, nbytes, hashes, scales = [], 0, 0, [], Counter()
         for r, data in zip(rows, datas):
             try:
                 caption = check_caption(captions[r])
@@ -504,9 +518,9 @@ class BlockWorker:
                     cpu.append(name)
             if cpu:
                 decoded += 1
-                pixels.update(self._cpu_geometry(data, cpu, start + r))
+                pixels.update(self._cpu_geometry(data, cpu, start + r, scales))
             out.append((r, pixels, caption))
-        return out, time.perf_counter() - t, decoded, nbytes, hashes
+        return out, time.perf_counter() - t, decoded, nbytes, hashes, scales
 
     def _cpu_pixels(self, data: bytes, names: list[str]) -> dict[str, Any]:
         """Decode once, then each teacher's mode and transform on the CPU (a tensor, or a BadSample per teacher)."""
@@ -519,7 +533,7 @@ class BlockWorker:
                     out[name] = BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}")
         return out
 
-    def _cpu_geometry(self, data: bytes, names: list[str], row: int) -> dict[str, Any]:
+    def _cpu_geometry(self, data: bytes, names: list[str], row: int, scales: Counter | None = None) -> dict[str, Any]:
         """Decode once, then each teacher's mode and resize/crop (a PIL image, or a BadSample per teacher).
 
         With views, each teacher gets ``(image, [its K views of store row row])``, each view cropped from the
@@ -533,6 +547,8 @@ class BlockWorker:
                     side = max(self.slots[n].teacher.preprocessing.image_size for n in names)
                     draft = draft_request(frame, boxes, side)
             img = decode_loaded(data, max_pixels=self.config.max_pixels, reduce_to=self._reduce_to, draft=draft)
+            if scales is not None and self._reduce_to is not None:
+                scales[img.info["dct_scale"]] += 1
         except BadSample as e:
             return dict.fromkeys(names, e)
         by_mode: dict[str, Any] = {}
@@ -669,6 +685,11 @@ def _blame(teacher: str) -> Iterator[None]:
         if getattr(e, "failed_teacher", None) is None:
             e.failed_teacher = teacher  # pickled with the exception (its __dict__) through Ray
         raise
+
+
+def _scale_names(scales: Counter) -> dict[str, int]:
+    """``{"1/2": 120, "1/4": 8}``: images by the DCT scale 1/s they were decoded at, largest scale first."""
+    return {f"1/{s}": int(n) for s, n in sorted(scales.items())}
 
 
 def failed_teacher(e: BaseException) -> str | None:
