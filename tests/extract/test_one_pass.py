@@ -223,23 +223,29 @@ def test_teachers_with_the_same_preprocessing_share_one_normalised_batch(setup, 
     run_extract(_job(setup, tmp_path / "two", teachers=["tiny_open_clip", "tiny_transformers"]))
     assert alone and calls == alone
     calls.clear()
-    run_extract(_job(setup, tmp_path / "three", teachers=["tiny_open_clip", "tiny_medclip"]))  # other mean/std
+    # tiny_medclip (grayscale, its own mean/std) between them: the pass still forwards the two together,
+    # so the shared float batch is made once, and each teacher's features are those of the pass without it
+    run_extract(_job(setup, tmp_path / "three", teachers=["tiny_open_clip", "tiny_medclip", "tiny_transformers"]))
     assert len(calls) == 2 * len(alone)
+    assert_same_store(tmp_path / "two", tmp_path / "three", teachers=["tiny_open_clip", "tiny_transformers"])
 
 
-def test_batch_buffers_reuse_arrays_and_a_short_batch_takes_the_front_of_a_full_ones():
+def test_batch_buffers_reuse_memory_for_any_shape_that_fits():
     from mmkd.extract.runners.block import BatchBuffers
 
     pool = BatchBuffers()
-    a, b = pool.take((4, 2, 3), np.float32), pool.take((4, 2, 3), np.float32)
-    assert a.base is not b.base and not np.shares_memory(a, b)  # both taken at once: two arrays
+    a, b = pool.take((4, 2, 3), np.float32), pool.take((4, 3, 2), np.uint8)
+    assert a.shape == (4, 2, 3) and a.dtype == np.float32 and b.dtype == np.uint8 and not np.shares_memory(a, b)
+    pool.give_back(a)
+    c = pool.take((3, 2, 3), np.float32)  # a block's short last batch: the front of the full one's memory
+    assert c.shape == (3, 2, 3) and c.flags.c_contiguous and np.shares_memory(c, a) and not np.shares_memory(c, b)
+    d = pool.take((2, 2, 3), np.uint8)  # nothing free: new memory
+    assert not np.shares_memory(d, a) and not np.shares_memory(d, b)
     pool.release()
-    c = pool.take((3, 2, 3), np.float32)  # a short last batch: the front of a full one
-    assert c.shape == (3, 2, 3) and c.flags.c_contiguous and (np.shares_memory(c, a) or np.shares_memory(c, b))
-    d = pool.take((4, 2, 3), np.uint8)  # another dtype: never an array of the other one
-    assert d.dtype == np.uint8 and not np.shares_memory(d, a) and not np.shares_memory(d, b)
-    e = pool.take((5, 2, 3), np.float32)  # more items than any free one: a new array
-    assert e.shape == (5, 2, 3) and not np.shares_memory(e, a) and not np.shares_memory(e, b)
+    e = pool.take((96,), np.uint8)  # 96 bytes: only a's 96-byte buffer is large enough
+    assert np.shares_memory(e, a)
+    f = pool.take((100,), np.uint8)  # larger than any free buffer: new memory
+    assert not any(np.shares_memory(f, x) for x in (a, b, d))
 
 
 def test_reduced_decode_of_a_pass_covers_its_largest_input_and_records_the_scales(setup, tmp_path):

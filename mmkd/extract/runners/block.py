@@ -125,34 +125,40 @@ def cascade_sources(pps: dict[str, Preprocessing]) -> dict[str, Preprocessing]:
 
 
 class BatchBuffers:
-    """Arrays reused from batch to batch for the pixel batches a worker builds (8-bit stacks, normalised floats).
+    """Memory reused from batch to batch for the pixel batches a worker builds (8-bit stacks, normalised floats).
 
     A batch of 16 images at 384 px is 28 MB of float32; allocated afresh, the memory comes back from the
     allocator as new pages, and touching them costs more than normalising into them (measured on the 2-core
-    VM: 54 ms against 9 ms a batch, bench/README.md). The worker takes its arrays here while a batch runs and
-    gives them all back once its teachers have encoded it (:meth:`release`); the pool holds as many arrays of
-    a shape as one batch needed at once.
+    VM while the decode threads ran: 100-300 ms against 7-9 ms a batch, bench/README.md). The worker takes
+    its arrays here and gives them back when no teacher of the batch needs them any more (:meth:`give_back`,
+    :meth:`release`). Buffers are plain bytes, viewed at the shape and dtype asked for, so the pool holds
+    as many buffers as a batch needed at once, each as large as the largest asked of it.
     """
 
     def __init__(self) -> None:
-        self._free: dict[tuple, list[np.ndarray]] = {}
-        self._taken: list[tuple[tuple, np.ndarray]] = []
+        self._free: list[np.ndarray] = []  # uint8 buffers
+        self._taken: dict[int, np.ndarray] = {}  # address -> buffer
 
     def take(self, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-        """An array of ``shape`` and ``dtype`` (its contents undefined) that nothing else uses until :meth:`release`:
-        the first ``shape[0]`` items of a free one with the same item shape and at least as many items (a
-        block's short last batch reuses the full batches' arrays)."""
-        key = (tuple(shape[1:]), np.dtype(dtype).str)
-        free = self._free.get(key, [])
-        fits = [i for i, a in enumerate(free) if len(a) >= shape[0]]
-        array = free.pop(min(fits, key=lambda i: len(free[i]))) if fits else np.empty(shape, dtype)
-        self._taken.append((key, array))
-        return array[:shape[0]]
+        """A C-contiguous array of ``shape`` and ``dtype`` (its contents undefined) that nothing else uses until
+        it is given back: the front of the smallest free buffer large enough, else a new one."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        fits = [i for i, b in enumerate(self._free) if b.nbytes >= nbytes]
+        buffer = self._free.pop(min(fits, key=lambda i: self._free[i].nbytes)) if fits else \
+            np.empty(max(nbytes, 1), np.uint8)
+        self._taken[buffer.ctypes.data] = buffer
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+    def give_back(self, array: np.ndarray) -> None:
+        """``array`` (from :meth:`take`, or any view starting where it starts) is free again."""
+        buffer = self._taken.pop(array.ctypes.data, None)
+        if buffer is not None:
+            self._free.append(buffer)
 
     def release(self) -> None:
-        """Every array taken is free again: call once nothing holds the batch's tensors any more."""
-        for key, array in self._taken:
-            self._free.setdefault(key, []).append(array)
+        """Everything taken is free again: call once nothing holds the batch's tensors any more."""
+        self._free.extend(self._taken.values())
         self._taken.clear()
 
     def clear(self) -> None:
@@ -372,7 +378,11 @@ class BlockWorker:
             prepared = [item for items, *_ in chunks for item in items]
             shared: dict[tuple, Any] = {}  # this batch's tokens and 8-bit pixels, once for the teachers that share them
             try:
-                for name in names:
+                group = None
+                for name in self._forward_order(names):  # the teachers of one normalisation one after another
+                    if self._normalisation(name) != group:  # the previous group's float batches are done with
+                        group = self._normalisation(name)
+                        self._drop_floats(shared)
                     with _blame(name):
                         self._forward(name, prepared, out[name], ids, start, shared)
             finally:
@@ -644,6 +654,27 @@ class BlockWorker:
                               None if o.views is None else o.views[rows])
         o.valid[rows[finite]] = True
         o.timings["forward_s"] += time.perf_counter() - t
+
+    def _normalisation(self, name: str) -> tuple:
+        """Teachers with equal keys get the same float batches: the same resize/crop (of the same source) and
+        the same mean/std."""
+        pp = self.slots[name].teacher.preprocessing
+        source = self._sources.get(name)
+        return pp.geometry_key, source and source.geometry_key, tuple(pp.mean), tuple(pp.std)
+
+    def _forward_order(self, names: tuple[str, ...]) -> list[str]:
+        """``names`` with the teachers of one normalisation next to each other (in their first one's place), so
+        that a batch holds one normalisation's float tensors at a time (:meth:`_drop_floats`)."""
+        first: dict[tuple, int] = {}
+        for i, name in enumerate(names):
+            first.setdefault(self._normalisation(name), i)
+        return sorted(names, key=lambda n: first[self._normalisation(n)])
+
+    def _drop_floats(self, shared: dict[tuple, Any]) -> None:
+        """Give the batch's float tensors back to the pool; its 8-bit stacks stay until the batch ends (a teacher
+        of another mean/std may have the same resize/crop)."""
+        for key in [k for k in shared if k[0] == "float32"]:
+            self._buffers.give_back(shared.pop(key).numpy())
 
     def _pixel_batch(self, pp: Preprocessing, xs: list[Any], shared: dict[tuple, Any]) -> Any:
         """The model input of a batch: resized PIL images (CPU decode) made into one normalised tensor, their
