@@ -15,11 +15,16 @@ is printed beside it, and the loader row, two processes, has only that, against 
                           time (the baseline the issue names)
   data path, full         StoreBatches.load (captions, tokens, per-row seeded transform, batch
                           assembly) with --decode full: what distill did before
-  data path, reduced      the same with --decode reduced (the default now)
+  data path, reduced      the same with --decode reduced (the default now), normalised float batches
+  data path, reduced, uint8
+                          the same, uint8 batches (``DataSpec(uint8=True)``, what distill's trainer asks for:
+                          ToTensor + Normalize then run in the trainer, on its device, after the transfer)
+  normalise only          that trainer-side step alone on this CPU (on a GPU node it runs on the GPU)
   data path, cache S      the same reading the store's student image cache (``mmkd store images``)
-                          when one of short side >= --image-size is present
-  loader, W workers       wall img/s of one persistent DataLoader with --workers workers over two
-                          epochs (the main process only collects), reduced decode
+                          when one of short side >= --image-size is present (float, and uint8)
+  loader, W workers       wall img/s of one persistent DataLoader with --workers workers over four
+                          whole epochs after one that starts them (the main process only collects),
+                          reduced decode (float, and uint8)
 
 Prints the table (img/s per core and the ratio to the baseline) and writes it as JSON.
 """
@@ -102,20 +107,44 @@ def datapath(ds, batch_size: int) -> int:
     return n
 
 
-def loader_rate(ds, workers: int) -> float:
-    """Wall img/s of one persistent loader over two epochs (first batch of each left out)."""
+def cache_cost(table: Path, size: int) -> dict[str, float]:
+    """CPU ms per image: extract's full decode of an original, and what ``extract --image-cache`` adds to it in the
+    same pass (the cache entry from bytes already read: reduced decode, resize, re-encode)."""
+    from mmkd.data.images import decode_image
+    from mmkd.store.images import encode_cached
+
+    datas = [(table.parent / json.loads(line)["image"]).read_bytes() for line in open(table)]
+    out = {}
+    for name, fn in (("full_decode_ms", lambda d: decode_image(d)), ("cache_entry_ms", lambda d: encode_cached(d, size, 90))):
+        c0 = time.process_time()
+        for d in datas:
+            fn(d)
+        out[name] = (time.process_time() - c0) / len(datas) * 1e3
+    return out
+
+
+def normalise(norm, batch, rows: int) -> int:
+    """``rows`` images through the trainer's ToTensor + Normalize of a uint8 batch (ImageNorm), on the CPU."""
+    n = 0
+    while n < rows:
+        norm(batch["image"], batch["ok"])
+        n += len(batch["rows"])
+    return n
+
+
+def loader_rate(ds, workers: int, epochs: int = 4) -> float:
+    """Wall img/s of one persistent loader: an untimed epoch starts its workers, then ``epochs`` epochs are
+    timed whole, from ``set_epoch`` to their last batch in the main process (prefetch does not cross epochs)."""
     from mmkd.distill.data import make_loader
 
     loader = make_loader(ds, workers, persistent=True, prefetch=4)
     n, spent = 0, 0.0
-    for epoch in range(2):
-        ds.set_epoch(epoch)
-        it = iter(loader)
-        next(it)
+    for epoch in range(epochs + 1):
         t0 = time.perf_counter()
-        for batch in it:
-            n += len(batch["rows"])
-        spent += time.perf_counter() - t0
+        ds.set_epoch(epoch)
+        got = sum(len(batch["rows"]) for batch in loader)
+        if epoch:
+            n, spent = n + got, spent + time.perf_counter() - t0
     return n / spent
 
 
@@ -150,18 +179,28 @@ def main() -> None:
             StoreBatches(DataSpec(**orig, decode="full"), st.train_transform, st.tokenizer)),
         "data path, reduced": (lambda ds: lambda: datapath(ds, args.batch_size))(
             StoreBatches(DataSpec(**orig, decode="reduced"), st.train_transform, st.tokenizer)),
+        "data path, reduced, uint8": (lambda ds: lambda: datapath(ds, args.batch_size))(
+            StoreBatches(DataSpec(**orig, decode="reduced", uint8=True), st.train_transform, st.tokenizer)),
     }
     if not args.no_cache:
         from mmkd.store.images import write_image_cache
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         write_image_cache(store, args.cache_size)
+        standalone = (time.process_time() - c0) / args.rows
         print(f"image cache (short side {args.cache_size}) written in {time.perf_counter() - t0:.1f} s",
               file=sys.stderr)
+        extra = cache_cost(table, args.cache_size)
         cached = StoreBatches(DataSpec(**spec, decode="reduced", image_cache="auto"), st.train_transform, st.tokenizer)
         if cached.cache_dir is None:
             raise SystemExit(f"the s{args.cache_size} cache does not serve {args.image_size} px; raise --cache-size")
         runs[f"data path, cache {args.cache_size}"] = (lambda ds: lambda: datapath(ds, args.batch_size))(cached)
+        cached8 = StoreBatches(DataSpec(**spec, decode="reduced", image_cache="auto", uint8=True), st.train_transform,
+                               st.tokenizer)
+        runs[f"data path, cache {args.cache_size}, uint8"] = (lambda ds: lambda: datapath(ds, args.batch_size))(cached8)
+    norm_ds = StoreBatches(DataSpec(**orig, decode="reduced", uint8=True), st.train_transform, st.tokenizer)
+    u8 = norm_ds.load(np.arange(min(args.batch_size, norm_ds.n), dtype=np.int64), epoch=0)
+    runs["normalise only (trainer side)"] = lambda: normalise(norm_ds.image_norm, u8, args.rows)
     best = {k: 0.0 for k in runs}
     wall = {k: 0.0 for k in runs}
     for _ in range(args.repeats):
@@ -176,19 +215,29 @@ def main() -> None:
     rows = [{"path": k, "img_per_s_per_core": round(v, 1), "img_per_s_wall": round(wall[k], 1),
              "vs_plain": round(v / base, 2)} for k, v in best.items()]
     if args.workers:
-        ds = StoreBatches(DataSpec(**orig, decode="reduced"), st.train_transform, st.tokenizer)
-        rate = loader_rate(ds, args.workers)
-        rows.append({"path": f"loader, {args.workers} worker(s), reduced", "img_per_s_per_core": None,
-                     "img_per_s_wall": round(rate, 1), "vs_plain": round(rate / wall_base, 2)})
+        for uint8 in (False, True):
+            ds = StoreBatches(DataSpec(**orig, decode="reduced", uint8=uint8), st.train_transform, st.tokenizer)
+            rate = loader_rate(ds, args.workers)
+            rows.append({"path": f"loader, {args.workers} worker(s), reduced" + (", uint8" if uint8 else ""),
+                         "img_per_s_per_core": None, "img_per_s_wall": round(rate, 1),
+                         "vs_plain": round(rate / wall_base, 2)})
     load = os.getloadavg()[0]
     print(f"{args.rows} rows of ~1.2 MP JPEG -> {args.image_size} px, batch {args.batch_size}, 1 torch thread, "
           f"best of {args.repeats}; load average {load:.1f} on {os.cpu_count()} CPUs")
-    print(f"{'path':<34} {'img/s/core':>10} {'wall img/s':>10} {'x plain':>8}")
+    print(f"{'path':<36} {'img/s/core':>10} {'wall img/s':>10} {'x plain':>8}")
     for r in rows:
         core = f"{r['img_per_s_per_core']:.1f}" if r["img_per_s_per_core"] is not None else "-"
-        print(f"{r['path']:<34} {core:>10} {r['img_per_s_wall']:>10.1f} {r['vs_plain']:>8.2f}")
+        print(f"{r['path']:<36} {core:>10} {r['img_per_s_wall']:>10.1f} {r['vs_plain']:>8.2f}")
+    cache = None
+    if not args.no_cache:
+        cache = {**extra, "standalone_ms_per_row": standalone * 1e3}
+        print(f"image cache s{args.cache_size}, CPU per image: extract --image-cache adds {extra['cache_entry_ms']:.1f} ms "
+              f"to the pass ({extra['cache_entry_ms'] / extra['full_decode_ms']:.2f}x the pass's own full decode, "
+              f"{extra['full_decode_ms']:.1f} ms); `mmkd store images` afterwards: {standalone * 1e3:.1f} ms per row "
+              "(it reads and hashes each image again)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "load_average": load, "args": vars(args)}, indent=2))
+        Path(args.json).write_text(json.dumps({"rows": rows, "load_average": load, "image_cache": cache,
+                                               "args": vars(args)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -128,6 +128,9 @@ def teachers_cmd(pipeline: str | None, as_json: bool, parity_dir: str | None, ch
 @click.option("--view-scale", "view_scale", type=click.FloatRange(min=0, max=1, min_open=True), nargs=2,
               default=None, metavar="MIN MAX", help="--views: area fraction of a view's crop (default 0.35 1.0).")
 @click.option("--view-seed", "view_seed", type=int, default=None, help="--views: seed of the views' hash (default 0).")
+@click.option("--image-cache", "image_cache", type=click.IntRange(min=16), default=None, metavar="S",
+              help="also write the store's student image cache of short side S (as `mmkd store images --size S`) "
+                   "from the image bytes this run reads anyway (e.g. 256 for a 224 px student; local stores).")
 @PIPELINE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="no progress bar.")

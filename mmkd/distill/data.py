@@ -44,7 +44,7 @@ from mmkd.config import as_path, is_remote
 from mmkd.data import open_dataset
 from mmkd.data.images import BadSample, decode_image
 from mmkd.data.views import ViewRecipe
-from mmkd.distill.images import FastImages
+from mmkd.distill.images import FastImages, ImageNorm
 from mmkd.errors import DistillError
 from mmkd.jsontypes import JSONDict
 from mmkd.store import FeatureStore, StoreError, chunk_shuffled_batches, num_batches
@@ -176,12 +176,14 @@ class DataSpec:
     decode: str = "reduced"
     image_cache: str = "auto"
     views: bool = False
+    uint8: bool = False  # images as uint8 batches, normalised by the consumer (StoreBatches.image_norm)
 
 
 class StoreBatches(IterableDataset):
     """One epoch of this rank's batches, starting at ``start_batch`` (see :meth:`set_epoch`).
 
-    Each item is a dict: ``rows`` (B,) int64, ``image`` (B,3,H,W) float, ``text``
+    Each item is a dict: ``rows`` (B,) int64, ``image`` (B,3,H,W) float (uint8 when the spec asks for it and
+    :attr:`image_norm` is not ``None``: normalise with it after moving the batch), ``text``
     (B,ctx) long, ``ok`` (B,) bool (False: image unreadable, row to be ignored); with
     features also ``feats`` {teacher: {"image","text": (B,D_t) float32}},
     ``valid`` (B,T) bool, ``choice`` (B,) long (random valid teacher, -1 none) and
@@ -321,6 +323,13 @@ class StoreBatches(IterableDataset):
         return found
 
     @property
+    def image_norm(self) -> ImageNorm | None:
+        """The normalisation the consumer applies to ``batch["image"]`` when the spec asks for uint8 batches and
+        the fast path makes them (``None``: the batches hold normalised float images)."""
+        plan = self.view_plan if self.views is not None else self.fast
+        return plan.norm if self.spec.uint8 and plan is not None else None
+
+    @property
     def epoch(self) -> int:
         return int(self._position[0])
 
@@ -422,10 +431,9 @@ class StoreBatches(IterableDataset):
         if shape is None:
             raise DistillError(f"no image of batch rows {rows[:8].tolist()}... could be read; check the dataset "
                                f"at {self.uri!r}")
-        if view is not None:
-            return self.view_plan.normalize(out), ok, changed
-        if self.fast is not None:
-            return self.fast.normalize(out), ok, changed
+        plan = self.view_plan if view is not None else self.fast
+        if plan is not None:
+            return (plan.stack(out) if self.spec.uint8 else plan.normalize(out)), ok, changed
         return torch.stack([x if x is not None else torch.zeros(shape) for x in out]), ok, changed
 
     def _verify(self, store: FeatureStore, raw: list, rows: np.ndarray) -> str | None:

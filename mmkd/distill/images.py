@@ -20,8 +20,9 @@ each image is decoded in full (~1.2 MP for a typical figure) only to be shrunk t
    antialiased kernel with the transform's filter (bicubic: Pillow's a = -0.5 kernel and support; within
    2 grey levels of Pillow's crop-then-resize, which is what torchvision's ``resized_crop`` does to a PIL
    image, and several times faster);
-4. ``ToTensor`` + ``Normalize`` run once on the stacked uint8 batch (one float conversion and an
-   in-place scale per batch).
+4. the batch is stacked as uint8; ``ToTensor`` + ``Normalize`` run once on it (:class:`ImageNorm`: one
+   float conversion and an in-place scale per batch), in the loader, or, for distill's trainer, on its
+   device after the transfer (4x fewer bytes through the loader's queues and to the accelerator).
 
 Pixels differ slightly from the plain path: the DCT scaling is a different low-pass filter than
 bicubic, and the rounded box moves the crop by less than half a decoded pixel; measured in
@@ -180,24 +181,48 @@ class FastImages:
         return np.asarray(render_view(img, box, frame, (ow, oh), resample))
 
     def normalize(self, images: Sequence[np.ndarray | None]) -> torch.Tensor:
-        """(B, 3, H, W) float32, ``ToTensor`` + ``Normalize`` on the whole batch; ``None`` entries are zeros.
+        """(B, 3, H, W) float32, ``ToTensor`` + ``Normalize`` on the whole batch; ``None`` entries are zeros
+        (:meth:`stack` then :meth:`norm`)."""
+        return self.norm(self.stack(images), torch.tensor([x is not None for x in images]))
 
-        Each (H, W, 3) uint8 image is copied channel-first into one uint8 batch (numpy's strided copy: several
-        times faster than torch's for uint8), which is converted to float once and scaled in place
-        (``x * 1/(255 std) - mean/std``).
-        """
+    def stack(self, images: Sequence[np.ndarray | None]) -> torch.Tensor:
+        """(B, 3, H, W) uint8: each (H, W, 3) image copied channel-first into one batch (numpy's strided copy:
+        several times faster than torch's for uint8); ``None`` entries are zeros."""
         oh, ow = self.size
         stacked = np.zeros((len(images), 3, oh, ow), dtype=np.uint8)
         for k, x in enumerate(images):
             if x is not None:
                 stacked[k] = np.asarray(x).transpose(2, 0, 1)
+        return torch.from_numpy(stacked)
+
+    @property
+    def norm(self) -> ImageNorm:
+        """``ToTensor`` + ``Normalize`` of a uint8 batch from :meth:`stack`, on whatever device it is on."""
+        return ImageNorm(self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class ImageNorm:
+    """``ToTensor`` + ``Normalize`` of a (B, C, H, W) uint8 batch: one float conversion and an in-place
+    ``x * 1/(255 std) - mean/std``, on the batch's device.
+
+    The student data path hands uint8 batches to the trainer (4x fewer bytes between processes and to the
+    accelerator; the conversion runs on the accelerator, as timm's ``PrefetchLoader`` does); on the CPU the
+    result is bit for bit what the loader computed before.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, batch: torch.Tensor, ok: torch.Tensor | None = None) -> torch.Tensor:
+        """``batch`` (uint8) normalised as float32; rows where ``ok`` is False are zeros (unreadable images)."""
         std = np.asarray(self.std, dtype=np.float64)
-        scale = torch.from_numpy((1.0 / (255.0 * std)).astype(np.float32)).view(1, 3, 1, 1)
-        bias = torch.from_numpy((-np.asarray(self.mean, dtype=np.float64) / std).astype(np.float32)).view(1, 3, 1, 1)
-        out = torch.from_numpy(stacked).float().mul_(scale).add_(bias)
-        bad = [k for k, x in enumerate(images) if x is None]
-        if bad:
-            out[bad] = 0.0
+        scale = torch.from_numpy((1.0 / (255.0 * std)).astype(np.float32)).view(1, -1, 1, 1).to(batch.device)
+        bias = torch.from_numpy((-np.asarray(self.mean, dtype=np.float64) / std).astype(np.float32)) \
+            .view(1, -1, 1, 1).to(batch.device)
+        out = batch.float().mul_(scale).add_(bias)
+        if ok is not None and not bool(ok.all()):
+            out[~ok.to(out.device)] = 0.0
         return out
 
 
@@ -297,4 +322,4 @@ def _filter(mode) -> str | None:
     return name if name in _FILTERS else None
 
 
-__all__ = ["FastImages", "BadSample", "crop_params"]
+__all__ = ["BadSample", "FastImages", "ImageNorm", "crop_params"]

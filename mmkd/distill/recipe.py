@@ -216,7 +216,7 @@ class DistillRecipe:
                         rank=self.env.rank, world_size=self.env.world_size, buffer_blocks=c.buffer_blocks,
                         data=c.data, with_features=self.kd is not None, teacher_mask=c.teachers_cfg.mask,
                         teacher_weight=c.teachers_cfg.weight, decode=c.decode,
-                        image_cache=c.image_cache, views=c.views)
+                        image_cache=c.image_cache, views=c.views, uint8=True)
         transform = self.student.train_transform if c.augment else self.student.eval_transform
         self.data = StoreBatches(spec, transform, self.student.tokenizer)
         per_epoch = self.data.batches_per_epoch
@@ -304,6 +304,8 @@ class DistillRecipe:
         c = self.cfg
         self._note_nonfinite_targets(batch)
         b = self._to_device(batch)
+        if self.data.image_norm is not None:  # uint8 from the loader: ToTensor + Normalize here, on the device
+            b["image"] = self.data.image_norm(b["image"], b["ok"])
         no_sync = self.model.no_sync if (self.env.distributed and not sync) else contextlib.nullcontext
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
         with no_sync():

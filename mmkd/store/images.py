@@ -22,15 +22,16 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import simplejpeg
 
 from mmkd.config import is_remote
-from mmkd.data.images import REASONS, BadSample, decode_image
+from mmkd.data.images import DEFAULT_MAX_PIXELS, REASONS, BadSample, decode_image
 from mmkd.store.dataset import open_store_dataset
 from mmkd.store.format import StoreError
 from mmkd.store.store import FeatureStore
@@ -41,6 +42,7 @@ CACHE_DIR = "image_cache"
 META = "cache.json"
 FORMAT = "mmkd-image-cache"
 VERSION = 1
+CACHE_QUALITY = 90  # JPEG quality of the cached copies (``mmkd store images --quality``'s default)
 _SCHEMA = pa.schema([("row", pa.int64()), ("id", pa.string()), ("sha256", pa.string()), ("width", pa.int32()),
                      ("height", pa.int32()), ("jpeg", pa.binary()), ("error", pa.string())])
 
@@ -49,13 +51,27 @@ def cache_path(store_path: str | os.PathLike, size: int) -> Path:
     return Path(store_path) / CACHE_DIR / f"s{int(size)}"
 
 
-def _encode(data: bytes | BadSample, size: int, quality: int) -> tuple[bytes | None, int, int, str | None]:
-    """(jpeg, source width, source height, error) for one source image."""
+def block_path(out: str | os.PathLike, block: int) -> Path:
+    """The cache file of store block ``block`` in the cache folder ``out``."""
+    return Path(out) / f"block-{block:06d}.parquet"
+
+
+def encode_cached(data: bytes | BaseException, size: int, quality: int) -> tuple[bytes | None, int, int, str | None]:
+    """(jpeg, source width, source height, error) of one source image's cache entry: decoded at the smallest
+    DCT scale that keeps its short side >= ``size``, resized to short side ``size`` (never up), re-encoded.
+
+    A JPEG libjpeg-turbo decodes to RGB is decoded at any scale M/8 (``simplejpeg``), resized by torch's uint8
+    antialiased bicubic and encoded by libjpeg-turbo (4:2:0); anything else (PNG, grey or CMYK JPEGs, damaged
+    files) goes through Pillow (``draft`` at 1/2, 1/4, 1/8, its bicubic resize), which also names the damage.
+    """
     from PIL import Image
 
     try:
         if isinstance(data, BaseException):
             raise data
+        fast = _jpeg_entry(data, size, quality)
+        if fast is not None:
+            return fast
         img = decode_image(data, reduce_to=(size, "shortest"))
         w0, h0 = Image.open(io.BytesIO(data)).size
     except BadSample as e:
@@ -70,9 +86,78 @@ def _encode(data: bytes | BadSample, size: int, quality: int) -> tuple[bytes | N
     return buf.getvalue(), w0, h0, None
 
 
+def _jpeg_entry(data: bytes, size: int, quality: int) -> tuple[bytes, int, int, None] | None:
+    """:func:`encode_cached` of a JPEG by libjpeg-turbo, or ``None`` when it is not one it decodes to RGB."""
+    if not isinstance(data, (bytes, bytearray)) or data[:2] != b"\xff\xd8":
+        return None
+    try:
+        height, width, colour, _ = simplejpeg.decode_jpeg_header(data)
+        if colour not in ("YCbCr", "RGB") or not 0 < width * height <= DEFAULT_MAX_PIXELS:
+            return None
+        m = next((m for m in range(1, 8) if -(-min(width, height) * m // 8) >= size), 8)
+        # the smallest scaled size with both sides >= these is exactly M/8 (libjpeg rounds scaled sizes up)
+        pixels = simplejpeg.decode_jpeg(data, "RGB", min_width=-(-width * m // 8), min_height=-(-height * m // 8))
+    except ValueError:  # refused by libjpeg-turbo's strict mode: Pillow decodes it or names the damage
+        return None
+    h, w = pixels.shape[:2]
+    if min(w, h) > size:
+        import torch
+        import torch.nn.functional as F
+
+        scale = size / min(w, h)
+        new = (size, round(h * scale)) if w <= h else (round(w * scale), size)
+        x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # channels-last: torch's vectorised uint8 kernel
+        pixels = F.interpolate(x, size=(new[1], new[0]), mode="bicubic", antialias=True)[0].permute(1, 2, 0)
+        pixels = np.ascontiguousarray(pixels.numpy())
+    return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="RGB", colorsubsampling="420"), width, height, None
+
+
+def write_cache_block(out: str | os.PathLike, block: int, rows: Sequence[int], ids: Sequence[str],
+                      sha: Sequence[str | None], entries: Sequence[tuple[bytes | None, int, int, str | None]]) -> int:
+    """Write store block ``block``'s cache file (tmp-then-rename: never half there); returns its failed rows."""
+    table = pa.table({"row": np.asarray(rows, dtype=np.int64), "id": list(ids), "sha256": list(sha),
+                      "width": [e[1] for e in entries], "height": [e[2] for e in entries],
+                      "jpeg": [e[0] for e in entries], "error": [e[3] for e in entries]}, schema=_SCHEMA)
+    target = block_path(out, block)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="none")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sum(e[0] is None for e in entries)
+
+
+def finish_image_cache(store: FeatureStore, size: int, quality: int) -> list[int]:
+    """Write ``cache.json`` (the cache is then complete) when every block's file is there.
+
+    Returns:
+        the blocks still missing (empty: complete, ``cache.json`` written).
+    """
+    out = cache_path(store.path, size)
+    if (out / META).exists():
+        return []
+    missing = [b for b in range(store.num_blocks) if not block_path(out, b).exists()]
+    if missing:
+        return missing
+    failed = sum(pq.read_table(block_path(out, b), columns=["jpeg"]).column("jpeg").null_count
+                 for b in range(store.num_blocks))
+    meta = {"format": FORMAT, "version": VERSION, "size": int(size), "quality": int(quality), "rows": store.n,
+            "block_size": store.block_size, "blocks": store.num_blocks, "failed": failed,
+            "dataset_fingerprint": store.manifest.dataset.fingerprint}
+    tmp = out / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / META)
+    logger.info("image cache %s: %d rows, %d failed", out, store.n, failed)
+    return []
+
+
 def write_image_cache(store: FeatureStore, size: int, *, quality: int = 90, data: str | None = None,
                       progress: Callable[[int], None] | None = None) -> Path:
     """Write (or finish) the image cache of short side ``size`` for ``store`` (a path or FeatureStore).
+
+    Blocks already written (by an interrupted run, or by ``mmkd extract --image-cache``) are kept.
 
     Args:
         size: short side of the cached images (at least the students' input size, e.g. 256 for 224 px).
@@ -85,21 +170,16 @@ def write_image_cache(store: FeatureStore, size: int, *, quality: int = 90, data
     """
     if isinstance(store, (str, os.PathLike)):
         store = FeatureStore.open(store)
-    if size < 16:
-        raise ValueError(f"image cache size {size} is too small; give the short side in pixels, e.g. --size 256")
+    check_cache_size(size)
     out = cache_path(store.path, size)
     if (out / META).exists():
         logger.info("image cache %s already complete", out)
         return out
     out.mkdir(parents=True, exist_ok=True)
     reader = open_store_dataset(store, data)
-    failed = 0
     for b in range(store.num_blocks):
-        target = out / f"block-{b:06d}.parquet"
         start, end = store.block_range(b)
-        if target.exists():
-            failed += pq.read_table(target, columns=["jpeg"]).column("jpeg").null_count
-        else:
+        if not block_path(out, b).exists():
             rows = np.arange(start, end, dtype=np.int64)
             meta = store.index_columns(rows, ("sample_id", "image", "image_sha256"))
             raw = reader.read_many(list(meta["image"]), on_error="return")
@@ -109,24 +189,18 @@ def write_image_cache(store: FeatureStore, size: int, *, quality: int = 90, data
                     raise StoreError(f"row {r} (image {meta['image'][r - start]!r}): sha256 {have[:16]} != "
                                      f"{want[:16]} recorded in store {store.path}; the dataset changed since "
                                      "extract: point --data at the original images")
-            enc = [_encode(d, size, quality) for d in raw]
-            table = pa.table({"row": rows, "id": list(meta["sample_id"]), "sha256": sha,
-                              "width": [e[1] for e in enc], "height": [e[2] for e in enc],
-                              "jpeg": [e[0] for e in enc], "error": [e[3] for e in enc]}, schema=_SCHEMA)
-            failed += sum(e[0] is None for e in enc)
-            tmp = target.with_suffix(".tmp")
-            pq.write_table(table, tmp, compression="none")
-            os.replace(tmp, target)
+            write_cache_block(out, b, rows, list(meta["sample_id"]), sha,
+                              [encode_cached(d, size, quality) for d in raw])
         if progress is not None:
             progress(end)
-    meta = {"format": FORMAT, "version": VERSION, "size": int(size), "quality": int(quality), "rows": store.n,
-            "block_size": store.block_size, "blocks": store.num_blocks, "failed": failed,
-            "dataset_fingerprint": store.manifest.dataset.fingerprint}
-    tmp = out / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / META)
-    logger.info("image cache %s: %d rows, %d failed", out, store.n, failed)
+    finish_image_cache(store, size, quality)
     return out
+
+
+def check_cache_size(size: int) -> None:
+    """Refuse a cache short side too small to be one (ValueError naming the value)."""
+    if size < 16:
+        raise ValueError(f"image cache size {size} is too small; give the short side in pixels, e.g. --size 256")
 
 
 def find_image_cache(store: FeatureStore, min_size: int) -> Path | None:

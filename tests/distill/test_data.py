@@ -142,6 +142,36 @@ def test_persistent_workers_follow_set_epoch_and_resume(tiny_store, student):
     assert _rows(expected[0]) != _rows(expected[1])
 
 
+def test_uint8_batches_normalised_by_the_consumer_equal_float_batches(tiny_store, student, tmp_path):
+    """uint8=True (what distill's trainer asks for): the loader ships (B,3,H,W) uint8 and image_norm, applied
+    after the transfer, gives the float batch bit for bit, an unreadable row's image zeros; over workers too."""
+    import shutil
+
+    from mmkd.store import FeatureStore
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_store.parent / "data", data)
+    bad = data / "img" / "0003.png"
+    bad.write_bytes(b"x" * bad.stat().st_size)
+    row = int(FeatureStore.open(tiny_store).rows(["s0003"])[0])
+    floats = _ds(tiny_store, student, data=str(data / "captions.jsonl"))
+    u8 = _ds(tiny_store, student, data=str(data / "captions.jsonl"), uint8=True)
+    assert floats.image_norm is None and u8.image_norm is not None
+    assert _ds(tiny_store, student, decode="full", uint8=True).image_norm is None  # plain path: floats
+    for ds in (floats, u8):
+        ds.set_epoch(0)
+    want = list(make_loader(floats, 0))
+    for workers in (0, 2):
+        got = list(make_loader(u8, workers))
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            assert a["image"].dtype == torch.uint8 and b["image"].dtype == torch.float32
+            assert torch.equal(u8.image_norm(a["image"], a["ok"]), b["image"])
+            assert torch.equal(a["ok"], b["ok"]) and torch.equal(a["text"], b["text"])
+    hit = next(b for b in want if row in b["rows"].tolist())
+    assert not hit["ok"][hit["rows"].tolist().index(row)]
+
+
 def test_reduced_decode_draws_the_plain_transforms_crop(tiny_store, student):
     """decode=reduced gives a row the same crop as open_clip's transform (same seed, same box), so the
     two paths' images agree up to resampling; a transform of another shape keeps the plain path."""

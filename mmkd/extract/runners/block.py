@@ -44,6 +44,7 @@ from mmkd.store import FeatureStore, StoreError
 from mmkd.teachers import TeacherSpec
 from mmkd.store.content import record_block_hashes, sha256_of
 from mmkd.store.format import FEATURE_DTYPE
+from mmkd.store.images import block_path, cache_path, encode_cached, write_cache_block
 
 if TYPE_CHECKING:  # torch-heavy: the Ray driver imports this module and never needs them
     import torch
@@ -78,6 +79,8 @@ class WorkerConfig:
             alone) or ``cascade`` (:func:`cascade_sources`: smaller inputs resized from the largest one).
         views: a :class:`~mmkd.data.views.ViewRecipe` as its ``to_attrs()`` dict: each teacher also
             encodes the recipe's K views of every row (``extract --views K``); ``None``: the plain view only.
+        image_cache: ``(short side, JPEG quality)``: also write each block's file of the store's student image
+            cache (:mod:`mmkd.store.images`) from the bytes read for the teachers, when it is not there yet.
     """
 
     dataset: dict[str, Any]
@@ -91,6 +94,7 @@ class WorkerConfig:
     decode: str = "full"
     resize: str = "own"
     views: JSONDict | None = None
+    image_cache: tuple[int, int] | None = None
 
 
 def resolve_device(device: str) -> str:
@@ -359,6 +363,7 @@ class BlockWorker:
         views = self.views.k if self.views is not None else 0
         out = {name: _BlockOut(n, self.slots[name].teacher.dim, views) for name in names}
         hashes: list[str | None] = [None] * n
+        cached: dict[int, tuple] = {}  # row in block -> its image cache entry (--image-cache)
         timings = Counter()
         dct_scales: Counter = Counter()  # --decode reduced: images of the block by the DCT scale they were decoded at
         batches = self._batches(n)
@@ -368,13 +373,14 @@ class BlockWorker:
             t = time.perf_counter()
             chunks = [fut.result() for fut in pending.popleft()]
             timings["wait_s"] += time.perf_counter() - t
-            for items, seconds, decoded, nbytes, read, scales in chunks:
+            for items, seconds, decoded, nbytes, read, entries, scales in chunks:
                 dct_scales.update(scales)
                 timings["read_decode_s"] += seconds
                 timings["decoded"] += decoded
                 timings["bytes_read"] += nbytes
                 for r, h in read:
                     hashes[r] = h
+                cached.update(entries)
             prepared = [item for items, *_ in chunks for item in items]
             shared: dict[tuple, Any] = {}  # this batch's tokens and 8-bit pixels, once for the teachers that share them
             try:
@@ -392,6 +398,8 @@ class BlockWorker:
             self._prefetch(next_block[0], self._names(next_block[1]))
         # the block's image hashes recorded (or compared with those recorded) once, for every teacher of the pass
         changed, content = record_block_hashes(self.store, block, hashes)
+        if len(cached) == n:
+            self._write_cache_block(block, ids, hashes, cached, changed, start)
         results: list[BlockResult] = []
         for name in names:
             o = out[name]
@@ -495,18 +503,25 @@ class BlockWorker:
         return [self._pool.submit(self._prepare, rows[i:i + step], captions, refs, names, start)
                 for i in range(0, len(rows), step)]
 
-    def _prepare(self, rows: list[int], captions: list[str], refs: list[str],
-                 names: tuple[str, ...], start: int) -> tuple[list[tuple], float, int, int, list[tuple[int, str]], Counter]:
+    def _prepare(self, rows: list[int], captions: list[str], refs: list[str], names: tuple[str, ...],
+                 start: int) -> tuple[list[tuple], float, int, int, list[tuple[int, str]], list[tuple[int, tuple]],
+                                      Counter]:
         """Read and decode ``rows`` once; preprocess each image for every teacher in ``names``.
 
         Returns:
             ``[(row, {teacher: image | (image, [K view images]) | DeviceJpeg | BadSample}, caption | BadSample)]``
             (the view images when the worker has views), the seconds
-            it took, the images decoded, the bytes read, ``(row, sha256)`` of each image's bytes read, and the
+            it took, the images decoded, the bytes read, ``(row, sha256)`` of each image's bytes read,
+            ``(row, image cache entry)`` of each row when the block's image cache file is to be written, and the
             images decoded by DCT scale (``{s: images}`` for scale 1/s; ``--decode reduced`` only).
         """
         t = time.perf_counter()
         datas = self.dataset.read_many([refs[r] for r in rows], on_error="return")
+        cache = self.config.image_cache
+        if cache is not None and block_path(cache_path(self.store.path, cache[0]),
+                                            start // self.store.block_size).exists():
+            cache = None  # written already (an earlier run, or another teacher's pass)
+        entries = [(r, encode_cached(data, cache[0], cache[1])) for r, data in zip(rows, datas)] if cache else []
         out, decoded, nbytes, hashes, scales = [], 0, 0, [], Counter()
         for r, data in zip(rows, datas):
             try:
@@ -530,7 +545,19 @@ class BlockWorker:
                 decoded += 1
                 pixels.update(self._cpu_geometry(data, cpu, start + r, scales))
             out.append((r, pixels, caption))
-        return out, time.perf_counter() - t, decoded, nbytes, hashes, scales
+        return out, time.perf_counter() - t, decoded, nbytes, hashes, entries, scales
+
+    def _write_cache_block(self, block: int, ids: list[str], hashes: list[str | None], cached: dict[int, tuple],
+                           changed: list[tuple[int, str, str]], start: int) -> None:
+        """Write ``block``'s image cache file; an image whose bytes differ from the hashes recorded before (see
+        :meth:`_fail_changed`) is left out of it, with that reason."""
+        size, _ = self.config.image_cache
+        for row, old, new in changed:
+            cached[row - start] = (None, 0, 0, f"content_changed: image bytes sha256 {new[:16]}... but {old[:16]}... "
+                                               "was recorded")
+        order = sorted(cached)
+        write_cache_block(cache_path(self.store.path, size), block, [start + r for r in order], ids,
+                          [hashes[r] for r in order], [cached[r] for r in order])
 
     def _cpu_pixels(self, data: bytes, names: list[str]) -> dict[str, Any]:
         """Decode once, then each teacher's mode and transform on the CPU (a tensor, or a BadSample per teacher)."""

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from mmkd.store import FeatureStore
     from mmkd.teachers import TeacherSpec
 
-from mmkd.config import ConfigError, Pipelines, load_pipelines, merge_entry, resolve_path, section
+from mmkd.config import ConfigError, Pipelines, is_url, load_pipelines, merge_entry, resolve_path, section
 from mmkd.data import open_dataset, resolve_data
 from mmkd.data.views import DEFAULT_SCALE, ViewRecipe
 from mmkd.teachers import get_teacher_spec
@@ -84,6 +84,9 @@ class ExtractJob:
             (crop + flip drawn from a hash of (row, view): :mod:`mmkd.data.views`; docs/views.md).
         view_scale: ``[min, max]`` area fraction of a view's crop (default 0.35-1.0, as CLIP training).
         view_seed: seed of the views' hash.
+        image_cache: also write the store's student image cache of this short side (``mmkd store images
+            --size S``, :mod:`mmkd.store.images`) from the image bytes this run reads anyway: each block's
+            cache file is written with the block, ``cache.json`` once every block has one (a local store only).
     """
 
     data: str | dict[str, Any] | Any
@@ -110,6 +113,7 @@ class ExtractJob:
     views: int | None = None
     view_scale: tuple[float, float] | list[float] | None = None
     view_seed: int = 0
+    image_cache: int | None = None
     name: str | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -161,6 +165,14 @@ def _check_job(job: ExtractJob) -> None:
             raise ExtractError(f"{where}: {e}") from None
     elif job.view_scale is not None:
         raise ExtractError(f"{where}: view_scale {job.view_scale!r} given without views; pass --views K too")
+    if job.image_cache is not None:
+        if isinstance(job.image_cache, bool) or not isinstance(job.image_cache, int) or job.image_cache < 16:
+            raise ExtractError(f"{where}: image_cache must be the cache's short side in pixels (>= 16, e.g. 256 "
+                               f"for a 224 px student), got {job.image_cache!r}")
+        if is_url(job.store):
+            raise ExtractError(f"{where}: image_cache: the student image cache is written beside a store on local "
+                               f"disk only, and store {job.store!r} is on object storage; drop --image-cache (distill "
+                               "then reads the originals, with read-ahead)")
     if job.on_bad_row not in ("record", "fail"):
         raise ExtractError(f"{where}: on_bad_row {job.on_bad_row!r} not in ['record', 'fail']")
     if not isinstance(job.max_restarts, int) or job.max_restarts < 0:

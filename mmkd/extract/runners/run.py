@@ -21,6 +21,7 @@ from mmkd.teachers import TeacherSpec, weights_status
 from mmkd.teachers.weights import hub_download_impossible, missing_weights_error
 from mmkd.store import FeatureStore, StoreError
 from mmkd.store.format import disk_full, disk_full_error
+from mmkd.store.images import CACHE_QUALITY, cache_path, finish_image_cache
 from mmkd.store.locks import TeacherLocked, teacher_lock_holders, teacher_locks
 from mmkd.jsontypes import JSONDict
 
@@ -127,7 +128,8 @@ def _run_locked(job: ExtractJob, specs: list[TeacherSpec], ds: Dataset, store: F
     config = WorkerConfig(dataset=ds.spec().to_dict(with_storage_options=True), store=absolute(store.path),
                           batch_size=job.batch_size, precision=job.precision, workers=job.workers, device=job.device, overwrite=job.overwrite,
                           decode=job.decode, resize=job.resize,
-                          views=_views_attrs(job))
+                          views=_views_attrs(job),
+                          image_cache=(job.image_cache, CACHE_QUALITY) if job.image_cache else None)
     bar = _progress_bar(sum(map(len, todo.values()))) if progress else None
     # Nothing to schedule: the local runner finishes complete teachers without starting Ray.
     runner = _make_runner(job, stamp) if any(todo.values()) else LocalRunner()
@@ -149,6 +151,10 @@ def _run_locked(job: ExtractJob, specs: list[TeacherSpec], ds: Dataset, store: F
         runner.close()
         if bar is not None:
             bar.close()
+    if job.image_cache:
+        missing = finish_image_cache(store, job.image_cache, CACHE_QUALITY)
+        summary.image_cache = {"path": str(cache_path(store.path, job.image_cache)), "size": job.image_cache,
+                               "blocks": store.num_blocks, "missing_blocks": len(missing), "complete": not missing}
     summary.wall_s = time.perf_counter() - t0
     if summary.noop:
         log.info("nothing to do: every block of %s is already in %s", [s.name for s in specs], store.path)

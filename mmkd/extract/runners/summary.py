@@ -168,6 +168,7 @@ class ExtractSummary:
         placement: the passes, each ``{"pass", "teachers", "estimated_bytes",
             "capacity_bytes", "memory"}``: which teachers share a worker (a GPU), the
             memory they were estimated to need, and what the workers then held.
+        image_cache: with ``--image-cache S``: ``{"path", "size", "blocks", "missing_blocks", "complete"}``.
     """
 
     store: str
@@ -181,6 +182,7 @@ class ExtractSummary:
     decoded: int = 0
     bytes_read: int = 0
     placement: list[JSONDict] = field(default_factory=list)
+    image_cache: JSONDict | None = None
 
     @property
     def noop(self) -> bool:
@@ -205,14 +207,16 @@ class ExtractSummary:
                 "created_store": self.created_store, "num_samples": self.num_samples, "noop": self.noop,
                 "rows": self.rows, "failures": self.failures, "bad_rows": self.bad_rows, "wall_s": self.wall_s,
                 "decoded": self.decoded, "bytes_read": self.bytes_read, "placement": self.placement,
-                "failed_teachers": self.failed_teachers, "teachers": [t.to_dict() for t in self.teachers]}
+                "failed_teachers": self.failed_teachers, "teachers": [t.to_dict() for t in self.teachers],
+                "image_cache": self.image_cache}
 
     def format(self) -> str:
         """A human-readable report (what the CLI prints)."""
         if self.noop:
             names = ", ".join(t.teacher for t in self.teachers)
             return (f"nothing to do: every block of {names} is already in {self.store} "
-                    f"({self.num_samples} samples); pass --overwrite to redo them") + self._bad_rows_line("\n")
+                    f"({self.num_samples} samples); pass --overwrite to redo them") + self._bad_rows_line("\n") + \
+                self._cache_line("\n")
         lines = [f"store {self.store}: {self.num_samples} samples from {self.dataset}"
                  + (" (store created)" if self.created_store else "") + self._bad_rows_line("\n  ")]
         for p in self.placement:
@@ -245,8 +249,19 @@ class ExtractSummary:
             lines.append(f"read: {self.decoded} images decoded for {rows} teacher-rows "
                          f"({self.decoded / rows:.2f} decodes per teacher-row), {self.bytes_read / 1e6:.1f} MB of "
                          "image bytes read")
+        if self.image_cache:
+            lines.append(self._cache_line(""))
         lines.append(self._total_line())
         return "\n".join(lines)
+
+    def _cache_line(self, sep: str) -> str:
+        c = self.image_cache
+        if not c:
+            return ""
+        if c["complete"]:
+            return f"{sep}image cache: {c['path']} complete ({c['blocks']} blocks, short side {c['size']})"
+        return (f"{sep}image cache: {c['path']}: {c['missing_blocks']} of {c['blocks']} blocks missing (blocks no "
+                f"teacher needed were not read); finish it with `mmkd store images {self.store} --size {c['size']}`")
 
     def _total_line(self) -> str:
         ran = [t for t in self.teachers if t.blocks_run]
