@@ -271,3 +271,4 @@ def test_reduced_decode_of_a_pass_covers_its_largest_input_and_records_the_scale
     assert sum(n for c in counts for n in c.values()) == sum(scales[small].values())
     record = json.loads(next((tmp_path / "one" / "_jobs").glob(f"*-{small}.json")).read_text())
     assert record["summary"]["dct_scales"] == scales[small]
+    assert "--decode reduced: images decoded at DCT scale 1/" in one.format()

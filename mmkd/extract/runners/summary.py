@@ -241,6 +241,9 @@ class ExtractSummary:
                 (f"    wall {t.wall_s:.2f}s, worker CPU {t.cpu_s:.2f}s; stages: read+decode "
                  f"{st['read_decode_s']:.2f}s (thread time), waiting for decode {st['wait_s']:.2f}s, "
                  f"forward {st['forward_s']:.2f}s, write {st['write_s']:.2f}s")]
+            if t.dct_scales:
+                lines.append("    --decode reduced: images decoded at DCT scale " +
+                             ", ".join(f"{k}: {v}" for k, v in t.dct_scales.items()))
             if t.storage_retries:
                 lines.append(f"    object storage: {t.storage_retries} request(s) throttled or dropped and retried "
                              "by the client")
