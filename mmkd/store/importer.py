@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mmkd.data import DatasetError, Sample, open_dataset
+from mmkd.config import AnyPath, as_path, is_url
+from mmkd.data import DatasetError, MmkdClipDataset, Sample, open_dataset
+from mmkd.store import format as fmt
 from mmkd.store.format import DEFAULT_BLOCK_SIZE, StoreError
 from mmkd.store.store import FeatureStore
 
@@ -108,18 +110,18 @@ def import_mmkd(
     (attrs ``normalized: False``: the official projections are not unit norm). A
     sample with no feature file is recorded as a failure (``missing_features``).
     The store is built beside ``dst`` and renamed into place at the end, so an
-    error leaves nothing at ``dst``.
+    error leaves nothing at ``dst``. ``dst`` may be an object-storage URL (``s3://...``,
+    any fsspec URL; credentials from the provider's chain): there, with no rename, the
+    store is written in place and removed again when the import fails.
     """
-    src, dst = Path(src), Path(dst)
+    src = Path(src)
+    if is_url(str(dst)):
+        return _import_remote(src, as_path(str(dst)), with_projected, block_size, overwrite)
+    dst = Path(dst)
     if dst.exists() and not overwrite:
         raise StoreError(f"destination {str(dst)!r} exists; choose a new path or pass overwrite=True")
 
-    ds = open_layout(src)
-    try:
-        samples = list(ds.samples())
-        fingerprint = ds.fingerprint()
-    except DatasetError as e:
-        raise StoreError(f"cannot import {str(src)!r}: {e}") from e
+    samples, fingerprint, ds = _read_layout(src)
     tmp = dst.with_name(f".{dst.name}.importing-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -136,6 +138,36 @@ def import_mmkd(
     os.replace(tmp, dst)
     log.info("imported %d samples from %s into %s", len(samples), src, dst)
     return FeatureStore.open(dst, mode="a")
+
+
+def _import_remote(src: Path, dst: AnyPath, with_projected: bool, block_size: int, overwrite: bool) -> FeatureStore:
+    """:func:`import_mmkd` into a store on object storage, written in place (see there)."""
+    if fmt.probe(dst / fmt.MANIFEST) is not None and not overwrite:
+        raise StoreError(f"destination {str(dst)!r} holds a store; choose a new path or pass overwrite=True")
+    samples, fingerprint, ds = _read_layout(src)
+    try:
+        store = FeatureStore.create(dst, samples, block_size=block_size, dataset_uri=ds.uri,
+                                    dataset_fingerprint=fingerprint, dataset_spec=ds.spec().to_dict(), overwrite=True)
+        _import_blocks(store, ds.root, samples, with_projected)
+        for t in store.teachers:
+            store.compute_stats(t)
+    except BaseException:
+        try:  # a half-imported store is not left looking like one
+            if dst.exists():
+                dst.fs.rm(dst.path, recursive=True)
+        except OSError as e:
+            log.warning("could not remove the half-imported store at %s (%s); delete it before using the path", dst, e)
+        raise
+    log.info("imported %d samples from %s into %s", len(samples), src, dst)
+    return FeatureStore.open(dst, mode="a")
+
+
+def _read_layout(src: Path) -> tuple[list[Sample], str, MmkdClipDataset]:
+    ds = open_layout(src)
+    try:
+        return list(ds.samples()), ds.fingerprint(), ds
+    except DatasetError as e:
+        raise StoreError(f"cannot import {str(src)!r}: {e}") from e
 
 
 def _import_blocks(store: FeatureStore, root: Path, samples: list[Sample], with_projected: bool) -> None:
