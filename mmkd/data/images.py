@@ -132,6 +132,9 @@ def decode_loaded(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         draft: with ``reduce_to``, a further (width, height) the DCT-reduced decode must cover
             (e.g. :func:`mmkd.data.views.draft_request` for the crop boxes of a row's views).
 
+    With ``reduce_to``, the image's ``info["dct_scale"]`` is the ``s`` of the DCT scale 1/s it was decoded at
+    (1, 2, 4 or 8; 1 for a format other than JPEG).
+
     Raises:
         BadSample: as :func:`decode_image`.
     """
@@ -141,7 +144,12 @@ def decode_loaded(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         covers = [reduce_to] if isinstance(reduce_to, tuple) else list(reduce_to)
         sizes = [draft_size(img.size, *c) for c in covers] + ([tuple(draft)] if draft is not None else [])
         # draft picks the largest scale with both sides >= the request: the side-wise max covers every teacher
-        img.draft(None, (max(w for w, _ in sizes), max(h for _, h in sizes)))
+        width = img.size[0]
+        drafted = img.draft(None, (max(w for w, _ in sizes), max(h for _, h in sizes)))
+        # the DCT scale 1/s the decoder uses: draft returns the original image's box in the reduced image's units
+        img.info["dct_scale"] = round(width / drafted[1][2]) if drafted else 1
+    elif reduce_to is not None:
+        img.info["dct_scale"] = 1  # not a JPEG: decoded at full size
     return _load(img, data)
 
 

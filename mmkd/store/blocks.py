@@ -67,6 +67,7 @@ class BlocksMixin:
         failures: list[JSONDict] | None = None,
         content_sha256: str | None = None,
         views: np.ndarray | None = None,
+        decode: JSONDict | None = None,
     ) -> None:
         """Write one block of features; the block is marked done only once durable.
 
@@ -88,6 +89,9 @@ class BlocksMixin:
             views: ``(rows, K, dim)`` image embeddings of the K views of each row; required
                 when the teacher has an ``image_views`` array (:meth:`ensure_views`), so a
                 block is marked done only with its views.
+            decode: how the block's images were decoded, when that is more than the teacher's ``decode``
+                attribute says (``--decode reduced``: the inputs covered and the images per DCT scale);
+                kept in the marker.
         """
         self._writable()
         start, stop = self.block_range(block)
@@ -115,6 +119,7 @@ class BlocksMixin:
                                                  "valid": block_crc32(valid),
                                                  **({fmt.VIEWS: block_crc32(views)} if views is not None else {})},
                                        **({"content_sha256": content_sha256} if content_sha256 else {}),
+                                       **({"decode": decode} if decode else {}),
                                        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat()})
 
     def marker_path(self, teacher: str, block: int) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
@@ -23,6 +22,8 @@ if TYPE_CHECKING:
     from torchvision.transforms import InterpolationMode
 
 log = logging.getLogger(__name__)
+
+Allocator = Callable[[tuple[int, ...], type], np.ndarray]  # (shape, dtype) -> an array to fill
 
 
 @dataclass(frozen=True)
@@ -101,40 +102,52 @@ class Preprocessing:
         return self.normalize_uint8(self.stack_uint8(images))
 
     @staticmethod
-    def stack_uint8(images: list[Image.Image]) -> np.ndarray:
+    def stack_uint8(images: list[Image.Image], alloc: Allocator = np.empty) -> np.ndarray:
         """Equal-size 8-bit images as one ``(B, H, W, C)`` uint8 array (``C`` = 1 for ``L``). Teachers whose
-        resize/crop gave the same images share it; each then applies :meth:`normalize_uint8`."""
+        resize/crop gave the same images share it; each then applies :meth:`normalize_uint8`.
+
+        ``alloc(shape, dtype)`` gives the output array (default ``np.empty``; an extract worker reuses its
+        arrays from batch to batch: :class:`mmkd.extract.runners.block.BatchBuffers`)."""
         arrays = [np.asarray(im, dtype=np.uint8) for im in images]
         if len({a.shape for a in arrays}) != 1:
             raise ValueError(f"images of different sizes in one batch: {sorted({a.shape for a in arrays})}")
-        out = np.stack(arrays)
-        return out[..., None] if out.ndim == 3 else out
+        h, w = arrays[0].shape[:2]
+        out = alloc((len(arrays), h, w, arrays[0].shape[2] if arrays[0].ndim == 3 else 1), np.uint8)
+        for i, a in enumerate(arrays):
+            out[i] = a.reshape(out.shape[1:])
+        return out
 
-    def normalize_uint8(self, pixels: np.ndarray) -> torch.Tensor:
-        """``ToTensor`` then ``Normalize`` of a :meth:`stack_uint8` batch, through a table of the 256 values.
+    def normalize_uint8(self, pixels: np.ndarray, alloc: Allocator = np.empty) -> torch.Tensor:
+        """``ToTensor`` then ``Normalize`` of a :meth:`stack_uint8` batch: ``(B, H, W, C)`` uint8 -> ``(B, C, H, W)``.
 
-        ``ToTensor`` is ``uint8 -> float32, / 255`` and ``Normalize`` ``- mean, / std`` per channel: elementwise
-        float32 operations, so a byte value always maps to the same float. The table applies exactly those
-        operations (torch, float32, same order) to 0..255 per channel, and the batch is looked up in it: the
-        same values bit for bit as the per-image transform (``tests/extract/test_one_pass.py`` compares them),
-        in one pass over the pixels instead of three.
+        ``ToTensor`` is ``uint8 -> float32, / 255`` and ``Normalize`` ``- mean, / std`` per channel, with mean and
+        std as float32: elementwise, correctly rounded float32 operations. They are applied here in that order, in
+        float32, one image plane at a time (a plane stays in cache across the three operations): the same values
+        bit for bit as the per-image transform (``tests/extract/test_one_pass.py`` compares every byte value), at
+        about a third of the CPU of a table lookup (numpy's ``take`` widens each uint8 index to 64 bits first).
+        ``alloc``: as in :meth:`stack_uint8`; the tensor shares the array's memory.
         """
-        table = _normalize_table(self.mean, self.std, pixels.shape[-1])
-        out = np.empty((pixels.shape[0], pixels.shape[-1], *pixels.shape[1:3]), np.float32)
-        for c in range(pixels.shape[-1]):
-            np.take(table[c], pixels[..., c], out=out[:, c])
+        channels = pixels.shape[-1]
+        mean, std = _channel_values(self.mean, self.std, channels)
+        out = alloc((pixels.shape[0], channels, *pixels.shape[1:3]), np.float32)
+        scale = np.float32(255)
+        for i in range(pixels.shape[0]):
+            for c in range(channels):
+                plane = out[i, c]
+                plane[...] = pixels[i, :, :, c]
+                np.divide(plane, scale, out=plane)
+                np.subtract(plane, mean[c], out=plane)
+                np.divide(plane, std[c], out=plane)
         return torch.from_numpy(out)
 
 
-@functools.lru_cache(maxsize=64)
-def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> np.ndarray:
-    """``(channels, 256)`` float32: ``Normalize(mean, std)(ToTensor()(byte))`` for every byte value and channel."""
+def _channel_values(mean: tuple[float, ...], std: tuple[float, ...],
+                    channels: int) -> tuple[list[np.float32], list[np.float32]]:
+    """Per-channel mean and std as float32, as ``Normalize`` holds them (``torch.as_tensor(mean, float32)``);
+    one value stands for every channel, as ``build_tensor`` repeats it."""
     mean = mean * channels if len(mean) == 1 else mean
     std = std * channels if len(std) == 1 else std
-    unit = torch.arange(256, dtype=torch.uint8).to(torch.float32).div(255)  # ToTensor
-    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1)  # Normalize: as_tensor(mean, dtype=float32)
-    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1)
-    return unit.view(1, 256).expand(len(mean), 256).sub(m).div(s).numpy()
+    return [np.float32(m) for m in mean], [np.float32(s) for s in std]
 
 
 class _ResizeLongest:

@@ -207,6 +207,19 @@ def test_reduced_decode_is_smaller_covers_the_input_and_stays_close(fit, modalit
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.995
 
 
+def test_reduced_decode_says_the_dct_scale_it_used(modality_dir):
+    """decode_loaded records the scale 1/s the JPEG was decoded at (what a reduced extract counts per block)."""
+    from mmkd.data.images import decode_loaded
+
+    data = (modality_dir / "fundus.jpeg").read_bytes()  # 3504x2336
+    assert "dct_scale" not in decode_loaded(data).info  # a full decode says nothing
+    for side, s in ((224, 8), (300, 4), (600, 2), (2336, 1)):
+        img = decode_loaded(data, reduce_to=(side, "shortest"))
+        assert img.info["dct_scale"] == s and img.size == (-(-3504 // s), -(-2336 // s)), side
+    png = next(p for p in sorted(modality_dir.iterdir()) if p.suffix.lower() == ".png")
+    assert decode_loaded(png.read_bytes(), reduce_to=(32, "shortest")).info["dct_scale"] == 1
+
+
 def test_reduced_decode_leaves_other_formats_alone(modality_dir):
     from mmkd.data.images import decode_image
 

@@ -184,7 +184,8 @@ def test_teachers_of_a_pass_share_one_clip_tokenizer(setup):
 
 def test_an_error_in_one_teachers_step_of_a_pass_names_that_teacher(setup, tmp_path, monkeypatch):
     """The block worker marks the error with the teacher whose step raised; it survives pickling (a Ray task
-    error carries it to the driver, whose message then names that teacher: tests/extract/test_ray_runner.py)."""
+    error carries it to the driver, whose message then names that teacher: tests/extract/test_ray_runner.py),
+    and the local runner's error names it the same way."""
     import pickle
 
     from mmkd.extract.runners.block import failed_teacher
@@ -198,7 +199,76 @@ def test_an_error_in_one_teachers_step_of_a_pass_names_that_teacher(setup, tmp_p
         return encode(self, pixels, autocast)
 
     monkeypatch.setattr(Teacher, "encode_images", broken)
-    with pytest.raises(RuntimeError, match="illegal memory access") as err:
+    with pytest.raises(ExtractError) as err:
         run_extract(_job(setup, tmp_path / "s", teachers=["tiny_open_clip", "tiny_open_clip_64"]))
+    # the local runner's one line names the teacher and the block, in the Ray runner's words
+    assert str(err.value) == ("teacher 'tiny_open_clip_64', block 0: RuntimeError: CUDA error: an illegal memory "
+                              "access was encountered")
     assert failed_teacher(err.value) == "tiny_open_clip_64"
     assert failed_teacher(pickle.loads(pickle.dumps(err.value))) == "tiny_open_clip_64"
+
+
+def test_teachers_with_the_same_preprocessing_share_one_normalised_batch(setup, tmp_path, monkeypatch):
+    """tiny_open_clip and tiny_transformers have the same resize/crop, mode and mean/std: a pass of both
+    normalises each batch once, as a pass of one of them does (their features: the bit-for-bit test above)."""
+    from mmkd.teachers.base import Preprocessing
+
+    calls = []
+    normalize = Preprocessing.normalize_uint8
+    monkeypatch.setattr(Preprocessing, "normalize_uint8",
+                        lambda self, px, **kw: calls.append(px.shape) or normalize(self, px, **kw))
+    run_extract(_job(setup, tmp_path / "one", teachers=["tiny_open_clip"]))
+    alone = list(calls)
+    calls.clear()
+    run_extract(_job(setup, tmp_path / "two", teachers=["tiny_open_clip", "tiny_transformers"]))
+    assert alone and calls == alone
+    calls.clear()
+    # tiny_medclip (grayscale, its own mean/std) between them: the pass still forwards the two together,
+    # so the shared float batch is made once, and each teacher's features are those of the pass without it
+    run_extract(_job(setup, tmp_path / "three", teachers=["tiny_open_clip", "tiny_medclip", "tiny_transformers"]))
+    assert len(calls) == 2 * len(alone)
+    assert_same_store(tmp_path / "two", tmp_path / "three", teachers=["tiny_open_clip", "tiny_transformers"])
+
+
+def test_batch_buffers_reuse_memory_for_any_shape_that_fits():
+    from mmkd.extract.runners.block import BatchBuffers
+
+    pool = BatchBuffers()
+    a, b = pool.take((4, 2, 3), np.float32), pool.take((4, 3, 2), np.uint8)
+    assert a.shape == (4, 2, 3) and a.dtype == np.float32 and b.dtype == np.uint8 and not np.shares_memory(a, b)
+    pool.give_back(a)
+    c = pool.take((3, 2, 3), np.float32)  # a block's short last batch: the front of the full one's memory
+    assert c.shape == (3, 2, 3) and c.flags.c_contiguous and np.shares_memory(c, a) and not np.shares_memory(c, b)
+    d = pool.take((2, 2, 3), np.uint8)  # nothing free: new memory
+    assert not np.shares_memory(d, a) and not np.shares_memory(d, b)
+    pool.release()
+    e = pool.take((96,), np.uint8)  # 96 bytes: only a's 96-byte buffer is large enough
+    assert np.shares_memory(e, a)
+    f = pool.take((100,), np.uint8)  # larger than any free buffer: new memory
+    assert not any(np.shares_memory(f, x) for x in (a, b, d))
+
+
+def test_reduced_decode_of_a_pass_covers_its_largest_input_and_records_the_scales(setup, tmp_path):
+    """--decode reduced: one decode covers the pass's largest input; every teacher's attrs say which inputs were
+    covered, and its summary, job record and block markers how many images were decoded at each DCT scale
+    (the same scales as a run of the largest teacher alone, whose input is the one covered)."""
+    import json
+
+    small, big = "tiny_open_clip", "tiny_open_clip_64"
+    one = run_extract(_job(setup, tmp_path / "one", teachers=[small, big], decode="reduced"))
+    alone = run_extract(_job(setup, tmp_path / "alone", teachers=[big], decode="reduced"))
+    own = run_extract(_job(setup, tmp_path / "own", teachers=[small], decode="reduced"))
+    store = FeatureStore.open(tmp_path / "one")
+    scales = {t.teacher: t.dct_scales for t in one.teachers}
+    assert scales[small] == scales[big] == alone.teachers[0].dct_scales
+    assert sum(scales[big].values()) == one.decoded > 0
+    assert own.teachers[0].dct_scales != scales[small]  # alone, the 32 px teacher's images decode smaller
+    assert store.attrs(small)["decode_covers"] == store.attrs(big)["decode_covers"] == [[32, "shortest"],
+                                                                                         [64, "shortest"]]
+    assert FeatureStore.open(tmp_path / "own").attrs(small)["decode_covers"] == [[32, "shortest"]]
+    markers = sorted((tmp_path / "one" / "_progress" / small).glob("block-*.done"))
+    counts = [json.loads(m.read_text())["decode"]["dct_scales"] for m in markers]
+    assert sum(n for c in counts for n in c.values()) == sum(scales[small].values())
+    record = json.loads(next((tmp_path / "one" / "_jobs").glob(f"*-{small}.json")).read_text())
+    assert record["summary"]["dct_scales"] == scales[small]
+    assert "--decode reduced: images decoded at DCT scale 1/" in one.format()

@@ -248,13 +248,14 @@ def test_errors_of_a_multi_teacher_pass_name_the_teacher_that_failed():
 
     import ray
 
-    from mmkd.extract.runners.ray_runner import _PassName, _root_cause
+    from mmkd.extract.runners.base import PassName
+    from mmkd.extract.runners.ray_runner import _root_cause
 
-    who = _PassName([SimpleNamespace(name="a"), SimpleNamespace(name="b")])
+    who = PassName([SimpleNamespace(name="a"), SimpleNamespace(name="b")])
     cause = RuntimeError("CUDA out of memory")
     cause.failed_teacher = "b"  # what the block worker marks (tests/extract/test_one_pass.py)
     err = ray.exceptions.RayTaskError("run_block", "Traceback ...", cause)
     assert f"{who.of(err)}: {_root_cause(err)}" == "teacher 'b': RuntimeError: CUDA out of memory"
     shared = ray.exceptions.RayTaskError("run_block", "Traceback ...", OSError("disk full"))  # no one teacher's step
     assert who.of(shared) == who.label == "teachers 'a', 'b' (one pass)"
-    assert _PassName([SimpleNamespace(name="a")]).label == "teacher 'a'"
+    assert PassName([SimpleNamespace(name="a")]).label == "teacher 'a'"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from mmkd.extract.runners.block import WorkerConfig
+from mmkd.extract.runners.block import WorkerConfig, failed_teacher
 from mmkd.extract.runners.job import ExtractError, ExtractJob
 from mmkd.extract.runners.prepare import write_job_record
 from mmkd.extract.runners.summary import BlockResult, TeacherSummary
@@ -197,6 +197,21 @@ class BaseRunner(ABC):
 
     def close(self) -> None:
         """Release what the runner holds; nothing by default."""
+
+
+class PassName:
+    """Names a pass in errors: ``teacher 'a'`` for one teacher, ``teachers 'a', 'b' (one pass)`` for several
+    (a step that fails for one teacher of the pass names that one: :func:`failed_teacher`)."""
+
+    def __init__(self, specs: list[TeacherSpec]) -> None:
+        self.name = "+".join(s.name for s in specs)  # logs
+        self.label = f"teacher {specs[0].name!r}" if len(specs) == 1 else \
+            "teachers " + ", ".join(repr(s.name) for s in specs) + " (one pass)"
+
+    def of(self, e: BaseException) -> str:
+        """``teacher 'x'`` when error ``e`` came from teacher x's step of a block, else :attr:`label`."""
+        name = failed_teacher(e)
+        return f"teacher {name!r}" if name is not None else self.label
 
 
 def pass_queue(todo: dict[str, list[int]]) -> list[tuple[int, tuple[str, ...]]]:

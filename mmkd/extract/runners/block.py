@@ -128,6 +128,49 @@ def cascade_sources(pps: dict[str, Preprocessing]) -> dict[str, Preprocessing]:
             if pp.image_size < largest[(pp.resize_mode, pp.mode)].image_size}
 
 
+class BatchBuffers:
+    """Memory reused from batch to batch for the pixel batches a worker builds (8-bit stacks, normalised floats).
+
+    A batch of 16 images at 384 px is 28 MB of float32; allocated afresh, the memory comes back from the
+    allocator as new pages, and touching them costs more than normalising into them (measured on the 2-core
+    VM while the decode threads ran: 100-300 ms against 7-9 ms a batch, bench/README.md). The worker takes
+    its arrays here and gives them back when no teacher of the batch needs them any more (:meth:`give_back`,
+    :meth:`release`). Buffers are plain bytes, viewed at the shape and dtype asked for, so the pool holds
+    as many buffers as a batch needed at once, each as large as the largest asked of it.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[np.ndarray] = []  # uint8 buffers
+        self._taken: dict[int, np.ndarray] = {}  # address -> buffer
+
+    def take(self, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """A C-contiguous array of ``shape`` and ``dtype`` (its contents undefined) that nothing else uses until
+        it is given back: the front of the smallest free buffer large enough, else a new one."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        fits = [i for i, b in enumerate(self._free) if b.nbytes >= nbytes]
+        buffer = self._free.pop(min(fits, key=lambda i: self._free[i].nbytes)) if fits else \
+            np.empty(max(nbytes, 1), np.uint8)
+        self._taken[buffer.ctypes.data] = buffer
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+    def give_back(self, array: np.ndarray) -> None:
+        """``array`` (from :meth:`take`, or any view starting where it starts) is free again."""
+        buffer = self._taken.pop(array.ctypes.data, None)
+        if buffer is not None:
+            self._free.append(buffer)
+
+    def release(self) -> None:
+        """Everything taken is free again: call once nothing holds the batch's tensors any more."""
+        self._free.extend(self._taken.values())
+        self._taken.clear()
+
+    def clear(self) -> None:
+        """Drop the pool (the next batch allocates again)."""
+        self._free.clear()
+        self._taken.clear()
+
+
 @dataclass
 class _Slot:
     """One loaded teacher of a worker, with what its blocks need."""
@@ -174,7 +217,10 @@ class BlockWorker:
             self._load(spec, fail_fast, tokenizers)
         pps = [s.teacher.preprocessing for s in self.slots.values()]
         # one decode covers the largest input of the pass (every teacher then resizes from it)
-        self._reduce_to = [(pp.image_size, pp.resize_mode) for pp in pps] if config.decode == "reduced" else None
+        self._reduce_to = sorted({(pp.image_size, pp.resize_mode) for pp in pps}) if config.decode == "reduced" \
+            else None
+        for slot in self.slots.values():  # what each teacher's pixels were decoded to cover (with its pass)
+            slot.attrs["decode_covers"] = [list(c) for c in self._reduce_to] if self._reduce_to else None
         self._sources = cascade_sources({n: s.teacher.preprocessing for n, s in self.slots.items()}) \
             if config.resize == "cascade" else {}
         for name in list(self.slots):
@@ -186,6 +232,7 @@ class BlockWorker:
             log.warning("--decode gpu: teachers %s run on %s, so JPEGs are decoded there by torchvision's CPU "
                         "decoder (the same code path as on a GPU)", list(self.slots), self.device)
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="mmkd-decode")
+        self._buffers = BatchBuffers()  # the main thread's pixel batches (never the decode threads')
         self._next: tuple[int, tuple[str, ...], tuple, deque] | None = None  # (block, teachers, rows, futures)
 
     def _load(self, spec: TeacherSpec, fail_fast: bool, tokenizers: dict[tuple, Any]) -> None:
@@ -283,6 +330,7 @@ class BlockWorker:
         """Stop the decode threads."""
         self._drop_prefetched()
         self._pool.shutdown(wait=True)
+        self._buffers.clear()
 
     # ------------------------------------------------------------------ one block
     def run_block(self, block: int, next_block: int | None = None) -> BlockResult:
@@ -317,6 +365,7 @@ class BlockWorker:
         hashes: list[str | None] = [None] * n
         cached: dict[int, tuple] = {}  # row in block -> its image cache entry (--image-cache)
         timings = Counter()
+        dct_scales: Counter = Counter()  # --decode reduced: images of the block by the DCT scale they were decoded at
         batches = self._batches(n)
         for k in range(len(batches)):
             while len(pending) < PREFETCH_BATCHES and k + len(pending) < len(batches):
@@ -324,7 +373,8 @@ class BlockWorker:
             t = time.perf_counter()
             chunks = [fut.result() for fut in pending.popleft()]
             timings["wait_s"] += time.perf_counter() - t
-            for items, seconds, decoded, nbytes, read, entries in chunks:
+            for items, seconds, decoded, nbytes, read, entries, scales in chunks:
+                dct_scales.update(scales)
                 timings["read_decode_s"] += seconds
                 timings["decoded"] += decoded
                 timings["bytes_read"] += nbytes
@@ -333,9 +383,17 @@ class BlockWorker:
                 cached.update(entries)
             prepared = [item for items, *_ in chunks for item in items]
             shared: dict[tuple, Any] = {}  # this batch's tokens and 8-bit pixels, once for the teachers that share them
-            for name in names:
-                with _blame(name):
-                    self._forward(name, prepared, out[name], ids, start, shared)
+            try:
+                group = None
+                for name in self._forward_order(names):  # the teachers of one normalisation one after another
+                    if self._normalisation(name) != group:  # the previous group's float batches are done with
+                        group = self._normalisation(name)
+                        self._drop_floats(shared)
+                    with _blame(name):
+                        self._forward(name, prepared, out[name], ids, start, shared)
+            finally:
+                shared.clear()  # the batch's pixel tensors: their arrays go back to the pool
+                self._buffers.release()
         if next_block is not None:
             self._prefetch(next_block[0], self._names(next_block[1]))
         # the block's image hashes recorded (or compared with those recorded) once, for every teacher of the pass
@@ -349,7 +407,7 @@ class BlockWorker:
             self._fail_changed(name, changed, ids, start, o.valid, o.failures)
             with _blame(name):
                 self.store.write_block(name, block, o.image, o.text, o.valid, o.failures, content_sha256=content,
-                                       views=o.views)
+                                       views=o.views, decode=self._decode_record(dct_scales))
             o.timings["write_s"] += time.perf_counter() - t
             first = not results  # the block's decodes, bytes and object-storage retries are counted once, on it
             results.append(BlockResult(
@@ -362,9 +420,17 @@ class BlockWorker:
                 pass_teachers=len(names),
                 storage_retries=storage_retries() - r0 if first else 0,
                 decoded=int(timings["decoded"]) if first else 0,
+                dct_scales=_scale_names(dct_scales),
                 bytes_read=int(timings["bytes_read"]) if first else 0,
             ))
         return results
+
+    def _decode_record(self, dct_scales: Counter) -> JSONDict | None:
+        """What a block's marker says of its decode: with ``--decode reduced``, the inputs the decode covered and
+        how many images were decoded at each DCT scale (the pixels a teacher got depend on both)."""
+        if self._reduce_to is None:
+            return None
+        return {"mode": "reduced", "covers": [list(c) for c in self._reduce_to], "dct_scales": _scale_names(dct_scales)}
 
     def _names(self, teachers: Sequence[str] | None) -> tuple[str, ...]:
         names = tuple(self.slots) if teachers is None else tuple(teachers)
@@ -438,14 +504,16 @@ class BlockWorker:
                 for i in range(0, len(rows), step)]
 
     def _prepare(self, rows: list[int], captions: list[str], refs: list[str], names: tuple[str, ...],
-                 start: int) -> tuple[list[tuple], float, int, int, list[tuple[int, str]], list[tuple[int, tuple]]]:
+                 start: int) -> tuple[list[tuple], float, int, int, list[tuple[int, str]], list[tuple[int, tuple]],
+                                      Counter]:
         """Read and decode ``rows`` once; preprocess each image for every teacher in ``names``.
 
         Returns:
             ``[(row, {teacher: image | (image, [K view images]) | DeviceJpeg | BadSample}, caption | BadSample)]``
             (the view images when the worker has views), the seconds
-            it took, the images decoded, the bytes read, ``(row, sha256)`` of each image's bytes read, and
-            ``(row, image cache entry)`` of each row when the block's image cache file is to be written.
+            it took, the images decoded, the bytes read, ``(row, sha256)`` of each image's bytes read,
+            ``(row, image cache entry)`` of each row when the block's image cache file is to be written, and the
+            images decoded by DCT scale (``{s: images}`` for scale 1/s; ``--decode reduced`` only).
         """
         t = time.perf_counter()
         datas = self.dataset.read_many([refs[r] for r in rows], on_error="return")
@@ -454,7 +522,7 @@ class BlockWorker:
                                             start // self.store.block_size).exists():
             cache = None  # written already (an earlier run, or another teacher's pass)
         entries = [(r, encode_cached(data, cache[0], cache[1])) for r, data in zip(rows, datas)] if cache else []
-        out, decoded, nbytes, hashes = [], 0, 0, []
+        out, decoded, nbytes, hashes, scales = [], 0, 0, [], Counter()
         for r, data in zip(rows, datas):
             try:
                 caption = check_caption(captions[r])
@@ -475,9 +543,9 @@ class BlockWorker:
                     cpu.append(name)
             if cpu:
                 decoded += 1
-                pixels.update(self._cpu_geometry(data, cpu, start + r))
+                pixels.update(self._cpu_geometry(data, cpu, start + r, scales))
             out.append((r, pixels, caption))
-        return out, time.perf_counter() - t, decoded, nbytes, hashes, entries
+        return out, time.perf_counter() - t, decoded, nbytes, hashes, entries, scales
 
     def _write_cache_block(self, block: int, ids: list[str], hashes: list[str | None], cached: dict[int, tuple],
                            changed: list[tuple[int, str, str]], start: int) -> None:
@@ -502,7 +570,7 @@ class BlockWorker:
                     out[name] = BadSample("corrupt", f"preprocessing failed: {type(e).__name__}: {e}")
         return out
 
-    def _cpu_geometry(self, data: bytes, names: list[str], row: int) -> dict[str, Any]:
+    def _cpu_geometry(self, data: bytes, names: list[str], row: int, scales: Counter | None = None) -> dict[str, Any]:
         """Decode once, then each teacher's mode and resize/crop (a PIL image, or a BadSample per teacher).
 
         With views, each teacher gets ``(image, [its K views of store row row])``, each view cropped from the
@@ -516,6 +584,8 @@ class BlockWorker:
                     side = max(self.slots[n].teacher.preprocessing.image_size for n in names)
                     draft = draft_request(frame, boxes, side)
             img = decode_loaded(data, max_pixels=self.config.max_pixels, reduce_to=self._reduce_to, draft=draft)
+            if scales is not None and self._reduce_to is not None:
+                scales[img.info["dct_scale"]] += 1
         except BadSample as e:
             return dict.fromkeys(names, e)
         by_mode: dict[str, Any] = {}
@@ -612,19 +682,44 @@ class BlockWorker:
         o.valid[rows[finite]] = True
         o.timings["forward_s"] += time.perf_counter() - t
 
-    @staticmethod
-    def _pixel_batch(pp: Preprocessing, xs: list[Any], shared: dict[tuple, Any]) -> Any:
+    def _normalisation(self, name: str) -> tuple:
+        """Teachers with equal keys get the same float batches: the same resize/crop (of the same source) and
+        the same mean/std."""
+        pp = self.slots[name].teacher.preprocessing
+        source = self._sources.get(name)
+        return pp.geometry_key, source and source.geometry_key, tuple(pp.mean), tuple(pp.std)
+
+    def _forward_order(self, names: tuple[str, ...]) -> list[str]:
+        """``names`` with the teachers of one normalisation next to each other (in their first one's place), so
+        that a batch holds one normalisation's float tensors at a time (:meth:`_drop_floats`)."""
+        first: dict[tuple, int] = {}
+        for i, name in enumerate(names):
+            first.setdefault(self._normalisation(name), i)
+        return sorted(names, key=lambda n: first[self._normalisation(n)])
+
+    def _drop_floats(self, shared: dict[tuple, Any]) -> None:
+        """Give the batch's float tensors back to the pool; its 8-bit stacks stay until the batch ends (a teacher
+        of another mean/std may have the same resize/crop)."""
+        for key in [k for k in shared if k[0] == "float32"]:
+            self._buffers.give_back(shared.pop(key).numpy())
+
+    def _pixel_batch(self, pp: Preprocessing, xs: list[Any], shared: dict[tuple, Any]) -> Any:
         """The model input of a batch: resized PIL images (CPU decode) made into one normalised tensor, their
-        8-bit stack built once for the teachers given the very same images (same resize/crop); tensors
-        (decoded on the device, or the CPU fallback of that path) stacked."""
+        8-bit stack built once for the teachers given the very same images (same resize/crop), and the
+        normalised tensor once for those that also have the same mean/std (the same elementwise ops on the
+        same bytes: the same floats; models take their input read-only); tensors (decoded on the device, or
+        the CPU fallback of that path) stacked."""
         import torch
         from PIL import Image
 
         if all(isinstance(x, Image.Image) for x in xs):
-            key = ("uint8", *map(id, xs))  # the same image objects (alive while the batch runs): the same bytes
+            images = tuple(map(id, xs))  # the same image objects (alive while the batch runs): the same bytes
+            key = ("float32", tuple(pp.mean), tuple(pp.std), images)
             if key not in shared:
-                shared[key] = pp.stack_uint8(xs)
-            return pp.normalize_uint8(shared[key])
+                if ("uint8", images) not in shared:
+                    shared["uint8", images] = pp.stack_uint8(xs, alloc=self._buffers.take)
+                shared[key] = pp.normalize_uint8(shared["uint8", images], alloc=self._buffers.take)
+            return shared[key]
         return torch.stack([pp.to_tensor_batch([x])[0] if isinstance(x, Image.Image) else x for x in xs])
 
 
@@ -648,6 +743,11 @@ def _blame(teacher: str) -> Iterator[None]:
         if getattr(e, "failed_teacher", None) is None:
             e.failed_teacher = teacher  # pickled with the exception (its __dict__) through Ray
         raise
+
+
+def _scale_names(scales: Counter) -> dict[str, int]:
+    """``{"1/2": 120, "1/4": 8}``: images by the DCT scale 1/s they were decoded at, largest scale first."""
+    return {f"1/{s}": int(n) for s, n in sorted(scales.items())}
 
 
 def failed_teacher(e: BaseException) -> str | None:

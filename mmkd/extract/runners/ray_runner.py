@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from mmkd.extract.runners.base import BaseRunner, BlockCallback, PassResult, check_loaded, pass_queue
-from mmkd.extract.runners.block import BlockWorker, WorkerConfig, failed_teacher
+from mmkd.extract.runners.base import BaseRunner, BlockCallback, PassName, PassResult, check_loaded, pass_queue
+from mmkd.extract.runners.block import BlockWorker, WorkerConfig
 from mmkd.extract.runners.job import ExtractError
 from mmkd.extract.runners.summary import BlockResult
 from mmkd.jsontypes import JSONDict
@@ -101,21 +101,6 @@ class BlockActor:
     @ray.method(concurrency_group="health", max_task_retries=0)
     def ping(self) -> int:
         return os.getpid()
-
-
-class _PassName:
-    """Names a pass in errors: ``teacher 'a'`` for one teacher, ``teachers 'a', 'b' (one pass)`` for several
-    (a step that fails for one teacher of the pass names that one: :func:`failed_teacher`)."""
-
-    def __init__(self, specs: list[Any]) -> None:
-        self.name = "+".join(s.name for s in specs)  # logs
-        self.label = f"teacher {specs[0].name!r}" if len(specs) == 1 else \
-            "teachers " + ", ".join(repr(s.name) for s in specs) + " (one pass)"
-
-    def of(self, e: BaseException) -> str:
-        """``teacher 'x'`` when error ``e`` came from teacher x's step of a block, else :attr:`label`."""
-        name = failed_teacher(e)
-        return f"teacher {name!r}" if name is not None else self.label
 
 
 class RayRunner(BaseRunner):
@@ -262,7 +247,7 @@ class RayRunner(BaseRunner):
         self._start(i)
 
     # ------------------------------------------------------------------ liveness
-    def _wait_one(self, refs: list[ObjectRef], who: _PassName, doing: str) -> ObjectRef:
+    def _wait_one(self, refs: list[ObjectRef], who: PassName, doing: str) -> ObjectRef:
         """The first of ``refs`` to finish; meanwhile ping the actors, and fail when nothing moves.
 
         Raises:
@@ -291,7 +276,7 @@ class RayRunner(BaseRunner):
             if time.monotonic() - self._last_alive > self.liveness_timeout:
                 raise ExtractError(self._stalled_message(who, doing))
 
-    def _stalled_message(self, who: _PassName, doing: str) -> str:
+    def _stalled_message(self, who: PassName, doing: str) -> str:
         actors = "; ".join(f"{n}: {self._deaths.get(n, 'not answering')}" for n in self._names)
         dead_before = {n: why for n, why in self._deaths.items() if n not in self._names}
         if dead_before:
@@ -302,7 +287,7 @@ class RayRunner(BaseRunner):
                 f"({self._done_blocks}) stay marked done in the store: rerun the same command to resume (a new "
                 "local Ray instance is started; with --address, check the cluster with `ray status` first)")
 
-    def _gather(self, refs: list[ObjectRef], who: _PassName, doing: str) -> list[Any]:
+    def _gather(self, refs: list[ObjectRef], who: PassName, doing: str) -> list[Any]:
         pending = list(refs)
         while pending:
             pending.remove(self._wait_one(pending, who, doing))
@@ -322,7 +307,7 @@ class RayRunner(BaseRunner):
         queue = pass_queue(todo)
         self._ensure_actors(len(queue), config)
         payload = [s.to_dict() for s in specs]
-        who = _PassName(specs)
+        who = PassName(specs)
         self._last_alive, self._next_ping = time.monotonic(), 0.0
         try:
             info = self._gather([a.load.remote(payload, fail_fast) for a in self._actors], who, "loading the teachers")
@@ -343,7 +328,7 @@ class RayRunner(BaseRunner):
                                f"from a Ray worker failed: {_root_cause(e)}; rerun the same command to finish") from e
         return PassResult(attrs, errors, [{**i["memory"], "actor": i["actor"]} for i in info])
 
-    def _schedule(self, who: _PassName, payload: list[JSONDict], blocks: list[tuple[int, tuple[str, ...]]],
+    def _schedule(self, who: PassName, payload: list[JSONDict], blocks: list[tuple[int, tuple[str, ...]]],
                   on_block: BlockCallback, fail_fast: bool) -> None:
         queue, idle = deque(blocks), deque(range(len(self._actors)))
         inflight: dict[ObjectRef, tuple[int, tuple]] = {}

@@ -28,6 +28,8 @@ class BlockResult:
         decoded, bytes_read: images decoded and image bytes read for the block; one pass reads a
             block once for all its teachers, so only the block's first result carries them
             (the others say 0), as with ``storage_retries``.
+        dct_scales: ``--decode reduced``: the block's images by the DCT scale they were decoded at
+            (``{"1/2": 120, "1/4": 8}``), on every teacher's result (each got those pixels).
     """
 
     teacher: str
@@ -49,6 +51,7 @@ class BlockResult:
     pass_teachers: int = 1
     decoded: int = 0
     bytes_read: int = 0
+    dct_scales: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> JSONDict:
         return dataclasses.asdict(self)
@@ -78,6 +81,9 @@ class TeacherSummary:
             library retried (throttling: S3 503 SlowDown; dropped connections).
         error: why the teacher did not run in a multi-teacher pass (it failed to load;
             the other teachers went on, a rerun does what is missing), else ``None``.
+        dct_scales: ``--decode reduced``: this run's images by the DCT scale they were decoded at for
+            this teacher (with a pass, the scale covers the pass's largest input; the teacher's
+            ``decode_covers`` attribute and each block's marker say which inputs were covered).
     """
 
     teacher: str
@@ -94,6 +100,7 @@ class TeacherSummary:
     workers: int = 0
     storage_retries: int = 0
     error: str | None = None
+    dct_scales: dict[str, int] = field(default_factory=dict)
     _pids: set = field(default_factory=set, repr=False)
 
     def add(self, block: BlockResult) -> None:
@@ -108,6 +115,9 @@ class TeacherSummary:
         if block.device not in self.devices:
             self.devices.append(block.device)
         self.storage_retries += block.storage_retries
+        if block.dct_scales:
+            self.dct_scales = dict(sorted((Counter(self.dct_scales) + Counter(block.dct_scales)).items(),
+                                          key=lambda kv: int(kv[0].split("/")[1])))
         self._pids.add((block.host, block.pid))
         self.workers = len(self._pids)
 
@@ -231,6 +241,9 @@ class ExtractSummary:
                 (f"    wall {t.wall_s:.2f}s, worker CPU {t.cpu_s:.2f}s; stages: read+decode "
                  f"{st['read_decode_s']:.2f}s (thread time), waiting for decode {st['wait_s']:.2f}s, "
                  f"forward {st['forward_s']:.2f}s, write {st['write_s']:.2f}s")]
+            if t.dct_scales:
+                lines.append("    --decode reduced: images decoded at DCT scale " +
+                             ", ".join(f"{k}: {v}" for k, v in t.dct_scales.items()))
             if t.storage_retries:
                 lines.append(f"    object storage: {t.storage_retries} request(s) throttled or dropped and retried "
                              "by the client")
