@@ -24,6 +24,7 @@ import math
 import threading
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from mmkd.errors import MMKDError
@@ -184,6 +185,49 @@ def _load(img: Image.Image, data: bytes) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadSample(_damage_reason(data, e), f"{type(e).__name__}: {e}") from e
     return img
+
+
+def jpeg_size(data: object, colours: tuple[str, ...] = ("YCbCr", "RGB", "Gray")) -> tuple[int, int] | None:
+    """(width, height) of a JPEG that libjpeg-turbo decodes to RGB from one of ``colours`` within the pixel limit,
+    from its header (in C: Pillow's parser in Python costs as much as a small decode); else ``None``."""
+    if not isinstance(data, (bytes, bytearray)) or data[:2] != b"\xff\xd8":
+        return None
+    try:
+        height, width, colour, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colour not in colours or width <= 0 or height <= 0 or width * height > DEFAULT_MAX_PIXELS:
+        return None
+    return int(width), int(height)
+
+
+def decode_jpeg_scaled(data: bytes, full: tuple[int, int], m: int) -> np.ndarray | None:
+    """A JPEG of size ``full`` (:func:`jpeg_size`) as (h, w, 3) uint8 RGB at DCT scale ``m``/8 (m = 1..8,
+    libjpeg-turbo's scaled IDCT), or ``None`` when its strict mode refuses the file (Pillow then decodes it,
+    or names the damage)."""
+    try:
+        # the smallest scaled size with both sides >= these is exactly M/8 (libjpeg rounds scaled sizes up)
+        return simplejpeg.decode_jpeg(data, "RGB", min_width=-(-full[0] * m // 8), min_height=-(-full[1] * m // 8))
+    except ValueError:
+        return None
+
+
+def resize_uint8(pixels: np.ndarray, size: tuple[int, int], mode: str = "bicubic",
+                 antialias: bool = True) -> np.ndarray:
+    """(H, W, C) uint8 resized to ``size`` (height, width) by torch's uint8 kernel (``mode`` of
+    ``F.interpolate``; bicubic antialiased: Pillow's a = -0.5 kernel and support, within 2 grey levels of it
+    and several times faster); ``pixels`` itself when it already has that size."""
+    if tuple(pixels.shape[:2]) == tuple(size):
+        return pixels
+    import torch
+    import torch.nn.functional as F
+
+    if not (pixels.flags.c_contiguous and pixels.flags.writeable):  # Pillow's arrays are read-only
+        pixels = pixels.copy()
+    # (1, C, h, w) in channels-last memory: the layout torch's vectorised uint8 antialiased kernel reads
+    x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+    y = F.interpolate(x, size=tuple(size), mode=mode, antialias=antialias)
+    return y[0].permute(1, 2, 0).numpy()  # channels-last memory: a contiguous (H, W, C) array, no copy
 
 
 def draft_size(size: tuple[int, int], side: int, fit: str) -> tuple[int, int]:

@@ -39,11 +39,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import simplejpeg
 import torch
-import torch.nn.functional as F
 
-from mmkd.data.images import DEFAULT_MAX_PIXELS, BadSample, load_image, open_image
+from mmkd.data.images import BadSample, decode_jpeg_scaled, jpeg_size, load_image, open_image, resize_uint8
 from mmkd.data.views import ViewRecipe, draft_request, render_view
 
 # the transform's filter -> torch's interpolate mode and antialias flag; "nearest-exact" is Pillow's NEAREST
@@ -128,7 +126,7 @@ class FastImages:
             BadSample: the image cannot be read (as :func:`mmkd.data.images.decode_image`).
         """
         oh, ow = self.size
-        full, pixels = _jpeg_size(data), None
+        full, pixels = jpeg_size(data), None
         if full is not None:
             box = self._source_box(full, source_size)
             pixels = _decode_jpeg(data, full, box, (ow, oh))
@@ -267,20 +265,6 @@ def _log_ratio(ratio: tuple[float, ...]) -> tuple[float, float]:
     return float(log_ratio[0]), float(log_ratio[1])
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a JPEG that libjpeg-turbo decodes to RGB (YCbCr, RGB or grey) within the pixel limit,
-    from its header (in C: Pillow's parser in Python costs as much as a small decode); else ``None``."""
-    if not isinstance(data, (bytes, bytearray)) or data[:2] != b"\xff\xd8":
-        return None
-    try:
-        height, width, colour, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError:
-        return None
-    if colour not in ("YCbCr", "RGB", "Gray") or width <= 0 or height <= 0 or width * height > DEFAULT_MAX_PIXELS:
-        return None
-    return int(width), int(height)
-
-
 def _decode_jpeg(data: bytes, full: tuple[int, int], box: tuple[float, float, float, float],
                  out: tuple[int, int]) -> np.ndarray | None:
     """The JPEG as (h, w, 3) uint8 at the smallest scale M/8 that leaves ``box`` (in full-size pixels) at
@@ -288,11 +272,7 @@ def _decode_jpeg(data: bytes, full: tuple[int, int], box: tuple[float, float, fl
     then decodes it or names the damage)."""
     bw, bh = box[2] - box[0], box[3] - box[1]
     m = next((m for m in range(1, 8) if bw * m >= 8 * out[0] and bh * m >= 8 * out[1]), 8)
-    try:
-        # the smallest scaled size with both sides >= these is exactly M/8 (libjpeg rounds scaled sizes up)
-        return simplejpeg.decode_jpeg(data, "RGB", min_width=-(-full[0] * m // 8), min_height=-(-full[1] * m // 8))
-    except ValueError:
-        return None
+    return decode_jpeg_scaled(data, full, m)
 
 
 def _resized_crop(pixels: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int],
@@ -301,14 +281,8 @@ def _resized_crop(pixels: np.ndarray, box: tuple[float, float, float, float], si
     h, w = pixels.shape[:2]
     left, right = _span(box[0], box[2], w)
     top, bottom = _span(box[1], box[3], h)
-    crop = pixels[top:bottom, left:right]
-    if not (crop.flags.c_contiguous and crop.flags.writeable):  # Pillow's arrays are read-only
-        crop = crop.copy()
-    # (1, 3, h, w) in channels-last memory: the layout torch's vectorised uint8 antialiased kernel reads
-    x = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0)
     method, antialias = _FILTERS[mode]
-    y = F.interpolate(x, size=size, mode=method, antialias=antialias) if (bottom - top, right - left) != size else x
-    return y[0].permute(1, 2, 0).numpy()  # channels-last memory: a contiguous (H, W, 3) array, no copy
+    return resize_uint8(pixels[top:bottom, left:right], size, method, antialias)
 
 
 def _span(lo: float, hi: float, n: int) -> tuple[int, int]:

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import simplejpeg
 
 from mmkd.config import is_remote
-from mmkd.data.images import DEFAULT_MAX_PIXELS, REASONS, BadSample, decode_image
+from mmkd.data.images import REASONS, BadSample, decode_image, decode_jpeg_scaled, jpeg_size, resize_uint8
 from mmkd.store.dataset import open_store_dataset
 from mmkd.store.format import StoreError
 from mmkd.store.store import FeatureStore
@@ -88,28 +88,19 @@ def encode_cached(data: bytes | BaseException, size: int, quality: int) -> tuple
 
 def _jpeg_entry(data: bytes, size: int, quality: int) -> tuple[bytes, int, int, None] | None:
     """:func:`encode_cached` of a JPEG by libjpeg-turbo, or ``None`` when it is not one it decodes to RGB."""
-    if not isinstance(data, (bytes, bytearray)) or data[:2] != b"\xff\xd8":
+    full = jpeg_size(data, colours=("YCbCr", "RGB"))
+    if full is None:
         return None
-    try:
-        height, width, colour, _ = simplejpeg.decode_jpeg_header(data)
-        if colour not in ("YCbCr", "RGB") or not 0 < width * height <= DEFAULT_MAX_PIXELS:
-            return None
-        m = next((m for m in range(1, 8) if -(-min(width, height) * m // 8) >= size), 8)
-        # the smallest scaled size with both sides >= these is exactly M/8 (libjpeg rounds scaled sizes up)
-        pixels = simplejpeg.decode_jpeg(data, "RGB", min_width=-(-width * m // 8), min_height=-(-height * m // 8))
-    except ValueError:  # refused by libjpeg-turbo's strict mode: Pillow decodes it or names the damage
+    m = next((m for m in range(1, 8) if -(-min(full) * m // 8) >= size), 8)
+    pixels = decode_jpeg_scaled(data, full, m)
+    if pixels is None:  # refused by libjpeg-turbo's strict mode: Pillow decodes it or names the damage
         return None
     h, w = pixels.shape[:2]
     if min(w, h) > size:
-        import torch
-        import torch.nn.functional as F
-
         scale = size / min(w, h)
         new = (size, round(h * scale)) if w <= h else (round(w * scale), size)
-        x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # channels-last: torch's vectorised uint8 kernel
-        pixels = F.interpolate(x, size=(new[1], new[0]), mode="bicubic", antialias=True)[0].permute(1, 2, 0)
-        pixels = np.ascontiguousarray(pixels.numpy())
-    return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="RGB", colorsubsampling="420"), width, height, None
+        pixels = np.ascontiguousarray(resize_uint8(pixels, (new[1], new[0])))
+    return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="RGB", colorsubsampling="420"), *full, None
 
 
 def write_cache_block(out: str | os.PathLike, block: int, rows: Sequence[int], ids: Sequence[str],
@@ -141,8 +132,9 @@ def finish_image_cache(store: FeatureStore, size: int, quality: int) -> list[int
     missing = [b for b in range(store.num_blocks) if not block_path(out, b).exists()]
     if missing:
         return missing
-    failed = sum(pq.read_table(block_path(out, b), columns=["jpeg"]).column("jpeg").null_count
-                 for b in range(store.num_blocks))
+    # a row failed iff its error is set (and its jpeg null): read the small column, not every cached image
+    errors = [pq.read_table(block_path(out, b), columns=["error"]).column("error") for b in range(store.num_blocks)]
+    failed = sum(len(e) - e.null_count for e in errors)
     meta = {"format": FORMAT, "version": VERSION, "size": int(size), "quality": int(quality), "rows": store.n,
             "block_size": store.block_size, "blocks": store.num_blocks, "failed": failed,
             "dataset_fingerprint": store.manifest.dataset.fingerprint}
