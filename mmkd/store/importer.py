@@ -121,22 +121,18 @@ def import_mmkd(
     if dst.exists() and not overwrite:
         raise StoreError(f"destination {str(dst)!r} exists; choose a new path or pass overwrite=True")
 
-    samples, fingerprint, ds = _read_layout(src)
+    layout = _read_layout(src)
     tmp = dst.with_name(f".{dst.name}.importing-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        store = FeatureStore.create(tmp, samples, block_size=block_size, dataset_uri=ds.uri,
-                                    dataset_fingerprint=fingerprint, dataset_spec=ds.spec().to_dict())
-        _import_blocks(store, ds.root, samples, with_projected)
-        for t in store.teachers:
-            store.compute_stats(t)
+        _build(tmp, *layout, with_projected, block_size)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if dst.exists():
         shutil.rmtree(dst)
     os.replace(tmp, dst)
-    log.info("imported %d samples from %s into %s", len(samples), src, dst)
+    log.info("imported %d samples from %s into %s", len(layout[0]), src, dst)
     return FeatureStore.open(dst, mode="a")
 
 
@@ -144,13 +140,9 @@ def _import_remote(src: Path, dst: AnyPath, with_projected: bool, block_size: in
     """:func:`import_mmkd` into a store on object storage, written in place (see there)."""
     if fmt.probe(dst / fmt.MANIFEST) is not None and not overwrite:
         raise StoreError(f"destination {str(dst)!r} holds a store; choose a new path or pass overwrite=True")
-    samples, fingerprint, ds = _read_layout(src)
+    layout = _read_layout(src)  # before anything is written: a bad layout leaves dst as it is
     try:
-        store = FeatureStore.create(dst, samples, block_size=block_size, dataset_uri=ds.uri,
-                                    dataset_fingerprint=fingerprint, dataset_spec=ds.spec().to_dict(), overwrite=True)
-        _import_blocks(store, ds.root, samples, with_projected)
-        for t in store.teachers:
-            store.compute_stats(t)
+        _build(dst, *layout, with_projected, block_size, overwrite=True)
     except BaseException:
         try:  # a half-imported store is not left looking like one
             if dst.exists():
@@ -158,7 +150,7 @@ def _import_remote(src: Path, dst: AnyPath, with_projected: bool, block_size: in
         except OSError as e:
             log.warning("could not remove the half-imported store at %s (%s); delete it before using the path", dst, e)
         raise
-    log.info("imported %d samples from %s into %s", len(samples), src, dst)
+    log.info("imported %d samples from %s into %s", len(layout[0]), src, dst)
     return FeatureStore.open(dst, mode="a")
 
 
@@ -168,6 +160,16 @@ def _read_layout(src: Path) -> tuple[list[Sample], str, MmkdClipDataset]:
         return list(ds.samples()), ds.fingerprint(), ds
     except DatasetError as e:
         raise StoreError(f"cannot import {str(src)!r}: {e}") from e
+
+
+def _build(path: AnyPath, samples: list[Sample], fingerprint: str, ds: MmkdClipDataset, with_projected: bool,
+           block_size: int, overwrite: bool = False) -> None:
+    """Create the store at ``path`` for the layout's samples and import every block and its stats."""
+    store = FeatureStore.create(path, samples, block_size=block_size, dataset_uri=ds.uri,
+                                dataset_fingerprint=fingerprint, dataset_spec=ds.spec().to_dict(), overwrite=overwrite)
+    _import_blocks(store, ds.root, samples, with_projected)
+    for t in store.teachers:
+        store.compute_stats(t)
 
 
 def _import_blocks(store: FeatureStore, root: Path, samples: list[Sample], with_projected: bool) -> None:
